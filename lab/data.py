@@ -1,0 +1,295 @@
+"""Reading records from any source and turning them into conversations.
+
+Every format ends up as an `Example`: a list of chat messages whose assistant turns are the
+completions, plus, for multiple-choice and classification data, the candidate answers as they
+are written in the completion (so accuracy can be read from their log-probabilities).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import DataConfig
+
+FORMATS = ("prompt_completion", "chat", "multiple_choice", "classification")
+_REQUIRED = {
+    "prompt_completion": ("prompt", "completion"),
+    "chat": ("messages",),
+    "multiple_choice": ("question", "options", "answer"),
+    "classification": ("text", "label"),
+}
+ROLES = ("system", "user", "assistant")
+
+
+class DataError(ValueError):
+    """Bad data; the message names the file or record, the field, and what to do."""
+
+
+@dataclass
+class Example:
+    messages: list[dict]
+    #: Candidate answers as written in the completion ("A", "B", ...); empty for free-form data.
+    choices: tuple[str, ...] = ()
+    #: Index into `choices` of the right answer.
+    answer_index: int | None = None
+    #: Position of the record in the source, for error messages and the UI.
+    source_index: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def answer(self) -> str | None:
+        return None if self.answer_index is None else self.choices[self.answer_index]
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def read_records(cfg: DataConfig) -> tuple[list[dict], dict]:
+    """Records from `cfg.source` and what is known about them (e.g. classification labels)."""
+    source = cfg.source.strip()
+    if not source:
+        raise DataError("data.source is empty: choose a built-in set ('builtin:NAME'), a file, or 'hf:ORG/NAME'")
+    info: dict = {}
+    if source.startswith("builtin:"):
+        from . import builtin
+
+        name = source.removeprefix("builtin:")
+        if name not in builtin.BUILTIN_SETS:
+            raise DataError(f"unknown built-in set {name!r}; choose one of {', '.join(builtin.BUILTIN_SETS)}")
+        spec = builtin.BUILTIN_SETS[name]
+        records = builtin.load_builtin(name, n=cfg.limit or None, seed=0)
+        info = {"format": spec.format, "labels": list(spec.labels), "description": spec.description}
+    elif source.startswith("hf:"):
+        records = read_hub(source.removeprefix("hf:"), cfg.hf_config, cfg.hf_split)
+    else:
+        records = read_file(source)
+    if cfg.limit:
+        records = records[: cfg.limit]
+    if not records:
+        raise DataError(f"{source}: no records found")
+    return [_rename(r, cfg.column_map, i) for i, r in enumerate(records)], info
+
+
+def read_file(path: str | Path) -> list[dict]:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as exc:  # pyarrow raises many types for a damaged file
+            raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: not valid UTF-8 at byte {exc.start} (line {line}); re-save the file as UTF-8"
+        ) from None
+    if suffix == ".csv":
+        import csv
+        import io
+
+        return list(csv.DictReader(io.StringIO(text)))
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+            data = next(iter(data.values()))
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a list of records")
+        return data
+    if suffix in (".jsonl", ".ndjson"):
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}, line {number}: invalid JSON ({exc.msg})") from None
+        return records
+    raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet")
+
+
+def read_hub(dataset_id: str, config: str = "", split: str = "train") -> list[dict]:
+    """A Hugging Face dataset as records; RACE is mapped to the multiple-choice format."""
+    try:
+        import datasets
+    except ImportError as exc:
+        raise DataError("Reading hub datasets needs `pip install datasets`") from exc
+    is_race = dataset_id.lower() in ("ehovy/race", "race")
+    try:
+        ds = datasets.load_dataset(dataset_id, config or ("all" if is_race else None), split=split)
+    except Exception as exc:  # offline, unknown id, missing config: datasets raises many kinds
+        raise DataError(
+            f"Could not load hub dataset {dataset_id!r} ({type(exc).__name__}: {exc}). Hub datasets need the "
+            "internet; offline, use a built-in set or a local file."
+        ) from exc
+    records = list(ds)
+    return [race_record(r) for r in records] if is_race else records
+
+
+def race_record(r: dict) -> dict:
+    """A RACE row (article, question, options, answer letter) as a multiple-choice record."""
+    return {"context": r["article"], "question": r["question"], "options": list(r["options"]), "answer": r["answer"]}
+
+
+def _rename(record, column_map: dict, index: int) -> dict:
+    if not isinstance(record, dict):
+        raise DataError(f"record {index}: expected an object with named fields, got {type(record).__name__}")
+    if not column_map:
+        return record
+    out = {k: v for k, v in record.items() if k not in column_map.values()}
+    for lab_field, column in column_map.items():
+        if column in record:
+            out[lab_field] = record[column]
+    return out
+
+
+# -- formats ---------------------------------------------------------------------------------
+
+
+def detect_format(record: dict) -> str:
+    keys = set(record)
+    for fmt in ("chat", "multiple_choice", "prompt_completion", "classification"):
+        if set(_REQUIRED[fmt]) <= keys:
+            return fmt
+    raise DataError(
+        f"cannot tell the format from the fields {sorted(keys)}. Expected one of: "
+        + "; ".join(f"{fmt}: {', '.join(req)}" for fmt, req in _REQUIRED.items())
+        + ". Rename columns with data.column_map."
+    )
+
+
+def letters(n: int) -> str:
+    return string.ascii_uppercase[:n]
+
+
+def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None = None) -> list[Example]:
+    """Convert records into examples, raising a `DataError` that names the first bad record."""
+    fmt = cfg.format if cfg.format != "auto" else detect_format(records[0])
+    if fmt == "classification" and not labels:
+        labels = sorted({str(r.get("label")) for r in records})
+    examples = []
+    for i, record in enumerate(records):
+        missing = [k for k in _REQUIRED[fmt] if k not in record or record[k] is None]
+        if missing:
+            raise DataError(
+                f"record {i}: missing field(s) {', '.join(missing)} for format {fmt} "
+                f"(it has {', '.join(sorted(record)) or 'no fields'}); map columns with data.column_map"
+            )
+        try:
+            example = _CONVERTERS[fmt](record, cfg, labels)
+        except DataError as exc:
+            raise DataError(f"record {i}: {exc}") from None
+        example.source_index = i
+        if cfg.system_prompt:
+            example.messages.insert(0, {"role": "system", "content": cfg.system_prompt})
+        examples.append(example)
+    return examples
+
+
+def _prompt_completion(r: dict, cfg: DataConfig, _labels) -> Example:
+    prompt, completion = str(r["prompt"]), str(r["completion"])
+    if not completion.strip():
+        raise DataError("empty completion: every example needs something to train on")
+    return Example([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}])
+
+
+def _chat(r: dict, _cfg: DataConfig, _labels) -> Example:
+    messages = r["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise DataError("'messages' must be a non-empty list of {role, content} objects")
+    for j, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise DataError(f"message {j} must be {{'role': one of {ROLES}, 'content': text}}; got {m!r}")
+    assistant = [m for m in messages if m["role"] == "assistant"]
+    if not assistant:
+        raise DataError("a conversation without an assistant turn has nothing to train on")
+    if any(not m["content"].strip() for m in assistant):
+        raise DataError("an assistant turn is empty")
+    return Example([dict(role=m["role"], content=m["content"]) for m in messages])
+
+
+def _lettered(answer_format: str, n: int) -> tuple[str, ...]:
+    return tuple(answer_format.format(letter=c) for c in letters(n))
+
+
+def _multiple_choice(r: dict, cfg: DataConfig, _labels) -> Example:
+    options = r["options"]
+    if isinstance(options, str):
+        options = json.loads(options) if options.strip().startswith("[") else options.split("|")
+    if not isinstance(options, (list, tuple)) or len(options) < 2:
+        raise DataError(f"'options' must list at least two options; got {options!r}")
+    answer = str(r["answer"]).strip().upper()
+    valid = letters(len(options))
+    if answer.isdigit() and int(answer) < len(options):
+        answer = valid[int(answer)]
+    if len(answer) != 1 or answer not in valid:
+        raise DataError(f"answer {r['answer']!r} is not among the option letters {', '.join(valid)}")
+    lines = "\n".join(f"{c}. {o}" for c, o in zip(valid, options))
+    prompt = cfg.mc_template.format(context=r.get("context") or r.get("article") or "", question=r["question"], options=lines)
+    choices = _lettered(cfg.answer_format, len(options))
+    index = valid.index(answer)
+    return Example(
+        [{"role": "user", "content": prompt.strip()}, {"role": "assistant", "content": choices[index]}],
+        choices=choices,
+        answer_index=index,
+    )
+
+
+def _classification(r: dict, cfg: DataConfig, labels) -> Example:
+    label = str(r["label"])
+    if label not in labels:
+        raise DataError(f"label {label!r} is not one of the labels {labels}")
+    valid = letters(len(labels))
+    options = " ".join(f"({c}) {name}" for c, name in zip(valid, labels))
+    prompt = cfg.classification_template.format(text=r["text"], options=options)
+    choices = _lettered(cfg.answer_format, len(labels))
+    index = labels.index(label)
+    return Example(
+        [{"role": "user", "content": prompt.strip()}, {"role": "assistant", "content": choices[index]}],
+        choices=choices,
+        answer_index=index,
+        meta={"label": label},
+    )
+
+
+_CONVERTERS = {
+    "prompt_completion": _prompt_completion,
+    "chat": _chat,
+    "multiple_choice": _multiple_choice,
+    "classification": _classification,
+}
+
+
+def load_examples(cfg: DataConfig) -> list[Example]:
+    records, info = read_records(cfg)
+    if cfg.format == "auto" and info.get("format"):
+        cfg = DataConfig(**{**cfg.__dict__, "format": info["format"]})
+    try:
+        return to_examples(records, cfg, info.get("labels"))
+    except DataError as exc:
+        raise DataError(f"{cfg.source}: {exc}") from None
+
+
+def split(examples: list, val_size: float, seed: int) -> tuple[list, list]:
+    """A deterministic shuffle-and-cut into train and validation lists."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_val = int(val_size) if val_size >= 1 else round(len(examples) * val_size)
+    n_val = min(n_val, len(examples) - 1)
+    val = [examples[i] for i in sorted(order[:n_val])]
+    train = [examples[i] for i in order[n_val:]]
+    return train, val

@@ -1,0 +1,159 @@
+"""Typed training events, a bus that hands them to any number of subscribers, and their JSONL log.
+
+The app, the notebooks and the CLI all watch a run through these events; `events.jsonl` in the
+run folder is the same stream on disk, so a finished run can be replayed into the same views.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar
+
+
+@dataclass
+class Event:
+    kind: ClassVar[str] = "event"
+    time: float = field(default_factory=time.time, kw_only=True)
+
+    def to_dict(self) -> dict:
+        return {"type": self.kind, **asdict(self)}
+
+
+@dataclass
+class Started(Event):
+    kind: ClassVar[str] = "started"
+    run_dir: str
+    config: dict
+    n_train: int
+    n_val: int
+    total_steps: int
+    skipped: list = field(default_factory=list)
+
+
+@dataclass
+class Advice(Event):
+    """Something a practitioner would want to know, e.g. a learning rate far above LoRA norms."""
+
+    kind: ClassVar[str] = "advice"
+    message: str
+    step: int = 0
+
+
+@dataclass
+class Step(Event):
+    kind: ClassVar[str] = "step"
+    step: int
+    epoch: float
+    learning_rate: float
+    train_loss: float
+    grad_norm: float | None
+    tokens_per_second: float
+    tokens_seen: int
+    elapsed: float
+    total_steps: int
+
+
+@dataclass
+class Eval(Event):
+    kind: ClassVar[str] = "eval"
+    step: int
+    epoch: float
+    metrics: dict
+    #: Whether this evaluation is the best so far by the run's early-stopping metric.
+    is_best: bool = False
+
+
+@dataclass
+class CheckpointSaved(Event):
+    kind: ClassVar[str] = "checkpoint"
+    step: int
+    path: str
+    label: str  # "best", "last" or "final"
+
+
+@dataclass
+class Finished(Event):
+    kind: ClassVar[str] = "finished"
+    step: int
+    summary: dict
+
+
+@dataclass
+class Stopped(Event):
+    kind: ClassVar[str] = "stopped"
+    step: int
+    reason: str
+    summary: dict = field(default_factory=dict)
+
+
+@dataclass
+class Failed(Event):
+    kind: ClassVar[str] = "failed"
+    step: int
+    error: str
+    summary: dict = field(default_factory=dict)
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls for cls in (Started, Advice, Step, Eval, CheckpointSaved, Finished, Stopped, Failed)
+}
+TERMINAL = (Finished, Stopped, Failed)
+
+
+def from_dict(data: dict) -> Event:
+    data = dict(data)
+    cls = EVENT_TYPES[data.pop("type")]
+    return cls(**data)
+
+
+class EventBus:
+    """Fan events out to subscribers; one failing subscriber never stops training or the others."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Callable[[Event], None]] = []
+        self._lock = threading.Lock()
+        self.errors: list[str] = []
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        with self._lock:
+            self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback(event)
+            except Exception as exc:  # a broken view must not kill a run
+                self.errors.append(f"{getattr(callback, '__name__', callback)}: {exc!r}")
+
+
+class JsonlLog:
+    """Subscriber that appends each event as one JSON line, flushed at once so a crash loses nothing."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, event: Event) -> None:
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(event.to_dict(), default=str) + "\n")
+
+
+def read_events(path: str | Path) -> list[Event]:
+    """Events from a JSONL log; a line cut short by a crash is ignored."""
+    events = []
+    path = Path(path)
+    if not path.exists():
+        return events
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(from_dict(json.loads(line)))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return events

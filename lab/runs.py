@@ -1,0 +1,118 @@
+"""Run folders: what a run leaves on disk, and reading it back.
+
+    runs/<name>/
+        config.yaml      the LabConfig, written before anything else happens
+        events.jsonl     every event, one JSON object a line, flushed as it happens
+        adapter/         the adapter the run ends with (the best one when restore_best is on)
+        last_adapter/    the adapter of the last optimiser step
+        best_adapter/    the adapter of the best evaluation so far
+        compare.json     adapter on/off comparison after training
+        summary.json     status, steps, best metrics and when each was reached
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import HIGHER_IS_BETTER, LabConfig
+from .events import Eval, Event, read_events
+
+METRICS = ("prompt_loss", "completion_loss", "full_loss", "answer_accuracy", "token_accuracy")
+
+
+def new_run_dir(cfg: LabConfig) -> Path:
+    base = Path(cfg.train.output_dir)
+    name = cfg.train.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-plw{cfg.train.prompt_loss_weight:g}"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+    path = base / name
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = base / f"{name}-{suffix}"
+    path.mkdir(parents=True)
+    cfg.save(path / "config.yaml")
+    return path
+
+
+def best_by_metric(evals: list[Eval]) -> dict[str, dict]:
+    """For each metric: its best value and the step and epoch where it was reached."""
+    best: dict[str, dict] = {}
+    for event in evals:
+        for name in METRICS:
+            value = event.metrics.get(name)
+            if value is None or value != value:
+                continue
+            higher = HIGHER_IS_BETTER.get(name, False)
+            current = best.get(name)
+            if current is None or (value > current["value"] if higher else value < current["value"]):
+                best[name] = {"value": value, "step": event.step, "epoch": event.epoch}
+    return best
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)  # atomic, so a reader never sees half a file
+
+
+@dataclass
+class Run:
+    path: Path
+    config: LabConfig | None
+    summary: dict
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status", "running or interrupted")
+
+    @property
+    def evals(self) -> list[Eval]:
+        return [e for e in self.events if isinstance(e, Eval)]
+
+    def adapter_dir(self) -> Path | None:
+        for name in ("adapter", "best_adapter", "last_adapter"):
+            if (self.path / name / "adapter_config.json").exists():
+                return self.path / name
+        return None
+
+    def comparison(self) -> dict | None:
+        path = self.path / "compare.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    if not (path / "config.yaml").exists():
+        raise FileNotFoundError(f"{path} is not a run folder (no config.yaml)")
+    try:
+        config = LabConfig.load(path / "config.yaml")
+    except Exception:  # a config from an older lab version still lets the run be browsed
+        config = None
+    summary_path = path / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return Run(path, config, summary, read_events(path / "events.jsonl"))
+
+
+def list_runs(output_dir: str | Path) -> list[Run]:
+    base = Path(output_dir)
+    if not base.is_dir():
+        return []
+    runs = [load_run(p) for p in sorted(base.iterdir()) if (p / "config.yaml").exists()]
+    return sorted(runs, key=lambda r: r.path.stat().st_mtime, reverse=True)
+
+
+def delete_run(path: str | Path) -> None:
+    path = Path(path)
+    if not (path / "config.yaml").exists():
+        raise FileNotFoundError(f"{path} is not a run folder; refusing to delete it")
+    shutil.rmtree(path)
