@@ -79,6 +79,8 @@ def read_file(path: str | Path) -> list[dict]:
     if not path.exists():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".csv", ".json", ".jsonl", ".ndjson"):
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet")
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -109,17 +111,15 @@ def read_file(path: str | Path) -> list[dict]:
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a list of records")
         return data
-    if suffix in (".jsonl", ".ndjson"):
-        records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}, line {number}: invalid JSON ({exc.msg})") from None
-        return records
-    raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet")
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {number}: invalid JSON ({exc.msg})") from None
+    return records
 
 
 def read_hub(dataset_id: str, config: str = "", split: str = "train") -> list[dict]:

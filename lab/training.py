@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import threading
 import time
 import traceback
@@ -173,6 +174,8 @@ class EventCallback(TrainerCallback):
                     total_steps=state.max_steps,
                 )
             )
+        if self.run.stop.is_set():
+            control.should_training_stop = True
         if self.eval_due and not control.should_training_stop:
             self.eval_due = False
             if not self.run.evaluate(state.global_step, float(state.epoch or 0.0)):
@@ -321,10 +324,12 @@ def train(
 ) -> TrainResult:
     """Run one training job as `cfg` describes. Never loses the config, the events or the last adapter."""
     cfg.validate()
-    run_dir = new_run_dir(cfg)
+    is_main = is_main_process()
+    # Only the main process writes the run folder; the others train into a scratch folder they never fill.
+    run_dir = new_run_dir(cfg) if is_main else Path(tempfile.mkdtemp(prefix="plw-lab-rank"))
     bus = EventBus()
     run = RunContext(cfg, run_dir, bus, stop or threading.Event())
-    run.is_main = _is_main_process()
+    run.is_main = is_main
     if run.is_main:
         bus.subscribe(JsonlLog(run_dir / "events.jsonl"))
     for callback in subscribers:
@@ -402,6 +407,6 @@ def compare_adapter(run: RunContext) -> dict:
     return result
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
     # `accelerate launch` sets RANK before any process group exists.
     return int(os.environ.get("RANK", "0")) == 0

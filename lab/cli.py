@@ -1,0 +1,245 @@
+"""`lab`: train, evaluate, compare and inspect from the terminal.
+
+    lab train --plw 0.1 --set train.max_steps=60
+    lab inspect -n 2                    # tokens coloured by weight, with labels
+    lab eval runs/<run>                 # validation metrics, adapter on and off
+    lab compare runs/<run>              # generations, answers and forgetting probe, on vs off
+    lab config > my.yaml                # every setting with its default; edit, then --config my.yaml
+
+Multi-GPU: `accelerate launch -m lab train ...` (DDP, FSDP or DeepSpeed as accelerate is configured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError, LabConfig
+
+# Shortcut flags for the settings changed most often; everything else goes through --set.
+SHORTCUTS = {
+    "model": "model.name",
+    "data": "data.source",
+    "plw": "train.prompt_loss_weight",
+    "max_steps": "train.max_steps",
+    "epochs": "train.epochs",
+    "lr": "train.learning_rate",
+    "output_dir": "train.output_dir",
+}
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML or JSON config file (see `lab config`)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override any setting")
+    for flag, key in SHORTCUTS.items():
+        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, help=f"shortcut for --set {key}=...")
+
+
+def build_config(args) -> LabConfig:
+    cfg = LabConfig.load(args.config) if args.config else LabConfig()
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set takes SECTION.FIELD=VALUE, got {item!r}")
+        overrides[key.strip()] = value
+    for flag, key in SHORTCUTS.items():
+        if getattr(args, flag, None) is not None:
+            overrides[key] = getattr(args, flag)
+    return cfg.override(overrides) if overrides else cfg
+
+
+# -- printing ---------------------------------------------------------------------------------
+
+RESET, DIM, BOLD, GREEN, CYAN, YELLOW, RED = "\033[0m", "\033[2m", "\033[1m", "\033[32m", "\033[36m", "\033[33m", "\033[31m"
+
+
+def colour_tokens(tokenizer, enc, plw: float, colour: bool = True) -> str:
+    """The example's text token by token: completion in green, prompt dimmed unless PLW > 0."""
+    out = []
+    for token_id, prompt, completion in zip(enc.input_ids, enc.prompt_mask, enc.completion_mask):
+        piece = tokenizer.decode([token_id]).replace("\n", "↵\n")
+        if not colour:
+            out.append(f"[{piece}]" if completion else piece)
+        elif completion:
+            out.append(f"{BOLD}{GREEN}{piece}{RESET}")
+        else:
+            out.append(f"{CYAN}{piece}{RESET}" if plw > 0 else f"{DIM}{piece}{RESET}")
+    return "".join(out)
+
+
+def token_table(tokenizer, enc, plw: float) -> str:
+    """One row a token: position, id, text, label (the target it is trained on) and weight."""
+    rows = [f"{'pos':>4} {'id':>6}  {'token':<18} {'label':>6} {'weight':>6}"]
+    for i, token_id in enumerate(enc.input_ids):
+        weight = plw * enc.prompt_mask[i] + enc.completion_mask[i]
+        # Position i's label is token i itself as the target predicted from position i-1; -100 when unweighted.
+        label = token_id if (i > 0 and weight > 0) else -100
+        rows.append(f"{i:>4} {token_id:>6}  {tokenizer.decode([token_id])!r:<18} {label:>6} {weight:>6.3g}")
+    return "\n".join(rows)
+
+
+def print_event(event, stream=sys.stdout) -> None:
+    kind = event.kind
+    if kind == "started":
+        print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps", file=stream)
+        for note in event.skipped[:5]:
+            print(f"{YELLOW}skipped: {note}{RESET}", file=stream)
+    elif kind == "advice":
+        print(f"{YELLOW}note: {event.message}{RESET}", file=stream)
+    elif kind == "step":
+        print(
+            f"step {event.step:>4}/{event.total_steps}  loss {event.train_loss:.4f}  lr {event.learning_rate:.2e}  "
+            f"{event.tokens_per_second:,.0f} tok/s",
+            file=stream,
+        )
+    elif kind == "eval":
+        m = event.metrics
+        line = f"{BOLD}eval step {event.step:>4}{RESET}  prompt {m['prompt_loss']:.4f}  completion {m['completion_loss']:.4f}  full {m['full_loss']:.4f}"
+        if m.get("answer_accuracy") is not None:
+            line += f"  accuracy {m['answer_accuracy']:.3f} (majority {m['majority_baseline']:.3f})  predicted {m['predicted']}"
+        print(line + ("  *best*" if event.is_best else ""), file=stream)
+    elif kind in ("finished", "stopped"):
+        print(f"{GREEN}{kind} at step {event.step}{RESET}" + (f": {event.reason}" if kind == "stopped" else ""), file=stream)
+    elif kind == "failed":
+        print(f"{RED}failed at step {event.step}: {event.error}{RESET}", file=stream)
+
+
+def print_comparison(comparison: dict, stream=sys.stdout) -> None:
+    on, off = comparison["on"], comparison["off"]
+    print(f"{'':28}{'adapter off':>14}{'adapter on':>14}", file=stream)
+    for key in ("prompt_loss", "completion_loss", "full_loss", "token_accuracy", "answer_accuracy", "majority_baseline"):
+        a, b = off["metrics"].get(key), on["metrics"].get(key)
+        if a is not None:
+            print(f"{key:28}{a:>14.4f}{b:>14.4f}", file=stream)
+    if off.get("probe_perplexity") is not None:
+        print(f"{'forgetting probe perplexity':28}{off['probe_perplexity']:>14.2f}{on['probe_perplexity']:>14.2f}", file=stream)
+    if "predicted" in off["metrics"]:
+        print(f"{'predicted answers':28}{json.dumps(off['metrics']['predicted']):>14} {json.dumps(on['metrics']['predicted'])}", file=stream)
+    for i, example in enumerate(comparison.get("examples", [])):
+        print(f"\n{BOLD}example {i}{RESET} (reference: {example['reference']!r})", file=stream)
+        print(f"  off: {off['generations'][i]!r}\n  on:  {on['generations'][i]!r}", file=stream)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from .training import is_main_process, train
+
+    cfg = build_config(args)
+    result = train(cfg, subscribers=[print_event])
+    if is_main_process():  # under `accelerate launch` every process gets here; one report is enough
+        if result.comparison:
+            print()
+            print_comparison(result.comparison)
+        print(f"\nrun folder: {result.run_dir}")
+    return 1 if result.status == "failed" else 0
+
+
+def _load_run_model(run_dir: str):
+    from .evaluation import device_of
+    from .models import load_adapter, load_model, load_tokenizer
+    from .runs import load_run
+    from .training import prepare
+
+    run = load_run(run_dir)
+    if run.config is None or run.adapter_dir() is None:
+        raise SystemExit(f"{run_dir}: the run has no readable config or no saved adapter")
+    tokenizer = load_tokenizer(run.config.model)
+    model = load_adapter(load_model(run.config.model), run.adapter_dir())
+    data = prepare(run.config, tokenizer)
+    return run, model, tokenizer, data, device_of(model)
+
+
+def cmd_eval(args) -> int:
+    from .evaluation import adapter, evaluate
+
+    run, model, tokenizer, data, _ = _load_run_model(args.run)
+    for label, enabled in (("adapter off", False), ("adapter on", True)):
+        with adapter(model, enabled):
+            metrics = evaluate(model, data.val, tokenizer.pad_token_id, run.config.eval.batch_size, run.config.train.chunk_size)
+        print(f"{BOLD}{label}{RESET}: " + json.dumps({k: v for k, v in metrics.items()}, default=str))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .builtin import general_text
+    from .evaluation import compare
+    from .runs import load_run
+
+    run = load_run(args.run)
+    comparison = None if args.recompute else run.comparison()
+    if comparison is None:
+        run, model, tokenizer, data, _ = _load_run_model(args.run)
+        e = run.config.eval
+        comparison = compare(model, tokenizer, data.val, general_text()[: e.probe_texts], e.generations, e.max_new_tokens, e.batch_size, run.config.train.chunk_size)
+    print_comparison(comparison)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .data import load_examples
+    from .masks import encode
+    from .models import load_tokenizer
+
+    cfg = build_config(args)
+    tokenizer = load_tokenizer(cfg.model)
+    examples = load_examples(cfg.data)[: args.n]
+    plw = cfg.train.prompt_loss_weight
+    colour = sys.stdout.isatty() or args.colour
+    for example in examples:
+        enc = encode(tokenizer, example, cfg.data.max_length, cfg.data.train_eos)
+        print(f"{BOLD}example {example.source_index}{RESET}: {enc.n_prompt} prompt + {enc.n_completion} completion tokens"
+              f"{f', {enc.truncated} cut from the left' if enc.truncated else ''}; PLW {plw:g}; end-of-turn trained: {cfg.data.train_eos}")
+        print(colour_tokens(tokenizer, enc, plw, colour))
+        if args.table:
+            print(token_table(tokenizer, enc, plw))
+        print()
+    return 0
+
+
+def cmd_config(args) -> int:
+    import yaml
+
+    print(yaml.safe_dump(build_config(args).to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lab", description="PLW Lab: prompt-loss-weighted fine-tuning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a LoRA adapter and compare it with the base model")
+    _config_args(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="validation metrics of a run, adapter on and off")
+    p.add_argument("run", help="run folder")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("compare", help="adapter on vs off: generations, answers, forgetting probe")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--recompute", action="store_true", help="recompute instead of reading compare.json")
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("inspect", help="show examples token by token with their masks and weights")
+    _config_args(p)
+    p.add_argument("-n", type=int, default=3, help="how many examples")
+    p.add_argument("--table", action="store_true", help="also print one row per token: id, label, weight")
+    p.add_argument("--colour", action="store_true", help="colour even when not writing to a terminal")
+    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("config", help="print the full config (defaults plus overrides) as YAML")
+    _config_args(p)
+    p.set_defaults(func=cmd_config)
+    args = parser.parse_args(argv)
+    from .data import DataError
+    from .models import ModelError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, ModelError, FileNotFoundError) as exc:
+        print(f"{RED}error: {exc}{RESET}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

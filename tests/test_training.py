@@ -1,0 +1,163 @@
+"""Training through the Trainer: accumulation is exact, events flow, stops and failures keep the run."""
+
+import json
+import threading
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from lab import events as ev
+from lab.collate import Collator, EncodedDataset
+from lab.config import LabConfig
+from lab.masks import encode_all
+from lab.models import attach_lora, load_adapter
+from lab.runs import load_run
+from lab.training import PLWTrainer, train, training_arguments
+
+from conftest import sum_examples
+
+
+def _cfg(tmp_path, **overrides):
+    base = {
+        "model.name": "tiny-random",
+        "train.output_dir": str(tmp_path / "runs"),
+        "train.batch_size": 4,
+        "train.max_steps": 4,
+        "train.eval_interval": 2,
+        "train.learning_rate": 1e-3,
+        "lora.layers": "all",
+        "eval.generations": 2,
+        "eval.max_new_tokens": 4,
+        "eval.probe_texts": 2,
+    }
+    base.update(overrides)
+    return LabConfig().override(base)
+
+
+class _GradCapture(TrainerCallback):
+    def __init__(self, model):
+        self.model, self.grads = model, None
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.grads is None:
+            self.grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+
+def _first_step_grads(tmp_path, tokenizer, tiny_dir, encoded, plw, batch, accum, mode="sum_weights"):
+    cfg = _cfg(tmp_path, **{"train.prompt_loss_weight": plw, "train.batch_size": batch, "train.grad_accum": accum, "train.max_steps": 1, "train.max_grad_norm": 0.0, "train.loss_normalization": mode})
+    torch.manual_seed(0)
+    model = attach_lora(AutoModelForCausalLM.from_pretrained(tiny_dir), cfg.lora)
+    capture = _GradCapture(model)
+    trainer = PLWTrainer(
+        model=model,
+        args=training_arguments(cfg, tmp_path / f"t{batch}x{accum}", torch.device("cpu"), torch.float32),
+        train_dataset=EncodedDataset(encoded),
+        data_collator=Collator(tokenizer.pad_token_id),
+        callbacks=[capture],
+        lab_config=cfg,
+    )
+    trainer.train()
+    return capture.grads
+
+
+@pytest.mark.parametrize("plw", [0.0, 0.1, 1.0])
+def test_accumulating_four_batches_of_two_equals_one_batch_of_eight(tmp_path, tokenizer, tiny_dir, plw):
+    encoded, _ = encode_all(tokenizer, sum_examples(8), 128)
+    assert len({len(e) for e in encoded}) > 1, "lengths must differ so padding and per-batch means would show"
+    big = _first_step_grads(tmp_path, tokenizer, tiny_dir, encoded, plw, 8, 1)
+    small = _first_step_grads(tmp_path, tokenizer, tiny_dir, encoded, plw, 2, 4)
+    assert big.keys() == small.keys() and any(g.abs().sum() > 0 for g in big.values())
+    for name in big:
+        torch.testing.assert_close(small[name], big[name], rtol=1e-4, atol=1e-4 * big[name].abs().max().item())
+
+
+def test_count_normalisation_differs_from_sum_at_fractional_plw(tmp_path, tokenizer, tiny_dir):
+    encoded, _ = encode_all(tokenizer, sum_examples(4), 128)
+    by_sum = _first_step_grads(tmp_path, tokenizer, tiny_dir, encoded, 0.1, 4, 1, "sum_weights")
+    by_count = _first_step_grads(tmp_path, tokenizer, tiny_dir, encoded, 0.1, 4, 1, "count_nonzero")
+    name = next(n for n in by_sum if "lora_B" in n)  # lora_A starts with a zero gradient (B = 0)
+    ratio = (by_sum[name].norm() / by_count[name].norm()).item()
+    assert ratio > 1.5  # sum of weights is the smaller divisor when most tokens weigh 0.1
+
+
+def test_a_run_emits_typed_events_logs_them_and_saves_a_loadable_adapter(tmp_path, tiny_dir):
+    seen = []
+    result = train(_cfg(tmp_path), subscribers=[seen.append], examples=sum_examples(24))
+    assert result.status == "finished", result.summary
+    kinds = [e.kind for e in seen]
+    assert kinds[0] == "started" and kinds[-1] == "finished"
+    steps = [e for e in seen if isinstance(e, ev.Step)]
+    assert [s.step for s in steps] == [1, 2, 3, 4]
+    assert all(s.tokens_per_second > 0 and s.learning_rate >= 0 for s in steps)
+    evals = [e for e in seen if isinstance(e, ev.Eval)]
+    assert [e.step for e in evals] == [0, 2, 4]
+    for key in ("prompt_loss", "completion_loss", "full_loss", "token_accuracy"):
+        assert all(e.metrics[key] == e.metrics[key] for e in evals), key
+    logged = [json.loads(line)["type"] for line in (result.run_dir / "events.jsonl").read_text().splitlines()]
+    assert logged == kinds
+    run = load_run(result.run_dir)
+    assert run.status == "finished" and run.config.train.max_steps == 4
+    assert set(run.summary["best"]) >= {"completion_loss", "full_loss", "prompt_loss"}
+    comparison = run.comparison()
+    assert set(comparison) == {"on", "off", "examples"} and len(comparison["on"]["generations"]) == 2
+    assert comparison["on"]["probe_perplexity"] > 1
+    model = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_dir), run.adapter_dir())
+    assert any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_stop_is_honoured_within_one_step_and_keeps_a_loadable_adapter(tmp_path, tiny_dir):
+    stop = threading.Event()
+
+    def stop_after_two(event):
+        if isinstance(event, ev.Step) and event.step == 2:
+            stop.set()
+
+    seen = []
+    result = train(_cfg(tmp_path, **{"train.max_steps": 50}), subscribers=[stop_after_two, seen.append], stop=stop, examples=sum_examples(24))
+    assert result.status == "stopped"
+    assert max(e.step for e in seen if isinstance(e, ev.Step)) == 2
+    assert isinstance(seen[-1], ev.Stopped)
+    run = load_run(result.run_dir)
+    assert run.summary["status"] == "stopped" and (result.run_dir / "config.yaml").exists()
+    load_adapter(AutoModelForCausalLM.from_pretrained(tiny_dir), result.run_dir / "last_adapter")
+
+
+def test_nan_loss_fails_clearly_and_keeps_config_events_and_last_adapter(tmp_path, monkeypatch):
+    import lab.training as training_module
+
+    held = {}
+
+    def attach_and_keep(model, lora_cfg):
+        held["model"] = attach_lora(model, lora_cfg)
+        return held["model"]
+
+    def diverge_after_step_two(event):
+        # NaN adapter weights make the next loss NaN, as after a divergent update.
+        if isinstance(event, ev.Step) and event.step == 2:
+            with torch.no_grad():
+                for name, p in held["model"].named_parameters():
+                    if "lora_B" in name:
+                        p.fill_(float("nan"))
+
+    monkeypatch.setattr(training_module, "attach_lora", attach_and_keep)
+    seen = []
+    result = train(_cfg(tmp_path, **{"train.max_steps": 6, "train.eval_interval": 100}), subscribers=[diverge_after_step_two, seen.append], examples=sum_examples(24))
+    assert result.status == "failed"
+    assert "NonFiniteLossError" in result.summary["error"] and "learning_rate" in result.summary["error"]
+    assert isinstance(seen[-1], ev.Failed) and seen[-1].step == 2
+    assert (result.run_dir / "config.yaml").exists() and (result.run_dir / "events.jsonl").exists()
+    assert (result.run_dir / "last_adapter" / "adapter_config.json").exists()
+    assert load_run(result.run_dir).status == "failed"
+
+
+def test_early_stopping_restores_the_best_adapter(tmp_path):
+    # A huge learning rate makes completion loss worse after the first evaluations.
+    cfg = _cfg(tmp_path, **{"train.max_steps": 30, "train.eval_interval": 1, "train.patience": 2, "train.learning_rate": 0.5, "train.warmup_ratio": 0.0})
+    seen = []
+    result = train(cfg, subscribers=[seen.append], examples=sum_examples(24), compare=False)
+    evals = [e for e in seen if isinstance(e, ev.Eval)]
+    best = min(evals, key=lambda e: e.metrics["completion_loss"])
+    assert result.status == "stopped" and "early stopping" in result.summary["stop_reason"]
+    assert result.summary["adapter_step"] == best.step
+    assert evals[-1].step - best.step >= 2
