@@ -81,7 +81,8 @@ def token_table(tokenizer, enc, plw: float) -> str:
     return "\n".join(rows)
 
 
-def print_event(event, stream=sys.stdout) -> None:
+def print_event(event, stream=None) -> None:
+    stream = stream or sys.stdout
     kind = event.kind
     if kind == "started":
         print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps", file=stream)
@@ -107,7 +108,8 @@ def print_event(event, stream=sys.stdout) -> None:
         print(f"{RED}failed at step {event.step}: {event.error}{RESET}", file=stream)
 
 
-def print_comparison(comparison: dict, stream=sys.stdout) -> None:
+def print_comparison(comparison: dict, stream=None) -> None:
+    stream = stream or sys.stdout
     on, off = comparison["on"], comparison["off"]
     print(f"{'':28}{'adapter off':>14}{'adapter on':>14}", file=stream)
     for key in ("prompt_loss", "completion_loss", "full_loss", "token_accuracy", "answer_accuracy", "majority_baseline"):

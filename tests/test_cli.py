@@ -1,0 +1,46 @@
+"""The CLI: inspect shows masks and weights, train writes a run that eval and compare read back."""
+
+import json
+
+import pytest
+
+from lab.cli import main
+
+from conftest import sum_examples
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "sums.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": e.messages[0]["content"], "completion": e.messages[1]["content"]}) for e in sum_examples(20)))
+    return path
+
+
+def test_inspect_prints_tokens_with_labels_and_weights(data_file, capsys):
+    assert main(["inspect", "--model", "tiny-random", "--data", str(data_file), "-n", "1", "--plw", "0.1", "--table", "--colour"]) == 0
+    out = capsys.readouterr().out
+    assert "\033[1m\033[32m" in out and "\033[36m" in out  # completion bold green; prompt cyan at PLW > 0
+    rows = [line.split() for line in out.splitlines() if line[:4].strip().isdigit()]
+    weights = {float(r[-1]) for r in rows}
+    assert weights == {0.1, 1.0}
+    assert rows[0][-2] == "-100"  # the first token is never a target
+
+
+def test_train_then_eval_and_compare_a_run(data_file, tmp_path, capsys):
+    code = main([
+        "train", "--model", "tiny-random", "--data", str(data_file), "--max-steps", "2", "--output-dir", str(tmp_path / "runs"),
+        "--set", "train.run_name=cli", "--set", "train.batch_size=4", "--set", "eval.generations=1", "--set", "eval.probe_texts=1",
+    ])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "eval step    0" in out and "finished at step 2" in out and "adapter off" in out
+    run = tmp_path / "runs" / "cli"
+    assert main(["eval", str(run)]) == 0
+    assert "adapter on" in capsys.readouterr().out
+    assert main(["compare", str(run)]) == 0
+    assert "forgetting probe perplexity" in capsys.readouterr().out
+
+
+def test_bad_setting_exits_with_a_clear_message(capsys):
+    assert main(["inspect", "--plw", "2"]) == 2
+    assert "train.prompt_loss_weight must be at most 1.0" in capsys.readouterr().err
