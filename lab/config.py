@@ -76,8 +76,13 @@ class DataConfig:
         "The split is deterministic given the seed.",
         min=0.0,
     )
+    val_max: int = _f(
+        64,
+        "At most this many validation examples (0: no cap), so each evaluation stays quick on large sets.",
+        min=0,
+    )
     max_length: int = _f(
-        384,
+        256,
         "Longest tokenised example. Longer prompts are cut from the left so the whole completion is kept; "
         "an example whose completion alone does not fit is skipped and reported.",
         min=8,
@@ -104,8 +109,8 @@ class DataConfig:
 
 @dataclass
 class LoraConfig:
-    r: int = _f(16, "LoRA rank: the size of the low-rank update. Small data wants a small rank.", min=1, max=256)
-    alpha: int = _f(32, "LoRA scaling numerator; the update is scaled by alpha / r.", min=1, max=1024)
+    r: int = _f(8, "LoRA rank: the size of the low-rank update. Small data wants a small rank.", min=1, max=256)
+    alpha: int = _f(16, "LoRA scaling numerator; the update is scaled by alpha / r.", min=1, max=1024)
     dropout: float = _f(0.0, "Dropout on the LoRA input during training.", min=0.0, max=0.9)
     target_modules: list = _f(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -136,7 +141,7 @@ class TrainConfig:
         "Tuning). The two agree at PLW 0 and 1. Either is taken over the whole optimiser step.",
         choices=("sum_weights", "count_nonzero"),
     )
-    learning_rate: float = _f(1e-3, "Peak learning rate of AdamW (LoRA usually wants 1e-4 to 1e-3).", min=0.0, max=1.0)
+    learning_rate: float = _f(2e-3, "Peak learning rate of AdamW (LoRA usually wants 1e-4 to 1e-3).", min=0.0, max=1.0)
     lr_scheduler: str = _f(
         "cosine", "Learning-rate schedule after warmup.", choices=("linear", "cosine", "constant")
     )
@@ -144,11 +149,17 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay on the adapter weights.", min=0.0, max=1.0)
     max_grad_norm: float = _f(1.0, "Clip the gradient norm to this value (0: no clipping).", min=0.0)
     epochs: float = _f(1.0, "Passes over the training examples (ignored when max_steps is above 0).", min=0.0)
-    max_steps: int = _f(0, "Stop after this many optimiser steps (0: use epochs).", min=0)
+    max_steps: int = _f(40, "Stop after this many optimiser steps (0: use epochs).", min=0)
     batch_size: int = _f(8, "Examples per micro-batch on each device.", min=1)
     grad_accum: int = _f(1, "Micro-batches per optimiser step; the loss is normalised over all of them.", min=1)
+    packing: bool = _f(
+        False,
+        "Pack the examples of each micro-batch into as few rows as possible instead of padding them to the "
+        "longest. Examples stay apart (restarting positions, block-diagonal attention or flash-attention varlen) "
+        "and keep their weights, so the loss is the same; only padding work goes away. Pays off when lengths vary.",
+    )
     eval_interval: int = _f(
-        10, "Evaluate on the validation set every this many optimiser steps (and at step 0 and the end).", min=1
+        20, "Evaluate on the validation set every this many optimiser steps (and at step 0 and the end).", min=1
     )
     early_stopping_metric: str = _f(
         "completion_loss",
@@ -161,6 +172,11 @@ class TrainConfig:
     seed: int = _f(0, "Seed for the split, the shuffling and the adapter initialisation.")
     output_dir: str = _f("runs", "Folder that receives one sub-folder per run.")
     run_name: str = _f("", "Name of the run folder (empty: a name from the time and PLW).")
+    cache_frozen_layers: bool = _f(
+        True,
+        "When LoRA adapts only the top layers, compute the frozen layers below once per example and reuse "
+        "their output in later epochs and evaluations (exact; padded batches of Llama-family models).",
+    )
     chunk_size: int = _f(
         1024, "Positions per chunk in the chunked cross-entropy; bounds the logits held in memory.", min=16
     )

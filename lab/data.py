@@ -284,12 +284,12 @@ def load_examples(cfg: DataConfig) -> list[Example]:
         raise DataError(f"{cfg.source}: {exc}") from None
 
 
-def split(examples: list, val_size: float, seed: int) -> tuple[list, list]:
+def split(examples: list, val_size: float, seed: int, val_max: int = 0) -> tuple[list, list]:
     """A deterministic shuffle-and-cut into train and validation lists."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     n_val = int(val_size) if val_size >= 1 else round(len(examples) * val_size)
-    n_val = min(n_val, len(examples) - 1)
+    n_val = min(n_val, val_max or n_val, len(examples) - 1)
     val = [examples[i] for i in sorted(order[:n_val])]
     train = [examples[i] for i in order[n_val:]]
     return train, val

@@ -63,8 +63,11 @@ def _all_reduce(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, chunk_size: int = 1024, details: bool = False) -> dict:
-    """Validation metrics over `encoded`; with `details`, also each example's answer scores."""
+def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, chunk_size: int = 1024, details: bool = False, prefix=None) -> dict:
+    """Validation metrics over `encoded`; with `details`, also each example's answer scores.
+
+    `prefix` (a `lab.prefix.FrozenPrefix`) reuses the frozen lower layers' states across evaluations.
+    """
     device = device_of(model)
     weight, bias = output_layer(model)
     choices = next((e.example.choices for e in encoded if e.example.choices), ())
@@ -75,7 +78,7 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
     with eval_mode(model):
         for batch in _batches(_shard(encoded), batch_size):
             tensors = {key: v.to(device) for key, v in collate(batch, pad_id).items()}
-            hidden = final_hidden(model, tensors["input_ids"], tensors["attention_mask"])
+            hidden = final_hidden(model, tensors["input_ids"], tensors["attention_mask"], prefix=prefix)
             ce, hit = token_ce(hidden[:, :-1], weight, tensors["input_ids"][:, 1:], chunk_size, bias)
             prompt = tensors["prompt_mask"][:, 1:].bool()
             completion = tensors["completion_mask"][:, 1:].bool()
@@ -127,9 +130,9 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
     return metrics
 
 
-def evaluate_answers(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, chunk_size: int = 1024) -> dict:
-    """`evaluate` with per-example answer details and answer accuracy (gathered on one process)."""
-    return evaluate(model, encoded, pad_id, batch_size, chunk_size, details=True)
+def evaluate_answers(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, chunk_size: int = 1024, prefix=None) -> dict:
+    """`evaluate` with each example's answer and candidate log-probabilities (this process's share)."""
+    return evaluate(model, encoded, pad_id, batch_size, chunk_size, details=True, prefix=prefix)
 
 
 def token_losses(model, enc: Encoded, chunk_size: int = 1024) -> list[float | None]:
@@ -190,13 +193,13 @@ def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int = 3
     return outputs
 
 
-def compare(model, tokenizer, encoded: list[Encoded], probe_texts: list[str], n_generations: int = 4, max_new_tokens: int = 32, batch_size: int = 8, chunk_size: int = 1024) -> dict:
+def compare(model, tokenizer, encoded: list[Encoded], probe_texts: list[str], n_generations: int = 4, max_new_tokens: int = 32, batch_size: int = 8, chunk_size: int = 1024, prefix=None) -> dict:
     """The same validation metrics, generations and forgetting probe with the adapter on and off."""
     result = {}
     for label, enabled in (("on", True), ("off", False)):
         with adapter(model, enabled):
             result[label] = {
-                "metrics": evaluate_answers(model, encoded, tokenizer.pad_token_id, batch_size, chunk_size),
+                "metrics": evaluate_answers(model, encoded, tokenizer.pad_token_id, batch_size, chunk_size, prefix),
                 "generations": generate(model, tokenizer, encoded[:n_generations], max_new_tokens, batch_size),
                 "probe_perplexity": perplexity(model, tokenizer, probe_texts, batch_size, chunk_size) if probe_texts else None,
             }

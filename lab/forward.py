@@ -45,12 +45,21 @@ def _capture(decoder, store: dict):
         handle.remove()
 
 
-def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **model_kwargs) -> torch.Tensor:
-    """Final (normalised) hidden states (B, T, H) of `model` on a batch; the output layer is not run."""
+def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, prefix=None, **model_kwargs) -> torch.Tensor:
+    """Final (normalised) hidden states (B, T, H) of `model` on a batch; the output layer is not run.
+
+    With a `lab.prefix.FrozenPrefix`, the frozen lower layers are read from its cache and only
+    the adapted layers run.
+    """
     store: dict = {}
     keep_none = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
     with _capture(unwrap(model).get_decoder(), store):
-        model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep_none, use_cache=False, **model_kwargs)
+        if prefix is None:
+            model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep_none, use_cache=False, **model_kwargs)
+        else:
+            hidden_in = prefix.hidden_in(input_ids, attention_mask)
+            with prefix.top_layers():
+                model(inputs_embeds=hidden_in, attention_mask=attention_mask, logits_to_keep=keep_none, use_cache=False, **model_kwargs)
     return store["hidden"]
 
 

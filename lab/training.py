@@ -23,7 +23,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from . import advice, evaluation
 from .collate import Collator, EncodedDataset
-from .config import HIGHER_IS_BETTER, LabConfig
+from .config import HIGHER_IS_BETTER, LabConfig, layer_indices
 from .data import DataError, Example, load_examples, split
 from .events import (
     Advice,
@@ -40,7 +40,9 @@ from .events import (
 from .forward import final_hidden, logits_at, output_layer, supports_hidden_loss
 from .loss import normalizer, shift_for_targets, token_weights, weighted_ce, weighted_ce_from_logits
 from .masks import Encoded, encode_all
-from .models import attach_lora, load_model, load_tokenizer, pick_device
+from .models import attach_lora, load_model, load_tokenizer, num_layers, pick_device
+from .prefix import FrozenPrefix
+from .packing import PackingCollator, attention_kind, model_kwargs, num_tokens
 from .runs import best_by_metric, new_run_dir, write_json
 
 
@@ -58,7 +60,7 @@ class Prepared:
 def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) -> Prepared:
     """Read, split and encode the data; raise a `DataError` when nothing trainable is left."""
     examples = load_examples(cfg.data) if examples is None else examples
-    train_ex, val_ex = split(examples, cfg.data.val_size, cfg.train.seed)
+    train_ex, val_ex = split(examples, cfg.data.val_size, cfg.train.seed, cfg.data.val_max)
     train, skipped = encode_all(tokenizer, train_ex, cfg.data.max_length, cfg.data.train_eos)
     val, skipped_val = encode_all(tokenizer, val_ex, cfg.data.max_length, cfg.data.train_eos)
     if not train:
@@ -85,6 +87,7 @@ class PLWTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.lab = lab_config
         self.tokens_seen = 0
+        self.prefix = None  # a lab.prefix.FrozenPrefix, set by `train` when it applies
         self.use_hidden_loss = supports_hidden_loss(self.model) and self.accelerator.distributed_type.value not in (
             "FSDP",
             "DEEPSPEED",
@@ -112,14 +115,17 @@ class PLWTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         weights = self._weights(inputs)
         targets = inputs["input_ids"][:, 1:]
+        kwargs = model_kwargs(inputs)  # attention mask, and position ids when packed
         if self.use_hidden_loss:
-            hidden = final_hidden(model, inputs["input_ids"], inputs["attention_mask"])
+            # The frozen-layer cache is keyed by example, so it serves padded batches only.
+            prefix = self.prefix if "position_ids" not in kwargs else None
+            hidden = final_hidden(model, inputs["input_ids"], prefix=prefix, **kwargs)
             head_weight, head_bias = output_layer(model)
             loss_sum = weighted_ce(hidden[:, :-1], head_weight, targets, weights, self.lab.train.chunk_size, head_bias)
         else:
             keep = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
             keep[:, :-1] = weights > 0
-            logits = logits_at(model, inputs["input_ids"], inputs["attention_mask"], keep)
+            logits = logits_at(model, inputs["input_ids"], keep=keep, **kwargs)
             loss_sum = weighted_ce_from_logits(logits, targets[keep[:, :-1]], weights[keep[:, :-1]])
         if num_items_in_batch is None:  # evaluation-style call outside the training loop
             num_items_in_batch = normalizer(weights, self.lab.train.loss_normalization)
@@ -130,7 +136,7 @@ class PLWTrainer(Trainer):
                 f"the loss became {loss.item()} at step {self.state.global_step + 1}; lower train.learning_rate "
                 "or use float32 (model.dtype)"
             )
-        self.tokens_seen += int(inputs["attention_mask"].sum())
+        self.tokens_seen += num_tokens(inputs)
         return (loss, None) if return_outputs else loss
 
 
@@ -200,6 +206,7 @@ class RunContext:
     model: object = None
     tokenizer: object = None
     data: Prepared | None = None
+    prefix: FrozenPrefix | None = None
     started: float = field(default_factory=time.time)
     is_main: bool = True
     evals: list = field(default_factory=list)
@@ -208,6 +215,7 @@ class RunContext:
     best_state: dict | None = None
     last_eval_step: int | None = None
     stop_reason: str = ""
+    collapse_reported: bool = False
 
     def emit(self, event) -> None:
         if self.is_main:
@@ -216,7 +224,7 @@ class RunContext:
     def evaluate(self, step: int, epoch: float) -> bool:
         """Evaluate, emit the event, keep the adapter if it is the best; return whether it improved."""
         t = self.cfg.train
-        metrics = evaluation.evaluate(self.model, self.data.val, self.tokenizer.pad_token_id, self.cfg.eval.batch_size, t.chunk_size)
+        metrics = evaluation.evaluate(self.model, self.data.val, self.tokenizer.pad_token_id, self.cfg.eval.batch_size, t.chunk_size, prefix=self.prefix)
         self.last_eval_step = step
         improved = False
         value = metrics.get(t.early_stopping_metric)
@@ -231,7 +239,8 @@ class RunContext:
         self.evals.append(event)
         self.emit(event)
         warning = advice.collapse(metrics)
-        if warning and step > 0:
+        if warning and step > 0 and not self.collapse_reported:
+            self.collapse_reported = True  # once per run: the curves show whether it persists
             self.emit(Advice(message=warning, step=step))
         return improved
 
@@ -296,6 +305,13 @@ def training_arguments(cfg: LabConfig, run_dir: Path, device: torch.device, dtyp
     )
 
 
+def make_collator(cfg: LabConfig, tokenizer, model):
+    """Padding, or packing laid out for the model's attention implementation (`train.packing`)."""
+    if cfg.train.packing:
+        return PackingCollator(tokenizer.pad_token_id, attention_kind(model), mask_dtype=next(model.parameters()).dtype)
+    return Collator(tokenizer.pad_token_id)
+
+
 def total_steps(cfg: LabConfig, n_train: int, world_size: int = 1) -> int:
     t = cfg.train
     if t.max_steps > 0:
@@ -353,12 +369,14 @@ def train(
             model=model,
             args=args,
             train_dataset=EncodedDataset(data.train),
-            data_collator=Collator(tokenizer.pad_token_id),
+            data_collator=make_collator(cfg, tokenizer, model),
             callbacks=[callback],
             lab_config=cfg,
         )
         trainer.remove_callback(PrinterCallback)  # events replace the Trainer's printed log dicts
         ref["trainer"] = trainer
+        if cfg.train.cache_frozen_layers and trainer.use_hidden_loss:
+            run.prefix = trainer.prefix = FrozenPrefix.for_model(model, layer_indices(cfg.lora.layers, num_layers(base)))
         run.evaluate(0, 0.0)  # step 0 is the base model: LoRA starts as a zero update
         try:
             trainer.train()
@@ -400,7 +418,7 @@ def compare_adapter(run: RunContext) -> dict:
     cfg = run.cfg
     probe = general_text()[: cfg.eval.probe_texts]
     result = evaluation.compare(
-        run.model, run.tokenizer, run.data.val, probe, cfg.eval.generations, cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.train.chunk_size
+        run.model, run.tokenizer, run.data.val, probe, cfg.eval.generations, cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.train.chunk_size, run.prefix
     )
     if run.is_main:
         write_json(run.run_dir / "compare.json", result)

@@ -111,3 +111,4 @@ def test_split_is_deterministic_by_seed_and_disjoint():
     train, val = a
     assert len(val) == 10 and sorted(train + val) == items
     assert len(split(items, 7, seed=0)[1]) == 7
+    assert len(split(items, 0.5, seed=0, val_max=5)[1]) == 5  # large sets keep evaluations quick

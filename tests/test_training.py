@@ -9,9 +9,10 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from lab import events as ev
 from lab.collate import Collator, EncodedDataset
-from lab.config import LabConfig
+from lab.config import LabConfig, layer_indices
 from lab.masks import encode_all
 from lab.models import attach_lora, load_adapter
+from lab.prefix import FrozenPrefix
 from lab.runs import load_run
 from lab.training import PLWTrainer, train, training_arguments
 
@@ -44,8 +45,8 @@ class _GradCapture(TrainerCallback):
             self.grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
 
-def _first_step_grads(tmp_path, tokenizer, tiny_dir, encoded, plw, batch, accum, mode="sum_weights"):
-    cfg = _cfg(tmp_path, **{"train.prompt_loss_weight": plw, "train.batch_size": batch, "train.grad_accum": accum, "train.max_steps": 1, "train.max_grad_norm": 0.0, "train.loss_normalization": mode})
+def _first_step_grads(tmp_path, tokenizer, tiny_dir, encoded, plw, batch, accum, mode="sum_weights", layers="all", cache=False):
+    cfg = _cfg(tmp_path, **{"train.prompt_loss_weight": plw, "train.batch_size": batch, "train.grad_accum": accum, "train.max_steps": 1, "train.max_grad_norm": 0.0, "train.loss_normalization": mode, "lora.layers": layers})
     torch.manual_seed(0)
     model = attach_lora(AutoModelForCausalLM.from_pretrained(tiny_dir), cfg.lora)
     capture = _GradCapture(model)
@@ -57,6 +58,8 @@ def _first_step_grads(tmp_path, tokenizer, tiny_dir, encoded, plw, batch, accum,
         callbacks=[capture],
         lab_config=cfg,
     )
+    if cache:
+        trainer.prefix = FrozenPrefix.for_model(model, layer_indices(layers, 2))
     trainer.train()
     return capture.grads
 
@@ -70,6 +73,15 @@ def test_accumulating_four_batches_of_two_equals_one_batch_of_eight(tmp_path, to
     assert big.keys() == small.keys() and any(g.abs().sum() > 0 for g in big.values())
     for name in big:
         torch.testing.assert_close(small[name], big[name], rtol=1e-4, atol=1e-4 * big[name].abs().max().item())
+
+
+def test_the_frozen_layer_cache_gives_the_same_first_step(tmp_path, tokenizer, tiny_dir):
+    encoded, _ = encode_all(tokenizer, sum_examples(8), 128)
+    plain = _first_step_grads(tmp_path, tokenizer, tiny_dir, encoded, 0.1, 8, 1, layers="top:1")
+    cached = _first_step_grads(tmp_path, tokenizer, tiny_dir, encoded, 0.1, 2, 4, layers="top:1", cache=True)
+    assert plain.keys() == cached.keys()
+    for name in cached:
+        torch.testing.assert_close(cached[name], plain[name], rtol=1e-4, atol=1e-4 * plain[name].abs().max().item())
 
 
 def test_count_normalisation_differs_from_sum_at_fractional_plw(tmp_path, tokenizer, tiny_dir):
