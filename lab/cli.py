@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from .config import ConfigError, LabConfig
 
@@ -184,15 +183,23 @@ def cmd_compare(args) -> int:
 
 def cmd_inspect(args) -> int:
     from .data import load_examples
-    from .masks import encode
+    from .masks import encode, encode_all
     from .models import load_tokenizer
+    from .stats import label_counts, length_stats
 
     cfg = build_config(args)
     tokenizer = load_tokenizer(cfg.model)
-    examples = load_examples(cfg.data)[: args.n]
+    examples = load_examples(cfg.data)
     plw = cfg.train.prompt_loss_weight
     colour = sys.stdout.isatty() or args.colour
-    for example in examples:
+    encoded, skipped = encode_all(tokenizer, examples, cfg.data.max_length, cfg.data.train_eos)
+    s = length_stats(encoded).summary()
+    print(
+        f"{len(encoded)} examples ({len(skipped)} skipped as too long): prompt tokens mean {s['prompt_tokens']['mean']:.1f}, "
+        f"completion tokens mean {s['completion_tokens']['mean']:.1f}, generation ratio Rg mean {s['rg_mean']:.4g}, "
+        f"geometric mean {s['rg_geomean']:.4g}; label balance {label_counts(examples) or 'n/a'}\n"
+    )
+    for example in examples[: args.n]:
         enc = encode(tokenizer, example, cfg.data.max_length, cfg.data.train_eos)
         print(f"{BOLD}example {example.source_index}{RESET}: {enc.n_prompt} prompt + {enc.n_completion} completion tokens"
               f"{f', {enc.truncated} cut from the left' if enc.truncated else ''}; PLW {plw:g}; end-of-turn trained: {cfg.data.train_eos}")

@@ -2,45 +2,85 @@
 
 Rg = completion tokens / prompt tokens. RACE-style data (a long passage, a one-letter answer)
 has Rg near 0.01: at PLW 1 such data trains almost only on prompt tokens, which is why the
-prompt-loss weight matters most there.
+prompt-loss weight matters most there. Rg spreads over orders of magnitude, so its geometric
+mean is the honest centre.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, Sequence
 
-from .masks import Encoded
+
+@dataclass
+class LengthStats:
+    prompt: list[int]
+    completion: list[int]
+
+    @property
+    def rg(self) -> list[float]:
+        """Generation ratio Rg = completion tokens / prompt tokens, per example."""
+        return [c / p for p, c in zip(self.prompt, self.completion) if p > 0 and c > 0]
+
+    @property
+    def n(self) -> int:
+        return len(self.prompt)
+
+    def summary(self) -> dict:
+        rg = self.rg
+        return {
+            "examples": self.n,
+            "prompt_tokens": _describe_numbers(self.prompt),
+            "completion_tokens": _describe_numbers(self.completion),
+            "rg_mean": sum(rg) / len(rg) if rg else float("nan"),
+            "rg_geomean": geometric_mean(rg),
+            "rg_median": _quantile(sorted(rg), 0.5),
+            "total_prompt": sum(self.prompt),
+            "total_completion": sum(self.completion),
+        }
 
 
-def example_stats(enc: Encoded) -> dict:
+def length_stats(encoded: Iterable) -> LengthStats:
+    """Prompt and completion token counts of encoded examples (anything with n_prompt/n_completion)."""
+    encoded = list(encoded)
+    return LengthStats([e.n_prompt for e in encoded], [e.n_completion for e in encoded])
+
+
+def geometric_mean(values: Sequence[float]) -> float:
+    positive = [v for v in values if v > 0]
+    if not positive:
+        return float("nan")
+    return math.exp(sum(math.log(v) for v in positive) / len(positive))
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    position = q * (len(sorted_values) - 1)
+    lo, hi = math.floor(position), math.ceil(position)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (position - lo)
+
+
+def _describe_numbers(values: Sequence[float]) -> dict:
+    ordered = sorted(values)
+    if not ordered:
+        return {"mean": float("nan"), "min": float("nan"), "median": float("nan"), "p95": float("nan"), "max": float("nan")}
     return {
-        "prompt_tokens": enc.n_prompt,
-        "completion_tokens": enc.n_completion,
-        "generation_ratio": enc.n_completion / max(enc.n_prompt, 1),
-        "truncated": enc.truncated,
+        "mean": sum(ordered) / len(ordered),
+        "min": ordered[0],
+        "median": _quantile(ordered, 0.5),
+        "p95": _quantile(ordered, 0.95),
+        "max": ordered[-1],
     }
 
 
-def dataset_stats(encoded: list[Encoded]) -> dict:
-    """Per-set summary; `per_example` keeps the rows for histograms."""
-    rows = [example_stats(e) for e in encoded]
-    if not rows:
-        return {"n_examples": 0, "per_example": []}
-    ratios = [r["generation_ratio"] for r in rows]
-    n = len(rows)
-    labels = Counter(e.example.answer for e in encoded if e.example.answer is not None)
-    return {
-        "n_examples": n,
-        "prompt_tokens_mean": sum(r["prompt_tokens"] for r in rows) / n,
-        "completion_tokens_mean": sum(r["completion_tokens"] for r in rows) / n,
-        "prompt_tokens_max": max(r["prompt_tokens"] for r in rows),
-        "completion_tokens_max": max(r["completion_tokens"] for r in rows),
-        "generation_ratio_mean": sum(ratios) / n,
-        # The geometric mean is the honest centre of a ratio spread over orders of magnitude.
-        "generation_ratio_geomean": math.exp(sum(math.log(max(r, 1e-12)) for r in ratios) / n),
-        "truncated_examples": sum(1 for r in rows if r["truncated"]),
-        "label_counts": dict(sorted(labels.items())),
-        "majority_share": max(labels.values()) / sum(labels.values()) if labels else None,
-        "per_example": rows,
-    }
+def label_counts(examples: Iterable) -> dict[str, int]:
+    """How often each right answer occurs (label name for classification, letter otherwise)."""
+    counts: dict[str, int] = {}
+    for e in examples:
+        if getattr(e, "answer_index", None) is None:
+            continue
+        key = (e.meta or {}).get("label") or e.choices[e.answer_index]
+        counts[str(key)] = counts.get(str(key), 0) + 1
+    return dict(sorted(counts.items()))
