@@ -63,10 +63,12 @@ def _all_reduce(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, chunk_size: int = 1024, details: bool = False, prefix=None) -> dict:
+def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, chunk_size: int = 1024, details: bool = False, prefix=None, losses: bool = True) -> dict:
     """Validation metrics over `encoded`; with `details`, also each example's answer scores.
 
     `prefix` (a `lab.prefix.FrozenPrefix`) reuses the frozen lower layers' states across evaluations.
+    `losses=False` scores the answers only: the output layer then runs at one position per
+    example instead of every position.
     """
     device = device_of(model)
     weight, bias = output_layer(model)
@@ -79,14 +81,15 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
         for batch in _batches(_shard(encoded), batch_size):
             tensors = {key: v.to(device) for key, v in collate(batch, pad_id).items()}
             hidden = final_hidden(model, tensors["input_ids"], tensors["attention_mask"], prefix=prefix)
-            ce, hit = token_ce(hidden[:, :-1], weight, tensors["input_ids"][:, 1:], chunk_size, bias)
-            prompt = tensors["prompt_mask"][:, 1:].bool()
-            completion = tensors["completion_mask"][:, 1:].bool()
-            sums[0] += ce[prompt].sum()
-            sums[1] += prompt.sum()
-            sums[2] += ce[completion].sum()
-            sums[3] += completion.sum()
-            sums[4] += hit[completion].sum()
+            if losses:
+                ce, hit = token_ce(hidden[:, :-1], weight, tensors["input_ids"][:, 1:], chunk_size, bias)
+                prompt = tensors["prompt_mask"][:, 1:].bool()
+                completion = tensors["completion_mask"][:, 1:].bool()
+                sums[0] += ce[prompt].sum()
+                sums[1] += prompt.sum()
+                sums[2] += ce[completion].sum()
+                sums[3] += completion.sum()
+                sums[4] += hit[completion].sum()
             for row, e in enumerate(batch):
                 if e.answer_position is None or tuple(e.example.choices) != tuple(choices):
                     continue
@@ -107,13 +110,14 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
                     )
     sums = _all_reduce(sums).tolist()
     p_ce, p_n, c_ce, c_n, c_hit, right = sums[:6]
-    metrics = {
-        "prompt_loss": p_ce / p_n if p_n else float("nan"),
-        "completion_loss": c_ce / c_n if c_n else float("nan"),
-        "full_loss": (p_ce + c_ce) / (p_n + c_n) if p_n + c_n else float("nan"),
-        "token_accuracy": c_hit / c_n if c_n else float("nan"),
-        "n_examples": len(encoded),
-    }
+    metrics = {"n_examples": len(encoded)}
+    if losses:
+        metrics |= {
+            "prompt_loss": p_ce / p_n if p_n else float("nan"),
+            "completion_loss": c_ce / c_n if c_n else float("nan"),
+            "full_loss": (p_ce + c_ce) / (p_n + c_n) if p_n + c_n else float("nan"),
+            "token_accuracy": c_hit / c_n if c_n else float("nan"),
+        }
     if choices:
         truth = sums[6 + k :]
         scored = sum(truth)
@@ -193,13 +197,18 @@ def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int = 3
     return outputs
 
 
-def compare(model, tokenizer, encoded: list[Encoded], probe_texts: list[str], n_generations: int = 4, max_new_tokens: int = 32, batch_size: int = 8, chunk_size: int = 1024, prefix=None) -> dict:
-    """The same validation metrics, generations and forgetting probe with the adapter on and off."""
+def compare(model, tokenizer, encoded: list[Encoded], probe_texts: list[str], n_generations: int = 4, max_new_tokens: int = 32, batch_size: int = 8, chunk_size: int = 1024, prefix=None, known: dict | None = None) -> dict:
+    """The same validation metrics, generations and forgetting probe with the adapter on and off.
+
+    `known` may hold metrics already measured on the same set ({"on": ..., "off": ...}, with
+    per-example details): a training run has them from its evaluations and need not redo them.
+    """
     result = {}
+    known = known or {}
     for label, enabled in (("on", True), ("off", False)):
         with adapter(model, enabled):
             result[label] = {
-                "metrics": evaluate_answers(model, encoded, tokenizer.pad_token_id, batch_size, chunk_size, prefix),
+                "metrics": known.get(label) or evaluate_answers(model, encoded, tokenizer.pad_token_id, batch_size, chunk_size, prefix),
                 "generations": generate(model, tokenizer, encoded[:n_generations], max_new_tokens, batch_size),
                 "probe_perplexity": perplexity(model, tokenizer, probe_texts, batch_size, chunk_size) if probe_texts else None,
             }

@@ -216,6 +216,7 @@ class RunContext:
     last_eval_step: int | None = None
     stop_reason: str = ""
     collapse_reported: bool = False
+    details: dict = field(default_factory=dict)
 
     def emit(self, event) -> None:
         if self.is_main:
@@ -224,7 +225,9 @@ class RunContext:
     def evaluate(self, step: int, epoch: float) -> bool:
         """Evaluate, emit the event, keep the adapter if it is the best; return whether it improved."""
         t = self.cfg.train
-        metrics = evaluation.evaluate(self.model, self.data.val, self.tokenizer.pad_token_id, self.cfg.eval.batch_size, t.chunk_size, prefix=self.prefix)
+        # Per-example answers are kept so the final comparison can reuse them (step 0 is the base model).
+        metrics = evaluation.evaluate(self.model, self.data.val, self.tokenizer.pad_token_id, self.cfg.eval.batch_size, t.chunk_size, details=True, prefix=self.prefix)
+        self.details[step] = metrics.pop("examples")
         self.last_eval_step = step
         improved = False
         value = metrics.get(t.early_stopping_metric)
@@ -417,8 +420,11 @@ def compare_adapter(run: RunContext) -> dict:
 
     cfg = run.cfg
     probe = general_text()[: cfg.eval.probe_texts]
+    adapter_step = run.best_step if cfg.train.restore_best and run.best_state is not None else run.last_eval_step
+    by_step = {e.step: {**e.metrics, "examples": run.details[e.step]} for e in run.evals if e.step in run.details}
+    known = {"off": by_step.get(0), "on": by_step.get(adapter_step)}
     result = evaluation.compare(
-        run.model, run.tokenizer, run.data.val, probe, cfg.eval.generations, cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.train.chunk_size, run.prefix
+        run.model, run.tokenizer, run.data.val, probe, cfg.eval.generations, cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.train.chunk_size, run.prefix, known
     )
     if run.is_main:
         write_json(run.run_dir / "compare.json", result)

@@ -1,0 +1,916 @@
+"""Performance benchmarks of the lab (issue 5), both sides of every comparison in one process run.
+
+    python benchmarks/bench.py                 # quick CPU mode (about 15 minutes on 2 busy cores)
+    python benchmarks/bench.py --full          # more steps and rounds, the whole validation set
+    python benchmarks/bench.py --only 1,3      # some sections only
+    python benchmarks/bench.py --gpu           # section 6 alone, on a CUDA machine (random-weight models)
+    python benchmarks/bench.py --gpu-smoke --only 6   # section 6's code on the CPU with tiny models
+
+Sections (targets from the issue):
+  1. lab vs TRL SFTTrainer(completion_only_loss=True): training tokens/s at PLW 0 and 0.1, same
+     model (embedded SmolLM2-135M), LoRA config (the lab's default, layers_to_transform included),
+     batch, max length and examples, no packing, float32 and no gradient checkpointing on both sides.
+  2. packing vs padding on RACE rows mixed with short instructions: useful tokens/s, same loss.
+  3. peak memory of the loss (forward+backward from hidden states) for 8 x 2048 tokens, vocabulary
+     49,152, hidden 576: the lab's chunked loss vs the naive float32 logits path (peak RSS, measured
+     in a fresh subprocess for each).
+  4. evaluation: answer accuracy from candidate log-probs (one forward pass) vs greedy generation.
+  5. the app's default run, `train(LabConfig())`: wall time and answer accuracy gain over step 0.
+  6. GPU only: tokens/s and MFU of LoRA SFT, embedded architecture and a 0.5B one, packing on/off.
+
+The machine is shared, so every comparison interleaves its sides in rounds on the same batches,
+takes each step's fastest round and reports ratios (with the median-of-rounds and CPU-time ratios
+as cross-checks); absolute numbers move with the load. Comparisons run with one torch thread by
+default (`--threads`): on busy cores two threads mostly wait for each other and make timings
+erratic, and both sides always get the same count. Section 5 runs with torch's default threads,
+as the app does. Throughput comparisons leave the lab's frozen-layer cache (`lab.prefix`) off,
+since their rounds repeat the same batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore")
+
+import torch  # noqa: E402
+from transformers import PrinterCallback, TrainerCallback  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from bench_data import RACE, default_examples, race_examples, reading_mc, short_instructions, to_trl_records  # noqa: E402
+from lab.collate import EncodedDataset  # noqa: E402
+from lab.config import LabConfig  # noqa: E402
+from lab.masks import encode_all  # noqa: E402
+from lab.models import attach_lora, embedded_model_dir  # noqa: E402
+from lab.packing import packing_efficiency  # noqa: E402
+from lab.training import PLWTrainer, make_collator, training_arguments  # noqa: E402
+
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+try:
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+except ImportError:  # pragma: no cover
+    datasets = None
+
+
+@dataclass
+class Row:
+    section: str
+    what: str
+    measured: str
+    ratio: float | None = None
+    target: str = ""
+    ok: bool | None = None
+    note: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        mark = {True: "PASS", False: "FAIL", None: "----"}[row.ok]
+        ratio = "" if row.ratio is None else f"  ratio {row.ratio:.2f}"
+        print(f"  -> [{mark}] {row.what}: {row.measured}{ratio}  (target {row.target or '-'}){'  ' + row.note if row.note else ''}", flush=True)
+
+    def table(self) -> str:
+        head = ("#", "comparison", "measured", "ratio", "target", "result")
+        lines = [head]
+        for r in self.rows:
+            lines.append(
+                (r.section, r.what, r.measured, "" if r.ratio is None else f"{r.ratio:.2f}x", r.target, {True: "PASS", False: "FAIL", None: "-"}[r.ok])
+            )
+        widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+        out = []
+        for n, line in enumerate(lines):
+            out.append(" | ".join(str(v).ljust(w) for v, w in zip(line, widths)))
+            if n == 0:
+                out.append("-+-".join("-" * w for w in widths))
+        notes = list(dict.fromkeys(f"  [{r.section}] {r.note}" for r in self.rows if r.note))
+        return "\n".join(out + (["notes:"] + notes if notes else []))
+
+
+def section(title: str) -> None:
+    print(f"\n== {title} ==", flush=True)
+
+
+def load_tokenizer():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base(dtype=torch.float32):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(embedded_model_dir(), dtype=dtype)
+
+
+def fitting(encoded, max_length):
+    """Examples the encoder did not truncate (TRL truncates from the right, the lab from the left)."""
+    return [e for e in encoded if not e.truncated and len(e) <= max_length]
+
+
+# -- step timing inside the Trainer ---------------------------------------------------------------
+
+
+class MeteredCollator:
+    """Wraps a collator: records real tokens and collate time (wall, CPU) of every batch it builds."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.reset()
+
+    def __call__(self, batch):
+        t, c = time.perf_counter(), time.process_time()
+        out = self.inner(batch)
+        self.wall.append(time.perf_counter() - t)
+        self.cpu.append(time.process_time() - c)
+        n = out["num_tokens"] if "num_tokens" in out else out["attention_mask"].sum()
+        self.tokens.append(int(n))
+        return out
+
+    def reset(self):
+        self.tokens, self.wall, self.cpu = [], [], []
+
+
+class StepTimer(TrainerCallback):
+    """Wall and process CPU time from the start to the end of each optimiser step (optimizer included)."""
+
+    def __init__(self):
+        self.wall, self.cpu, self.started = [], [], (0.0, 0.0)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.started = (time.perf_counter(), time.process_time())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.wall.append(time.perf_counter() - self.started[0])
+        self.cpu.append(time.process_time() - self.started[1])
+
+
+class Side:
+    """One side of a throughput comparison: a trainer run for a few steps at a time.
+
+    Every run starts from the same adapter weights and draws the same batches, so round r's step
+    j does exactly the work of every other round's step j; the machine is shared, so each step's
+    time is taken as its fastest round (best-of-R), and the median is kept as a cross-check."""
+
+    def __init__(self, name, trainer, meter, timer, restore=None):
+        self.name, self.trainer, self.meter, self.timer, self.restore = name, trainer, meter, timer, restore
+        self.rounds: list[list[tuple[int, float, float]]] = []  # per round: (tokens, wall s, cpu s) per step
+
+    def run(self, steps: int, seed: int, count: bool = True) -> None:
+        if self.restore:
+            self.restore()
+        self.meter.reset()
+        self.timer.wall, self.timer.cpu = [], []
+        self.trainer.args.max_steps = steps
+        self.trainer.args.seed = self.trainer.args.data_seed = seed
+        self.trainer.train()
+        if count:
+            m, t = self.meter, self.timer
+            self.rounds.append([(m.tokens[j], t.wall[j] + m.wall[j], t.cpu[j] + m.cpu[j]) for j in range(len(t.wall))])
+
+    def _rate(self, column: int, pick) -> float:
+        if not self.rounds:
+            return float("nan")
+        steps = range(min(len(r) for r in self.rounds))
+        tokens = sum(self.rounds[0][j][0] for j in steps)
+        return tokens / sum(pick([r[j][column] for r in self.rounds]) for j in steps)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Best-of-rounds wall-clock tokens/s."""
+        return self._rate(1, min)
+
+    @property
+    def median_tokens_per_second(self) -> float:
+        return self._rate(1, statistics.median)
+
+    @property
+    def cpu_tokens_per_second(self) -> float:
+        """Tokens per second of process CPU time (less sensitive to other users of the cores)."""
+        return self._rate(2, statistics.median)
+
+
+def interleave(sides: list[Side], rounds: int, steps: int, seed: int = 0) -> None:
+    """A warm-up step per side, then `rounds` rounds of `steps` steps, the sides taking turns
+    on the same batches."""
+    for side in sides:
+        t = time.perf_counter()
+        side.run(1, seed, count=False)
+        print(f"  warm-up {side.name}: {time.perf_counter() - t:.1f}s", flush=True)
+    for r in range(rounds):
+        for side in sides:
+            side.run(steps, seed)
+        print(f"  round {r + 1}: " + ", ".join(f"{s.name} {sum(x[0] for x in s.rounds[-1]) / sum(x[1] for x in s.rounds[-1]):.0f} tok/s" for s in sides), flush=True)
+
+
+def ratio_note(a: Side, b: Side) -> str:
+    return (
+        f"{a.name}/{b.name}: median-of-rounds {a.median_tokens_per_second / b.median_tokens_per_second:.2f}x, "
+        f"CPU-time {a.cpu_tokens_per_second / b.cpu_tokens_per_second:.2f}x"
+    )
+
+
+class RecordingPLWTrainer(PLWTrainer):
+    """PLWTrainer that keeps every training loss it computes (for loss equality checks)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        self.recorded = getattr(self, "recorded", [])
+        self.recorded.append(float((loss[0] if isinstance(loss, tuple) else loss).detach()))
+        return loss
+
+
+def lab_side(name, cfg, model, tokenizer, encoded, workdir, restore=None) -> Side:
+    meter, timer = MeteredCollator(make_collator(cfg, tokenizer, model)), StepTimer()
+    trainer = RecordingPLWTrainer(
+        model=model,
+        args=training_arguments(cfg, Path(workdir) / name, torch.device("cpu"), torch.float32),
+        train_dataset=EncodedDataset(encoded),
+        data_collator=meter,
+        callbacks=[timer],
+        lab_config=cfg,
+    )
+    trainer.remove_callback(PrinterCallback)
+    return Side(name, trainer, meter, timer, restore)
+
+
+def adapter_snapshot(model):
+    state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def restore():
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in state:
+                    p.copy_(state[n])
+
+    return restore
+
+
+# -- 1. lab vs TRL ----------------------------------------------------------------------------------
+
+
+def bench_vs_trl(report: Report, full: bool, workdir: str) -> None:
+    section("1. training throughput: lab vs TRL SFTTrainer (completion_only_loss=True)")
+    try:
+        from trl import SFTConfig, SFTTrainer
+    except ImportError:
+        report.add(Row("1", "lab vs TRL", "skipped: trl not installed", note="pip install trl"))
+        return
+    cfg = LabConfig()
+    tokenizer = load_tokenizer()
+    examples, source = default_examples(cfg)
+    encoded, _ = encode_all(tokenizer, examples, cfg.data.max_length, cfg.data.train_eos)
+    encoded = fitting(encoded, cfg.data.max_length)
+    n = cfg.train.batch_size * (8 if full else 4)
+    encoded = encoded[:n]
+    examples = [e.example for e in encoded]
+    lengths = [len(e) for e in encoded]
+    print(f"  data: {source}; {len(encoded)} examples, {min(lengths)}-{max(lengths)} tokens (mean {statistics.mean(lengths):.0f}); "
+          f"batch {cfg.train.batch_size}, max_length {cfg.data.max_length}, LoRA r={cfg.lora.r} {cfg.lora.layers} {len(cfg.lora.target_modules)} modules", flush=True)
+
+    sides = []
+    torch.manual_seed(0)
+    lab_model = attach_lora(load_base(), cfg.lora)
+    restore = adapter_snapshot(lab_model)
+    for plw in (0.0, 0.1):
+        c = cfg.override({"train.prompt_loss_weight": plw})
+        sides.append(lab_side(f"lab_plw{plw:g}", c, lab_model, tokenizer, encoded, workdir, restore))
+
+    torch.manual_seed(0)
+    trl_model = attach_lora(load_base(), cfg.lora)  # the same PEFT model, built the same way
+    t = cfg.train
+    args = SFTConfig(
+        output_dir=str(Path(workdir) / "trl"),
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        max_steps=1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=t.seed,
+        data_seed=t.seed,
+        use_cpu=True,
+        bf16=False,  # TRL's default is bf16; the lab trains in float32 on CPU
+        gradient_checkpointing=False,  # TRL's default is True; the lab does not checkpoint
+        completion_only_loss=True,
+        max_length=cfg.data.max_length,
+        packing=False,
+        padding_free=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trl_trainer = SFTTrainer(model=trl_model, args=args, train_dataset=datasets.Dataset.from_list(to_trl_records(examples)), processing_class=tokenizer)
+    trl_trainer.remove_callback(PrinterCallback)
+    meter, timer = MeteredCollator(trl_trainer.data_collator), StepTimer()
+    trl_trainer.data_collator = meter
+    trl_trainer.add_callback(timer)
+    trl_restore = adapter_snapshot(trl_trainer.model)
+    sides.append(Side("trl", trl_trainer, meter, timer, trl_restore))
+
+    interleave(sides, rounds=4 if full else 3, steps=2 if full else 1, seed=t.seed)
+    trl_tps = sides[-1].tokens_per_second
+    for side, target, bar in ((sides[0], "> 1.2x", 1.2), (sides[1], ">= 1.0x", 1.0)):
+        ratio = side.tokens_per_second / trl_tps
+        ok = ratio > bar if bar > 1 else ratio >= bar
+        report.add(
+            Row("1", f"train tok/s, {side.name} vs TRL", f"{side.tokens_per_second:.0f} vs {trl_tps:.0f} tok/s", ratio, target, ok, note=ratio_note(side, sides[-1]))
+        )
+    del sides, trl_trainer, lab_model, trl_model
+    gc.collect()
+
+
+# -- 2. packing vs padding ---------------------------------------------------------------------------
+
+
+def _losses_by_plw(model, batch, plws, mode):
+    """The engine's weighted loss of one batch at several PLWs, from one forward pass (no gradient)."""
+    from lab.forward import final_hidden, output_layer
+    from lab.loss import normalizer, shift_for_targets, token_weights, weighted_ce
+    from lab.packing import model_kwargs
+
+    weight, bias = output_layer(model)
+    with torch.no_grad():
+        hidden = final_hidden(model, batch["input_ids"], **model_kwargs(batch))
+        out = {}
+        for plw in plws:
+            w = shift_for_targets(token_weights(batch["prompt_mask"], batch["completion_mask"], plw))
+            out[plw] = float(weighted_ce(hidden[:, :-1], weight, batch["input_ids"][:, 1:], w, 1024, bias) / normalizer(w, mode))
+    return out
+
+
+def bench_packing(report: Report, full: bool, workdir: str) -> None:
+    section("2. packing vs padding on a mixed-length set")
+    cfg = LabConfig()
+    tokenizer = load_tokenizer()
+    # What packing would do for the app's default data (the app and CLI show the same numbers).
+    default_ex, default_source = default_examples(cfg)
+    default_enc, _ = encode_all(tokenizer, default_ex, cfg.data.max_length, cfg.data.train_eos)
+    d_eff = packing_efficiency([len(e) for e in default_enc], cfg.data.max_length, cfg.train.batch_size)
+    report.add(
+        Row("2", f"non-padding share, default data ({default_source})", f"padded {d_eff['padded']:.0%}, packed {d_eff['packed']:.0%}", d_eff["speedup"], "report", None)
+    )
+    n_long = 8 if full else 4
+    race = race_examples(n_long, seed=0)
+    if race is None:
+        print(f"  {RACE} is absent: using generated long reading questions instead of RACE")
+        long_ex, long_name = reading_mc(n_long, seed=3), "generated reading questions"
+    else:
+        long_ex, long_name = race, "RACE"
+    short_ex = short_instructions(3 * n_long, seed=0)
+    mixed = long_ex + short_ex  # one long example for three short ones
+    import random
+
+    random.Random(0).shuffle(mixed)
+    encoded, _ = encode_all(tokenizer, mixed, cfg.data.max_length, cfg.data.train_eos)
+    lengths = [len(e) for e in encoded]
+    eff = packing_efficiency(lengths, cfg.data.max_length, cfg.train.batch_size)
+    print(f"  data: {len(encoded)} examples ({long_name} 1 : 3 short), {min(lengths)}-{max(lengths)} tokens; "
+          f"non-padding share padded {eff['padded']:.0%}, packed {eff['packed']:.0%} (expected speed-up {eff['speedup']:.2f}x in computed slots)", flush=True)
+    torch.manual_seed(0)
+    model = attach_lora(load_base(), cfg.lora)
+    restore = adapter_snapshot(model)
+    for plw in (0.0, 0.1) if full else (cfg.train.prompt_loss_weight,):
+        c = cfg.override({"train.prompt_loss_weight": plw})
+        padded = lab_side("padded", c, model, tokenizer, encoded, workdir, restore)
+        packed = lab_side("packed", c.override({"train.packing": True}), model, tokenizer, encoded, workdir, restore)
+        # every round is one epoch over the whole mixed set: the gain of the set, not of one lucky batch
+        interleave([padded, packed], rounds=3 if full else 2, steps=math.ceil(len(encoded) / cfg.train.batch_size), seed=0)
+        a, b = padded.trainer.recorded, packed.trainer.recorded
+        diff = max(abs(x - y) / max(abs(x), 1e-8) for x, y in zip(a, b))
+        ratio = packed.tokens_per_second / padded.tokens_per_second
+        report.add(
+            Row(
+                "2",
+                f"useful tok/s, packed vs padded (PLW {plw:g})",
+                f"{packed.tokens_per_second:.0f} vs {padded.tokens_per_second:.0f} tok/s",
+                ratio,
+                ">= 2x",
+                ratio >= 2.0,
+                note=f"{long_name} 1:3 short, batch {cfg.train.batch_size}, max_length {cfg.data.max_length}; non-padding share of the set "
+                f"{eff['padded']:.0%} -> {eff['packed']:.0%} ({eff['speedup']:.2f}x fewer slots); {ratio_note(packed, padded)}",
+            )
+        )
+        report.add(Row("2", f"same training loss, packed vs padded (PLW {plw:g})", f"max rel diff {diff:.1e} over {len(a)} steps", None, "identical", diff <= 1e-5))
+    # The weighted loss itself at other PLWs, on the first micro-batch: one forward per layout.
+    first = encoded[: cfg.train.batch_size]
+    plws = (0.0, 0.1, 1.0)
+    restore()
+    by_layout = {}
+    for packing in (False, True):
+        c = cfg.override({"train.packing": packing})
+        by_layout[packing] = _losses_by_plw(model, make_collator(c, tokenizer, model)(first), plws, c.train.loss_normalization)
+    diffs = {p: abs(by_layout[True][p] - by_layout[False][p]) / abs(by_layout[False][p]) for p in plws}
+    report.add(
+        Row(
+            "2",
+            "same loss at PLW 0 / 0.1 / 1, packed vs padded (one batch)",
+            " / ".join(f"{by_layout[False][p]:.5f} vs {by_layout[True][p]:.5f}" for p in plws),
+            None,
+            "identical",
+            max(diffs.values()) <= 1e-5,
+            note=f"max rel diff {max(diffs.values()):.1e}",
+        )
+    )
+    del padded, packed, model
+    gc.collect()
+
+
+# -- 3. loss memory ---------------------------------------------------------------------------------
+
+
+def _rss_mb(key: str) -> float:
+    return int(re.search(key + r":\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+
+
+def memory_probe(mode: str, batch: int, length: int, hidden: int, vocab: int) -> dict:
+    """Run in a fresh process: peak RSS above the inputs of one forward+backward of the loss."""
+    import torch.nn.functional as F
+
+    from lab.loss import weighted_ce, weighted_ce_from_logits
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(batch, length, hidden, generator=g).requires_grad_(True)
+    head = torch.randn(vocab, hidden, generator=g) * 0.02  # frozen (tied) output layer, as under LoRA
+    y = torch.randint(0, vocab, (batch, length), generator=g)
+    w = torch.ones(batch, length)  # every position weighted (PLW > 0): the worst case for the lab
+    gc.collect()
+    base = _rss_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
+    t = time.perf_counter()
+    if mode == "naive":
+        loss = weighted_ce_from_logits(F.linear(h, head), y, w) / w.sum()
+    else:
+        loss = weighted_ce(h, head, y, w) / w.sum()
+    loss.backward()
+    seconds = time.perf_counter() - t
+    return {"peak_mb": _rss_mb("VmHWM") - base, "seconds": seconds, "loss": float(loss), "grad_norm": float(h.grad.norm())}
+
+
+def _mem_available_mb() -> float:
+    return int(re.search(r"MemAvailable:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) / 1024
+
+
+def bench_memory(report: Report, full: bool, workdir: str) -> None:
+    section("3. peak memory of the loss: chunked (lab) vs naive float32 logits, forward+backward")
+    batch, length, hidden, vocab = 8, 2048, 576, 49152
+    logits_mb = batch * length * vocab * 4 / 2**20
+    need = 3.2 * logits_mb
+    if _mem_available_mb() < need + 2048:
+        length = 512
+        print(f"  only {_mem_available_mb():.0f} MB available (the naive path needs ~{need:.0f} MB): measuring 8 x {length} instead")
+    results = {}
+    for mode in ("lab", "naive"):
+        code = (
+            f"import json,sys; sys.path[:0]=[{str(ROOT)!r},{str(Path(__file__).parent)!r}]; import bench; "
+            f"bench.torch.set_num_threads({torch.get_num_threads()}); "
+            f"print('RESULT', json.dumps(bench.memory_probe({mode!r}, {batch}, {length}, {hidden}, {vocab})))"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            print(proc.stdout[-2000:], proc.stderr[-2000:])
+            report.add(Row("3", f"loss memory ({mode})", f"probe failed (rc {proc.returncode})", ok=False))
+            return
+        results[mode] = json.loads(line[7:])
+        print(f"  {mode}: peak +{results[mode]['peak_mb']:.0f} MB, {results[mode]['seconds']:.1f}s, loss {results[mode]['loss']:.6f}", flush=True)
+    ratio = results["lab"]["peak_mb"] / results["naive"]["peak_mb"]
+    same = abs(results["lab"]["loss"] - results["naive"]["loss"]) <= 1e-4 * abs(results["naive"]["loss"])
+    report.add(
+        Row(
+            "3",
+            f"loss peak memory {batch}x{length}, V={vocab}, H={hidden}",
+            f"{results['lab']['peak_mb']:.0f} MB vs {results['naive']['peak_mb']:.0f} MB naive",
+            ratio,
+            "<= 0.25x",
+            ratio <= 0.25 and same,
+            note=f"peak RSS above inputs, every position weighted; logits alone {logits_mb:.0f} MB; "
+            f"time lab {results['lab']['seconds']:.1f}s vs naive {results['naive']['seconds']:.1f}s; same loss: {same}",
+        )
+    )
+
+
+# -- 4. evaluation: log-prob scoring vs greedy generation --------------------------------------------
+
+
+def _generated_choice(text: str, choices) -> str | None:
+    stripped = text.strip()
+    for c in sorted(choices, key=len, reverse=True):
+        if stripped.startswith(c):
+            return c
+    m = re.search(r"\b(" + "|".join(re.escape(c.strip("()")) for c in choices) + r")\b", stripped)
+    if m:
+        return next((c for c in choices if c.strip("()") == m.group(1)), None)
+    return None
+
+
+def bench_eval(report: Report, full: bool, workdir: str) -> None:
+    section("4. evaluation: candidate log-probs (one forward pass) vs greedy generation")
+    import inspect
+
+    from lab import evaluation
+    from lab.training import prepare
+
+    cfg = LabConfig()
+    tokenizer = load_tokenizer()
+    examples, source = default_examples(cfg)
+    val = [e for e in prepare(cfg, tokenizer, examples).val if e.answer_position is not None]
+    if not full:
+        val = val[:16]
+    torch.manual_seed(0)
+    model = attach_lora(load_base(), cfg.lora).eval()  # a fresh adapter: the model of the step-0 evaluation
+    bs = cfg.eval.batch_size
+    print(f"  data: {source}, {len(val)} validation examples (mean {statistics.mean(len(e) for e in val):.0f} tokens); "
+          f"embedded model with a fresh adapter; batch {bs}", flush=True)
+    prefix = None
+    if "prefix" in inspect.signature(evaluation.evaluate_answers).parameters:
+        try:
+            from lab.config import layer_indices
+            from lab.models import num_layers
+            from lab.prefix import FrozenPrefix
+
+            prefix = FrozenPrefix.for_model(model, layer_indices(cfg.lora.layers, num_layers(model.get_base_model())))
+        except ImportError:
+            prefix = None
+
+    def scoring(cache=None):
+        # Answers only: the output layer runs at the one position where the candidates differ.
+        return evaluation.evaluate(model, val, tokenizer.pad_token_id, bs, cfg.train.chunk_size, details=True, prefix=cache, losses=False)
+
+    def generating(max_new):
+        return evaluation.generate(model, tokenizer, val, max_new, bs)
+
+    scoring()  # warm-up (one-time kernel setup)
+    if prefix is not None:
+        scoring(prefix)  # fills the frozen-layer cache, as the step-0 evaluation of a run does
+    variants = [("score", scoring), ("gen", lambda: generating(cfg.eval.max_new_tokens)), ("gen1", lambda: generating(1))]
+    if prefix is not None:
+        variants.insert(1, ("score_cached", lambda: scoring(prefix)))
+    times = {k: [] for k, _ in variants}
+    out = {}
+    for _ in range(2 if full else 1):
+        for key, fn in variants:
+            t = time.perf_counter()
+            out[key] = fn()
+            times[key].append(time.perf_counter() - t)
+    best = {k: min(v) for k, v in times.items()}
+    scored = {x["index"]: x["predicted"] for x in out["score"]["examples"]}
+    choices = val[0].example.choices
+    for key in ("gen", "gen1"):
+        agree = valid = 0
+        for e, text in zip(val, out[key]):
+            got = _generated_choice(text, choices)
+            if got is not None:
+                valid += 1
+                agree += got == scored[e.example.source_index]
+        out[key + "_agree"] = (agree, valid)
+    ratio = best["gen"] / best["score"]
+    report.add(
+        Row(
+            "4",
+            f"eval speed: log-prob scoring (one pass) vs greedy generation (max_new_tokens={cfg.eval.max_new_tokens})",
+            f"{best['score']:.1f}s vs {best['gen']:.1f}s for {len(val)} examples",
+            ratio,
+            ">= 3x",
+            ratio >= 3.0,
+            note=f"answers-only scoring (evaluate(losses=False)); greedy generation cut to the answer token "
+            f"(max_new_tokens=1) takes {best['gen1']:.1f}s ({best['gen1'] / best['score']:.2f}x of scoring); greedy output e.g. {out['gen'][0][:40]!r}",
+        )
+    )
+    if prefix is not None:
+        if out["score_cached"]["examples"] != out["score"]["examples"]:
+            print("  warning: cached scoring differs from the plain pass")
+        r2 = best["gen"] / best["score_cached"]
+        report.add(
+            Row(
+                "4",
+                "eval speed: the same scoring with the frozen-layer cache (every evaluation after the first)",
+                f"{best['score_cached']:.1f}s vs {best['gen']:.1f}s",
+                r2,
+                ">= 3x",
+                r2 >= 3.0,
+                note=f"lab.prefix.FrozenPrefix reuses layers below {cfg.lora.layers}; vs 1-token generation {best['gen1'] / best['score_cached']:.2f}x; "
+                f"same answers and log-probs as the plain pass: {out['score_cached']['examples'] == out['score']['examples']}",
+            )
+        )
+    agree, valid = out["gen_agree"]
+    a1, v1 = out["gen1_agree"]
+    report.add(
+        Row(
+            "4",
+            "same predictions, scoring vs greedy",
+            f"{agree}/{valid} agree ({len(val) - valid} generations name no option); 1-token: {a1}/{v1}",
+            None,
+            "same",
+            valid > 0 and agree == valid and a1 == v1,
+        )
+    )
+    gc.collect()
+
+
+# -- 5. the app's default run -------------------------------------------------------------------------
+
+
+class _EventClock:
+    """Times a run from its events: each evaluation's time is the gap since the event before it."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+        self.started = self.eval_seconds = 0.0
+        self.steps = 0
+        self.total_steps = 0
+
+    def __call__(self, event):
+        now = time.perf_counter()
+        if event.kind == "started":
+            self.started, self.total_steps = now, getattr(event, "total_steps", 0)
+        elif event.kind == "eval":
+            self.eval_seconds += now - self.last
+        elif event.kind == "step":
+            self.steps = event.step
+        self.last = now
+
+
+def bench_default_run(report: Report, full: bool, workdir: str, limit: float = 600.0) -> None:
+    section("5. the app's default run: train(LabConfig()) with evaluations")
+    try:
+        from lab.data import load_examples
+
+        load_examples(LabConfig().data)
+    except Exception as exc:  # the built-in default set is another engineer's work in progress
+        report.add(Row("5", "default run", f"skipped: the default data does not load yet ({type(exc).__name__})", None, "<= 180 s, +20 points", None))
+        return
+    import threading
+
+    from lab.training import train
+
+    cfg = LabConfig().override({"train.output_dir": str(Path(workdir) / "runs")})  # only where it writes differs
+    print(f"  {cfg.data.source}, {cfg.train.epochs:g} epoch(s), max_steps {cfg.train.max_steps}, batch {cfg.train.batch_size}, eval every "
+          f"{cfg.train.eval_interval} steps, packing {cfg.train.packing}; stopped if still running after {limit:.0f} s", flush=True)
+    stop = threading.Event()
+    timer = threading.Timer(limit, stop.set)
+    timer.daemon = True
+    clock = _EventClock()
+    t = time.perf_counter()
+    timer.start()
+    try:
+        result = train(cfg, subscribers=[clock], stop=stop)
+    finally:
+        timer.cancel()
+    seconds = time.perf_counter() - t
+    s = result.summary
+    if result.status != "finished":
+        why = "hit the bench's time limit" if stop.is_set() else s.get("error", "")[:80]
+        report.add(
+            Row("5", "default run wall time", f"{result.status} after {seconds:.0f} s at step {clock.steps}/{clock.total_steps} ({why})", None, "<= 180 s", False)
+        )
+        return
+    first = (s.get("first_eval") or {}).get("answer_accuracy", float("nan"))
+    final = (s.get("final_eval") or {}).get("answer_accuracy", float("nan"))
+    off = ((result.comparison or {}).get("off") or {}).get("metrics", {}).get("answer_accuracy", float("nan"))
+    on = ((result.comparison or {}).get("on") or {}).get("metrics", {}).get("answer_accuracy", float("nan"))
+    compare_s = time.perf_counter() - clock.last  # after the last event: compare() and the summary
+    report.add(
+        Row(
+            "5",
+            "default run wall time (load, train, evals, compare)",
+            f"{seconds:.0f} s, {s['steps']} steps, {s['n_train']} train / {s['n_val']} val",
+            None,
+            "<= 180 s",
+            seconds <= 180,
+            note=f"of which evaluations ~{clock.eval_seconds:.0f} s, final compare ~{compare_s:.0f} s, before the first event (load, encode) "
+            f"{clock.started - t:.0f} s; {torch.get_num_threads()} threads, machine shared",
+        )
+    )
+    delta = final - first
+    report.add(
+        Row(
+            "5",
+            "default run answer accuracy, final vs step 0 (adapter off)",
+            f"{first:.1%} -> {final:.1%} ({100 * delta:+.1f} points)",
+            None,
+            ">= +20 points",
+            delta >= 0.20,
+            note=f"compare(): adapter on {on:.1%}, off {off:.1%}",
+        )
+    )
+
+
+# -- 6. GPU ----------------------------------------------------------------------------------------
+
+
+SMOLLM2_135M = dict(
+    model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+    num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0,
+    max_position_embeddings=8192, rms_norm_eps=1e-5,
+)
+QWEN2_0_5B = dict(
+    model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+    num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0,
+    max_position_embeddings=32768, rms_norm_eps=1e-6,
+)
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+
+
+def _random_model(spec: dict, device, dtype, attn: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = dict(spec)
+    config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
+    return model.to(device)
+
+
+def _useful_flops(config, seq_lens: list[int], kept: int, lowest_adapted: int) -> float:
+    """Matmul FLOPs one LoRA training step needs on real tokens (padding excluded).
+
+    Forward: 2 x (linear weights of every layer) per token, causal attention 2 x L(L+1) x d per layer
+    and example, the output layer 2 x H x V at the `kept` positions. Backward: the gradient of the
+    activations through the adapted layers (1x their linear FLOPs, 2x their attention) and of the
+    output layer at the kept positions; LoRA's own matmuls are left out (under 2 percent).
+    """
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    hd = getattr(config, "head_dim", None) or h // heads
+    per_layer = h * heads * hd * 2 + h * kv * hd * 2 + 3 * h * inter
+    tokens = sum(seq_lens)
+    attn = sum(2 * L * (L + 1) * heads * hd for L in seq_lens)
+    adapted = layers - lowest_adapted
+    forward = 2 * per_layer * layers * tokens + attn * layers + 2 * h * config.vocab_size * kept
+    backward = 2 * per_layer * adapted * tokens + 2 * attn * adapted + 2 * h * config.vocab_size * kept
+    return float(forward + backward)
+
+
+def bench_gpu(report: Report, full: bool, workdir: str, device: str = "cuda") -> None:
+    section("6. GPU: LoRA SFT tokens/s and MFU, packing on/off")
+    if device == "cuda" and not torch.cuda.is_available():
+        report.add(Row("6", "GPU throughput / MFU", "skipped: no CUDA device in this session", None, "report only", None, note="run `python benchmarks/bench.py --gpu` on a GPU machine"))
+        return
+    from lab.config import layer_indices
+    from lab.packing import PackingCollator, attention_kind
+    from lab.collate import Collator
+    from lab.data import Example
+    from lab.masks import Encoded
+
+    dev = torch.device(device)
+    on_gpu = dev.type == "cuda"
+    dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+    name = torch.cuda.get_device_name(dev) if on_gpu else "cpu (smoke test)"
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), None) if on_gpu else None
+    import importlib.util
+
+    # flash-attention varlen when installed (packing then sends one flat row; cu_seqlens come from position_ids)
+    attn = "flash_attention_2" if on_gpu and importlib.util.find_spec("flash_attn") is not None else "sdpa"
+    print(f"  device {name}, dtype {dtype}, attention {attn}" + ("" if attn != "sdpa" else " (flash-attn not installed: packing uses the 4D block mask)"), flush=True)
+    cfg = LabConfig().override({"train.prompt_loss_weight": 0.1})
+    batch_size, max_length = (16, 2048) if on_gpu else (4, 64)
+    steps = (10 if full else 5) if on_gpu else 2
+    g = torch.Generator().manual_seed(0)
+    archs = (("SmolLM2-135M arch", SMOLLM2_135M), ("Qwen2-0.5B arch", QWEN2_0_5B))
+    for arch_name, spec in archs:
+        if not on_gpu:
+            spec = {**spec, "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+        model = attach_lora(_random_model(spec, dev, dtype, attn), cfg.lora)
+        lowest = (layer_indices(cfg.lora.layers, model.config.num_hidden_layers) or [0])[0]
+        vocab = model.config.vocab_size
+        # Mixed lengths: a quarter long (near max_length), the rest short, completions 10% of each.
+        batches = []
+        for _ in range(steps + 1):
+            batch = []
+            for i in range(batch_size):
+                lo, hi = (max_length // 2, max_length) if i % 4 == 0 else (max(4, max_length // 64), max_length // 8)
+                n = int(torch.randint(lo, hi, (1,), generator=g))
+                n_completion = max(2, n // 10)
+                ids = torch.randint(0, vocab, (n,), generator=g).tolist()
+                batch.append(Encoded(ids, [1] * (n - n_completion) + [0] * n_completion, [0] * (n - n_completion) + [1] * n_completion, [], "", Example([])))
+            batches.append(batch)
+        for packing in (False, True):
+            cfg_p = cfg.override({"train.packing": packing})
+            trainer = PLWTrainer(model=model, args=training_arguments(cfg_p, Path(workdir) / "gpu", dev, dtype), train_dataset=[], lab_config=cfg_p)
+            collator = PackingCollator(0, attention_kind(model), mask_dtype=dtype) if packing else Collator(0)
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+            tokens = flops = 0.0
+            elapsed = 0.0
+            for step, batch in enumerate(batches):
+                inputs = {k: v.to(dev) for k, v in collator(batch).items()}
+                if on_gpu:
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                loss = trainer.compute_loss(model, inputs)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if on_gpu:
+                    torch.cuda.synchronize()
+                if step == 0:
+                    continue  # warm-up
+                elapsed += time.perf_counter() - t
+                lens = [len(e) for e in batch]
+                kept = sum(len(e) - 1 for e in batch)  # PLW 0.1: every target position is weighted
+                tokens += sum(lens)
+                flops += _useful_flops(model.config, lens, kept, lowest)
+            tps = tokens / elapsed
+            mfu = flops / elapsed / peak if peak else None
+            report.add(
+                Row(
+                    "6",
+                    f"{arch_name}, {'packed' if packing else 'padded'}, bs {batch_size}, <= {max_length} tokens",
+                    f"{tps:,.0f} tok/s" + (f", MFU {mfu:.1%}" if mfu is not None else ""),
+                    None,
+                    "report",
+                    None,
+                    note="" if mfu is not None else "MFU needs a known GPU peak",
+                )
+            )
+        del model
+        gc.collect()
+        if on_gpu:
+            torch.cuda.empty_cache()
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+SECTIONS = {"1": bench_vs_trl, "2": bench_packing, "3": bench_memory, "4": bench_eval, "5": bench_default_run, "6": bench_gpu}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="more steps, rounds and examples")
+    parser.add_argument("--only", default="", help="comma list of sections to run, e.g. 1,3")
+    parser.add_argument("--gpu", action="store_true", help="run section 6 (GPU) only; without --gpu it still runs last, or prints a note when there is no GPU")
+    parser.add_argument("--gpu-smoke", action="store_true", help="run section 6's code on the CPU with tiny models (checks the script)")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--default-run-limit", type=float, default=600.0, help="stop section 5's run after this many seconds (reported as a failure)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for the comparisons (default 1: on cores shared with other jobs, two threads spin and "
+        "wait and make timings erratic; both sides of a comparison always use the same count). "
+        "Section 5 always runs with torch's default, as the app does.",
+    )
+    args = parser.parse_args(argv)
+    # A GPU machine may not have the embedded model (it does not travel): --gpu runs section 6 alone.
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()] or (["6"] if args.gpu or args.gpu_smoke else ["1", "2", "3", "4", "5", "6"])
+    report = Report()
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s) for comparisons ({default_threads} for the default run), mode {'full' if args.full else 'quick'}; sections {','.join(chosen)}", flush=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="plw-bench-") as workdir:
+        for key in chosen:
+            t = time.perf_counter()
+            try:
+                torch.set_num_threads(default_threads if key == "5" else args.threads)
+                if key == "6":
+                    bench_gpu(report, args.full, workdir, "cpu" if args.gpu_smoke else "cuda")
+                elif key == "5":
+                    bench_default_run(report, args.full, workdir, args.default_run_limit)
+                else:
+                    SECTIONS[key](report, args.full, workdir)
+            except Exception as exc:  # one broken section must not hide the others
+                import traceback
+
+                traceback.print_exc()
+                report.add(Row(key, f"section {key}", f"error: {type(exc).__name__}: {exc}"[:120], ok=False))
+            print(f"  ({time.perf_counter() - t:.0f}s)", flush=True)
+    print(f"\n== summary ({time.perf_counter() - started:.0f}s, {'full' if args.full else 'quick'} mode) ==")
+    print(report.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.__dict__ for r in report.rows], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
