@@ -18,6 +18,8 @@ def before_training(cfg: LabConfig, n_train: int, total_steps: int) -> list[str]
             f"{epochs:.0f} epochs over {n_train} training examples: the adapter will memorise them. "
             "Use fewer steps or early stopping on completion loss or accuracy."
         )
+    if t.max_steps > 0 and t.epochs != 1.0:
+        notes.append(f"train.epochs={t.epochs:g} is ignored because train.max_steps={t.max_steps} is set; set max_steps to 0 to train by epochs.")
     if t.learning_rate > 3e-3:
         notes.append(f"learning rate {t.learning_rate:g} is far above LoRA norms (1e-4 to 1e-3): expect instability or collapse.")
     if cfg.lora.r > 64 and n_train < 1000:

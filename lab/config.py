@@ -77,7 +77,7 @@ class DataConfig:
         min=0.0,
     )
     val_max: int = _f(
-        64,
+        48,
         "At most this many validation examples (0: no cap), so each evaluation stays quick on large sets.",
         min=0,
     )
