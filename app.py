@@ -10,11 +10,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="PLW Lab: fine-tuning with a visible prompt-loss weight.")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    # A Hugging Face Space sets GRADIO_SERVER_NAME=0.0.0.0; everywhere else the default stays local.
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     parser.add_argument("--share", action="store_true", help="also serve through a public Gradio share link")
     parser.add_argument("--model", default=None, help="starting model: 'embedded' (default), 'tiny-random' or a folder")
@@ -29,19 +32,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     from lab.app import build_app
-    from lab.config import LabConfig
+    from lab.config import ConfigError, LabConfig, parse_overrides
 
-    from lab.config import ConfigError
-
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = value
-    if args.model:
-        overrides["model.name"] = args.model
     try:
+        overrides = parse_overrides(args.set)
+        if args.model:
+            overrides["model.name"] = args.model
         config = LabConfig.load(args.config) if args.config else LabConfig()
         if overrides:
             config = config.override(overrides)

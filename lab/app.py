@@ -28,6 +28,7 @@ from typing import Any
 import gradio as gr
 
 from . import views
+from .packing import packing_efficiency
 from .config import ConfigError, DataConfig, LabConfig, field_specs
 from .data import DataError
 
@@ -447,6 +448,10 @@ def build_app(
     base = base.override({"train.output_dir": str(runs_path)})
     registry = JobRegistry()
     models = RunModels(registry)
+
+    def _packing(encoded, max_length):
+        return packing_efficiency([len(e) for e in encoded], max_length, base.train.batch_size)
+
     specs = _spec_index()
 
     try:
@@ -771,7 +776,7 @@ def build_app(
             return (
                 dv,
                 message_html(note, "ok"),
-                views.stats_markdown(stats, plw_value, len(skipped), len(examples)),
+                views.stats_markdown(stats, plw_value, len(skipped), len(examples), _packing(encoded, dcfg.max_length)),
                 views.rg_histogram(stats.rg),
                 views.length_histogram(stats),
                 views.label_balance_figure(views.label_counts(examples)),
@@ -856,7 +861,8 @@ def build_app(
             if dv is None or not dv.encoded:
                 return tokens, gr.update()
             stats = views.length_stats(dv.encoded.values())
-            return tokens, views.stats_markdown(stats, float(plw_value), len(dv.skipped), dv.total)
+            packing = _packing(dv.encoded.values(), dv.data.get("max_length"))
+            return tokens, views.stats_markdown(stats, float(plw_value), len(dv.skipped), dv.total, packing)
 
         builtin_dd.change(builtin_description, builtin_dd, builtin_md)
         fmt.change(lambda f: [gr.update(visible=f == "auto" or name in MAPPABLE.get(f, ())) for name in mapping_fields],

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from .config import ConfigError, LabConfig
+from .config import ConfigError, LabConfig, parse_overrides
 
 # Shortcut flags for the settings changed most often; everything else goes through --set.
 SHORTCUTS = {
@@ -38,12 +38,7 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args) -> LabConfig:
     cfg = LabConfig.load(args.config) if args.config else LabConfig()
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set takes SECTION.FIELD=VALUE, got {item!r}")
-        overrides[key.strip()] = value
+    overrides = parse_overrides(args.set)
     for flag, key in SHORTCUTS.items():
         if getattr(args, flag, None) is not None:
             overrides[key] = getattr(args, flag)
@@ -185,6 +180,7 @@ def cmd_inspect(args) -> int:
     from .data import load_examples
     from .masks import encode, encode_all
     from .models import load_tokenizer
+    from .packing import packing_efficiency
     from .stats import label_counts, length_stats
 
     cfg = build_config(args)
@@ -197,8 +193,10 @@ def cmd_inspect(args) -> int:
     print(
         f"{len(encoded)} examples ({len(skipped)} skipped as too long): prompt tokens mean {s['prompt_tokens']['mean']:.1f}, "
         f"completion tokens mean {s['completion_tokens']['mean']:.1f}, generation ratio Rg mean {s['rg_mean']:.4g}, "
-        f"geometric mean {s['rg_geomean']:.4g}; label balance {label_counts(examples) or 'n/a'}\n"
+        f"geometric mean {s['rg_geomean']:.4g}; label balance {label_counts(examples) or 'n/a'}"
     )
+    packing = packing_efficiency([len(e) for e in encoded], cfg.data.max_length, cfg.train.batch_size)
+    print(f"packing efficiency at batch {cfg.train.batch_size}: padded {packing['padded']:.0%} real tokens, packed {packing['packed']:.0%}\n")
     for example in examples[: args.n]:
         enc = encode(tokenizer, example, cfg.data.max_length, cfg.data.train_eos)
         print(f"{BOLD}example {example.source_index}{RESET}: {enc.n_prompt} prompt + {enc.n_completion} completion tokens"

@@ -270,6 +270,17 @@ class LabConfig:
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "lora": LoraConfig, "train": TrainConfig, "eval": EvalConfig}
 
 
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """Command-line `SECTION.FIELD=VALUE` items as a dict for `LabConfig.override`."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"expected SECTION.FIELD=VALUE, got {item!r}")
+        overrides[key.strip()] = value
+    return overrides
+
+
 def _check_field(name: str, f: dataclasses.Field, value: Any) -> None:
     meta = f.metadata
     expected = type(f.default) if f.default is not dataclasses.MISSING else type(f.default_factory())

@@ -302,7 +302,8 @@ def token_loss_html(
 # The numbers come from lab.stats (re-exported here for the app and notebooks); this part draws them.
 
 
-def stats_markdown(stats: LengthStats, plw: float, skipped: int = 0, total: int | None = None) -> str:
+def stats_markdown(stats: LengthStats, plw: float, skipped: int = 0, total: int | None = None, packing: dict | None = None) -> str:
+    """`packing` is `lab.packing.packing_efficiency(...)` for the chosen batch size and max length."""
     s = stats.summary()
     p, c = s["prompt_tokens"], s["completion_tokens"]
     share = completion_weight_share(s["total_prompt"], s["total_completion"], plw)
@@ -321,6 +322,12 @@ def stats_markdown(stats: LengthStats, plw: float, skipped: int = 0, total: int 
         f"At PLW **{plw:g}** the completion tokens carry **{share:.1%}** of the total loss weight "
         f"({s['total_completion']} completion vs {s['total_prompt']} prompt tokens).",
     ]
+    if packing and packing.get("tokens"):
+        lines += [
+            "",
+            f"Packing efficiency (share of computed positions that are real tokens): padded **{packing['padded']:.0%}**, "
+            f"packed **{packing['packed']:.0%}** ({packing['speedup']:.2f}x fewer positions with `train.packing`).",
+        ]
     return "\n".join(lines)
 
 

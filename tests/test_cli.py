@@ -19,6 +19,7 @@ def data_file(tmp_path):
 def test_inspect_prints_tokens_with_labels_and_weights(data_file, capsys):
     assert main(["inspect", "--model", "tiny-random", "--data", str(data_file), "-n", "1", "--plw", "0.1", "--table", "--colour"]) == 0
     out = capsys.readouterr().out
+    assert "packing efficiency at batch 8: padded" in out and "generation ratio Rg mean" in out
     assert "\033[1m\033[32m" in out and "\033[36m" in out  # completion bold green; prompt cyan at PLW > 0
     rows = [line.split() for line in out.splitlines() if line[:4].strip().isdigit()]
     weights = {float(r[-1]) for r in rows}

@@ -173,3 +173,13 @@ def test_early_stopping_restores_the_best_adapter(tmp_path):
     assert result.status == "stopped" and "early stopping" in result.summary["stop_reason"]
     assert result.summary["adapter_step"] == best.step
     assert evals[-1].step - best.step >= 2
+
+
+def test_a_set_with_nothing_trainable_is_refused_clearly(tmp_path):
+    from lab.data import DataError, Example
+
+    too_long = [Example([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "word " * 400}], source_index=i) for i in range(5)]
+    result = train(_cfg(tmp_path, **{"data.max_length": 32}), examples=too_long)
+    assert result.status == "failed"
+    assert "no valid training examples" in result.summary["error"] and "max_length" in result.summary["error"]
+    assert (result.run_dir / "config.yaml").exists()
