@@ -247,6 +247,10 @@ class RunContext:
             self.emit(Advice(message=warning, step=step))
         return improved
 
+    def kept_step(self, last_step: int) -> int:
+        """The step whose adapter the run ends with: the best evaluation's when restoring it."""
+        return self.best_step if self.cfg.train.restore_best and self.best_state is not None else last_step
+
     def save_adapter(self, name: str, step: int) -> None:
         if self.is_main:
             path = self.run_dir / name
@@ -261,7 +265,7 @@ class RunContext:
             "stop_reason": self.stop_reason,
             "elapsed_seconds": time.time() - self.started,
             "early_stopping_metric": self.cfg.train.early_stopping_metric,
-            "adapter_step": self.best_step if self.cfg.train.restore_best and self.best_state is not None else step,
+            "adapter_step": self.kept_step(step),
             "best": best_by_metric(self.evals),
             "first_eval": self.evals[0].metrics if self.evals else None,
             "final_eval": self.evals[-1].metrics if self.evals else None,
@@ -388,7 +392,7 @@ def train(
             run.save_adapter("last_adapter", step)
         if run.last_eval_step != step:
             run.evaluate(step, float(trainer.state.epoch or 0.0))
-        if cfg.train.restore_best and run.best_state is not None and run.best_step != step:
+        if run.kept_step(step) != step:
             load_adapter_state(model, run.best_state)
         run.save_adapter("adapter", step)
         comparison = None
@@ -420,9 +424,9 @@ def compare_adapter(run: RunContext) -> dict:
 
     cfg = run.cfg
     probe = general_text()[: cfg.eval.probe_texts]
-    adapter_step = run.best_step if cfg.train.restore_best and run.best_state is not None else run.last_eval_step
-    by_step = {e.step: {**e.metrics, "examples": run.details[e.step]} for e in run.evals if e.step in run.details}
-    known = {"off": by_step.get(0), "on": by_step.get(adapter_step)}
+    # Step 0 is the base model and the kept step's evaluation is the adapter the run ends with.
+    by_step = {e.step: {**e.metrics, "examples": run.details[e.step]} for e in run.evals}
+    known = {"off": by_step.get(0), "on": by_step.get(run.kept_step(run.last_eval_step))}
     result = evaluation.compare(
         run.model, run.tokenizer, run.data.val, probe, cfg.eval.generations, cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.train.chunk_size, run.prefix, known
     )
