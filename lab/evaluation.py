@@ -10,13 +10,14 @@ decoding would pick the same answer, at the cost of a generation loop.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import torch
 import torch.distributed as dist
 
 from .collate import collate
-from .forward import final_hidden, output_layer
+from .forward import SharedHead, final_hidden, output_layer
 from .loss import token_ce
 from .masks import Encoded, prompt_text
 
@@ -63,12 +64,20 @@ def _all_reduce(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def _answer_prefix(e: Encoded) -> Encoded:
+    """`e` cut just before its answer token: all that scoring the answer reads."""
+    end = e.answer_position if e.answer_position is not None else len(e)
+    return dataclasses.replace(e, input_ids=e.input_ids[:end], prompt_mask=e.prompt_mask[:end], completion_mask=e.completion_mask[:end])
+
+
 def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, chunk_size: int = 1024, details: bool = False, prefix=None, losses: bool = True) -> dict:
     """Validation metrics over `encoded`; with `details`, also each example's answer scores.
 
     `prefix` (a `lab.prefix.FrozenPrefix`) reuses the frozen lower layers' states across evaluations.
-    `losses=False` scores the answers only: the output layer then runs at one position per
-    example instead of every position.
+    `losses=False` scores the answers only: each example runs only up to its answer token and the
+    output layer runs at that one position instead of every position.
+    Batches are formed from examples of similar length (less padding) and the tokens that all
+    examples start with run once (`lab.forward.SharedHead`).
     """
     device = device_of(model)
     weight, bias = output_layer(model)
@@ -77,10 +86,14 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
     k = len(choices)
     sums = torch.zeros(6 + 2 * k, dtype=torch.float64, device=device)
     per_example = []
+    mine = _shard(encoded) if losses else [_answer_prefix(e) for e in _shard(encoded)]
+    rank = {id(e.example): i for i, e in enumerate(mine)}  # details come back in the caller's order
+    mine = sorted(mine, key=len)
     with eval_mode(model):
-        for batch in _batches(_shard(encoded), batch_size):
+        head = SharedHead.build(model, [e.input_ids for e in mine])
+        for batch in _batches(mine, batch_size):
             tensors = {key: v.to(device) for key, v in collate(batch, pad_id).items()}
-            hidden = final_hidden(model, tensors["input_ids"], tensors["attention_mask"], prefix=prefix)
+            hidden = final_hidden(model, tensors["input_ids"], tensors["attention_mask"], prefix=prefix, head=head)
             if losses:
                 ce, hit = token_ce(hidden[:, :-1], weight, tensors["input_ids"][:, 1:], chunk_size, bias)
                 prompt = tensors["prompt_mask"][:, 1:].bool()
@@ -101,12 +114,15 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
                 sums[6 + k + e.example.answer_index] += 1
                 if details:
                     per_example.append(
-                        {
-                            "index": e.example.source_index,
-                            "answer": e.example.answer,
-                            "predicted": choices[predicted],
-                            "logprobs": dict(zip(choices, logprobs.tolist())),
-                        }
+                        (
+                            rank[id(e.example)],
+                            {
+                                "index": e.example.source_index,
+                                "answer": e.example.answer,
+                                "predicted": choices[predicted],
+                                "logprobs": dict(zip(choices, logprobs.tolist())),
+                            },
+                        )
                     )
     sums = _all_reduce(sums).tolist()
     p_ce, p_n, c_ce, c_n, c_hit, right = sums[:6]
@@ -130,7 +146,7 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
             }
         )
     if details:
-        metrics["examples"] = per_example
+        metrics["examples"] = [item for _, item in sorted(per_example, key=lambda pair: pair[0])]
     return metrics
 
 

@@ -45,22 +45,73 @@ def _capture(decoder, store: dict):
         handle.remove()
 
 
-def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, prefix=None, **model_kwargs) -> torch.Tensor:
+class SharedHead:
+    """The tokens every sequence of a set starts with, run once for a pass without gradients.
+
+    A chat template puts the same system turn before every example (SmolLM2's is 24 tokens of a
+    typical 110), so an evaluation runs those tokens once: each batch then attends to their cached
+    keys and values and runs only its own tokens, and every row shares their hidden states. The
+    adapter's layers are part of the head, so it is valid for one model state only.
+    """
+
+    def __init__(self, length: int, keys_values: list[tuple[torch.Tensor, torch.Tensor]], states: tuple[torch.Tensor, ...]):
+        self.length = length
+        self.keys_values = keys_values
+        #: states[i] is the hidden state entering layer i; states[-1] the final normalised one.
+        self.states = states
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model, sequences: list[list[int]], minimum: int = 4) -> "SharedHead | None":
+        """The head of `sequences` (at least `minimum` tokens, leaving each at least one of its own), or None."""
+        if not sequences:
+            return None
+        first, shortest = sequences[0], min(len(s) for s in sequences)
+        length = 0
+        while length < shortest - 1 and all(s[length] == first[length] for s in sequences):
+            length += 1
+        if length < minimum:
+            return None
+        from transformers import DynamicCache
+
+        device = next(model.parameters()).device
+        ids = torch.tensor([first[:length]], device=device)
+        cache = DynamicCache(config=unwrap(model).config)
+        keep_none = torch.zeros(ids.shape, dtype=torch.bool, device=device)
+        out = model(input_ids=ids, past_key_values=cache, use_cache=True, output_hidden_states=True, logits_to_keep=keep_none)
+        return cls(length, [(layer.keys, layer.values) for layer in cache.layers], tuple(out.hidden_states))
+
+    def cache(self, batch: int):
+        """A fresh cache holding the head for `batch` rows (a forward pass appends to the cache it is given)."""
+        from transformers import DynamicCache
+
+        return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self.keys_values])
+
+    def join(self, layer: int, rest: torch.Tensor) -> torch.Tensor:
+        """The head's state entering `layer` (-1: the final one) followed by the rows' own states `rest` (B, T, H)."""
+        return torch.cat([self.states[layer].expand(rest.shape[0], -1, -1), rest], dim=1)
+
+
+def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, prefix=None, head: SharedHead | None = None, **model_kwargs) -> torch.Tensor:
     """Final (normalised) hidden states (B, T, H) of `model` on a batch; the output layer is not run.
 
     With a `lab.prefix.FrozenPrefix`, the frozen lower layers are read from its cache and only
-    the adapted layers run.
+    the adapted layers run. With a `SharedHead` (no gradients), only the tokens after it run.
     """
     store: dict = {}
-    keep_none = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+    skip = head.length if head is not None else 0
+    if head is not None and attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    keep_none = torch.zeros(input_ids[:, skip:].shape, dtype=torch.bool, device=input_ids.device)
+    cache = {"past_key_values": head.cache(input_ids.shape[0])} if head is not None else {}
     with _capture(unwrap(model).get_decoder(), store):
         if prefix is None:
-            model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep_none, use_cache=False, **model_kwargs)
+            model(input_ids=input_ids[:, skip:], attention_mask=attention_mask, logits_to_keep=keep_none, use_cache=False, **cache, **model_kwargs)
         else:
-            hidden_in = prefix.hidden_in(input_ids, attention_mask)
+            hidden_in = prefix.hidden_in(input_ids, attention_mask, head)
             with prefix.top_layers():
-                model(inputs_embeds=hidden_in, attention_mask=attention_mask, logits_to_keep=keep_none, use_cache=False, **model_kwargs)
-    return store["hidden"]
+                model(inputs_embeds=hidden_in[:, skip:], attention_mask=attention_mask, logits_to_keep=keep_none, use_cache=False, **cache, **model_kwargs)
+    return store["hidden"] if head is None else head.join(-1, store["hidden"])
 
 
 def logits_at(model, input_ids, attention_mask=None, keep: torch.Tensor | None = None, **model_kwargs) -> torch.Tensor:

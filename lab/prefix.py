@@ -59,17 +59,22 @@ class FrozenPrefix:
             decoder.layers, decoder.norm = layers, norm
 
     @torch.no_grad()
-    def _compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, head=None) -> torch.Tensor:
+        skip = head.length if head is not None else 0
+        cache = {"past_key_values": head.cache(input_ids.shape[0])} if head is not None else {}
         with self._layers(slice(0, self.first_adapted), skip_norm=True) as decoder:
             was_training = decoder.training
             decoder.eval()
             try:
-                return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+                states = decoder(input_ids=input_ids[:, skip:], attention_mask=attention_mask, use_cache=False, **cache).last_hidden_state
             finally:
                 decoder.train(was_training)
+        return states if head is None else head.join(self.first_adapted, states)
 
-    def hidden_in(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T, H) hidden states entering the lowest adapted layer; padding positions are zeros."""
+    def hidden_in(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, head=None) -> torch.Tensor:
+        """(B, T, H) hidden states entering the lowest adapted layer; padding positions are zeros.
+
+        A `lab.forward.SharedHead` of the same model lets uncached rows skip their head's tokens."""
         lengths = attention_mask.sum(1).tolist()
         keys = [tuple(row[:n].tolist()) for row, n in zip(input_ids, lengths)]
         missing = [i for i, key in enumerate(keys) if key not in self.cache]
@@ -77,7 +82,7 @@ class FrozenPrefix:
         self.hits += len(keys) - len(missing)
         fresh = {}
         if missing:
-            states = self._compute(input_ids[missing], attention_mask[missing])
+            states = self._compute(input_ids[missing], attention_mask[missing], head)
             for row, i in enumerate(missing):
                 fresh[keys[i]] = states[row, : lengths[i]]
                 if self.cached_bytes < self.budget_bytes:

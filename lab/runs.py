@@ -2,6 +2,7 @@
 
     runs/<name>/
         config.yaml      the LabConfig, written before anything else happens
+        data/            a copy of the data file the run read (uploads are temporary files)
         events.jsonl     every event, one JSON object a line, flushed as it happens
         adapter/         the adapter the run ends with (the best one when restore_best is on)
         last_adapter/    the adapter of the last optimiser step
@@ -25,7 +26,13 @@ from .events import Eval, Event, read_events
 METRICS = ("prompt_loss", "completion_loss", "full_loss", "answer_accuracy", "token_accuracy")
 
 
-def new_run_dir(cfg: LabConfig) -> Path:
+#: Data files up to this size are copied into the run folder, so the run can be re-read after an
+#: upload's temporary file is gone; a bigger corpus stays where it is and the config points there.
+DATA_COPY_LIMIT = 100 * 2**20
+
+
+def new_run_dir(cfg: LabConfig) -> tuple[Path, LabConfig]:
+    """A fresh run folder holding the config (and a copy of a small data file), and that config."""
     base = Path(cfg.train.output_dir)
     name = cfg.train.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-plw{cfg.train.prompt_loss_weight:g}"
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
@@ -35,8 +42,13 @@ def new_run_dir(cfg: LabConfig) -> Path:
         suffix += 1
         path = base / f"{name}-{suffix}"
     path.mkdir(parents=True)
+    source = Path(cfg.data.source).expanduser()
+    if not cfg.data.source.startswith(("builtin:", "hf:")) and source.is_file() and source.stat().st_size <= DATA_COPY_LIMIT:
+        (path / "data").mkdir()
+        copy = shutil.copy2(source, path / "data" / source.name)
+        cfg = cfg.override({"data.source": str(Path(copy).resolve())})
     cfg.save(path / "config.yaml")
-    return path
+    return path, cfg
 
 
 def best_by_metric(evals: list[Eval]) -> dict[str, dict]:

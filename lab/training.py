@@ -349,7 +349,7 @@ def train(
     cfg.validate()
     is_main = is_main_process()
     # Only the main process writes the run folder; the others train into a scratch folder they never fill.
-    run_dir = new_run_dir(cfg) if is_main else Path(tempfile.mkdtemp(prefix="plw-lab-rank"))
+    run_dir, cfg = new_run_dir(cfg) if is_main else (Path(tempfile.mkdtemp(prefix="plw-lab-rank")), cfg)
     bus = EventBus()
     run = RunContext(cfg, run_dir, bus, stop or threading.Event())
     run.is_main = is_main

@@ -1,10 +1,10 @@
-"""The frozen-layer cache changes nothing but the work done."""
+"""The frozen-layer cache and the shared head change nothing but the work done."""
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from lab.config import LoraConfig, layer_indices
-from lab.forward import final_hidden
+from lab.forward import SharedHead, final_hidden
 from lab.models import attach_lora
 from lab.prefix import FrozenPrefix
 
@@ -65,3 +65,39 @@ def test_no_cache_when_every_layer_is_adapted_or_the_architecture_is_unknown(tok
     assert FrozenPrefix.for_model(tiny_model, [0, 1]) is None
     tiny_model.config.model_type = "gemma"  # scales embeddings inside its forward
     assert FrozenPrefix.for_model(tiny_model, [1]) is None
+
+
+def _with_head(ids: torch.Tensor, head: list[int]) -> torch.Tensor:
+    return torch.cat([torch.tensor(head).expand(ids.shape[0], -1), ids], dim=1)
+
+
+def test_a_shared_head_runs_once_and_changes_no_hidden_state(tokenizer):
+    model = _model(tokenizer).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    ids, mask = _batch()
+    ids, mask = _with_head(ids, [11, 12, 13, 14, 15]), _with_head(mask, [1] * 5)
+    real = mask.bool()
+    prefix = FrozenPrefix.for_model(model, [2, 3])
+    with torch.no_grad():
+        full = final_hidden(model, ids, mask)
+        head = SharedHead.build(model, [row[: int(n)].tolist() for row, n in zip(ids, mask.sum(1))])
+        assert head is not None and head.length == 5
+        for _ in range(2):  # the head's cache is not consumed by a batch
+            torch.testing.assert_close(final_hidden(model, ids, mask, head=head)[real], full[real], rtol=1e-5, atol=1e-5)
+        for _ in range(2):  # frozen-layer cache: filled, then read
+            got = final_hidden(model, ids, mask, prefix=prefix, head=head)
+            torch.testing.assert_close(got[real], full[real], rtol=1e-5, atol=1e-5)
+        # what the cache keeps is whole: training reads it without a head
+        torch.testing.assert_close(final_hidden(model, ids, mask, prefix=prefix)[real], full[real], rtol=1e-5, atol=1e-5)
+    assert prefix.misses == 3 and prefix.hits == 6
+
+
+def test_a_shared_head_leaves_every_sequence_a_token_of_its_own(tokenizer):
+    model = _model(tokenizer)
+    assert SharedHead.build(model, [[5, 6, 7, 8, 9, 10]] * 2).length == 5
+    assert SharedHead.build(model, [[5, 6, 7, 8, 9], [5, 6, 7, 1, 9]]) is None  # 3 tokens: not worth a pass
+    assert SharedHead.build(model, [[1, 2, 3, 4, 5], [2, 2, 3, 4, 5]]) is None
+    assert SharedHead.build(model, []) is None

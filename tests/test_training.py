@@ -183,3 +183,17 @@ def test_a_set_with_nothing_trainable_is_refused_clearly(tmp_path):
     assert result.status == "failed"
     assert "no valid training examples" in result.summary["error"] and "max_length" in result.summary["error"]
     assert (result.run_dir / "config.yaml").exists()
+
+
+def test_a_run_keeps_a_copy_of_its_data_file(tmp_path):
+    from lab.data import load_examples
+
+    upload = tmp_path / "upload" / "mine.jsonl"  # like a browser upload: a temporary file that will vanish
+    upload.parent.mkdir()
+    upload.write_text("".join(json.dumps({"prompt": f"{i} plus {i}?", "completion": str(2 * i)}) + "\n" for i in range(12)))
+    result = train(_cfg(tmp_path, **{"data.source": str(upload), "train.max_steps": 1}), compare=False)
+    assert result.status == "finished", result.summary
+    upload.unlink()
+    run = load_run(result.run_dir)
+    assert run.config.data.source == str((result.run_dir / "data" / "mine.jsonl").resolve())
+    assert [e.messages for e in load_examples(run.config.data)][3][-1]["content"] == "6"
