@@ -40,6 +40,12 @@ class ModelConfig:
     trust_remote_code: bool = _f(
         False, "Allow a hub model to run its own Python code. Off unless you trust the model's authors."
     )
+    chat_template: str = _f(
+        "",
+        "How conversations become text: '' uses the model's own chat template (a plain one for base models "
+        "that ship none), 'plain' the lab's plain template (turns on their own lines, end-of-text after each "
+        "reply), anything else is a Jinja chat template of your own. Training and inference must use the same one.",
+    )
     device: str = _f("auto", "Where to run: 'auto' picks CUDA, then MPS, then CPU.", choices=("auto", "cuda", "mps", "cpu"))
     dtype: str = _f(
         "auto",
@@ -210,6 +216,7 @@ class LabConfig:
         if self.data.val_size >= 1 and self.data.val_size != int(self.data.val_size):
             raise ConfigError("data.val_size: use a fraction below 1 or a whole number of examples")
         _parse_layers(self.lora.layers)
+        _check_template(self.model.chat_template)
         return self
 
     # -- (de)serialisation ---------------------------------------------------------------------
@@ -265,6 +272,18 @@ class LabConfig:
                 raise ConfigError(f"unknown setting {key!r}; settings look like 'train.prompt_loss_weight'")
             data[section][name] = _coerce(value, data[section][name], key)
         return LabConfig.from_dict(data)
+
+
+def _check_template(template: str) -> None:
+    if template in ("", "plain"):
+        return
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:
+        ImmutableSandboxedEnvironment().from_string(template)
+    except TemplateSyntaxError as exc:
+        raise ConfigError(f"model.chat_template: not a valid Jinja template (line {exc.lineno}: {exc.message})") from exc
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "lora": LoraConfig, "train": TrainConfig, "eval": EvalConfig}

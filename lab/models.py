@@ -168,6 +168,10 @@ def load_tokenizer(cfg: ModelConfig):
         raise _hub_error(cfg.name, exc) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if cfg.chat_template:
+        from .masks import PLAIN_TEMPLATE
+
+        tok.chat_template = PLAIN_TEMPLATE if cfg.chat_template == "plain" else cfg.chat_template
     return tok
 
 

@@ -30,6 +30,7 @@ def test_round_trip_through_a_file(tmp_path, suffix):
         ("train.batch_size", "eight", "cannot read 'eight' as int"),
         ("lora.layers", "top:x", "'top:N' needs a positive whole N"),
         ("train.prompt_weight", "0.1", "unknown setting 'train.prompt_weight'"),
+        ("model.chat_template", "{% for m in messages %}{{ m }}", "model.chat_template: not a valid Jinja template (line 1"),
     ],
 )
 def test_bad_settings_name_the_setting(key, value, message):

@@ -37,3 +37,20 @@ def test_lora_on_top_layers_only_trains_those(tiny_model):
 def test_cpu_defaults_to_float32():
     assert pick_dtype("auto", torch.device("cpu")) == torch.float32
     assert pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_the_chat_template_can_be_replaced_and_masks_follow_it():
+    from lab.data import Example
+    from lab.masks import encode
+    from lab.models import load_tokenizer
+
+    chat = [{"role": "user", "content": "Two plus two?"}, {"role": "assistant", "content": "Four"}]
+    own = load_tokenizer(ModelConfig(name="tiny-random"))
+    assert "<|im_start|>assistant" in render(own, chat)
+    plain = load_tokenizer(ModelConfig(name="tiny-random", chat_template="plain"))
+    assert render(plain, chat) == f"Two plus two?\nFour{plain.eos_token}\n"
+    custom = load_tokenizer(ModelConfig(name="tiny-random", chat_template="{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"))
+    assert render(custom, chat) == "user: Two plus two?\nassistant: Four\n"
+    enc = encode(plain, Example(chat, source_index=0), 64)
+    trained = plain.decode([t for t, m in zip(enc.input_ids, enc.completion_mask) if m])
+    assert trained == f"Four{plain.eos_token}"
