@@ -98,6 +98,20 @@ class Failed(Event):
     summary: dict = field(default_factory=dict)
 
 
+def event_kind(event) -> str:
+    """An event's kind, whether it is an `Event` or its dict form (a line of events.jsonl)."""
+    if isinstance(event, dict):
+        return event.get("type", "")
+    return getattr(event, "kind", "")
+
+
+def event_field(event, name: str, default=None):
+    """A field of an `Event` or of its dict form."""
+    if isinstance(event, dict):
+        return event.get(name, default)
+    return getattr(event, name, default)
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls for cls in (Started, Advice, Step, Eval, CheckpointSaved, Finished, Stopped, Failed)
 }

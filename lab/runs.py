@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import HIGHER_IS_BETTER, LabConfig
-from .events import Eval, Event, read_events
+from .events import Eval, Event, event_field, event_kind, read_events
 
 METRICS = ("prompt_loss", "completion_loss", "full_loss", "answer_accuracy", "token_accuracy")
 
@@ -64,6 +64,33 @@ def best_by_metric(evals: list[Eval]) -> dict[str, dict]:
             if current is None or (value > current["value"] if higher else value < current["value"]):
                 best[name] = {"value": value, "step": event.step, "epoch": event.epoch}
     return best
+
+
+# The next three take a `Run` or any object with the same attributes.
+
+
+def run_config(run) -> dict:
+    """A run's config as a dict; when its config.yaml is unreadable (an older lab), the one its `started` event carries."""
+    cfg = getattr(run, "config", None)
+    if cfg is None:
+        for event in getattr(run, "events", []):
+            if event_kind(event) == "started":
+                return dict(event_field(event, "config", {}) or {})
+        return {}
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+
+
+def run_plw(run) -> float | None:
+    value = run_config(run).get("train", {}).get("prompt_loss_weight")
+    return None if value is None else float(value)
+
+
+def run_best(run) -> dict:
+    """Best value and step of each metric: from the summary, else from the run's evaluations."""
+    best = (getattr(run, "summary", None) or {}).get("best")
+    if best:
+        return best
+    return best_by_metric(run.evals) if hasattr(run, "evals") else {}
 
 
 def write_json(path: Path, data: dict) -> None:

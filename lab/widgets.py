@@ -1,7 +1,8 @@
-"""Notebook helpers: ipywidgets controls and live plotly FigureWidgets over `lab.views`.
+"""Notebook helpers: ipywidgets controls and live plotly FigureWidgets over the lab's views.
 
-This is the only lab module that imports ipywidgets. The pictures themselves (token HTML, figure
-styles, training history) come from `lab.views`; here they are wired to controls and to the
+This is the only lab module that imports ipywidgets. The pictures themselves (token HTML from
+`lab.tokens_view`, figure styles from `lab.charts`, the training history from `lab.history`, the
+progress bar from `lab.text_views`) are made elsewhere; here they are wired to controls and to the
 training events, so the notebooks stay thin:
 
     view = token_view(encoded, plw=0.0)              # token view with a PLW slider
@@ -19,15 +20,19 @@ import dataclasses
 import html
 import math
 import warnings
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import ipywidgets as W
 import plotly.graph_objects as go
 from IPython.display import display
 
-from . import views
-from .config import TrainConfig
+from .charts import METRIC_COLORS, METRIC_LABELS, PLOT_TEMPLATE
+from .config import HIGHER_IS_BETTER, TrainConfig
 from .data import Example, split
+from .events import event_field
+from .history import History
+from .text_views import progress_html
+from .tokens_view import token_html
 
 LOSSES = ("prompt_loss", "completion_loss", "full_loss")
 #: The PLW values the config suggests, as buttons beside the slider.
@@ -61,7 +66,7 @@ def token_view(encoded, plw: float = 0.0, tokenizer=None, max_tokens: int = 600)
     out = W.HTML()
 
     def redraw(_change=None) -> None:
-        out.value = views.token_html(items[example_slider.value], plw_slider.value, special, max_tokens)
+        out.value = token_html(items[example_slider.value], plw_slider.value, special, max_tokens)
 
     plw_slider.observe(redraw, names="value")
     example_slider.observe(redraw, names="value")
@@ -112,7 +117,7 @@ class LiveCurves:
 
     def __init__(self, title: str = "", height: int = 420) -> None:
         self.title = title
-        self.history = views.History()
+        self.history = History()
         fig = go.Figure()
         self._index: dict[str, int] = {}
 
@@ -120,7 +125,7 @@ class LiveCurves:
             self._index[key] = len(fig.data)
             fig.add_trace(trace)
 
-        colors, labels = views.METRIC_COLORS, views.METRIC_LABELS
+        colors, labels = METRIC_COLORS, METRIC_LABELS
         add("train_loss", go.Scatter(x=[], y=[], mode="lines", name="train loss (weighted)",
                                      line={"color": colors["train_loss"], "width": 1.2}))
         for name in LOSSES:
@@ -138,7 +143,7 @@ class LiveCurves:
                 hovertemplate=f"best {labels[name]}: %{{y:.4g}} at step %{{x}}<extra></extra>",
             ))
         fig.update_layout(
-            template=views.PLOT_TEMPLATE,
+            template=PLOT_TEMPLATE,
             height=height,
             title={"text": (title + " \u00b7 " if title else "") + "validation losses and accuracy (\u2605 = best so far)",
                    "font": {"size": 14}},
@@ -150,7 +155,7 @@ class LiveCurves:
             margin={"l": 55, "r": 55, "t": 45, "b": 40},
         )
         self.figure = _figure_widget(fig)
-        self.status = W.HTML(views.progress_html(self.history))
+        self.status = W.HTML(progress_html(self.history))
         self.notes = W.HTML()
         chart = self.figure.output if isinstance(self.figure, _RedrawnFigure) else self.figure
         self.widget = W.VBox([self.status, chart, self.notes])
@@ -165,7 +170,7 @@ class LiveCurves:
         self.history.add(event)
         kind = getattr(event, "kind", "")
         if kind in ("started", "step", "eval", "finished", "stopped", "failed"):
-            self.status.value = views.progress_html(self.history)
+            self.status.value = progress_html(self.history)
         if kind == "advice" or kind in ("finished", "stopped", "failed"):
             self.notes.value = "".join(
                 f'<div style="font-size:12px;color:#92400e">\u26a0 {html.escape(a)}</div>' for a in self.history.advice
@@ -223,10 +228,6 @@ def batch_frame(tokenizer, batch: dict, row: int = 0, plw: float = 0.0):
     return pd.DataFrame(rows).set_index("position")
 
 
-def _get(event: Any, name: str, default: Any = None) -> Any:
-    return event.get(name, default) if isinstance(event, dict) else getattr(event, name, default)
-
-
 def stopping_points(evals: Sequence, metrics: Iterable[str] = STOP_METRICS) -> list[dict]:
     """For each metric, the evaluation it would pick as the stopping point, and what the run had there.
 
@@ -234,15 +235,15 @@ def stopping_points(evals: Sequence, metrics: Iterable[str] = STOP_METRICS) -> l
     """
     rows = []
     for name in metrics:
-        candidates = [e for e in evals if _get(e, "metrics", {}).get(name) is not None and _get(e, "metrics")[name] == _get(e, "metrics")[name]]
+        candidates = [e for e in evals if event_field(e, "metrics", {}).get(name) is not None and event_field(e, "metrics")[name] == event_field(e, "metrics")[name]]
         if not candidates:
             continue
-        pick = max if name in views.HIGHER_IS_BETTER else min
-        chosen = pick(candidates, key=lambda e: _get(e, "metrics")[name])  # the first among equals
-        m = _get(chosen, "metrics")
+        pick = max if HIGHER_IS_BETTER.get(name, False) else min
+        chosen = pick(candidates, key=lambda e: event_field(e, "metrics")[name])  # the first among equals
+        m = event_field(chosen, "metrics")
         rows.append({
             "stop on": name,
-            "step": _get(chosen, "step"),
+            "step": event_field(chosen, "step"),
             "answer_accuracy": m.get("answer_accuracy"),
             "completion_loss": m.get("completion_loss"),
             "full_loss": m.get("full_loss"),

@@ -1,18 +1,21 @@
-"""The UI-toolkit-free views: token HTML, statistics, plotly figures and run tables."""
+"""The UI-toolkit-free views: token HTML, statistics, plotly figures, training history and run tables."""
 
 import math
 import re
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from lab import charts, text_views, tokens_view
 from lab import events as ev
-from lab import views
 from lab.config import LabConfig, field_specs
 from lab.data import Example
+from lab.history import History
 from lab.masks import Encoded
+from lab.stats import LengthStats, geometric_mean, label_counts, length_stats
 
 
 def _encoded(truncated: int = 0) -> Encoded:
@@ -61,7 +64,7 @@ def _attr(span: str, name: str) -> str:
 
 def test_token_html_has_one_span_per_token_with_title_and_weight():
     enc = _encoded()
-    out = views.token_html(enc, 0.1)
+    out = tokens_view.token_html(enc, 0.1)
     spans = _spans(out)
     assert len(spans) == len(enc.input_ids)
     first = spans[0]
@@ -76,7 +79,7 @@ def test_token_html_has_one_span_per_token_with_title_and_weight():
 
 
 def test_token_html_escapes_text_and_marks_newlines_and_special_tokens():
-    out = views.token_html(_encoded(), 0.5)
+    out = tokens_view.token_html(_encoded(), 0.5)
     assert "<b>red</b>" not in out  # user text is escaped, never injected
     assert "&lt;b&gt;red&lt;/b&gt;" in out
     assert "\u21b5" in out  # newline tokens are visible
@@ -88,7 +91,7 @@ def test_prompt_colours_follow_plw_while_completion_stays_full():
     enc = _encoded()
     styles = {}
     for plw in (0.0, 0.01, 0.5, 1.0):
-        spans = _spans(views.token_html(enc, plw))
+        spans = _spans(tokens_view.token_html(enc, plw))
         styles[plw] = (_attr(spans[1], "style"), _attr(spans[6], "style"), _attr(spans[1], "data-weight"))
     prompt_styles = [styles[p][0] for p in (0.0, 0.01, 0.5, 1.0)]
     assert len(set(prompt_styles)) == 4  # every PLW gives a different prompt colour
@@ -97,22 +100,22 @@ def test_prompt_colours_follow_plw_while_completion_stays_full():
     # at PLW 0 the prompt is transparent and greyed out; opacity grows with the weight
     assert "0.000)" in styles[0.0][0]
     alphas = [float(re.search(r",([0-9.]+)\)$", s).group(1)) for s in prompt_styles]
-    assert alphas == sorted(alphas) and alphas[0] == 0.0 and alphas[-1] == pytest.approx(views.MAX_ALPHA)
-    assert "plw-zero" in _spans(views.token_html(enc, 0.0))[1]
+    assert alphas == sorted(alphas) and alphas[0] == 0.0 and alphas[-1] == pytest.approx(tokens_view.MAX_ALPHA)
+    assert "plw-zero" in _spans(tokens_view.token_html(enc, 0.0))[1]
 
 
 def test_weight_alpha_is_square_root_scaled_and_clamped():
-    assert views.weight_alpha(0) == 0
-    assert views.weight_alpha(1) == pytest.approx(views.MAX_ALPHA)
-    assert views.weight_alpha(0.01) == pytest.approx(views.MAX_ALPHA * 0.1, abs=1e-3)
-    assert views.weight_alpha(2) == views.weight_alpha(1)
-    assert views.token_weight_values([1, 1, 0], [0, 0, 1], 0.25) == [0.25, 0.25, 1]
+    assert tokens_view.weight_alpha(0) == 0
+    assert tokens_view.weight_alpha(1) == pytest.approx(tokens_view.MAX_ALPHA)
+    assert tokens_view.weight_alpha(0.01) == pytest.approx(tokens_view.MAX_ALPHA * 0.1, abs=1e-3)
+    assert tokens_view.weight_alpha(2) == tokens_view.weight_alpha(1)
+    assert tokens_view.token_weight_values([1, 1, 0], [0, 0, 1], 0.25) == [0.25, 0.25, 1]
 
 
 def test_completion_weight_share():
-    assert views.completion_weight_share(100, 10, 0.0) == 1.0
-    assert views.completion_weight_share(100, 10, 1.0) == pytest.approx(10 / 110)
-    assert math.isnan(views.completion_weight_share(0, 0, 0.5))
+    assert tokens_view.completion_weight_share(100, 10, 0.0) == 1.0
+    assert tokens_view.completion_weight_share(100, 10, 1.0) == pytest.approx(10 / 110)
+    assert math.isnan(tokens_view.completion_weight_share(0, 0, 0.5))
 
 
 def test_token_html_marks_truncated_prompt():
@@ -121,7 +124,7 @@ def test_token_html_marks_truncated_prompt():
     for name in ("input_ids", "prompt_mask", "completion_mask", "offsets"):
         del getattr(enc, name)[2:4]
     enc.truncated = 2
-    out = views.token_html(enc, 0.0)
+    out = tokens_view.token_html(enc, 0.0)
     assert "2 prompt tokens cut" in out
     assert len(_spans(out)) == len(enc.input_ids)
 
@@ -130,20 +133,20 @@ def test_token_loss_html_modes():
     enc = _encoded()
     on = [None, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.5]
     off = [None, 1.0, 1.0, 1.0, 1.0, 1.0, 3.0, 0.5]
-    diff = views.token_loss_html(enc, on, off, "diff")
+    diff = tokens_view.token_loss_html(enc, on, off, "diff")
     spans = _spans(diff)
     assert len(spans) == len(enc.input_ids)
     assert "rgba(22,163,74" in _attr(spans[6], "style")  # lower loss with the adapter: green
     assert "loss on 0.200" in _attr(spans[6], "title") and "off 3.000" in _attr(spans[6], "title")
     assert "\u0394 -2.800" in _attr(spans[6], "title")
     assert "transparent" in _attr(spans[0], "style")  # the first token has no prediction
-    on_view = views.token_loss_html(enc, on, off, "on")
-    off_view = views.token_loss_html(enc, on, off, "off")
+    on_view = tokens_view.token_loss_html(enc, on, off, "on")
+    off_view = tokens_view.token_loss_html(enc, on, off, "off")
     assert _attr(_spans(on_view)[6], "style") != _attr(_spans(off_view)[6], "style")
     assert "plw-c-under" in _spans(on_view)[6] and "plw-p-under" in _spans(on_view)[1]
     assert 'data-mode="loss-off"' in off_view
     with pytest.raises(ValueError):
-        views.token_loss_html(enc, on, off, "sideways")
+        tokens_view.token_loss_html(enc, on, off, "sideways")
 
 
 # -- statistics -------------------------------------------------------------------------------
@@ -151,58 +154,58 @@ def test_token_loss_html_modes():
 
 def test_length_stats_and_geometric_mean():
     encs = [SimpleNamespace(n_prompt=p, n_completion=c) for p, c in ((10, 1), (100, 10), (1000, 1000))]
-    stats = views.length_stats(encs)
+    stats = length_stats(encs)
     assert stats.rg == [0.1, 0.1, 1.0]
     summary = stats.summary()
     assert summary["rg_mean"] == pytest.approx(0.4)
     assert summary["rg_geomean"] == pytest.approx((0.1 * 0.1 * 1.0) ** (1 / 3))
     assert summary["prompt_tokens"]["max"] == 1000
-    assert views.geometric_mean([2, 8]) == pytest.approx(4)
-    assert math.isnan(views.geometric_mean([]))
-    text = views.stats_markdown(stats, 0.0)
+    assert geometric_mean([2, 8]) == pytest.approx(4)
+    assert math.isnan(geometric_mean([]))
+    text = text_views.stats_markdown(stats, 0.0)
     assert "3 examples" in text and "geometric mean" in text and "100.0%" in text
-    assert "carry" in views.stats_markdown(stats, 1.0)
+    assert "carry" in text_views.stats_markdown(stats, 1.0)
 
 
 def test_rg_histogram_uses_a_log_axis_and_marks_means():
     rg = [0.01, 0.02, 0.05, 0.1, 0.1, 0.5, 1.0, 3.0]
-    fig = views.rg_histogram(rg, bins=10)
+    fig = charts.rg_histogram(rg, bins=10)
     assert fig.layout.xaxis.type == "log"
     bars = [t for t in fig.data if t.type == "bar"]
     lines = [t for t in fig.data if t.type == "scatter"]
     assert len(bars) == 1 and sum(bars[0].y) == len(rg)
     assert [t.name.split(" ")[0] for t in lines] == ["mean", "geometric"]
     assert lines[0].x[0] == pytest.approx(sum(rg) / len(rg))
-    assert lines[1].x[0] == pytest.approx(views.geometric_mean(rg))
+    assert lines[1].x[0] == pytest.approx(geometric_mean(rg))
     # bins are equal in log space: each bar spans [lo, hi] with hi/lo constant
     ratios = [(c + w / 2) / (c - w / 2) for c, w in zip(bars[0].x, bars[0].width)]
     assert max(ratios) == pytest.approx(min(ratios))
-    empty = views.rg_histogram([])
+    empty = charts.rg_histogram([])
     assert not empty.data and empty.layout.annotations
 
 
 def test_rg_histogram_with_a_single_value():
-    fig = views.rg_histogram([0.5, 0.5, 0.5])
+    fig = charts.rg_histogram([0.5, 0.5, 0.5])
     assert sum(next(t for t in fig.data if t.type == "bar").y) == 3
 
 
 def test_length_and_label_figures():
-    stats = views.LengthStats([10, 20, 30], [1, 2, 3])
-    fig = views.length_histogram(stats)
+    stats = LengthStats([10, 20, 30], [1, 2, 3])
+    fig = charts.length_histogram(stats)
     assert [t.name for t in fig.data] == ["prompt tokens", "completion tokens"]
     examples = [Example([], choices=("A", "B"), answer_index=i % 2) for i in range(5)]
-    counts = views.label_counts(examples)
+    counts = label_counts(examples)
     assert counts == {"A": 3, "B": 2}
     labels = [Example([], choices=("A", "B"), answer_index=0, meta={"label": "positive"})]
-    assert views.label_counts(labels) == {"positive": 1}
-    balance = views.label_balance_figure(counts)
+    assert label_counts(labels) == {"positive": 1}
+    balance = charts.label_balance_figure(counts)
     assert list(balance.data[0].x) == ["A", "B"] and "60%" in balance.layout.title.text
-    assert views.label_balance_figure({}).layout.annotations
+    assert charts.label_balance_figure({}).layout.annotations
 
 
 def test_preview_rows():
     enc = _encoded()
-    rows = views.preview_rows([enc.example], {0: enc})
+    rows = text_views.preview_rows([enc.example], {0: enc})
     assert rows[0]["completion"] == "B" and rows[0]["answer"] == "B"
     assert rows[0]["prompt tokens"] == 6 and rows[0]["completion tokens"] == 2
     assert rows[0]["Rg"] == pytest.approx(2 / 6, abs=1e-4)
@@ -229,12 +232,12 @@ def _events(with_accuracy=True):
 
 
 def test_history_and_loss_figure_marks_the_best_step():
-    history = views.History.from_events(_events())
+    history = History.from_events(_events())
     assert history.steps == [1, 2, 3, 4] and history.total_steps == 4 and history.status == "running"
     assert history.best("completion_loss") == (2, 1.0)
     assert history.best("answer_accuracy") == (2, 0.6)
     assert history.best("prompt_loss") == (2, 1.9)
-    fig = views.loss_figure(history)
+    fig = charts.loss_figure(history)
     names = [t.name for t in fig.data]
     assert names[0].startswith("train loss")
     for label in ("val prompt loss", "val completion loss", "val full-sequence loss"):
@@ -248,64 +251,64 @@ def test_history_and_loss_figure_marks_the_best_step():
 
 
 def test_history_dedupes_repeated_advice():
-    history = views.History.from_events(_events())
+    history = History.from_events(_events())
     assert history.advice == ["only 10 training examples", "steps 2, 4: predictions collapsed"]
 
 
 def test_accuracy_figure_has_baseline_and_best_mark():
-    history = views.History.from_events(_events())
-    fig = views.accuracy_figure(history)
+    history = History.from_events(_events())
+    fig = charts.accuracy_figure(history)
     names = [t.name for t in fig.data]
     assert names == ["val answer accuracy", "majority-class baseline", "best val answer accuracy"]
     assert fig.layout.yaxis.tickformat == ".0%"
-    free_form = views.History.from_events(_events(with_accuracy=False))
-    assert not views.accuracy_figure(free_form).data
-    assert not views.loss_figure(views.History()).data
+    free_form = History.from_events(_events(with_accuracy=False))
+    assert not charts.accuracy_figure(free_form).data
+    assert not charts.loss_figure(History()).data
 
 
 def test_predicted_distribution_figure():
-    fig = views.predicted_distribution_figure(views.History.from_events(_events()))
+    fig = charts.predicted_distribution_figure(History.from_events(_events()))
     assert [t.name for t in fig.data] == ["predicted (step 4)", "true answers"]
     assert list(fig.data[0].y) == [3, 2]
 
 
 def test_progress_html_shows_step_eta_and_speed():
-    history = views.History.from_events(_events()[:4])  # started, advice, steps 1 and 2
-    out = views.progress_html(history)
+    history = History.from_events(_events()[:4])  # started, advice, steps 1 and 2
+    out = text_views.progress_html(history)
     assert 'data-status="running"' in out and 'data-step="2"' in out
     assert "ETA" in out and "tokens/s" in out and "2</b> / 4" in out
-    finished = views.History.from_events(_events() + [ev.Stopped(step=4, reason="stopped by the user")])
-    out = views.progress_html(finished)
+    finished = History.from_events(_events() + [ev.Stopped(step=4, reason="stopped by the user")])
+    out = text_views.progress_html(finished)
     assert 'data-status="stopped"' in out and "stopped by the user" in out and "ETA" not in out
-    failed = views.History.from_events([ev.Failed(step=0, error="DataError: <bad>")])
-    assert "DataError: &lt;bad&gt;" in views.progress_html(failed)
-    assert views.format_duration(75) == "1m 15s" and views.format_duration(None) == "\u2013"
+    failed = History.from_events([ev.Failed(step=0, error="DataError: <bad>")])
+    assert "DataError: &lt;bad&gt;" in text_views.progress_html(failed)
+    assert text_views.format_duration(75) == "1m 15s" and text_views.format_duration(None) == "\u2013"
 
 
 # -- compare ----------------------------------------------------------------------------------
 
 
 def test_logprob_and_answer_distribution_figures():
-    fig = views.logprob_figure(["A", "B"], {"A": -0.1, "B": -3.0}, {"A": -1.0, "B": -1.2}, answer="A")
+    fig = charts.logprob_figure(["A", "B"], {"A": -0.1, "B": -3.0}, {"A": -1.0, "B": -1.2}, answer="A")
     assert [t.name for t in fig.data] == ["adapter off (base)", "adapter on"]
     assert list(fig.data[1].y) == [-0.1, -3.0]
     assert list(fig.data[0].x)[0] == "A \u2713"
-    assert not views.logprob_figure([], None, None).data
-    dist = views.answer_distribution_figure({"adapter off": {"A": 5}, "adapter on": {"A": 2, "B": 3}}, {"A": 2, "B": 3})
+    assert not charts.logprob_figure([], None, None).data
+    dist = charts.answer_distribution_figure({"adapter off": {"A": 5}, "adapter on": {"A": 2, "B": 3}}, {"A": 2, "B": 3})
     assert [t.name for t in dist.data] == ["adapter off", "adapter on", "true answers"]
     assert list(dist.data[0].y) == [5, 0]
 
 
 def test_metrics_comparison_rows_and_generations():
-    rows = views.metrics_comparison_rows({"completion_loss": 1.0, "answer_accuracy": 0.8}, {"completion_loss": 2.0, "answer_accuracy": 0.5},
+    rows = text_views.metrics_comparison_rows({"completion_loss": 1.0, "answer_accuracy": 0.8}, {"completion_loss": 2.0, "answer_accuracy": 0.5},
                                          probe_on=12.0, probe_off=10.0)
     assert rows[0] == {"metric": "val completion loss", "adapter off": "2.0000", "adapter on": "1.0000", "change": "-1.0000"}
     assert rows[-1]["metric"].startswith("forgetting probe") and rows[-1]["change"] == "+2.0000"
-    out = views.generations_html([{"prompt": "p", "reference": "A", "off": "<script>x</script>", "on": "\n\n\n"}])
+    out = text_views.generations_html([{"prompt": "p", "reference": "A", "off": "<script>x</script>", "on": "\n\n\n"}])
     assert "<script>" not in out and "&lt;script&gt;" in out
     assert "no visible text" in out
-    assert views.show_generation("") .startswith("(empty")
-    assert views.show_generation("a\n\n\n\nb") == "a\n\nb"
+    assert text_views.show_generation("") .startswith("(empty")
+    assert text_views.show_generation("a\n\n\n\nb") == "a\n\nb"
 
 
 # -- runs ------------------------------------------------------------------------------------
@@ -321,7 +324,7 @@ def _run(name, plw, acc, loss, status="finished"):
 
 
 def test_runs_rows_have_plw_and_best_metrics_with_steps():
-    rows = views.runs_rows([_run("a", 0.1, 0.75, 1.25)])
+    rows = text_views.runs_rows([_run("a", 0.1, 0.75, 1.25)])
     row = rows[0]
     assert row["PLW"] == 0.1 and row["status"] == "finished" and row["data"] == "my.jsonl"
     assert row["best completion loss @ step"] == "1.2500 @ 5"
@@ -330,44 +333,50 @@ def test_runs_rows_have_plw_and_best_metrics_with_steps():
     # without a summary (an interrupted run) the best values come from the evaluations
     run = _run("b", 0.0, 0.5, 2.0)
     run.summary = {}
-    assert views.runs_rows([run])[0]["best completion loss @ step"] == "2.0000 @ 5"
+    assert text_views.runs_rows([run])[0]["best completion loss @ step"] == "2.0000 @ 5"
 
 
 def test_overlay_figure_one_curve_per_run():
     runs = [_run("a", 0.0, 0.7, 1.0), _run("b", 0.1, 0.6, 1.1)]
-    fig = views.overlay_figure(runs, "completion_loss")
+    fig = charts.overlay_figure(runs, "completion_loss")
     assert [t.name for t in fig.data] == ["PLW 0 \u00b7 a", "PLW 0.1 \u00b7 b"]
     assert fig.layout.yaxis.title.text == "val completion loss"
-    assert views.overlay_figure(runs, "answer_accuracy").layout.yaxis.tickformat == ".0%"
-    assert not views.overlay_figure([]).data
+    assert charts.overlay_figure(runs, "answer_accuracy").layout.yaxis.tickformat == ".0%"
+    assert not charts.overlay_figure([]).data
 
 
 def test_plw_sweep_figure_places_zero_on_the_log_axis():
     runs = [_run("a", 0.0, 0.7, 1.0), _run("b", 0.01, 0.8, 0.9), _run("c", 1.0, 0.5, 1.4)]
-    fig = views.plw_sweep_figure(runs)
+    fig = charts.plw_sweep_figure(runs)
     assert fig.layout.xaxis.type == "log"
     acc, loss = fig.data
     assert acc.name == "best answer accuracy" and loss.name == "best completion loss"
-    zero = views.plw_zero_position([0.0, 0.01, 1.0])
+    zero = charts.plw_zero_position([0.0, 0.01, 1.0])
     assert zero == pytest.approx(0.001)
     assert list(acc.x) == [zero, 0.01, 1.0] and list(acc.y) == [0.7, 0.8, 0.5]
     ticks = dict(zip(fig.layout.xaxis.tickvals, fig.layout.xaxis.ticktext))
     assert ticks[zero] == "0" and ticks[1.0] == "1"
     assert loss.yaxis == "y2"
-    assert views.plw_zero_position([]) == 1e-3
-    assert views.plw_zero_position([0.0001]) == pytest.approx(1e-5)
-    assert not views.plw_sweep_figure([]).data
+    assert charts.plw_zero_position([]) == 1e-3
+    assert charts.plw_zero_position([0.0001]) == pytest.approx(1e-5)
+    assert not charts.plw_sweep_figure([]).data
 
 
 def test_settings_help_lists_every_field():
     sections = {s: field_specs(s) for s in ("model", "data", "lora", "train", "eval")}
-    text = views.settings_help_markdown(sections)
+    text = text_views.settings_help_markdown(sections)
     for section, specs in sections.items():
         for spec in specs:
             assert f"`{section}.{spec['name']}`" in text
 
 
-def test_views_does_not_import_a_ui_toolkit():
-    code = "import sys, lab.views; bad = [m for m in ('gradio', 'torch') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+def test_views_do_not_import_a_ui_toolkit():
+    code = "import sys, lab.charts, lab.history, lab.text_views, lab.tokens_view; bad = [m for m in ('gradio', 'torch') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_only_the_app_modules_import_gradio():
+    lab_dir = Path(__file__).resolve().parents[1] / "lab"
+    importers = [p.name for p in sorted(lab_dir.glob("*.py")) if re.search(r"^\s*(import|from)\s+gradio", p.read_text(), re.M)]
+    assert importers and all(name.startswith("app") for name in importers), importers

@@ -1,0 +1,158 @@
+"""What every tab of the app shares: the app's context, the components on every tab, messages,
+and controls built from the config's field metadata.
+
+`AppContext` holds what the handlers work with (the starting config, the runs folder, the
+process's jobs and run models); `SharedComponents` holds the components that more than one tab
+reads or updates (the PLW slider, the visitor's data, the watched job). Both are made once per app
+by `build_app` and handed to each tab explicitly.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from .app_jobs import JobRegistry, RunModels
+from .config import ConfigError, LabConfig, field_specs
+from .runs import Run, list_runs
+
+MODEL_CHOICES = ["embedded", "tiny-random"]
+MINUS_INF, INF = "\u2212\u221e", "\u221e"
+
+
+@dataclass
+class AppContext:
+    """The app's starting config, runs folder and process-level objects, for every tab's handlers."""
+
+    base: LabConfig
+    runs_path: Path
+    specs: dict[str, dict]  # "section.name" -> field metadata, from `spec_index()`
+    registry: JobRegistry
+    models: RunModels
+    builtin_sets: Any  # the `lab.builtin` module, or None where it cannot be imported
+
+    def list_runs(self) -> list[Run]:
+        return list_runs(self.runs_path)
+
+    def find_run(self, name: str | None) -> Run:
+        if not name:
+            raise ValueError("choose a run first")
+        for run in self.list_runs():
+            if run.name == name:
+                return run
+        raise ValueError(f"no run named {name!r} in {self.runs_path}")
+
+
+@dataclass
+class SharedComponents:
+    """Components that more than one tab reads or updates."""
+
+    plw: gr.Slider
+    data_state: gr.State  # the visitor's `DataView`
+    # The id of the job this page watches: setting it (page load, Start, or the timer noticing a job
+    # started elsewhere) starts streaming that job's events into the Train tab.
+    seen_job: gr.State
+    job_timer: gr.Timer
+    job_badge: gr.HTML
+
+
+def message_html(text: str, kind: str = "error") -> str:
+    if not text:
+        return ""
+    return f'<div class="plw-msg-{kind}" data-kind="{kind}">{html.escape(text)}</div>'
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows)
+
+
+# -- controls from config metadata ----------------------------------------------------------------
+
+
+def first_sentence(text: str, limit: int = 160) -> str:
+    """The start of a help text for a control's info line: whole sentences up to about `limit` characters."""
+    sentences = [part.strip() for part in re.split(r"(?<=[.!?])\s+(?=[A-Z(])", text.replace("\n", " ")) if part.strip()]
+    out = ""
+    for sentence in sentences:
+        candidate = f"{out} {sentence}".strip()
+        if not candidate.endswith("."):
+            candidate += "."
+        if out and len(candidate) > limit:
+            break
+        out = candidate
+        if len(out) >= 60:
+            break
+    return out if len(out) <= limit else out[: limit - 1] + "\u2026"
+
+
+def spec_index() -> dict[str, dict]:
+    """Every config field's metadata by "section.name", marking names that two sections share."""
+    out = {}
+    for section in ("model", "data", "lora", "train", "eval"):
+        for spec in field_specs(section):
+            out[f"{section}.{spec['name']}"] = {**spec, "section": section}
+    names = [spec["name"] for spec in out.values()]
+    for spec in out.values():
+        spec["shared_name"] = names.count(spec["name"]) > 1
+    return out
+
+
+def config_value(cfg: LabConfig, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def make_control(key: str, spec: dict, value):
+    """One Gradio control for a config field, from its metadata."""
+    name = spec["name"]
+    label = name.replace("_", " ")
+    if spec.get("shared_name"):  # e.g. train.batch_size and eval.batch_size
+        label = f"{spec['section']} {label}"
+    info = first_sentence(spec.get("help", ""))
+    kind = spec["type"]
+    elem_id = "cfg-" + key.replace(".", "-").replace("_", "-")
+    if "min" in spec or "max" in spec:
+        low, high = spec.get("min"), spec.get("max")
+        info += f" Range: {low if low is not None else MINUS_INF} to {high if high is not None else INF}."
+    if key == "model.name":
+        choices = list(dict.fromkeys(MODEL_CHOICES + [value]))
+        return gr.Dropdown(choices=choices, value=value, label="model", info=info, allow_custom_value=True, elem_id=elem_id)
+    if kind == "bool":
+        return gr.Checkbox(value=value, label=label, info=info, elem_id=elem_id)
+    if spec.get("choices"):
+        return gr.Dropdown(choices=list(spec["choices"]), value=value, label=label, info=info, elem_id=elem_id)
+    if kind == "list":
+        choices = list(dict.fromkeys(list(spec["default"]) + list(value) + ["all-linear"]))
+        return gr.Dropdown(choices=choices, value=list(value), multiselect=True, allow_custom_value=True, label=label,
+                           info=info, elem_id=elem_id)
+    if kind in ("int", "float"):
+        step = 1 if kind == "int" else (10 ** _floor_log10(spec["default"]) if spec["default"] else 0.01)
+        return gr.Number(value=value, label=label, info=info, precision=0 if kind == "int" else None, step=step,
+                         elem_id=elem_id)
+    lines = 3 if "\n" in str(value) or len(str(value)) > 60 else 1
+    return gr.Textbox(value=value, label=label, info=info, lines=lines, elem_id=elem_id)
+
+
+def _floor_log10(x: float) -> int:
+    return math.floor(math.log10(abs(x))) if x else -2
+
+
+def coerce_control(key: str, spec: dict, value):
+    if value is None:
+        raise ConfigError(f"{key} is empty; {first_sentence(spec.get('help', ''))}")
+    if spec["type"] == "int":
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{key} must be a whole number; got {value}")
+        return int(value)
+    if spec["type"] == "float":
+        return float(value)
+    if spec["type"] == "list":
+        return list(value) if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",") if v.strip()]
+    return value

@@ -1,0 +1,226 @@
+"""The app's Compare tab: one run's model with its adapter on and off, side by side.
+
+Validation metrics, the forgetting probe, predicted answers and generations for the whole
+validation set; then one validation example (generations, answer log-probabilities, per-token
+loss) and a prompt of the visitor's own. The run's model is loaded once through the process's
+`RunModels` and used under its lock.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from .app_common import AppContext, frame, message_html
+from .app_jobs import LoadedRun, error_text
+from .app_runs import RunsTab
+from .charts import answer_distribution_figure, empty_figure, logprob_figure
+from .masks import prompt_text, render
+from .runs import run_plw
+from .text_views import generations_html, metrics_comparison_rows, show_generation
+from .tokens_view import token_loss_html
+
+
+def choice_logprobs(model, tokenizer, prompt: str, choices) -> dict[str, float]:
+    """Log-probability of each candidate answer's first token right after `prompt` (a rendered prompt)."""
+    import torch
+
+    from .evaluation import device_of, eval_mode
+    from .forward import final_hidden, output_layer
+
+    if not choices:
+        return {}
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    choice_ids = []
+    for choice in choices:
+        full = tokenizer(prompt + choice, add_special_tokens=False)["input_ids"]
+        if full[: len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
+            choice_ids.append(full[len(prompt_ids)])
+        else:
+            choice_ids.append(tokenizer(choice, add_special_tokens=False)["input_ids"][0])
+    device = device_of(model)
+    ids = torch.tensor([prompt_ids], device=device)
+    weight, bias = output_layer(model)
+    with eval_mode(model):
+        hidden = final_hidden(model, ids, torch.ones_like(ids))
+        logits = torch.nn.functional.linear(hidden[0, -1], weight, bias).float()
+        logprobs = torch.log_softmax(logits, -1)
+    return {c: float(logprobs[i]) for c, i in zip(choices, choice_ids)}
+
+
+def user_prompt(tokenizer, text: str, system_prompt: str = "") -> str:
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": text}]
+    return render(tokenizer, messages, add_generation_prompt=True)
+
+
+def comparison_outputs(loaded: LoadedRun):
+    """The comparison's table, predicted-answer figure and generations."""
+    comparison = loaded.comparison
+    on, off = comparison["on"], comparison["off"]
+    rows = metrics_comparison_rows(on["metrics"], off["metrics"], on.get("probe_perplexity"), off.get("probe_perplexity"))
+    predicted = {"adapter off": off["metrics"].get("predicted") or {}, "adapter on": on["metrics"].get("predicted") or {}}
+    dist = (answer_distribution_figure(predicted, on["metrics"].get("answers"))
+            if any(predicted.values()) else empty_figure("Free-form data: no answer distribution"))
+    gens = [
+        {**ex, "off": g_off, "on": g_on}
+        for ex, g_off, g_on in zip(comparison.get("examples", []), off.get("generations", []), on.get("generations", []))
+    ]
+    return frame(rows), dist, generations_html(gens)
+
+
+class CompareTab:
+    """The Compare tab's components and handlers; `wire` connects them once every tab exists."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
+            with gr.Row():
+                self.run = gr.Dropdown(choices=[], value=None, label="Run", info="Runs with a saved adapter, newest first.",
+                                       elem_id="compare-run", scale=3)
+                self.refresh_btn = gr.Button("\u21bb Refresh", size="sm", scale=0, min_width=100)
+                self.compare_btn = gr.Button("Compare adapter on vs off", variant="primary", elem_id="compare-btn", scale=1)
+            self.msg = gr.HTML("", elem_id="compare-msg")
+            with gr.Row():
+                self.table = gr.Dataframe(label="Validation metrics and forgetting probe", interactive=False,
+                                          elem_id="compare-table", scale=3, wrap=True,
+                                          column_widths=["40%", "20%", "20%", "20%"])
+                self.dist = gr.Plot(empty_figure("Predicted answers, adapter on vs off"), label="Predicted answers",
+                                    elem_id="compare-dist", scale=2)
+            self.gens = gr.HTML("", elem_id="compare-gens")
+            gr.Markdown("### One validation example")
+            with gr.Row():
+                self.val_idx = gr.Slider(0, 1, value=0, step=1, label="Validation example", elem_id="val-idx", scale=3)
+                self.val_btn = gr.Button("Show", elem_id="val-show", scale=0, min_width=100)
+            with gr.Row(equal_height=True):
+                with gr.Column():
+                    gr.HTML('<div class="plw-side-title">Adapter off (base model)</div>')
+                    self.gen_off = gr.Textbox(label="greedy generation, adapter off", lines=3, elem_id="gen-off", interactive=False)
+                with gr.Column():
+                    gr.HTML('<div class="plw-side-title">Adapter on (fine-tuned)</div>')
+                    self.gen_on = gr.Textbox(label="greedy generation, adapter on", lines=3, elem_id="gen-on", interactive=False)
+            with gr.Row():
+                self.lp_plot = gr.Plot(empty_figure("Answer log-probabilities"), label="Answer log-probabilities",
+                                       elem_id="lp-plot")
+            self.loss_mode = gr.Radio(["on", "off", "diff"], value="diff", label="Per-token loss: adapter on, off, or on \u2212 off",
+                                      elem_id="loss-mode")
+            self.val_tokens = gr.HTML("", elem_id="val-tokens")
+            gr.Markdown("### Your prompt")
+            with gr.Row():
+                self.own_prompt = gr.Textbox(label="Prompt (sent as a user turn through the chat template)", lines=3,
+                                             elem_id="own-prompt", scale=4)
+                self.own_btn = gr.Button("Generate both", elem_id="own-btn", scale=1)
+            with gr.Row(equal_height=True):
+                self.own_off = gr.Textbox(label="adapter off (base model)", lines=3, elem_id="own-off", interactive=False)
+                self.own_on = gr.Textbox(label="adapter on (fine-tuned)", lines=3, elem_id="own-on", interactive=False)
+            self.own_lp = gr.Plot(empty_figure("Answer log-probabilities for your prompt"), label="Answer log-probabilities",
+                                  elem_id="own-lp")
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def wire(self, runs: RunsTab) -> None:
+        """Refresh updates the run lists of this tab and the Runs tab together."""
+        example_in = [self.run, self.val_idx, self.loss_mode]
+        example_out = [self.gen_off, self.gen_on, self.lp_plot, self.val_tokens]
+        own_in, own_out = [self.run, self.own_prompt], [self.own_off, self.own_on, self.own_lp]
+        self.compare_btn.click(self.on_compare, [self.run], [self.msg, self.table, self.dist, self.gens, self.val_idx],
+                               concurrency_limit=2).then(self.on_val_example, example_in, example_out)
+        self.val_btn.click(self.on_val_example, example_in, example_out, concurrency_limit=2)
+        self.val_idx.release(self.on_val_example, example_in, example_out, trigger_mode="always_last")
+        self.loss_mode.change(self.on_val_example, example_in, example_out)
+        self.own_btn.click(self.on_own_prompt, own_in, own_out, concurrency_limit=2)
+        self.own_prompt.submit(self.on_own_prompt, own_in, own_out, concurrency_limit=2)
+        self.refresh_btn.click(runs.refresh, runs.inputs, runs.outputs)
+
+    # -- handlers ----------------------------------------------------------------------------------
+
+    def on_compare(self, run_name, progress_=gr.Progress()):
+        ctx = self.ctx
+        try:
+            if not run_name:
+                raise ValueError("choose a run (train one first, or refresh the list)")
+            ctx.find_run(run_name)
+            progress_(0.1, desc="loading the run's model and adapter")
+            loaded = ctx.models.get(ctx.runs_path / run_name)
+            with loaded.lock:
+                if loaded.comparison is None:
+                    from . import evaluation
+
+                    progress_(0.3, desc="reading the validation set")
+                    val = loaded.validation()
+                    probe = []
+                    if loaded.config.eval.probe_texts and ctx.builtin_sets is not None:
+                        probe = ctx.builtin_sets.general_text()[: loaded.config.eval.probe_texts]
+                    progress_(0.5, desc="evaluating with the adapter on and off")
+                    e = loaded.config.eval
+                    loaded.comparison = evaluation.compare(loaded.model, loaded.tokenizer, val, probe, e.generations,
+                                                           e.max_new_tokens, e.batch_size, loaded.config.train.chunk_size)
+                rows, dist, gens = comparison_outputs(loaded)
+                n_val = len(loaded.val) if loaded.val is not None else len(loaded.comparison["on"]["metrics"].get("examples", []))
+        except Exception as exc:
+            gr.Warning(error_text(exc))
+            return message_html(error_text(exc)), gr.update(), gr.update(), gr.update(), gr.update()
+        plw_value = run_plw(ctx.find_run(run_name))
+        note = f"{run_name}: PLW {plw_value:g}, {n_val} validation examples." if plw_value is not None else run_name
+        return (message_html(note, "ok"), rows, dist, gens,
+                gr.update(maximum=max(n_val - 1, 1), value=0, label=f"Validation example (0\u2013{max(n_val - 1, 0)})"))
+
+    def on_val_example(self, run_name, index, mode):
+        try:
+            if not run_name:
+                raise ValueError("choose a run and press Compare first")
+            loaded = self.ctx.models.get(self.ctx.runs_path / run_name)
+            from .evaluation import adapter, generate
+
+            with loaded.lock:
+                val = loaded.validation()
+                if not val:
+                    raise ValueError("this run has no validation examples")
+                enc = val[min(max(int(index or 0), 0), len(val) - 1)]
+                gens = {}
+                for side, enabled in (("on", True), ("off", False)):
+                    with adapter(loaded.model, enabled):
+                        gens[side] = generate(loaded.model, loaded.tokenizer, [enc], loaded.config.eval.max_new_tokens)[0]
+                lps = {}
+                if enc.example.choices:
+                    prompt = prompt_text(loaded.tokenizer, enc.example)
+                    for side, enabled in (("on", True), ("off", False)):
+                        with adapter(loaded.model, enabled):
+                            lps[side] = choice_logprobs(loaded.model, loaded.tokenizer, prompt, enc.example.choices)
+            on, off = loaded.per_token_losses(enc)
+        except Exception as exc:
+            gr.Warning(error_text(exc))
+            return gr.update(), gr.update(), gr.update(), message_html(error_text(exc))
+        figure = logprob_figure(list(enc.example.choices), lps.get("on"), lps.get("off"), enc.example.answer)
+        tokens = token_loss_html(enc, on, off, mode or "diff", loaded.config.train.prompt_loss_weight,
+                                 special_ids=set(loaded.tokenizer.all_special_ids))
+        reference = enc.example.messages[-1]["content"]
+        return (show_generation(gens["off"]), show_generation(gens["on"]), figure,
+                message_html(f"reference answer: {reference}", "info") + tokens)
+
+    def on_own_prompt(self, run_name, text):
+        try:
+            if not run_name:
+                raise ValueError("choose a run first")
+            if not (text or "").strip():
+                raise ValueError("type a prompt first")
+            loaded = self.ctx.models.get(self.ctx.runs_path / run_name)
+            from .evaluation import adapter, generate_texts
+
+            prompt = user_prompt(loaded.tokenizer, text, loaded.config.data.system_prompt)
+            choices = ()
+            if loaded.val:
+                choices = next((e.example.choices for e in loaded.val if e.example.choices), ())
+            elif loaded.comparison and loaded.comparison["on"]["metrics"].get("predicted"):
+                choices = tuple(loaded.comparison["on"]["metrics"]["predicted"])
+            out, lps = {}, {}
+            with loaded.lock:
+                for side, enabled in (("on", True), ("off", False)):
+                    with adapter(loaded.model, enabled):
+                        out[side] = generate_texts(loaded.model, loaded.tokenizer, [prompt], loaded.config.eval.max_new_tokens)[0]
+                        if choices:
+                            lps[side] = choice_logprobs(loaded.model, loaded.tokenizer, prompt, choices)
+        except Exception as exc:
+            gr.Warning(error_text(exc))
+            return gr.update(), gr.update(), gr.update()
+        figure = logprob_figure(list(choices), lps.get("on"), lps.get("off")) if choices else empty_figure(
+            "This run's data has no candidate answers")
+        return show_generation(out["off"]), show_generation(out["on"]), figure

@@ -1,0 +1,333 @@
+"""The app's Data tab: load a built-in set, a file or a hub dataset, then see its statistics and tokens.
+
+What a visitor loads becomes a `DataView` in their own `gr.State`; the Train tab trains on it. The
+token view colours each token by its loss weight at the current PLW, or by its loss under the run
+chosen in the Compare tab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from .app_common import (
+    AppContext,
+    SharedComponents,
+    coerce_control,
+    config_value,
+    first_sentence,
+    frame,
+    make_control,
+    message_html,
+)
+from .app_jobs import error_text
+from .charts import empty_figure, label_balance_figure, length_histogram, rg_histogram
+from .config import ConfigError, DataConfig
+from .data import DataError, detect_format, read_records, to_examples
+from .masks import encode, encode_all
+from .packing import packing_efficiency
+from .stats import label_counts, length_stats
+from .text_views import preview_rows, stats_markdown
+from .tokens_view import token_html, token_loss_html
+
+#: Examples encoded for the statistics and the token view (the first N of the set).
+STATS_LIMIT = 2000
+UPLOAD_TYPES = [".jsonl", ".json", ".csv", ".parquet", ".ndjson"]
+#: Lab fields a column can be mapped to, by format.
+MAPPABLE = {
+    "prompt_completion": ("prompt", "completion"),
+    "chat": ("messages",),
+    "multiple_choice": ("context", "question", "options", "answer"),
+    "classification": ("text", "label"),
+}
+ALL_MAPPABLE = ("prompt", "completion", "messages", "context", "question", "options", "answer", "text", "label")
+#: Data options shown in the Data tab (they change how records become examples and tokens).
+DATA_OPTIONS = ["data.val_size", "data.limit", "data.train_eos", "data.system_prompt", "data.mc_template",
+                "data.classification_template", "data.answer_format"]
+
+
+@dataclass
+class DataView:
+    """What a visitor loaded in the Data tab."""
+
+    data: dict  # DataConfig as a dict (source, format, column_map and options)
+    model_name: str
+    examples: list
+    encoded: dict  # source_index -> Encoded, for the first STATS_LIMIT examples
+    skipped: list
+    total: int
+    info: dict
+    columns: list
+    fmt: str
+
+    def example_indices(self) -> list[int]:
+        return sorted(self.encoded)
+
+
+class DataTab:
+    """The Data tab's components and handlers; `wire` connects them once every tab exists."""
+
+    def __init__(self, ctx: AppContext, shared: SharedComponents) -> None:
+        self.ctx, self.shared = ctx, shared
+        base, specs = ctx.base, ctx.specs
+        builtin_names = list(ctx.builtin_sets.BUILTIN_SETS) if ctx.builtin_sets is not None else []
+        default_source = base.data.source
+        default_builtin = default_source.removeprefix("builtin:") if default_source.startswith("builtin:") else None
+        if default_builtin not in builtin_names:
+            default_builtin = builtin_names[0] if builtin_names else None
+
+        with gr.Tab("Data", id="data", elem_id="tab-data"):
+            with gr.Row():
+                with gr.Column(scale=1, min_width=320):
+                    with gr.Tabs(elem_id="source-tabs"):
+                        with gr.Tab("Built-in", id="src-builtin"):
+                            self.builtin_dd = gr.Dropdown(
+                                choices=builtin_names, value=default_builtin, label="Built-in set",
+                                info="Offline data sets shipped with the lab.", elem_id="builtin-set",
+                            )
+                            self.builtin_md = gr.Markdown(self.builtin_description(default_builtin), elem_id="builtin-desc")
+                            self.load_builtin_btn = gr.Button("Load built-in set", variant="primary", elem_id="load-builtin",
+                                                              interactive=False)  # enabled once the page has loaded
+                        with gr.Tab("Upload file", id="src-file"):
+                            self.upload = gr.File(label="JSONL, JSON, CSV or Parquet (at most 50 MB)", file_types=UPLOAD_TYPES,
+                                                  type="filepath", elem_id="upload")
+                            self.load_file_btn = gr.Button("Load file", variant="primary", elem_id="load-file", interactive=False)
+                        with gr.Tab("Hub dataset", id="src-hub"):
+                            self.hub_id = gr.Textbox(label="Hugging Face dataset id", placeholder="ehovy/race",
+                                                     info="Needs the internet; offline the lab says so.", elem_id="hub-id")
+                            with gr.Row():
+                                self.hub_config = gr.Textbox(label="config", value=base.data.hf_config,
+                                                             info=first_sentence(specs["data.hf_config"]["help"]))
+                                self.hub_split = gr.Textbox(label="split", value=base.data.hf_split)
+                            self.load_hub_btn = gr.Button("Load hub dataset", variant="primary", elem_id="load-hub",
+                                                          interactive=False)
+                    self.fmt = gr.Dropdown(choices=list(specs["data.format"]["choices"]), value=base.data.format,
+                                           label="format", info=first_sentence(specs["data.format"]["help"], 200),
+                                           elem_id="data-format")
+                    with gr.Accordion("Column mapping (when your column names differ)", open=False, elem_id="mapping"):
+                        gr.Markdown("Pick which of your columns holds each lab field; leave '(same name)' where the names already match.")
+                        self.mapping = {
+                            f: gr.Dropdown(choices=["(same name)"], value="(same name)", label=f, elem_id=f"map-{f}",
+                                           allow_custom_value=True)
+                            for f in ALL_MAPPABLE
+                        }
+                    with gr.Accordion("Data options", open=False):
+                        self.controls = {k: make_control(k, specs[k], config_value(base, k)) for k in DATA_OPTIONS}
+                    self.msg = gr.HTML("", elem_id="data-msg")
+                with gr.Column(scale=2):
+                    self.stats_md = gr.Markdown("Load a data set to see its statistics.", elem_id="data-stats")
+                    self.rg_plot = gr.Plot(empty_figure("R<sub>g</sub> histogram"), label="Generation ratio", elem_id="rg-plot")
+                    with gr.Row():
+                        self.len_plot = gr.Plot(empty_figure("token lengths"), label="Token lengths", elem_id="len-plot")
+                        self.label_plot = gr.Plot(empty_figure("label balance"), label="Label balance", elem_id="label-plot")
+            gr.Markdown("### Token view\nEach token as the model sees it through its chat template, coloured by its "
+                        "loss weight at the current PLW. Hover a token for its text, id, label and weight.")
+            with gr.Row():
+                self.example_idx = gr.Slider(0, 1, value=0, step=1, label="Example", elem_id="example-idx", scale=3)
+                self.colour_by = gr.Radio(
+                    ["loss weight", "loss: adapter on", "loss: adapter off", "loss: on \u2212 off"],
+                    value="loss weight", label="Colour by",
+                    info="The loss views use the run chosen in the Compare tab.", elem_id="colour-by", scale=2,
+                )
+            self.token_view = gr.HTML("", elem_id="token-view")
+            with gr.Accordion("Examples", open=True, elem_id="preview-acc"):
+                self.preview = gr.Dataframe(label="First examples", interactive=False, wrap=True, elem_id="preview")
+
+        self.mapping_fields = list(self.mapping)
+        self.mapping_inputs = [self.mapping[f] for f in self.mapping_fields]
+        self.load_outputs = [shared.data_state, self.msg, self.stats_md, self.rg_plot, self.len_plot, self.label_plot,
+                             self.example_idx, self.preview, self.fmt, *self.mapping_inputs]
+        # The Train tab is built after this one: `wire` fills these with its controls and the Compare tab's run.
+        self.train_keys: list[str] = []
+        self.extra_inputs: list = []
+        self.token_inputs: list = []
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def wire(self, train_controls: dict, compare_run: gr.Dropdown) -> None:
+        """Loading reads the Train tab's model and data settings; the loss views use the Compare tab's run."""
+        shared = self.shared
+        self.train_keys = list(train_controls)
+        self.extra_inputs = [*self.mapping_inputs, *self.controls.values(), *train_controls.values()]
+        self.token_inputs = [shared.data_state, self.example_idx, self.colour_by, shared.plw, compare_run]
+
+        self.builtin_dd.change(self.builtin_description, self.builtin_dd, self.builtin_md)
+        self.fmt.change(lambda f: [gr.update(visible=f == "auto" or name in MAPPABLE.get(f, ())) for name in self.mapping_fields],
+                        self.fmt, self.mapping_inputs, show_progress="hidden")
+        for btn, fn, inputs in (
+            (self.load_builtin_btn, self.on_load_builtin, [self.builtin_dd]),
+            (self.load_file_btn, self.on_load_file, [self.upload]),
+            (self.load_hub_btn, self.on_load_hub, [self.hub_id, self.hub_config, self.hub_split]),
+        ):
+            btn.click(fn, [*inputs, self.fmt, shared.plw, *self.extra_inputs], self.load_outputs, concurrency_limit=4).then(
+                self.render_tokens, self.token_inputs, self.token_view
+            )
+        shared.plw.change(self.on_plw, self.token_inputs, [self.token_view, self.stats_md],
+                          show_progress="hidden", trigger_mode="always_last", concurrency_limit=None)
+        self.example_idx.change(self.render_tokens, self.token_inputs, self.token_view,
+                                show_progress="hidden", trigger_mode="always_last")
+        self.colour_by.change(self.render_tokens, self.token_inputs, self.token_view)
+
+    def wire_page_load(self, demo: gr.Blocks) -> None:
+        # The default set loads by itself; the Load buttons wait for it so it can never overwrite a visitor's choice.
+        demo.load(self.on_page_load, [self.builtin_dd, self.fmt, self.shared.plw, *self.extra_inputs], self.load_outputs).then(
+            self.render_tokens, self.token_inputs, self.token_view
+        ).then(lambda: [gr.update(interactive=True)] * 3, None, [self.load_builtin_btn, self.load_file_btn, self.load_hub_btn])
+
+    # -- handlers ----------------------------------------------------------------------------------
+
+    def builtin_description(self, name: str | None) -> str:
+        builtin_sets = self.ctx.builtin_sets
+        if not name or builtin_sets is None or name not in builtin_sets.BUILTIN_SETS:
+            return ""
+        spec = builtin_sets.BUILTIN_SETS[name]
+        labels = f" Labels: {', '.join(spec.labels)}." if getattr(spec, "labels", None) else ""
+        return f"**{name}** ({spec.format.replace('_', ' ')}): {spec.description}{labels}"
+
+    def _packing(self, encoded, max_length) -> dict:
+        return packing_efficiency([len(e) for e in encoded], max_length, self.ctx.base.train.batch_size)
+
+    def _data_config(self, source: str, fmt_value: str, map_values, option_values, train_values, hf_cfg="",
+                     hf_split_="train") -> DataConfig:
+        specs = self.ctx.specs
+        column_map = {f: v for f, v in zip(self.mapping_fields, map_values) if v and v != "(same name)"}
+        overrides = {"data.source": source, "data.format": fmt_value, "data.column_map": column_map,
+                     "data.hf_config": hf_cfg or "", "data.hf_split": hf_split_ or "train"}
+        for key, value in zip(self.controls, option_values):
+            overrides[key] = coerce_control(key, specs[key], value)
+        for key, value in zip(self.train_keys, train_values):
+            if key.startswith("data."):
+                overrides[key] = coerce_control(key, specs[key], value)
+        return self.ctx.base.override(overrides).data
+
+    def load_data(self, source: str, fmt_value: str, plw_value: float, args, hf_cfg="", hf_split_="train"):
+        """Read, convert and encode a data set; every problem becomes a message, never a crash."""
+        n_map, n_opt = len(self.mapping_inputs), len(self.controls)
+        maps, opts, trains = args[:n_map], args[n_map:n_map + n_opt], args[n_map + n_opt:]
+        no_change = [gr.update()] * 6
+        mapping_updates = [gr.update() for _ in self.mapping_fields]
+        try:
+            dcfg = self._data_config(source, fmt_value, maps, opts, trains, hf_cfg, hf_split_)
+            records, info = read_records(dcfg)
+        except (DataError, ConfigError) as exc:
+            gr.Warning(str(exc))
+            return (gr.update(), message_html(str(exc)), *no_change, gr.update(), *mapping_updates)
+        except Exception as exc:  # a damaged file may raise anything
+            gr.Warning(error_text(exc))
+            return (gr.update(), message_html(f"Could not read {source}: {error_text(exc)}"), *no_change, gr.update(), *mapping_updates)
+        columns = sorted({k for r in records[:200] for k in r} | set(dcfg.column_map.values()))
+        mapping_updates = [
+            gr.update(choices=["(same name)"] + columns, value=dcfg.column_map.get(f, "(same name)"))
+            for f in self.mapping_fields
+        ]
+        try:
+            fmt_used = dcfg.format if dcfg.format != "auto" else info.get("format") or detect_format(records[0])
+            examples = to_examples(records, dataclasses.replace(dcfg, format=fmt_used), info.get("labels"))
+        except DataError as exc:
+            text = f"{exc}\nColumns found: {', '.join(columns)}"
+            gr.Warning(str(exc))
+            raw = [{k: str(v)[:80] for k, v in r.items()} for r in records[:20]]
+            empty = empty_figure("map the columns, then load again")
+            return (None, message_html(text),
+                    f"Read {len(records)} records with columns {', '.join(columns)}, but they could not be turned into "
+                    "examples: choose the format and map the columns, then load again. The first records are below.",
+                    empty, empty, empty, gr.update(maximum=1, value=0), frame(raw), gr.update(), *mapping_updates)
+        model_name = str(dict(zip(self.train_keys, trains)).get("model.name") or self.ctx.base.model.name)
+        try:
+            tokenizer = self.ctx.models.tokenizer(model_name)
+            encoded, skipped = encode_all(tokenizer, examples[:STATS_LIMIT], dcfg.max_length, dcfg.train_eos)
+        except Exception as exc:
+            gr.Warning(error_text(exc))
+            return (gr.update(), message_html(error_text(exc)), *no_change, gr.update(), *mapping_updates)
+        dv = DataView(
+            data=dataclasses.asdict(dcfg), model_name=model_name, examples=examples,
+            encoded={e.example.source_index: e for e in encoded}, skipped=skipped, total=len(examples), info=info,
+            columns=columns, fmt=fmt_used,
+        )
+        if not encoded:
+            text = "No example fits into max_length" + (f": {skipped[0]}" if skipped else "")
+            gr.Warning(text)
+            return (dv, message_html(text), *no_change, gr.update(), *mapping_updates)
+        stats = length_stats(encoded)
+        shown = Path(source).name if not source.startswith(("builtin:", "hf:")) else source
+        note = f"Loaded {len(examples)} examples from {shown} as {fmt_used.replace('_', ' ')}."
+        if skipped:
+            note += f" {len(skipped)} skipped: {skipped[0]}" + (" \u2026" if len(skipped) > 1 else "")
+        indices = dv.example_indices()
+        return (
+            dv,
+            message_html(note, "ok"),
+            stats_markdown(stats, plw_value, len(skipped), len(examples), self._packing(encoded, dcfg.max_length)),
+            rg_histogram(stats.rg),
+            length_histogram(stats),
+            label_balance_figure(label_counts(examples)),
+            gr.update(minimum=0, maximum=max(len(indices) - 1, 1), value=0, step=1,
+                      label=f"Example (0\u2013{len(indices) - 1} of the first {len(indices)})"),
+            frame(preview_rows(examples, dv.encoded)),
+            gr.update(),
+            *mapping_updates,
+        )
+
+    def _unchanged(self, text: str, kind: str = "error"):
+        """A message and no other change, for a load with nothing to load."""
+        return (gr.update(), message_html(text, kind), *[gr.update()] * (len(self.load_outputs) - 2))
+
+    def on_load_builtin(self, name, fmt_value, plw_value, *args):
+        if not name:
+            gr.Warning("Choose a built-in set first.")
+            return self._unchanged("Choose a built-in set first.")
+        return self.load_data(f"builtin:{name}", fmt_value, plw_value, args)
+
+    def on_load_file(self, path, fmt_value, plw_value, *args):
+        if not path:
+            gr.Warning("Upload a file first.")
+            return self._unchanged("Upload a JSONL, JSON, CSV or Parquet file first.")
+        return self.load_data(str(path), fmt_value, plw_value, args)
+
+    def on_load_hub(self, dataset_id, cfg_name, split_name, fmt_value, plw_value, *args):
+        dataset_id = (dataset_id or "").strip().removeprefix("hf:")
+        if not dataset_id:
+            gr.Warning("Type a dataset id such as ehovy/race.")
+            return self._unchanged("Type a dataset id such as ehovy/race.")
+        return self.load_data(f"hf:{dataset_id}", fmt_value, plw_value, args, cfg_name, split_name)
+
+    def on_page_load(self, name, fmt_value, plw_value, *args):
+        if not name:
+            return self._unchanged("No built-in sets are installed; upload a file.", "info")
+        return self.load_data(f"builtin:{name}", fmt_value, plw_value, args)
+
+    def render_tokens(self, dv: DataView | None, index, mode, plw_value, run_name):
+        if dv is None or not dv.encoded:
+            return message_html("Load a data set to see its tokens.", "info")
+        indices = dv.example_indices()
+        i = min(max(int(index or 0), 0), len(indices) - 1)
+        enc = dv.encoded[indices[i]]
+        tokenizer = self.ctx.models.tokenizer(dv.model_name)
+        special = set(tokenizer.all_special_ids)
+        if mode == "loss weight" or not mode:
+            return token_html(enc, float(plw_value), special_ids=special)
+        if not run_name:
+            return message_html("Choose a trained run in the Compare tab to colour tokens by loss.", "info") + \
+                token_html(enc, float(plw_value), special_ids=special)
+        try:
+            loaded = self.ctx.models.get(self.ctx.runs_path / run_name)
+            enc2 = enc
+            if loaded.config.model.name != dv.model_name:
+                enc2 = encode(loaded.tokenizer, enc.example, dv.data.get("max_length", 384), dv.data.get("train_eos", True))
+            on, off = loaded.per_token_losses(enc2)
+        except Exception as exc:
+            return message_html(f"Cannot compute token losses with run {run_name}: {error_text(exc)}")
+        loss_mode_value = {"loss: adapter on": "on", "loss: adapter off": "off"}.get(mode, "diff")
+        return token_loss_html(enc2, on, off, loss_mode_value, float(plw_value),
+                               special_ids=set(loaded.tokenizer.all_special_ids))
+
+    def on_plw(self, dv, index, mode, plw_value, run_name):
+        tokens = self.render_tokens(dv, index, mode, plw_value, run_name)
+        if dv is None or not dv.encoded:
+            return tokens, gr.update()
+        stats = length_stats(dv.encoded.values())
+        packing = self._packing(dv.encoded.values(), dv.data.get("max_length"))
+        return tokens, stats_markdown(stats, float(plw_value), len(dv.skipped), dv.total, packing)

@@ -1,0 +1,154 @@
+"""The app's Runs tab: every run in the runs folder as a table, overlaid curves, best metrics
+against PLW, and per run its details, its adapter as a zip, or deleting it.
+
+Its `refresh` also fills the Compare tab's run list, so the other tabs call it whenever the runs
+may have changed (a job ended, a run was deleted, a Refresh button).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+
+from .app_common import AppContext, frame, message_html
+from .app_jobs import error_text
+from .charts import overlay_figure, plw_sweep_figure
+from .runs import delete_run
+from .text_views import runs_rows
+
+
+class RunsTab:
+    """The Runs tab's components and handlers; built after the Compare tab, whose run list it fills."""
+
+    def __init__(self, ctx: AppContext, compare_run: gr.Dropdown) -> None:
+        self.ctx = ctx
+        with gr.Tab("Runs", id="runs", elem_id="tab-runs"):
+            self.known_runs = gr.State(None)  # the run names this visitor has been shown (new ones join the overlay)
+            with gr.Row():
+                self.refresh_btn = gr.Button("\u21bb Refresh", size="sm", elem_id="runs-refresh", scale=0, min_width=100)
+                gr.Markdown(f"Runs are read from `{ctx.runs_path}`.")
+            self.table = gr.Dataframe(label="Runs", interactive=False, wrap=True, elem_id="runs-table")
+            with gr.Row():
+                self.overlay_runs = gr.Dropdown(choices=[], value=[], multiselect=True, label="Runs to overlay",
+                                                info="e.g. a PLW sweep", elem_id="overlay-runs", scale=3)
+                self.overlay_metric = gr.Dropdown(
+                    choices=[("val completion loss", "completion_loss"), ("val answer accuracy", "answer_accuracy"),
+                             ("val prompt loss", "prompt_loss"), ("val full-sequence loss", "full_loss"),
+                             ("val token accuracy", "token_accuracy"), ("train loss", "train_loss")],
+                    value="completion_loss", label="metric", elem_id="overlay-metric", scale=1,
+                )
+            with gr.Row():
+                self.overlay_plot = gr.Plot(overlay_figure([]), label="Curves", elem_id="overlay-plot")
+                self.sweep_plot = gr.Plot(plw_sweep_figure([]), label="Best metrics against PLW", elem_id="sweep-plot")
+            with gr.Row():
+                self.run_pick = gr.Dropdown(choices=[], value=None, label="Run", elem_id="run-pick", scale=2)
+                self.zip_btn = gr.Button("Download adapter (.zip)", elem_id="zip-btn", scale=1)
+                self.confirm_delete = gr.Checkbox(label="yes, delete it", value=False, elem_id="confirm-delete", scale=1)
+                self.delete_btn = gr.Button("Delete run", variant="stop", elem_id="delete-btn", scale=1)
+            self.zip_file = gr.File(label="Adapter", visible=False, elem_id="zip-file", interactive=False)
+            self.msg = gr.HTML("", elem_id="runs-msg")
+            with gr.Accordion("Run details", open=False):
+                self.details = gr.JSON(label="config and summary", elem_id="run-details")
+        self.compare_run = compare_run
+        #: What `refresh` reads and updates, for every event that refreshes the run lists.
+        self.inputs = [self.overlay_runs, self.overlay_metric, compare_run, self.run_pick, self.known_runs]
+        self.outputs = [self.table, self.overlay_runs, self.overlay_plot, self.sweep_plot, self.run_pick, compare_run,
+                        self.known_runs]
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def wire(self) -> None:
+        overlay_in, overlay_out = [self.overlay_runs, self.overlay_metric], [self.overlay_plot, self.sweep_plot]
+        self.refresh_btn.click(self.refresh, self.inputs, self.outputs)
+        self.overlay_runs.change(self.on_overlay, overlay_in, overlay_out)
+        self.overlay_metric.change(self.on_overlay, overlay_in, overlay_out)
+        self.run_pick.change(self.on_pick, self.run_pick, self.details)
+        self.zip_btn.click(self.on_zip, self.run_pick, [self.zip_file, self.msg])
+        self.delete_btn.click(self.on_delete, [self.run_pick, self.confirm_delete, self.overlay_runs, self.overlay_metric,
+                                               self.compare_run, self.known_runs],
+                              [self.msg, self.confirm_delete, *self.outputs])
+
+    def wire_page_load(self, demo: gr.Blocks) -> None:
+        demo.load(self.refresh, self.inputs, self.outputs)
+
+    # -- handlers ----------------------------------------------------------------------------------
+
+    def refresh(self, selected_overlay=None, metric="completion_loss", compare_value=None, pick_value=None, known=None):
+        """Refresh the runs table, the overlay (runs new to this visitor join it) and the run pickers."""
+        runs = self.ctx.list_runs()
+        names = [r.name for r in runs]
+        with_adapter = [r.name for r in runs if r.adapter_dir() is not None and r.status != "running or interrupted"]
+        running = self.ctx.registry.running()
+        if running is not None and running.run_dir:
+            with_adapter = [n for n in with_adapter if n != Path(running.run_dir).name]
+        rows = runs_rows(runs)
+        new = [n for n in names if n not in (known or [])] if known is not None else []
+        chosen = list(dict.fromkeys(new + [n for n in (selected_overlay or []) if n in names])) or names[:8]
+        chosen_runs = [r for r in runs if r.name in chosen]
+        compare_choice = compare_value if compare_value in with_adapter else (with_adapter[0] if with_adapter else None)
+        pick = pick_value if pick_value in names else (names[0] if names else None)
+        return (
+            frame(rows if rows else [{"run": "no runs yet", "status": ""}]),
+            gr.update(choices=names, value=chosen),
+            overlay_figure(chosen_runs, metric),
+            plw_sweep_figure(chosen_runs),
+            gr.update(choices=names, value=pick),
+            gr.update(choices=with_adapter, value=compare_choice),
+            names,
+        )
+
+    def after_job(self, selected_overlay, metric, pick_value, known):
+        """Refresh the Runs and Compare lists; the newest run becomes the one to compare."""
+        return self.refresh(selected_overlay, metric, None, pick_value, known)
+
+    def on_overlay(self, selected, metric):
+        runs = [r for r in self.ctx.list_runs() if r.name in (selected or [])]
+        return overlay_figure(runs, metric), plw_sweep_figure(runs)
+
+    def on_pick(self, name):
+        if not name:
+            return None
+        try:
+            run = self.ctx.find_run(name)
+        except ValueError:
+            return None
+        return {"summary": run.summary, "config": run.config.to_dict() if run.config else None}
+
+    def on_zip(self, name):
+        try:
+            run = self.ctx.find_run(name)
+            adapter_dir = run.adapter_dir()
+            if adapter_dir is None:
+                raise ValueError(f"{name} has no saved adapter")
+            folder = Path(tempfile.mkdtemp(prefix="plw-adapter-"))
+            target = folder / f"{run.name}-{adapter_dir.name}.zip"
+            with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
+                for path in sorted(adapter_dir.rglob("*")):
+                    if path.is_file():
+                        zf.write(path, Path(adapter_dir.name) / path.relative_to(adapter_dir))
+                for extra in ("config.yaml", "summary.json"):
+                    if (run.path / extra).exists():
+                        zf.write(run.path / extra, extra)
+        except Exception as exc:
+            gr.Warning(error_text(exc))
+            return gr.update(visible=False), message_html(error_text(exc))
+        return gr.update(value=str(target), visible=True), message_html(f"{target.name} is ready to download.", "ok")
+
+    def on_delete(self, name, confirmed, selected_overlay, metric, compare_value, known):
+        try:
+            if not confirmed:
+                raise ValueError("tick 'yes, delete it' to confirm")
+            run = self.ctx.find_run(name)
+            job = self.ctx.registry.running()
+            if job is not None and job.run_dir and Path(job.run_dir).resolve() == run.path.resolve():
+                raise ValueError("this run is still training; stop it first")
+            self.ctx.models.forget(run.path)
+            delete_run(run.path)
+        except Exception as exc:
+            gr.Warning(error_text(exc))
+            return (message_html(error_text(exc)), gr.update(), *[gr.update()] * len(self.outputs))
+        return (message_html(f"Deleted {name}.", "ok"), False,
+                *self.refresh(selected_overlay, metric, compare_value if compare_value != name else None, None, known))

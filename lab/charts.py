@@ -1,0 +1,453 @@
+"""Plotly figures: dataset statistics, training curves, adapter on/off comparisons and runs against PLW.
+
+Every figure takes plain data (statistics, a `History`, comparison dicts, runs) and returns a
+`plotly.graph_objects.Figure` in the lab's colours, so the Gradio app and the notebooks draw the
+same charts. `METRIC_LABELS` and `METRIC_COLORS` name and colour each metric wherever it is shown.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Iterable, Sequence
+
+import plotly.graph_objects as go
+
+from .config import HIGHER_IS_BETTER
+from .history import History
+from .runs import run_best, run_plw
+from .stats import LengthStats, geometric_mean
+
+METRIC_LABELS = {
+    "train_loss": "train loss",
+    "prompt_loss": "val prompt loss",
+    "completion_loss": "val completion loss",
+    "full_loss": "val full-sequence loss",
+    "answer_accuracy": "val answer accuracy",
+    "token_accuracy": "val token accuracy",
+    "majority_baseline": "majority-class baseline",
+}
+METRIC_COLORS = {
+    "train_loss": "#64748b",
+    "prompt_loss": "#2563eb",
+    "completion_loss": "#ea580c",
+    "full_loss": "#7c3aed",
+    "answer_accuracy": "#16a34a",
+    "token_accuracy": "#0891b2",
+    "majority_baseline": "#94a3b8",
+}
+PLOT_TEMPLATE = "plotly_white"
+
+
+def empty_figure(message: str = "No data yet", height: int = 300) -> go.Figure:
+    """A blank figure with a message in the middle, for a chart that has nothing to draw yet."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"color": "#6b7280"})
+    fig.update_layout(template=PLOT_TEMPLATE, height=height, xaxis={"visible": False}, yaxis={"visible": False},
+                      margin={"l": 20, "r": 20, "t": 30, "b": 20})
+    return fig
+
+
+# -- dataset statistics -----------------------------------------------------------------------
+
+
+def rg_histogram(rg: Sequence[float], bins: int = 30, height: int = 320) -> go.Figure:
+    """Histogram of the generation ratio on a log x axis, with the mean and geometric mean marked.
+
+    Bins are equal in log space; each bar spans its bin exactly, so the bars tile the log axis.
+    """
+    values = [v for v in rg if v > 0 and math.isfinite(v)]
+    if not values:
+        return empty_figure("No examples with both prompt and completion tokens", height)
+    lo, hi = math.log10(min(values)), math.log10(max(values))
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.05, hi + 0.05
+    bins = max(1, min(bins, len(set(values)) * 2))
+    edges = [10 ** (lo + (hi - lo) * k / bins) for k in range(bins + 1)]
+    counts = [0] * bins
+    for v in values:
+        k = min(int((math.log10(v) - lo) / (hi - lo) * bins), bins - 1)
+        counts[k] += 1
+    centers = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
+    widths = [b - a for a, b in zip(edges, edges[1:])]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Bar(
+            x=centers,
+            y=counts,
+            width=widths,
+            name="examples",
+            marker={"color": "rgba(234,88,12,0.75)", "line": {"color": "rgba(234,88,12,1)", "width": 1}},
+            customdata=list(zip(edges, edges[1:])),
+            hovertemplate="R<sub>g</sub> %{customdata[0]:.3g} \u2013 %{customdata[1]:.3g}<br>%{y} examples<extra></extra>",
+        )
+    )
+    mean = sum(values) / len(values)
+    gmean = geometric_mean(values)
+    top = max(counts)
+    for value, label, dash, colour in ((mean, "mean", "dash", "#1d4ed8"), (gmean, "geometric mean", "dot", "#7c3aed")):
+        fig.add_trace(
+            go.Scatter(
+                x=[value, value],
+                y=[0, top * 1.08],
+                mode="lines",
+                name=f"{label} {value:.3g}",
+                line={"color": colour, "dash": dash, "width": 2},
+                hovertemplate=f"{label}: {value:.4g}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        template=PLOT_TEMPLATE,
+        height=height,
+        title={"text": "Generation ratio R<sub>g</sub> = completion / prompt tokens", "font": {"size": 14}},
+        xaxis={"type": "log", "title": "R<sub>g</sub> (log scale)"},
+        yaxis={"title": "examples"},
+        bargap=0,
+        legend={"orientation": "h", "y": -0.25},
+        margin={"l": 50, "r": 20, "t": 40, "b": 40},
+    )
+    return fig
+
+
+def length_histogram(stats: LengthStats, height: int = 320) -> go.Figure:
+    """Overlaid histograms of prompt and completion lengths in tokens."""
+    if not stats.n:
+        return empty_figure("No examples", height)
+    fig = go.Figure()
+    fig.add_trace(go.Histogram(x=stats.prompt, name="prompt tokens", marker_color="rgba(37,99,235,0.6)", nbinsx=30))
+    fig.add_trace(go.Histogram(x=stats.completion, name="completion tokens", marker_color="rgba(234,88,12,0.7)", nbinsx=30))
+    fig.update_layout(
+        template=PLOT_TEMPLATE,
+        height=height,
+        barmode="overlay",
+        title={"text": "Token lengths", "font": {"size": 14}},
+        xaxis={"title": "tokens"},
+        yaxis={"title": "examples"},
+        legend={"orientation": "h", "y": -0.25},
+        margin={"l": 50, "r": 20, "t": 40, "b": 40},
+    )
+    return fig
+
+
+def label_balance_figure(counts: dict[str, int], height: int = 320) -> go.Figure:
+    if not counts:
+        return empty_figure("Free-form completions: no answer labels to balance", height)
+    total = sum(counts.values())
+    names = list(counts)
+    fig = go.Figure(
+        go.Bar(
+            x=names,
+            y=[counts[k] for k in names],
+            text=[f"{counts[k] / total:.0%}" for k in names],
+            textposition="outside",
+            marker_color="rgba(22,163,74,0.75)",
+            name="answers",
+        )
+    )
+    majority = max(counts.values()) / total
+    fig.update_layout(
+        template=PLOT_TEMPLATE,
+        height=height,
+        title={"text": f"Label balance (majority class {majority:.0%})", "font": {"size": 14}},
+        xaxis={"title": "right answer", "type": "category"},
+        yaxis={"title": "examples", "range": [0, max(counts.values()) * 1.18]},
+        margin={"l": 50, "r": 20, "t": 40, "b": 40},
+    )
+    return fig
+
+
+# -- training ---------------------------------------------------------------------------------
+
+
+def _best_marker(fig: go.Figure, history: History, name: str) -> None:
+    best = history.best(name)
+    if best is None:
+        return
+    step, value = best
+    fig.add_trace(
+        go.Scatter(
+            x=[step],
+            y=[value],
+            mode="markers",
+            marker={"symbol": "star", "size": 15, "color": METRIC_COLORS.get(name, "#111"), "line": {"color": "#111", "width": 1}},
+            name=f"best {METRIC_LABELS.get(name, name)}",
+            legendgroup=name,
+            showlegend=False,
+            hovertemplate=f"best {METRIC_LABELS.get(name, name)}: {value:.4g} at step {step}<extra></extra>",
+        )
+    )
+
+
+def loss_figure(history: History, height: int = 340) -> go.Figure:
+    """Train loss per step and validation prompt, completion and full-sequence loss, with best marks."""
+    if not history.steps and not history.evals:
+        return empty_figure("Losses appear here as training runs", height)
+    fig = go.Figure()
+    if history.steps:
+        fig.add_trace(
+            go.Scatter(
+                x=history.steps,
+                y=history.train_loss,
+                mode="lines",
+                name="train loss (weighted)",
+                line={"color": METRIC_COLORS["train_loss"], "width": 1.5},
+                hovertemplate="step %{x}<br>train loss %{y:.4f}<extra></extra>",
+            )
+        )
+    for name in ("prompt_loss", "completion_loss", "full_loss"):
+        xs, ys = history.metric_series(name)
+        if not xs:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines+markers",
+                name=METRIC_LABELS[name],
+                legendgroup=name,
+                line={"color": METRIC_COLORS[name], "width": 2, "dash": "dot" if name == "full_loss" else "solid"},
+                marker={"size": 6},
+                hovertemplate=f"step %{{x}}<br>{METRIC_LABELS[name]} %{{y:.4f}}<extra></extra>",
+            )
+        )
+        _best_marker(fig, history, name)
+    fig.update_layout(
+        template=PLOT_TEMPLATE,
+        height=height,
+        title={"text": "Loss (\u2605 = best value of each validation loss)", "font": {"size": 14}},
+        xaxis={"title": "optimiser step", "range": _step_range(history)},
+        yaxis={"title": "cross-entropy (nats)"},
+        legend={"orientation": "h", "y": -0.22},
+        margin={"l": 55, "r": 20, "t": 40, "b": 40},
+        uirevision="loss",
+    )
+    return fig
+
+
+def _step_range(history: History) -> list[float] | None:
+    """The steps seen so far, padded so the markers at either end are not cut in half."""
+    end = max(max(history.steps or [0]), max([e["step"] for e in history.evals] or [0]))
+    if not end:
+        return None
+    pad = max(end * 0.03, 0.3)
+    return [-pad, end + pad]
+
+
+def accuracy_figure(history: History, height: int = 340) -> go.Figure:
+    """Validation answer accuracy with the majority-class baseline and the best mark."""
+    xs, ys = history.metric_series("answer_accuracy")
+    if not xs:
+        message = (
+            "Answer accuracy appears at the first evaluation"
+            if not history.evals
+            else "No answer accuracy: this data has free-form completions"
+        )
+        return empty_figure(message, height)
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=ys,
+            mode="lines+markers",
+            name=METRIC_LABELS["answer_accuracy"],
+            line={"color": METRIC_COLORS["answer_accuracy"], "width": 2},
+            hovertemplate="step %{x}<br>accuracy %{y:.1%}<extra></extra>",
+        )
+    )
+    bx, by = history.metric_series("majority_baseline")
+    if bx:
+        fig.add_trace(
+            go.Scatter(
+                x=bx,
+                y=by,
+                mode="lines",
+                name=METRIC_LABELS["majority_baseline"],
+                line={"color": METRIC_COLORS["majority_baseline"], "dash": "dash", "width": 2},
+                hovertemplate="majority baseline %{y:.1%}<extra></extra>",
+            )
+        )
+    _best_marker(fig, history, "answer_accuracy")
+    fig.update_layout(
+        template=PLOT_TEMPLATE,
+        height=height,
+        title={"text": "Validation answer accuracy (\u2605 = best)", "font": {"size": 14}},
+        xaxis={"title": "optimiser step", "range": _step_range(history)},
+        yaxis={"title": "accuracy", "tickformat": ".0%", "range": [0, 1.02]},
+        legend={"orientation": "h", "y": -0.22},
+        margin={"l": 55, "r": 20, "t": 40, "b": 40},
+        uirevision="accuracy",
+    )
+    return fig
+
+
+def predicted_distribution_figure(history: History, height: int = 300) -> go.Figure:
+    """Predicted answers at the latest evaluation against the true answers (collapse shows here)."""
+    if not history.evals or not history.evals[-1]["metrics"].get("predicted"):
+        return empty_figure("Predicted-answer distribution appears at the first evaluation", height)
+    last = history.evals[-1]
+    return answer_distribution_figure(
+        {f"predicted (step {last['step']})": last["metrics"]["predicted"]}, last["metrics"].get("answers"), height
+    )
+
+
+def answer_distribution_figure(predicted: dict[str, dict], truth: dict | None = None, height: int = 300) -> go.Figure:
+    """Grouped bars: for each label in `predicted` (e.g. adapter on/off), how often each answer is predicted."""
+    fig = go.Figure()
+    palette = ["#ea580c", "#2563eb", "#7c3aed", "#0891b2"]
+    named = {"adapter off": "#2563eb", "adapter on": "#ea580c"}  # the same colours as every on/off view
+    choices: list[str] = []
+    for counts in list(predicted.values()) + ([truth] if truth else []):
+        for k in counts or {}:
+            if k not in choices:
+                choices.append(k)
+    for colour, (label, counts) in zip(palette, predicted.items()):
+        colour = next((c for prefix, c in named.items() if label.startswith(prefix)), colour)
+        fig.add_trace(go.Bar(x=choices, y=[(counts or {}).get(c, 0) for c in choices], name=label, marker_color=colour))
+    if truth:
+        fig.add_trace(go.Bar(x=choices, y=[truth.get(c, 0) for c in choices], name="true answers", marker_color="#94a3b8"))
+    fig.update_layout(
+        template=PLOT_TEMPLATE,
+        height=height,
+        barmode="group",
+        title={"text": "Distribution of predicted answers", "font": {"size": 14}},
+        xaxis={"title": "answer", "type": "category"},
+        yaxis={"title": "validation examples"},
+        legend={"orientation": "h", "y": -0.25},
+        margin={"l": 50, "r": 20, "t": 40, "b": 40},
+    )
+    return fig
+
+
+# -- compare ----------------------------------------------------------------------------------
+
+
+def logprob_figure(choices: Sequence[str], on: dict | None, off: dict | None, answer: str | None = None, height: int = 300) -> go.Figure:
+    """Log-probability of each candidate answer with the adapter on and off; the right answer is marked."""
+    if not choices:
+        return empty_figure("No candidate answers: free-form data", height)
+    fig = go.Figure()
+    labels = [f"{c} \u2713" if c == answer else c for c in choices]
+    if off is not None:
+        fig.add_trace(go.Bar(x=labels, y=[off.get(c) for c in choices], name="adapter off (base)", marker_color="#2563eb"))
+    if on is not None:
+        fig.add_trace(go.Bar(x=labels, y=[on.get(c) for c in choices], name="adapter on", marker_color="#ea580c"))
+    fig.update_layout(
+        template=PLOT_TEMPLATE,
+        height=height,
+        barmode="group",
+        title={"text": "Answer log-probabilities" + (f" (right answer {answer} \u2713)" if answer else ""), "font": {"size": 14}},
+        xaxis={"title": "candidate answer", "type": "category"},
+        yaxis={"title": "log p(answer)"},
+        legend={"orientation": "h", "y": -0.25},
+        margin={"l": 55, "r": 20, "t": 40, "b": 40},
+    )
+    return fig
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+def overlay_figure(runs: Sequence, metric: str = "completion_loss", height: int = 380) -> go.Figure:
+    """One curve per run for a validation metric (or the train loss), labelled with the run's PLW."""
+    if not runs:
+        return empty_figure("Choose runs to overlay", height)
+    fig = go.Figure()
+    for run in runs:
+        history = History.from_events(getattr(run, "events", []))
+        if metric == "train_loss":
+            xs, ys = history.steps, history.train_loss
+        else:
+            xs, ys = history.metric_series(metric)
+        if not xs:
+            continue
+        plw = run_plw(run)
+        label = f"PLW {plw:g} \u00b7 {run.name}" if plw is not None else run.name
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if metric != "train_loss" else "lines", name=label,
+                                 hovertemplate=f"{html.escape(run.name)}<br>step %{{x}}: %{{y:.4g}}<extra></extra>"))
+    if not fig.data:
+        return empty_figure(f"The chosen runs have no {METRIC_LABELS.get(metric, metric)} values", height)
+    fig.update_layout(
+        template=PLOT_TEMPLATE,
+        height=height,
+        title={"text": f"{METRIC_LABELS.get(metric, metric)} by run", "font": {"size": 14}},
+        xaxis={"title": "optimiser step"},
+        yaxis={"title": METRIC_LABELS.get(metric, metric), **({"tickformat": ".0%"} if HIGHER_IS_BETTER.get(metric, False) else {})},
+        legend={"orientation": "h", "y": -0.22},
+        margin={"l": 55, "r": 20, "t": 40, "b": 40},
+    )
+    return fig
+
+
+def plw_zero_position(plws: Iterable[float]) -> float:
+    """Where PLW 0 sits on a log axis: a decade below the smallest positive PLW (at most 1e-3)."""
+    positive = [p for p in plws if p and p > 0]
+    return min(min(positive) / 10, 1e-3) if positive else 1e-3
+
+
+def plw_sweep_figure(runs: Sequence, height: int = 380) -> go.Figure:
+    """Best answer accuracy and best completion loss against PLW on a log axis (PLW 0 at a labelled small value)."""
+    points = []
+    for run in runs:
+        plw = run_plw(run)
+        if plw is None:
+            continue
+        best = run_best(run)
+        acc = (best.get("answer_accuracy") or {}).get("value")
+        loss = (best.get("completion_loss") or {}).get("value")
+        if acc is None and loss is None:
+            continue
+        points.append((plw, acc, loss, run.name))
+    if not points:
+        return empty_figure("Runs with evaluations appear here: best metrics against PLW", height)
+    zero = plw_zero_position(p[0] for p in points)
+    points.sort(key=lambda p: p[0])
+    xs = [p[0] if p[0] > 0 else zero for p in points]
+    fig = go.Figure()
+    if any(p[1] is not None for p in points):
+        fig.add_trace(
+            go.Scatter(
+                x=[x for x, p in zip(xs, points) if p[1] is not None],
+                y=[p[1] for p in points if p[1] is not None],
+                mode="markers+lines",
+                name="best answer accuracy",
+                marker={"size": 10, "color": METRIC_COLORS["answer_accuracy"]},
+                line={"color": METRIC_COLORS["answer_accuracy"], "width": 1, "dash": "dot"},
+                text=[f"{p[3]} (PLW {p[0]:g})" for p in points if p[1] is not None],
+                hovertemplate="%{text}<br>best accuracy %{y:.1%}<extra></extra>",
+            )
+        )
+    if any(p[2] is not None for p in points):
+        fig.add_trace(
+            go.Scatter(
+                x=[x for x, p in zip(xs, points) if p[2] is not None],
+                y=[p[2] for p in points if p[2] is not None],
+                mode="markers+lines",
+                name="best completion loss",
+                yaxis="y2",
+                marker={"size": 10, "symbol": "diamond", "color": METRIC_COLORS["completion_loss"]},
+                line={"color": METRIC_COLORS["completion_loss"], "width": 1, "dash": "dot"},
+                text=[f"{p[3]} (PLW {p[0]:g})" for p in points if p[2] is not None],
+                hovertemplate="%{text}<br>best completion loss %{y:.4f}<extra></extra>",
+            )
+        )
+    ticks = sorted({zero, *[x for x in xs if x != zero], *[v for v in (1e-3, 1e-2, 1e-1, 1.0) if v > zero]})
+    fig.update_layout(
+        template=PLOT_TEMPLATE,
+        height=height,
+        title={"text": "Best metrics against prompt-loss weight", "font": {"size": 14}},
+        xaxis={
+            "type": "log",
+            "title": "PLW (log scale; 0 drawn at the left edge)",
+            "tickvals": ticks,
+            "ticktext": ["0" if t == zero else f"{t:g}" for t in ticks],
+        },
+        yaxis={"title": "best answer accuracy", "tickformat": ".0%", "range": [0, 1.05]},
+        yaxis2={"title": "best completion loss", "overlaying": "y", "side": "right", "showgrid": False},
+        legend={"orientation": "h", "y": -0.25},
+        margin={"l": 60, "r": 60, "t": 40, "b": 40},
+        shapes=[
+            {"type": "line", "xref": "x", "yref": "paper", "x0": zero * 3, "x1": zero * 3, "y0": 0, "y1": 1,
+             "line": {"color": "#cbd5e1", "dash": "dot", "width": 1}}
+        ] if any(p[0] == 0 for p in points) else [],
+    )
+    return fig

@@ -1,0 +1,286 @@
+"""Text views: markdown statistics, the training progress bar, comparison and run tables, generations.
+
+Each function takes plain data (statistics, a `History`, comparison dicts, runs) and returns
+markdown, an HTML string or table rows (a list of dicts for a DataFrame), shared by the Gradio
+app and the notebooks. Nothing here imports a UI toolkit or touches a model.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Sequence
+
+from .charts import METRIC_LABELS
+from .events import event_field
+from .history import History
+from .runs import run_best, run_config
+from .stats import LengthStats
+from .tokens_view import completion_weight_share
+
+SEP = " \u00b7 "
+DASH = "\u2013"
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+def stats_markdown(stats: LengthStats, plw: float, skipped: int = 0, total: int | None = None, packing: dict | None = None) -> str:
+    """`packing` is `lab.packing.packing_efficiency(...)` for the chosen batch size and max length."""
+    s = stats.summary()
+    p, c = s["prompt_tokens"], s["completion_tokens"]
+    share = completion_weight_share(s["total_prompt"], s["total_completion"], plw)
+    scope = f" (statistics over the first {stats.n} of {total})" if total and total > stats.n else ""
+    lines = [
+        f"**{stats.n} examples**{scope}" + (f", {skipped} skipped (too long or empty)" if skipped else ""),
+        "",
+        "| tokens | mean | min | median | p95 | max |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| prompt | {p['mean']:.1f} | {p['min']:g} | {p['median']:g} | {p['p95']:.0f} | {p['max']:g} |",
+        f"| completion | {c['mean']:.1f} | {c['min']:g} | {c['median']:g} | {c['p95']:.0f} | {c['max']:g} |",
+        "",
+        f"Generation ratio R<sub>g</sub> = completion / prompt tokens: mean **{s['rg_mean']:.4g}**, "
+        f"geometric mean **{s['rg_geomean']:.4g}**, median {s['rg_median']:.4g}.",
+        "",
+        f"At PLW **{plw:g}** the completion tokens carry **{share:.1%}** of the total loss weight "
+        f"({s['total_completion']} completion vs {s['total_prompt']} prompt tokens).",
+    ]
+    if packing and packing.get("tokens"):
+        lines += [
+            "",
+            f"Packing efficiency (share of computed positions that are real tokens): padded **{packing['padded']:.0%}**, "
+            f"packed **{packing['packed']:.0%}** ({packing['speedup']:.2f}x fewer positions with `train.packing`).",
+        ]
+    return "\n".join(lines)
+
+
+def preview_rows(examples: Sequence, encoded_by_index: dict | None = None, limit: int = 50, width: int = 110) -> list[dict]:
+    """One row per example for a preview table: prompt, completion, answer and token counts."""
+    rows = []
+    encoded_by_index = encoded_by_index or {}
+    for e in examples[:limit]:
+        last = max((i for i, m in enumerate(e.messages) if m["role"] == "assistant"), default=len(e.messages) - 1)
+        before = e.messages[:last]
+        if len(before) == 1 and before[0]["role"] == "user":
+            prompt = before[0]["content"]
+        else:
+            prompt = " \u00b7 ".join(f"[{m['role']}] {m['content']}" for m in before)
+        completion = e.messages[last]["content"] if e.messages else ""
+        enc = encoded_by_index.get(e.source_index)
+        row = {
+            "#": e.source_index,
+            "prompt": _clip(prompt, width),
+            "completion": _clip(completion, width // 2),
+            "answer": e.answer or "",
+            "prompt tokens": enc.n_prompt if enc else None,
+            "completion tokens": enc.n_completion if enc else None,
+            "Rg": round(enc.n_completion / enc.n_prompt, 4) if enc and enc.n_prompt else None,
+        }
+        rows.append(row)
+    return rows
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+# -- training progress --------------------------------------------------------------------------
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "\u2013"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+STATUS_STYLE = {
+    "idle": ("#6b7280", "#f3f4f6", "idle"),
+    "starting": ("#1d4ed8", "#eff6ff", "starting"),
+    "running": ("#1d4ed8", "#eff6ff", "training"),
+    "finished": ("#15803d", "#f0fdf4", "finished"),
+    "stopped": ("#b45309", "#fffbeb", "stopped"),
+    "failed": ("#b91c1c", "#fef2f2", "failed"),
+}
+
+
+def progress_html(history: History, note: str = "") -> str:
+    """A progress bar with step, ETA, tokens/s and the status of the run."""
+    colour, background, label = STATUS_STYLE.get(history.status, STATUS_STYLE["idle"])
+    last = history.last_step or {}
+    step = int(last.get("step") or 0)
+    total = history.total_steps or int(last.get("total_steps") or 0)
+    fraction = min(step / total, 1.0) if total else 0.0
+    if history.status == "finished":
+        fraction = 1.0
+    elapsed = last.get("elapsed")
+    eta = (elapsed / step * (total - step)) if elapsed and step and total and not history.done else None
+    tps = last.get("tokens_per_second")
+    parts = [f"step <b>{step}</b> / {total or '?'}"]
+    if last.get("epoch") is not None:
+        parts.append(f"epoch {float(last['epoch']):.2f}")
+    if history.status == "running":
+        parts.append(f"ETA <b>{format_duration(eta)}</b>")
+    if elapsed is not None:
+        parts.append(f"elapsed {format_duration(elapsed)}")
+    if tps:
+        parts.append(f"<b>{tps:,.0f}</b> tokens/s")
+    if last.get("train_loss") is not None:
+        parts.append(f"train loss {float(last['train_loss']):.4f}")
+    if history.evals:
+        parts.append(f"{len(history.evals)} evaluations")
+    detail = ""
+    if history.done and history.end_message:
+        detail = f'<div class="plw-progress-msg">{html.escape(history.end_message)}</div>'
+    if note:
+        detail += f'<div class="plw-progress-msg">{html.escape(note)}</div>'
+    run = f'<span class="plw-run">{html.escape(history.run_dir)}</span>' if history.run_dir else ""
+    return (
+        f'<div class="plw-progress" data-status="{history.status}" data-step="{step}" '
+        f'style="border:1px solid {colour}33;background:{background};border-radius:8px;padding:10px 12px">'
+        f'<div style="display:flex;justify-content:space-between;align-items:center;gap:8px;flex-wrap:wrap">'
+        f'<span style="font-weight:600;color:{colour};text-transform:uppercase;letter-spacing:.04em">{label}</span>{run}</div>'
+        f'<div style="height:10px;background:#e5e7eb;border-radius:5px;margin:8px 0;overflow:hidden">'
+        f'<div style="height:100%;width:{fraction * 100:.1f}%;background:{colour};transition:width .4s"></div></div>'
+        f'<div style="font-size:13px;color:#374151">{SEP.join(parts)}</div>{detail}</div>'
+    )
+
+
+# -- compare ----------------------------------------------------------------------------------
+
+
+def metrics_comparison_rows(on: dict, off: dict, probe_on: float | None = None, probe_off: float | None = None) -> list[dict]:
+    """Rows of metric / adapter off / adapter on / change, for a side-by-side table."""
+    rows = []
+    for name in ("completion_loss", "prompt_loss", "full_loss", "token_accuracy", "answer_accuracy", "majority_baseline"):
+        a, b = off.get(name), on.get(name)
+        if a is None and b is None:
+            continue
+        rows.append({"metric": METRIC_LABELS.get(name, name), "adapter off": _num(a), "adapter on": _num(b), "change": _num(None if a is None or b is None else b - a, signed=True)})
+    if probe_on is not None or probe_off is not None:
+        rows.append(
+            {
+                "metric": "forgetting probe perplexity (general text)",
+                "adapter off": _num(probe_off),
+                "adapter on": _num(probe_on),
+                "change": _num(None if probe_on is None or probe_off is None else probe_on - probe_off, signed=True),
+            }
+        )
+    return rows
+
+
+def _num(value: float | None, signed: bool = False) -> str:
+    if value is None or value != value:
+        return "\u2013"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def show_generation(text: str, limit: int = 600) -> str:
+    """A generation as shown to a person: whitespace-only output is named, runs of blank lines shortened."""
+    text = str(text or "")
+    if not text.strip():
+        return f"(no visible text: {text[:40]!r})" if text else "(empty: the model ended its turn at once)"
+    text = re.sub(r"\n{3,}", "\n\n", text.strip("\n"))
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def generations_html(rows: Sequence[dict]) -> str:
+    """Side-by-side greedy generations: rows of {prompt, reference, off, on}."""
+    if not rows:
+        return '<div class="plw-empty">No generations yet.</div>'
+    cells = []
+    for row in rows:
+        cells.append(
+            "<tr>"
+            f'<td class="plw-gen-prompt">{html.escape(_clip_tail(row.get("prompt", ""), 300))}</td>'
+            f'<td>{html.escape(str(row.get("reference", "") or DASH))}</td>'
+            f'<td class="plw-gen-off">{html.escape(show_generation(row.get("off", "")))}</td>'
+            f'<td class="plw-gen-on">{html.escape(show_generation(row.get("on", "")))}</td>'
+            "</tr>"
+        )
+    return (
+        "<style>.plw-gen{width:100%;border-collapse:collapse;font-size:13px}"
+        ".plw-gen th,.plw-gen td{border:1px solid #e5e7eb;padding:6px 8px;vertical-align:top;white-space:pre-wrap;"
+        "word-break:break-word;text-align:left}.plw-gen th{background:#f9fafb}"
+        ".plw-gen-prompt{color:#4b5563;font-size:12px;max-width:420px}"
+        ".plw-gen-off{background:#eff6ff}.plw-gen-on{background:#fff7ed}</style>"
+        '<table class="plw-gen"><thead><tr><th>prompt (end)</th><th>reference</th>'
+        '<th>adapter off (base model)</th><th>adapter on (fine-tuned)</th></tr></thead>'
+        f"<tbody>{''.join(cells)}</tbody></table>"
+    )
+
+
+def _clip_tail(text: str, width: int) -> str:
+    text = str(text)
+    return text if len(text) <= width else "\u2026" + text[-(width - 1):]
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+def runs_rows(runs: Sequence) -> list[dict]:
+    """One row per run: name, status, config essentials including PLW, best metrics and their steps."""
+    rows = []
+    for run in runs:
+        cfg = run_config(run)
+        t, d, m, lora = cfg.get("train", {}), cfg.get("data", {}), cfg.get("model", {}), cfg.get("lora", {})
+        best = run_best(run)
+        summary = getattr(run, "summary", None) or {}
+
+        def best_of(name, percent=False):
+            b = best.get(name)
+            if not b:
+                return "\u2013"
+            value = f"{b['value']:.1%}" if percent else f"{b['value']:.4f}"
+            return f"{value} @ {b['step']}"
+
+        rows.append(
+            {
+                "run": run.name,
+                "status": getattr(run, "status", summary.get("status", "")),
+                "PLW": t.get("prompt_loss_weight"),
+                "model": m.get("name", ""),
+                "data": _source_name(str(d.get("source", ""))),
+                "norm": t.get("loss_normalization", ""),
+                "lr": t.get("learning_rate"),
+                "LoRA r": lora.get("r"),
+                "steps": summary.get("steps", max([event_field(e, "step", 0) for e in getattr(run, "evals", [])] or [0])),
+                "best completion loss @ step": best_of("completion_loss"),
+                "best accuracy @ step": best_of("answer_accuracy", percent=True),
+                "best full loss @ step": best_of("full_loss"),
+                "time": format_duration(summary.get("elapsed_seconds")),
+            }
+        )
+    return rows
+
+
+def _source_name(source: str) -> str:
+    if source.startswith(("builtin:", "hf:")):
+        return source.removeprefix("builtin:")
+    return source.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+# -- settings help ---------------------------------------------------------------------------
+
+
+def settings_help_markdown(sections: dict[str, list[dict]]) -> str:
+    """A reference table of every setting, built from `lab.config.field_specs`."""
+    lines = ["| setting | default | range / choices | what it does |", "|---|---|---|---|"]
+    for section, specs in sections.items():
+        for spec in specs:
+            bounds = ""
+            if spec.get("choices"):
+                bounds = ", ".join(map(str, spec["choices"]))
+            elif "min" in spec or "max" in spec:
+                bounds = f"{spec.get('min', '')} \u2013 {spec.get('max', '')}".strip()
+            help_text = str(spec.get("help", "")).replace("|", "\\|").replace("\n", " ")
+            default = str(spec["default"]).replace("|", "\\|").replace("\n", "\\n")
+            if len(default) > 40:
+                default = default[:39] + "\u2026"
+            lines.append(f"| `{section}.{spec['name']}` | `{default}` | {bounds} | {help_text} |")
+    return "\n".join(lines)
