@@ -55,6 +55,7 @@ class DataView:
 
     data: dict  # DataConfig as a dict (source, format, column_map and options)
     model_name: str
+    chat_template: str
     examples: list
     encoded: dict  # source_index -> Encoded, for the first STATS_LIMIT examples
     skipped: list
@@ -235,15 +236,17 @@ class DataTab:
                     f"Read {len(records)} records with columns {', '.join(columns)}, but they could not be turned into "
                     "examples: choose the format and map the columns, then load again. The first records are below.",
                     empty, empty, empty, gr.update(maximum=1, value=0), frame(raw), gr.update(), *mapping_updates)
-        model_name = str(dict(zip(self.train_keys, trains)).get("model.name") or self.ctx.base.model.name)
+        chosen = dict(zip(self.train_keys, trains))
+        model_name = str(chosen.get("model.name") or self.ctx.base.model.name)
+        chat_template = str(chosen.get("model.chat_template", self.ctx.base.model.chat_template) or "")
         try:
-            tokenizer = self.ctx.models.tokenizer(model_name)
+            tokenizer = self.ctx.models.tokenizer(model_name, chat_template)
             encoded, skipped = encode_all(tokenizer, examples[:STATS_LIMIT], dcfg.max_length, dcfg.train_eos)
         except Exception as exc:
             gr.Warning(error_text(exc))
             return (gr.update(), message_html(error_text(exc)), *no_change, gr.update(), *mapping_updates)
         dv = DataView(
-            data=dataclasses.asdict(dcfg), model_name=model_name, examples=examples,
+            data=dataclasses.asdict(dcfg), model_name=model_name, chat_template=chat_template, examples=examples,
             encoded={e.example.source_index: e for e in encoded}, skipped=skipped, total=len(examples), info=info,
             columns=columns, fmt=fmt_used,
         )
@@ -305,7 +308,7 @@ class DataTab:
         indices = dv.example_indices()
         i = min(max(int(index or 0), 0), len(indices) - 1)
         enc = dv.encoded[indices[i]]
-        tokenizer = self.ctx.models.tokenizer(dv.model_name)
+        tokenizer = self.ctx.models.tokenizer(dv.model_name, dv.chat_template)
         special = set(tokenizer.all_special_ids)
         if mode == "loss weight" or not mode:
             return token_html(enc, float(plw_value), special_ids=special)
@@ -315,7 +318,7 @@ class DataTab:
         try:
             loaded = self.ctx.models.get(self.ctx.runs_path / run_name)
             enc2 = enc
-            if loaded.config.model.name != dv.model_name:
+            if (loaded.config.model.name, loaded.config.model.chat_template) != (dv.model_name, dv.chat_template):
                 enc2 = encode(loaded.tokenizer, enc.example, dv.data.get("max_length", 384), dv.data.get("train_eos", True))
             on, off = loaded.per_token_losses(enc2)
         except Exception as exc:

@@ -156,15 +156,16 @@ class RunModels:
         self.registry = registry
         self._lock = threading.Lock()
         self._loaded: LoadedRun | None = None
-        self._tokenizers: dict[str, Any] = {}
+        self._tokenizers: dict[tuple[str, str], Any] = {}
 
-    def tokenizer(self, model_name: str):
+    def tokenizer(self, model_name: str, chat_template: str = ""):
         from .models import load_tokenizer
 
+        key = (model_name, chat_template)
         with self._lock:
-            if model_name not in self._tokenizers:
-                self._tokenizers[model_name] = load_tokenizer(ModelConfig(name=model_name))
-            return self._tokenizers[model_name]
+            if key not in self._tokenizers:
+                self._tokenizers[key] = load_tokenizer(ModelConfig(name=model_name, chat_template=chat_template))
+            return self._tokenizers[key]
 
     def get(self, run_path: Path) -> LoadedRun:
         from .runs import load_run
