@@ -1,6 +1,6 @@
 """Performance benchmarks of the lab (issue 5), both sides of every comparison in one process run.
 
-    python benchmarks/bench.py                 # quick CPU mode (about 15 minutes on 2 busy cores)
+    python benchmarks/bench.py                 # quick CPU mode (about 6 minutes on an idle 2-core CPU)
     python benchmarks/bench.py --full          # more steps and rounds, the whole validation set
     python benchmarks/bench.py --only 1,3      # some sections only
     python benchmarks/bench.py --gpu           # section 6 alone, on a CUDA machine (random-weight models)
@@ -18,12 +18,12 @@ Sections (targets from the issue):
   5. the app's default run, `train(LabConfig())`: wall time and answer accuracy gain over step 0.
   6. GPU only: tokens/s and MFU of LoRA SFT, embedded architecture and a 0.5B one, packing on/off.
 
-The machine is shared, so every comparison interleaves its sides in rounds on the same batches,
-takes each step's fastest round and reports ratios (with the median-of-rounds and CPU-time ratios
-as cross-checks); absolute numbers move with the load. Comparisons run with one torch thread by
-default (`--threads`): on busy cores two threads mostly wait for each other and make timings
-erratic, and both sides always get the same count. Section 5 runs with torch's default threads,
-as the app does. Throughput comparisons leave the lab's frozen-layer cache (`lab.prefix`) off,
+Every comparison interleaves its sides in rounds on the same batches, takes each step's fastest
+round and reports ratios (with the median-of-rounds and CPU-time ratios as cross-checks), so
+ratios hold when other jobs share the machine; absolute numbers move with the load. Everything
+runs with torch's default threads, as the app and CLI do; on a busy machine `--threads 1` keeps
+timings steadier (two threads on shared cores mostly wait for each other), and both sides of a
+comparison always get the same count. Throughput comparisons leave the lab's frozen-layer cache (`lab.prefix`) off,
 since their rounds repeat the same batches.
 """
 
@@ -641,34 +641,29 @@ def bench_eval(report: Report, full: bool, workdir: str) -> None:
 
 
 class _EventClock:
-    """Times a run from its events: each evaluation's time is the gap since the event before it."""
+    """Times a run from its events: evaluations report their own seconds; the comparison is the gap
+    between the last event before `finished` and `finished`."""
 
     def __init__(self):
-        self.last = time.perf_counter()
-        self.started = self.eval_seconds = 0.0
-        self.steps = 0
-        self.total_steps = 0
+        self.last = self.started = time.perf_counter()
+        self.eval_seconds = self.compare_seconds = 0.0
+        self.steps = self.total_steps = 0
 
     def __call__(self, event):
         now = time.perf_counter()
         if event.kind == "started":
             self.started, self.total_steps = now, getattr(event, "total_steps", 0)
         elif event.kind == "eval":
-            self.eval_seconds += now - self.last
+            self.eval_seconds += event.seconds
         elif event.kind == "step":
             self.steps = event.step
+        elif event.kind == "finished":
+            self.compare_seconds = now - self.last
         self.last = now
 
 
 def bench_default_run(report: Report, full: bool, workdir: str, limit: float = 600.0) -> None:
     section("5. the app's default run: train(LabConfig()) with evaluations")
-    try:
-        from lab.data import load_examples
-
-        load_examples(LabConfig().data)
-    except Exception as exc:  # the built-in default set is another engineer's work in progress
-        report.add(Row("5", "default run", f"skipped: the default data does not load yet ({type(exc).__name__})", None, "<= 180 s, +20 points", None))
-        return
     import threading
 
     from lab.training import train
@@ -698,7 +693,6 @@ def bench_default_run(report: Report, full: bool, workdir: str, limit: float = 6
     final = (s.get("final_eval") or {}).get("answer_accuracy", float("nan"))
     off = ((result.comparison or {}).get("off") or {}).get("metrics", {}).get("answer_accuracy", float("nan"))
     on = ((result.comparison or {}).get("on") or {}).get("metrics", {}).get("answer_accuracy", float("nan"))
-    compare_s = time.perf_counter() - clock.last  # after the last event: compare() and the summary
     report.add(
         Row(
             "5",
@@ -707,8 +701,8 @@ def bench_default_run(report: Report, full: bool, workdir: str, limit: float = 6
             None,
             "<= 180 s",
             seconds <= 180,
-            note=f"of which evaluations ~{clock.eval_seconds:.0f} s, final compare ~{compare_s:.0f} s, before the first event (load, encode) "
-            f"{clock.started - t:.0f} s; {torch.get_num_threads()} threads, machine shared",
+            note=f"of which evaluations ~{clock.eval_seconds:.0f} s, final compare ~{clock.compare_seconds:.0f} s, before the first event (load, encode) "
+            f"{clock.started - t:.0f} s; {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end",
         )
     )
     delta = final - first
@@ -875,16 +869,17 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch threads for the comparisons (default 1: on cores shared with other jobs, two threads spin and "
-        "wait and make timings erratic; both sides of a comparison always use the same count). "
-        "Section 5 always runs with torch's default, as the app does.",
+        default=0,
+        help="torch threads for the comparisons (default 0: torch's default, all cores, as the app and CLI run). "
+        "On cores shared with other jobs, --threads 1 keeps timings steadier; both sides of a comparison always "
+        "use the same count. Section 5 always runs with torch's default, as the app does.",
     )
     args = parser.parse_args(argv)
     # A GPU machine may not have the embedded model (it does not travel): --gpu runs section 6 alone.
     chosen = [s.strip() for s in args.only.split(",") if s.strip()] or (["6"] if args.gpu or args.gpu_smoke else ["1", "2", "3", "4", "5", "6"])
     report = Report()
     default_threads = torch.get_num_threads()
+    args.threads = args.threads or default_threads
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s) for comparisons ({default_threads} for the default run), mode {'full' if args.full else 'quick'}; sections {','.join(chosen)}", flush=True)
     started = time.perf_counter()

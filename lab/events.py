@@ -65,6 +65,8 @@ class Eval(Event):
     metrics: dict
     #: Whether this evaluation is the best so far by the run's early-stopping metric.
     is_best: bool = False
+    #: Wall-clock seconds the evaluation took.
+    seconds: float = 0.0
 
 
 @dataclass

@@ -225,6 +225,7 @@ class RunContext:
     def evaluate(self, step: int, epoch: float) -> bool:
         """Evaluate, emit the event, keep the adapter if it is the best; return whether it improved."""
         t = self.cfg.train
+        started = time.perf_counter()
         # Per-example answers are kept so the final comparison can reuse them (step 0 is the base model).
         metrics = evaluation.evaluate(self.model, self.data.val, self.tokenizer.pad_token_id, self.cfg.eval.batch_size, t.chunk_size, details=True, prefix=self.prefix)
         self.details[step] = metrics.pop("examples")
@@ -238,7 +239,7 @@ class RunContext:
                 self.best_value, self.best_step = value, step
                 self.best_state = adapter_state(self.model)
                 self.save_adapter("best_adapter", step)
-        event = Eval(step=step, epoch=epoch, metrics=metrics, is_best=improved)
+        event = Eval(step=step, epoch=epoch, metrics=metrics, is_best=improved, seconds=time.perf_counter() - started)
         self.evals.append(event)
         self.emit(event)
         warning = advice.collapse(metrics)
