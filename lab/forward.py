@@ -12,6 +12,11 @@ import contextlib
 
 import torch
 
+#: Decoders whose layers see only the hidden state, the attention mask and rotary positions (no
+#: recurrent or per-layer-type caches; `inputs_embeds` enters the first layer unchanged): the
+#: frozen-layer cache and the shared head are exact for them.
+PLAIN_DECODERS = {"llama", "mistral", "qwen2", "qwen3", "olmo2", "smollm3"}
+
 
 def unwrap(model):
     """The plain transformers model under DDP/accelerate and PEFT wrappers."""
@@ -64,7 +69,7 @@ class SharedHead:
     @torch.no_grad()
     def build(cls, model, sequences: list[list[int]], minimum: int = 4) -> "SharedHead | None":
         """The head of `sequences` (at least `minimum` tokens, leaving each at least one of its own), or None."""
-        if not sequences:
+        if not sequences or getattr(unwrap(model).config, "model_type", None) not in PLAIN_DECODERS:
             return None
         first, shortest = sequences[0], min(len(s) for s in sequences)
         length = 0

@@ -19,10 +19,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .forward import unwrap
-
-#: Decoders whose forward takes `inputs_embeds` as the first layer's input unchanged.
-SUPPORTED = {"llama", "mistral", "qwen2", "qwen3", "olmo2", "smollm3"}
+from .forward import PLAIN_DECODERS, unwrap
 
 
 class FrozenPrefix:
@@ -42,7 +39,7 @@ class FrozenPrefix:
         base = unwrap(model)
         if adapted_layers is None or min(adapted_layers) == 0:
             return None
-        if getattr(base.config, "model_type", None) not in SUPPORTED:
+        if getattr(base.config, "model_type", None) not in PLAIN_DECODERS:
             return None
         return cls(model, min(adapted_layers), **kwargs)
 
