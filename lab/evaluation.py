@@ -86,12 +86,13 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
     k = len(choices)
     sums = torch.zeros(6 + 2 * k, dtype=torch.float64, device=device)
     per_example = []
-    mine = _shard(encoded) if losses else [_answer_prefix(e) for e in _shard(encoded)]
+    items = encoded if losses else [_answer_prefix(e) for e in encoded]
+    mine = _shard(items)
     rank = {id(e.example): i for i, e in enumerate(mine)}  # details come back in the caller's order
-    mine = sorted(mine, key=len)
     with eval_mode(model):
-        head = SharedHead.build(model, [e.input_ids for e in mine])
-        for batch in _batches(mine, batch_size):
+        # From the whole set, so every process agrees on the head and runs the same forward passes.
+        head = SharedHead.build(model, [e.input_ids for e in items])
+        for batch in _batches(sorted(mine, key=len), batch_size):
             tensors = {key: v.to(device) for key, v in collate(batch, pad_id).items()}
             hidden = final_hidden(model, tensors["input_ids"], tensors["attention_mask"], prefix=prefix, head=head)
             if losses:
