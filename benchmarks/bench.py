@@ -17,6 +17,7 @@ Sections (targets from the issue):
   4. evaluation: answer accuracy from candidate log-probs (one forward pass) vs greedy generation.
   5. the app's default run, `train(LabConfig())`: wall time and answer accuracy gain over step 0.
   6. GPU only: tokens/s and MFU of LoRA SFT, embedded architecture and a 0.5B one, packing on/off.
+  7. live views: one refresh of the Train tab's progress bar and charts for a long run.
 
 Every comparison interleaves its sides in rounds on the same batches, takes each step's fastest
 round and reports ratios (with the median-of-rounds and CPU-time ratios as cross-checks), so
@@ -720,6 +721,42 @@ def bench_default_run(report: Report, full: bool, workdir: str, limit: float = 6
     )
 
 
+# -- 7. live views ----------------------------------------------------------------------------------
+
+
+def bench_live_views(report: Report, full: bool, workdir: str) -> None:
+    section("7. live views: one refresh of the Train tab's progress and charts")
+    from lab import events as ev
+    from lab.charts import accuracy_figure, loss_figure, predicted_distribution_figure
+    from lab.history import History
+    from lab.text_views import progress_html
+
+    steps = 1000
+    log = [ev.Started(run_dir=workdir, config={}, n_train=8 * steps, n_val=48, total_steps=steps)]
+    for step in range(1, steps + 1):
+        log.append(ev.Step(step=step, epoch=step / 100, learning_rate=1e-3, train_loss=2.0 / step ** 0.5, grad_norm=1.0,
+                           tokens_per_second=500.0, tokens_seen=800 * step, elapsed=float(step), total_steps=steps))
+        if step % 20 == 0:
+            log.append(ev.Eval(step=step, epoch=step / 100, metrics={
+                "prompt_loss": 3.9, "completion_loss": 1.0 / step ** 0.3, "full_loss": 3.8, "answer_accuracy": min(0.9, step / 1000),
+                "token_accuracy": 0.5, "predicted": {"A": 20, "B": 28}, "answers": {"A": 24, "B": 24}, "majority_baseline": 0.5}))
+    history = History.from_events(log)
+
+    def refresh():
+        return progress_html(history, ""), loss_figure(history), accuracy_figure(history), predicted_distribution_figure(history)
+
+    refresh()  # plotly builds its validators on first use
+    times = []
+    for _ in range(10):
+        t = time.perf_counter()
+        out = refresh()
+        times.append(time.perf_counter() - t)
+    payload = sum(len(fig.to_json()) for fig in out[1:])
+    report.add(Row("7", f"live view refresh, {steps}-step run with {steps // 20} evaluations",
+                   f"{1000 * statistics.median(times):.0f} ms (median of 10), {payload / 1000:.0f} kB of figures", None, "report", None,
+                   note="the app refreshes at most every 0.8 s and only when new events arrived"))
+
+
 # -- 6. GPU ----------------------------------------------------------------------------------------
 
 
@@ -856,7 +893,7 @@ def bench_gpu(report: Report, full: bool, workdir: str, device: str = "cuda") ->
 # -- main ------------------------------------------------------------------------------------------
 
 
-SECTIONS = {"1": bench_vs_trl, "2": bench_packing, "3": bench_memory, "4": bench_eval, "5": bench_default_run, "6": bench_gpu}
+SECTIONS = {"1": bench_vs_trl, "2": bench_packing, "3": bench_memory, "4": bench_eval, "5": bench_default_run, "6": bench_gpu, "7": bench_live_views}
 
 
 def main(argv=None) -> int:
@@ -877,7 +914,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     # A GPU machine may not have the embedded model (it does not travel): --gpu runs section 6 alone.
-    chosen = [s.strip() for s in args.only.split(",") if s.strip()] or (["6"] if args.gpu or args.gpu_smoke else ["1", "2", "3", "4", "5", "6"])
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()] or (["6"] if args.gpu or args.gpu_smoke else ["1", "2", "3", "4", "5", "7", "6"])
     report = Report()
     default_threads = torch.get_num_threads()
     args.threads = args.threads or default_threads
