@@ -536,9 +536,10 @@ def _generated_choice(text: str, choices) -> str | None:
 
 def bench_eval(report: Report, full: bool, workdir: str) -> None:
     section("4. evaluation: candidate log-probs (one forward pass) vs greedy generation")
-    import inspect
-
     from lab import evaluation
+    from lab.config import layer_indices
+    from lab.models import num_layers
+    from lab.prefix import FrozenPrefix
     from lab.training import prepare
 
     cfg = LabConfig()
@@ -552,16 +553,7 @@ def bench_eval(report: Report, full: bool, workdir: str) -> None:
     bs = cfg.eval.batch_size
     print(f"  data: {source}, {len(val)} validation examples (mean {statistics.mean(len(e) for e in val):.0f} tokens); "
           f"embedded model with a fresh adapter; batch {bs}", flush=True)
-    prefix = None
-    if "prefix" in inspect.signature(evaluation.evaluate_answers).parameters:
-        try:
-            from lab.config import layer_indices
-            from lab.models import num_layers
-            from lab.prefix import FrozenPrefix
-
-            prefix = FrozenPrefix.for_model(model, layer_indices(cfg.lora.layers, num_layers(model.get_base_model())))
-        except ImportError:
-            prefix = None
+    prefix = FrozenPrefix.for_model(model, layer_indices(cfg.lora.layers, num_layers(model.get_base_model())))
 
     def scoring(cache=None):
         # Answers only: the output layer runs at the one position where the candidates differ.
