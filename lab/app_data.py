@@ -212,7 +212,7 @@ class DataTab:
         mapping_updates = [gr.update() for _ in self.mapping_fields]
         try:
             dcfg = self._data_config(source, fmt_value, maps, opts, trains, hf_cfg, hf_split_)
-            records, info = read_records(dcfg)
+            records, info = read_records(dcfg, hub_ids_only=True)
         except (DataError, ConfigError) as exc:
             gr.Warning(str(exc))
             return (gr.update(), message_html(str(exc)), *no_change, gr.update(), *mapping_updates)

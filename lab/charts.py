@@ -13,29 +13,13 @@ from typing import Iterable, Sequence
 
 import plotly.graph_objects as go
 
-from .config import HIGHER_IS_BETTER
 from .history import History
+from .metrics import METRICS
 from .runs import run_best, run_plw
 from .stats import LengthStats, geometric_mean
 
-METRIC_LABELS = {
-    "train_loss": "train loss",
-    "prompt_loss": "val prompt loss",
-    "completion_loss": "val completion loss",
-    "full_loss": "val full-sequence loss",
-    "answer_accuracy": "val answer accuracy",
-    "token_accuracy": "val token accuracy",
-    "majority_baseline": "majority-class baseline",
-}
-METRIC_COLORS = {
-    "train_loss": "#64748b",
-    "prompt_loss": "#2563eb",
-    "completion_loss": "#ea580c",
-    "full_loss": "#7c3aed",
-    "answer_accuracy": "#16a34a",
-    "token_accuracy": "#0891b2",
-    "majority_baseline": "#94a3b8",
-}
+METRIC_LABELS = {name: m.label for name, m in METRICS.items()}
+METRIC_COLORS = {name: m.colour for name, m in METRICS.items()}
 PLOT_TEMPLATE = "plotly_white"
 
 
@@ -371,7 +355,7 @@ def overlay_figure(runs: Sequence, metric: str = "completion_loss", height: int 
         height=height,
         title={"text": f"{METRIC_LABELS.get(metric, metric)} by run", "font": {"size": 14}},
         xaxis={"title": "optimiser step"},
-        yaxis={"title": METRIC_LABELS.get(metric, metric), **({"tickformat": ".0%"} if HIGHER_IS_BETTER.get(metric, False) else {})},
+        yaxis={"title": METRIC_LABELS.get(metric, metric), **({"tickformat": ".0%"} if METRICS[metric].unit == "share" else {})},
         legend={"orientation": "h", "y": -0.22},
         margin={"l": 55, "r": 20, "t": 40, "b": 40},
     )

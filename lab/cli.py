@@ -16,6 +16,7 @@ import json
 import sys
 
 from .config import ConfigError, LabConfig, parse_overrides
+from .metrics import RANKED, format_value
 
 # Shortcut flags for the settings changed most often; everything else goes through --set.
 SHORTCUTS = {
@@ -92,10 +93,10 @@ def print_event(event, stream=None) -> None:
         )
     elif kind == "eval":
         m = event.metrics
-        line = f"{BOLD}eval step {event.step:>4}{RESET}  prompt {m['prompt_loss']:.4f}  completion {m['completion_loss']:.4f}  full {m['full_loss']:.4f}"
-        if m.get("answer_accuracy") is not None:
-            line += f"  accuracy {m['answer_accuracy']:.3f} (majority {m['majority_baseline']:.3f})  predicted {m['predicted']}"
-        print(line + ("  *best*" if event.is_best else ""), file=stream)
+        shown = [f"{name} {format_value(name, m[name])}" for name in (*RANKED, "majority_baseline") if m.get(name) is not None]
+        if m.get("predicted"):
+            shown.append(f"predicted {m['predicted']}")
+        print(f"{BOLD}eval step {event.step:>4}{RESET}  " + "  ".join(shown) + ("  *best*" if event.is_best else ""), file=stream)
     elif kind in ("finished", "stopped"):
         print(f"{GREEN}{kind} at step {event.step}{RESET}" + (f": {event.reason}" if kind == "stopped" else ""), file=stream)
     elif kind == "failed":
@@ -106,10 +107,10 @@ def print_comparison(comparison: dict, stream=None) -> None:
     stream = stream or sys.stdout
     on, off = comparison["on"], comparison["off"]
     print(f"{'':28}{'adapter off':>14}{'adapter on':>14}", file=stream)
-    for key in ("prompt_loss", "completion_loss", "full_loss", "token_accuracy", "answer_accuracy", "majority_baseline"):
+    for key in (*RANKED, "majority_baseline"):
         a, b = off["metrics"].get(key), on["metrics"].get(key)
         if a is not None:
-            print(f"{key:28}{a:>14.4f}{b:>14.4f}", file=stream)
+            print(f"{key:28}{format_value(key, a):>14}{format_value(key, b):>14}", file=stream)
     if off.get("probe_perplexity") is not None:
         print(f"{'forgetting probe perplexity':28}{off['probe_perplexity']:>14.2f}{on['probe_perplexity']:>14.2f}", file=stream)
     if "predicted" in off["metrics"]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .metrics import STOPPING_METRICS
+
 
 class ConfigError(ValueError):
     """A setting is out of range or unknown; the message names the setting and the fix."""
@@ -24,9 +26,6 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
 
 
-EARLY_STOPPING_METRICS = ("completion_loss", "answer_accuracy", "full_loss", "prompt_loss", "none")
-#: Whether a larger value of a metric is better; all losses are minimised.
-HIGHER_IS_BETTER = {"answer_accuracy": True, "token_accuracy": True}
 
 
 @dataclass
@@ -171,7 +170,7 @@ class TrainConfig:
         "completion_loss",
         "Validation metric that picks the best adapter and drives early stopping. Full-sequence loss is "
         "available but a poor choice: it is dominated by prompt tokens.",
-        choices=EARLY_STOPPING_METRICS,
+        choices=STOPPING_METRICS,
     )
     patience: int = _f(0, "Stop after this many evaluations without improvement (0: never stop early).", min=0)
     restore_best: bool = _f(True, "At the end, keep the adapter from the best evaluation rather than the last step.")

@@ -8,7 +8,9 @@ are written in the completion (so accuracy can be read from their log-probabilit
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +50,32 @@ class Example:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def read_records(cfg: DataConfig) -> tuple[list[dict], dict]:
-    """Records from `cfg.source` and what is known about them (e.g. classification labels)."""
+#: A dataset id as the Hugging Face Hub spells them: owner, slash, name.
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+
+
+def check_hub_id(dataset_id: str) -> str:
+    """`dataset_id` when it can only name a hub dataset, never a folder or file on this machine.
+
+    `datasets.load_dataset` reads local folders and files too; a server that takes the id from a
+    visitor (the app) must not let them read its disk, so ids that exist as paths are refused.
+    """
+    dataset_id = dataset_id.strip()
+    if not HUB_ID.fullmatch(dataset_id) or ".." in dataset_id or dataset_id.endswith(".py"):
+        raise DataError(
+            f"{dataset_id!r} is not a Hugging Face dataset id: type it as owner/name, e.g. ehovy/race"
+        )
+    if os.path.lexists(dataset_id) or os.path.lexists(dataset_id.split("/")[0]):
+        raise DataError(f"{dataset_id!r} names a folder on this server, not a hub dataset; type it as owner/name")
+    return dataset_id
+
+
+def read_records(cfg: DataConfig, hub_ids_only: bool = False) -> tuple[list[dict], dict]:
+    """Records from `cfg.source` and what is known about them (e.g. classification labels).
+
+    `hub_ids_only` (the app) accepts only owner/name ids after 'hf:', so a visitor cannot make the
+    server read its own folders; the CLI, run by the machine's owner, may name local datasets.
+    """
     source = cfg.source.strip()
     if not source:
         raise DataError("data.source is empty: choose a built-in set ('builtin:NAME'), a file, or 'hf:ORG/NAME'")
@@ -64,7 +90,8 @@ def read_records(cfg: DataConfig) -> tuple[list[dict], dict]:
         records = builtin.load_builtin(name, n=cfg.limit or None, seed=0)
         info = {"format": spec.format, "labels": list(spec.labels), "description": spec.description}
     elif source.startswith("hf:"):
-        records = read_hub(source.removeprefix("hf:"), cfg.hf_config, cfg.hf_split)
+        dataset_id = source.removeprefix("hf:")
+        records = read_hub(check_hub_id(dataset_id) if hub_ids_only else dataset_id, cfg.hf_config, cfg.hf_split)
     else:
         records = read_file(source)
     if cfg.limit:

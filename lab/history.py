@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .config import HIGHER_IS_BETTER
 from .events import event_field, event_kind
+from .metrics import METRICS
 
 
 @dataclass
@@ -124,6 +124,6 @@ class History:
         xs, ys = self.metric_series(name)
         if not ys:
             return None
-        pick = max if HIGHER_IS_BETTER.get(name, False) else min
+        pick = max if METRICS[name].higher_is_better else min
         value = pick(ys)
         return xs[ys.index(value)], value

@@ -20,11 +20,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import HIGHER_IS_BETTER, LabConfig
+from .config import LabConfig
 from .events import Eval, Event, event_field, event_kind, read_events
-
-METRICS = ("prompt_loss", "completion_loss", "full_loss", "answer_accuracy", "token_accuracy")
-
+from .metrics import best_of
 
 #: Data files up to this size are copied into the run folder, so the run can be re-read after an
 #: upload's temporary file is gone; a bigger corpus stays where it is and the config points there.
@@ -51,21 +49,6 @@ def new_run_dir(cfg: LabConfig) -> tuple[Path, LabConfig]:
     return path, cfg
 
 
-def best_by_metric(evals: list[Eval]) -> dict[str, dict]:
-    """For each metric: its best value and the step and epoch where it was reached."""
-    best: dict[str, dict] = {}
-    for event in evals:
-        for name in METRICS:
-            value = event.metrics.get(name)
-            if value is None or value != value:
-                continue
-            higher = HIGHER_IS_BETTER.get(name, False)
-            current = best.get(name)
-            if current is None or (value > current["value"] if higher else value < current["value"]):
-                best[name] = {"value": value, "step": event.step, "epoch": event.epoch}
-    return best
-
-
 # The next three take a `Run` or any object with the same attributes.
 
 
@@ -90,7 +73,7 @@ def run_best(run) -> dict:
     best = (getattr(run, "summary", None) or {}).get("best")
     if best:
         return best
-    return best_by_metric(run.evals) if hasattr(run, "evals") else {}
+    return best_of(run.evals) if hasattr(run, "evals") else {}
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -23,7 +23,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from . import advice, evaluation
 from .collate import Collator, EncodedDataset
-from .config import HIGHER_IS_BETTER, LabConfig, layer_indices
+from .config import LabConfig, layer_indices
 from .data import DataError, Example, load_examples, split
 from .events import (
     Advice,
@@ -43,7 +43,8 @@ from .masks import Encoded, encode_all
 from .models import attach_lora, load_model, load_tokenizer, num_layers, pick_device
 from .prefix import FrozenPrefix
 from .packing import PackingCollator, attention_kind, model_kwargs, num_tokens
-from .runs import best_by_metric, new_run_dir, write_json
+from .metrics import best_of, metric
+from .runs import new_run_dir, write_json
 
 
 class NonFiniteLossError(RuntimeError):
@@ -233,8 +234,7 @@ class RunContext:
         improved = False
         value = metrics.get(t.early_stopping_metric)
         if t.early_stopping_metric != "none" and value is not None and value == value:
-            higher = HIGHER_IS_BETTER.get(t.early_stopping_metric, False)
-            improved = self.best_value is None or (value > self.best_value if higher else value < self.best_value)
+            improved = metric(t.early_stopping_metric).better(value, self.best_value)
             if improved:
                 self.best_value, self.best_step = value, step
                 self.best_state = adapter_state(self.model)
@@ -267,7 +267,7 @@ class RunContext:
             "elapsed_seconds": time.time() - self.started,
             "early_stopping_metric": self.cfg.train.early_stopping_metric,
             "adapter_step": self.kept_step(step),
-            "best": best_by_metric(self.evals),
+            "best": best_of(self.evals),
             "first_eval": self.evals[0].metrics if self.evals else None,
             "final_eval": self.evals[-1].metrics if self.evals else None,
             "n_train": len(self.data.train) if self.data else 0,

@@ -27,7 +27,8 @@ import plotly.graph_objects as go
 from IPython.display import display
 
 from .charts import METRIC_COLORS, METRIC_LABELS, PLOT_TEMPLATE
-from .config import HIGHER_IS_BETTER, TrainConfig
+from .config import TrainConfig
+from .metrics import METRICS
 from .data import Example, split
 from .events import event_field
 from .history import History
@@ -238,7 +239,7 @@ def stopping_points(evals: Sequence, metrics: Iterable[str] = STOP_METRICS) -> l
         candidates = [e for e in evals if event_field(e, "metrics", {}).get(name) is not None and event_field(e, "metrics")[name] == event_field(e, "metrics")[name]]
         if not candidates:
             continue
-        pick = max if HIGHER_IS_BETTER.get(name, False) else min
+        pick = max if METRICS[name].higher_is_better else min
         chosen = pick(candidates, key=lambda e: event_field(e, "metrics")[name])  # the first among equals
         m = event_field(chosen, "metrics")
         rows.append({

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lab.config import DataConfig
-from lab.data import DataError, detect_format, load_examples, read_file, split, to_examples
+from lab.data import DataError, check_hub_id, detect_format, load_examples, read_file, read_records, split, to_examples
 
 from conftest import mc_records
 
@@ -112,3 +112,28 @@ def test_split_is_deterministic_by_seed_and_disjoint():
     assert len(val) == 10 and sorted(train + val) == items
     assert len(split(items, 7, seed=0)[1]) == 7
     assert len(split(items, 0.5, seed=0, val_max=5)[1]) == 5  # large sets keep evaluations quick
+
+
+@pytest.mark.parametrize("dataset_id", ["/etc", "../..", "secret", "secret/s.csv", "secret/sub", "a/../b", "owner/loader.py", "~/x", "a/b/c", ""])
+def test_the_app_reads_only_hub_ids_never_server_folders(tmp_path, monkeypatch, dataset_id):
+    """The app's hub box must not reach `datasets.load_dataset` with anything that names a local path."""
+    (tmp_path / "secret" / "sub").mkdir(parents=True)
+    (tmp_path / "secret" / "s.csv").write_text("user,password\nroot,hunter2\n")
+    monkeypatch.chdir(tmp_path)
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail(f"load_dataset reached with {a}"))
+    with pytest.raises(DataError, match="hub dataset|dataset id"):
+        read_records(DataConfig(source=f"hf:{dataset_id}"), hub_ids_only=True)
+
+
+def test_hub_ids_pass_the_check_and_the_cli_may_still_name_local_datasets(tmp_path, monkeypatch):
+    import datasets
+
+    seen = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, *a, **k: seen.append(path) or [{"prompt": "p", "completion": "c"}])
+    assert check_hub_id(" ehovy/race ") == "ehovy/race"
+    read_records(DataConfig(source="hf:someone/sums"), hub_ids_only=True)
+    (tmp_path / "mine").mkdir()
+    read_records(DataConfig(source=f"hf:{tmp_path / 'mine'}"))  # the machine's owner, from the CLI
+    assert seen == ["someone/sums", str(tmp_path / "mine")]
