@@ -33,6 +33,7 @@ from .events import (
     Failed,
     Finished,
     JsonlLog,
+    Phase,
     Started,
     Step,
     Stopped,
@@ -223,9 +224,10 @@ class RunContext:
         if self.is_main:
             self.bus.emit(event)
 
-    def evaluate(self, step: int, epoch: float) -> bool:
+    def evaluate(self, step: int, epoch: float, phase: str = "evaluating") -> bool:
         """Evaluate, emit the event, keep the adapter if it is the best; return whether it improved."""
         t = self.cfg.train
+        self.emit(Phase(name=phase, step=step))
         started = time.perf_counter()
         # Per-example answers are kept so the final comparison can reuse them (step 0 is the base model).
         metrics = evaluation.evaluate(self.model, self.data.val, self.tokenizer.pad_token_id, self.cfg.eval.batch_size, t.chunk_size, details=True, prefix=self.prefix)
@@ -360,6 +362,7 @@ def train(
         bus.subscribe(callback)
     step = 0
     try:
+        run.emit(Phase(name="loading"))
         device = pick_device(cfg.model.device)
         run.tokenizer = tokenizer = load_tokenizer(cfg.model)
         run.data = data = prepare(cfg, tokenizer, examples)
@@ -392,12 +395,13 @@ def train(
             step = trainer.state.global_step
             run.save_adapter("last_adapter", step)
         if run.last_eval_step != step:
-            run.evaluate(step, float(trainer.state.epoch or 0.0))
+            run.evaluate(step, float(trainer.state.epoch or 0.0), "final evaluation")
         if run.kept_step(step) != step:
             load_adapter_state(model, run.best_state)
         run.save_adapter("adapter", step)
         comparison = None
         if compare and not run.stop.is_set():
+            run.emit(Phase(name="comparing", step=step))
             comparison = compare_adapter(run)
         stopped = run.stop.is_set() or bool(run.stop_reason)
         status = "stopped" if stopped else "finished"
