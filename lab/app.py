@@ -107,7 +107,9 @@ def build_app(
                         button = gr.Button(f"{value:g}", size="sm", elem_id=f"plw-preset-{value:g}".replace(".", "_"))
                         button.click(lambda v=value: v, None, plw, show_progress="hidden")
 
-        shared = SharedComponents(plw=plw, data_state=data_state, seen_job=seen_job, job_timer=job_timer, job_badge=job_badge)
+        visitor = gr.BrowserState(None, storage_key="plw-lab-visitor")
+        shared = SharedComponents(plw=plw, data_state=data_state, seen_job=seen_job, job_timer=job_timer, job_badge=job_badge,
+                                  visitor=visitor)
         with gr.Tabs(elem_id="tabs"):
             data, train, compare = DataTab(ctx, shared), TrainTab(ctx, shared), CompareTab(ctx, shared)
             runs = RunsTab(ctx, shared)  # after Compare: it fills the Compare tab's run list
@@ -123,6 +125,7 @@ def build_app(
     demo.queue(default_concurrency_limit=4)
     demo.plw_registry = registry  # for tests and embedding: the process's job registry
     demo.plw_runs_dir = runs_path
+    demo.plw_tabs = {"data": data, "train": train, "compare": compare, "runs": runs}  # for handler tests
     _set_launch_defaults(demo)
     return demo
 

@@ -22,8 +22,9 @@ from .events import Failed, Started
 
 
 def error_text(exc: BaseException) -> str:
-    """An exception as a person reads it: the lab's own errors by their message, others with their type."""
-    if isinstance(exc, (ConfigError, DataError)):
+    """An exception as a person reads it: the lab's own errors and plain refusals by their message,
+    anything unexpected with its type (it is a bug worth reporting)."""
+    if isinstance(exc, (ConfigError, DataError, ValueError, PermissionError)) or type(exc) is RuntimeError:
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
@@ -35,9 +36,10 @@ class JobBusy(RuntimeError):
 class TrainingJob:
     """One training run in a background thread; its events accumulate for any number of watchers."""
 
-    def __init__(self, cfg: LabConfig, examples=None):
+    def __init__(self, cfg: LabConfig, examples=None, owner: str | None = None):
         self.id = uuid.uuid4().hex[:8]
         self.cfg = cfg
+        self.owner = owner  # the visitor token of whoever started it; only they may stop it
         self.examples = examples
         self.stop = threading.Event()
         self.events: list = []
@@ -92,19 +94,29 @@ class JobRegistry:
         self._lock = threading.Lock()
         self.current: TrainingJob | None = None
 
-    def start(self, cfg: LabConfig, examples=None) -> TrainingJob:
+    def start(self, cfg: LabConfig, examples=None, owner: str | None = None) -> TrainingJob:
         with self._lock:
             if self.current is not None and self.current.running:
                 raise JobBusy("A training job is already running in this app; watch it in the Train tab or stop it first.")
-            self.current = TrainingJob(cfg, examples).start()
+            self.current = TrainingJob(cfg, examples, owner).start()
             return self.current
 
-    def stop(self) -> bool:
+    def stop(self, visitor: str | None = None) -> bool:
+        """Ask the running job to stop after its current optimiser step; only its owner may."""
         job = self.current
         if job is None or not job.running:
             return False
+        if job.owner is not None and job.owner != visitor:
+            raise PermissionError("this run was started by another visitor; only they can stop it")
         job.stop.set()
         return True
+
+    def forget(self, run_path: Path) -> None:
+        """A deleted run's finished job is no longer shown to new visitors."""
+        with self._lock:
+            job = self.current
+            if job is not None and not job.running and job.run_dir and Path(job.run_dir).resolve() == Path(run_path).resolve():
+                self.current = None
 
     def running(self) -> TrainingJob | None:
         job = self.current

@@ -152,6 +152,7 @@ class RunsTab:
                 raise ValueError("this run is still training; stop it first")
             self.ctx.models.forget(run.path)
             delete_run(run.path)
+            self.ctx.registry.forget(run.path)
         except Exception as exc:
             gr.Warning(error_text(exc))
             return {self.msg: message_html(error_text(exc))}

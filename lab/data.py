@@ -187,7 +187,13 @@ def _rename(record, column_map: dict, index: int) -> dict:
 # -- formats ---------------------------------------------------------------------------------
 
 
+def fields_of(records: list[dict], sample: int = 200) -> dict:
+    """The fields any of the first `sample` records has (one record may lack an optional or empty field)."""
+    return {key: None for record in records[:sample] if isinstance(record, dict) for key in record}
+
+
 def detect_format(record: dict) -> str:
+    """The format whose required fields `record` has (pass `fields_of(records)` for a whole set)."""
     keys = set(record)
     for fmt in ("chat", "multiple_choice", "prompt_completion", "classification"):
         if set(_REQUIRED[fmt]) <= keys:
@@ -205,7 +211,7 @@ def letters(n: int) -> str:
 
 def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None = None) -> list[Example]:
     """Convert records into examples, raising a `DataError` that names the first bad record."""
-    fmt = cfg.format if cfg.format != "auto" else detect_format(records[0])
+    fmt = cfg.format if cfg.format != "auto" else detect_format(fields_of(records))
     if fmt == "classification" and not labels:
         labels = sorted({str(r.get("label")) for r in records})
     examples = []
@@ -311,12 +317,18 @@ def load_examples(cfg: DataConfig) -> list[Example]:
         raise DataError(f"{cfg.source}: {exc}") from None
 
 
+def split_sizes(n: int, val_size: float, val_max: int = 0) -> tuple[int, int]:
+    """How many of `n` examples `split` puts into training and validation."""
+    n_val = int(val_size) if val_size >= 1 else round(n * val_size)
+    n_val = max(min(n_val, val_max or n_val, n - 1), 0)
+    return n - n_val, n_val
+
+
 def split(examples: list, val_size: float, seed: int, val_max: int = 0) -> tuple[list, list]:
     """A deterministic shuffle-and-cut into train and validation lists."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    n_val = int(val_size) if val_size >= 1 else round(len(examples) * val_size)
-    n_val = min(n_val, val_max or n_val, len(examples) - 1)
+    n_val = split_sizes(len(examples), val_size, val_max)[1]
     val = [examples[i] for i in sorted(order[:n_val])]
     train = [examples[i] for i in order[n_val:]]
     return train, val

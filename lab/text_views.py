@@ -169,6 +169,23 @@ def progress_html(history: History, note: str = "", now: float | None = None) ->
     )
 
 
+def run_settings_html(config: dict, n_train: int | None = None, n_val: int | None = None) -> str:
+    """A run's data and settings in one line each: what a watcher needs to know what they are watching."""
+    t, d, m, lora = (config.get(k) or {} for k in ("train", "data", "model", "lora"))
+    source = str(d.get("source", ""))
+    shown = source if source.startswith(("builtin:", "hf:")) else _source_name(source)
+    data = f"data: <b>{html.escape(shown or '?')}</b>"
+    if n_train is not None and n_val is not None:
+        data += f", {n_train:,} train / {n_val:,} validation"
+    steps = t.get("max_steps") or 0
+    length = f"{steps} steps" if steps > 0 else f"{t.get('epochs', '?')} epochs"
+    settings = [f"PLW <b>{t.get('prompt_loss_weight', 0):g}</b>", length, f"learning rate {t.get('learning_rate', 0):g}",
+                f"batch {t.get('batch_size', '?')} \u00d7 {t.get('grad_accum', 1)}",
+                f"LoRA r {lora.get('r', '?')}, alpha {lora.get('alpha', '?')}, layers {html.escape(str(lora.get('layers', '')))}",
+                f"model {html.escape(str(m.get('name', '')))}"]
+    return f'<div class="plw-run-data">{data}</div><div class="plw-run-settings">{SEP.join(settings)}</div>'
+
+
 # -- compare ----------------------------------------------------------------------------------
 
 
