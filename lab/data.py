@@ -14,6 +14,7 @@ import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from .config import DataConfig
 
@@ -332,3 +333,22 @@ def split(examples: list, val_size: float, seed: int, val_max: int = 0) -> tuple
     val = [examples[i] for i in sorted(order[:n_val])]
     train = [examples[i] for i in order[n_val:]]
     return train, val
+
+
+def fixed_split(train_examples: Sequence[Example], val_examples: Sequence[Example], seed: int = 0, val_max: int = 0) -> tuple[list[Example], int]:
+    """Examples and a `data.val_size` with which the lab's split gives exactly these train and
+    validation lists, so runs that add training data (e.g. replay) keep the same validation set.
+
+        examples, val_size = fixed_split(train_ex + extra, val_ex, cfg.train.seed, cfg.data.val_max)
+        train(cfg.override({"data.val_size": val_size}), examples=examples)
+    """
+    if val_max and len(val_examples) > val_max:
+        raise DataError(f"{len(val_examples)} validation examples exceed data.val_max = {val_max}; raise it or pass fewer")
+    n = len(train_examples) + len(val_examples)
+    train_slots, val_slots = split(list(range(n)), len(val_examples), seed)
+    arranged: list = [None] * n
+    for slot, example in zip(sorted(val_slots), val_examples):
+        arranged[slot] = example
+    for slot, example in zip(sorted(train_slots), train_examples):
+        arranged[slot] = example
+    return arranged, len(val_examples)

@@ -186,6 +186,30 @@ def run_settings_html(config: dict, n_train: int | None = None, n_val: int | Non
     return f'<div class="plw-run-data">{data}</div><div class="plw-run-settings">{SEP.join(settings)}</div>'
 
 
+def run_report(result) -> dict:
+    """One finished run as a row of a comparison table: answers and probe with the adapter on and off."""
+    from .advice import collapse
+
+    summary, comparison = result.summary or {}, result.comparison or {}
+    on, off = comparison.get("on") or {}, comparison.get("off") or {}
+    m_on, m_off = on.get("metrics") or {}, off.get("metrics") or {}
+    ppl_on, ppl_off = on.get("probe_perplexity"), off.get("probe_perplexity")
+    return {
+        "accuracy off": m_off.get("answer_accuracy"),
+        "accuracy on": m_on.get("answer_accuracy"),
+        "majority baseline": m_on.get("majority_baseline"),
+        "predicted (on)": " \u00b7 ".join(f"{k} {v}" for k, v in (m_on.get("predicted") or {}).items()),
+        "collapsed": bool(collapse(m_on)) if m_on else None,
+        "completion loss on": m_on.get("completion_loss"),
+        "probe ppl off": ppl_off,
+        "probe ppl on": ppl_on,
+        "probe ppl change": ppl_on / ppl_off - 1 if ppl_on and ppl_off else None,
+        "steps": summary.get("steps"),
+        "adapter step": summary.get("adapter_step"),
+        "seconds": round(summary.get("elapsed_seconds") or 0),
+    }
+
+
 # -- compare ----------------------------------------------------------------------------------
 
 

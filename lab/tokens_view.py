@@ -38,8 +38,23 @@ def weight_color(weight: float, is_completion: bool) -> str:
 
 
 def token_weight_values(prompt_mask: Sequence[int], completion_mask: Sequence[int], plw: float) -> list[float]:
-    """PLW x prompt_mask + completion_mask, token by token (the rule `lab.loss.token_weights` applies)."""
-    return [plw * p + c for p, c in zip(prompt_mask, completion_mask)]
+    """PLW x prompt_mask + completion_mask, token by token (the rule `lab.loss.token_weights` applies),
+    with the first token at 0: nothing before it predicts it, so it is never a target."""
+    weights = [plw * p + c for p, c in zip(prompt_mask, completion_mask)]
+    return [0.0, *weights[1:]] if weights else weights
+
+
+#: A prompt longer than this many tokens before the completion is folded in the middle, so the
+#: completion (what is trained at PLW 0) is in view without scrolling.
+FOLD_ABOVE, FOLD_HEAD, FOLD_TAIL = 160, 40, 80
+
+
+def fold_range(enc) -> tuple[int, int] | None:
+    """The tokens [start, end) to fold away in a long prompt: all but its start and its last tokens."""
+    first_completion = next((i for i, c in enumerate(enc.completion_mask) if c), len(enc.input_ids))
+    if first_completion <= FOLD_ABOVE:
+        return None
+    return FOLD_HEAD, first_completion - FOLD_TAIL
 
 
 def completion_weight_share(n_prompt: int, n_completion: int, plw: float) -> float:
@@ -66,6 +81,10 @@ TOKEN_CSS = """
 .plw-legend .grad{display:inline-block;width:110px;height:12px;border-radius:3px;vertical-align:middle;margin:0 5px;
  border:1px solid #e5e7eb}
 .plw-summary{font-size:12px;color:#4b5563;margin-top:6px}
+.plw-fold{display:inline}
+.plw-fold>summary{display:inline;cursor:pointer;color:#1e40af;background:#eff6ff;border:1px dashed #93c5fd;
+ border-radius:3px;padding:0 4px;font-style:italic;list-style:none}
+.plw-fold[open]>summary{display:none}
 """
 
 
@@ -127,7 +146,12 @@ def token_html(
     special = set(special_ids) if special_ids is not None else None
     weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw)
     parts = []
+    fold = fold_range(enc)
     for i, text, cut in _pieces(enc)[:max_tokens]:
+        if fold and i == fold[0]:
+            parts.append(f'<details class="plw-fold" data-folded="{fold[1] - fold[0]}"><summary>\u2026 {fold[1] - fold[0]} '
+                         f"prompt tokens (weight {plw:g} each) folded to bring the completion into view: show them"
+                         "</summary>")
         if cut and enc.truncated:
             parts.append(f'<span class="plw-cut" title="{enc.truncated} tokens cut to fit max_length">'
                          f"\u2026 {enc.truncated} prompt tokens cut \u2026</span>")
@@ -141,16 +165,21 @@ def token_html(
         if _is_special(text, token_id, special):
             classes.append("plw-special")
         title = f"{_describe(text)} | id {token_id} | {label} | weight {w:.4g}"
+        if i == 0:
+            title += " (the first token: nothing before it predicts it, so it is never a target)"
         parts.append(
             f'<span class="{" ".join(classes)}" style="background-color:{weight_color(w, is_completion)}" '
             f'title="{html.escape(title, quote=True)}" data-label="{label}" data-weight="{w:.4g}">{_display(text)}</span>'
         )
+        if fold and i == fold[1] - 1:
+            parts.append("</details>")
     if len(enc.input_ids) > max_tokens:
         parts.append(f'<span class="plw-cut">\u2026 {len(enc.input_ids) - max_tokens} more tokens not shown</span>')
     foot = ""
     if summary:
         n_p, n_c = enc.n_prompt, enc.n_completion
-        share = completion_weight_share(n_p, n_c, plw)
+        completion_weight = sum(w for w, c in zip(weights, enc.completion_mask) if c)
+        share = completion_weight / sum(weights) if sum(weights) else float("nan")
         foot = (
             f'<div class="plw-summary">{len(enc.input_ids)} tokens: {n_p} prompt, {n_c} completion'
             f"{f', {enc.truncated} cut from the prompt' if enc.truncated else ''}. "
