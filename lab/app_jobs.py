@@ -212,6 +212,10 @@ class RunModels:
             self._loaded = loaded
             return loaded
 
+    def is_loaded(self, run_path: Path) -> bool:
+        loaded = self._loaded
+        return loaded is not None and loaded.path == Path(run_path).resolve()
+
     def forget(self, run_path: Path) -> None:
         with self._lock:
             if self._loaded is not None and self._loaded.path == Path(run_path).resolve():

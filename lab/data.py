@@ -206,6 +206,17 @@ def detect_format(record: dict) -> str:
     )
 
 
+def offered_choices(text: str, choices) -> list:
+    """The candidate answers a prompt lists as options ("A. ...", "(B) ..."), as the multiple-choice and
+    classification templates write them; none for a free-form prompt."""
+    def listed(choice) -> bool:
+        mark = re.sub(r"[^A-Za-z0-9]", "", str(choice))
+        return bool(mark) and re.search(rf"(?:^|\s)\(?{re.escape(mark)}[.):]\s", text + " ") is not None
+
+    offered = [c for c in choices or () if listed(c)]
+    return offered if len(offered) >= 2 else []
+
+
 def letters(n: int) -> str:
     return string.ascii_uppercase[:n]
 

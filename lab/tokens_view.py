@@ -226,11 +226,14 @@ def token_loss_html(
     """The token view coloured by per-token cross-entropy: adapter on, off, or on minus off.
 
     The underline keeps the prompt/completion label visible (orange: completion). `losses_*` are
-    aligned with `enc.input_ids` and start with None (the first token has no prediction).
+    aligned with `enc.input_ids` and start with None (the first token has no prediction). With
+    `losses_off` None and mode "on", the losses are one model's (e.g. a base model with no adapter)
+    and the view says nothing about an adapter.
     """
     if mode not in LOSS_MODES:
         raise ValueError(f"mode must be one of {LOSS_MODES}, got {mode!r}")
     special = set(special_ids) if special_ids is not None else None
+    single = losses_off is None and mode == "on"
     n = len(enc.input_ids)
     on = list(losses_on) if losses_on is not None else [None] * n
     off = list(losses_off) if losses_off is not None else [None] * n
@@ -257,9 +260,8 @@ def token_loss_html(
             return "n/a" if v is None else f"{v:.3f}"
 
         delta = None if on[i] is None or off[i] is None else on[i] - off[i]
-        title = (
-            f"{_describe(text)} | id {enc.input_ids[i]} | {label} | weight {weights[i]:.4g} | "
-            f"loss on {fmt(on[i])} | off {fmt(off[i])} | \u0394 {fmt(delta)}"
+        title = f"{_describe(text)} | id {enc.input_ids[i]} | {label} | weight {weights[i]:.4g} | " + (
+            f"loss {fmt(on[i])}" if single else f"loss on {fmt(on[i])} | off {fmt(off[i])} | \u0394 {fmt(delta)}"
         )
         parts.append(
             f'<span class="{" ".join(classes)}" style="background-color:{colour}" '
@@ -278,7 +280,7 @@ def token_loss_html(
         grad = f"linear-gradient(90deg,{_loss_color(0, 1)},{_loss_color(1, 1)})"
         legend = (
             '<div class="plw-legend">'
-            f"<span>per-token loss, adapter {mode}: 0<span class=\"grad\" style=\"background:{grad}\"></span>"
+            f"<span>per-token loss{'' if single else f', adapter {mode}'}: 0<span class=\"grad\" style=\"background:{grad}\"></span>"
             f"\u2265{vmax:.2f} nats</span>"
             '<span>underline: <b style="color:#ea580c">completion</b> / <b style="color:#2563eb">prompt</b></span></div>'
         )
@@ -287,11 +289,15 @@ def token_loss_html(
         picked = [v for m, v in zip(mask_values, losses) if m and v is not None]
         return sum(picked) / len(picked) if picked else float("nan")
 
-    foot = (
-        '<div class="plw-summary">mean completion loss: adapter on '
-        f"<b>{mean(enc.completion_mask, on):.3f}</b>, off <b>{mean(enc.completion_mask, off):.3f}</b>; "
-        f"mean prompt loss: on {mean(enc.prompt_mask, on):.3f}, off {mean(enc.prompt_mask, off):.3f}</div>"
-    )
+    if single:
+        foot = (f'<div class="plw-summary">mean completion loss <b>{mean(enc.completion_mask, on):.3f}</b>; '
+                f"mean prompt loss {mean(enc.prompt_mask, on):.3f} (the first token, never predicted, left out)</div>")
+    else:
+        foot = (
+            '<div class="plw-summary">mean completion loss: adapter on '
+            f"<b>{mean(enc.completion_mask, on):.3f}</b>, off <b>{mean(enc.completion_mask, off):.3f}</b>; "
+            f"mean prompt loss: on {mean(enc.prompt_mask, on):.3f}, off {mean(enc.prompt_mask, off):.3f}</div>"
+        )
     return (
         f"<style>{TOKEN_CSS}</style>{legend}"
         f'<div class="plw-tokens" data-mode="loss-{mode}">{"".join(parts)}</div>{foot}'

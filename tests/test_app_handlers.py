@@ -141,3 +141,13 @@ def test_messages_use_the_page_words():
     assert error_text(ValueError("choose a run first")) == "choose a run first"
     assert error_text(DataError("bad record")) == "bad record"
     assert error_text(KeyError("x")) == "KeyError: 'x'"
+
+
+def test_only_a_prompt_that_lists_options_gets_answer_log_probabilities():
+    from lab.data import offered_choices
+
+    assert offered_choices("Which colour is the sky? A. blue B. green", ["A", "B", "C", "D"]) == ["A", "B"]
+    assert offered_choices("Q?\nA. one\nB. two\nC. three\nD. four", ["A", "B", "C", "D"]) == ["A", "B", "C", "D"]
+    assert offered_choices("Which label fits? (A) positive (B) negative", ["(A)", "(B)"]) == ["(A)", "(B)"]
+    assert offered_choices("Write a haiku about autumn.", ["A", "B", "C", "D"]) == []
+    assert offered_choices("A cat sat. Is that a sentence?", ["A", "B"]) == []  # one capital A is not a list

@@ -45,3 +45,14 @@ def test_a_long_prompt_is_folded_in_the_middle_so_the_completion_shows():
     assert weights_of(tail)[-3:] == ["1", "1", "1"] and len(weights_of(tail)) == tokens_view.FOLD_TAIL + 3
     assert len(weights_of(html)) == 303  # every token is still there, to be unfolded
     assert tokens_view.fold_range(fake_encoded(tokens_view.FOLD_ABOVE, 3)) is None  # short prompts are shown whole
+
+
+def test_one_models_losses_say_nothing_about_an_adapter():
+    enc = fake_encoded(3, 2)
+    losses = [None, 2.0, 4.0, 1.0, 3.0]
+    html = tokens_view.token_loss_html(enc, losses, None, mode="on")
+    assert "adapter" not in html and "nan" not in html
+    # completion tokens 3 and 4: (1 + 3) / 2; prompt tokens 1 and 2: (2 + 4) / 2
+    assert "mean completion loss <b>2.000</b>; mean prompt loss 3.000" in html
+    both = tokens_view.token_loss_html(enc, losses, losses, mode="on")
+    assert "adapter on <b>2.000</b>, off <b>2.000</b>" in both
