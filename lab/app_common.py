@@ -181,7 +181,8 @@ def make_control(key: str, spec: dict, value):
     if "min" in spec or "max" in spec:
         low, high = spec.get("min"), spec.get("max")
         info += f" Range: {low if low is not None else MINUS_INF} to {high if high is not None else INF}."
-    if key == "model.name":
+    if key == "model.name":  # its whole help: every kind of model it accepts
+        info = " ".join(spec.get("help", "").split())
         choices = list(dict.fromkeys(MODEL_CHOICES + [value]))
         return gr.Dropdown(choices=choices, value=value, label=label, info=info, allow_custom_value=True, elem_id=elem_id)
     if kind == "bool":

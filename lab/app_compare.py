@@ -84,7 +84,7 @@ class CompareTab:
                                           elem_id="compare-table", scale=3, wrap=True, visible=False,
                                           column_widths=["40%", "20%", "20%", "20%"])
                 self.dist = gr.Plot(empty_figure("Predicted answers, adapter on vs off"), label="Predicted answers",
-                                    elem_id="compare-dist", scale=2)
+                                    elem_id="compare-dist", scale=2, show_label=False)
             self.gens = gr.HTML("", elem_id="compare-gens")
             gr.Markdown("### One validation example")
             with gr.Row():
@@ -99,7 +99,7 @@ class CompareTab:
                     self.gen_on = gr.Textbox(label="greedy generation, adapter on", lines=3, elem_id="gen-on", interactive=False)
             with gr.Row():
                 self.lp_plot = gr.Plot(empty_figure("Answer log-probabilities"), label="Answer log-probabilities",
-                                       elem_id="lp-plot")
+                                       elem_id="lp-plot", show_label=False)
             self.loss_mode = gr.Radio(["on", "off", "diff"], value="diff", label="Per-token loss: adapter on, off, or on \u2212 off",
                                       elem_id="loss-mode")
             self.val_tokens = gr.HTML("", elem_id="val-tokens")
@@ -113,7 +113,7 @@ class CompareTab:
                 self.own_on = gr.Textbox(label="adapter on (fine-tuned)", lines=3, elem_id="own-on", interactive=False)
             # shown only for a prompt that lists the run's candidate answers (A. ... B. ...)
             self.own_lp = gr.Plot(empty_figure("Answer log-probabilities for your prompt"), label="Answer log-probabilities",
-                                  elem_id="own-lp", visible=False)
+                                  elem_id="own-lp", visible=False, show_label=False)
         shared.run_choice = self.run
 
     # -- events ------------------------------------------------------------------------------------

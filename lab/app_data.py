@@ -127,10 +127,10 @@ class DataTab:
                     self.msg = gr.HTML("", elem_id="data-msg")
                 with gr.Column(scale=2):
                     self.stats_md = gr.Markdown("Load a data set to see its statistics.", elem_id="data-stats")
-                    self.rg_plot = gr.Plot(empty_figure("R<sub>g</sub> histogram"), label="Generation ratio", elem_id="rg-plot")
+                    self.rg_plot = gr.Plot(empty_figure("R<sub>g</sub> histogram"), label="Generation ratio", elem_id="rg-plot", show_label=False)
                     with gr.Row():
-                        self.len_plot = gr.Plot(empty_figure("token lengths"), label="Token lengths", elem_id="len-plot")
-                        self.label_plot = gr.Plot(empty_figure("label balance"), label="Label balance", elem_id="label-plot")
+                        self.len_plot = gr.Plot(empty_figure("token lengths"), label="Token lengths", elem_id="len-plot", show_label=False)
+                        self.label_plot = gr.Plot(empty_figure("label balance"), label="Label balance", elem_id="label-plot", show_label=False)
             gr.Markdown("### Token view\nEach token as the model sees it through its chat template, coloured by its "
                         "loss weight at the current PLW. Hover a token for its text, id, label and weight.")
             with gr.Row():

@@ -42,8 +42,8 @@ class RunsTab:
                     value="completion_loss", label="metric", elem_id="overlay-metric", scale=1,
                 )
             with gr.Row():
-                self.overlay_plot = gr.Plot(overlay_figure([]), label="Curves", elem_id="overlay-plot")
-                self.sweep_plot = gr.Plot(plw_sweep_figure([]), label="Best metrics against PLW", elem_id="sweep-plot")
+                self.overlay_plot = gr.Plot(overlay_figure([]), label="Curves", elem_id="overlay-plot", show_label=False)
+                self.sweep_plot = gr.Plot(plw_sweep_figure([]), label="Best metrics against PLW", elem_id="sweep-plot", show_label=False)
             with gr.Row():
                 self.run_pick = gr.Dropdown(choices=[], value=None, label="Run", elem_id="run-pick", scale=2)
                 self.zip_btn = gr.Button("Download adapter (.zip)", elem_id="zip-btn", scale=1)

@@ -130,11 +130,11 @@ class TrainTab:
                     self.watched = gr.HTML(watched_html(History(), None), elem_id="watched-run")
                     self.progress = gr.HTML(progress_html(History()), elem_id="progress")
                     self.advice_box = gr.HTML("", elem_id="advice")
-                    self.loss_plot = gr.Plot(loss_figure(History()), label="Loss", elem_id="loss-plot")
+                    self.loss_plot = gr.Plot(loss_figure(History()), label="Loss", elem_id="loss-plot", show_label=False)
                     with gr.Row():
-                        self.acc_plot = gr.Plot(accuracy_figure(History()), label="Accuracy", elem_id="acc-plot")
+                        self.acc_plot = gr.Plot(accuracy_figure(History()), label="Accuracy", elem_id="acc-plot", show_label=False)
                         self.dist_plot = gr.Plot(predicted_distribution_figure(History()), label="Predicted answers",
-                                                 elem_id="dist-plot")
+                                                 elem_id="dist-plot", show_label=False)
 
         shared.settings.update(self.controls)
         #: What the next run's summary line reads.

@@ -37,6 +37,15 @@ def weight_color(weight: float, is_completion: bool) -> str:
     return _rgba(COMPLETION_RGB if is_completion else PROMPT_RGB, weight_alpha(weight))
 
 
+#: Above this opacity the blue behind a prompt token is dark enough that its text turns white.
+LIGHT_TEXT_ABOVE = 0.5
+
+
+def text_color(weight: float, is_completion: bool) -> str | None:
+    """A light text colour where the background is saturated blue (high PLW); None keeps the default dark text."""
+    return "#ffffff" if not is_completion and weight_alpha(weight) > LIGHT_TEXT_ABOVE else None
+
+
 def token_weight_values(prompt_mask: Sequence[int], completion_mask: Sequence[int], plw: float) -> list[float]:
     """PLW x prompt_mask + completion_mask, token by token (the rule `lab.loss.token_weights` applies),
     with the first token at 0: nothing before it predicts it, so it is never a target."""
@@ -167,8 +176,10 @@ def token_html(
         title = f"{_describe(text)} | id {token_id} | {label} | weight {w:.4g}"
         if i == 0:
             title += " (the first token: nothing before it predicts it, so it is never a target)"
+        colour = text_color(w, is_completion)
         parts.append(
-            f'<span class="{" ".join(classes)}" style="background-color:{weight_color(w, is_completion)}" '
+            f'<span class="{" ".join(classes)}" style="background-color:{weight_color(w, is_completion)}'
+            f'{f";color:{colour}" if colour else ""}" '
             f'title="{html.escape(title, quote=True)}" data-label="{label}" data-weight="{w:.4g}">{_display(text)}</span>'
         )
         if fold and i == fold[1] - 1:

@@ -151,3 +151,24 @@ def test_only_a_prompt_that_lists_options_gets_answer_log_probabilities():
     assert offered_choices("Which label fits? (A) positive (B) negative", ["(A)", "(B)"]) == ["(A)", "(B)"]
     assert offered_choices("Write a haiku about autumn.", ["A", "B", "C", "D"]) == []
     assert offered_choices("A cat sat. Is that a sentence?", ["A", "B"]) == []  # one capital A is not a list
+
+
+def test_the_first_action_on_a_run_says_it_is_loading_the_model(app, monkeypatch):
+    compare = app.plw_tabs["compare"]
+    notes = []
+    monkeypatch.setattr(compare.ctx.models, "is_loaded", lambda path: False)
+    monkeypatch.setattr(compare.ctx.models, "get", lambda path: "the model")
+    assert compare.load("run-a", lambda fraction, desc: notes.append(desc)) == "the model"
+    assert notes == ["loading run-a's model and adapter (once per run)"]
+    monkeypatch.setattr(compare.ctx.models, "is_loaded", lambda path: True)
+    compare.load("run-a", lambda fraction, desc: notes.append(desc))
+    assert len(notes) == 1  # loaded already: no note
+
+
+def test_a_chosen_run_without_a_saved_comparison_says_so(app):
+    compare = app.plw_tabs["compare"]
+    run = app.plw_runs_dir / "stopped-early"
+    run.mkdir()
+    LabConfig().save(run / "config.yaml")
+    out = compare.on_choose({compare.run: "stopped-early"})
+    assert "no saved comparison" in out[compare.msg] and out[compare.table]["visible"] is False

@@ -100,7 +100,7 @@ def test_prompt_colours_follow_plw_while_completion_stays_full():
     assert styles[0.0][2] == "0" and styles[1.0][2] == "1"
     # at PLW 0 the prompt is transparent and greyed out; opacity grows with the weight
     assert "0.000)" in styles[0.0][0]
-    alphas = [float(re.search(r",([0-9.]+)\)$", s).group(1)) for s in prompt_styles]
+    alphas = [float(re.search(r"background-color:rgba\([^)]*,([0-9.]+)\)", s).group(1)) for s in prompt_styles]
     assert alphas == sorted(alphas) and alphas[0] == 0.0 and alphas[-1] == pytest.approx(tokens_view.MAX_ALPHA)
     assert "plw-zero" in _spans(tokens_view.token_html(enc, 0.0))[1]
 

@@ -72,6 +72,9 @@ def test_the_train_tab_says_what_the_next_run_trains_on(page):
     assert "No run yet" in text(page, "#watched-run")
     click(page, "#plw-preset-0_5")
     wait_text(page, "#next-run", "PLW 0.5")
+    open_tab(page, "Compare")
+    assert not page.locator("#compare-table").is_visible()  # no placeholder table before a comparison
+    assert not page.locator("#own-lp").is_visible()
 
 
 def test_a_run_belongs_to_its_visitor_and_shows_its_settings_and_phases(page, browser, server):
@@ -179,3 +182,65 @@ def test_a_failed_load_keeps_the_data_and_opens_the_column_mapping(page, tmp_pat
     close_toasts(page)
     open_tab(page, "Train")
     set_number(page, "cfg-data-max-length", LabConfig().data.max_length)
+
+
+def test_a_finished_run_shows_its_saved_comparison_and_free_form_prompts_get_no_answer_chart(page, server):
+    open_tab(page, "Train")
+    click(page, "#plw-preset-0")
+    set_number(page, "cfg-train-max-steps", 2)
+    set_number(page, "cfg-train-eval-interval", 1)
+    click(page, "#start")
+    page.wait_for_function("() => document.querySelector('#progress .plw-progress')?.dataset.status === 'finished'",
+                           timeout=180_000)
+    wait_plot_titles = "() => !document.querySelector('#loss-plot [data-testid=block-label]')"
+    assert page.evaluate(wait_plot_titles)  # the chart's own title names it; no panel label repeats it
+    open_tab(page, "Compare")
+    # the newest run is chosen, and its saved comparison shows without pressing Compare
+    wait_text(page, "#compare-msg", "the comparison saved when it finished")
+    assert page.locator("#compare-table").is_visible()
+    assert "adapter off" in text(page, "#compare-table") and "1\n2\n3" not in text(page, "#compare-table")
+    page.locator("#own-prompt textarea").fill("Write one sentence about autumn.")
+    click(page, "#own-btn")
+    page.wait_for_function("() => document.querySelector('#own-on textarea')?.value.length > 0", timeout=120_000)
+    assert not page.locator("#own-lp").is_visible()
+    page.locator("#own-prompt textarea").fill("Which colour is the sky?\nA. blue\nB. green")
+    click(page, "#own-btn")
+    page.wait_for_selector("#own-lp .js-plotly-plot")
+    screenshot_path = SHOTS / "12-compare-saved.png"
+    page.screenshot(path=str(screenshot_path), full_page=True)
+
+
+def test_cosmetics_a_newcomer_noticed(page):
+    open_tab(page, "Data")
+    # the 0.01 preset shows its whole label
+    preset = page.locator("#plw-preset-0_01")
+    assert preset.inner_text().strip() == "0.01"
+    assert page.evaluate("() => { const b = document.querySelector('#plw-preset-0_01'); return b.scrollWidth <= b.clientWidth + 1; }")
+    # a typed PLW of 5 becomes 1, in the box and in the views
+    set_number(page, "plw", 5)
+    page.wait_for_function("() => document.querySelector('#plw input[type=number]')?.value === '1'")
+    page.wait_for_function("() => document.querySelector('#token-view .plw-tokens')?.dataset.plw === '1'")
+    # white text on the saturated blue of PLW 1
+    style = page.locator("#token-view .plw-tok.plw-p:not(.plw-special)").nth(3).get_attribute("style")
+    assert "color:#ffffff" in style.replace(" ", "")
+    # help texts: the model's in full, the learning rate's agreeing with its default
+    open_tab(page, "Train")
+    assert "Hugging Face model id" in text(page, "#cfg-model-name")
+    assert "1e-4 to 1e-3" not in text(page, "#cfg-train-learning-rate") and "2e-3" in text(page, "#cfg-train-learning-rate")
+    # table headers never break inside a word
+    open_tab(page, "Runs")
+    click(page, "#runs-refresh")
+    page.wait_for_selector("#runs-table th")
+    broken = page.evaluate("""() => {
+        const out = [];
+        for (const th of document.querySelectorAll('#runs-table th')) {
+          const walker = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
+          for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            const re = /\S+/g; let m;
+            while ((m = re.exec(node.textContent))) {
+              const r = document.createRange(); r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
+              const tops = new Set([...r.getClientRects()].map(x => Math.round(x.top)));
+              if (tops.size > 1) out.push(m[0]);
+            } } }
+        return out; }""")
+    assert broken == [], broken

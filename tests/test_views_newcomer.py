@@ -1,4 +1,5 @@
-"""The token view tells the truth about the first token and keeps a long example's completion in view."""
+"""Views a newcomer reads: the token view tells the truth about the first token, keeps a long
+example's completion in view and keeps text readable; charts leave room for short bars and legends."""
 
 from __future__ import annotations
 
@@ -56,3 +57,27 @@ def test_one_models_losses_say_nothing_about_an_adapter():
     assert "mean completion loss <b>2.000</b>; mean prompt loss 3.000" in html
     both = tokens_view.token_loss_html(enc, losses, losses, mode="on")
     assert "adapter on <b>2.000</b>, off <b>2.000</b>" in both
+
+
+def test_text_on_saturated_blue_turns_white():
+    enc = fake_encoded(3, 2)
+    spans = re.findall(r'<span class="plw-tok[^"]*"[^>]*>', tokens_view.token_html(enc, 1.0))
+    assert "color:#ffffff" in spans[1]  # a prompt token at PLW 1: dark blue behind it
+    low = re.findall(r'<span class="plw-tok[^"]*"[^>]*>', tokens_view.token_html(enc, 0.1))
+    assert "color:#ffffff" not in low[1] and "color:#ffffff" not in spans[3]  # pale blue; orange completion
+
+
+def test_a_two_token_completion_bar_is_not_squashed_against_the_axis():
+    from lab import charts
+    from lab.stats import length_stats
+
+    stats = length_stats([fake_encoded(n, 2) for n in (40, 50, 60)])
+    low, high = charts.length_histogram(stats).layout.xaxis.range
+    assert low < 2 - 1 and high > 60  # room left of the 2-token bar and right of the longest prompt
+
+
+def test_the_predicted_answers_chart_has_no_axis_title_under_its_legend():
+    from lab import charts
+
+    fig = charts.answer_distribution_figure({"adapter on": {"A": 3, "B": 1}}, {"A": 2, "B": 2})
+    assert not fig.layout.xaxis.title.text and fig.layout.legend.orientation == "h"
