@@ -148,8 +148,8 @@ class TrainConfig:
     )
     learning_rate: float = _f(
         2e-3,
-        "Peak learning rate of AdamW. LoRA adapters take 1e-4 to 3e-3; the default 2e-3 suits short runs on "
-        "small data (the lab warns above 3e-3, where training tends to turn unstable).",
+        "Peak learning rate of AdamW: LoRA adapters take 1e-4 to 3e-3, and the default 2e-3 suits short runs "
+        "on small data. The lab warns above 3e-3, where training tends to turn unstable.",
         min=0.0,
         max=1.0,
     )

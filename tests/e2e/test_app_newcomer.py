@@ -192,8 +192,8 @@ def test_a_finished_run_shows_its_saved_comparison_and_free_form_prompts_get_no_
     click(page, "#start")
     page.wait_for_function("() => document.querySelector('#progress .plw-progress')?.dataset.status === 'finished'",
                            timeout=180_000)
-    wait_plot_titles = "() => !document.querySelector('#loss-plot [data-testid=block-label]')"
-    assert page.evaluate(wait_plot_titles)  # the chart's own title names it; no panel label repeats it
+    for plot in ("loss-plot", "acc-plot", "dist-plot"):  # the chart's own title names it; no panel label repeats it
+        assert not page.locator(f"#{plot} [data-testid=block-label]").first.is_visible()
     open_tab(page, "Compare")
     # the newest run is chosen, and its saved comparison shows without pressing Compare
     wait_text(page, "#compare-msg", "the comparison saved when it finished")
