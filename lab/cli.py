@@ -30,6 +30,32 @@ SHORTCUTS = {
 }
 
 
+SHORTCUT_FLAGS = {f"--{flag.replace('_', '-')}" for flag in SHORTCUTS}
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """`--lr -1e-3` as `--lr=-1e-3`.
+
+    argparse takes a value such as '-1e-3' for an unknown flag and stops with "expected one
+    argument"; joined, the value reaches the config, whose range check says what is allowed.
+    """
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in SHORTCUT_FLAGS and arg.startswith("-") and _is_number(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML or JSON config file (see `lab config`)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override any setting")
@@ -178,7 +204,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .data import load_examples
+    from .data import DataError, load_examples
     from .masks import encode, encode_all
     from .models import load_tokenizer
     from .packing import packing_efficiency
@@ -190,6 +216,11 @@ def cmd_inspect(args) -> int:
     plw = cfg.train.prompt_loss_weight
     colour = sys.stdout.isatty() or args.colour
     encoded, skipped = encode_all(tokenizer, examples, cfg.data.max_length, cfg.data.train_eos)
+    if not encoded:
+        raise DataError(
+            f"none of the {len(examples)} examples fits into data.max_length={cfg.data.max_length}"
+            + (f" (first: {skipped[0]})" if skipped else "") + "; raise data.max_length or shorten the completions"
+        )
     s = length_stats(encoded).summary()
     print(
         f"{len(encoded)} examples ({len(skipped)} skipped as too long): prompt tokens mean {s['prompt_tokens']['mean']:.1f}, "
@@ -238,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("config", help="print the full config (defaults plus overrides) as YAML")
     _config_args(p)
     p.set_defaults(func=cmd_config)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else list(argv)))
     from .data import DataError
     from .models import ModelError
 
