@@ -107,6 +107,8 @@ def print_event(event, stream=None) -> None:
     kind = event.kind
     if kind == "started":
         print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps", file=stream)
+        for note in event.data_report.get("notes", []):
+            print(f"{YELLOW}data: {note}{RESET}", file=stream)
         for note in event.skipped[:5]:
             print(f"{YELLOW}skipped: {note}{RESET}", file=stream)
     elif kind == "advice":
@@ -227,6 +229,8 @@ def cmd_inspect(args) -> int:
         f"completion tokens mean {s['completion_tokens']['mean']:.1f}, generation ratio Rg mean {s['rg_mean']:.4g}, "
         f"geometric mean {s['rg_geomean']:.4g}; label balance {label_counts(examples) or 'n/a'}"
     )
+    for note in examples.report.lines():
+        print(f"{YELLOW}data: {note}{RESET}")
     packing = packing_efficiency([len(e) for e in encoded], cfg.data.max_length, cfg.train.batch_size)
     print(f"packing efficiency at batch {cfg.train.batch_size}: padded {packing['padded']:.0%} real tokens, packed {packing['packed']:.0%}\n")
     for example in examples[: args.n]:

@@ -32,6 +32,8 @@ class Started(Event):
     n_val: int
     total_steps: int
     skipped: list = field(default_factory=list)
+    #: What data loading left out: exact duplicates and skipped bad records (`DataReport.to_dict`).
+    data_report: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from . import advice, evaluation
 from .collate import Collator, EncodedDataset
 from .config import LabConfig, layer_indices
-from .data import DataError, Example, load_examples, split
+from .data import DataError, Example, Examples, load_examples, split
 from .events import (
     Advice,
     CheckpointSaved,
@@ -56,6 +56,8 @@ class Prepared:
     train: list[Encoded]
     val: list[Encoded]
     skipped: list[str]
+    #: What conversion left out of the records (`DataReport.to_dict`); empty for examples built by hand.
+    data_report: dict = field(default_factory=dict)
 
 
 def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) -> Prepared:
@@ -70,7 +72,8 @@ def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) ->
         )
     if not val:
         raise DataError("no validation examples: raise data.val_size or add data")
-    return Prepared(train, val, skipped + skipped_val)
+    report = examples.report.to_dict() if isinstance(examples, Examples) else {}
+    return Prepared(train, val, skipped + skipped_val, report)
 
 
 class PLWTrainer(Trainer):
@@ -368,7 +371,7 @@ def train(
         run.model = model = attach_lora(base, cfg.lora)
         args = training_arguments(cfg, run_dir, device, base.dtype)
         steps = total_steps(cfg, len(data.train), args.world_size)
-        run.emit(Started(run_dir=str(run_dir), config=cfg.to_dict(), n_train=len(data.train), n_val=len(data.val), total_steps=steps, skipped=data.skipped))
+        run.emit(Started(run_dir=str(run_dir), config=cfg.to_dict(), n_train=len(data.train), n_val=len(data.val), total_steps=steps, skipped=data.skipped, data_report=data.data_report))
         for note in advice.before_training(cfg, len(data.train), steps):
             run.emit(Advice(message=note))
         ref: dict = {}
