@@ -20,33 +20,6 @@ from .text_views import generations_html, metrics_comparison_rows, show_generati
 from .tokens_view import token_loss_html
 
 
-def choice_logprobs(model, tokenizer, prompt: str, choices) -> dict[str, float]:
-    """Log-probability of each candidate answer's first token right after `prompt` (a rendered prompt)."""
-    import torch
-
-    from .evaluation import device_of, eval_mode
-    from .forward import final_hidden, output_layer
-
-    if not choices:
-        return {}
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    choice_ids = []
-    for choice in choices:
-        full = tokenizer(prompt + choice, add_special_tokens=False)["input_ids"]
-        if full[: len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
-            choice_ids.append(full[len(prompt_ids)])
-        else:
-            choice_ids.append(tokenizer(choice, add_special_tokens=False)["input_ids"][0])
-    device = device_of(model)
-    ids = torch.tensor([prompt_ids], device=device)
-    weight, bias = output_layer(model)
-    with eval_mode(model):
-        hidden = final_hidden(model, ids, torch.ones_like(ids))
-        logits = torch.nn.functional.linear(hidden[0, -1], weight, bias).float()
-        logprobs = torch.log_softmax(logits, -1)
-    return {c: float(logprobs[i]) for c, i in zip(choices, choice_ids)}
-
-
 def user_prompt(tokenizer, text: str, system_prompt: str = "") -> str:
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": text}]
     return render(tokenizer, messages, add_generation_prompt=True)
@@ -152,7 +125,8 @@ class CompareTab:
                     progress_(0.5, desc="evaluating with the adapter on and off")
                     e = loaded.config.eval
                     loaded.comparison = evaluation.compare(loaded.model, loaded.tokenizer, val, probe, e.generations,
-                                                           e.max_new_tokens, e.batch_size, loaded.config.train.chunk_size)
+                                                           e.max_new_tokens, e.batch_size, loaded.config.train.chunk_size,
+                                                           answer_tokens=e.answer_tokens)
                 rows, dist, gens = comparison_outputs(loaded)
                 n_val = len(loaded.val) if loaded.val is not None else len(loaded.comparison["on"]["metrics"].get("examples", []))
         except Exception as exc:
@@ -168,7 +142,7 @@ class CompareTab:
             if not run_name:
                 raise ValueError("choose a run and press Compare first")
             loaded = self.ctx.models.get(self.ctx.runs_path / run_name)
-            from .evaluation import adapter, generate
+            from .evaluation import adapter, choice_logprobs, generate
 
             with loaded.lock:
                 val = loaded.validation()
@@ -203,7 +177,7 @@ class CompareTab:
             if not (text or "").strip():
                 raise ValueError("type a prompt first")
             loaded = self.ctx.models.get(self.ctx.runs_path / run_name)
-            from .evaluation import adapter, generate_texts
+            from .evaluation import adapter, choice_logprobs, generate_texts
 
             prompt = user_prompt(loaded.tokenizer, text, loaded.config.data.system_prompt)
             choices = ()

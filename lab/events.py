@@ -32,6 +32,8 @@ class Started(Event):
     n_val: int
     total_steps: int
     skipped: list = field(default_factory=list)
+    #: The metric that picks the kept adapter, with `train.early_stopping_metric: auto` resolved for the data.
+    early_stopping_metric: str = ""
 
 
 @dataclass
