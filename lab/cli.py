@@ -16,7 +16,7 @@ import json
 import sys
 
 from .config import ConfigError, LabConfig, parse_overrides
-from .metrics import RANKED, format_value
+from .metrics import RANKED, metric
 
 # Shortcut flags for the settings changed most often; everything else goes through --set.
 SHORTCUTS = {
@@ -80,7 +80,8 @@ def print_event(event, stream=None) -> None:
     stream = stream or sys.stdout
     kind = event.kind
     if kind == "started":
-        print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps", file=stream)
+        stopping = f", best adapter by {event.early_stopping_metric}" if getattr(event, "early_stopping_metric", "") else ""
+        print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps{stopping}", file=stream)
         for note in event.skipped[:5]:
             print(f"{YELLOW}skipped: {note}{RESET}", file=stream)
     elif kind == "advice":
@@ -93,7 +94,7 @@ def print_event(event, stream=None) -> None:
         )
     elif kind == "eval":
         m = event.metrics
-        shown = [f"{name} {format_value(name, m[name])}" for name in (*RANKED, "majority_baseline") if m.get(name) is not None]
+        shown = [f"{name} {metric(name).format_with_interval(m)}" for name in (*RANKED, "unparseable", "majority_baseline", "chance") if m.get(name) is not None]
         if m.get("predicted"):
             shown.append(f"predicted {m['predicted']}")
         print(f"{BOLD}eval step {event.step:>4}{RESET}  " + "  ".join(shown) + ("  *best*" if event.is_best else ""), file=stream)
@@ -106,15 +107,24 @@ def print_event(event, stream=None) -> None:
 def print_comparison(comparison: dict, stream=None) -> None:
     stream = stream or sys.stdout
     on, off = comparison["on"], comparison["off"]
-    print(f"{'':28}{'adapter off':>14}{'adapter on':>14}", file=stream)
-    for key in (*RANKED, "majority_baseline"):
+    print(f"{'':28}{'adapter off':>22}{'adapter on':>22}", file=stream)
+    for key in (*RANKED, "unparseable", "majority_baseline", "chance"):
         a, b = off["metrics"].get(key), on["metrics"].get(key)
-        if a is not None:
-            print(f"{key:28}{format_value(key, a):>14}{format_value(key, b):>14}", file=stream)
+        if a is not None or b is not None:
+            m = metric(key)
+            print(f"{key:28}{m.format_with_interval(off['metrics']):>22}{m.format_with_interval(on['metrics']):>22}", file=stream)
     if off.get("probe_perplexity") is not None:
-        print(f"{'forgetting probe perplexity':28}{off['probe_perplexity']:>14.2f}{on['probe_perplexity']:>14.2f}", file=stream)
+        print(f"{'forgetting probe perplexity':28}{off['probe_perplexity']:>22.2f}{on['probe_perplexity']:>22.2f}", file=stream)
     if "predicted" in off["metrics"]:
-        print(f"{'predicted answers':28}{json.dumps(off['metrics']['predicted']):>14} {json.dumps(on['metrics']['predicted'])}", file=stream)
+        print(f"{'predicted answers':28}{json.dumps(off['metrics']['predicted']):>22} {json.dumps(on['metrics']['predicted'])}", file=stream)
+    for key, test in (comparison.get("paired") or {}).items():
+        print(
+            f"{BOLD}{key}, adapter off vs on{RESET} (exact McNemar on the same {test['n']} examples): right only off "
+            f"{test['first_only']}, right only on {test['second_only']}, p = {test['p_value']:.3g}: {test['verdict']}",
+            file=stream,
+        )
+    if comparison.get("format_vs_task"):
+        print(comparison["format_vs_task"]["text"], file=stream)
     for i, example in enumerate(comparison.get("examples", [])):
         print(f"\n{BOLD}example {i}{RESET} (reference: {example['reference']!r})", file=stream)
         print(f"  off: {off['generations'][i]!r}\n  on:  {on['generations'][i]!r}", file=stream)
