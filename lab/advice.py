@@ -25,6 +25,13 @@ def before_training(cfg: LabConfig, n_train: int, total_steps: int) -> list[str]
         )
     if t.max_steps > 0 and t.epochs != 1.0:
         notes.append(f"train.epochs={t.epochs:g} is ignored because train.max_steps={t.max_steps} is set; set max_steps to 0 to train by epochs.")
+    if t.learning_rate == 0:
+        notes.append("train.learning_rate is 0: the adapter never changes, so the run only measures the base model. Set a learning rate such as 2e-4.")
+    if t.max_steps == 0 and t.epochs == 0:
+        notes.append(
+            f"train.epochs and train.max_steps are both 0: the run takes the minimum of {total_steps} optimiser step(s). "
+            "Set train.epochs (e.g. 1) or train.max_steps."
+        )
     if t.learning_rate > 3e-3:
         notes.append(f"learning rate {t.learning_rate:g} is far above LoRA norms (1e-4 to 1e-3): expect instability or collapse.")
     if cfg.lora.r > 64 and n_train < 1000:

@@ -33,6 +33,7 @@ from .events import (
     Failed,
     Finished,
     JsonlLog,
+    Phase,
     Started,
     Step,
     Stopped,
@@ -238,7 +239,7 @@ class RunContext:
         has_answers = bool(self.data) and any(e.n_answer for e in self.data.val)
         return stopping_metric(self.cfg.train.early_stopping_metric, has_answers)
 
-    def evaluate(self, step: int, epoch: float, generate: bool = False) -> bool:
+    def evaluate(self, step: int, epoch: float, generate: bool = False, phase: str = "evaluating") -> bool:
         """Evaluate, emit the event, keep the adapter if it is the best; return whether it improved.
 
         `generate` adds the generated-answer accuracy (greedy decoding: the expensive part), which
@@ -246,6 +247,7 @@ class RunContext:
         (to add generated answers after an early stop) replaces the earlier one.
         """
         t = self.cfg.train
+        self.emit(Phase(name=phase, step=step))
         started = time.perf_counter()
         # Per-example answers are kept so the final comparison can reuse them (step 0 is the base model).
         metrics = evaluation.evaluate(self.model, self.data.val, self.tokenizer.pad_token_id, self.cfg.eval.batch_size, t.chunk_size, details=True, prefix=self.prefix)
@@ -390,6 +392,7 @@ def train(
         bus.subscribe(callback)
     step = 0
     try:
+        run.emit(Phase(name="loading"))
         device = pick_device(cfg.model.device)
         run.tokenizer = tokenizer = load_tokenizer(cfg.model)
         run.data = data = prepare(cfg, tokenizer, examples)
@@ -423,12 +426,13 @@ def train(
             run.save_adapter("last_adapter", step)
         final = run.evals[-1].metrics if run.evals else {}
         if run.last_eval_step != step or (final.get("answer_accuracy") is not None and final.get("answer_accuracy_generated") is None):
-            run.evaluate(step, float(trainer.state.epoch or 0.0), generate=True)
+            run.evaluate(step, float(trainer.state.epoch or 0.0), generate=True, phase="final evaluation")
         if run.kept_step(step) != step:
             load_adapter_state(model, run.best_state)
         run.save_adapter("adapter", step)
         comparison = None
         if compare and not run.stop.is_set():
+            run.emit(Phase(name="comparing", step=step))
             comparison = compare_adapter(run)
         stopped = run.stop.is_set() or bool(run.stop_reason)
         status = "stopped" if stopped else "finished"
