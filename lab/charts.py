@@ -162,6 +162,28 @@ def _best_marker(fig: go.Figure, history: History, name: str) -> None:
     )
 
 
+def _metric_trace(history: History, name: str, mode: str = "lines+markers", dash: str = "solid", width: float = 2,
+                  marker: dict | None = None, **extra) -> go.Scatter | None:
+    """One validation metric's curve in its registry colour and format, with its 95% error bars if it has an interval."""
+    xs, ys = history.metric_series(name)
+    if not xs:
+        return None
+    m = METRICS[name]
+    share = m.unit == "share"
+    return go.Scatter(
+        x=xs,
+        y=ys,
+        mode=mode,
+        name=m.label,
+        line={"color": m.colour, "width": width, "dash": dash},
+        marker=marker or {"size": 6},
+        error_y=_error_bars(history, name, xs, ys),
+        text=_interval_text(history, name, xs),
+        hovertemplate=f"step %{{x}}<br>{m.label} %{{y:{'.1%' if share else '.4f'}}}<br>%{{text}}<extra></extra>",
+        **extra,
+    )
+
+
 def loss_figure(history: History, height: int = 340) -> go.Figure:
     """Train loss per step and validation prompt, completion and full-sequence loss, with best marks."""
     if not history.steps and not history.evals:
@@ -179,21 +201,10 @@ def loss_figure(history: History, height: int = 340) -> go.Figure:
             )
         )
     for name in ("prompt_loss", "completion_loss", "answer_loss", "format_loss", "full_loss"):
-        xs, ys = history.metric_series(name)
-        if not xs:
+        trace = _metric_trace(history, name, dash={"full_loss": "dot", "format_loss": "dash"}.get(name, "solid"), legendgroup=name)
+        if trace is None:
             continue
-        fig.add_trace(
-            go.Scatter(
-                x=xs,
-                y=ys,
-                mode="lines+markers",
-                name=METRIC_LABELS[name],
-                legendgroup=name,
-                line={"color": METRIC_COLORS[name], "width": 2, "dash": {"full_loss": "dot", "format_loss": "dash"}.get(name, "solid")},
-                marker={"size": 6},
-                hovertemplate=f"step %{{x}}<br>{METRIC_LABELS[name]} %{{y:.4f}}<extra></extra>",
-            )
-        )
+        fig.add_trace(trace)
         _best_marker(fig, history, name)
     fig.update_layout(
         template=PLOT_TEMPLATE,
@@ -258,38 +269,17 @@ def accuracy_figure(history: History, height: int = 340) -> go.Figure:
         return empty_figure(message, height)
     fig = go.Figure()
     for name in ACCURACY_CURVES:
-        cx, cy = history.metric_series(name)
-        if not cx:
-            continue
-        label = METRIC_LABELS[name]
         sparse = name == "answer_accuracy_generated"  # measured at the first and last evaluation only
-        fig.add_trace(
-            go.Scatter(
-                x=cx,
-                y=cy,
-                mode="markers" if sparse else "lines+markers",
-                name=label,
-                line={"color": METRIC_COLORS[name], "width": 2 if name == "answer_accuracy" else 1.5,
-                      "dash": "dot" if name in ("candidate_mass", "auc") else "solid"},
-                marker={"size": 10 if sparse else 6, "symbol": "diamond" if sparse else "circle"},
-                error_y=_error_bars(history, name, cx, cy),
-                text=_interval_text(history, name, cx),
-                hovertemplate=f"step %{{x}}<br>{label} %{{y:.1%}}<br>%{{text}}<extra></extra>",
-            )
+        trace = _metric_trace(
+            history, name, mode="markers" if sparse else "lines+markers", dash="dot" if name in ("candidate_mass", "auc") else "solid",
+            width=2 if name == "answer_accuracy" else 1.5, marker={"size": 10 if sparse else 6, "symbol": "diamond" if sparse else "circle"},
         )
+        if trace is not None:
+            fig.add_trace(trace)
     for name, dash in (("majority_baseline", "dash"), ("chance", "dot")):
-        bx, by = history.metric_series(name)
-        if bx:
-            fig.add_trace(
-                go.Scatter(
-                    x=bx,
-                    y=by,
-                    mode="lines",
-                    name=METRIC_LABELS[name],
-                    line={"color": METRIC_COLORS[name], "dash": dash, "width": 2},
-                    hovertemplate=f"{METRIC_LABELS[name]} %{{y:.1%}}<extra></extra>",
-                )
-            )
+        trace = _metric_trace(history, name, mode="lines", dash=dash)
+        if trace is not None:
+            fig.add_trace(trace)
     _best_marker(fig, history, "answer_accuracy")
     fig.update_layout(
         template=PLOT_TEMPLATE,
