@@ -18,7 +18,7 @@ import sys
 import time
 
 from .config import ConfigError, LabConfig, parse_overrides
-from .metrics import RANKED, format_value
+from .metrics import RANKED, metric
 from .metrics import label as metric_label
 
 # Shortcut flags for the settings changed most often; everything else goes through --set.
@@ -121,7 +121,8 @@ def print_event(event, stream=None) -> None:
     stream = stream or sys.stdout
     kind = event.kind
     if kind == "started":
-        print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps", file=stream)
+        stopping = f", best adapter by {event.early_stopping_metric}" if getattr(event, "early_stopping_metric", "") else ""
+        print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps{stopping}", file=stream)
         for note in event.data_report.get("notes", []):
             print(f"{YELLOW}data: {note}{RESET}", file=stream)
         for note in event.skipped[:5]:
@@ -136,7 +137,7 @@ def print_event(event, stream=None) -> None:
         )
     elif kind == "eval":
         m = event.metrics
-        shown = [f"{name} {format_value(name, m[name])}" for name in (*RANKED, "majority_baseline") if m.get(name) is not None]
+        shown = [f"{name} {metric(name).format_with_interval(m)}" for name in (*RANKED, "unparseable", "majority_baseline", "chance") if m.get(name) is not None]
         if m.get("predicted"):
             shown.append(f"predicted {m['predicted']}")
         print(f"{BOLD}eval step {event.step:>4}{RESET}  " + "  ".join(shown) + ("  *best*" if event.is_best else ""), file=stream)
@@ -201,15 +202,24 @@ class ProgressBar:
 def print_comparison(comparison: dict, stream=None) -> None:
     stream = stream or sys.stdout
     on, off = comparison["on"], comparison["off"]
-    print(f"{'':28}{'adapter off':>14}{'adapter on':>14}", file=stream)
-    for key in (*RANKED, "majority_baseline"):
+    print(f"{'':28}{'adapter off':>22}{'adapter on':>22}", file=stream)
+    for key in (*RANKED, "unparseable", "majority_baseline", "chance"):
         a, b = off["metrics"].get(key), on["metrics"].get(key)
-        if a is not None:
-            print(f"{key:28}{format_value(key, a):>14}{format_value(key, b):>14}", file=stream)
+        if a is not None or b is not None:
+            m = metric(key)
+            print(f"{key:28}{m.format_with_interval(off['metrics']):>22}{m.format_with_interval(on['metrics']):>22}", file=stream)
     if off.get("probe_perplexity") is not None:
-        print(f"{'forgetting probe perplexity':28}{off['probe_perplexity']:>14.2f}{on['probe_perplexity']:>14.2f}", file=stream)
+        print(f"{'forgetting probe perplexity':28}{off['probe_perplexity']:>22.2f}{on['probe_perplexity']:>22.2f}", file=stream)
     if "predicted" in off["metrics"]:
-        print(f"{'predicted answers':28}{json.dumps(off['metrics']['predicted']):>14} {json.dumps(on['metrics']['predicted'])}", file=stream)
+        print(f"{'predicted answers':28}{json.dumps(off['metrics']['predicted']):>22} {json.dumps(on['metrics']['predicted'])}", file=stream)
+    for key, test in (comparison.get("paired") or {}).items():
+        print(
+            f"{BOLD}{key}, adapter off vs on{RESET} (exact McNemar on the same {test['n']} examples): right only off "
+            f"{test['first_only']}, right only on {test['second_only']}, p = {test['p_value']:.3g}: {test['verdict']}",
+            file=stream,
+        )
+    if comparison.get("format_vs_task"):
+        print(comparison["format_vs_task"]["text"], file=stream)
     for i, example in enumerate(comparison.get("examples", [])):
         print(f"\n{BOLD}example {i}{RESET} (reference: {example['reference']!r})", file=stream)
         print(f"  off: {off['generations'][i]!r}\n  on:  {on['generations'][i]!r}", file=stream)
@@ -268,9 +278,10 @@ def cmd_eval(args) -> int:
 
 
 def metrics_table(off: dict, on: dict) -> str:
-    """Validation metrics with the adapter off and on, one row a metric, in the registry's labels and formats."""
-    rows = [(metric_label(name), format_value(name, off[name]), format_value(name, on.get(name)))
-            for name in (*RANKED, "majority_baseline") if off.get(name) is not None]
+    """Validation metrics with the adapter off and on, one row a metric, in the registry's labels and formats
+    (accuracies with their 95% interval)."""
+    rows = [(metric_label(name), metric(name).format_with_interval(off), metric(name).format_with_interval(on))
+            for name in (*RANKED, "unparseable", "majority_baseline", "chance") if off.get(name) is not None]
     for key in ("predicted", "answers"):
         if off.get(key):
             rows.append((key.replace("_", " "), json.dumps(off[key]), json.dumps(on.get(key))))
