@@ -78,8 +78,9 @@ def test_bad_config_files_exit_2_naming_the_file(tmp_path, capsys, text, fragmen
 
 def test_unquoted_exponent_and_whole_floats_in_yaml_are_numbers(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("train:\n  learning_rate: 1e-3\n  batch_size: 4.0\n")
+    path.write_text("train:\n  learning_rate: 1e-3\n  batch_size: 4.0\n  max_steps: 1e2\n")
     cfg = LabConfig.load(path)
+    assert cfg.train.max_steps == 100
     assert cfg.train.learning_rate == 0.001 and isinstance(cfg.train.learning_rate, float)
     assert cfg.train.batch_size == 4 and isinstance(cfg.train.batch_size, int)
 
