@@ -258,7 +258,7 @@ def _filled(record: dict) -> set:
 def detect_format(records: list[dict]) -> str:
     """The format whose fields most of the first records have (ties: chat, multiple choice, prompt/completion)."""
     sample = records[:DETECT_SAMPLE]
-    if all(isinstance(r, Unreadable) for r in sample):
+    if sample and all(isinstance(r, Unreadable) for r in sample):
         raise DataError(f"none of the first {len(sample)} record(s) could be read; record 0: {sample[0].reason}")
     order = ("chat", "multiple_choice", "prompt_completion", "classification")
     fits = {fmt: sum(set(_REQUIRED[fmt]) <= _filled(r) for r in sample) for fmt in order}
@@ -321,6 +321,8 @@ def _check_record(record: dict, fmt: str) -> None:
 def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None = None) -> Examples:
     """Convert records into examples; a bad record raises a `DataError` naming it, or is skipped
     and reported under `data.on_error: skip`. Exact duplicates are left out and reported."""
+    if not records:
+        raise DataError("no records to convert")
     fmt = cfg.format if cfg.format != "auto" else detect_format(records)
     report = DataReport(records=len(records))
     problems = {}
