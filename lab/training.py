@@ -402,7 +402,7 @@ def train(
         args = training_arguments(cfg, run_dir, device, base.dtype)
         steps = total_steps(cfg, len(data.train), args.world_size)
         run.emit(Started(run_dir=str(run_dir), config=cfg.to_dict(), n_train=len(data.train), n_val=len(data.val), total_steps=steps, skipped=data.skipped, early_stopping_metric=run.stopping_metric))
-        for note in advice.before_training(cfg, len(data.train), steps):
+        for note in advice.before_training(cfg, len(data.train), steps, has_answers=any(e.n_answer for e in data.val)):
             run.emit(Advice(message=note))
         ref: dict = {}
         callback = EventCallback(ref, run)
