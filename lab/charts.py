@@ -113,7 +113,8 @@ def length_histogram(stats: LengthStats, height: int = 320) -> go.Figure:
     return fig
 
 
-def label_balance_figure(counts: dict[str, int], height: int = 320) -> go.Figure:
+def label_balance_figure(counts: dict[str, int], height: int = 320, after: dict[str, int] | None = None, after_label: str = "after balancing") -> go.Figure:
+    """The right answers' counts; with `after`, the counts a balancing setting leaves beside them."""
     if not counts:
         return empty_figure("Free-form completions: no answer labels to balance", height)
     total = sum(counts.values())
@@ -125,17 +126,26 @@ def label_balance_figure(counts: dict[str, int], height: int = 320) -> go.Figure
             text=[f"{counts[k] / total:.0%}" for k in names],
             textposition="outside",
             marker_color="rgba(22,163,74,0.75)",
-            name="answers",
+            name="answers" if after is None else "before",
         )
     )
-    majority = max(counts.values()) / total
+    title = f"Label balance (majority class {max(counts.values()) / total:.0%})"
+    top = max(counts.values())
+    if after is not None:
+        after_total = sum(after.values()) or 1
+        fig.add_bar(x=names, y=[after.get(k, 0) for k in names], name=after_label, textposition="outside",
+                    text=[f"{after.get(k, 0) / after_total:.0%}" for k in names], marker_color="rgba(37,99,235,0.7)")
+        title += f"; {after_label}: majority {max(after.values()) / after_total:.0%}"
+        top = max(top, max(after.values()))
     fig.update_layout(
         template=PLOT_TEMPLATE,
         height=height,
-        title={"text": f"Label balance (majority class {majority:.0%})", "font": {"size": 14}},
+        barmode="group",
+        title={"text": title, "font": {"size": 14}},
         xaxis={"title": "right answer", "type": "category"},
-        yaxis={"title": "examples", "range": [0, max(counts.values()) * 1.18]},
+        yaxis={"title": "examples", "range": [0, top * 1.18]},
         margin={"l": 50, "r": 20, "t": 40, "b": 40},
+        legend={"orientation": "h", "y": -0.25},
     )
     return fig
 

@@ -70,6 +70,50 @@ def _answer_prefix(e: Encoded) -> Encoded:
     return dataclasses.replace(e, input_ids=e.input_ids[:end], prompt_mask=e.prompt_mask[:end], completion_mask=e.completion_mask[:end])
 
 
+class _PerSource:
+    """Loss and answer sums per data source (`Example.meta["source"]`, set when data is mixed)."""
+
+    COLUMNS = ("prompt_ce", "prompt_n", "completion_ce", "completion_n", "right", "scored")
+
+    def __init__(self, encoded: list[Encoded], device) -> None:
+        tags = [(e.example.meta or {}).get("source") for e in encoded]
+        self.names = sorted({t for t in tags if t})
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.counts = {name: tags.count(name) for name in self.names}
+        self.sums = torch.zeros(len(self.names), len(self.COLUMNS), dtype=torch.float64, device=device)
+
+    def row(self, e: Encoded) -> torch.Tensor | None:
+        i = self.index.get((e.example.meta or {}).get("source"))
+        return None if i is None else self.sums[i]
+
+    def add_losses(self, batch: list[Encoded], ce: torch.Tensor, prompt: torch.Tensor, completion: torch.Tensor) -> None:
+        if not self.names:
+            return
+        per_row = torch.stack([(ce * prompt).sum(1), prompt.sum(1), (ce * completion).sum(1), completion.sum(1)], 1)
+        for r, e in enumerate(batch):
+            target = self.row(e)
+            if target is not None:
+                target[:4] += per_row[r].to(target.dtype)
+
+    def add_answer(self, e: Encoded, right: bool) -> None:
+        target = self.row(e)
+        if target is not None:
+            target[4] += right
+            target[5] += 1
+
+    def metrics(self, losses: bool) -> dict:
+        out = {}
+        for name, (p_ce, p_n, c_ce, c_n, right, scored) in zip(self.names, _all_reduce(self.sums).tolist()):
+            entry = {"n_examples": self.counts[name]}
+            if losses:
+                entry |= {"prompt_loss": p_ce / p_n if p_n else float("nan"),
+                          "completion_loss": c_ce / c_n if c_n else float("nan")}
+            if scored:
+                entry["answer_accuracy"] = right / scored
+            out[name] = entry
+        return out
+
+
 def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, chunk_size: int = 1024, details: bool = False, prefix=None, losses: bool = True) -> dict:
     """Validation metrics over `encoded`; with `details`, also each example's answer scores.
 
@@ -87,6 +131,7 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
     sums = torch.zeros(6 + 2 * k, dtype=torch.float64, device=device)
     per_example = []
     items = encoded if losses else [_answer_prefix(e) for e in encoded]
+    per_source = _PerSource(encoded, device)
     mine = _shard(items)
     rank = {id(e.example): i for i, e in enumerate(mine)}  # details come back in the caller's order
     with eval_mode(model):
@@ -104,12 +149,17 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
                 sums[2] += ce[completion].sum()
                 sums[3] += completion.sum()
                 sums[4] += hit[completion].sum()
+                per_source.add_losses(batch, ce, prompt, completion)
             for row, e in enumerate(batch):
-                if e.answer_position is None or tuple(e.example.choices) != tuple(choices):
+                if e.answer_position is None:
                     continue
                 logits = torch.nn.functional.linear(hidden[row, e.answer_position - 1], weight, bias).float()
                 logprobs = torch.log_softmax(logits, -1)[e.choice_ids]
                 predicted = int(logprobs.argmax())
+                # Each source scores its own answers; the set-wide counts need one set of candidates.
+                per_source.add_answer(e, predicted == e.example.answer_index)
+                if tuple(e.example.choices) != tuple(choices):
+                    continue
                 sums[5] += predicted == e.example.answer_index
                 sums[6 + predicted] += 1
                 sums[6 + k + e.example.answer_index] += 1
@@ -146,6 +196,8 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
                 "majority_baseline": max(truth) / scored if scored else float("nan"),
             }
         )
+    if per_source.names:
+        metrics["per_source"] = per_source.metrics(losses)
     if details:
         metrics["examples"] = [item for _, item in sorted(per_example, key=lambda pair: pair[0])]
     return metrics

@@ -9,6 +9,7 @@ folder keeps the config, the events and the last adapter.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -24,7 +25,8 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from . import advice, evaluation
 from .collate import Collator, EncodedDataset
 from .config import LabConfig, layer_indices
-from .data import DataError, Example, load_examples, split
+from .data import DataError, Example
+from .mixing import training_split
 from .events import (
     Advice,
     CheckpointSaved,
@@ -38,9 +40,18 @@ from .events import (
     Stopped,
 )
 from .forward import final_hidden, logits_at, output_layer, supports_hidden_loss
-from .loss import normalizer, shift_for_targets, token_weights, weighted_ce, weighted_ce_from_logits
+from .loss import (
+    lora_update_sq_norm,
+    normalizer,
+    shift_for_targets,
+    token_weights,
+    weighted_ce,
+    weighted_ce_from_logits,
+    weighted_kl,
+    weighted_kl_from_logits,
+)
 from .masks import Encoded, encode_all
-from .models import attach_lora, load_model, load_tokenizer, num_layers, pick_device
+from .models import attach_lora, load_model, load_tokenizer, lora_factors, num_layers, pick_device
 from .prefix import FrozenPrefix
 from .packing import PackingCollator, attention_kind, model_kwargs, num_tokens
 from .metrics import best_of, metric
@@ -60,8 +71,7 @@ class Prepared:
 
 def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) -> Prepared:
     """Read, split and encode the data; raise a `DataError` when nothing trainable is left."""
-    examples = load_examples(cfg.data) if examples is None else examples
-    train_ex, val_ex = split(examples, cfg.data.val_size, cfg.train.seed, cfg.data.val_max)
+    train_ex, val_ex = training_split(cfg, examples)
     train, skipped = encode_all(tokenizer, train_ex, cfg.data.max_length, cfg.data.train_eos)
     val, skipped_val = encode_all(tokenizer, val_ex, cfg.data.max_length, cfg.data.train_eos)
     if not train:
@@ -95,7 +105,8 @@ class PLWTrainer(Trainer):
         )
 
     def _weights(self, batch) -> torch.Tensor:
-        weights = token_weights(batch["prompt_mask"], batch["completion_mask"], self.lab.train.prompt_loss_weight)
+        t = self.lab.train
+        weights = token_weights(batch["prompt_mask"], batch["completion_mask"], t.prompt_loss_weight, t.completion_loss_weight, batch.get("data_weight"))
         return shift_for_targets(weights)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -114,6 +125,7 @@ class PLWTrainer(Trainer):
         return batches, total
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        t = self.lab.train
         weights = self._weights(inputs)
         targets = inputs["input_ids"][:, 1:]
         kwargs = model_kwargs(inputs)  # attention mask, and position ids when packed
@@ -122,16 +134,29 @@ class PLWTrainer(Trainer):
             prefix = self.prefix if "position_ids" not in kwargs else None
             hidden = final_hidden(model, inputs["input_ids"], prefix=prefix, **kwargs)
             head_weight, head_bias = output_layer(model)
-            loss_sum = weighted_ce(hidden[:, :-1], head_weight, targets, weights, self.lab.train.chunk_size, head_bias)
+            loss_sum = weighted_ce(hidden[:, :-1], head_weight, targets, weights, t.chunk_size, head_bias)
+            if t.kl_weight > 0:
+                with torch.no_grad(), _adapter_off(model) as base:
+                    base_hidden = final_hidden(base, inputs["input_ids"], prefix=prefix, **kwargs)
+                kl_sum = weighted_kl(hidden[:, :-1], base_hidden[:, :-1], head_weight, weights, t.chunk_size, head_bias)
+                loss_sum = loss_sum + t.kl_weight * kl_sum
         else:
             keep = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
             keep[:, :-1] = weights > 0
             logits = logits_at(model, inputs["input_ids"], keep=keep, **kwargs)
-            loss_sum = weighted_ce_from_logits(logits, targets[keep[:, :-1]], weights[keep[:, :-1]])
+            kept_weights = weights[keep[:, :-1]]
+            loss_sum = weighted_ce_from_logits(logits, targets[keep[:, :-1]], kept_weights)
+            if t.kl_weight > 0:
+                with torch.no_grad(), _adapter_off(model) as base:
+                    base_logits = logits_at(base, inputs["input_ids"], keep=keep, **kwargs)
+                loss_sum = loss_sum + t.kl_weight * weighted_kl_from_logits(logits, base_logits, kept_weights)
         if num_items_in_batch is None:  # evaluation-style call outside the training loop
-            num_items_in_batch = normalizer(weights, self.lab.train.loss_normalization)
+            num_items_in_batch = normalizer(weights, t.loss_normalization)
         # DDP averages gradients over processes; the normaliser already spans them, so undo the average.
         loss = loss_sum / num_items_in_batch.clamp_min(1e-8) * self.accelerator.num_processes
+        if t.l2_to_base > 0:
+            # Once per optimiser step: each micro-batch adds its share, and every process the same term.
+            loss = loss + t.l2_to_base * lora_update_sq_norm(lora_factors(model)) / self.args.gradient_accumulation_steps
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the loss became {loss.item()} at step {self.state.global_step + 1}; lower train.learning_rate "
@@ -139,6 +164,15 @@ class PLWTrainer(Trainer):
             )
         self.tokens_seen += num_tokens(inputs)
         return (loss, None) if return_outputs else loss
+
+
+@contextlib.contextmanager
+def _adapter_off(model):
+    """The PEFT model inside `model` (DDP unwrapped) with its adapter disabled: the base model, no copy."""
+    while hasattr(model, "module"):
+        model = model.module
+    with evaluation.adapter(model, False) as base:
+        yield base
 
 
 class EventCallback(TrainerCallback):
