@@ -277,6 +277,12 @@ class EvalConfig:
         "(at the first and last evaluation and in the on/off comparison); an answer that names no candidate is wrong.",
         min=1,
     )
+    kl_to_base: bool = _f(
+        True,
+        "Report kl_to_base at every evaluation: the mean KL(p_adapted || p_base) per validation token, a forgetting "
+        "measure that needs no probe texts. The base model's states are computed once; each evaluation then runs "
+        "the output layer twice per position instead of once.",
+    )
 
 
 @dataclass

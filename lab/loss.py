@@ -229,22 +229,30 @@ def weighted_kl(
 
 
 @torch.no_grad()
-def token_kl(
+def token_ce_kl(
     hidden: torch.Tensor,
     base_hidden: torch.Tensor,
     head_weight: torch.Tensor,
+    targets: torch.Tensor,
     chunk_size: int = 1024,
     head_bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-position KL(p || p_base) (...), chunked; for evaluation."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`token_ce` plus the per-position KL(p || p_base), from one set of adapted logits per chunk; for evaluation."""
     flat_h = hidden.reshape(-1, hidden.shape[-1])
     flat_g = base_hidden.reshape(-1, base_hidden.shape[-1])
-    out = torch.empty(flat_h.shape[0], dtype=torch.float32, device=hidden.device)
+    flat_y = targets.reshape(-1)
+    ce = torch.empty(flat_y.shape, dtype=torch.float32, device=hidden.device)
+    hit = torch.empty(flat_y.shape, dtype=torch.bool, device=hidden.device)
+    kl = torch.empty(flat_y.shape, dtype=torch.float32, device=hidden.device)
     for start in range(0, flat_h.shape[0], chunk_size):
-        log_p = torch.log_softmax(F.linear(flat_h[start : start + chunk_size], head_weight, head_bias).float(), -1)
+        logits = F.linear(flat_h[start : start + chunk_size], head_weight, head_bias).float()
+        y = flat_y[start : start + chunk_size]
+        log_p = torch.log_softmax(logits, -1)
+        ce[start : start + chunk_size] = -log_p.gather(1, y.clamp_min(0)[:, None]).squeeze(1)
+        hit[start : start + chunk_size] = logits.argmax(-1) == y
         log_base = torch.log_softmax(F.linear(flat_g[start : start + chunk_size], head_weight, head_bias).float(), -1)
-        out[start : start + chunk_size] = (log_p.exp() * (log_p - log_base)).sum(-1)
-    return out.view(hidden.shape[:-1])
+        kl[start : start + chunk_size] = (log_p.exp() * (log_p - log_base)).sum(-1)
+    return ce.view(targets.shape), hit.view(targets.shape), kl.view(targets.shape)
 
 
 def lora_update_sq_norm(pairs) -> torch.Tensor:

@@ -15,6 +15,7 @@ from typing import Sequence
 from .charts import METRIC_LABELS
 from .events import event_field
 from .history import History
+from .metrics import metric
 from .runs import run_best, run_config
 from .stats import LengthStats
 from .tokens_view import completion_weight_share
@@ -175,7 +176,8 @@ def progress_html(history: History, note: str = "", now: float | None = None) ->
 def metrics_comparison_rows(on: dict, off: dict, probe_on: float | None = None, probe_off: float | None = None) -> list[dict]:
     """Rows of metric / adapter off / adapter on / change, for a side-by-side table."""
     rows = []
-    for name in ("completion_loss", "prompt_loss", "full_loss", "token_accuracy", "answer_accuracy", "majority_baseline"):
+    for name in ("completion_loss", "prompt_loss", "full_loss", "token_accuracy", "answer_accuracy", "majority_baseline",
+                 "kl_to_base", "answer_entropy", "distinct_1", "distinct_2"):
         a, b = off.get(name), on.get(name)
         if a is None and b is None:
             continue
@@ -189,6 +191,27 @@ def metrics_comparison_rows(on: dict, off: dict, probe_on: float | None = None, 
                 "change": _num(None if probe_on is None or probe_off is None else probe_on - probe_off, signed=True),
             }
         )
+    return rows
+
+
+PROBE_METRICS = ("answer_accuracy", "balanced_accuracy", "auc", "majority_baseline")
+
+
+def probe_rows(probe: dict, comparison: dict | None = None) -> list[dict]:
+    """The frozen-feature probe beside the adapter off and on: one row a model, the same metrics and intervals."""
+    sides = [
+        ("frozen base + logistic regression, mean-pooled prompt", probe["mean"]),
+        ("frozen base + logistic regression, last prompt token", probe["last"]),
+    ]
+    if comparison:
+        sides += [("adapter off (base model)", comparison["off"]["metrics"]), ("adapter on (fine-tuned)", comparison["on"]["metrics"])]
+    rows = []
+    for name, metrics in sides:
+        row = {"model": name}
+        for key in PROBE_METRICS:
+            if any(key in m for _, m in sides):
+                row[METRIC_LABELS.get(key, key)] = metric(key).format_with_interval(metrics)
+        rows.append(row)
     return rows
 
 

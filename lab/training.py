@@ -262,6 +262,8 @@ class RunContext:
     stop_reason: str = ""
     collapse: advice.CollapseWatch = field(default_factory=advice.CollapseWatch)
     details: dict = field(default_factory=dict)
+    #: The base model's final states on the validation batches, for `kl_to_base` (see `evaluation.evaluate`).
+    base_states: dict = field(default_factory=dict)
 
     def emit(self, event) -> None:
         if self.is_main:
@@ -284,7 +286,8 @@ class RunContext:
         self.emit(Phase(name=phase, step=step))
         started = time.perf_counter()
         # Per-example answers are kept so the final comparison can reuse them (step 0 is the base model).
-        metrics = evaluation.evaluate(self.model, self.data.val, self.tokenizer.pad_token_id, self.cfg.eval.batch_size, t.chunk_size, details=True, prefix=self.prefix)
+        metrics = evaluation.evaluate(self.model, self.data.val, self.tokenizer.pad_token_id, self.cfg.eval.batch_size, t.chunk_size, details=True, prefix=self.prefix,
+                                      base_states=self.base_states if self.cfg.eval.kl_to_base else None)
         if (generate or step == 0) and metrics.get("answer_accuracy") is not None:
             metrics = evaluation.with_generated(metrics, evaluation.generate_answers(self.model, self.tokenizer, self.data.val, self.cfg.eval.answer_tokens, self.cfg.eval.batch_size))
         self.details[step] = metrics.pop("examples")
