@@ -445,3 +445,41 @@ def plw_sweep_figure(runs: Sequence, height: int = 380) -> go.Figure:
         ] if any(p[0] == 0 for p in points) else [],
     )
     return fig
+
+
+def remedies_figure(points: dict[str, dict], x: str = "kl_to_base", height: int = 440) -> go.Figure:
+    """Accuracy (with its 95% interval) against a forgetting measure, one marker per run.
+
+    `points` maps a run's name to `lab.widgets.run_point`-style numbers ("accuracy",
+    "accuracy_ci", "majority_baseline", and `x`: "kl_to_base" or "probe_ppl_change"). Each run is
+    its own trace, named in the legend, so labels never overlap however close the runs lie.
+    """
+    palette = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#a16207", "#db2777", "#4f46e5", "#65a30d")
+    fig = go.Figure()
+    baseline = None
+    for i, (name, p) in enumerate(points.items()):
+        if p.get("accuracy") is None or p.get(x) is None:
+            continue
+        ci = p.get("accuracy_ci") or [p["accuracy"], p["accuracy"]]
+        fig.add_scatter(
+            x=[p[x]], y=[p["accuracy"]], name=name, mode="markers",
+            marker={"size": 12, "color": palette[i % len(palette)], "symbol": "diamond" if i == 0 else "circle"},
+            error_y={"type": "data", "symmetric": False, "array": [ci[1] - p["accuracy"]], "arrayminus": [p["accuracy"] - ci[0]]},
+            hovertemplate=f"{name}<br>accuracy %{{y:.0%}} [{ci[0]:.0%}\u2013{ci[1]:.0%}]<br>%{{x:.3g}}<extra></extra>",
+        )
+        baseline = p.get("majority_baseline") if baseline is None else baseline
+    if baseline is not None:
+        fig.add_hline(y=baseline, line_dash="dash", line_color="#94a3b8", annotation_text="majority baseline",
+                      annotation_position="bottom right")
+    x_title = {"kl_to_base": "forgetting: KL to the base model (nats per token)",
+               "probe_ppl_change": "forgetting: probe perplexity change"}.get(x, x)
+    fig.update_layout(
+        template=PLOT_TEMPLATE,
+        height=height,
+        title={"text": "Accuracy (95% interval) against forgetting, per run", "font": {"size": 14}},
+        xaxis={"title": x_title, **({"tickformat": "+.0%"} if x == "probe_ppl_change" else {})},
+        yaxis={"title": "validation accuracy, adapter on", "tickformat": ".0%", "range": [0, 1]},
+        legend={"orientation": "v", "x": 1.02, "y": 1},
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+    )
+    return fig

@@ -47,6 +47,13 @@ def stats_markdown(stats: LengthStats, plw: float, skipped: int = 0, total: int 
         f"At PLW **{plw:g}** the completion tokens carry **{share:.1%}** of the total loss weight "
         f"({s['total_completion']} completion vs {s['total_prompt']} prompt tokens).",
     ]
+    if s["data_weighted"]:
+        lines += [
+            "",
+            f"**{s['data_weighted']}** examples carry their own weight from the data (a `weight` field on the record "
+            f"or its messages): their completion tokens count {s['total_weighted_completion']:.4g} in all instead of "
+            f"{s['total_completion']}.",
+        ]
     if packing and packing.get("tokens"):
         lines += [
             "",

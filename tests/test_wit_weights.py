@@ -140,3 +140,18 @@ def test_a_bad_weight_names_the_record(bad):
         to_examples([_chat(), _chat(weight=bad)], DataConfig())
     with pytest.raises(DataError, match="record 0: message 1: 'weight'"):
         to_examples([_chat(reply_weight=bad)], DataConfig())
+
+
+def test_statistics_count_the_examples_the_data_weights(tokenizer):
+    from lab.config import DataConfig
+    from lab.stats import length_stats
+    from lab.text_views import stats_markdown
+
+    encoded, _ = encode_all(tokenizer, to_examples([_chat(weight=2.0), _chat(reply_weight=0.5), _chat()], DataConfig()), 64)
+    s = length_stats(encoded).summary()
+    # Each reply is "5" plus its end-of-turn token: 2 completion tokens, weighted 2x2 + 0.5x2 + 1x2.
+    assert s["total_completion"] == 6 and s["total_weighted_completion"] == pytest.approx(7.0)
+    assert s["data_weighted"] == 2
+    assert "**2** examples carry their own weight" in stats_markdown(length_stats(encoded), 0.0)
+    plain = length_stats(encode_all(tokenizer, sum_examples(3), 64)[0]).summary()
+    assert plain["data_weighted"] == 0
