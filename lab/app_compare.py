@@ -115,15 +115,19 @@ class CompareTab:
 
     # -- handlers ----------------------------------------------------------------------------------
 
+    def _load(self, run_name: str | None, progress_):
+        """The chosen run's loaded model, or a clear error when no run is chosen or it cannot be loaded."""
+        if not run_name:
+            raise ValueError("choose a run (train one first, or refresh the list)")
+        self.ctx.find_run(run_name)
+        progress_(0.1, desc="loading the run's model and adapter")
+        return self.ctx.models.get(self.ctx.runs_path / run_name)
+
     def on_compare(self, values: dict, progress_=gr.Progress()):
         ctx = self.ctx
         run_name = values[self.run]
         try:
-            if not run_name:
-                raise ValueError("choose a run (train one first, or refresh the list)")
-            ctx.find_run(run_name)
-            progress_(0.1, desc="loading the run's model and adapter")
-            loaded = ctx.models.get(ctx.runs_path / run_name)
+            loaded = self._load(run_name, progress_)
             with loaded.lock:
                 if loaded.comparison is None:
                     from . import evaluation
@@ -150,14 +154,9 @@ class CompareTab:
                                         label=f"Validation example (0\u2013{max(n_val - 1, 0)})")}
 
     def on_probe(self, values: dict, progress_=gr.Progress()):
-        ctx = self.ctx
         run_name = values[self.run]
         try:
-            if not run_name:
-                raise ValueError("choose a run (train one first, or refresh the list)")
-            ctx.find_run(run_name)
-            progress_(0.1, desc="loading the run's model")
-            loaded = ctx.models.get(ctx.runs_path / run_name)
+            loaded = self._load(run_name, progress_)
             with loaded.lock:
                 from .probe import frozen_feature_probe
                 from .training import prepare

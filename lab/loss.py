@@ -56,16 +56,34 @@ def weighted_ce_from_logits(logits: torch.Tensor, targets: torch.Tensor, weights
     return (ce * weights.reshape(-1)).sum()
 
 
+def _gradient_buffers(hidden, weight, bias):
+    """Which of hidden, head weight and bias need gradients, and zeroed buffers for those that do."""
+    needs_h, needs_w = hidden.requires_grad, weight.requires_grad
+    needs_b = bias is not None and bias.requires_grad
+    grad_h = torch.empty_like(hidden) if needs_h else None
+    grad_w = torch.zeros_like(weight, dtype=torch.float32) if needs_w else None
+    grad_b = torch.zeros_like(bias, dtype=torch.float32) if needs_b else None
+    return needs_h, needs_w, needs_b, grad_h, grad_w, grad_b
+
+
+def _keep_gradients(ctx, hidden, weight, bias, grads) -> None:
+    ctx.save_for_backward(*(g for g in grads if g is not None))
+    ctx.which = tuple(g is not None for g in grads)
+    ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+
+
+def _kept_gradients(ctx, grad_out) -> list:
+    """The gradients formed in the forward pass, scaled by the incoming gradient: [hidden, weight, bias]."""
+    saved = iter(ctx.saved_tensors)
+    return [(next(saved) * grad_out).to(dtype) if needed else None for needed, dtype in zip(ctx.which, ctx.dtypes)]
+
+
 class _ChunkedLinearCE(torch.autograd.Function):
     """sum_i w_i * CE(h_i @ W.T + b, y_i), with the gradient computed chunk by chunk in the forward pass."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, token_w, chunk_size):
-        needs_h, needs_w = hidden.requires_grad, weight.requires_grad
-        needs_b = bias is not None and bias.requires_grad
-        grad_h = torch.empty_like(hidden) if needs_h else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if needs_w else None
-        grad_b = torch.zeros_like(bias, dtype=torch.float32) if needs_b else None
+        needs_h, needs_w, needs_b, grad_h, grad_w, grad_b = _gradient_buffers(hidden, weight, bias)
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start : start + chunk_size]
@@ -85,18 +103,13 @@ class _ChunkedLinearCE(torch.autograd.Function):
                     grad_w += grad_logits.t() @ h.float()
                 if needs_b:
                     grad_b += grad_logits.sum(0)
-        ctx.save_for_backward(*(g for g in (grad_h, grad_w, grad_b) if g is not None))
-        ctx.which = (needs_h, needs_w, needs_b)
-        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        _keep_gradients(ctx, hidden, weight, bias, (grad_h, grad_w, grad_b))
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        saved = iter(ctx.saved_tensors)
-        grads = []
-        for needed, dtype in zip(ctx.which, ctx.dtypes):
-            grads.append((next(saved) * grad_out).to(dtype) if needed else None)
-        return grads[0], grads[1], grads[2], None, None, None
+        grad_h, grad_w, grad_b = _kept_gradients(ctx, grad_out)
+        return grad_h, grad_w, grad_b, None, None, None
 
 
 def weighted_ce(
@@ -166,11 +179,7 @@ class _ChunkedLinearKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, base_hidden, weight, bias, token_w, chunk_size):
-        needs_h, needs_w = hidden.requires_grad, weight.requires_grad
-        needs_b = bias is not None and bias.requires_grad
-        grad_h = torch.empty_like(hidden) if needs_h else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if needs_w else None
-        grad_b = torch.zeros_like(bias, dtype=torch.float32) if needs_b else None
+        needs_h, needs_w, needs_b, grad_h, grad_w, grad_b = _gradient_buffers(hidden, weight, bias)
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start : start + chunk_size]
@@ -194,16 +203,13 @@ class _ChunkedLinearKL(torch.autograd.Function):
                 grad_w += grad_logits.t() @ h.float() + grad_base.t() @ g.float()
             if needs_b:
                 grad_b += grad_logits.sum(0) + grad_base.sum(0)
-        ctx.save_for_backward(*(t for t in (grad_h, grad_w, grad_b) if t is not None))
-        ctx.which = (needs_h, needs_w, needs_b)
-        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        _keep_gradients(ctx, hidden, weight, bias, (grad_h, grad_w, grad_b))
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        saved = iter(ctx.saved_tensors)
-        grads = [(next(saved) * grad_out).to(dtype) if needed else None for needed, dtype in zip(ctx.which, ctx.dtypes)]
-        return grads[0], None, grads[1], grads[2], None, None
+        grad_h, grad_w, grad_b = _kept_gradients(ctx, grad_out)
+        return grad_h, None, grad_w, grad_b, None, None
 
 
 def weighted_kl(
