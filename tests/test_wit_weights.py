@@ -138,7 +138,7 @@ def test_a_bad_weight_names_the_record(bad):
 
     with pytest.raises(DataError, match="record 1: 'weight'"):
         to_examples([_chat(), _chat(weight=bad)], DataConfig())
-    with pytest.raises(DataError, match="record 0: message 1: 'weight'"):
+    with pytest.raises(DataError, match="record 0: messages message 1: 'weight'"):
         to_examples([_chat(reply_weight=bad)], DataConfig())
 
 
