@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from lab.collate import Collator, collate
 from lab.config import ConfigError, LabConfig
 from lab.evaluation import adapter
-from lab.loss import lora_update_sq_norm, token_kl, weighted_kl, weighted_kl_from_logits
+from lab.loss import lora_update_sq_norm, token_ce_kl, weighted_kl, weighted_kl_from_logits
 from lab.masks import encode_all
 from lab.models import attach_lora, lora_factors
 from lab.training import PLWTrainer, training_arguments
@@ -25,7 +25,9 @@ def test_kl_of_a_two_token_vocabulary_by_hand():
     expected = 0.5 * math.log(4 / 3)
     assert weighted_kl(hidden, base, head, torch.tensor([1.0])).item() == pytest.approx(expected, rel=1e-6)
     assert weighted_kl(hidden, base, head, torch.tensor([0.5])).item() == pytest.approx(expected / 2, rel=1e-6)
-    assert token_kl(hidden, base, head).tolist() == pytest.approx([expected], rel=1e-6)
+    ce, hit, kl = token_ce_kl(hidden, base, head, torch.tensor([1]))
+    assert kl.tolist() == pytest.approx([expected], rel=1e-6)
+    assert ce.tolist() == pytest.approx([math.log(2)], rel=1e-6) and not hit.item()
     assert weighted_kl(base, base, head, torch.tensor([1.0])).item() == pytest.approx(0.0, abs=1e-7)
 
 
