@@ -43,6 +43,8 @@ class Example:
     #: Position of the record in the source, for error messages and the UI.
     source_index: int = 0
     meta: dict = field(default_factory=dict)
+    #: The record's own loss weight (its `weight` field): multiplies every token weight; 0 skips it.
+    weight: float = 1.0
 
     @property
     def answer(self) -> str | None:
@@ -341,13 +343,15 @@ def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None =
             if i in problems:
                 raise problems[i]
             example = _CONVERTERS[fmt](record, cfg, labels)
+            if record.get("weight") is not None:
+                example.weight = data_weight(record["weight"])
         except DataError as exc:
             _fail_or_skip(cfg, report, i, exc)
             continue
         example.source_index = i
         if cfg.system_prompt:
             example.messages.insert(0, {"role": "system", "content": cfg.system_prompt})
-        key = json.dumps([example.messages, example.choices, example.answer_index], sort_keys=True)
+        key = json.dumps([example.messages, example.choices, example.answer_index, example.weight], sort_keys=True)
         if key in first_seen:
             report.duplicates.append((i, first_seen[key]))
             continue
@@ -397,6 +401,11 @@ def _check_messages(messages, name: str) -> None:
     for j, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise DataError(f"{name} message {j} must be {{'role': one of {ROLES}, 'content': text}}; got {m!r}")
+        if m.get("weight") is not None:
+            try:
+                data_weight(m["weight"])
+            except DataError as exc:
+                raise DataError(f"{name} message {j}: {exc}") from None
 
 
 def _chat(r: dict, _cfg: DataConfig, _labels) -> Example:
@@ -409,7 +418,27 @@ def _chat(r: dict, _cfg: DataConfig, _labels) -> Example:
         raise DataError("a conversation without an assistant turn has nothing to train on")
     if any(not m["content"].strip() for m in assistant):
         raise DataError("an assistant turn is empty")
-    return Example([dict(role=m["role"], content=m["content"]) for m in messages])
+    return Example([_message(m) for m in messages])
+
+
+def _message(m: dict) -> dict:
+    """A chat message as the lab keeps it: role, content and, when the data gives one, its loss weight."""
+    out = {"role": m["role"], "content": m["content"]}
+    weight = 1.0 if m.get("weight") is None else data_weight(m["weight"])
+    if weight != 1.0:
+        out["weight"] = weight
+    return out
+
+
+def data_weight(value) -> float:
+    """A record's or message's `weight` field as a float in [0, inf), or a `DataError` saying what is wrong."""
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"'weight' must be a number (0 skips the record or message), got {value!r}") from None
+    if not weight >= 0 or weight == float("inf"):
+        raise DataError(f"'weight' must be a finite number of at least 0, got {value!r}")
+    return weight
 
 
 def _lettered(answer_format: str, n: int) -> tuple[str, ...]:

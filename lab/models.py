@@ -276,6 +276,17 @@ def attach_lora(model, cfg: LoraConfig):
         raise ModelError(f"LoRA could not be attached ({exc}); check lora.target_modules against the model's layer names") from exc
 
 
+def lora_factors(model):
+    """(A, B, scale) of every active LoRA layer of a PEFT model: its update is delta W = scale * B @ A."""
+    for module in model.modules():
+        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if lora_a is None or lora_b is None:
+            continue
+        for name in getattr(module, "active_adapters", ()):
+            if name in lora_a and name in lora_b:
+                yield lora_a[name].weight, lora_b[name].weight, module.scaling[name]
+
+
 def load_adapter(model, adapter_dir: str | Path):
     from peft import PeftModel
 
