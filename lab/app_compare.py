@@ -137,9 +137,9 @@ class CompareTab:
         try:
             if not run_name:
                 raise ValueError("choose a run (train one first, or refresh the list)")
-            ctx.find_run(run_name)
+            run_path = ctx.find_run(run_name).path
             progress_(0.1, desc="loading the run's model and adapter")
-            loaded = ctx.models.get(ctx.runs_path / run_name)
+            loaded = ctx.models.get(run_path)
             with loaded.lock:
                 if loaded.comparison is None:
                     from . import evaluation
@@ -167,7 +167,7 @@ class CompareTab:
         try:
             if not run_name:
                 raise ValueError("choose a run and press Compare first")
-            loaded = self.ctx.models.get(self.ctx.runs_path / run_name)
+            loaded = self.ctx.models.get(self.ctx.find_run(run_name).path)
             from .evaluation import adapter, generate
 
             with loaded.lock:
@@ -202,7 +202,7 @@ class CompareTab:
                 raise ValueError("choose a run first")
             if not (text or "").strip():
                 raise ValueError("type a prompt first")
-            loaded = self.ctx.models.get(self.ctx.runs_path / run_name)
+            loaded = self.ctx.models.get(self.ctx.find_run(run_name).path)
             from .evaluation import adapter, generate_texts
 
             prompt = user_prompt(loaded.tokenizer, text, loaded.config.data.system_prompt)

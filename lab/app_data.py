@@ -33,8 +33,13 @@ from .stats import label_counts, length_stats
 from .text_views import preview_rows, stats_markdown
 from .tokens_view import token_html, token_loss_html
 
-#: Examples encoded for the statistics and the token view (the first N of the set).
+#: Examples encoded for the statistics (the first N of the set).
 STATS_LIMIT = 2000
+#: Encoded examples a visitor's state keeps for the token view: the statistics are kept as numbers,
+#: so each visitor's memory stays bounded whatever the size of the set.
+VIEW_LIMIT = 200
+#: A visitor's loaded data is freed this long after its last change, and an hour after the page closes.
+STATE_TTL_SECONDS = 6 * 3600
 UPLOAD_TYPES = [".jsonl", ".json", ".csv", ".parquet", ".ndjson"]
 #: Lab fields a column can be mapped to, by format.
 MAPPABLE = {
@@ -51,18 +56,20 @@ DATA_OPTIONS = ["data.val_size", "data.limit", "data.train_eos", "data.system_pr
 
 @dataclass
 class DataView:
-    """What a visitor loaded in the Data tab."""
+    """What a visitor loaded in the Data tab: only what the views need, so its size is bounded."""
 
     data: dict  # DataConfig as a dict (source, format, column_map and options)
     model_name: str
     chat_template: str
-    examples: list
-    encoded: dict  # source_index -> Encoded, for the first STATS_LIMIT examples
-    skipped: list
+    encoded: dict  # source_index -> Encoded, for the first VIEW_LIMIT examples (the token view)
+    skipped: list  # the first few reasons
+    n_skipped: int
     total: int
     info: dict
     columns: list
     fmt: str
+    stats: object  # `LengthStats` of the first STATS_LIMIT examples
+    packing: dict
 
     def example_indices(self) -> list[int]:
         return sorted(self.encoded)
@@ -210,15 +217,17 @@ class DataTab:
         maps, opts, trains = args[:n_map], args[n_map:n_map + n_opt], args[n_map + n_opt:]
         no_change = [gr.update()] * 6
         mapping_updates = [gr.update() for _ in self.mapping_fields]
+        # A visitor sees an upload by its file name, never the server's temporary folder.
+        shown = Path(source).name if not source.startswith(("builtin:", "hf:")) else source
         try:
             dcfg = self._data_config(source, fmt_value, maps, opts, trains, hf_cfg, hf_split_)
             records, info = read_records(dcfg, hub_ids_only=True)
         except (DataError, ConfigError) as exc:
-            gr.Warning(str(exc))
-            return (gr.update(), message_html(str(exc)), *no_change, gr.update(), *mapping_updates)
+            gr.Warning(error_text(exc))
+            return (gr.update(), message_html(error_text(exc)), *no_change, gr.update(), *mapping_updates)
         except Exception as exc:  # a damaged file may raise anything
             gr.Warning(error_text(exc))
-            return (gr.update(), message_html(f"Could not read {source}: {error_text(exc)}"), *no_change, gr.update(), *mapping_updates)
+            return (gr.update(), message_html(f"Could not read {shown}: {error_text(exc)}"), *no_change, gr.update(), *mapping_updates)
         columns = sorted({k for r in records[:200] for k in r} | set(dcfg.column_map.values()))
         mapping_updates = [
             gr.update(choices=["(same name)"] + columns, value=dcfg.column_map.get(f, "(same name)"))
@@ -228,8 +237,8 @@ class DataTab:
             fmt_used = dcfg.format if dcfg.format != "auto" else info.get("format") or detect_format(records[0])
             examples = to_examples(records, dataclasses.replace(dcfg, format=fmt_used), info.get("labels"))
         except DataError as exc:
-            text = f"{exc}\nColumns found: {', '.join(columns)}"
-            gr.Warning(str(exc))
+            text = f"{error_text(exc)}\nColumns found: {', '.join(columns)}"
+            gr.Warning(error_text(exc))
             raw = [{k: str(v)[:80] for k, v in r.items()} for r in records[:20]]
             empty = empty_figure("map the columns, then load again")
             return (None, message_html(text),
@@ -245,17 +254,17 @@ class DataTab:
         except Exception as exc:
             gr.Warning(error_text(exc))
             return (gr.update(), message_html(error_text(exc)), *no_change, gr.update(), *mapping_updates)
+        stats = length_stats(encoded)
         dv = DataView(
-            data=dataclasses.asdict(dcfg), model_name=model_name, chat_template=chat_template, examples=examples,
-            encoded={e.example.source_index: e for e in encoded}, skipped=skipped, total=len(examples), info=info,
-            columns=columns, fmt=fmt_used,
+            data=dataclasses.asdict(dcfg), model_name=model_name, chat_template=chat_template,
+            encoded={e.example.source_index: e for e in encoded[:VIEW_LIMIT]}, skipped=skipped[:5], n_skipped=len(skipped),
+            total=len(examples), info=info, columns=columns, fmt=fmt_used, stats=stats,
+            packing=self._packing(encoded, dcfg.max_length),
         )
         if not encoded:
             text = "No example fits into max_length" + (f": {skipped[0]}" if skipped else "")
             gr.Warning(text)
             return (dv, message_html(text), *no_change, gr.update(), *mapping_updates)
-        stats = length_stats(encoded)
-        shown = Path(source).name if not source.startswith(("builtin:", "hf:")) else source
         note = f"Loaded {len(examples)} examples from {shown} as {fmt_used.replace('_', ' ')}."
         if skipped:
             note += f" {len(skipped)} skipped: {skipped[0]}" + (" \u2026" if len(skipped) > 1 else "")
@@ -263,7 +272,7 @@ class DataTab:
         return (
             dv,
             message_html(note, "ok"),
-            stats_markdown(stats, plw_value, len(skipped), len(examples), self._packing(encoded, dcfg.max_length)),
+            stats_markdown(stats, plw_value, len(skipped), len(examples), dv.packing),
             rg_histogram(stats.rg),
             length_histogram(stats),
             label_balance_figure(label_counts(examples)),
@@ -316,7 +325,7 @@ class DataTab:
             return message_html("Choose a trained run in the Compare tab to colour tokens by loss.", "info") + \
                 token_html(enc, float(plw_value), special_ids=special)
         try:
-            loaded = self.ctx.models.get(self.ctx.runs_path / run_name)
+            loaded = self.ctx.models.get(self.ctx.find_run(run_name).path)
             enc2 = enc
             if (loaded.config.model.name, loaded.config.model.chat_template) != (dv.model_name, dv.chat_template):
                 enc2 = encode(loaded.tokenizer, enc.example, dv.data.get("max_length", 384), dv.data.get("train_eos", True))
@@ -331,6 +340,4 @@ class DataTab:
         tokens = self.render_tokens(dv, index, mode, plw_value, run_name)
         if dv is None or not dv.encoded:
             return tokens, gr.update()
-        stats = length_stats(dv.encoded.values())
-        packing = self._packing(dv.encoded.values(), dv.data.get("max_length"))
-        return tokens, stats_markdown(stats, float(plw_value), len(dv.skipped), dv.total, packing)
+        return tokens, stats_markdown(dv.stats, float(plw_value), dv.n_skipped, dv.total, dv.packing)
