@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import LabConfig
+from .config import ConfigError, LabConfig
 from .events import Eval, Event, Step, drop_superseded, event_field, event_kind, read_events
 from .metrics import best_of
 
@@ -47,7 +47,12 @@ def new_run_dir(cfg: LabConfig) -> tuple[Path, LabConfig]:
     while path.exists():
         suffix += 1
         path = base / f"{name}-{suffix}"
-    path.mkdir(parents=True)
+    if base.exists() and not base.is_dir():
+        raise ConfigError(f"train.output_dir {str(base)!r} is a file, not a folder; choose another folder for the runs")
+    try:
+        path.mkdir(parents=True)
+    except OSError as exc:  # a file on the way, no permission, a read-only disk
+        raise ConfigError(f"train.output_dir {str(base)!r}: cannot create the run folder ({exc.strerror}); choose another folder") from None
     # Marked as running before config.yaml exists, so nothing can delete it as a finished run while it starts.
     mark_running(path)
     source = Path(cfg.data.source).expanduser()

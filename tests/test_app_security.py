@@ -37,9 +37,16 @@ def _data_file(path, n):
     return path
 
 
+def _values(components, chosen=None):
+    """A handler's input dict: each component's starting value, then the `chosen` ones."""
+    return {c: c.value for c in components} | (chosen or {})
+
+
 def _load_file(app, path):
+    """The Data tab's Load file handler on `path`; returns (the visitor's DataView, the message)."""
     data = app.plw_tabs["data"]
-    return data.on_load_file(str(path), "auto", 0.0, *[c.value for c in data.extra_inputs])
+    out = data.on_load_file(_values(data.load_inputs(data.upload), {data.upload: str(path)}))
+    return out.get(data.shared.data_state), out[data.msg]
 
 
 def test_run_names_are_resolved_through_the_run_registry(app, monkeypatch):
@@ -48,9 +55,9 @@ def test_run_names_are_resolved_through_the_run_registry(app, monkeypatch):
     monkeypatch.setattr(ctx_models, "get", lambda path: asked.append(path))
     compare = app.plw_tabs["compare"]
     for name in ("../..", "/etc", "..", "runs/../../etc"):
-        compare.on_own_prompt(name, "hello")
-        compare.on_val_example(name, 0, "diff")
-        message = compare.on_compare(name, progress_=lambda *a, **k: None)[0]
+        compare.on_own_prompt({compare.run: name, compare.own_prompt: "hello"})
+        compare.on_val_example({compare.run: name, compare.val_idx: 0, compare.loss_mode: "diff"})
+        message = compare.on_compare({compare.run: name}, progress_=lambda *a, **k: None)[compare.msg]
         assert "no run named" in message and str(app.plw_runs_dir) not in message
     assert asked == []  # no visitor text ever became a path the models were loaded from
 
@@ -86,12 +93,13 @@ def test_remote_code_needs_the_owners_flag(tmp_path):
 
 def test_a_visitors_data_state_is_bounded_and_expires(app, tmp_path):
     dv = _load_file(app, _data_file(tmp_path / "big.jsonl", 600))[0]
+    data = app.plw_tabs["data"]
     assert dv.total == 600 and len(dv.encoded) == VIEW_LIMIT and not hasattr(dv, "examples")
     assert len(dv.stats.prompt) == 600  # the statistics cover the whole set, kept as numbers
     # The PLW slider redraws the statistics from what the state keeps.
-    tokens, stats = app.plw_tabs["data"].on_plw(dv, 0, "loss weight", 0.5, None)
-    assert "600" in stats
-    assert app.plw_tabs["data"].shared.data_state.time_to_live == STATE_TTL_SECONDS
+    values = _values(data.token_inputs()) | {data.shared.data_state: dv, data.shared.plw: 0.5, data.colour_by: "loss weight"}
+    assert "600" in data.on_plw(values)[data.stats_md]
+    assert data.shared.data_state.time_to_live == STATE_TTL_SECONDS
 
 
 def test_a_run_cannot_be_deleted_while_it_starts(app, monkeypatch):
@@ -110,16 +118,17 @@ def test_a_run_cannot_be_deleted_while_it_starts(app, monkeypatch):
     deadline = time.time() + 30
     while job.run_path is None and time.time() < deadline:
         time.sleep(0.02)
-    assert job.run_path is not None and job.n_events() == 0
+    assert job.run_path is not None and not any(e.kind == "started" for e in job.events_since(0))
     runs = app.plw_tabs["runs"]
-    message = runs.on_delete("starting", True, [], "completion_loss", None, None)[0]
+    delete = _values(runs.inputs) | {runs.run_pick: "starting", runs.confirm_delete: True}
+    message = runs.on_delete(delete)[runs.msg]
     assert "still training" in message and job.run_path.exists()
     with pytest.raises(ValueError, match="still training"):
         delete_run(job.run_path)  # the same refusal for anyone outside the app's registry
     release.set()
     _wait(job)
     assert (job.run_path / "config.yaml").exists() and load_run(job.run_path).status == "finished"
-    assert "Deleted" in runs.on_delete("starting", True, [], "completion_loss", None, None)[0]
+    assert "Deleted" in runs.on_delete(delete)[runs.msg]
     assert not job.run_path.exists()
 
 
