@@ -47,12 +47,14 @@ class AppContext:
         return list_runs(self.runs_path)
 
     def find_run(self, name: str | None) -> Run:
+        """The run of that name in the runs folder; every handler that takes a run name goes through
+        here, so a visitor's text never becomes a path of its own."""
         if not name:
             raise ValueError("choose a run first")
         for run in self.list_runs():
             if run.name == name:
                 return run
-        raise ValueError(f"no run named {name!r} in {self.runs_path}")
+        raise ValueError(f"no run named {name!r}; refresh the list")
 
 
 @dataclass

@@ -120,9 +120,9 @@ class CompareTab:
         """The chosen run's loaded model, or a clear error when no run is chosen or it cannot be loaded."""
         if not run_name:
             raise ValueError("choose a run (train one first, or refresh the list)")
-        self.ctx.find_run(run_name)
+        run_path = self.ctx.find_run(run_name).path  # a visitor's text never becomes a path of its own
         progress_(0.1, desc="loading the run's model and adapter")
-        return self.ctx.models.get(self.ctx.runs_path / run_name)
+        return self.ctx.models.get(run_path)
 
     def on_compare(self, values: dict, progress_=gr.Progress()):
         ctx = self.ctx
@@ -180,7 +180,7 @@ class CompareTab:
         try:
             if not run_name:
                 raise ValueError("choose a run and press Compare first")
-            loaded = self.ctx.models.get(self.ctx.runs_path / run_name)
+            loaded = self.ctx.models.get(self.ctx.find_run(run_name).path)
             from .evaluation import adapter, choice_logprobs, generate
 
             with loaded.lock:
@@ -216,7 +216,7 @@ class CompareTab:
                 raise ValueError("choose a run first")
             if not (text or "").strip():
                 raise ValueError("type a prompt first")
-            loaded = self.ctx.models.get(self.ctx.runs_path / run_name)
+            loaded = self.ctx.models.get(self.ctx.find_run(run_name).path)
             from .evaluation import adapter, choice_logprobs, generate_texts
 
             prompt = user_prompt(loaded.tokenizer, text, loaded.config.data.system_prompt)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import html
 import time
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from .app_common import AppContext, SharedComponents, coerce_control, config_value, make_control, message_html
 from .app_data import DATA_OPTIONS, DataView
-from .app_jobs import JobBusy, TrainingJob
+from .app_jobs import JobBusy, TrainingJob, hide_paths
 from .charts import accuracy_figure, loss_figure, predicted_distribution_figure
 from .config import ConfigError, LabConfig, field_specs
 from .data import DataError, check_hub_id
@@ -167,11 +168,11 @@ class TrainTab:
             history_view = history
         error = ""
         if history.status == "failed":
-            error = message_html(f"The run failed: {history.end_message}")
+            error = message_html(f"The run failed: {hide_paths(history.end_message)}")
         elif history.status == "stopped":
             error = message_html(f"Stopped at step {(history.last_step or {}).get('step', 0)}: {history.end_message}", "info")
         elif history.status == "finished":
-            error = message_html(f"Finished: {history.run_dir}", "ok")
+            error = message_html(f"Finished: {Path(history.run_dir).name}", "ok")
         return {
             self.progress: progress_html(history_view, note),
             self.advice_box: advice_html(history.advice),

@@ -339,7 +339,8 @@ def runs_rows(runs: Sequence) -> list[dict]:
                 "norm": t.get("loss_normalization", ""),
                 "lr": t.get("learning_rate"),
                 "LoRA r": lora.get("r"),
-                "steps": summary.get("steps", max([event_field(e, "step", 0) for e in getattr(run, "evals", [])] or [0])),
+                # an interrupted run has no summary: the last step it reached
+                "steps": summary.get("steps", getattr(run, "step", max([event_field(e, "step", 0) for e in getattr(run, "evals", [])] or [0]))),
                 "best completion loss @ step": best_of("completion_loss"),
                 "best accuracy @ step": best_of("answer_accuracy"),
                 "best answer loss @ step": best_of("answer_loss"),
