@@ -37,6 +37,8 @@ class Started(Event):
     #: Training processes (accelerate/torchrun) and examples per optimiser step over all of them.
     world_size: int = 1
     global_batch: int = 0
+    #: The metric that picks the kept adapter, with `train.early_stopping_metric: auto` resolved for the data.
+    early_stopping_metric: str = ""
 
 
 @dataclass
@@ -105,6 +107,19 @@ class Failed(Event):
     summary: dict = field(default_factory=dict)
 
 
+@dataclass
+class Phase(Event):
+    """What the run is doing from now on, so watchers can name the wait between results."""
+
+    kind: ClassVar[str] = "phase"
+    name: str  # one of PHASES
+    step: int = 0
+
+
+#: The phases a run goes through, in order ("evaluating" repeats between stretches of "training").
+PHASES = ("loading", "evaluating", "training", "final evaluation", "comparing")
+
+
 def event_kind(event) -> str:
     """An event's kind, whether it is an `Event` or its dict form (a line of events.jsonl)."""
     if isinstance(event, dict):
@@ -120,7 +135,7 @@ def event_field(event, name: str, default=None):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.kind: cls for cls in (Started, Advice, Step, Eval, CheckpointSaved, Finished, Stopped, Failed)
+    cls.kind: cls for cls in (Started, Advice, Step, Eval, CheckpointSaved, Finished, Stopped, Failed, Phase)
 }
 TERMINAL = (Finished, Stopped, Failed)
 
