@@ -122,7 +122,8 @@ def print_event(event, stream=None) -> None:
     kind = event.kind
     if kind == "started":
         print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps", file=stream)
-        print(f"{event.world_size} process(es), {event.global_batch} examples per optimiser step", file=stream)
+        processes = f"{event.world_size} process" + ("es" if event.world_size > 1 else "")
+        print(f"{processes}, {event.global_batch} examples per optimiser step", file=stream)
         for name, path in event.paths.items():
             print(f"  {name}: {path}", file=stream)
         for note in event.skipped[:5]:

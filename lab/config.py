@@ -203,8 +203,8 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(
         False,
         "Recompute each adapted layer's activations in the backward pass instead of keeping them (non-reentrant "
-        "checkpointing): less memory for long sequences and big batches, about a third more compute. Works with "
-        "the frozen-layer cache and packing.",
+        "checkpointing): less memory for long sequences and big batches, at the cost of a second forward pass "
+        "through the adapted layers. Works with LoRA, the frozen-layer cache and packing.",
     )
 
 

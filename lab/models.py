@@ -270,8 +270,16 @@ def attach_lora(model, cfg: LoraConfig):
             f"lora.target_modules includes {', '.join(embeddings)}: the lab adapts transformer layers only, not the "
             "embeddings or the output layer; remove it (or use 'all-linear', which leaves the output layer out)"
         )
+    available = linear_layer_names(model)
     # peft refuses its own 'all-linear' together with `layers_to_transform`, so the names are resolved here.
-    targets = linear_layer_names(model) if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
+    targets = available if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
+    unknown = [t for t in targets if "." not in t and t not in available]
+    if unknown:
+        # peft fails only when no name matches; a partial match would silently adapt less than asked.
+        raise ConfigError(
+            f"lora.target_modules: no linear layer of this model is called {', '.join(unknown)} (it has "
+            f"{', '.join(available)}); use those names or 'all-linear'"
+        )
     layers = layer_indices(cfg.layers, num_layers(model))
     peft_cfg = PeftLoraConfig(
         r=cfg.r,

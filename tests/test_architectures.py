@@ -182,6 +182,13 @@ def test_all_linear_adapts_every_linear_layer_of_the_chosen_layers_but_not_the_h
     assert adapted == {f"base_model.model.model.layers.3.{m}" for m in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")}
 
 
+def test_target_names_the_model_lacks_are_refused_not_skipped(tokenizer):
+    from lab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no linear layer of this model is called q_proj, v_proj .*qkv_proj"):
+        attach_lora(_model(tokenizer, "phi3", lora=False), LoraConfig(layers="all", target_modules=["q_proj", "v_proj", "o_proj"]))
+
+
 def test_a_head_adapter_sends_the_loss_through_the_logits():
     """Should a head adapter ever reach a trainer (a loaded adapter), the base head weight is not its head."""
     from types import SimpleNamespace
@@ -237,7 +244,8 @@ def test_a_run_says_its_paths_processes_and_global_batch(tmp_path):
         "attention": "sdpa",
         "gradient_checkpointing": "on (non-reentrant)",
     }
-    assert ev.read_events(result.run_dir / "events.jsonl")[0].paths == started.paths
+    logged = next(e for e in ev.read_events(result.run_dir / "events.jsonl") if e.kind == "started")
+    assert logged.paths == started.paths and logged.global_batch == 6
 
 
 def test_a_cpu_launch_that_starts_one_of_several_processes_is_refused(monkeypatch):

@@ -16,6 +16,15 @@ def _model(tokenizer):
     return attach_lora(LlamaForCausalLM(config), LoraConfig(layers="top:2", target_modules=["q_proj", "v_proj"]))
 
 
+def _trained(model):
+    """The adapter as after training (LoRA starts as a zero update, which would prove nothing)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    return model
+
+
 def _batch():
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(0, 1000, (3, 12), generator=g)
@@ -26,11 +35,7 @@ def _batch():
 
 
 def test_cached_forward_equals_the_full_forward_and_its_gradients(tokenizer):
-    model = _model(tokenizer)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.3)
+    model = _trained(_model(tokenizer))
     prefix = FrozenPrefix.for_model(model, layer_indices("top:2", 4))
     assert prefix is not None and prefix.first_adapted == 2
     ids, mask = _batch()
@@ -72,11 +77,7 @@ def _with_head(ids: torch.Tensor, head: list[int]) -> torch.Tensor:
 
 
 def test_a_shared_head_runs_once_and_changes_no_hidden_state(tokenizer):
-    model = _model(tokenizer).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.3)
+    model = _trained(_model(tokenizer)).eval()
     ids, mask = _batch()
     ids, mask = _with_head(ids, [11, 12, 13, 14, 15]), _with_head(mask, [1] * 5)
     real = mask.bool()
@@ -106,11 +107,7 @@ def test_a_shared_head_leaves_every_sequence_a_token_of_its_own(tokenizer):
 def test_gradient_checkpointing_changes_no_gradient_with_or_without_the_cache(tokenizer):
     from lab import compat
 
-    model = _model(tokenizer)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.3)
+    model = _trained(_model(tokenizer))
     model.train()
     ids, mask = _batch()
     real = mask.bool()
