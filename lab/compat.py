@@ -22,7 +22,7 @@ from torch import nn
 #: only the hidden state, the attention mask and rotary positions, `inputs_embeds` enters the
 #: first layer unchanged (Gemma scales inside its embedding module), and the final norm is
 #: `decoder.norm`. Gemma 2 is absent: its logits are soft-capped after the head.
-PROVEN_DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3")
+PROVEN_DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "olmo2", "smollm3")
 
 #: Config fields that change logits after the output layer; `hidden @ W.T + b` is then not the logits.
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier")

@@ -43,7 +43,7 @@ class SharedHead:
             return None
         window = compat.sliding_window(model)
         if window is not None and max(len(s) for s in sequences) > window:
-            return None  # a cached head longer than a window: exactness is not proven there
+            return None  # beyond a sliding window the head's cache is cut to the window: proven only within it
         first, shortest = sequences[0], min(len(s) for s in sequences)
         length = 0
         while length < shortest - 1 and all(s[length] == first[length] for s in sequences):

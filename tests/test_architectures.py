@@ -34,6 +34,8 @@ ARCHITECTURES = {
         {"sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]},
     ),
     "phi3": ("Phi3Config", {}),
+    "olmo2": ("Olmo2Config", {}),
+    "smollm3": ("SmolLM3Config", {"no_rope_layers": [1, 1, 0, 1]}),  # layer 2 without rotary positions
 }
 
 
