@@ -257,6 +257,8 @@ def stop_on_signals(stop) -> dict:
 
 
 def cmd_train(args) -> int:
+    from .data import load_examples
+    from .models import check_model
     from .training import StopRequest, is_main_process, resume, train
 
     stop = StopRequest()
@@ -269,7 +271,10 @@ def cmd_train(args) -> int:
         if args.resume:
             result = resume(args.resume, subscribers=subscribers, stop=stop)
         else:
-            result = train(build_config(args), subscribers=subscribers, stop=stop)
+            cfg = build_config(args)
+            # Bad data or a model that cannot load ends here with exit code 2, before a run folder exists.
+            check_model(cfg.model)
+            result = train(cfg, subscribers=subscribers, stop=stop, examples=load_examples(cfg.data))
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

@@ -504,9 +504,9 @@ def _from_file(key: str, f: dataclasses.Field, value: Any) -> Any:
     written as 8.0 means 8; both are read as the numbers the user meant.
     """
     expected = type(f.default) if f.default is not dataclasses.MISSING else type(f.default_factory())
-    if expected is float and isinstance(value, str):
+    if expected in (int, float) and isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             raise ConfigError(f"{key}: cannot read {value!r} as a number") from None
     if expected is int and isinstance(value, float):

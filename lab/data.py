@@ -102,6 +102,15 @@ class Examples(list):
 # -- reading ---------------------------------------------------------------------------------
 
 
+class Unreadable(dict):
+    """A line or value that is not a record (invalid JSON, a bare number): it keeps its place so
+    conversion names it, or skips it under `data.on_error: skip` like any other bad record."""
+
+    def __init__(self, reason: str):
+        super().__init__()
+        self.reason = reason
+
+
 #: A dataset id as the Hugging Face Hub spells them: owner, slash, name.
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 
@@ -150,7 +159,7 @@ def read_records(cfg: DataConfig, hub_ids_only: bool = False) -> tuple[list[dict
         records = records[: cfg.limit]
     if not records:
         raise DataError(f"{source}: no records found")
-    return [_rename(r, cfg.column_map, i) for i, r in enumerate(records)], info
+    return [_rename(r, cfg.column_map) for r in records], info
 
 
 def read_file(path: str | Path) -> list[dict]:
@@ -197,7 +206,7 @@ def read_file(path: str | Path) -> list[dict]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}, line {number}: invalid JSON ({exc.msg})") from None
+            records.append(Unreadable(f"line {number}: invalid JSON ({exc.msg})"))
     return records
 
 
@@ -224,10 +233,10 @@ def race_record(r: dict) -> dict:
     return {"context": r["article"], "question": r["question"], "options": list(r["options"]), "answer": r["answer"]}
 
 
-def _rename(record, column_map: dict, index: int) -> dict:
+def _rename(record, column_map: dict) -> dict:
     if not isinstance(record, dict):
-        raise DataError(f"record {index}: expected an object with named fields, got {type(record).__name__}")
-    if not column_map:
+        return Unreadable(f"expected an object with named fields, got {type(record).__name__}")
+    if not column_map or isinstance(record, Unreadable):
         return record
     out = {k: v for k, v in record.items() if k not in column_map.values()}
     for lab_field, column in column_map.items():
@@ -251,6 +260,8 @@ def _filled(record: dict) -> set:
 def detect_format(records: list[dict]) -> str:
     """The format whose fields most of the first records have (ties: chat, multiple choice, prompt/completion)."""
     sample = records[:DETECT_SAMPLE]
+    if sample and all(isinstance(r, Unreadable) for r in sample):
+        raise DataError(f"none of the first {len(sample)} record(s) could be read; record 0: {sample[0].reason}")
     order = ("chat", "multiple_choice", "prompt_completion", "classification")
     fits = {fmt: sum(set(_REQUIRED[fmt]) <= _filled(r) for r in sample) for fmt in order}
     best = max(order, key=lambda fmt: fits[fmt])  # max keeps the first of equals
@@ -283,6 +294,8 @@ _OPTIONAL = {"multiple_choice": ("context", "article")}
 
 def _check_record(record: dict, fmt: str) -> None:
     """A `DataError` naming the field when a record cannot be read as `fmt`: missing, null, bytes or a ragged row."""
+    if isinstance(record, Unreadable):
+        raise DataError(record.reason)
     if None in record:
         extra = record[None]
         raise DataError(
@@ -310,6 +323,8 @@ def _check_record(record: dict, fmt: str) -> None:
 def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None = None) -> Examples:
     """Convert records into examples; a bad record raises a `DataError` naming it, or is skipped
     and reported under `data.on_error: skip`. Exact duplicates are left out and reported."""
+    if not records:
+        raise DataError("no records to convert")
     fmt = cfg.format if cfg.format != "auto" else detect_format(records)
     report = DataReport(records=len(records))
     problems = {}

@@ -4,7 +4,13 @@ One teacher-forced forward pass per example gives everything: prompt, completion
 full-sequence loss (each a sum over the whole set divided by its token count, never a mean of
 batch means), completion token accuracy, and the answer of multiple-choice data read from the
 log-probabilities of the candidate answers at the position where they part ways. Greedy
-decoding would pick the same answer, at the cost of a generation loop.
+decoding restricted to the candidates would pick the same answer, at the cost of a generation loop.
+
+The completion loss splits into the answer tokens' loss and the rest (format: the end-of-turn
+token). What the model does unrestricted is measured apart: the probability it puts on the
+candidates at all (candidate mass) and a few greedily generated tokens parsed for an answer
+(generated accuracy). Every accuracy carries its Wilson interval, and two sets of answers to the
+same examples are compared with an exact McNemar test (`lab.scores` holds the statistics).
 """
 
 from __future__ import annotations

@@ -184,6 +184,12 @@ def _hub_options(name: str, path: str) -> dict:
     raise _hub_error(name, f"it is not in the local cache and {why}")
 
 
+def check_model(cfg: ModelConfig) -> None:
+    """Raise now the `ModelError` that loading would raise for a folder that is not a model or a
+    hub id that cannot be fetched, so a run is refused before it starts."""
+    _hub_options(cfg.name, resolve_model_path(cfg.name))
+
+
 def pick_device(preference: str = "auto") -> torch.device:
     if preference == "auto":
         if torch.cuda.is_available():

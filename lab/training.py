@@ -615,7 +615,7 @@ def train(
                          skipped=data.skipped, early_stopping_metric=run.stopping_metric, data_report=data.data_report,
                          resumed=checkpoint is not None, from_step=from_step))
         if checkpoint is None:
-            for note in advice.before_training(cfg, len(data.train), steps):
+            for note in advice.before_training(cfg, len(data.train), steps, has_answers=any(e.n_answer for e in data.val)):
                 run.emit(Advice(message=note))
         ref: dict = {}
         callback = EventCallback(ref, run)
