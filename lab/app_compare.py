@@ -16,35 +16,8 @@ from .charts import answer_distribution_figure, empty_figure, logprob_figure
 from .data import offered_choices
 from .masks import prompt_text, render
 from .runs import run_plw
-from .text_views import generations_html, metrics_comparison_rows, show_generation
+from .text_views import generations_html, metrics_comparison_rows, probe_rows, show_generation
 from .tokens_view import token_loss_html
-
-
-def choice_logprobs(model, tokenizer, prompt: str, choices) -> dict[str, float]:
-    """Log-probability of each candidate answer's first token right after `prompt` (a rendered prompt)."""
-    import torch
-
-    from .evaluation import device_of, eval_mode
-    from .forward import final_hidden, output_layer
-
-    if not choices:
-        return {}
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    choice_ids = []
-    for choice in choices:
-        full = tokenizer(prompt + choice, add_special_tokens=False)["input_ids"]
-        if full[: len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
-            choice_ids.append(full[len(prompt_ids)])
-        else:
-            choice_ids.append(tokenizer(choice, add_special_tokens=False)["input_ids"][0])
-    device = device_of(model)
-    ids = torch.tensor([prompt_ids], device=device)
-    weight, bias = output_layer(model)
-    with eval_mode(model):
-        hidden = final_hidden(model, ids, torch.ones_like(ids))
-        logits = torch.nn.functional.linear(hidden[0, -1], weight, bias).float()
-        logprobs = torch.log_softmax(logits, -1)
-    return {c: float(logprobs[i]) for c, i in zip(choices, choice_ids)}
 
 
 def user_prompt(tokenizer, text: str, system_prompt: str = "") -> str:
@@ -55,7 +28,8 @@ def user_prompt(tokenizer, text: str, system_prompt: str = "") -> str:
 def comparison_outputs(comparison: dict):
     """The comparison's table, predicted-answer figure and generations."""
     on, off = comparison["on"], comparison["off"]
-    rows = metrics_comparison_rows(on["metrics"], off["metrics"], on.get("probe_perplexity"), off.get("probe_perplexity"))
+    rows = metrics_comparison_rows(on["metrics"], off["metrics"], on.get("probe_perplexity"), off.get("probe_perplexity"),
+                                   comparison.get("paired"), comparison.get("format_vs_task"))
     predicted = {"adapter off": off["metrics"].get("predicted") or {}, "adapter on": on["metrics"].get("predicted") or {}}
     dist = (answer_distribution_figure(predicted, on["metrics"].get("answers"))
             if any(predicted.values()) else empty_figure("Free-form data: no answer distribution"))
@@ -86,6 +60,14 @@ class CompareTab:
                 self.dist = gr.Plot(empty_figure("Predicted answers, adapter on vs off"), label="Predicted answers",
                                     elem_id="compare-dist", scale=2, show_label=False)
             self.gens = gr.HTML("", elem_id="compare-gens")
+            gr.Markdown("### Frozen-feature probe\nDoes fine-tuning beat a linear classifier on the frozen base model? "
+                        "A logistic regression on the base model's final hidden states of each prompt (mean over its "
+                        "tokens, or its last token), fitted on the run's own training split and scored on the same "
+                        "validation examples, with the same metrics and 95% intervals as the adapter.")
+            with gr.Row():
+                self.probe_btn = gr.Button("Run the frozen-feature probe", elem_id="probe-btn", scale=0, min_width=240)
+                self.probe_table = gr.Dataframe(label="Frozen-feature probe vs the adapter", interactive=False,
+                                                elem_id="probe-table", wrap=True, scale=4, visible=False)
             gr.Markdown("### One validation example")
             with gr.Row():
                 self.val_idx = gr.Slider(0, 1, value=0, step=1, label="Validation example", elem_id="val-idx", scale=3)
@@ -131,21 +113,27 @@ class CompareTab:
         self.val_idx.release(self.on_val_example, example_in, example_out, trigger_mode="always_last")
         self.loss_mode.change(self.on_val_example, example_in, example_out)
         self.own_btn.click(self.on_own_prompt, own_in, own_out, concurrency_limit=2)
+        self.probe_btn.click(self.on_probe, {self.run}, {self.msg, self.probe_table}, concurrency_limit=1)
         self.own_prompt.submit(self.on_own_prompt, own_in, own_out, concurrency_limit=2)
         lists = self.shared.run_lists
         self.refresh_btn.click(lists.refresh, lists.inputs, lists.outputs)
 
     # -- handlers ----------------------------------------------------------------------------------
 
+    def _load(self, run_name: str | None, progress_):
+        """The chosen run's loaded model, or a clear error when no run is chosen or it cannot be loaded."""
+        if not run_name:
+            raise ValueError("choose a run (train one first, or refresh the list)")
+        run_path = self.ctx.find_run(run_name).path  # a visitor's text never becomes a path of its own
+        if not self.ctx.models.is_loaded(run_path):  # the first action on a run takes a while: say why
+            progress_(0.05, desc=f"loading {run_name}'s model and adapter (once per run)")
+        return self.ctx.models.get(run_path)
+
     def on_compare(self, values: dict, progress_=gr.Progress()):
         ctx = self.ctx
         run_name = values[self.run]
         try:
-            if not run_name:
-                raise ValueError("choose a run (train one first, or refresh the list)")
-            ctx.find_run(run_name)
-            progress_(0.1, desc="loading the run's model and adapter")
-            loaded = ctx.models.get(ctx.runs_path / run_name)
+            loaded = self._load(run_name, progress_)
             with loaded.lock:
                 if loaded.comparison is None:
                     from . import evaluation
@@ -158,7 +146,8 @@ class CompareTab:
                     progress_(0.5, desc="evaluating with the adapter on and off")
                     e = loaded.config.eval
                     loaded.comparison = evaluation.compare(loaded.model, loaded.tokenizer, val, probe, e.generations,
-                                                           e.max_new_tokens, e.batch_size, loaded.config.train.chunk_size)
+                                                           e.max_new_tokens, e.batch_size, loaded.config.train.chunk_size,
+                                                           answer_tokens=e.answer_tokens)
                 rows, dist, gens = comparison_outputs(loaded.comparison)
                 n_val = len(loaded.val) if loaded.val is not None else len(loaded.comparison["on"]["metrics"].get("examples", []))
         except Exception as exc:
@@ -195,19 +184,34 @@ class CompareTab:
             out[self.val_idx] = gr.update(maximum=max(n_val - 1, 1), value=0, label=f"Validation example (0\u2013{n_val - 1})")
         return out
 
-    def load(self, run_name: str, progress_) -> LoadedRun:
-        """The run's model, with a progress note while it loads (the first action on a run takes a while)."""
-        if not self.ctx.models.is_loaded(self.ctx.runs_path / run_name):
-            progress_(0.05, desc=f"loading {run_name}'s model and adapter (once per run)")
-        return self.ctx.models.get(self.ctx.runs_path / run_name)
+    def on_probe(self, values: dict, progress_=gr.Progress()):
+        run_name = values[self.run]
+        try:
+            loaded = self._load(run_name, progress_)
+            with loaded.lock:
+                from .probe import frozen_feature_probe
+                from .training import prepare
+
+                progress_(0.3, desc="reading the base model's features of the training and validation prompts")
+                data = prepare(loaded.config, loaded.tokenizer)
+                result = frozen_feature_probe(loaded.model, data.train, data.val, loaded.tokenizer.pad_token_id,
+                                              loaded.config.eval.batch_size, loaded.config.train.seed)
+                rows = probe_rows(result, loaded.comparison)
+        except Exception as exc:
+            gr.Warning(error_text(exc))
+            return {self.msg: message_html(error_text(exc))}
+        note = f"{run_name}: probe fitted on {result['n_train']} training examples, scored on {result['n_val']}."
+        if loaded.comparison is None:
+            note += " Compare the run to add the adapter's rows."
+        return {self.msg: message_html(note, "ok"), self.probe_table: gr.update(value=frame(rows), visible=True)}
 
     def on_val_example(self, values: dict, progress_=gr.Progress()):
         run_name, index, mode = values[self.run], values[self.val_idx], values[self.loss_mode]
         try:
             if not run_name:
                 raise ValueError("choose a run and press Compare first")
-            loaded = self.load(run_name, progress_)
-            from .evaluation import adapter, generate
+            loaded = self._load(run_name, progress_)
+            from .evaluation import adapter, choice_logprobs, generate
 
             with loaded.lock:
                 val = loaded.validation()
@@ -242,8 +246,8 @@ class CompareTab:
                 raise ValueError("choose a run first")
             if not (text or "").strip():
                 raise ValueError("type a prompt first")
-            loaded = self.load(run_name, progress_)
-            from .evaluation import adapter, generate_texts
+            loaded = self._load(run_name, progress_)
+            from .evaluation import adapter, choice_logprobs, generate_texts
 
             prompt = user_prompt(loaded.tokenizer, text, loaded.config.data.system_prompt)
             choices = ()

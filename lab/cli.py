@@ -1,12 +1,19 @@
 """`lab`: train, evaluate, compare and inspect from the terminal.
 
     lab train --plw 0.1 --set train.max_steps=60
+    lab train --resume runs/<run>       # continue a stopped, interrupted or failed run from its checkpoint
     lab inspect -n 2                    # tokens coloured by weight, with labels
     lab eval runs/<run>                 # validation metrics, adapter on and off
     lab compare runs/<run>              # generations, answers and forgetting probe, on vs off
+    lab probe runs/<run>                # a linear probe on the frozen base model, beside the adapter
     lab config > my.yaml                # every setting with its default; edit, then --config my.yaml
 
 Multi-GPU: `accelerate launch -m lab train ...` (DDP, FSDP or DeepSpeed as accelerate is configured).
+
+SIGTERM and Ctrl-C stop `lab train` like the app's Stop button: the current optimiser step
+finishes, the adapter and checkpoint are saved, summary.json says `stopped`, and the exit code is
+128 + the signal number (143 for SIGTERM, 130 for Ctrl-C). A second Ctrl-C quits at once; the run
+then resumes from its last periodic checkpoint.
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 from .config import ConfigError, LabConfig, parse_overrides
-from .metrics import RANKED, format_value
+from .metrics import RANKED, metric
 from .metrics import label as metric_label
 
 # Shortcut flags for the settings changed most often; everything else goes through --set.
@@ -31,6 +40,32 @@ SHORTCUTS = {
     "lr": "train.learning_rate",
     "output_dir": "train.output_dir",
 }
+
+
+SHORTCUT_FLAGS = {f"--{flag.replace('_', '-')}" for flag in SHORTCUTS}
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """`--lr -1e-3` as `--lr=-1e-3`.
+
+    argparse takes a value such as '-1e-3' for an unknown flag and stops with "expected one
+    argument"; joined, the value reaches the config, whose range check says what is allowed.
+    """
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in SHORTCUT_FLAGS and arg.startswith("-") and _is_number(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -97,7 +132,14 @@ def print_event(event, stream=None) -> None:
     stream = stream or sys.stdout
     kind = event.kind
     if kind == "started":
-        print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps", file=stream)
+        stopping = f", best adapter by {event.early_stopping_metric}" if getattr(event, "early_stopping_metric", "") else ""
+        print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps{stopping}", file=stream)
+        processes = f"{event.world_size} process" + ("es" if event.world_size > 1 else "")
+        print(f"{processes}, {event.global_batch} examples per optimiser step", file=stream)
+        for name, path in event.paths.items():
+            print(f"  {name}: {path}", file=stream)
+        for note in event.data_report.get("notes", []):
+            print(f"{YELLOW}data: {note}{RESET}", file=stream)
         for note in event.skipped[:5]:
             print(f"{YELLOW}skipped: {note}{RESET}", file=stream)
     elif kind == "advice":
@@ -110,7 +152,7 @@ def print_event(event, stream=None) -> None:
         )
     elif kind == "eval":
         m = event.metrics
-        shown = [f"{name} {format_value(name, m[name])}" for name in (*RANKED, "majority_baseline") if m.get(name) is not None]
+        shown = [f"{name} {metric(name).format_with_interval(m)}" for name in (*RANKED, "unparseable", "majority_baseline", "chance") if m.get(name) is not None]
         if m.get("predicted"):
             shown.append(f"predicted {m['predicted']}")
         print(f"{BOLD}eval step {event.step:>4}{RESET}  " + "  ".join(shown) + ("  *best*" if event.is_best else ""), file=stream)
@@ -175,15 +217,24 @@ class ProgressBar:
 def print_comparison(comparison: dict, stream=None) -> None:
     stream = stream or sys.stdout
     on, off = comparison["on"], comparison["off"]
-    print(f"{'':28}{'adapter off':>14}{'adapter on':>14}", file=stream)
-    for key in (*RANKED, "majority_baseline"):
+    print(f"{'':28}{'adapter off':>22}{'adapter on':>22}", file=stream)
+    for key in (*RANKED, "unparseable", "majority_baseline", "chance"):
         a, b = off["metrics"].get(key), on["metrics"].get(key)
-        if a is not None:
-            print(f"{key:28}{format_value(key, a):>14}{format_value(key, b):>14}", file=stream)
+        if a is not None or b is not None:
+            m = metric(key)
+            print(f"{key:28}{m.format_with_interval(off['metrics']):>22}{m.format_with_interval(on['metrics']):>22}", file=stream)
     if off.get("probe_perplexity") is not None:
-        print(f"{'forgetting probe perplexity':28}{off['probe_perplexity']:>14.2f}{on['probe_perplexity']:>14.2f}", file=stream)
+        print(f"{'forgetting probe perplexity':28}{off['probe_perplexity']:>22.2f}{on['probe_perplexity']:>22.2f}", file=stream)
     if "predicted" in off["metrics"]:
-        print(f"{'predicted answers':28}{json.dumps(off['metrics']['predicted']):>14} {json.dumps(on['metrics']['predicted'])}", file=stream)
+        print(f"{'predicted answers':28}{json.dumps(off['metrics']['predicted']):>22} {json.dumps(on['metrics']['predicted'])}", file=stream)
+    for key, test in (comparison.get("paired") or {}).items():
+        print(
+            f"{BOLD}{key}, adapter off vs on{RESET} (exact McNemar on the same {test['n']} examples): right only off "
+            f"{test['first_only']}, right only on {test['second_only']}, p = {test['p_value']:.3g}: {test['verdict']}",
+            file=stream,
+        )
+    if comparison.get("format_vs_task"):
+        print(comparison["format_vs_task"]["text"], file=stream)
     for i, example in enumerate(comparison.get("examples", [])):
         print(f"\n{BOLD}example {i}{RESET} (reference: {example['reference']!r})", file=stream)
         print(f"  off: {off['generations'][i]!r}\n  on:  {on['generations'][i]!r}", file=stream)
@@ -192,37 +243,75 @@ def print_comparison(comparison: dict, stream=None) -> None:
 # -- commands ---------------------------------------------------------------------------------
 
 
-def cmd_train(args) -> int:
-    from .training import is_main_process, train
+def stop_on_signals(stop) -> dict:
+    """SIGTERM and the first Ctrl-C ask `stop` (a `StopRequest`) to stop the run after the current
+    step; a second Ctrl-C raises KeyboardInterrupt at once. Returns the previous handlers. Signal
+    handlers exist only in the main thread, so elsewhere (an app's training thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
 
-    cfg = build_config(args)
-    if is_main_process() and not args.no_progress:
-        bar = ProgressBar()
-        try:
-            result = train(cfg, subscribers=[bar])
-        finally:
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.signal = signum
+        stop.request(f"stopped by {name}")
+        print(f"\n{YELLOW}{name}: stopping after the current optimiser step and saving"
+              f"{' (Ctrl-C again quits at once)' if signum == signal.SIGINT else ''}{RESET}", file=sys.stderr)
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def cmd_train(args) -> int:
+    from .data import load_examples
+    from .models import check_model
+    from .training import StopRequest, is_main_process, resume, train
+
+    stop = StopRequest()
+    if args.resume and (args.config or args.set or any(getattr(args, flag, None) is not None for flag in SHORTCUTS)):
+        raise ConfigError("--resume continues a run with its own config.yaml; leave out --config, --set and the shortcut flags")
+    bar = ProgressBar() if is_main_process() and not args.no_progress else None
+    previous = stop_on_signals(stop)
+    try:
+        subscribers = [bar or print_event]
+        if args.resume:
+            result = resume(args.resume, subscribers=subscribers, stop=stop)
+        else:
+            cfg = build_config(args)
+            # Bad data or a model that cannot load ends here with exit code 2, before a run folder exists.
+            check_model(cfg.model)
+            result = train(cfg, subscribers=subscribers, stop=stop, examples=load_examples(cfg.data))
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        if bar is not None:
             bar.close()
-    else:
-        result = train(cfg, subscribers=[print_event])
     if is_main_process():  # under `accelerate launch` every process gets here; one report is enough
         if result.comparison:
             print()
             print_comparison(result.comparison)
         print(f"\nrun folder: {result.run_dir}")
-    return 1 if result.status == "failed" else 0
+        if result.status in ("stopped", "failed"):
+            print(f"resume with: lab train --resume {result.run_dir}")
+    if result.status == "failed":
+        return 1
+    return 128 + stop.signal if stop.signal else 0
 
 
-def _load_run_model(run_dir: str):
+def _load_run_model(run_dir: str, which: str = ""):
     from .evaluation import device_of
     from .models import load_adapter, load_model, load_tokenizer
     from .runs import load_run
     from .training import prepare
 
     run = load_run(run_dir)
-    if run.config is None or run.adapter_dir() is None:
-        raise SystemExit(f"{run_dir}: the run has no readable config or no saved adapter")
+    found = run.adapter(which)
+    if run.config is None or found is None:
+        raise SystemExit(f"{run_dir}: the run has no readable config or no saved {which + ' ' if which else ''}adapter")
+    folder, step = found
+    print(f"adapter: {folder} (step {step if step is not None else 'unknown'})")
     tokenizer = load_tokenizer(run.config.model)
-    model = load_adapter(load_model(run.config.model), run.adapter_dir())
+    model = load_adapter(load_model(run.config.model), folder)
     data = prepare(run.config, tokenizer)
     return run, model, tokenizer, data, device_of(model)
 
@@ -230,7 +319,7 @@ def _load_run_model(run_dir: str):
 def cmd_eval(args) -> int:
     from .evaluation import adapter, evaluate
 
-    run, model, tokenizer, data, _ = _load_run_model(args.run)
+    run, model, tokenizer, data, _ = _load_run_model(args.run, args.adapter)
     measured = {}
     for label, enabled in (("off", False), ("on", True)):
         with adapter(model, enabled):
@@ -242,9 +331,10 @@ def cmd_eval(args) -> int:
 
 
 def metrics_table(off: dict, on: dict) -> str:
-    """Validation metrics with the adapter off and on, one row a metric, in the registry's labels and formats."""
-    rows = [(metric_label(name), format_value(name, off[name]), format_value(name, on.get(name)))
-            for name in (*RANKED, "majority_baseline") if off.get(name) is not None]
+    """Validation metrics with the adapter off and on, one row a metric, in the registry's labels and formats
+    (accuracies with their 95% interval)."""
+    rows = [(metric_label(name), metric(name).format_with_interval(off), metric(name).format_with_interval(on))
+            for name in (*RANKED, "unparseable", "majority_baseline", "chance") if off.get(name) is not None]
     for key in ("predicted", "answers"):
         if off.get(key):
             rows.append((key.replace("_", " "), json.dumps(off[key]), json.dumps(on.get(key))))
@@ -262,17 +352,53 @@ def cmd_compare(args) -> int:
     from .runs import load_run
 
     run = load_run(args.run)
-    comparison = None if args.recompute else run.comparison()
-    if comparison is None:
-        run, model, tokenizer, data, _ = _load_run_model(args.run)
+    kept = run.summary.get("adapter")
+    # compare.json was made with the adapter the summary keeps; another choice is recomputed.
+    reuse = not args.recompute and (not args.adapter or run.adapter(args.adapter) == run.adapter())
+    comparison = run.comparison() if reuse else None
+    if comparison is not None:
+        step = run.summary.get("adapter_step")
+        print(f"adapter: {run.path / kept if kept else 'the one kept at the end of training'} (step {step}; from compare.json)")
+    else:
+        run, model, tokenizer, data, _ = _load_run_model(args.run, args.adapter)
         e = run.config.eval
         comparison = compare(model, tokenizer, data.val, general_text()[: e.probe_texts], e.generations, e.max_new_tokens, e.batch_size, run.config.train.chunk_size)
     print_comparison(comparison)
     return 0
 
 
+def cmd_probe(args) -> int:
+    from .evaluation import device_of
+    from .models import load_model, load_tokenizer
+    from .probe import frozen_feature_probe
+    from .runs import load_run, write_json
+    from .text_views import probe_rows
+    from .training import prepare
+
+    run = load_run(args.run)
+    if run.config is None:
+        raise FileNotFoundError(f"{args.run}: no readable run config (config.yaml)")
+    tokenizer = load_tokenizer(run.config.model)
+    model = load_model(run.config.model)
+    data = prepare(run.config, tokenizer)
+    print(f"{BOLD}{run.name}{RESET}: probing the frozen base model on {len(data.train)} training and "
+          f"{len(data.val)} validation examples ({device_of(model).type})")
+    result = frozen_feature_probe(model, data.train, data.val, tokenizer.pad_token_id, run.config.eval.batch_size, run.config.train.seed)
+    write_json(run.path / "probe.json", result)
+    rows = probe_rows(result, run.comparison())
+    columns = list(rows[0])
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    print("  ".join(f"{c:<{w}}" for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(f"{str(r.get(c, '')):<{w}}" for c, w in zip(columns, widths)))
+    if run.comparison() is None:
+        print("(the run has no compare.json: `lab compare` adds the adapter's rows)")
+    return 0
+
+
 def cmd_inspect(args) -> int:
-    from .data import load_examples
+    from .data import DataError, load_examples
     from .masks import encode, encode_all
     from .models import load_tokenizer
     from .packing import packing_efficiency
@@ -285,12 +411,19 @@ def cmd_inspect(args) -> int:
     colour = colour_wanted(sys.stdout) or args.colour
     set_colour(colour)
     encoded, skipped = encode_all(tokenizer, examples, cfg.data.max_length, cfg.data.train_eos)
+    if not encoded:
+        raise DataError(
+            f"none of the {len(examples)} examples fits into data.max_length={cfg.data.max_length}"
+            + (f" (first: {skipped[0]})" if skipped else "") + "; raise data.max_length or shorten the completions"
+        )
     s = length_stats(encoded).summary()
     print(
         f"{len(encoded)} examples ({len(skipped)} skipped as too long): prompt tokens mean {s['prompt_tokens']['mean']:.1f}, "
         f"completion tokens mean {s['completion_tokens']['mean']:.1f}, generation ratio Rg mean {s['rg_mean']:.4g}, "
         f"geometric mean {s['rg_geomean']:.4g}; label balance {label_counts(examples) or 'n/a'}"
     )
+    for note in examples.report.lines():
+        print(f"{YELLOW}data: {note}{RESET}")
     packing = packing_efficiency([len(e) for e in encoded], cfg.data.max_length, cfg.train.batch_size)
     print(f"packing efficiency at batch {cfg.train.batch_size}: padded {packing['padded']:.0%} real tokens, packed {packing['packed']:.0%}\n")
     for example in examples[: args.n]:
@@ -323,6 +456,8 @@ EXAMPLES = {
     "compare": """examples:
   lab compare runs/<run>                  # reads the comparison saved when the run finished
   lab compare runs/<run> --recompute      # evaluates again (e.g. after editing eval.* settings)""",
+    "probe": """examples:
+  lab probe runs/<run>                    # logistic regression on the frozen base model's features, same split""",
     "inspect": """examples:
   lab inspect -n 2 --plw 0.1 --table      # two examples token by token, with label and weight per token
   lab inspect --data my.csv --model tiny-random -n 1
@@ -357,14 +492,21 @@ def main(argv: list[str] | None = None) -> int:
     p = command("train", "train a LoRA adapter and compare it with the base model")
     _config_args(p)
     p.add_argument("--no-progress", action="store_true", help="print the events only, without the progress bar")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped, interrupted or failed run from its last checkpoint")
     p.set_defaults(func=cmd_train)
+    adapter_help = "which adapter: final (adapter/), best (best_adapter/) or last (last_adapter/); default: the one summary.json keeps"
     p = command("eval", "validation metrics of a run, adapter on and off")
     p.add_argument("run", help="run folder")
+    p.add_argument("--adapter", choices=("final", "best", "last"), default="", help=adapter_help)
     p.set_defaults(func=cmd_eval)
     p = command("compare", "adapter on vs off: generations, answers, forgetting probe")
     p.add_argument("run", help="run folder")
+    p.add_argument("--adapter", choices=("final", "best", "last"), default="", help=adapter_help)
     p.add_argument("--recompute", action="store_true", help="recompute instead of reading compare.json")
     p.set_defaults(func=cmd_compare)
+    p = command("probe", "a frozen-feature probe: logistic regression on the base model's hidden states")
+    p.add_argument("run", help="run folder")
+    p.set_defaults(func=cmd_probe)
     p = command("inspect", "show examples token by token with their masks and weights")
     _config_args(p)
     p.add_argument("-n", type=int, default=3, help="how many examples")
@@ -374,13 +516,18 @@ def main(argv: list[str] | None = None) -> int:
     p = command("config", "print the full config (defaults plus overrides) as YAML")
     _config_args(p)
     p.set_defaults(func=cmd_config)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else list(argv)))
     from .data import DataError
     from .models import ModelError
+    from .runs import ResumeError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelError, FileNotFoundError) as exc:
+    except KeyboardInterrupt:  # a second Ctrl-C: the run keeps its last checkpoint
+        red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
+        print(f"\n{red}interrupted; `lab train --resume RUN_DIR` continues from the last checkpoint{reset}", file=sys.stderr)
+        return 130
+    except (ConfigError, DataError, ModelError, ResumeError, FileNotFoundError) as exc:
         red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
         print(f"{red}error: {exc}{reset}", file=sys.stderr)
         return 2

@@ -59,6 +59,8 @@ class History:
         if kind == "phase":
             self.phase, self.phase_step, self.phase_since = str(event_field(event, "name")), int(event_field(event, "step", 0) or 0), when
         elif kind == "started":
+            if event_field(event, "resumed", False):
+                self._retrain_after(int(event_field(event, "from_step", 0) or 0))
             self.status = "running"
             self.total_steps = int(event_field(event, "total_steps", 0) or 0)
             self.run_dir = str(event_field(event, "run_dir", ""))
@@ -83,9 +85,12 @@ class History:
             if self.phase in ("", "loading"):  # a log without phase events still reads as training
                 self.phase, self.phase_since = "training", when
         elif kind == "eval":
+            step = int(event_field(event, "step"))
+            # An evaluation repeated at a step (generated answers added after an early stop) replaces the first.
+            self.evals = [e for e in self.evals if e["step"] != step]
             self.evals.append(
                 {
-                    "step": int(event_field(event, "step")),
+                    "step": step,
                     "epoch": float(event_field(event, "epoch", 0.0) or 0.0),
                     "metrics": dict(event_field(event, "metrics", {}) or {}),
                     "is_best": bool(event_field(event, "is_best", False)),
@@ -113,6 +118,15 @@ class History:
             step = event_field(event, "step")
             if self.last_step is None and step is not None:
                 self.last_step = {"step": step}
+
+    def _retrain_after(self, from_step: int) -> None:
+        """A resumed run retrains the steps after its checkpoint: what the earlier attempt logged there goes."""
+        kept = [i for i, s in enumerate(self.steps) if s <= from_step]
+        self.steps = [self.steps[i] for i in kept]
+        self.train_loss = [self.train_loss[i] for i in kept]
+        self.learning_rate = [self.learning_rate[i] for i in kept]
+        self.evals = [e for e in self.evals if e["step"] <= from_step]
+        self.summary, self.end_message, self.ended = {}, "", None
 
     @property
     def advice(self) -> list[str]:
@@ -203,6 +217,18 @@ class History:
                 xs.append(e["step"])
                 ys.append(float(value))
         return xs, ys
+
+    def interval_series(self, name: str) -> tuple[list[int], list[float], list[float]]:
+        """Steps with the 95% interval of metric `name` (its registry `interval` key): lows and highs."""
+        key = METRICS[name].interval
+        xs, lows, highs = [], [], []
+        for e in self.evals:
+            bounds = e["metrics"].get(key) if key else None
+            if bounds and all(b is not None and b == b for b in bounds):
+                xs.append(e["step"])
+                lows.append(float(bounds[0]))
+                highs.append(float(bounds[1]))
+        return xs, lows, highs
 
     def best(self, name: str) -> tuple[int, float] | None:
         xs, ys = self.metric_series(name)

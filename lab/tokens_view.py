@@ -1,7 +1,9 @@
 """The token view: an encoded example token by token, coloured by its loss weight or its loss.
 
-Prompt tokens are blue and fade with the prompt-loss weight, completion tokens are orange; the
-loss views colour each token by its cross-entropy with the adapter on, off, or the difference.
+Prompt tokens are blue and fade with the prompt-loss weight, completion tokens are orange, and
+the answer tokens of multiple-choice and classification data are outlined apart from the rest
+of the completion (the end-of-turn token: format); the loss views colour each token by its
+cross-entropy with the adapter on, off, or the difference.
 Each function takes an `Encoded` and returns an HTML string with its own CSS and legend, so the
 Gradio app and the notebooks show the same picture. The weight rule itself
 (`token_weight_values`, `completion_weight_share`) lives here too, for every view that states it.
@@ -46,10 +48,18 @@ def text_color(weight: float, is_completion: bool) -> str | None:
     return "#ffffff" if not is_completion and weight_alpha(weight) > LIGHT_TEXT_ABOVE else None
 
 
-def token_weight_values(prompt_mask: Sequence[int], completion_mask: Sequence[int], plw: float) -> list[float]:
-    """PLW x prompt_mask + completion_mask, token by token (the rule `lab.loss.token_weights` applies),
-    with the first token at 0: nothing before it predicts it, so it is never a target."""
-    weights = [plw * p + c for p, c in zip(prompt_mask, completion_mask)]
+def token_weight_values(
+    prompt_mask: Sequence[int],
+    completion_mask: Sequence[int],
+    plw: float,
+    completion_weight: float = 1.0,
+    data_weight: Sequence[float] | None = None,
+) -> list[float]:
+    """(PLW x prompt_mask + lambda_r x completion_mask) x data weight, token by token (the rule
+    `lab.loss.token_weights` applies), with the first token at 0: nothing before it predicts it, so
+    it is never a target."""
+    data_weight = data_weight or [1.0] * len(prompt_mask)
+    weights = [(plw * p + completion_weight * c) * d for p, c, d in zip(prompt_mask, completion_mask, data_weight)]
     return [0.0, *weights[1:]] if weights else weights
 
 
@@ -66,10 +76,10 @@ def fold_range(enc) -> tuple[int, int] | None:
     return FOLD_HEAD, first_completion - FOLD_TAIL
 
 
-def completion_weight_share(n_prompt: int, n_completion: int, plw: float) -> float:
-    """Share of the total loss weight carried by completion tokens at this PLW."""
-    total = n_completion + plw * n_prompt
-    return n_completion / total if total else float("nan")
+def completion_weight_share(n_prompt: float, n_completion: float, plw: float, completion_weight: float = 1.0) -> float:
+    """Share of the total loss weight carried by completion tokens at this PLW and lambda_r."""
+    total = completion_weight * n_completion + plw * n_prompt
+    return completion_weight * n_completion / total if total else float("nan")
 
 
 
@@ -82,6 +92,7 @@ TOKEN_CSS = """
 .plw-tok.plw-special{font-size:11px;border:1px dashed #94a3b8}
 .plw-tok.plw-c-under{box-shadow:inset 0 -2px 0 rgba(234,88,12,0.9)}
 .plw-tok.plw-p-under{box-shadow:inset 0 -2px 0 rgba(37,99,235,0.35)}
+.plw-tok.plw-answer{outline:2px solid #be123c;outline-offset:-1px;font-weight:700}
 .plw-cut{color:#b91c1c;font-style:italic;background:#fef2f2;border-radius:3px;padding:0 4px}
 .plw-nl{color:#cbd5e1}
 .plw-legend{display:flex;flex-wrap:wrap;gap:14px;align-items:center;font-size:12px;color:#374151;margin:4px 0 8px}
@@ -124,17 +135,30 @@ def _pieces(enc) -> list[tuple[int, str, int]]:
     return out
 
 
-def _legend_weights(plw: float) -> str:
+def _is_answer(enc, i: int) -> bool:
+    return i < len(enc.answer_mask) and bool(enc.answer_mask[i])
+
+
+ANSWER_ATTR = ' data-answer="1"'
+ANSWER_LEGEND = (
+    '<span><span class="sw plw-answer" style="outline:2px solid #be123c;outline-offset:-1px"></span>'
+    "answer token (the scored candidate: answer loss and accuracy; the rest of the completion is format)</span>"
+)
+
+
+def _legend_weights(plw: float, answer: bool = False, completion_weight: float = 1.0, data_weights: bool = False) -> str:
     grad_p = f"linear-gradient(90deg,{weight_color(0, False)},{weight_color(1, False)})"
     return (
         '<div class="plw-legend">'
         f'<span><span class="sw" style="background:{weight_color(plw, False)}"></span>'
         f"prompt / template token: weight = PLW = {plw:g}</span>"
-        f'<span><span class="sw" style="background:{weight_color(1, True)}"></span>'
-        "completion token: weight 1</span>"
-        f'<span>weight 0<span class="grad" style="background:{grad_p}"></span>1</span>'
+        f'<span><span class="sw" style="background:{weight_color(completion_weight, True)}"></span>'
+        f"completion token: weight = λ<sub>r</sub> = {completion_weight:g}</span>"
+        + ("<span>times the record's or message's weight from the data</span>" if data_weights else "")
+        + f'<span>weight 0<span class="grad" style="background:{grad_p}"></span>1</span>'
         '<span><span class="sw plw-special" style="border:1px dashed #94a3b8"></span>special token</span>'
-        "<span>hover a token for its text, id, label and weight</span>"
+        + (ANSWER_LEGEND if answer else "")
+        + "<span>hover a token for its text, id, label and weight</span>"
         "</div>"
     )
 
@@ -145,15 +169,18 @@ def token_html(
     special_ids: Iterable[int] | None = None,
     max_tokens: int = 2000,
     summary: bool = True,
+    completion_weight: float = 1.0,
 ) -> str:
-    """An encoded example token by token, each coloured by its loss weight at `plw`.
+    """An encoded example token by token, each coloured by its loss weight at `plw` and `completion_weight`
+    (lambda_r), times the weights the data gives its record and messages.
 
     Prompt tokens (including the chat template's) are blue with an opacity that follows their
     weight, so they fade to nothing as PLW goes to 0; completion tokens are always full orange.
     Each token's `title` (shown on hover) gives its text, id, label and weight.
     """
     special = set(special_ids) if special_ids is not None else None
-    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw)
+    data_weight = getattr(enc, "data_weight", None) or None
+    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw, completion_weight, data_weight)
     parts = []
     fold = fold_range(enc)
     for i, text, cut in _pieces(enc)[:max_tokens]:
@@ -173,14 +200,20 @@ def token_html(
         token_id = enc.input_ids[i]
         if _is_special(text, token_id, special):
             classes.append("plw-special")
-        title = f"{_describe(text)} | id {token_id} | {label} | weight {w:.4g}"
+        answer = _is_answer(enc, i)
+        if answer:
+            classes.append("plw-answer")
+        title = f"{_describe(text)} | id {token_id} | {label}{' (answer)' if answer else ''} | weight {w:.4g}"
         if i == 0:
             title += " (the first token: nothing before it predicts it, so it is never a target)"
+        if data_weight:
+            title += f" (data weight {data_weight[i]:.4g})"
         colour = text_color(w, is_completion)
         parts.append(
             f'<span class="{" ".join(classes)}" style="background-color:{weight_color(w, is_completion)}'
             f'{f";color:{colour}" if colour else ""}" '
-            f'title="{html.escape(title, quote=True)}" data-label="{label}" data-weight="{w:.4g}">{_display(text)}</span>'
+            f'title="{html.escape(title, quote=True)}" data-label="{label}" data-weight="{w:.4g}"'
+            f'{ANSWER_ATTR if answer else ""}>{_display(text)}</span>'
         )
         if fold and i == fold[1] - 1:
             parts.append("</details>")
@@ -189,15 +222,18 @@ def token_html(
     foot = ""
     if summary:
         n_p, n_c = enc.n_prompt, enc.n_completion
-        completion_weight = sum(w for w, c in zip(weights, enc.completion_mask) if c)
-        share = completion_weight / sum(weights) if sum(weights) else float("nan")
+        # from the weights themselves: the first token (never a target) and any data weight counted right
+        completion_share_weight = sum(w for w, c in zip(weights, enc.completion_mask) if c)
+        share = completion_share_weight / sum(weights) if sum(weights) else float("nan")
         foot = (
             f'<div class="plw-summary">{len(enc.input_ids)} tokens: {n_p} prompt, {n_c} completion'
             f"{f', {enc.truncated} cut from the prompt' if enc.truncated else ''}. "
-            f"At PLW {plw:g} the completion carries <b>{share:.1%}</b> of this example's loss weight.</div>"
+            f"At PLW {plw:g}{f' and completion weight {completion_weight:g}' if completion_weight != 1 else ''} the completion "
+            f"carries <b>{share:.1%}</b> of this example's loss weight"
+            f"{f'; the data weights this record {enc.example.weight:g}' if data_weight else ''}.</div>"
         )
     return (
-        f"<style>{TOKEN_CSS}</style>{_legend_weights(plw)}"
+        f"<style>{TOKEN_CSS}</style>{_legend_weights(plw, any(enc.answer_mask), completion_weight, bool(data_weight))}"
         f'<div class="plw-tokens" data-mode="weights" data-plw="{plw:g}">{"".join(parts)}</div>{foot}'
     )
 
@@ -254,7 +290,7 @@ def token_loss_html(
     else:
         values = on if mode == "on" else off
         vmax = _robust_max(values, 1.0)
-    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw)
+    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw, data_weight=getattr(enc, "data_weight", None))
     parts = []
     for i, text, cut in _pieces(enc)[:max_tokens]:
         if cut and enc.truncated:
@@ -266,18 +302,24 @@ def token_loss_html(
         classes = ["plw-tok", "plw-c-under" if is_completion else "plw-p-under"]
         if _is_special(text, enc.input_ids[i], special):
             classes.append("plw-special")
+        answer = _is_answer(enc, i)
+        if answer:
+            classes.append("plw-answer")
 
         def fmt(v):
             return "n/a" if v is None else f"{v:.3f}"
 
         delta = None if on[i] is None or off[i] is None else on[i] - off[i]
-        title = f"{_describe(text)} | id {enc.input_ids[i]} | {label} | weight {weights[i]:.4g} | " + (
+        title = f"{_describe(text)} | id {enc.input_ids[i]} | {label}{' (answer)' if answer else ''} | weight {weights[i]:.4g} | " + (
             f"loss {fmt(on[i])}" if single else f"loss on {fmt(on[i])} | off {fmt(off[i])} | \u0394 {fmt(delta)}"
         )
         parts.append(
             f'<span class="{" ".join(classes)}" style="background-color:{colour}" '
-            f'title="{html.escape(title, quote=True)}" data-label="{label}" data-loss="{fmt(value)}">{_display(text)}</span>'
+            f'title="{html.escape(title, quote=True)}" data-label="{label}" data-loss="{fmt(value)}"'
+            f'{ANSWER_ATTR if answer else ""}>{_display(text)}</span>'
         )
+    has_answer = any(enc.answer_mask)
+    answer_legend = ANSWER_LEGEND if has_answer else ""
     if mode == "diff":
         legend = (
             '<div class="plw-legend">'
@@ -285,7 +327,8 @@ def token_loss_html(
             f"adapter lowered the loss (down to \u2212{vmax:.2f} nats)</span>"
             f'<span><span class="sw" style="background:{_rgba(WORSE_RGB, MAX_ALPHA)}"></span>'
             f"adapter raised it (+{vmax:.2f})</span>"
-            '<span>underline: <b style="color:#ea580c">completion</b> / <b style="color:#2563eb">prompt</b></span></div>'
+            '<span>underline: <b style="color:#ea580c">completion</b> / <b style="color:#2563eb">prompt</b></span>'
+            f"{answer_legend}</div>"
         )
     else:
         grad = f"linear-gradient(90deg,{_loss_color(0, 1)},{_loss_color(1, 1)})"
@@ -293,21 +336,25 @@ def token_loss_html(
             '<div class="plw-legend">'
             f"<span>per-token loss{'' if single else f', adapter {mode}'}: 0<span class=\"grad\" style=\"background:{grad}\"></span>"
             f"\u2265{vmax:.2f} nats</span>"
-            '<span>underline: <b style="color:#ea580c">completion</b> / <b style="color:#2563eb">prompt</b></span></div>'
+            '<span>underline: <b style="color:#ea580c">completion</b> / <b style="color:#2563eb">prompt</b></span>'
+            f"{answer_legend}</div>"
         )
 
     def mean(mask_values, losses):
         picked = [v for m, v in zip(mask_values, losses) if m and v is not None]
         return sum(picked) / len(picked) if picked else float("nan")
 
+    answer_part = (f"; answer loss: on <b>{mean(enc.answer_mask, on):.3f}</b>, off <b>{mean(enc.answer_mask, off):.3f}</b>"
+                   if has_answer else "")
     if single:
+        answer_part = f"; answer loss <b>{mean(enc.answer_mask, on):.3f}</b>" if has_answer else ""
         foot = (f'<div class="plw-summary">mean completion loss <b>{mean(enc.completion_mask, on):.3f}</b>; '
-                f"mean prompt loss {mean(enc.prompt_mask, on):.3f} (the first token, never predicted, left out)</div>")
+                f"mean prompt loss {mean(enc.prompt_mask, on):.3f}{answer_part} (the first token, never predicted, left out)</div>")
     else:
         foot = (
             '<div class="plw-summary">mean completion loss: adapter on '
             f"<b>{mean(enc.completion_mask, on):.3f}</b>, off <b>{mean(enc.completion_mask, off):.3f}</b>; "
-            f"mean prompt loss: on {mean(enc.prompt_mask, on):.3f}, off {mean(enc.prompt_mask, off):.3f}</div>"
+            f"mean prompt loss: on {mean(enc.prompt_mask, on):.3f}, off {mean(enc.prompt_mask, off):.3f}{answer_part}</div>"
         )
     return (
         f"<style>{TOKEN_CSS}</style>{legend}"

@@ -10,7 +10,7 @@ training events, so the notebooks stay thin:
     result = train(cfg, subscribers=[curves])
 
 plus a few plain helpers the notebooks share (a token table of a collated batch, the step each
-metric would stop at, answer log-probability summaries, general-text examples for replay).
+metric would stop at, answer log-probability summaries, runs side by side with their intervals).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import dataclasses
 import html
 import math
 import warnings
-from typing import Sequence
 
 import ipywidgets as W
 import plotly.graph_objects as go
@@ -27,9 +26,8 @@ from IPython.display import display
 
 from .charts import accuracy_figure, loss_figure, predicted_distribution_figure
 from .config import TrainConfig
-from .data import Example, fixed_split  # noqa: F401  (notebooks import it from here)
 from .history import History, stopping_points  # noqa: F401  (notebooks import it from here)
-from .text_views import progress_html, run_report  # noqa: F401  (notebooks import it from here)
+from .text_views import progress_html, remedy_verdicts, run_point, run_report  # noqa: F401  (notebooks import them from here)
 from .tokens_view import token_html
 
 #: The PLW values the config suggests, as buttons beside the slider.
@@ -201,23 +199,5 @@ def answer_summary(metrics: dict) -> dict:
         "mean p(right answer)": sum(math.exp(v) for v in right) / len(right) if right else float("nan"),
         "predicted": metrics.get("predicted"),
     }
-
-
-def general_examples(texts: Sequence[str], split_at: float = 0.5) -> list[Example]:
-    """Plain passages as continuation examples (first part as prompt, the rest as completion), for
-    mixing general data into a fine-tuning set ("replay") against forgetting."""
-    out = []
-    for i, text in enumerate(texts):
-        words = text.split()
-        if len(words) < 4:
-            continue
-        cut = max(1, int(len(words) * split_at))
-        out.append(Example(
-            [{"role": "user", "content": "Continue the text:\n" + " ".join(words[:cut])},
-             {"role": "assistant", "content": " ".join(words[cut:])}],
-            source_index=100_000 + i,
-            meta={"general": True},
-        ))
-    return out
 
 

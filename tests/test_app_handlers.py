@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -156,12 +157,13 @@ def test_only_a_prompt_that_lists_options_gets_answer_log_probabilities():
 def test_the_first_action_on_a_run_says_it_is_loading_the_model(app, monkeypatch):
     compare = app.plw_tabs["compare"]
     notes = []
+    monkeypatch.setattr(compare.ctx, "find_run", lambda name: SimpleNamespace(path=compare.ctx.runs_path / name))
     monkeypatch.setattr(compare.ctx.models, "is_loaded", lambda path: False)
     monkeypatch.setattr(compare.ctx.models, "get", lambda path: "the model")
-    assert compare.load("run-a", lambda fraction, desc: notes.append(desc)) == "the model"
+    assert compare._load("run-a", lambda fraction, desc: notes.append(desc)) == "the model"
     assert notes == ["loading run-a's model and adapter (once per run)"]
     monkeypatch.setattr(compare.ctx.models, "is_loaded", lambda path: True)
-    compare.load("run-a", lambda fraction, desc: notes.append(desc))
+    compare._load("run-a", lambda fraction, desc: notes.append(desc))
     assert len(notes) == 1  # loaded already: no note
 
 

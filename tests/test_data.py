@@ -25,7 +25,7 @@ def test_formats_are_detected_and_converted(tmp_path):
     cls = to_examples([{"text": "CCO", "label": "BBB+"}, {"text": "C", "label": "BBB-"}], DataConfig(answer_format="({letter})"))
     assert cls[0].choices == ("(A)", "(B)") and cls[0].answer == "(A)" and cls[1].answer == "(B)"
     assert "(A) BBB+ (B) BBB-" in cls[0].messages[0]["content"]
-    assert detect_format({"messages": []}) == "chat"
+    assert detect_format([{"messages": []}]) == "chat"
 
 
 def test_jsonl_csv_and_parquet_files_give_the_same_examples(tmp_path):
@@ -79,8 +79,8 @@ def test_non_utf8_file_reports_where(tmp_path):
 def test_broken_jsonl_line_is_named(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": \n', encoding="utf-8")
-    with pytest.raises(DataError, match="line 2: invalid JSON"):
-        read_file(path)
+    with pytest.raises(DataError, match="record 1: line 2: invalid JSON"):
+        load_examples(DataConfig(source=str(path)))
 
 
 def test_unsupported_file_and_missing_file_are_named(tmp_path):
