@@ -62,6 +62,15 @@ def wait_text(page, selector: str, needle: str, timeout: int = UI_TIMEOUT) -> No
         raise AssertionError(f"{needle!r} never appeared in {selector}, which reads {text(page, selector)!r}") from None
 
 
+def record_statuses(page) -> None:
+    """Record every status the progress box shows (in window.plwStatuses), to prove "stopping" never
+    flips back to "training"."""
+    page.evaluate("""() => { window.plwStatuses = []; const seen = () => {
+        const p = document.querySelector('#progress .plw-progress'); const s = p && p.dataset.status;
+        if (s && window.plwStatuses[window.plwStatuses.length - 1] !== s) window.plwStatuses.push(s); };
+        new MutationObserver(seen).observe(document.querySelector('#progress'), {subtree: true, childList: true, attributes: true}); }""")
+
+
 def test_the_train_tab_says_what_the_next_run_trains_on(page):
     cfg = LabConfig()
     n_train, n_val = split_sizes(LIMIT, cfg.data.val_size, cfg.data.val_max)
@@ -83,11 +92,7 @@ def test_a_run_belongs_to_its_visitor_and_shows_its_settings_and_phases(page, br
     set_number(page, "cfg-train-max-steps", 400)
     set_number(page, "cfg-train-eval-interval", 3)
     set_number(page, "cfg-train-batch-size", 4)
-    # record every status the progress box shows, to prove "stopping" never flips back to "training"
-    page.evaluate("""() => { window.plwStatuses = []; const seen = () => {
-        const p = document.querySelector('#progress .plw-progress'); const s = p && p.dataset.status;
-        if (s && window.plwStatuses[window.plwStatuses.length - 1] !== s) window.plwStatuses.push(s); };
-        new MutationObserver(seen).observe(document.querySelector('#progress'), {subtree: true, childList: true, attributes: true}); }""")
+    record_statuses(page)
     click(page, "#start")
     # the base model's evaluation is a phase of its own, named while it runs or just after
     page.wait_for_function("() => ['evaluating', 'training'].includes(document.querySelector('#progress .plw-progress')?.dataset.phase)",
@@ -120,10 +125,7 @@ def test_a_run_belongs_to_its_visitor_and_shows_its_settings_and_phases(page, br
     page.wait_for_selector("#tab-data")
     open_tab(page, "Train")
     page.wait_for_function("() => document.querySelector('button#stop')?.disabled === false")
-    page.evaluate("""() => { window.plwStatuses = []; const seen = () => {
-        const p = document.querySelector('#progress .plw-progress'); const s = p && p.dataset.status;
-        if (s && window.plwStatuses[window.plwStatuses.length - 1] !== s) window.plwStatuses.push(s); };
-        new MutationObserver(seen).observe(document.querySelector('#progress'), {subtree: true, childList: true, attributes: true}); }""")
+    record_statuses(page)
     click(page, "#stop")
     page.wait_for_function("() => document.querySelector('#progress .plw-progress')?.dataset.status === 'stopped'",
                            timeout=120_000)

@@ -23,22 +23,11 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "01_masks_and_weights.ipynb"
-CHROMIUM = "/usr/bin/chromium"
 START_TIMEOUT = 120  # seconds for JupyterLab to answer
 RUN_TIMEOUT = 240_000  # milliseconds for every cell to run in tiny mode
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); skipping the browser tests", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("jupyterlab")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from test_app_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, sync_api  # noqa: E402  (skips without Chromium)
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +77,7 @@ def lab_server(tmp_path_factory):
 
 def test_notebook_01_runs_in_jupyterlab_with_its_token_widget_and_live_charts(lab_server):
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(90_000)
         try:
