@@ -233,7 +233,7 @@ def test_cosmetics_a_newcomer_noticed(page):
     open_tab(page, "Runs")
     click(page, "#runs-refresh")
     page.wait_for_selector("#runs-table th")
-    broken = page.evaluate("""() => {
+    broken = page.evaluate(r"""() => {
         const out = [];
         for (const th of document.querySelectorAll('#runs-table th')) {
           const walker = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
