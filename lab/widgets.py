@@ -1,16 +1,17 @@
 """Notebook helpers: ipywidgets controls and live plotly FigureWidgets over the lab's views.
 
 This is the only lab module that imports ipywidgets. The pictures themselves (token HTML from
-`lab.tokens_view`, figure styles from `lab.charts`, the training history from `lab.history`, the
-progress bar from `lab.text_views`) are made elsewhere; here they are wired to controls and to the
-training events, so the notebooks stay thin:
+`lab.tokens_view`, the Train tab's figures from `lab.charts`, the training history from
+`lab.history`, the progress line from `lab.text_views`) are made elsewhere; here they are wired to
+controls and to the training events, so the notebooks stay thin:
 
     view = token_view(encoded, plw=0.0)              # token view with a PLW slider
-    curves = LiveCurves("PLW 0.1"); display(curves)  # a FigureWidget fed by training events
+    curves = LiveCurves("PLW 0.1"); display(curves)  # the Train tab's charts, fed by training events
     result = train(cfg, subscribers=[curves])
 
-plus a few plain helpers the notebooks share (a token table of a collated batch, the step each
-metric would stop at, answer log-probability summaries, runs side by side with their intervals).
+plus two small table helpers (a token table of a collated batch, answer log-probability
+summaries). The stopping points (`lab.history`) and run reports (`lab.text_views`) live in the
+core; they are imported here too because the notebooks import them from this module.
 """
 
 from __future__ import annotations
