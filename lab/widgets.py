@@ -26,7 +26,7 @@ import ipywidgets as W
 import plotly.graph_objects as go
 from IPython.display import display
 
-from .charts import METRIC_COLORS, METRIC_LABELS, PLOT_TEMPLATE
+from .charts import METRIC_COLORS, METRIC_LABELS, PLOT_TEMPLATE, error_bars
 from .config import TrainConfig
 from .metrics import METRICS
 from .data import Example, split
@@ -110,7 +110,7 @@ class LiveCurves:
     """A training-event subscriber that draws the run live in one plotly FigureWidget.
 
     Train loss every step; validation prompt, completion and full-sequence loss (left axis) and
-    answer accuracy with the majority-class baseline (right axis) at every evaluation. A star
+    answer accuracy with its 95% error bars and the majority-class baseline (right axis) at every evaluation. A star
     marks the best value of each so far, i.e. the step each metric would pick as the stopping
     point. Above the chart, progress, tokens/s and the run's advice. Pass the object itself as a
     subscriber: `train(cfg, subscribers=[curves])`.
@@ -193,6 +193,7 @@ class LiveCurves:
                 return
             for name in (*LOSSES, "answer_accuracy", "majority_baseline"):
                 self._set(name, *h.metric_series(name))
+            self.figure.data[self._index["answer_accuracy"]].error_y = error_bars(h, "answer_accuracy", *h.metric_series("answer_accuracy"))
             for name in (*LOSSES, "answer_accuracy"):
                 best = h.best(name)
                 self._set(f"best:{name}", [best[0]] if best else [], [best[1]] if best else [])
@@ -313,6 +314,7 @@ def run_report(result) -> dict:
     return {
         "accuracy off": m_off.get("answer_accuracy"),
         "accuracy on": m_on.get("answer_accuracy"),
+        "accuracy on, 95% interval": METRICS["answer_accuracy"].format_with_interval(m_on) if m_on.get("answer_accuracy_ci") else None,
         "majority baseline": m_on.get("majority_baseline"),
         "predicted (on)": " \u00b7 ".join(f"{k} {v}" for k, v in (m_on.get("predicted") or {}).items()),
         "collapsed": bool(collapse(m_on)) if m_on else None,
