@@ -21,7 +21,7 @@ import gradio as gr
 
 from .app_common import AppContext, SharedComponents, first_sentence, spec_index
 from .app_compare import CompareTab
-from .app_data import DataTab
+from .app_data import STATE_TTL_SECONDS, DataTab
 from .app_jobs import JobRegistry, RunModels
 from .app_runs import RunsTab
 from .app_train import TrainTab
@@ -62,13 +62,16 @@ def build_app(
     config: LabConfig | None = None,
     runs_dir: str | Path | None = None,
     title: str = "PLW Lab",
+    allow_remote_code: bool = False,
 ) -> gr.Blocks:
     """The lab's Gradio app. `config` gives the starting values (defaults: `LabConfig()`); `runs_dir`
-    is where runs are written and listed (default: the config's `train.output_dir`)."""
+    is where runs are written and listed (default: the config's `train.output_dir`). Unless
+    `allow_remote_code`, no run whose config sets `model.trust_remote_code` trains or loads here."""
     base = config or LabConfig()
     runs_path = Path(runs_dir or base.train.output_dir).expanduser().resolve()
     base = base.override({"train.output_dir": str(runs_path)})
-    registry = JobRegistry()
+    registry = JobRegistry(allow_remote_code)
+    registry.check_remote_code(base, "the starting config")
     try:
         from . import builtin as builtin_sets
     except Exception:  # the built-in sets are optional for the app; files still work
@@ -76,7 +79,7 @@ def build_app(
     ctx = AppContext(base, runs_path, spec_index(), registry, RunModels(registry), builtin_sets)
 
     with gr.Blocks(title=title, analytics_enabled=False, fill_width=True) as demo:
-        data_state = gr.State(None)
+        data_state = gr.State(None, time_to_live=STATE_TTL_SECONDS)
         seen_job = gr.State(None)
         job_timer = gr.Timer(3.0)
 
@@ -123,6 +126,7 @@ def build_app(
     demo.queue(default_concurrency_limit=4)
     demo.plw_registry = registry  # for tests and embedding: the process's job registry
     demo.plw_runs_dir = runs_path
+    demo.plw_tabs = {"data": data, "train": train, "compare": compare, "runs": runs}  # for tests: handlers without a browser
     _set_launch_defaults(demo)
     return demo
 

@@ -28,13 +28,19 @@ from .charts import empty_figure, label_balance_figure, length_histogram, rg_his
 from .config import ConfigError, DataConfig
 from .data import DataError, detect_format, read_records, to_examples
 from .masks import encode, encode_all
+from .mixing import balanced_counts
 from .packing import packing_efficiency
 from .stats import label_counts, length_stats
 from .text_views import preview_rows, stats_markdown
 from .tokens_view import token_html, token_loss_html
 
-#: Examples encoded for the statistics and the token view (the first N of the set).
+#: Examples encoded for the statistics (the first N of the set).
 STATS_LIMIT = 2000
+#: Encoded examples a visitor's state keeps for the token view: the statistics are kept as numbers,
+#: so each visitor's memory stays bounded whatever the size of the set.
+VIEW_LIMIT = 200
+#: A visitor's loaded data is freed this long after its last change, and an hour after the page closes.
+STATE_TTL_SECONDS = 6 * 3600
 UPLOAD_TYPES = [".jsonl", ".json", ".csv", ".parquet", ".ndjson"]
 #: Lab fields a column can be mapped to, by format.
 MAPPABLE = {
@@ -46,23 +52,25 @@ MAPPABLE = {
 ALL_MAPPABLE = ("prompt", "completion", "messages", "context", "question", "options", "answer", "text", "label")
 #: Data options shown in the Data tab (they change how records become examples and tokens).
 DATA_OPTIONS = ["data.val_size", "data.limit", "data.train_eos", "data.system_prompt", "data.mc_template",
-                "data.classification_template", "data.answer_format", "data.on_error"]
+                "data.classification_template", "data.answer_format", "data.on_error", "data.balance"]
 
 
 @dataclass
 class DataView:
-    """What a visitor loaded in the Data tab."""
+    """What a visitor loaded in the Data tab: only what the views need, so its size is bounded."""
 
     data: dict  # DataConfig as a dict (source, format, column_map and options)
     model_name: str
     chat_template: str
-    examples: list
-    encoded: dict  # source_index -> Encoded, for the first STATS_LIMIT examples
-    skipped: list
+    encoded: dict  # source_index -> Encoded, for the first VIEW_LIMIT examples (the token view)
+    skipped: list  # the first few reasons
+    n_skipped: int
     total: int
     info: dict
     columns: list
     fmt: str
+    stats: object  # `LengthStats` of the first STATS_LIMIT examples
+    packing: dict
 
     def example_indices(self) -> list[int]:
         return sorted(self.encoded)
@@ -210,15 +218,17 @@ class DataTab:
 
     def load_data(self, source: str, values: dict, hf_cfg="", hf_split_="train"):
         """Read, convert and encode a data set; every problem becomes a message, never a crash."""
+        # A visitor sees an upload by its file name, never the server's temporary folder.
+        shown = Path(source).name if not source.startswith(("builtin:", "hf:")) else source
         try:
             dcfg = self._data_config(source, values, hf_cfg, hf_split_)
             records, info = read_records(dcfg, hub_ids_only=True)
         except (DataError, ConfigError) as exc:
-            gr.Warning(str(exc))
-            return {self.msg: message_html(str(exc))}
+            gr.Warning(error_text(exc))
+            return {self.msg: message_html(error_text(exc))}
         except Exception as exc:  # a damaged file may raise anything
             gr.Warning(error_text(exc))
-            return {self.msg: message_html(f"Could not read {source}: {error_text(exc)}")}
+            return {self.msg: message_html(f"Could not read {shown}: {error_text(exc)}")}
         columns = sorted({k for r in records[:200] for k in r} | set(dcfg.column_map.values()))
         mapping_updates = {
             control: gr.update(choices=["(same name)"] + columns, value=dcfg.column_map.get(f, "(same name)"))
@@ -228,8 +238,8 @@ class DataTab:
             fmt_used = dcfg.format if dcfg.format != "auto" else info.get("format") or detect_format(records)
             examples = to_examples(records, dataclasses.replace(dcfg, format=fmt_used), info.get("labels"))
         except DataError as exc:
-            text = f"{exc}\nColumns found: {', '.join(columns)}"
-            gr.Warning(str(exc))
+            text = f"{error_text(exc)}\nColumns found: {', '.join(columns)}"
+            gr.Warning(error_text(exc))
             raw = [{k: str(v)[:80] for k, v in r.items()} for r in records[:20]]
             empty = empty_figure("map the columns, then load again")
             return {self.shared.data_state: None, self.msg: message_html(text),
@@ -246,17 +256,17 @@ class DataTab:
         except Exception as exc:
             gr.Warning(error_text(exc))
             return {self.msg: message_html(error_text(exc)), **mapping_updates}
+        stats = length_stats(encoded)
         dv = DataView(
-            data=dataclasses.asdict(dcfg), model_name=model_name, chat_template=chat_template, examples=examples,
-            encoded={e.example.source_index: e for e in encoded}, skipped=skipped, total=len(examples), info=info,
-            columns=columns, fmt=fmt_used,
+            data=dataclasses.asdict(dcfg), model_name=model_name, chat_template=chat_template,
+            encoded={e.example.source_index: e for e in encoded[:VIEW_LIMIT]}, skipped=skipped[:5], n_skipped=len(skipped),
+            total=len(examples), info=info, columns=columns, fmt=fmt_used, stats=stats,
+            packing=self._packing(encoded, dcfg.max_length),
         )
         if not encoded:
             text = "No example fits into max_length" + (f": {skipped[0]}" if skipped else "")
             gr.Warning(text)
             return {self.shared.data_state: dv, self.msg: message_html(text), **mapping_updates}
-        stats = length_stats(encoded)
-        shown = Path(source).name if not source.startswith(("builtin:", "hf:")) else source
         note = f"Loaded {len(examples)} examples from {shown} as {fmt_used.replace('_', ' ')}."
         for line in examples.report.lines():
             note += f" {line[0].upper()}{line[1:]}."
@@ -266,11 +276,10 @@ class DataTab:
         return {
             self.shared.data_state: dv,
             self.msg: message_html(note, "ok"),
-            self.stats_md: stats_markdown(stats, values[self.shared.plw], len(skipped), len(examples),
-                                          self._packing(encoded, dcfg.max_length)),
+            self.stats_md: stats_markdown(stats, values[self.shared.plw], len(skipped), len(examples), dv.packing),
             self.rg_plot: rg_histogram(stats.rg),
             self.len_plot: length_histogram(stats),
-            self.label_plot: label_balance_figure(label_counts(examples)),
+            self.label_plot: label_balance_figure(label_counts(examples), after=balanced_counts(label_counts(examples), dcfg.balance) if dcfg.balance != "none" else None, after_label=f"after {dcfg.balance}"),
             self.example_idx: gr.update(minimum=0, maximum=max(len(indices) - 1, 1), value=0, step=1,
                                         label=f"Example (0\u2013{len(indices) - 1} of the first {len(indices)})"),
             self.preview: frame(preview_rows(examples, dv.encoded)),
@@ -326,7 +335,7 @@ class DataTab:
             return message_html("Choose a trained run in the Compare tab to colour tokens by loss.", "info") + \
                 token_html(enc, float(plw_value), special_ids=special)
         try:
-            loaded = self.ctx.models.get(self.ctx.runs_path / run_name)
+            loaded = self.ctx.models.get(self.ctx.find_run(run_name).path)
             enc2 = enc
             if (loaded.config.model.name, loaded.config.model.chat_template) != (dv.model_name, dv.chat_template):
                 enc2 = encode(loaded.tokenizer, enc.example, dv.data.get("max_length", 384), dv.data.get("train_eos", True))
@@ -341,7 +350,5 @@ class DataTab:
         dv: DataView | None = values[self.shared.data_state]
         out = {self.token_view: self.render_tokens(values)}
         if dv is not None and dv.encoded:
-            stats = length_stats(dv.encoded.values())
-            packing = self._packing(dv.encoded.values(), dv.data.get("max_length"))
-            out[self.stats_md] = stats_markdown(stats, float(values[self.shared.plw]), len(dv.skipped), dv.total, packing)
+            out[self.stats_md] = stats_markdown(dv.stats, float(values[self.shared.plw]), dv.n_skipped, dv.total, dv.packing)
         return out

@@ -11,16 +11,17 @@ from __future__ import annotations
 import dataclasses
 import html
 import time
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from .app_common import AppContext, SharedComponents, coerce_control, config_value, make_control, message_html
 from .app_data import DATA_OPTIONS, DataView
-from .app_jobs import JobBusy, TrainingJob
+from .app_jobs import JobBusy, TrainingJob, hide_paths
 from .charts import accuracy_figure, loss_figure, predicted_distribution_figure
 from .config import ConfigError, LabConfig, field_specs
-from .data import DataError
+from .data import DataError, check_hub_id
 from .history import History
 from .text_views import progress_html, settings_help_markdown
 
@@ -45,6 +46,15 @@ TRAIN_LAYOUT = {
     ],
     "Early stopping": ["train.early_stopping_metric", "train.patience", "train.restore_best"],
     "LoRA": ["lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "lora.layers"],
+    "Remedies for forgetting and collapse": [
+        "train.kl_weight",
+        "train.l2_to_base",
+        "data.replay",
+        "data.mix",
+        "data.mix_temperature",
+        "train.completion_loss_weight",
+        "train.class_weighted_loss",
+    ],
 }
 
 
@@ -141,6 +151,12 @@ class TrainTab:
             for name in ("source", "format", "column_map", "hf_config", "hf_split"):
                 overrides[f"data.{name}"] = dv.data[name]
         overrides["train.output_dir"] = str(self.ctx.runs_path)
+        for source in overrides.get("data.mix") or {}:
+            # A visitor may mix built-in sets and hub datasets, never a file or folder on this server.
+            if not source.startswith(("builtin:", "hf:")):
+                raise ConfigError(f"data.mix: {source!r} is neither a built-in set ('builtin:NAME') nor a hub dataset ('hf:owner/name')")
+            if source.startswith("hf:"):
+                check_hub_id(source.removeprefix("hf:"))
         return self.ctx.base.override(overrides)
 
     def render_job(self, history: History, job: TrainingJob | None, note: str = "") -> dict:
@@ -152,11 +168,11 @@ class TrainTab:
             history_view = history
         error = ""
         if history.status == "failed":
-            error = message_html(f"The run failed: {history.end_message}")
+            error = message_html(f"The run failed: {hide_paths(history.end_message)}")
         elif history.status == "stopped":
             error = message_html(f"Stopped at step {(history.last_step or {}).get('step', 0)}: {history.end_message}", "info")
         elif history.status == "finished":
-            error = message_html(f"Finished: {history.run_dir}", "ok")
+            error = message_html(f"Finished: {Path(history.run_dir).name}", "ok")
         return {
             self.progress: progress_html(history_view, note),
             self.advice_box: advice_html(history.advice),

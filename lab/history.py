@@ -59,6 +59,8 @@ class History:
         if kind == "phase":
             self.phase, self.phase_step, self.phase_since = str(event_field(event, "name")), int(event_field(event, "step", 0) or 0), when
         elif kind == "started":
+            if event_field(event, "resumed", False):
+                self._retrain_after(int(event_field(event, "from_step", 0) or 0))
             self.status = "running"
             self.total_steps = int(event_field(event, "total_steps", 0) or 0)
             self.run_dir = str(event_field(event, "run_dir", ""))
@@ -116,6 +118,15 @@ class History:
             step = event_field(event, "step")
             if self.last_step is None and step is not None:
                 self.last_step = {"step": step}
+
+    def _retrain_after(self, from_step: int) -> None:
+        """A resumed run retrains the steps after its checkpoint: what the earlier attempt logged there goes."""
+        kept = [i for i, s in enumerate(self.steps) if s <= from_step]
+        self.steps = [self.steps[i] for i in kept]
+        self.train_loss = [self.train_loss[i] for i in kept]
+        self.learning_rate = [self.learning_rate[i] for i in kept]
+        self.evals = [e for e in self.evals if e["step"] <= from_step]
+        self.summary, self.end_message, self.ended = {}, "", None
 
     @property
     def advice(self) -> list[str]:
