@@ -132,6 +132,10 @@ def print_event(event, stream=None) -> None:
     if kind == "started":
         stopping = f", best adapter by {event.early_stopping_metric}" if getattr(event, "early_stopping_metric", "") else ""
         print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps{stopping}", file=stream)
+        processes = f"{event.world_size} process" + ("es" if event.world_size > 1 else "")
+        print(f"{processes}, {event.global_batch} examples per optimiser step", file=stream)
+        for name, path in event.paths.items():
+            print(f"  {name}: {path}", file=stream)
         for note in event.data_report.get("notes", []):
             print(f"{YELLOW}data: {note}{RESET}", file=stream)
         for note in event.skipped[:5]:

@@ -276,6 +276,12 @@ class TrainConfig:
         "n / (k x n_answer), its answer's inverse frequency among the k answers, so each answer carries the "
         "same total weight.",
     )
+    gradient_checkpointing: bool = _f(
+        False,
+        "Recompute each adapted layer's activations in the backward pass instead of keeping them (non-reentrant "
+        "checkpointing): less memory for long sequences and big batches, at the cost of a second forward pass "
+        "through the adapted layers. Works with LoRA, the frozen-layer cache and packing.",
+    )
 
 
 @dataclass
