@@ -100,12 +100,15 @@ def length_histogram(stats: LengthStats, height: int = 320) -> go.Figure:
     fig = go.Figure()
     fig.add_trace(go.Histogram(x=stats.prompt, name="prompt tokens", marker_color="rgba(37,99,235,0.6)", nbinsx=30))
     fig.add_trace(go.Histogram(x=stats.completion, name="completion tokens", marker_color="rgba(234,88,12,0.7)", nbinsx=30))
+    lengths = list(stats.prompt) + list(stats.completion)
+    low, high = min(lengths), max(lengths)
+    pad = max((high - low) * 0.04, 2.0)  # a completion of always 2 tokens is a bar, not a line on the axis
     fig.update_layout(
         template=PLOT_TEMPLATE,
         height=height,
         barmode="overlay",
         title={"text": "Token lengths", "font": {"size": 14}},
-        xaxis={"title": "tokens"},
+        xaxis={"title": "tokens", "range": [max(low - pad, 0) - 1, high + pad]},
         yaxis={"title": "examples"},
         legend={"orientation": "h", "y": -0.25},
         margin={"l": 50, "r": 20, "t": 40, "b": 40},
@@ -334,7 +337,8 @@ def answer_distribution_figure(predicted: dict[str, dict], truth: dict | None = 
         height=height,
         barmode="group",
         title={"text": "Distribution of predicted answers", "font": {"size": 14}},
-        xaxis={"title": "answer", "type": "category"},
+        # no axis title: the answer letters say it, and a title there sat under the legend
+        xaxis={"type": "category"},
         yaxis={"title": "validation examples"},
         legend={"orientation": "h", "y": -0.25},
         margin={"l": 50, "r": 20, "t": 40, "b": 40},
