@@ -125,7 +125,7 @@ class CompareTab:
         if not run_name:
             raise ValueError("choose a run (train one first, or refresh the list)")
         run_path = self.ctx.find_run(run_name).path  # a visitor's text never becomes a path of its own
-        if not self.ctx.models.is_loaded(run_path):  # the first action on a run takes a while: say why
+        if not self.ctx.models.is_loaded(run_path):  # the first action on a run takes a while
             progress_(0.05, desc=f"loading {run_name}'s model and adapter (once per run)")
         return self.ctx.models.get(run_path)
 

@@ -246,7 +246,7 @@ class DataTab:
             return self.failed_load(error_text(exc), values)
         except Exception as exc:  # a damaged file may raise anything
             return self.failed_load(f"Could not read {shown}: {error_text(exc)}", values)
-        columns = sorted({k for r in records[:200] for k in r} | set(dcfg.column_map.values()))
+        columns = sorted({str(k) for r in records[:200] for k in r if k is not None} | set(dcfg.column_map.values()))
         mapping_updates = {
             control: gr.update(choices=["(same name)"] + columns, value=dcfg.column_map.get(f, "(same name)"))
             for f, control in self.mapping.items()
@@ -274,10 +274,10 @@ class DataTab:
             packing=self._packing(encoded, dcfg.max_length),
         )
         if not encoded:
-            return self.failed_load(f"No example of {shown} fits into data.max_length ({dcfg.max_length} tokens, "
+            return self.failed_load(f"No example of {dv.shown_source()} fits into data.max_length ({dcfg.max_length} tokens, "
                                     "in the Train tab's Essentials)" + (f": {skipped[0]}" if skipped else ""),
                                     values, mapping_updates)
-        note = f"Loaded {len(examples)} examples from {shown} as {fmt_used.replace('_', ' ')}."
+        note = f"Loaded {len(examples)} examples from {dv.shown_source()} as {fmt_used.replace('_', ' ')}."
         for line in examples.report.lines():
             note += f" {line[0].upper()}{line[1:]}."
         if skipped:

@@ -190,7 +190,7 @@ def _metric_trace(history: History, name: str, mode: str = "lines+markers", dash
         name=m.label,
         line={"color": m.colour, "width": width, "dash": dash},
         marker=marker or {"size": 6},
-        error_y=_error_bars(history, name, xs, ys),
+        error_y=error_bars(history, name, xs, ys),
         text=_interval_text(history, name, xs),
         hovertemplate=f"step %{{x}}<br>{m.label} %{{y:{'.1%' if share else '.4f'}}}<br>%{{text}}<extra></extra>",
         **extra,
@@ -241,7 +241,7 @@ def _step_range(history: History) -> list[float] | None:
     return [-pad, end + pad]
 
 
-def _error_bars(history: History, name: str, xs: list[int], ys: list[float]) -> dict | None:
+def error_bars(history: History, name: str, xs: list[int], ys: list[float]) -> dict | None:
     """Plotly `error_y` of metric `name`'s 95% interval at the steps `xs` (None without intervals)."""
     ix, lows, highs = history.interval_series(name)
     bounds = dict(zip(ix, zip(lows, highs)))
@@ -390,7 +390,7 @@ def overlay_figure(runs: Sequence, metric: str = "completion_loss", height: int 
             continue
         plw = run_plw(run)
         label = f"PLW {plw:g} \u00b7 {run.name}" if plw is not None else run.name
-        error = _error_bars(history, metric, xs, ys) if metric in METRICS and METRICS[metric].interval else None
+        error = error_bars(history, metric, xs, ys) if metric in METRICS and METRICS[metric].interval else None
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if metric != "train_loss" else "lines", name=label,
                                  error_y=error,
                                  hovertemplate=f"{html.escape(run.name)}<br>step %{{x}}: %{{y:.4g}}<extra></extra>"))

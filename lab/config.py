@@ -297,9 +297,10 @@ class EvalConfig:
     probe_texts: int = _f(12, "General-text passages in the forgetting probe (0: skip the probe).", min=0)
     batch_size: int = _f(8, "Examples per evaluation forward pass.", min=1)
     answer_tokens: int = _f(
-        4,
+        8,
         "New tokens generated greedily to read the generated answer of multiple-choice and classification data "
-        "(at the first and last evaluation and in the on/off comparison); an answer that names no candidate is wrong.",
+        "(at the first and last evaluation and in the on/off comparison); an answer that names no candidate is wrong. "
+        "Enough for a lead-in such as 'The correct answer is (B)'; 4 cuts the base model off before the letter.",
         min=1,
     )
     kl_to_base: bool = _f(

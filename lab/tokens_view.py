@@ -56,8 +56,8 @@ def token_weight_values(
     data_weight: Sequence[float] | None = None,
 ) -> list[float]:
     """(PLW x prompt_mask + lambda_r x completion_mask) x data weight, token by token (the rule
-    `lab.loss.token_weights` applies), with the first token at 0: nothing before it predicts it, so
-    it is never a target."""
+    `lab.loss.token_weights` applies), with the first token at 0: nothing before it predicts it,
+    so it is never a target."""
     data_weight = data_weight or [1.0] * len(prompt_mask)
     weights = [(plw * p + completion_weight * c) * d for p, c, d in zip(prompt_mask, completion_mask, data_weight)]
     return [0.0, *weights[1:]] if weights else weights
@@ -222,9 +222,8 @@ def token_html(
     foot = ""
     if summary:
         n_p, n_c = enc.n_prompt, enc.n_completion
-        # from the weights themselves: the first token (never a target) and any data weight counted right
-        completion_share_weight = sum(w for w, c in zip(weights, enc.completion_mask) if c)
-        share = completion_share_weight / sum(weights) if sum(weights) else float("nan")
+        completion_total = sum(w for w, c in zip(weights, enc.completion_mask) if c)
+        share = completion_total / sum(weights) if sum(weights) else float("nan")
         foot = (
             f'<div class="plw-summary">{len(enc.input_ids)} tokens: {n_p} prompt, {n_c} completion'
             f"{f', {enc.truncated} cut from the prompt' if enc.truncated else ''}. "
@@ -344,17 +343,17 @@ def token_loss_html(
         picked = [v for m, v in zip(mask_values, losses) if m and v is not None]
         return sum(picked) / len(picked) if picked else float("nan")
 
-    answer_part = (f"; answer loss: on <b>{mean(enc.answer_mask, on):.3f}</b>, off <b>{mean(enc.answer_mask, off):.3f}</b>"
-                   if has_answer else "")
     if single:
-        answer_part = f"; answer loss <b>{mean(enc.answer_mask, on):.3f}</b>" if has_answer else ""
         foot = (f'<div class="plw-summary">mean completion loss <b>{mean(enc.completion_mask, on):.3f}</b>; '
-                f"mean prompt loss {mean(enc.prompt_mask, on):.3f}{answer_part} (the first token, never predicted, left out)</div>")
+                f"mean prompt loss {mean(enc.prompt_mask, on):.3f} (the first token, never predicted, left out)"
+                + (f"; answer loss <b>{mean(enc.answer_mask, on):.3f}</b>" if has_answer else "") + "</div>")
     else:
         foot = (
             '<div class="plw-summary">mean completion loss: adapter on '
             f"<b>{mean(enc.completion_mask, on):.3f}</b>, off <b>{mean(enc.completion_mask, off):.3f}</b>; "
-            f"mean prompt loss: on {mean(enc.prompt_mask, on):.3f}, off {mean(enc.prompt_mask, off):.3f}{answer_part}</div>"
+            f"mean prompt loss: on {mean(enc.prompt_mask, on):.3f}, off {mean(enc.prompt_mask, off):.3f}"
+            + (f"; answer loss: on <b>{mean(enc.answer_mask, on):.3f}</b>, off <b>{mean(enc.answer_mask, off):.3f}</b>" if has_answer else "")
+            + "</div>"
         )
     return (
         f"<style>{TOKEN_CSS}</style>{legend}"

@@ -583,7 +583,9 @@ def train(
         raise ConfigError(compat.launcher_problem())
     is_main = is_main_process()
     if resume_from is not None:
-        run_dir, checkpoint = prepare_resume(Path(resume_from)) if is_main else (Path(tempfile.mkdtemp(prefix="plw-lab-rank")), None)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # checkpoints with optimiser state are written by one process only
+            raise ResumeError("--resume runs on one process; start it without accelerate launch")
+        run_dir, checkpoint = prepare_resume(Path(resume_from))
     else:
         # Only the main process writes the run folder; the others train into a scratch folder they never fill.
         run_dir, cfg = new_run_dir(cfg) if is_main else (Path(tempfile.mkdtemp(prefix="plw-lab-rank")), cfg)

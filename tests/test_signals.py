@@ -104,3 +104,25 @@ def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
     proc = _lab("train", "--resume", str(tmp_path))
     out, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 2 and "not a run folder" in err and "Traceback" not in err
+
+
+def test_signal_handlers_are_installed_only_from_the_main_thread():
+    """The app trains in a thread: asking there changes no handler (Python allows them only in the main thread)."""
+    import threading
+
+    from lab.cli import stop_on_signals
+    from lab.training import StopRequest
+
+    before = signal.getsignal(signal.SIGTERM)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(previous=stop_on_signals(StopRequest())))
+    worker.start()
+    worker.join()
+    assert result["previous"] == {} and signal.getsignal(signal.SIGTERM) is before
+    previous = stop_on_signals(StopRequest())
+    try:
+        assert set(previous) == {signal.SIGINT, signal.SIGTERM} and signal.getsignal(signal.SIGTERM) is not before
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -48,10 +48,17 @@ def url(tmp_path_factory):
     log.close()
 
 
+def _by_label(endpoint: dict, label: str) -> str:
+    return next(p["parameter_name"] for p in endpoint["parameters"] if p["label"] == label)
+
+
 @pytest.mark.parametrize("typed", ["/etc", "../..", "/etc/passwd", "tests/e2e", "hf:../../etc"])
 def test_the_hub_box_refuses_server_folders_through_the_api(url, typed):
     client = gradio_client.Client(url, verbose=False)
-    message, stats = client.predict(dataset_id=typed, api_name="/on_load_hub")[:2]
+    endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/on_load_hub"]
+    result = client.predict(**{_by_label(endpoint, "Hugging Face dataset id"): typed}, api_name="/on_load_hub")
+    outputs = dict(zip([r["label"] for r in endpoint["returns"]], result))
+    message = next(v for v in result if isinstance(v, str) and "plw-msg" in v)
     assert 'data-kind="error"' in message
     assert "not a Hugging Face dataset id" in message or "names a folder on this server" in message
-    assert stats == {"__type__": "update"}  # nothing was read: the statistics stay as they were
+    assert outputs["First examples"] == {"__type__": "update"}  # no record reached the preview table
