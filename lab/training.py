@@ -648,8 +648,10 @@ def train(
         if kept != step:
             load_adapter_state(model, run.best_state)
         if kept == 0 and step > 0:
+            # A run the user stopped early may simply not have trained long enough; the remedy is for runs that ended by themselves.
+            remedy = "" if run.stop.is_set() else "; lower train.learning_rate, or turn train.restore_best off to keep the last step"
             run.emit(Advice(message="the best evaluation was step 0, before any training, so the kept adapter is the base model "
-                                    "(a no-op); lower train.learning_rate, or turn train.restore_best off to keep the last step", step=step))
+                                    f"(a no-op){remedy}", step=step))
         run.save_adapter("adapter", kept)
         comparison = None
         if compare and not run.stop.is_set():
