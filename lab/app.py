@@ -34,7 +34,8 @@ CSS = """
 #plw-header h1{margin:0;font-size:1.6em}
 #plw-header p{margin:2px 0 0;color:#4b5563}
 #plw-bar{border:1px solid #fed7aa;background:#fff7ed;border-radius:10px;padding:6px 10px;align-items:center}
-#plw-presets button{min-width:0}
+#plw-presets button{min-width:3.4em;padding:0 6px;white-space:nowrap;overflow:visible;text-overflow:clip}
+#runs-table th *,#preview th *,#compare-table th *{word-break:normal!important;overflow-wrap:normal!important;hyphens:none}
 .plw-msg-error{border:1px solid #fecaca;background:#fef2f2;color:#991b1b;border-radius:8px;padding:8px 12px;white-space:pre-wrap}
 .plw-msg-ok{border:1px solid #bbf7d0;background:#f0fdf4;color:#166534;border-radius:8px;padding:8px 12px}
 .plw-msg-info{border:1px solid #bfdbfe;background:#eff6ff;color:#1e3a8a;border-radius:8px;padding:8px 12px}
@@ -109,8 +110,11 @@ def build_app(
                     for value in plw_spec.get("presets", (0.0, 0.01, 0.1, 0.5, 1.0)):
                         button = gr.Button(f"{value:g}", size="sm", elem_id=f"plw-preset-{value:g}".replace(".", "_"))
                         button.click(lambda v=value: v, None, plw, show_progress="hidden")
+            _clamp_typed_values(plw)
 
-        shared = SharedComponents(plw=plw, data_state=data_state, seen_job=seen_job, job_timer=job_timer, job_badge=job_badge)
+        visitor = gr.BrowserState(None, storage_key="plw-lab-visitor")
+        shared = SharedComponents(plw=plw, data_state=data_state, seen_job=seen_job, job_timer=job_timer, job_badge=job_badge,
+                                  visitor=visitor)
         with gr.Tabs(elem_id="tabs"):
             data, train, compare = DataTab(ctx, shared), TrainTab(ctx, shared), CompareTab(ctx, shared)
             runs = RunsTab(ctx, shared)  # after Compare: it fills the Compare tab's run list
@@ -129,6 +133,15 @@ def build_app(
     demo.plw_tabs = {"data": data, "train": train, "compare": compare, "runs": runs}  # for tests: handlers without a browser
     _set_launch_defaults(demo)
     return demo
+
+
+def _clamp_typed_values(slider: gr.Slider) -> None:
+    """A number typed outside the slider's range (PLW 5) is clamped, in every handler and in the box
+    itself, so the box and the views agree (Gradio would refuse the value and leave the views behind)."""
+    low, high = slider.minimum, slider.maximum
+    slider.preprocess = lambda value: value if value is None else min(max(float(value), low), high)
+    slider.change(None, slider, slider, js=f"(v) => Math.min(Math.max(Number(v) || 0, {low}), {high})",
+                  show_progress="hidden")
 
 
 def _set_launch_defaults(demo: gr.Blocks) -> None:

@@ -22,6 +22,7 @@ from .app_common import (
     frame,
     make_control,
     message_html,
+    page_message,
 )
 from .app_jobs import error_text
 from .charts import empty_figure, label_balance_figure, length_histogram, rg_histogram
@@ -74,6 +75,11 @@ class DataView:
 
     def example_indices(self) -> list[int]:
         return sorted(self.encoded)
+
+    def shown_source(self) -> str:
+        """The source as the page names it: builtin:NAME, hf:ID or the file's name."""
+        source = self.data["source"]
+        return source if source.startswith(("builtin:", "hf:")) else Path(source).name
 
 
 class DataTab:
@@ -129,10 +135,10 @@ class DataTab:
                     self.msg = gr.HTML("", elem_id="data-msg")
                 with gr.Column(scale=2):
                     self.stats_md = gr.Markdown("Load a data set to see its statistics.", elem_id="data-stats")
-                    self.rg_plot = gr.Plot(empty_figure("R<sub>g</sub> histogram"), label="Generation ratio", elem_id="rg-plot")
+                    self.rg_plot = gr.Plot(empty_figure("R<sub>g</sub> histogram"), label="Generation ratio", elem_id="rg-plot", show_label=False)
                     with gr.Row():
-                        self.len_plot = gr.Plot(empty_figure("token lengths"), label="Token lengths", elem_id="len-plot")
-                        self.label_plot = gr.Plot(empty_figure("label balance"), label="Label balance", elem_id="label-plot")
+                        self.len_plot = gr.Plot(empty_figure("token lengths"), label="Token lengths", elem_id="len-plot", show_label=False)
+                        self.label_plot = gr.Plot(empty_figure("label balance"), label="Label balance", elem_id="label-plot", show_label=False)
             gr.Markdown("### Token view\nEach token as the model sees it through its chat template, coloured by its "
                         "loss weight at the current PLW. Hover a token for its text, id, label and weight.")
             with gr.Row():
@@ -174,9 +180,7 @@ class DataTab:
             (self.load_file_btn, self.on_load_file, [self.upload]),
             (self.load_hub_btn, self.on_load_hub, [self.hub_id, self.hub_config, self.hub_split]),
         ):
-            btn.click(fn, self.load_inputs(*inputs), self.load_outputs, concurrency_limit=4).then(
-                self.render_tokens, tokens_in, self.token_view
-            )
+            self.after_load(btn.click(fn, self.load_inputs(*inputs), self.load_outputs, concurrency_limit=4))
         shared.plw.change(self.on_plw, tokens_in, {self.token_view, self.stats_md},
                           show_progress="hidden", trigger_mode="always_last", concurrency_limit=None)
         self.example_idx.change(self.render_tokens, tokens_in, self.token_view,
@@ -185,9 +189,15 @@ class DataTab:
 
     def wire_page_load(self, demo: gr.Blocks) -> None:
         # The default set loads by itself; the Load buttons wait for it so it can never overwrite a visitor's choice.
-        demo.load(self.on_page_load, self.load_inputs(self.builtin_dd), self.load_outputs).then(
-            self.render_tokens, self.token_inputs(), self.token_view
-        ).then(lambda: {b: gr.update(interactive=True) for b in self.load_buttons}, None, self.load_buttons)
+        self.after_load(demo.load(self.on_page_load, self.load_inputs(self.builtin_dd), self.load_outputs)).then(
+            lambda: {b: gr.update(interactive=True) for b in self.load_buttons}, None, self.load_buttons)
+
+    def after_load(self, event):
+        """Chain what follows every load: the token view, then whatever other tabs registered."""
+        event = event.then(self.render_tokens, self.token_inputs(), self.token_view)
+        for fn, inputs, outputs in self.shared.after_data_load:
+            event = event.then(fn, inputs, outputs, show_progress="hidden")
+        return event
 
     # -- handlers ----------------------------------------------------------------------------------
 
@@ -216,20 +226,27 @@ class DataTab:
                 overrides[key] = coerce_control(key, specs[key], value)
         return self.ctx.base.override(overrides).data
 
+    def failed_load(self, text: str, values: dict, updates: dict | None = None) -> dict:
+        """A load that failed: the message in the page's words, saying that the data already loaded stays."""
+        previous: DataView | None = values[self.shared.data_state]
+        text = page_message(text, self.ctx.specs)
+        if previous is not None:
+            text += f"\nThe data loaded before ({previous.shown_source()}, {previous.total:,} examples) is still loaded."
+        gr.Warning(text)
+        return {self.msg: message_html(text), **(updates or {})}
+
     def load_data(self, source: str, values: dict, hf_cfg="", hf_split_="train"):
-        """Read, convert and encode a data set; every problem becomes a message, never a crash."""
+        """Read, convert and encode a data set; every problem becomes a message and keeps the data loaded before."""
         # A visitor sees an upload by its file name, never the server's temporary folder.
         shown = Path(source).name if not source.startswith(("builtin:", "hf:")) else source
         try:
             dcfg = self._data_config(source, values, hf_cfg, hf_split_)
             records, info = read_records(dcfg, hub_ids_only=True)
         except (DataError, ConfigError) as exc:
-            gr.Warning(error_text(exc))
-            return {self.msg: message_html(error_text(exc))}
+            return self.failed_load(error_text(exc), values)
         except Exception as exc:  # a damaged file may raise anything
-            gr.Warning(error_text(exc))
-            return {self.msg: message_html(f"Could not read {shown}: {error_text(exc)}")}
-        columns = sorted({k for r in records[:200] for k in r} | set(dcfg.column_map.values()))
+            return self.failed_load(f"Could not read {shown}: {error_text(exc)}", values)
+        columns = sorted({str(k) for r in records[:200] for k in r if k is not None} | set(dcfg.column_map.values()))
         mapping_updates = {
             control: gr.update(choices=["(same name)"] + columns, value=dcfg.column_map.get(f, "(same name)"))
             for f, control in self.mapping.items()
@@ -238,15 +255,9 @@ class DataTab:
             fmt_used = dcfg.format if dcfg.format != "auto" else info.get("format") or detect_format(records)
             examples = to_examples(records, dataclasses.replace(dcfg, format=fmt_used), info.get("labels"))
         except DataError as exc:
-            text = f"{error_text(exc)}\nColumns found: {', '.join(columns)}"
-            gr.Warning(error_text(exc))
-            raw = [{k: str(v)[:80] for k, v in r.items()} for r in records[:20]]
-            empty = empty_figure("map the columns, then load again")
-            return {self.shared.data_state: None, self.msg: message_html(text),
-                    self.stats_md: f"Read {len(records)} records with columns {', '.join(columns)}, but they could not be "
-                    "turned into examples: choose the format and map the columns, then load again. The first records are below.",
-                    self.rg_plot: empty, self.len_plot: empty, self.label_plot: empty,
-                    self.example_idx: gr.update(maximum=1, value=0), self.preview: frame(raw), **mapping_updates}
+            # Mapping is what is needed: open the section with the file's columns to choose from.
+            return self.failed_load(f"{error_text(exc)}\nColumns in {shown}: {', '.join(columns)}.",
+                                    values, {self.mapping_acc: gr.update(open=True), **mapping_updates})
         settings = self.shared.setting_values(values)
         model_name = str(settings.get("model.name") or self.ctx.base.model.name)
         chat_template = str(settings.get("model.chat_template", self.ctx.base.model.chat_template) or "")
@@ -254,8 +265,7 @@ class DataTab:
             tokenizer = self.ctx.models.tokenizer(model_name, chat_template)
             encoded, skipped = encode_all(tokenizer, examples[:STATS_LIMIT], dcfg.max_length, dcfg.train_eos)
         except Exception as exc:
-            gr.Warning(error_text(exc))
-            return {self.msg: message_html(error_text(exc)), **mapping_updates}
+            return self.failed_load(error_text(exc), values, mapping_updates)
         stats = length_stats(encoded)
         dv = DataView(
             data=dataclasses.asdict(dcfg), model_name=model_name, chat_template=chat_template,
@@ -264,10 +274,10 @@ class DataTab:
             packing=self._packing(encoded, dcfg.max_length),
         )
         if not encoded:
-            text = "No example fits into max_length" + (f": {skipped[0]}" if skipped else "")
-            gr.Warning(text)
-            return {self.shared.data_state: dv, self.msg: message_html(text), **mapping_updates}
-        note = f"Loaded {len(examples)} examples from {shown} as {fmt_used.replace('_', ' ')}."
+            return self.failed_load(f"No example of {dv.shown_source()} fits into data.max_length ({dcfg.max_length} tokens, "
+                                    "in the Train tab's Essentials)" + (f": {skipped[0]}" if skipped else ""),
+                                    values, mapping_updates)
+        note = f"Loaded {len(examples)} examples from {dv.shown_source()} as {fmt_used.replace('_', ' ')}."
         for line in examples.report.lines():
             note += f" {line[0].upper()}{line[1:]}."
         if skipped:

@@ -33,8 +33,9 @@ def hide_paths(text: str) -> str:
 
 
 def error_text(exc: BaseException) -> str:
-    """An exception as a visitor reads it: the lab's own errors by their message, others with their type; no server paths."""
-    if isinstance(exc, (ConfigError, DataError)):
+    """An exception as a person reads it: the lab's own errors and plain refusals by their message,
+    anything unexpected with its type (it is a bug worth reporting); never a server path."""
+    if isinstance(exc, (ConfigError, DataError, ValueError, PermissionError)) or type(exc) is RuntimeError:
         return hide_paths(str(exc))
     return hide_paths(f"{type(exc).__name__}: {exc}")
 
@@ -46,11 +47,12 @@ class JobBusy(RuntimeError):
 class TrainingJob:
     """One training run in a background thread; its events accumulate for any number of watchers."""
 
-    def __init__(self, cfg: LabConfig, examples=None, resume_from: Path | None = None):
+    def __init__(self, cfg: LabConfig, examples=None, resume_from: Path | None = None, owner: str | None = None):
         from .training import StopRequest
 
         self.id = uuid.uuid4().hex[:8]
         self.cfg = cfg
+        self.owner = owner  # the visitor token of whoever started it; only they may stop it
         self.examples = examples
         self.resume_from = resume_from
         self.stop = StopRequest()
@@ -125,15 +127,15 @@ class JobRegistry:
         if cfg.model.trust_remote_code and not self.allow_remote_code:
             raise ConfigError(f"{what} cannot run here: {REMOTE_CODE_REFUSED}")
 
-    def start(self, cfg: LabConfig, examples=None, resume_from: Path | None = None) -> TrainingJob:
+    def start(self, cfg: LabConfig, examples=None, resume_from: Path | None = None, owner: str | None = None) -> TrainingJob:
         self.check_remote_code(cfg)
         with self._lock:
             if self.current is not None and self.current.running:
                 raise JobBusy("A training job is already running in this app; watch it in the Train tab or stop it first.")
-            self.current = TrainingJob(cfg, examples, resume_from).start()
+            self.current = TrainingJob(cfg, examples, resume_from, owner).start()
             return self.current
 
-    def resume(self, run) -> TrainingJob:
+    def resume(self, run, owner: str | None = None) -> TrainingJob:
         """Continue a stopped, interrupted or failed `Run` from its last checkpoint, as this app's job."""
         from .runs import ResumeError
 
@@ -142,19 +144,29 @@ class JobRegistry:
         if not run.resumable:
             raise ResumeError(f"{run.name} is {run.status}" + ("" if run.status in ("finished", "running") else
                               ", and it has no checkpoint or ended by early stopping") + "; nothing to resume")
-        return self.start(run.config, resume_from=run.path)
+        return self.start(run.config, resume_from=run.path, owner=owner)
 
     def owns(self, path: Path) -> bool:
         """Whether the running job trains the run in `path` (known from the moment its folder exists)."""
         job = self.current
         return job is not None and job.owns(path)
 
-    def stop(self) -> bool:
+    def stop(self, visitor: str | None = None) -> bool:
+        """Ask the running job to stop after its current optimiser step; only its owner may."""
         job = self.current
         if job is None or not job.running:
             return False
+        if job.owner is not None and job.owner != visitor:
+            raise PermissionError("this run was started by another visitor; only they can stop it")
         job.stop.set()
         return True
+
+    def forget(self, run_path: Path) -> None:
+        """A deleted run's finished job is no longer shown to new visitors."""
+        with self._lock:
+            job = self.current
+            if job is not None and not job.running and job.run_dir and Path(job.run_dir).resolve() == Path(run_path).resolve():
+                self.current = None
 
     def running(self) -> TrainingJob | None:
         job = self.current
@@ -250,6 +262,10 @@ class RunModels:
                 loaded.comparison = run.comparison()
             self._loaded = loaded
             return loaded
+
+    def is_loaded(self, run_path: Path) -> bool:
+        loaded = self._loaded
+        return loaded is not None and loaded.path == Path(run_path).resolve()
 
     def forget(self, run_path: Path) -> None:
         with self._lock:

@@ -42,8 +42,8 @@ class RunsTab:
                     value="completion_loss", label="metric", elem_id="overlay-metric", scale=1,
                 )
             with gr.Row():
-                self.overlay_plot = gr.Plot(overlay_figure([]), label="Curves", elem_id="overlay-plot")
-                self.sweep_plot = gr.Plot(plw_sweep_figure([]), label="Best metrics against PLW", elem_id="sweep-plot")
+                self.overlay_plot = gr.Plot(overlay_figure([]), label="Curves", elem_id="overlay-plot", show_label=False)
+                self.sweep_plot = gr.Plot(plw_sweep_figure([]), label="Best metrics against PLW", elem_id="sweep-plot", show_label=False)
             with gr.Row():
                 self.run_pick = gr.Dropdown(choices=[], value=None, label="Run", elem_id="run-pick", scale=2)
                 self.zip_btn = gr.Button("Download adapter (.zip)", elem_id="zip-btn", scale=1)
@@ -70,7 +70,7 @@ class RunsTab:
         self.run_pick.change(self.on_pick, self.run_pick, self.details)
         self.zip_btn.click(self.on_zip, self.run_pick, [self.zip_file, self.msg])
         # A resumed run becomes the job this page watches, so it streams into the Train tab.
-        self.resume_btn.click(self.on_resume, [self.run_pick, self.shared.seen_job], [self.msg, self.shared.seen_job],
+        self.resume_btn.click(self.on_resume, [self.run_pick, self.shared.seen_job, self.shared.visitor], [self.msg, self.shared.seen_job],
                               concurrency_limit=4)
         self.delete_btn.click(self.on_delete, {self.confirm_delete, *self.inputs}, {self.msg, self.confirm_delete, *self.outputs})
 
@@ -154,6 +154,7 @@ class RunsTab:
                 raise ValueError("this run is still training; stop it first")
             self.ctx.models.forget(run.path)
             delete_run(run.path)  # refuses a run that any live process trains
+            self.ctx.registry.forget(run.path)
         except Exception as exc:
             gr.Warning(error_text(exc))
             return {self.msg: message_html(error_text(exc))}
@@ -163,12 +164,12 @@ class RunsTab:
             refreshed[compare_run] = None
         return {self.msg: message_html(f"Deleted {name}.", "ok"), self.confirm_delete: False, **self.refresh(refreshed)}
 
-    def on_resume(self, name, seen):
+    def on_resume(self, name, seen, visitor=None):
         """Continue a stopped, interrupted or failed run from its last checkpoint; the Train tab shows it."""
         from .app_jobs import JobBusy
 
         try:
-            job = self.ctx.registry.resume(self.ctx.find_run(name))
+            job = self.ctx.registry.resume(self.ctx.find_run(name), owner=visitor)
         except JobBusy as exc:
             gr.Warning(str(exc))
             return message_html(str(exc), "info"), seen
