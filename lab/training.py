@@ -381,14 +381,14 @@ class RunContext:
         step = trainer.state.global_step
         if not self.is_main or self.last_checkpoint[0] == step:
             return False
-        if not all(torch.isfinite(p).all() for p in adapter_state(self.model).values()):
+        if not all(torch.isfinite(p).all() for p in self.model.parameters() if p.requires_grad):
             self.emit(Advice(message=f"the adapter at step {step} is not finite; last_adapter/ keeps step {self.saved.get('last_adapter')}", step=step))
             return False
         resumable = trainer.args.world_size == 1  # FSDP/DeepSpeed checkpoints need every process; one process only
 
         def write(folder: Path) -> None:
             if resumable:
-                write_trainer_checkpoint(trainer, folder)
+                compat.write_trainer_checkpoint(trainer, folder)
                 write_json(folder / LAB_STATE, self.resume_state(trainer))
                 if self.best_state is not None:
                     from safetensors.torch import save_file
@@ -482,21 +482,6 @@ class RunContext:
             "n_train": len(self.data.train) if self.data else 0,
             "n_val": len(self.data.val) if self.data else 0,
         }
-
-
-def write_trainer_checkpoint(trainer, folder: Path) -> None:
-    """The Trainer's own checkpoint (adapter, optimiser, scheduler, scaler, RNG and trainer state),
-    which `Trainer.train(resume_from_checkpoint=folder)` reads back, written into `folder`."""
-    # `_save_checkpoint` writes to <output_dir>/checkpoint-<step>; point it at a staging folder.
-    staging = folder.parent / f"{folder.name}-staging"
-    original = trainer.args.output_dir
-    trainer.args.output_dir = str(staging)
-    try:
-        trainer._save_checkpoint(trainer.model, trial=None)
-        (staging / f"checkpoint-{trainer.state.global_step}").rename(folder)
-    finally:
-        trainer.args.output_dir = original
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def adapter_state(model) -> dict:
@@ -663,8 +648,10 @@ def train(
         if kept != step:
             load_adapter_state(model, run.best_state)
         if kept == 0 and step > 0:
+            # A run the user stopped early may simply not have trained long enough; the remedy is for runs that ended by themselves.
+            remedy = "" if run.stop.is_set() else "; lower train.learning_rate, or turn train.restore_best off to keep the last step"
             run.emit(Advice(message="the best evaluation was step 0, before any training, so the kept adapter is the base model "
-                                    "(a no-op); lower train.learning_rate, or turn train.restore_best off to keep the last step", step=step))
+                                    f"(a no-op){remedy}", step=step))
         run.save_adapter("adapter", kept)
         comparison = None
         if compare and not run.stop.is_set():
