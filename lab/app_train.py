@@ -15,6 +15,7 @@ from typing import Any
 
 import gradio as gr
 
+from . import memory
 from .app_common import AppContext, SharedComponents, coerce_control, config_value, make_control, message_html
 from .app_data import DATA_OPTIONS, DataTab, DataView
 from .app_jobs import JobBusy, TrainingJob
@@ -26,6 +27,9 @@ from .history import History
 from .text_views import progress_html, settings_help_markdown
 
 POLL_SECONDS = 0.5
+#: The settings the memory estimate depends on (lab/memory.py).
+MEMORY_SETTINGS = {"model.name", "model.device", "model.dtype", "model.quantization", "train.batch_size",
+                   "data.max_length", "train.chunk_size", "lora.r", "lora.target_modules", "lora.layers"}
 
 # Settings that are not a plain control in the Train tab: the PLW slider is its own bar, the data
 # source is chosen in the Data tab, the output folder is fixed by whoever launched the app, and a
@@ -93,6 +97,7 @@ class TrainTab:
                                 self.controls[key] = make_control(key, specs[key], config_value(base, key))
                     with gr.Accordion("All settings explained", open=False):
                         gr.Markdown(settings_help_markdown({s: field_specs(s) for s in ("model", "data", "lora", "train", "eval")}))
+                    self.memory_note = gr.Markdown(memory.describe(base), elem_id="memory-estimate")
                 with gr.Column(scale=2):
                     with gr.Row():
                         self.start_btn = gr.Button("Start training", variant="primary", elem_id="start")
@@ -122,6 +127,10 @@ class TrainTab:
         shared.job_timer.tick(self.running_job_id, shared.seen_job, shared.seen_job, show_progress="hidden",
                               concurrency_limit=None)
         self.stop_btn.click(self.on_stop, None, self.msg, concurrency_limit=None)
+        sizing = [key for key in self.controls if key in MEMORY_SETTINGS]
+        for key in sizing:
+            self.controls[key].change(self.on_sizing, [self.controls[k] for k in sizing], self.memory_note,
+                                      show_progress="hidden")
 
     def wire_page_load(self, demo: gr.Blocks) -> None:
         demo.load(self.current_job_id, None, self.shared.seen_job)
@@ -213,6 +222,15 @@ class TrainTab:
             gr.Warning(str(exc))
             return message_html(f"Cannot start: {exc}"), seen
         return message_html("Training started.", "info"), job.id
+
+    def on_sizing(self, *values):
+        """The memory line for the settings as they stand (before Start)."""
+        sizing = [key for key in self.controls if key in MEMORY_SETTINGS]
+        try:
+            cfg = self.ctx.base.override({k: coerce_control(k, self.ctx.specs[k], v) for k, v in zip(sizing, values)})
+        except ConfigError as exc:
+            return f"Memory estimate: not available until the settings are valid ({exc})."
+        return memory.describe(cfg)
 
     def current_job_id(self):
         """On page load: the latest job, running or not, so a reload re-attaches to it."""

@@ -111,7 +111,7 @@ def render(cfg: LabConfig, name: str, step: int, kept_step: int, best_value, eva
         embedded,
         "## Training",
         "",
-        f"- base model: `{base}` ({weights_note(cfg.model.name)})",
+        f"- base model: `{base}`" + (f" (trained from the local folder {cfg.model.name})" if base == cfg.model.name and Path(base).expanduser().is_dir() else ""),
         f"- data: `{data.source}`: {n_train} training and {n_val} validation examples"
         + (f" (max length {data.max_length} tokens)" if data.max_length else ""),
         f"- prompt-loss weight (PLW): {t.prompt_loss_weight:g}, normalised by `{t.loss_normalization}` over each optimiser step;"
@@ -150,3 +150,65 @@ def write(folder: Path, cfg: LabConfig, name: str, step: int, kept_step: int, be
     adapter_config["base_model_name_or_path"] = base_model_id(cfg.model.name)
     config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True))
     (Path(folder) / "README.md").write_text(render(cfg, name, step, kept_step, best_value, evals, n_train, n_val))
+
+
+# -- sharing a run: `lab push` ----------------------------------------------------------------------
+
+
+class ShareError(RuntimeError):
+    """A run cannot be pushed; the message says why and what to do."""
+
+
+#: The run's config in the uploaded folder (the adapter folder has its own adapter_config.json).
+CONFIG_NAME = "plw_lab_config.yaml"
+
+
+def stage_upload(run_dir: str | Path, folder: str | Path) -> Path:
+    """Fill `folder` with what `lab push` uploads: the run's adapter, its model card and the run's config."""
+    import shutil
+
+    from .runs import load_run
+
+    run = load_run(run_dir)
+    adapter = run.adapter_dir()
+    if adapter is None or run.config is None:
+        raise ShareError(f"{run.path} has no saved adapter or no readable config.yaml: nothing to push")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in adapter.iterdir():
+        if path.is_file():
+            shutil.copy2(path, folder / path.name)
+    if not (folder / "README.md").exists():  # a run from before the lab wrote cards: write it from the run's record
+        summary = run.summary
+        if not summary:
+            raise ShareError(f"{run.path} has no summary.json (still training, or interrupted); push it when it has ended")
+        metric_name = run.config.train.early_stopping_metric
+        best = (summary.get("best") or {}).get(metric_name, {}).get("value")
+        write(folder, run.config, adapter.name, summary.get("steps", 0), summary.get("adapter_step", 0), best,
+              run.evals, summary.get("n_train", 0), summary.get("n_val", 0))
+    run.config.save(folder / CONFIG_NAME)
+    return folder
+
+
+def push(run_dir: str | Path, repo: str, token: str | None = None, private: bool = False) -> str:
+    """Upload a run's adapter, card and config to the hub model repo `repo`; returns its address."""
+    import tempfile
+
+    from huggingface_hub import HfApi, get_token
+
+    token = token or get_token()
+    if not token:
+        raise ShareError("no Hugging Face token: set HF_TOKEN to a token with write access (or run `hf auth login`)")
+    with tempfile.TemporaryDirectory(prefix="plw-push-") as tmp:
+        staged = stage_upload(run_dir, tmp)
+        api = HfApi(token=token)
+        try:
+            api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+            api.upload_folder(folder_path=str(staged), repo_id=repo, repo_type="model",
+                              commit_message=f"PLW Lab run {Path(run_dir).name}")
+        except Exception as exc:  # offline, no write access, a bad id: all end here, with the hub's reason
+            raise ShareError(
+                f"could not push to {repo}: {exc}. Pushing needs internet access (HF_HUB_OFFLINE unset) and a "
+                "token with write access to that repository (HF_TOKEN)."
+            ) from exc
+    return f"https://huggingface.co/{repo}"

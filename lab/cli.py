@@ -5,6 +5,8 @@
     lab eval runs/<run>                 # validation metrics, adapter on and off
     lab compare runs/<run>              # generations, answers and forgetting probe, on vs off
     lab config > my.yaml                # every setting with its default; edit, then --config my.yaml
+    lab memory --presets                # the memory a run needs, and the model presets' sizes
+    lab push runs/<run> --repo you/name # adapter, model card and config to the Hugging Face hub
 
 Multi-GPU: `accelerate launch -m lab train ...` (DDP, FSDP or DeepSpeed as accelerate is configured).
 """
@@ -127,6 +129,10 @@ def cmd_train(args) -> int:
     from .training import is_main_process, train
 
     cfg = build_config(args)
+    if is_main_process():
+        from .memory import describe
+
+        print(describe(cfg))
     result = train(cfg, subscribers=[print_event])
     if is_main_process():  # under `accelerate launch` every process gets here; one report is enough
         if result.comparison:
@@ -216,6 +222,33 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_memory(args) -> int:
+    from .memory import count, describe, estimate, gib
+    from .models import ModelError
+    from .presets import PRESETS
+
+    cfg = build_config(args)
+    print(describe(cfg, args.device))
+    if args.presets:
+        print(f"\n{'model':<38}{'parameters':>12}{'to train (' + (args.device or 'cuda') + ')':>22}")
+        for preset in PRESETS:
+            try:
+                e = estimate(cfg.override({"model.name": preset.hub_id}), device=args.device or "cuda")
+            except ModelError as exc:  # e.g. lora.layers naming a layer a smaller preset lacks
+                print(f"{preset.hub_id:<38}{'':>12}  {exc}")
+                continue
+            gated = "  (gated: needs HF_TOKEN)" if preset.gated else ""
+            print(f"{preset.hub_id:<38}{count(e.parameters):>12}{gib(e.total):>22}{gated}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .card import push
+
+    print(f"pushed {args.run} to {push(args.run, args.repo, private=args.private)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lab", description="PLW Lab: prompt-loss-weighted fine-tuning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -238,13 +271,24 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("config", help="print the full config (defaults plus overrides) as YAML")
     _config_args(p)
     p.set_defaults(func=cmd_config)
+    p = sub.add_parser("memory", help="estimate the memory a training run needs (from the model's config alone)")
+    _config_args(p)
+    p.add_argument("--device", choices=("cuda", "cpu"), help="estimate for this device (default: where the run would train)")
+    p.add_argument("--presets", action="store_true", help="also list the model presets with their size and memory")
+    p.set_defaults(func=cmd_memory)
+    p = sub.add_parser("push", help="upload a run's adapter, model card and config to the Hugging Face hub")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--repo", required=True, help="hub model repository, e.g. your-name/smollm2-plw0-race")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.set_defaults(func=cmd_push)
     args = parser.parse_args(argv)
+    from .card import ShareError
     from .data import DataError
     from .models import ModelError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, ModelError, ShareError, FileNotFoundError) as exc:
         print(f"{RED}error: {exc}{RESET}", file=sys.stderr)
         return 2
 

@@ -172,7 +172,7 @@ class MemoryEstimate:
         other_value = self.activations if self.checkpointing else self.activations_checkpointed
         return (
             f"Memory estimate ({self.device}, {precision}): about {gib(self.total)} = weights {gib(self.weights)} "
-            f"({self.parameters / 1e6:,.0f}M parameters) + LoRA and AdamW {gib(self.adapter)} "
+            f"({count(self.parameters)} parameters) + LoRA and AdamW {gib(self.adapter)} "
             f"({self.lora_parameters / 1e6:.2f}M trainable) + activations {gib(self.parts()['activations'])} "
             f"({self.tokens:,} tokens a micro-batch through {self.stored_layers} layers; {gib(other_value)} {other} "
             f"gradient checkpointing) + loss chunk {gib(self.loss_chunk)}"
@@ -191,6 +191,11 @@ class MemoryEstimate:
         }
         parts = sorted(self.parts().items(), key=lambda item: -item[1])
         return "; ".join(f"{name} ({gib(value)}): lower {tips[name]}" for name, value in parts if value > 0.05 * self.total)
+
+
+def count(n: int) -> str:
+    """A parameter count as people say it: 135M, 1.5B."""
+    return f"{n / 1e6:,.0f}M" if n < 999.5e6 else f"{n / 1e9:.1f}B"
 
 
 def gib(n: float) -> str:
