@@ -10,80 +10,38 @@ and why, and its validation metrics with 95% intervals, read from the metrics re
 from __future__ import annotations
 
 import json
-import math
-from importlib import metadata
 from pathlib import Path
 
 from .config import LabConfig
+from .cli import lab_version
 from .metrics import METRICS, label, metric
 from .models import EMBEDDED_NAME, base_model_id, weights_note
 
-Z95 = 1.959963984540054
-
-
-def lab_version() -> str:
-    try:
-        return metadata.version("plw-lab")
-    except metadata.PackageNotFoundError:
-        return "unknown (not installed as a package)"
-
-
-def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion."""
-    if n <= 0:
-        return (math.nan, math.nan)
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def accuracy_interval(metrics: dict) -> tuple[float, float] | None:
-    """The 95% interval of a evaluation's answer accuracy: its own, or Wilson from the answer counts."""
-    if metrics.get("answer_accuracy_ci"):
-        low, high = metrics["answer_accuracy_ci"]
-        return float(low), float(high)
-    accuracy, n = metrics.get("answer_accuracy"), sum((metrics.get("answers") or {}).values())
-    if accuracy is None or not n or accuracy != accuracy:
-        return None
-    return wilson(round(accuracy * n), n)
-
-
-def kept_reason(cfg: LabConfig, name: str, step: int, kept_step: int, best_value) -> str:
-    """Why an adapter folder holds the step it holds."""
-    t = cfg.train
+def kept_reason(cfg: LabConfig, name: str, step: int, kept_step: int, stopping: str, best_value) -> str:
+    """Why an adapter folder holds the step it holds (`stopping`: the run's resolved early-stopping metric)."""
     if name == "last_adapter":
         return "the last optimiser step (written whenever training ends, also after a stop or a crash)"
     if name == "best_adapter" or (kept_step != step and best_value is not None):
-        return f"the best {label(t.early_stopping_metric)} of the evaluations ({metric(t.early_stopping_metric).format(best_value)})"
-    if t.early_stopping_metric == "none" or not t.restore_best:
+        return f"the best {label(stopping)} of the evaluations ({metric(stopping).format(best_value)})"
+    if stopping == "none" or not cfg.train.restore_best:
         return "the last step (train.restore_best is off or no early-stopping metric is set)"
-    return f"the last step, which is also the best {label(t.early_stopping_metric)}"
+    return f"the last step, which is also the best {label(stopping)}"
 
 
 def _metric_rows(evals: list, kept_step: int) -> list[str]:
     by_step = {e.step: e.metrics for e in evals}
-    base, kept = by_step.get(0), by_step.get(kept_step)
+    base, kept = by_step.get(0) or {}, by_step.get(kept_step)
     if kept is None:
         return ["No evaluation of this step was recorded."]
     rows = [f"| metric | base model (step 0) | this adapter (step {kept_step}) |", "|---|---|---|"]
     for name, m in METRICS.items():
-        if name == "train_loss" or not isinstance(kept.get(name), (int, float)):
-            continue
-        cells = []
-        for values in (base, kept):
-            value = None if values is None else values.get(name)
-            cell = m.format(value)
-            interval = accuracy_interval(values) if name == "answer_accuracy" and values else None
-            if interval:
-                cell += f" (95% CI {m.format(interval[0])}\u2013{m.format(interval[1])})"
-            cells.append(cell)
-        rows.append(f"| {m.label} | {cells[0]} | {cells[1]} |")
+        if name != "train_loss" and isinstance(kept.get(name), (int, float)):
+            rows.append(f"| {m.label} | {m.format_with_interval(base)} | {m.format_with_interval(kept)} |")
     return rows
 
 
-def render(cfg: LabConfig, name: str, step: int, kept_step: int, best_value, evals: list, n_train: int, n_val: int) -> str:
+def render(cfg: LabConfig, name: str, step: int, kept_step: int, stopping: str, best_value, evals: list, n_train: int,
+           n_val: int) -> str:
     """The model card of an adapter folder, as markdown with the hub's YAML header."""
     base = base_model_id(cfg.model.name)
     t, lora, data = cfg.train, cfg.lora, cfg.data
@@ -94,8 +52,6 @@ def render(cfg: LabConfig, name: str, step: int, kept_step: int, best_value, eva
         if cfg.model.name == EMBEDDED_NAME and "GGUF" in weights_note(cfg.model.name)
         else ""
     )
-    kept_metrics = next((e.metrics for e in evals if e.step == kept_step), {})
-    n_answers = sum((kept_metrics.get("answers") or {}).values())
     lines = [
         "---",
         f"base_model: {base}",
@@ -120,10 +76,9 @@ def render(cfg: LabConfig, name: str, step: int, kept_step: int, best_value, eva
         + (f", base weights quantised to {cfg.model.quantization}" if cfg.model.quantization != "none" else ""),
         f"- optimiser: AdamW, learning rate {t.learning_rate:g} ({t.lr_scheduler}, warm-up {t.warmup_ratio:g}), "
         f"batch {t.batch_size} x accumulation {t.grad_accum}, seed {t.seed}",
-        f"- steps: {step}; this folder keeps step {kept_step}: {kept_reason(cfg, name, step, kept_step, best_value)}",
+        f"- steps: {step}; this folder keeps step {kept_step}: {kept_reason(cfg, name, step, kept_step, stopping, best_value)}",
         "",
-        "## Validation"
-        + (f" ({n_answers} answers scored; intervals are Wilson 95%)" if n_answers else ""),
+        f"## Validation ({n_val} examples; accuracies with their Wilson 95% interval in brackets)",
         "",
         *_metric_rows(evals, kept_step),
         "",
@@ -143,13 +98,14 @@ def render(cfg: LabConfig, name: str, step: int, kept_step: int, best_value, eva
     return "\n".join(lines)
 
 
-def write(folder: Path, cfg: LabConfig, name: str, step: int, kept_step: int, best_value, evals: list, n_train: int, n_val: int) -> None:
+def write(folder: Path, cfg: LabConfig, name: str, step: int, kept_step: int, stopping: str, best_value, evals: list,
+          n_train: int, n_val: int) -> None:
     """Make an adapter folder shareable: the base model's hub id in `adapter_config.json`, and README.md."""
     config_path = Path(folder) / "adapter_config.json"
     adapter_config = json.loads(config_path.read_text())
     adapter_config["base_model_name_or_path"] = base_model_id(cfg.model.name)
     config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True))
-    (Path(folder) / "README.md").write_text(render(cfg, name, step, kept_step, best_value, evals, n_train, n_val))
+    (Path(folder) / "README.md").write_text(render(cfg, name, step, kept_step, stopping, best_value, evals, n_train, n_val))
 
 
 # -- sharing a run: `lab push` ----------------------------------------------------------------------
@@ -182,9 +138,9 @@ def stage_upload(run_dir: str | Path, folder: str | Path) -> Path:
         summary = run.summary
         if not summary:
             raise ShareError(f"{run.path} has no summary.json (still training, or interrupted); push it when it has ended")
-        metric_name = run.config.train.early_stopping_metric
-        best = (summary.get("best") or {}).get(metric_name, {}).get("value")
-        write(folder, run.config, adapter.name, summary.get("steps", 0), summary.get("adapter_step", 0), best,
+        stopping = summary.get("early_stopping_metric", run.config.train.early_stopping_metric)
+        best = (summary.get("best") or {}).get(stopping, {}).get("value")
+        write(folder, run.config, adapter.name, summary.get("steps", 0), summary.get("adapter_step", 0), stopping, best,
               run.evals, summary.get("n_train", 0), summary.get("n_val", 0))
     run.config.save(folder / CONFIG_NAME)
     return folder

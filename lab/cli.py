@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 
 from .config import ConfigError, LabConfig, parse_overrides
 from .metrics import RANKED, format_value
+from .metrics import label as metric_label
 
 # Shortcut flags for the settings changed most often; everything else goes through --set.
 SHORTCUTS = {
@@ -30,6 +33,32 @@ SHORTCUTS = {
     "lr": "train.learning_rate",
     "output_dir": "train.output_dir",
 }
+
+
+SHORTCUT_FLAGS = {f"--{flag.replace('_', '-')}" for flag in SHORTCUTS}
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """`--lr -1e-3` as `--lr=-1e-3`.
+
+    argparse takes a value such as '-1e-3' for an unknown flag and stops with "expected one
+    argument"; joined, the value reaches the config, whose range check says what is allowed.
+    """
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in SHORTCUT_FLAGS and arg.startswith("-") and _is_number(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +79,19 @@ def build_config(args) -> LabConfig:
 
 # -- printing ---------------------------------------------------------------------------------
 
-RESET, DIM, BOLD, GREEN, CYAN, YELLOW, RED = "\033[0m", "\033[2m", "\033[1m", "\033[32m", "\033[36m", "\033[33m", "\033[31m"
+ANSI = {"RESET": "\033[0m", "DIM": "\033[2m", "BOLD": "\033[1m", "GREEN": "\033[32m", "CYAN": "\033[36m",
+        "YELLOW": "\033[33m", "RED": "\033[31m"}
+RESET = DIM = BOLD = GREEN = CYAN = YELLOW = RED = ""  # set by `set_colour`; empty means plain text
+
+
+def colour_wanted(stream) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set to anything (https://no-color.org)."""
+    return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
+
+
+def set_colour(enabled: bool) -> None:
+    """Turn the escape codes every print uses on or off."""
+    globals().update({name: code if enabled else "" for name, code in ANSI.items()})
 
 
 def colour_tokens(tokenizer, enc, plw: float, colour: bool = True) -> str:
@@ -58,7 +99,7 @@ def colour_tokens(tokenizer, enc, plw: float, colour: bool = True) -> str:
     out = []
     for token_id, prompt, completion in zip(enc.input_ids, enc.prompt_mask, enc.completion_mask):
         piece = tokenizer.decode([token_id]).replace("\n", "↵\n")
-        if not colour:
+        if not colour or not RESET:
             out.append(f"[{piece}]" if completion else piece)
         elif completion:
             out.append(f"{BOLD}{GREEN}{piece}{RESET}")
@@ -105,6 +146,58 @@ def print_event(event, stream=None) -> None:
         print(f"{RED}failed at step {event.step}: {event.error}{RESET}", file=stream)
 
 
+class ProgressBar:
+    """A tqdm bar over a run's steps on stderr, naming the phase (loading, evaluating step N,
+    training, final evaluation, comparing) with its elapsed time and the ETA evaluations included;
+    every event is printed above it. Where the stream is not a terminal (a log file) there is no
+    bar: each new phase is printed as a line instead."""
+
+    def __init__(self, printer=None, stream=None) -> None:
+        from tqdm import tqdm
+
+        from .history import History
+
+        self.stream = stream or sys.stderr
+        self.printer = printer or print_event
+        self.history = History()
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bar = tqdm(total=0, file=self.stream, unit="step", dynamic_ncols=True, leave=True, disable=not self.live,
+                        bar_format="{desc}: {bar} {n_fmt}/{total_fmt} steps{postfix}")
+
+    def __call__(self, event) -> None:
+        self.history.add(event)
+        if self.live:
+            with self.bar.external_write_mode():
+                self.printer(event)
+            self.refresh()
+        else:
+            self.printer(event)
+            if event.kind == "phase":
+                print(f"{DIM}\u2026 {self.history.phase_progress(time.time())[0]}{RESET}", file=sys.stdout)
+
+    def refresh(self, now: float | None = None) -> None:
+        from .text_views import format_duration
+
+        now = time.time() if now is None else now
+        history, bar = self.history, self.bar
+        if history.total_steps and bar.total != history.total_steps:
+            bar.total = history.total_steps
+        step = int((history.last_step or {}).get("step") or 0)
+        if step != bar.n:
+            bar.n = step
+        what, _ = history.phase_progress(now)
+        bar.set_description_str(history.status if history.done else (what or "starting"), refresh=False)
+        eta = history.eta(now)
+        postfix = f" | elapsed {format_duration(history.elapsed(now))}"
+        if not history.done:
+            postfix += f" | ETA {format_duration(eta)}" if eta is not None else ""
+        bar.set_postfix_str(postfix.lstrip(" |"), refresh=False)
+        bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def print_comparison(comparison: dict, stream=None) -> None:
     stream = stream or sys.stdout
     on, off = comparison["on"], comparison["off"]
@@ -133,7 +226,14 @@ def cmd_train(args) -> int:
         from .memory import describe
 
         print(describe(cfg))
-    result = train(cfg, subscribers=[print_event])
+    if is_main_process() and not args.no_progress:
+        bar = ProgressBar()
+        try:
+            result = train(cfg, subscribers=[bar])
+        finally:
+            bar.close()
+    else:
+        result = train(cfg, subscribers=[print_event])
     if is_main_process():  # under `accelerate launch` every process gets here; one report is enough
         if result.comparison:
             print()
@@ -161,11 +261,29 @@ def cmd_eval(args) -> int:
     from .evaluation import adapter, evaluate
 
     run, model, tokenizer, data, _ = _load_run_model(args.run)
-    for label, enabled in (("adapter off", False), ("adapter on", True)):
+    measured = {}
+    for label, enabled in (("off", False), ("on", True)):
         with adapter(model, enabled):
-            metrics = evaluate(model, data.val, tokenizer.pad_token_id, run.config.eval.batch_size, run.config.train.chunk_size)
-        print(f"{BOLD}{label}{RESET}: " + json.dumps({k: v for k, v in metrics.items()}, default=str))
+            measured[label] = evaluate(model, data.val, tokenizer.pad_token_id, run.config.eval.batch_size,
+                                       run.config.train.chunk_size)
+    print(f"{BOLD}{run.name}{RESET}: {len(data.val)} validation examples")
+    print(metrics_table(measured["off"], measured["on"]))
     return 0
+
+
+def metrics_table(off: dict, on: dict) -> str:
+    """Validation metrics with the adapter off and on, one row a metric, in the registry's labels and formats."""
+    rows = [(metric_label(name), format_value(name, off[name]), format_value(name, on.get(name)))
+            for name in (*RANKED, "majority_baseline") if off.get(name) is not None]
+    for key in ("predicted", "answers"):
+        if off.get(key):
+            rows.append((key.replace("_", " "), json.dumps(off[key]), json.dumps(on.get(key))))
+    width = max([len("metric")] + [len(r[0]) for r in rows])
+    cols = [max([len("adapter off")] + [len(r[1]) for r in rows]), max([len("adapter on")] + [len(r[2]) for r in rows])]
+    lines = [f"{'metric':<{width}}  {'adapter off':>{cols[0]}}  {'adapter on':>{cols[1]}}",
+             f"{'-' * width}  {'-' * cols[0]}  {'-' * cols[1]}"]
+    lines += [f"{a:<{width}}  {b:>{cols[0]}}  {c:>{cols[1]}}" for a, b, c in rows]
+    return "\n".join(lines)
 
 
 def cmd_compare(args) -> int:
@@ -184,7 +302,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .data import load_examples
+    from .data import DataError, load_examples
     from .masks import encode, encode_all
     from .models import load_tokenizer
     from .packing import packing_efficiency
@@ -194,8 +312,14 @@ def cmd_inspect(args) -> int:
     tokenizer = load_tokenizer(cfg.model)
     examples = load_examples(cfg.data)
     plw = cfg.train.prompt_loss_weight
-    colour = sys.stdout.isatty() or args.colour
+    colour = colour_wanted(sys.stdout) or args.colour
+    set_colour(colour)
     encoded, skipped = encode_all(tokenizer, examples, cfg.data.max_length, cfg.data.train_eos)
+    if not encoded:
+        raise DataError(
+            f"none of the {len(examples)} examples fits into data.max_length={cfg.data.max_length}"
+            + (f" (first: {skipped[0]})" if skipped else "") + "; raise data.max_length or shorten the completions"
+        )
     s = length_stats(encoded).summary()
     print(
         f"{len(encoded)} examples ({len(skipped)} skipped as too long): prompt tokens mean {s['prompt_tokens']['mean']:.1f}, "
@@ -249,39 +373,87 @@ def cmd_push(args) -> int:
     return 0
 
 
+#: Two or three examples per command, shown by `lab COMMAND --help`.
+EXAMPLES = {
+    "train": """examples:
+  lab train --plw 0.1 --set train.max_steps=60        # PLW 0.1 on the built-in set, 60 steps
+  lab train --data my.jsonl --model tiny-random --plw 0
+  lab train --config my.yaml --no-progress > log.txt   # events only, no progress bar""",
+    "eval": """examples:
+  lab eval runs/20260101-120000-plw0.1                # the metrics table, adapter off and on
+  lab eval "$(ls -d runs/* | tail -1)"                 # the newest run""",
+    "compare": """examples:
+  lab compare runs/<run>                  # reads the comparison saved when the run finished
+  lab compare runs/<run> --recompute      # evaluates again (e.g. after editing eval.* settings)""",
+    "inspect": """examples:
+  lab inspect -n 2 --plw 0.1 --table      # two examples token by token, with label and weight per token
+  lab inspect --data my.csv --model tiny-random -n 1
+  NO_COLOR=1 lab inspect -n 1             # completion tokens in [brackets] instead of colour""",
+    "config": """examples:
+  lab config > my.yaml                    # every setting with its default
+  lab config --plw 0.5 --set lora.r=16    # see what the overrides change""",
+    "memory": """examples:
+  lab memory --model Qwen/Qwen2.5-1.5B-Instruct --set train.batch_size=4 --device cuda
+  lab memory --presets                    # every preset's size and the memory a run of this config needs
+  lab memory --config configs/race-plw-1b-24gb.yaml""",
+    "push": """examples:
+  HF_TOKEN=hf_... lab push runs/<run> --repo your-name/smollm2-plw0-race
+  lab push runs/<run> --repo your-name/adapter --private""",
+}
+
+
+def lab_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("plw-lab")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lab", description="PLW Lab: prompt-loss-weighted fine-tuning.")
+    set_colour(colour_wanted(sys.stdout))
+    parser = argparse.ArgumentParser(prog="lab", description="PLW Lab: prompt-loss-weighted fine-tuning.",
+                                     epilog="examples:\n" + __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {lab_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a LoRA adapter and compare it with the base model")
+
+    def command(name: str, help_text: str):
+        return sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                              epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("train", "train a LoRA adapter and compare it with the base model")
     _config_args(p)
+    p.add_argument("--no-progress", action="store_true", help="print the events only, without the progress bar")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("eval", help="validation metrics of a run, adapter on and off")
+    p = command("eval", "validation metrics of a run, adapter on and off")
     p.add_argument("run", help="run folder")
     p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("compare", help="adapter on vs off: generations, answers, forgetting probe")
+    p = command("compare", "adapter on vs off: generations, answers, forgetting probe")
     p.add_argument("run", help="run folder")
     p.add_argument("--recompute", action="store_true", help="recompute instead of reading compare.json")
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("inspect", help="show examples token by token with their masks and weights")
+    p = command("inspect", "show examples token by token with their masks and weights")
     _config_args(p)
     p.add_argument("-n", type=int, default=3, help="how many examples")
     p.add_argument("--table", action="store_true", help="also print one row per token: id, label, weight")
     p.add_argument("--colour", action="store_true", help="colour even when not writing to a terminal")
     p.set_defaults(func=cmd_inspect)
-    p = sub.add_parser("config", help="print the full config (defaults plus overrides) as YAML")
+    p = command("config", "print the full config (defaults plus overrides) as YAML")
     _config_args(p)
     p.set_defaults(func=cmd_config)
-    p = sub.add_parser("memory", help="estimate the memory a training run needs (from the model's config alone)")
+    p = command("memory", "estimate the memory a training run needs, from the model's config alone")
     _config_args(p)
     p.add_argument("--device", choices=("cuda", "cpu"), help="estimate for this device (default: where the run would train)")
     p.add_argument("--presets", action="store_true", help="also list the model presets with their size and memory")
     p.set_defaults(func=cmd_memory)
-    p = sub.add_parser("push", help="upload a run's adapter, model card and config to the Hugging Face hub")
+    p = command("push", "upload a run's adapter, model card and config to the Hugging Face hub")
     p.add_argument("run", help="run folder")
     p.add_argument("--repo", required=True, help="hub model repository, e.g. your-name/smollm2-plw0-race")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.set_defaults(func=cmd_push)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else list(argv)))
     from .card import ShareError
     from .data import DataError
     from .models import ModelError
@@ -289,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, DataError, ModelError, ShareError, FileNotFoundError) as exc:
-        print(f"{RED}error: {exc}{RESET}", file=sys.stderr)
+        red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
+        print(f"{red}error: {exc}{reset}", file=sys.stderr)
         return 2
 
 

@@ -32,6 +32,8 @@ class Started(Event):
     n_val: int
     total_steps: int
     skipped: list = field(default_factory=list)
+    #: The metric that picks the kept adapter, with `train.early_stopping_metric: auto` resolved for the data.
+    early_stopping_metric: str = ""
 
 
 @dataclass
@@ -100,6 +102,19 @@ class Failed(Event):
     summary: dict = field(default_factory=dict)
 
 
+@dataclass
+class Phase(Event):
+    """What the run is doing from now on, so watchers can name the wait between results."""
+
+    kind: ClassVar[str] = "phase"
+    name: str  # one of PHASES
+    step: int = 0
+
+
+#: The phases a run goes through, in order ("evaluating" repeats between stretches of "training").
+PHASES = ("loading", "evaluating", "training", "final evaluation", "comparing")
+
+
 def event_kind(event) -> str:
     """An event's kind, whether it is an `Event` or its dict form (a line of events.jsonl)."""
     if isinstance(event, dict):
@@ -115,7 +130,7 @@ def event_field(event, name: str, default=None):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.kind: cls for cls in (Started, Advice, Step, Eval, CheckpointSaved, Finished, Stopped, Failed)
+    cls.kind: cls for cls in (Started, Advice, Step, Eval, CheckpointSaved, Finished, Stopped, Failed, Phase)
 }
 TERMINAL = (Finished, Stopped, Failed)
 

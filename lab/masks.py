@@ -47,6 +47,10 @@ class Encoded:
     choice_ids: list[int] = field(default_factory=list)
     #: Tokens cut from the left of the prompt to fit max_length.
     truncated: int = 0
+    #: 1 for the tokens of the answer itself (the candidate as written in the last reply, e.g. "A"), found
+    #: from the same character offsets as the other masks; the rest of the completion (the end-of-turn
+    #: token) is format. All zeros for free-form data, which has no candidate answers.
+    answer_mask: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -58,6 +62,10 @@ class Encoded:
     @property
     def n_completion(self) -> int:
         return sum(self.completion_mask)
+
+    @property
+    def n_answer(self) -> int:
+        return sum(self.answer_mask)
 
 
 def ensure_template(tokenizer) -> None:
@@ -115,8 +123,11 @@ def encode(tokenizer, example: Example, max_length: int, train_eos: bool = True)
     ids, offsets = _tokenize(tokenizer, text)
     completion = [int(any(s < ce and e > cs for cs, ce in spans)) for s, e in offsets]
     enc = Encoded(ids, [1 - c for c in completion], completion, offsets, text, example)
+    enc.answer_mask = [0] * len(ids)
     if example.choices:
         _locate_answer(tokenizer, enc, contents[-1])
+        start, end = contents[-1]
+        enc.answer_mask = [int(c and s < end and e > start) for c, (s, e) in zip(completion, offsets)]
     if len(ids) > max_length:
         _truncate_prompt(enc, len(ids) - max_length, spans[-1][0])
     return enc
@@ -160,7 +171,7 @@ def _truncate_prompt(enc: Encoded, excess: int, last_reply_start: int) -> None:
             f"more than max_length allows; raise data.max_length"
         )
     cut = slice(head, head + excess)
-    for name in ("input_ids", "prompt_mask", "completion_mask", "offsets"):
+    for name in ("input_ids", "prompt_mask", "completion_mask", "offsets", "answer_mask"):
         values = getattr(enc, name)
         del values[cut]
     if enc.answer_position is not None:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import LabConfig
+from .config import ConfigError, LabConfig
 from .events import Eval, Event, event_field, event_kind, read_events
 from .metrics import best_of
 
@@ -39,7 +39,12 @@ def new_run_dir(cfg: LabConfig) -> tuple[Path, LabConfig]:
     while path.exists():
         suffix += 1
         path = base / f"{name}-{suffix}"
-    path.mkdir(parents=True)
+    if base.exists() and not base.is_dir():
+        raise ConfigError(f"train.output_dir {str(base)!r} is a file, not a folder; choose another folder for the runs")
+    try:
+        path.mkdir(parents=True)
+    except OSError as exc:  # a file on the way, no permission, a read-only disk
+        raise ConfigError(f"train.output_dir {str(base)!r}: cannot create the run folder ({exc.strerror}); choose another folder") from None
     source = Path(cfg.data.source).expanduser()
     if not cfg.data.source.startswith(("builtin:", "hf:")) and source.is_file() and source.stat().st_size <= DATA_COPY_LIMIT:
         (path / "data").mkdir()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import re
+import time
 from typing import Sequence
 
 from .charts import METRIC_LABELS
@@ -103,37 +104,55 @@ STATUS_STYLE = {
     "idle": ("#6b7280", "#f3f4f6", "idle"),
     "starting": ("#1d4ed8", "#eff6ff", "starting"),
     "running": ("#1d4ed8", "#eff6ff", "training"),
+    "stopping": ("#b45309", "#fffbeb", "stopping"),
     "finished": ("#15803d", "#f0fdf4", "finished"),
     "stopped": ("#b45309", "#fffbeb", "stopped"),
     "failed": ("#b91c1c", "#fef2f2", "failed"),
 }
 
 
-def progress_html(history: History, note: str = "") -> str:
-    """A progress bar with step, ETA, tokens/s and the status of the run."""
+def _bar(fraction: float | None, colour: str, height: int, test_id: str) -> str:
+    """A progress bar; an unknown fraction shows as a striped bar that fills the track."""
+    if fraction is None:
+        fill = f"width:100%;background:repeating-linear-gradient(45deg,{colour}55 0 8px,{colour}22 8px 16px)"
+    else:
+        fill = f"width:{fraction * 100:.1f}%;background:{colour};transition:width .4s"
+    return (f'<div class="{test_id}" data-fraction="{"" if fraction is None else f"{fraction:.3f}"}" '
+            f'style="height:{height}px;background:#e5e7eb;border-radius:{height // 2}px;margin:6px 0;overflow:hidden">'
+            f'<div style="height:100%;{fill}"></div></div>')
+
+
+def progress_html(history: History, note: str = "", now: float | None = None) -> str:
+    """The run's status, a bar over its steps, the current phase with its own bar, ETA (evaluations
+    included), elapsed time, tokens/s and train loss. `now` (epoch seconds) keeps the clock ticking."""
+    now = time.time() if now is None else now
     colour, background, label = STATUS_STYLE.get(history.status, STATUS_STYLE["idle"])
     last = history.last_step or {}
     step = int(last.get("step") or 0)
     total = history.total_steps or int(last.get("total_steps") or 0)
-    fraction = min(step / total, 1.0) if total else 0.0
-    if history.status == "finished":
-        fraction = 1.0
-    elapsed = last.get("elapsed")
-    eta = (elapsed / step * (total - step)) if elapsed and step and total and not history.done else None
-    tps = last.get("tokens_per_second")
+    fraction = 1.0 if history.status == "finished" else (min(step / total, 1.0) if total else 0.0)
+    live = history.status in ("starting", "running", "stopping")
+    elapsed = history.elapsed(now) if live or history.done else None
     parts = [f"step <b>{step}</b> / {total or '?'}"]
     if last.get("epoch") is not None:
         parts.append(f"epoch {float(last['epoch']):.2f}")
-    if history.status == "running":
-        parts.append(f"ETA <b>{format_duration(eta)}</b>")
+    if live:
+        parts.append(f"ETA <b>{format_duration(history.eta(now))}</b>")
     if elapsed is not None:
         parts.append(f"elapsed {format_duration(elapsed)}")
-    if tps:
-        parts.append(f"<b>{tps:,.0f}</b> tokens/s")
+    if last.get("tokens_per_second"):
+        parts.append(f"<b>{last['tokens_per_second']:,.0f}</b> tokens/s")
     if last.get("train_loss") is not None:
         parts.append(f"train loss {float(last['train_loss']):.4f}")
     if history.evals:
         parts.append(f"{len(history.evals)} evaluations")
+    phase_row = ""
+    what, phase_fraction = history.phase_progress(now)
+    if live and what:
+        since = format_duration(now - history.phase_since) if history.phase_since is not None else ""
+        phase_row = (f'<div class="plw-phase" data-phase="{html.escape(history.phase)}" style="font-size:13px;color:#374151;'
+                     f'margin-top:6px">{html.escape(what)}{f" {SEP} {since}" if since else ""}</div>'
+                     + _bar(phase_fraction, colour, 6, "plw-phase-bar"))
     detail = ""
     if history.done and history.end_message:
         detail = f'<div class="plw-progress-msg">{html.escape(history.end_message)}</div>'
@@ -141,13 +160,12 @@ def progress_html(history: History, note: str = "") -> str:
         detail += f'<div class="plw-progress-msg">{html.escape(note)}</div>'
     run = f'<span class="plw-run">{html.escape(history.run_dir)}</span>' if history.run_dir else ""
     return (
-        f'<div class="plw-progress" data-status="{history.status}" data-step="{step}" '
+        f'<div class="plw-progress" data-status="{history.status}" data-step="{step}" data-phase="{history.phase}" '
         f'style="border:1px solid {colour}33;background:{background};border-radius:8px;padding:10px 12px">'
         f'<div style="display:flex;justify-content:space-between;align-items:center;gap:8px;flex-wrap:wrap">'
         f'<span style="font-weight:600;color:{colour};text-transform:uppercase;letter-spacing:.04em">{label}</span>{run}</div>'
-        f'<div style="height:10px;background:#e5e7eb;border-radius:5px;margin:8px 0;overflow:hidden">'
-        f'<div style="height:100%;width:{fraction * 100:.1f}%;background:{colour};transition:width .4s"></div></div>'
-        f'<div style="font-size:13px;color:#374151">{SEP.join(parts)}</div>{detail}</div>'
+        + _bar(fraction, colour, 10, "plw-steps-bar")
+        + f'<div style="font-size:13px;color:#374151">{SEP.join(parts)}</div>{phase_row}{detail}</div>'
     )
 
 

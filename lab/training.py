@@ -33,6 +33,7 @@ from .events import (
     Failed,
     Finished,
     JsonlLog,
+    Phase,
     Started,
     Step,
     Stopped,
@@ -43,8 +44,16 @@ from .masks import Encoded, encode_all
 from .models import ModelError, attach_lora, check_quantization, compute_dtype, load_model, load_tokenizer, num_layers, pick_device
 from .prefix import FrozenPrefix
 from .packing import PackingCollator, attention_kind, model_kwargs, num_tokens
-from .metrics import best_of, metric
+from .metrics import best_of, metric, stopping_metric
 from .runs import new_run_dir, write_json
+
+
+#: The metrics of the kept adapter that `summary.json` carries at its top level.
+HEADLINE = (
+    "answer_loss", "format_loss", "completion_loss", "answer_accuracy", "answer_accuracy_ci", "answer_accuracy_generated",
+    "answer_accuracy_generated_ci", "unparseable", "candidate_mass", "balanced_accuracy", "macro_f1", "auc",
+    "majority_baseline", "chance",
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -185,7 +194,8 @@ class EventCallback(TrainerCallback):
             control.should_training_stop = True
         if self.eval_due and not control.should_training_stop:
             self.eval_due = False
-            if not self.run.evaluate(state.global_step, float(state.epoch or 0.0)):
+            final = state.global_step >= state.max_steps
+            if not self.run.evaluate(state.global_step, float(state.epoch or 0.0), generate=final):
                 self.evals_without_improvement += 1
                 patience = self.run.cfg.train.patience
                 if patience and self.evals_without_improvement >= patience:
@@ -216,35 +226,50 @@ class RunContext:
     best_state: dict | None = None
     last_eval_step: int | None = None
     stop_reason: str = ""
-    collapse_reported: bool = False
+    collapse: advice.CollapseWatch = field(default_factory=advice.CollapseWatch)
     details: dict = field(default_factory=dict)
 
     def emit(self, event) -> None:
         if self.is_main:
             self.bus.emit(event)
 
-    def evaluate(self, step: int, epoch: float) -> bool:
-        """Evaluate, emit the event, keep the adapter if it is the best; return whether it improved."""
+    @property
+    def stopping_metric(self) -> str:
+        """`train.early_stopping_metric` resolved for this data ("auto": answer loss where answers exist)."""
+        has_answers = bool(self.data) and any(e.n_answer for e in self.data.val)
+        return stopping_metric(self.cfg.train.early_stopping_metric, has_answers)
+
+    def evaluate(self, step: int, epoch: float, generate: bool = False, phase: str = "evaluating") -> bool:
+        """Evaluate, emit the event, keep the adapter if it is the best; return whether it improved.
+
+        `generate` adds the generated-answer accuracy (greedy decoding: the expensive part), which
+        runs only at the first and the last evaluation. An evaluation repeated at the same step
+        (to add generated answers after an early stop) replaces the earlier one.
+        """
         t = self.cfg.train
+        self.emit(Phase(name=phase, step=step))
         started = time.perf_counter()
         # Per-example answers are kept so the final comparison can reuse them (step 0 is the base model).
         metrics = evaluation.evaluate(self.model, self.data.val, self.tokenizer.pad_token_id, self.cfg.eval.batch_size, t.chunk_size, details=True, prefix=self.prefix)
+        if (generate or step == 0) and metrics.get("answer_accuracy") is not None:
+            metrics = evaluation.with_generated(metrics, evaluation.generate_answers(self.model, self.tokenizer, self.data.val, self.cfg.eval.answer_tokens, self.cfg.eval.batch_size))
         self.details[step] = metrics.pop("examples")
         self.last_eval_step = step
         improved = False
-        value = metrics.get(t.early_stopping_metric)
-        if t.early_stopping_metric != "none" and value is not None and value == value:
-            improved = metric(t.early_stopping_metric).better(value, self.best_value)
+        name = self.stopping_metric
+        value = metrics.get(name)
+        if name != "none" and value is not None and value == value:
+            improved = metric(name).better(value, self.best_value)
         event = Eval(step=step, epoch=epoch, metrics=metrics, is_best=improved, seconds=time.perf_counter() - started)
-        self.evals.append(event)  # before the best adapter is saved: its model card reads this evaluation
+        # Recorded before the best adapter is saved: its model card reads this evaluation.
+        self.evals = [e for e in self.evals if e.step != step] + [event]
         if improved:
             self.best_value, self.best_step = value, step
             self.best_state = adapter_state(self.model)
             self.save_adapter("best_adapter", step)
         self.emit(event)
-        warning = advice.collapse(metrics)
-        if warning and step > 0 and not self.collapse_reported:
-            self.collapse_reported = True  # once per run: the curves show whether it persists
+        warning = self.collapse.check(metrics, step)
+        if warning:
             self.emit(Advice(message=warning, step=step))
         return improved
 
@@ -256,18 +281,27 @@ class RunContext:
         if self.is_main:
             path = self.run_dir / name
             self.model.save_pretrained(path)
-            card.write(path, self.cfg, name, step, self.kept_step(step) if name == "adapter" else step, self.best_value, self.evals, len(self.data.train), len(self.data.val))
+            card.write(path, self.cfg, name, step, self.kept_step(step) if name == "adapter" else step, self.stopping_metric,
+                       self.best_value, self.evals, len(self.data.train), len(self.data.val))
             self.emit(CheckpointSaved(step=step, path=str(path), label={"adapter": "final"}.get(name, name.removesuffix("_adapter"))))
 
-    def summary(self, status: str, step: int, error: str = "") -> dict:
+    def summary(self, status: str, step: int, error: str = "", comparison: dict | None = None) -> dict:
+        """The run's outcome. The answer-level metrics of the adapter it ends with sit at the top level
+        (from the on/off comparison when there is one, which adds generated answers to a best step
+        evaluated mid-run), the base model's under `first_eval`."""
+        kept = next((e.metrics for e in self.evals if e.step == self.kept_step(step)), None)
+        if comparison:
+            kept = {k: v for k, v in comparison["on"]["metrics"].items() if k != "examples"}
+        headline = {name: kept[name] for name in HEADLINE if kept and kept.get(name) is not None}
         return {
             "status": status,
             "steps": step,
             "error": error,
             "stop_reason": self.stop_reason,
             "elapsed_seconds": time.time() - self.started,
-            "early_stopping_metric": self.cfg.train.early_stopping_metric,
+            "early_stopping_metric": self.stopping_metric,
             "adapter_step": self.kept_step(step),
+            **headline,
             "best": best_of(self.evals),
             "first_eval": self.evals[0].metrics if self.evals else None,
             "final_eval": self.evals[-1].metrics if self.evals else None,
@@ -364,6 +398,7 @@ def train(
         bus.subscribe(callback)
     step = 0
     try:
+        run.emit(Phase(name="loading"))
         device = pick_device(cfg.model.device)
         run.tokenizer = tokenizer = load_tokenizer(cfg.model)
         run.data = data = prepare(cfg, tokenizer, examples)
@@ -372,7 +407,7 @@ def train(
         run.model = model = attach_lora(base, cfg.lora)
         args = training_arguments(cfg, run_dir, device, compute_dtype(cfg.model, device))
         steps = total_steps(cfg, len(data.train), args.world_size)
-        run.emit(Started(run_dir=str(run_dir), config=cfg.to_dict(), n_train=len(data.train), n_val=len(data.val), total_steps=steps, skipped=data.skipped))
+        run.emit(Started(run_dir=str(run_dir), config=cfg.to_dict(), n_train=len(data.train), n_val=len(data.val), total_steps=steps, skipped=data.skipped, early_stopping_metric=run.stopping_metric))
         for note in advice.before_training(cfg, len(data.train), steps):
             run.emit(Advice(message=note))
         ref: dict = {}
@@ -395,17 +430,19 @@ def train(
         finally:
             step = trainer.state.global_step
             run.save_adapter("last_adapter", step)
-        if run.last_eval_step != step:
-            run.evaluate(step, float(trainer.state.epoch or 0.0))
+        final = run.evals[-1].metrics if run.evals else {}
+        if run.last_eval_step != step or (final.get("answer_accuracy") is not None and final.get("answer_accuracy_generated") is None):
+            run.evaluate(step, float(trainer.state.epoch or 0.0), generate=True, phase="final evaluation")
         if run.kept_step(step) != step:
             load_adapter_state(model, run.best_state)
         run.save_adapter("adapter", step)
         comparison = None
         if compare and not run.stop.is_set():
+            run.emit(Phase(name="comparing", step=step))
             comparison = compare_adapter(run)
         stopped = run.stop.is_set() or bool(run.stop_reason)
         status = "stopped" if stopped else "finished"
-        summary = run.summary(status, step)
+        summary = run.summary(status, step, comparison=comparison)
         if run.is_main:
             write_json(run_dir / "summary.json", summary)
         if stopped:
@@ -435,7 +472,8 @@ def compare_adapter(run: RunContext) -> dict:
     by_step = {e.step: {**e.metrics, "examples": run.details[e.step]} for e in run.evals}
     known = {"off": by_step.get(0), "on": by_step.get(run.kept_step(run.last_eval_step))}
     result = evaluation.compare(
-        run.model, run.tokenizer, run.data.val, probe, cfg.eval.generations, cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.train.chunk_size, run.prefix, known
+        run.model, run.tokenizer, run.data.val, probe, cfg.eval.generations, cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.train.chunk_size, run.prefix, known,
+        cfg.eval.answer_tokens,
     )
     if run.is_main:
         write_json(run.run_dir / "compare.json", result)

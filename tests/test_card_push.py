@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from lab.card import CONFIG_NAME, ShareError, accuracy_interval, push, stage_upload, wilson, write
+from lab.card import CONFIG_NAME, ShareError, push, stage_upload, write
 from lab.cli import main
 from lab.config import LabConfig
 
@@ -21,14 +21,6 @@ def run_dir(tmp_path_factory):
     result = train(cfg)
     assert result.status == "finished", result.summary
     return result.run_dir
-
-
-def test_wilson_interval_by_hand():
-    # 15 of 20: p 0.75, z 1.96; centre (0.75 + 1.96^2/40) / (1 + 1.96^2/20) = 0.7158, half-width 0.1844.
-    low, high = wilson(15, 20)
-    assert low == pytest.approx(0.5313, abs=1e-4) and high == pytest.approx(0.8881, abs=1e-4)
-    assert accuracy_interval({"answer_accuracy": 0.75, "answers": {"A": 12, "B": 8}}) == (low, high)
-    assert accuracy_interval({"answer_accuracy_ci": [0.1, 0.2], "answer_accuracy": 0.15}) == (0.1, 0.2)
 
 
 def test_every_adapter_folder_has_a_card_and_names_its_base_model(run_dir):
@@ -46,14 +38,17 @@ def test_every_adapter_folder_has_a_card_and_names_its_base_model(run_dir):
     final = (run_dir / "adapter" / "README.md").read_text()
     assert f"- steps: 2; this folder keeps step {kept}: " in final
     assert "- steps: 2; this folder keeps step 2: the last optimiser step" in (run_dir / "last_adapter" / "README.md").read_text()
-    # The validation table: base model and kept step, each accuracy with its Wilson interval.
+    # The validation table: base model and kept step, each accuracy with its Wilson interval, from the registry.
+    from lab.metrics import METRICS
+
     evals = {json.loads(line)["step"]: json.loads(line)["metrics"] for line in (run_dir / "events.jsonl").read_text().splitlines()
              if json.loads(line)["type"] == "eval"}
-    accuracy = evals[kept]["answer_accuracy"]
-    low, high = accuracy_interval(evals[kept])
-    assert f"| val answer accuracy | {evals[0]['answer_accuracy']:.1%} (95% CI " in final
-    assert f"{accuracy:.1%} (95% CI {low:.1%}\u2013{high:.1%}) |" in final
+    accuracy = METRICS["answer_accuracy"]
+    row = f"| val answer accuracy | {accuracy.format_with_interval(evals[0])} | {accuracy.format_with_interval(evals[kept])} |"
+    assert row in final and "% [" in row  # "62.5% [48.3–74.8%]"
     assert f"| val completion loss | {evals[0]['completion_loss']:.4f} | {evals[kept]['completion_loss']:.4f} |" in final
+    assert f"(the last step, which is also the best {METRICS[summary['early_stopping_metric']].label}" in final or \
+        f"the best {METRICS[summary['early_stopping_metric']].label} of the evaluations" in final
 
 
 def test_the_embedded_model_is_named_by_its_hub_id_with_the_gguf_note(tmp_path, tiny_model):
@@ -62,7 +57,7 @@ def test_the_embedded_model_is_named_by_its_hub_id_with_the_gguf_note(tmp_path, 
 
     folder = tmp_path / "adapter"
     attach_lora(tiny_model, LoraConfig(layers="all")).save_pretrained(folder)
-    write(folder, LabConfig(), "adapter", 0, 0, None, [], 10, 2)
+    write(folder, LabConfig(), "adapter", 0, 0, "answer_loss", None, [], 10, 2)
     assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     card = (folder / "README.md").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card

@@ -30,6 +30,7 @@ def test_a_gated_model_without_a_token_says_to_set_hf_token(monkeypatch, loader,
         raise _gated_error(repo)
 
     monkeypatch.setattr(getattr(transformers, target), "from_pretrained", refuse)
+    monkeypatch.setattr("lab.models._hub_options", lambda name, path: {})  # as if online: the hub answers "gated"
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
     with pytest.raises(ModelError) as info:
         loader(ModelConfig(name=repo, device="cpu")) if loader is load_model else loader(ModelConfig(name=repo))
@@ -43,6 +44,7 @@ def test_a_gated_model_with_a_token_without_access_says_so(monkeypatch):
 
     repo = "google/gemma-3-1b-it"
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: (_ for _ in ()).throw(_gated_error(repo)))
+    monkeypatch.setattr("lab.models._hub_options", lambda name, path: {})
     monkeypatch.setattr("huggingface_hub.get_token", lambda: "hf_token_without_access")
     with pytest.raises(ModelError, match="the token in use has no access yet: accept its licence"):
         load_tokenizer(ModelConfig(name=repo))
