@@ -47,8 +47,12 @@ def test_every_adapter_folder_has_a_card_and_names_its_base_model(run_dir):
     row = f"| val answer accuracy | {accuracy.format_with_interval(evals[0])} | {accuracy.format_with_interval(evals[kept])} |"
     assert row in final and "% [" in row  # "62.5% [48.3–74.8%]"
     assert f"| val completion loss | {evals[0]['completion_loss']:.4f} | {evals[kept]['completion_loss']:.4f} |" in final
-    assert f"(the last step, which is also the best {METRICS[summary['early_stopping_metric']].label}" in final or \
-        f"the best {METRICS[summary['early_stopping_metric']].label} of the evaluations" in final
+    stopping = METRICS[summary["early_stopping_metric"]]
+    if kept == 2:
+        assert f"this folder keeps step 2: the last step, which is also the best {stopping.label}\n" in final
+    else:
+        best = summary["best"][stopping.name]["value"]
+        assert f"this folder keeps step {kept}: the best {stopping.label} of the evaluations ({stopping.format(best)})\n" in final
 
 
 def test_the_embedded_model_is_named_by_its_hub_id_with_the_gguf_note(tmp_path, tiny_model):
