@@ -170,7 +170,7 @@ def _hub_options(name: str, path: str) -> dict:
     Without a network the hub client retries for most of a minute before it gives up; a model
     that is not in the local cache fails now instead, and a cached one is read without asking.
     """
-    if path != name:
+    if path != name or Path(path).is_dir():  # a local folder given as written (e.g. an absolute path)
         return {}
     from huggingface_hub import constants, try_to_load_from_cache
 

@@ -87,3 +87,9 @@ def test_lab_train_prints_the_estimate_before_training(tmp_path, capsys):
     first = capsys.readouterr().out.splitlines()[0]
     expected = describe(LabConfig().override({"model.name": "tiny-random", "train.max_steps": 1, "data.limit": 16}))
     assert first == expected and first.startswith("Memory estimate (cpu, float32)")
+
+
+def test_a_local_folder_given_by_its_absolute_path_loads(tiny_dir):
+    # The folder's path is the name as written: it must not be mistaken for a hub id.
+    model = load_model(ModelConfig(name=str(tiny_dir), device="cpu"))
+    assert load_tokenizer(ModelConfig(name=str(tiny_dir))).pad_token is not None and model.config.num_hidden_layers == 2
