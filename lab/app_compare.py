@@ -28,7 +28,8 @@ def comparison_outputs(loaded: LoadedRun):
     """The comparison's table, predicted-answer figure and generations."""
     comparison = loaded.comparison
     on, off = comparison["on"], comparison["off"]
-    rows = metrics_comparison_rows(on["metrics"], off["metrics"], on.get("probe_perplexity"), off.get("probe_perplexity"))
+    rows = metrics_comparison_rows(on["metrics"], off["metrics"], on.get("probe_perplexity"), off.get("probe_perplexity"),
+                                   comparison.get("paired"), comparison.get("format_vs_task"))
     predicted = {"adapter off": off["metrics"].get("predicted") or {}, "adapter on": on["metrics"].get("predicted") or {}}
     dist = (answer_distribution_figure(predicted, on["metrics"].get("answers"))
             if any(predicted.values()) else empty_figure("Free-form data: no answer distribution"))

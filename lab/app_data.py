@@ -46,7 +46,7 @@ MAPPABLE = {
 ALL_MAPPABLE = ("prompt", "completion", "messages", "context", "question", "options", "answer", "text", "label")
 #: Data options shown in the Data tab (they change how records become examples and tokens).
 DATA_OPTIONS = ["data.val_size", "data.limit", "data.train_eos", "data.system_prompt", "data.mc_template",
-                "data.classification_template", "data.answer_format"]
+                "data.classification_template", "data.answer_format", "data.on_error"]
 
 
 @dataclass
@@ -225,7 +225,7 @@ class DataTab:
             for f, control in self.mapping.items()
         }
         try:
-            fmt_used = dcfg.format if dcfg.format != "auto" else info.get("format") or detect_format(records[0])
+            fmt_used = dcfg.format if dcfg.format != "auto" else info.get("format") or detect_format(records)
             examples = to_examples(records, dataclasses.replace(dcfg, format=fmt_used), info.get("labels"))
         except DataError as exc:
             text = f"{exc}\nColumns found: {', '.join(columns)}"
@@ -258,6 +258,8 @@ class DataTab:
         stats = length_stats(encoded)
         shown = Path(source).name if not source.startswith(("builtin:", "hf:")) else source
         note = f"Loaded {len(examples)} examples from {shown} as {fmt_used.replace('_', ' ')}."
+        for line in examples.report.lines():
+            note += f" {line[0].upper()}{line[1:]}."
         if skipped:
             note += f" {len(skipped)} skipped: {skipped[0]}" + (" \u2026" if len(skipped) > 1 else "")
         indices = dv.example_indices()

@@ -1,6 +1,7 @@
 """`lab`: train, evaluate, compare and inspect from the terminal.
 
     lab train --plw 0.1 --set train.max_steps=60
+    lab train --resume runs/<run>       # continue a stopped, interrupted or failed run from its checkpoint
     lab inspect -n 2                    # tokens coloured by weight, with labels
     lab eval runs/<run>                 # validation metrics, adapter on and off
     lab compare runs/<run>              # generations, answers and forgetting probe, on vs off
@@ -9,6 +10,11 @@
     lab push runs/<run> --repo you/name # adapter, model card and config to the Hugging Face hub
 
 Multi-GPU: `accelerate launch -m lab train ...` (DDP, FSDP or DeepSpeed as accelerate is configured).
+
+SIGTERM and Ctrl-C stop `lab train` like the app's Stop button: the current optimiser step
+finishes, the adapter and checkpoint are saved, summary.json says `stopped`, and the exit code is
+128 + the signal number (143 for SIGTERM, 130 for Ctrl-C). A second Ctrl-C quits at once; the run
+then resumes from its last periodic checkpoint.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 from .config import ConfigError, LabConfig, parse_overrides
-from .metrics import RANKED, format_value
+from .metrics import RANKED, metric
 from .metrics import label as metric_label
 
 # Shortcut flags for the settings changed most often; everything else goes through --set.
@@ -123,7 +131,10 @@ def print_event(event, stream=None) -> None:
     stream = stream or sys.stdout
     kind = event.kind
     if kind == "started":
-        print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps", file=stream)
+        stopping = f", best adapter by {event.early_stopping_metric}" if getattr(event, "early_stopping_metric", "") else ""
+        print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps{stopping}", file=stream)
+        for note in event.data_report.get("notes", []):
+            print(f"{YELLOW}data: {note}{RESET}", file=stream)
         for note in event.skipped[:5]:
             print(f"{YELLOW}skipped: {note}{RESET}", file=stream)
     elif kind == "advice":
@@ -136,7 +147,7 @@ def print_event(event, stream=None) -> None:
         )
     elif kind == "eval":
         m = event.metrics
-        shown = [f"{name} {format_value(name, m[name])}" for name in (*RANKED, "majority_baseline") if m.get(name) is not None]
+        shown = [f"{name} {metric(name).format_with_interval(m)}" for name in (*RANKED, "unparseable", "majority_baseline", "chance") if m.get(name) is not None]
         if m.get("predicted"):
             shown.append(f"predicted {m['predicted']}")
         print(f"{BOLD}eval step {event.step:>4}{RESET}  " + "  ".join(shown) + ("  *best*" if event.is_best else ""), file=stream)
@@ -201,15 +212,24 @@ class ProgressBar:
 def print_comparison(comparison: dict, stream=None) -> None:
     stream = stream or sys.stdout
     on, off = comparison["on"], comparison["off"]
-    print(f"{'':28}{'adapter off':>14}{'adapter on':>14}", file=stream)
-    for key in (*RANKED, "majority_baseline"):
+    print(f"{'':28}{'adapter off':>22}{'adapter on':>22}", file=stream)
+    for key in (*RANKED, "unparseable", "majority_baseline", "chance"):
         a, b = off["metrics"].get(key), on["metrics"].get(key)
-        if a is not None:
-            print(f"{key:28}{format_value(key, a):>14}{format_value(key, b):>14}", file=stream)
+        if a is not None or b is not None:
+            m = metric(key)
+            print(f"{key:28}{m.format_with_interval(off['metrics']):>22}{m.format_with_interval(on['metrics']):>22}", file=stream)
     if off.get("probe_perplexity") is not None:
-        print(f"{'forgetting probe perplexity':28}{off['probe_perplexity']:>14.2f}{on['probe_perplexity']:>14.2f}", file=stream)
+        print(f"{'forgetting probe perplexity':28}{off['probe_perplexity']:>22.2f}{on['probe_perplexity']:>22.2f}", file=stream)
     if "predicted" in off["metrics"]:
-        print(f"{'predicted answers':28}{json.dumps(off['metrics']['predicted']):>14} {json.dumps(on['metrics']['predicted'])}", file=stream)
+        print(f"{'predicted answers':28}{json.dumps(off['metrics']['predicted']):>22} {json.dumps(on['metrics']['predicted'])}", file=stream)
+    for key, test in (comparison.get("paired") or {}).items():
+        print(
+            f"{BOLD}{key}, adapter off vs on{RESET} (exact McNemar on the same {test['n']} examples): right only off "
+            f"{test['first_only']}, right only on {test['second_only']}, p = {test['p_value']:.3g}: {test['verdict']}",
+            file=stream,
+        )
+    if comparison.get("format_vs_task"):
+        print(comparison["format_vs_task"]["text"], file=stream)
     for i, example in enumerate(comparison.get("examples", [])):
         print(f"\n{BOLD}example {i}{RESET} (reference: {example['reference']!r})", file=stream)
         print(f"  off: {off['generations'][i]!r}\n  on:  {on['generations'][i]!r}", file=stream)
@@ -218,41 +238,75 @@ def print_comparison(comparison: dict, stream=None) -> None:
 # -- commands ---------------------------------------------------------------------------------
 
 
+def stop_on_signals(stop) -> dict:
+    """SIGTERM and the first Ctrl-C ask `stop` (a `StopRequest`) to stop the run after the current
+    step; a second Ctrl-C raises KeyboardInterrupt at once. Returns the previous handlers. Signal
+    handlers exist only in the main thread, so elsewhere (an app's training thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.signal = signum
+        stop.request(f"stopped by {name}")
+        print(f"\n{YELLOW}{name}: stopping after the current optimiser step and saving"
+              f"{' (Ctrl-C again quits at once)' if signum == signal.SIGINT else ''}{RESET}", file=sys.stderr)
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
 def cmd_train(args) -> int:
-    from .training import is_main_process, train
+    from .training import StopRequest, is_main_process, resume, train
 
-    cfg = build_config(args)
-    if is_main_process():
-        from .memory import describe
+    stop = StopRequest()
+    if args.resume and (args.config or args.set or any(getattr(args, flag, None) is not None for flag in SHORTCUTS)):
+        raise ConfigError("--resume continues a run with its own config.yaml; leave out --config, --set and the shortcut flags")
+    bar = ProgressBar() if is_main_process() and not args.no_progress else None
+    previous = stop_on_signals(stop)
+    try:
+        subscribers = [bar or print_event]
+        if args.resume:
+            result = resume(args.resume, subscribers=subscribers, stop=stop)
+        else:
+            cfg = build_config(args)
+            if is_main_process():
+                from .memory import describe
 
-        print(describe(cfg))
-    if is_main_process() and not args.no_progress:
-        bar = ProgressBar()
-        try:
-            result = train(cfg, subscribers=[bar])
-        finally:
+                print(describe(cfg))
+            result = train(cfg, subscribers=subscribers, stop=stop)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        if bar is not None:
             bar.close()
-    else:
-        result = train(cfg, subscribers=[print_event])
     if is_main_process():  # under `accelerate launch` every process gets here; one report is enough
         if result.comparison:
             print()
             print_comparison(result.comparison)
         print(f"\nrun folder: {result.run_dir}")
-    return 1 if result.status == "failed" else 0
+        if result.status in ("stopped", "failed"):
+            print(f"resume with: lab train --resume {result.run_dir}")
+    if result.status == "failed":
+        return 1
+    return 128 + stop.signal if stop.signal else 0
 
 
-def _load_run_model(run_dir: str):
+def _load_run_model(run_dir: str, which: str = ""):
     from .evaluation import device_of
     from .models import load_adapter, load_model, load_tokenizer
     from .runs import load_run
     from .training import prepare
 
     run = load_run(run_dir)
-    if run.config is None or run.adapter_dir() is None:
-        raise SystemExit(f"{run_dir}: the run has no readable config or no saved adapter")
+    found = run.adapter(which)
+    if run.config is None or found is None:
+        raise SystemExit(f"{run_dir}: the run has no readable config or no saved {which + ' ' if which else ''}adapter")
+    folder, step = found
+    print(f"adapter: {folder} (step {step if step is not None else 'unknown'})")
     tokenizer = load_tokenizer(run.config.model)
-    model = load_adapter(load_model(run.config.model), run.adapter_dir())
+    model = load_adapter(load_model(run.config.model), folder)
     data = prepare(run.config, tokenizer)
     return run, model, tokenizer, data, device_of(model)
 
@@ -260,7 +314,7 @@ def _load_run_model(run_dir: str):
 def cmd_eval(args) -> int:
     from .evaluation import adapter, evaluate
 
-    run, model, tokenizer, data, _ = _load_run_model(args.run)
+    run, model, tokenizer, data, _ = _load_run_model(args.run, args.adapter)
     measured = {}
     for label, enabled in (("off", False), ("on", True)):
         with adapter(model, enabled):
@@ -272,9 +326,10 @@ def cmd_eval(args) -> int:
 
 
 def metrics_table(off: dict, on: dict) -> str:
-    """Validation metrics with the adapter off and on, one row a metric, in the registry's labels and formats."""
-    rows = [(metric_label(name), format_value(name, off[name]), format_value(name, on.get(name)))
-            for name in (*RANKED, "majority_baseline") if off.get(name) is not None]
+    """Validation metrics with the adapter off and on, one row a metric, in the registry's labels and formats
+    (accuracies with their 95% interval)."""
+    rows = [(metric_label(name), metric(name).format_with_interval(off), metric(name).format_with_interval(on))
+            for name in (*RANKED, "unparseable", "majority_baseline", "chance") if off.get(name) is not None]
     for key in ("predicted", "answers"):
         if off.get(key):
             rows.append((key.replace("_", " "), json.dumps(off[key]), json.dumps(on.get(key))))
@@ -292,9 +347,15 @@ def cmd_compare(args) -> int:
     from .runs import load_run
 
     run = load_run(args.run)
-    comparison = None if args.recompute else run.comparison()
-    if comparison is None:
-        run, model, tokenizer, data, _ = _load_run_model(args.run)
+    kept = run.summary.get("adapter")
+    # compare.json was made with the adapter the summary keeps; another choice is recomputed.
+    reuse = not args.recompute and (not args.adapter or run.adapter(args.adapter) == run.adapter())
+    comparison = run.comparison() if reuse else None
+    if comparison is not None:
+        step = run.summary.get("adapter_step")
+        print(f"adapter: {run.path / kept if kept else 'the one kept at the end of training'} (step {step}; from compare.json)")
+    else:
+        run, model, tokenizer, data, _ = _load_run_model(args.run, args.adapter)
         e = run.config.eval
         comparison = compare(model, tokenizer, data.val, general_text()[: e.probe_texts], e.generations, e.max_new_tokens, e.batch_size, run.config.train.chunk_size)
     print_comparison(comparison)
@@ -326,6 +387,8 @@ def cmd_inspect(args) -> int:
         f"completion tokens mean {s['completion_tokens']['mean']:.1f}, generation ratio Rg mean {s['rg_mean']:.4g}, "
         f"geometric mean {s['rg_geomean']:.4g}; label balance {label_counts(examples) or 'n/a'}"
     )
+    for note in examples.report.lines():
+        print(f"{YELLOW}data: {note}{RESET}")
     packing = packing_efficiency([len(e) for e in encoded], cfg.data.max_length, cfg.train.batch_size)
     print(f"packing efficiency at batch {cfg.train.batch_size}: padded {packing['padded']:.0%} real tokens, packed {packing['packed']:.0%}\n")
     for example in examples[: args.n]:
@@ -426,12 +489,16 @@ def main(argv: list[str] | None = None) -> int:
     p = command("train", "train a LoRA adapter and compare it with the base model")
     _config_args(p)
     p.add_argument("--no-progress", action="store_true", help="print the events only, without the progress bar")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped, interrupted or failed run from its last checkpoint")
     p.set_defaults(func=cmd_train)
+    adapter_help = "which adapter: final (adapter/), best (best_adapter/) or last (last_adapter/); default: the one summary.json keeps"
     p = command("eval", "validation metrics of a run, adapter on and off")
     p.add_argument("run", help="run folder")
+    p.add_argument("--adapter", choices=("final", "best", "last"), default="", help=adapter_help)
     p.set_defaults(func=cmd_eval)
     p = command("compare", "adapter on vs off: generations, answers, forgetting probe")
     p.add_argument("run", help="run folder")
+    p.add_argument("--adapter", choices=("final", "best", "last"), default="", help=adapter_help)
     p.add_argument("--recompute", action="store_true", help="recompute instead of reading compare.json")
     p.set_defaults(func=cmd_compare)
     p = command("inspect", "show examples token by token with their masks and weights")
@@ -457,10 +524,15 @@ def main(argv: list[str] | None = None) -> int:
     from .card import ShareError
     from .data import DataError
     from .models import ModelError
+    from .runs import ResumeError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelError, ShareError, FileNotFoundError) as exc:
+    except KeyboardInterrupt:  # a second Ctrl-C: the run keeps its last checkpoint
+        red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
+        print(f"\n{red}interrupted; `lab train --resume RUN_DIR` continues from the last checkpoint{reset}", file=sys.stderr)
+        return 130
+    except (ConfigError, DataError, ModelError, ResumeError, ShareError, FileNotFoundError) as exc:
         red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
         print(f"{red}error: {exc}{reset}", file=sys.stderr)
         return 2

@@ -207,6 +207,19 @@ class TrainConfig:
     chunk_size: int = _f(
         1024, "Positions per chunk in the chunked cross-entropy; bounds the logits held in memory.", min=16
     )
+    save_interval_steps: int = _f(
+        10,
+        "Save a resumable checkpoint (the adapter, optimiser, scheduler, random-number and data-order state) "
+        "in last_adapter/ every this many optimiser steps (0: only by time), written to a temporary folder and "
+        "renamed so a crash mid-write never replaces a good one.",
+        min=0,
+    )
+    save_interval_seconds: float = _f(
+        300.0,
+        "Also save the checkpoint when this many seconds have passed since the last one, whichever comes "
+        "first (0: only by steps). `lab train --resume RUN_DIR` continues from it.",
+        min=0.0,
+    )
     report_to: str = _f(
         "none",
         "Also log the run to an experiment tracker: 'tensorboard' (needs tensorboard or tensorboardX), "

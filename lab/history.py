@@ -83,9 +83,12 @@ class History:
             if self.phase in ("", "loading"):  # a log without phase events still reads as training
                 self.phase, self.phase_since = "training", when
         elif kind == "eval":
+            step = int(event_field(event, "step"))
+            # An evaluation repeated at a step (generated answers added after an early stop) replaces the first.
+            self.evals = [e for e in self.evals if e["step"] != step]
             self.evals.append(
                 {
-                    "step": int(event_field(event, "step")),
+                    "step": step,
                     "epoch": float(event_field(event, "epoch", 0.0) or 0.0),
                     "metrics": dict(event_field(event, "metrics", {}) or {}),
                     "is_best": bool(event_field(event, "is_best", False)),
@@ -203,6 +206,18 @@ class History:
                 xs.append(e["step"])
                 ys.append(float(value))
         return xs, ys
+
+    def interval_series(self, name: str) -> tuple[list[int], list[float], list[float]]:
+        """Steps with the 95% interval of metric `name` (its registry `interval` key): lows and highs."""
+        key = METRICS[name].interval
+        xs, lows, highs = [], [], []
+        for e in self.evals:
+            bounds = e["metrics"].get(key) if key else None
+            if bounds and all(b is not None and b == b for b in bounds):
+                xs.append(e["step"])
+                lows.append(float(bounds[0]))
+                highs.append(float(bounds[1]))
+        return xs, lows, highs
 
     def best(self, name: str) -> tuple[int, float] | None:
         xs, ys = self.metric_series(name)

@@ -90,7 +90,7 @@ def completion_spans(tokenizer, messages: list[dict], train_eos: bool) -> tuple[
     spans, contents = [], []
     eos = tokenizer.eos_token or ""
     for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+        if m["role"] != "assistant" or m.get("trained") is False:
             continue
         before = render(tokenizer, messages[:i], add_generation_prompt=True)
         through = render(tokenizer, messages[: i + 1])

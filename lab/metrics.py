@@ -129,7 +129,8 @@ def format_value(name: str, value) -> str:
 def best_of(evals, names=RANKED) -> dict[str, dict]:
     """For each metric: its best value over `evals` and the step and epoch where it was reached.
 
-    `evals` are `Eval` events or their dicts (anything with step, epoch and metrics).
+    `evals` are `Eval` events or their dicts (anything with step, epoch and metrics). An accuracy's
+    entry also carries its 95% interval ("ci") at that evaluation.
     """
     best: dict[str, dict] = {}
     for event in evals:
@@ -142,4 +143,7 @@ def best_of(evals, names=RANKED) -> dict[str, dict]:
             current = best.get(name)
             if METRICS[name].better(value, None if current is None else current["value"]):
                 best[name] = {"value": value, "step": get("step"), "epoch": get("epoch")}
+                interval = METRICS[name].interval
+                if interval and metrics.get(interval):
+                    best[name]["ci"] = list(metrics[interval])
     return best

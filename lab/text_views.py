@@ -15,6 +15,7 @@ from typing import Sequence
 from .charts import METRIC_LABELS
 from .events import event_field
 from .history import History
+from .metrics import METRICS
 from .runs import run_best, run_config
 from .stats import LengthStats
 from .tokens_view import completion_weight_share
@@ -172,14 +173,56 @@ def progress_html(history: History, note: str = "", now: float | None = None) ->
 # -- compare ----------------------------------------------------------------------------------
 
 
-def metrics_comparison_rows(on: dict, off: dict, probe_on: float | None = None, probe_off: float | None = None) -> list[dict]:
-    """Rows of metric / adapter off / adapter on / change, for a side-by-side table."""
+#: The metrics of the on/off table, in order: losses, then answers, then the baselines beside them.
+COMPARISON_METRICS = (
+    "completion_loss", "answer_loss", "format_loss", "prompt_loss", "full_loss", "token_accuracy", "answer_accuracy",
+    "answer_accuracy_generated", "unparseable", "candidate_mass", "balanced_accuracy", "macro_f1", "auc",
+    "majority_baseline", "chance",
+)
+
+
+def metrics_comparison_rows(on: dict, off: dict, probe_on: float | None = None, probe_off: float | None = None,
+                            paired: dict | None = None, split: dict | None = None) -> list[dict]:
+    """Rows of metric / adapter off / adapter on / change, for a side-by-side table.
+
+    Accuracies carry their 95% interval. `paired` (the comparison's exact McNemar tests) adds a
+    row per accuracy saying whether the change is beyond noise; `split` (`format_vs_task`) a row
+    saying how much of the generated-accuracy gain is format and how much task.
+    """
     rows = []
-    for name in ("completion_loss", "prompt_loss", "full_loss", "token_accuracy", "answer_accuracy", "majority_baseline"):
+    for name in COMPARISON_METRICS:
         a, b = off.get(name), on.get(name)
         if a is None and b is None:
             continue
-        rows.append({"metric": METRIC_LABELS.get(name, name), "adapter off": _num(a), "adapter on": _num(b), "change": _num(None if a is None or b is None else b - a, signed=True)})
+        m = METRICS[name]
+        change = None if a is None or b is None or a != a or b != b else b - a
+        if change is None:
+            shown = DASH
+        elif m.unit == "share":
+            shown = f"{change * 100:+.1f} pts"
+        elif m.unit == "count":
+            shown = f"{change:+d}"
+        else:
+            shown = f"{change:+.4f}"
+        rows.append({"metric": m.label, "adapter off": m.format_with_interval(off), "adapter on": m.format_with_interval(on), "change": shown})
+    for name, test in (paired or {}).items():
+        rows.append(
+            {
+                "metric": f"paired test of {METRICS[name].label} (exact McNemar, same {test['n']} examples)",
+                "adapter off": f"right only off: {test['first_only']}",
+                "adapter on": f"right only on: {test['second_only']}",
+                "change": f"p = {test['p_value']:.3g}: {test['verdict']}",
+            }
+        )
+    if split:
+        rows.append(
+            {
+                "metric": "gain in generated accuracy: task vs format",
+                "adapter off": f"candidate mass {split['candidate_mass'][0]:.0%}, parseable {split['parse_rate'][0]:.0%}",
+                "adapter on": f"candidate mass {split['candidate_mass'][1]:.0%}, parseable {split['parse_rate'][1]:.0%}",
+                "change": f"task {split['task_gain'] * 100:+.1f} pts, format {split['format_gain'] * 100:+.1f} pts",
+            }
+        )
     if probe_on is not None or probe_off is not None:
         rows.append(
             {
@@ -250,12 +293,12 @@ def runs_rows(runs: Sequence) -> list[dict]:
         best = run_best(run)
         summary = getattr(run, "summary", None) or {}
 
-        def best_of(name, percent=False):
+        def best_of(name):
             b = best.get(name)
             if not b:
                 return "\u2013"
-            value = f"{b['value']:.1%}" if percent else f"{b['value']:.4f}"
-            return f"{value} @ {b['step']}"
+            m = METRICS[name]
+            return f"{m.format_with_interval({name: b['value'], m.interval: b.get('ci')})} @ {b['step']}"
 
         rows.append(
             {
@@ -269,7 +312,8 @@ def runs_rows(runs: Sequence) -> list[dict]:
                 "LoRA r": lora.get("r"),
                 "steps": summary.get("steps", max([event_field(e, "step", 0) for e in getattr(run, "evals", [])] or [0])),
                 "best completion loss @ step": best_of("completion_loss"),
-                "best accuracy @ step": best_of("answer_accuracy", percent=True),
+                "best accuracy @ step": best_of("answer_accuracy"),
+                "best answer loss @ step": best_of("answer_loss"),
                 "best full loss @ step": best_of("full_loss"),
                 "time": format_duration(summary.get("elapsed_seconds")),
             }
