@@ -14,6 +14,7 @@ set) and return a dict keyed by component, leaving out what they do not change.
 from __future__ import annotations
 
 import html
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -179,6 +180,8 @@ def make_control(key: str, spec: dict, value):
         step = 1 if kind == "int" else (10 ** _floor_log10(spec["default"]) if spec["default"] else 0.01)
         return gr.Number(value=value, label=label, info=info, precision=0 if kind == "int" else None, step=step,
                          elem_id=elem_id)
+    if kind == "dict":  # e.g. data.mix: typed as JSON
+        return gr.Textbox(value=json.dumps(value), label=label, info=info + " As JSON, e.g. {\"builtin:bbb\": 1}.", lines=1, elem_id=elem_id)
     lines = 3 if "\n" in str(value) or len(str(value)) > 60 else 1
     return gr.Textbox(value=value, label=label, info=info, lines=lines, elem_id=elem_id)
 
@@ -198,4 +201,11 @@ def coerce_control(key: str, spec: dict, value):
         return float(value)
     if spec["type"] == "list":
         return list(value) if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",") if v.strip()]
+    if spec["type"] == "dict" and not isinstance(value, dict):
+        try:
+            value = json.loads(str(value).strip() or "{}")
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{key}: not valid JSON ({exc.msg}); write it as {{\"name\": value}}") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a JSON object {{\"name\": value}}, got {type(value).__name__}")
     return value

@@ -15,7 +15,7 @@ from .app_jobs import LoadedRun, error_text
 from .charts import answer_distribution_figure, empty_figure, logprob_figure
 from .masks import prompt_text, render
 from .runs import run_plw
-from .text_views import generations_html, metrics_comparison_rows, show_generation
+from .text_views import generations_html, metrics_comparison_rows, probe_rows, show_generation
 from .tokens_view import token_loss_html
 
 
@@ -59,6 +59,14 @@ class CompareTab:
                 self.dist = gr.Plot(empty_figure("Predicted answers, adapter on vs off"), label="Predicted answers",
                                     elem_id="compare-dist", scale=2)
             self.gens = gr.HTML("", elem_id="compare-gens")
+            gr.Markdown("### Frozen-feature probe\nDoes fine-tuning beat a linear classifier on the frozen base model? "
+                        "A logistic regression on the base model's final hidden states of each prompt (mean over its "
+                        "tokens, or its last token), fitted on the run's own training split and scored on the same "
+                        "validation examples, with the same metrics and 95% intervals as the adapter.")
+            with gr.Row():
+                self.probe_btn = gr.Button("Run the frozen-feature probe", elem_id="probe-btn", scale=0, min_width=240)
+                self.probe_table = gr.Dataframe(label="Frozen-feature probe vs the adapter", interactive=False,
+                                                elem_id="probe-table", wrap=True, scale=4)
             gr.Markdown("### One validation example")
             with gr.Row():
                 self.val_idx = gr.Slider(0, 1, value=0, step=1, label="Validation example", elem_id="val-idx", scale=3)
@@ -101,21 +109,26 @@ class CompareTab:
         self.val_idx.release(self.on_val_example, example_in, example_out, trigger_mode="always_last")
         self.loss_mode.change(self.on_val_example, example_in, example_out)
         self.own_btn.click(self.on_own_prompt, own_in, own_out, concurrency_limit=2)
+        self.probe_btn.click(self.on_probe, {self.run}, {self.msg, self.probe_table}, concurrency_limit=1)
         self.own_prompt.submit(self.on_own_prompt, own_in, own_out, concurrency_limit=2)
         lists = self.shared.run_lists
         self.refresh_btn.click(lists.refresh, lists.inputs, lists.outputs)
 
     # -- handlers ----------------------------------------------------------------------------------
 
+    def _load(self, run_name: str | None, progress_):
+        """The chosen run's loaded model, or a clear error when no run is chosen or it cannot be loaded."""
+        if not run_name:
+            raise ValueError("choose a run (train one first, or refresh the list)")
+        self.ctx.find_run(run_name)
+        progress_(0.1, desc="loading the run's model and adapter")
+        return self.ctx.models.get(self.ctx.runs_path / run_name)
+
     def on_compare(self, values: dict, progress_=gr.Progress()):
         ctx = self.ctx
         run_name = values[self.run]
         try:
-            if not run_name:
-                raise ValueError("choose a run (train one first, or refresh the list)")
-            ctx.find_run(run_name)
-            progress_(0.1, desc="loading the run's model and adapter")
-            loaded = ctx.models.get(ctx.runs_path / run_name)
+            loaded = self._load(run_name, progress_)
             with loaded.lock:
                 if loaded.comparison is None:
                     from . import evaluation
@@ -140,6 +153,27 @@ class CompareTab:
         return {self.msg: message_html(note, "ok"), self.table: rows, self.dist: dist, self.gens: gens,
                 self.val_idx: gr.update(maximum=max(n_val - 1, 1), value=0,
                                         label=f"Validation example (0\u2013{max(n_val - 1, 0)})")}
+
+    def on_probe(self, values: dict, progress_=gr.Progress()):
+        run_name = values[self.run]
+        try:
+            loaded = self._load(run_name, progress_)
+            with loaded.lock:
+                from .probe import frozen_feature_probe
+                from .training import prepare
+
+                progress_(0.3, desc="reading the base model's features of the training and validation prompts")
+                data = prepare(loaded.config, loaded.tokenizer)
+                result = frozen_feature_probe(loaded.model, data.train, data.val, loaded.tokenizer.pad_token_id,
+                                              loaded.config.eval.batch_size, loaded.config.train.seed)
+                rows = probe_rows(result, loaded.comparison)
+        except Exception as exc:
+            gr.Warning(error_text(exc))
+            return {self.msg: message_html(error_text(exc))}
+        note = f"{run_name}: probe fitted on {result['n_train']} training examples, scored on {result['n_val']}."
+        if loaded.comparison is None:
+            note += " Compare the run to add the adapter's rows."
+        return {self.msg: message_html(note, "ok"), self.probe_table: frame(rows)}
 
     def on_val_example(self, values: dict):
         run_name, index, mode = values[self.run], values[self.val_idx], values[self.loss_mode]

@@ -28,6 +28,7 @@ from .charts import empty_figure, label_balance_figure, length_histogram, rg_his
 from .config import ConfigError, DataConfig
 from .data import DataError, detect_format, read_records, to_examples
 from .masks import encode, encode_all
+from .mixing import balanced_counts
 from .packing import packing_efficiency
 from .stats import label_counts, length_stats
 from .text_views import preview_rows, stats_markdown
@@ -46,7 +47,7 @@ MAPPABLE = {
 ALL_MAPPABLE = ("prompt", "completion", "messages", "context", "question", "options", "answer", "text", "label")
 #: Data options shown in the Data tab (they change how records become examples and tokens).
 DATA_OPTIONS = ["data.val_size", "data.limit", "data.train_eos", "data.system_prompt", "data.mc_template",
-                "data.classification_template", "data.answer_format", "data.on_error"]
+                "data.classification_template", "data.answer_format", "data.on_error", "data.balance"]
 
 
 @dataclass
@@ -270,7 +271,7 @@ class DataTab:
                                           self._packing(encoded, dcfg.max_length)),
             self.rg_plot: rg_histogram(stats.rg),
             self.len_plot: length_histogram(stats),
-            self.label_plot: label_balance_figure(label_counts(examples)),
+            self.label_plot: label_balance_figure(label_counts(examples), after=balanced_counts(label_counts(examples), dcfg.balance) if dcfg.balance != "none" else None, after_label=f"after {dcfg.balance}"),
             self.example_idx: gr.update(minimum=0, maximum=max(len(indices) - 1, 1), value=0, step=1,
                                         label=f"Example (0\u2013{len(indices) - 1} of the first {len(indices)})"),
             self.preview: frame(preview_rows(examples, dv.encoded)),

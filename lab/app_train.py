@@ -21,7 +21,7 @@ from .app_data import DATA_OPTIONS, DataView
 from .app_jobs import JobBusy, TrainingJob
 from .charts import accuracy_figure, loss_figure, predicted_distribution_figure
 from .config import ConfigError, LabConfig, field_specs
-from .data import DataError
+from .data import DataError, check_hub_id
 from .history import History
 from .text_views import progress_html, settings_help_markdown
 
@@ -49,6 +49,15 @@ TRAIN_LAYOUT = {
     ],
     "Early stopping": ["train.early_stopping_metric", "train.patience", "train.restore_best"],
     "LoRA": ["lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "lora.layers"],
+    "Remedies for forgetting and collapse": [
+        "train.kl_weight",
+        "train.l2_to_base",
+        "data.replay",
+        "data.mix",
+        "data.mix_temperature",
+        "train.completion_loss_weight",
+        "train.class_weighted_loss",
+    ],
 }
 
 
@@ -150,6 +159,12 @@ class TrainTab:
             for name in ("source", "format", "column_map", "hf_config", "hf_split"):
                 overrides[f"data.{name}"] = dv.data[name]
         overrides["train.output_dir"] = str(self.ctx.runs_path)
+        for source in overrides.get("data.mix") or {}:
+            # A visitor may mix built-in sets and hub datasets, never a file or folder on this server.
+            if not source.startswith(("builtin:", "hf:")):
+                raise ConfigError(f"data.mix: {source!r} is neither a built-in set ('builtin:NAME') nor a hub dataset ('hf:owner/name')")
+            if source.startswith("hf:"):
+                check_hub_id(source.removeprefix("hf:"))
         return self.ctx.base.override(overrides)
 
     def render_job(self, history: History, job: TrainingJob | None, note: str = "") -> dict:

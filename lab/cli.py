@@ -5,6 +5,7 @@
     lab inspect -n 2                    # tokens coloured by weight, with labels
     lab eval runs/<run>                 # validation metrics, adapter on and off
     lab compare runs/<run>              # generations, answers and forgetting probe, on vs off
+    lab probe runs/<run>                # a linear probe on the frozen base model, beside the adapter
     lab config > my.yaml                # every setting with its default; edit, then --config my.yaml
     lab memory --presets                # the memory a run needs, and the model presets' sizes
     lab push runs/<run> --repo you/name # adapter, model card and config to the Hugging Face hub
@@ -258,6 +259,8 @@ def stop_on_signals(stop) -> dict:
 
 
 def cmd_train(args) -> int:
+    from .data import load_examples
+    from .models import check_model
     from .training import StopRequest, is_main_process, resume, train
 
     stop = StopRequest()
@@ -271,11 +274,13 @@ def cmd_train(args) -> int:
             result = resume(args.resume, subscribers=subscribers, stop=stop)
         else:
             cfg = build_config(args)
+            # Bad data or a model that cannot load ends here with exit code 2, before a run folder exists.
+            check_model(cfg.model)
             if is_main_process():
                 from .memory import describe
 
                 print(describe(cfg))
-            result = train(cfg, subscribers=subscribers, stop=stop)
+            result = train(cfg, subscribers=subscribers, stop=stop, examples=load_examples(cfg.data))
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -359,6 +364,36 @@ def cmd_compare(args) -> int:
         e = run.config.eval
         comparison = compare(model, tokenizer, data.val, general_text()[: e.probe_texts], e.generations, e.max_new_tokens, e.batch_size, run.config.train.chunk_size)
     print_comparison(comparison)
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from .evaluation import device_of
+    from .models import load_model, load_tokenizer
+    from .probe import frozen_feature_probe
+    from .runs import load_run, write_json
+    from .text_views import probe_rows
+    from .training import prepare
+
+    run = load_run(args.run)
+    if run.config is None:
+        raise FileNotFoundError(f"{args.run}: no readable run config (config.yaml)")
+    tokenizer = load_tokenizer(run.config.model)
+    model = load_model(run.config.model)
+    data = prepare(run.config, tokenizer)
+    print(f"{BOLD}{run.name}{RESET}: probing the frozen base model on {len(data.train)} training and "
+          f"{len(data.val)} validation examples ({device_of(model).type})")
+    result = frozen_feature_probe(model, data.train, data.val, tokenizer.pad_token_id, run.config.eval.batch_size, run.config.train.seed)
+    write_json(run.path / "probe.json", result)
+    rows = probe_rows(result, run.comparison())
+    columns = list(rows[0])
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    print("  ".join(f"{c:<{w}}" for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(f"{str(r.get(c, '')):<{w}}" for c, w in zip(columns, widths)))
+    if run.comparison() is None:
+        print("(the run has no compare.json: `lab compare` adds the adapter's rows)")
     return 0
 
 
@@ -448,6 +483,8 @@ EXAMPLES = {
     "compare": """examples:
   lab compare runs/<run>                  # reads the comparison saved when the run finished
   lab compare runs/<run> --recompute      # evaluates again (e.g. after editing eval.* settings)""",
+    "probe": """examples:
+  lab probe runs/<run>                    # logistic regression on the frozen base model's features, same split""",
     "inspect": """examples:
   lab inspect -n 2 --plw 0.1 --table      # two examples token by token, with label and weight per token
   lab inspect --data my.csv --model tiny-random -n 1
@@ -501,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapter", choices=("final", "best", "last"), default="", help=adapter_help)
     p.add_argument("--recompute", action="store_true", help="recompute instead of reading compare.json")
     p.set_defaults(func=cmd_compare)
+    p = command("probe", "a frozen-feature probe: logistic regression on the base model's hidden states")
+    p.add_argument("run", help="run folder")
+    p.set_defaults(func=cmd_probe)
     p = command("inspect", "show examples token by token with their masks and weights")
     _config_args(p)
     p.add_argument("-n", type=int, default=3, help="how many examples")

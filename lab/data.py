@@ -43,6 +43,8 @@ class Example:
     #: Position of the record in the source, for error messages and the UI.
     source_index: int = 0
     meta: dict = field(default_factory=dict)
+    #: The record's own loss weight (its `weight` field): multiplies every token weight; 0 skips it.
+    weight: float = 1.0
 
     @property
     def answer(self) -> str | None:
@@ -100,6 +102,15 @@ class Examples(list):
 # -- reading ---------------------------------------------------------------------------------
 
 
+class Unreadable(dict):
+    """A line or value that is not a record (invalid JSON, a bare number): it keeps its place so
+    conversion names it, or skips it under `data.on_error: skip` like any other bad record."""
+
+    def __init__(self, reason: str):
+        super().__init__()
+        self.reason = reason
+
+
 #: A dataset id as the Hugging Face Hub spells them: owner, slash, name.
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 
@@ -148,7 +159,7 @@ def read_records(cfg: DataConfig, hub_ids_only: bool = False) -> tuple[list[dict
         records = records[: cfg.limit]
     if not records:
         raise DataError(f"{source}: no records found")
-    return [_rename(r, cfg.column_map, i) for i, r in enumerate(records)], info
+    return [_rename(r, cfg.column_map) for r in records], info
 
 
 def read_file(path: str | Path) -> list[dict]:
@@ -195,7 +206,7 @@ def read_file(path: str | Path) -> list[dict]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}, line {number}: invalid JSON ({exc.msg})") from None
+            records.append(Unreadable(f"line {number}: invalid JSON ({exc.msg})"))
     return records
 
 
@@ -222,10 +233,10 @@ def race_record(r: dict) -> dict:
     return {"context": r["article"], "question": r["question"], "options": list(r["options"]), "answer": r["answer"]}
 
 
-def _rename(record, column_map: dict, index: int) -> dict:
+def _rename(record, column_map: dict) -> dict:
     if not isinstance(record, dict):
-        raise DataError(f"record {index}: expected an object with named fields, got {type(record).__name__}")
-    if not column_map:
+        return Unreadable(f"expected an object with named fields, got {type(record).__name__}")
+    if not column_map or isinstance(record, Unreadable):
         return record
     out = {k: v for k, v in record.items() if k not in column_map.values()}
     for lab_field, column in column_map.items():
@@ -249,6 +260,8 @@ def _filled(record: dict) -> set:
 def detect_format(records: list[dict]) -> str:
     """The format whose fields most of the first records have (ties: chat, multiple choice, prompt/completion)."""
     sample = records[:DETECT_SAMPLE]
+    if sample and all(isinstance(r, Unreadable) for r in sample):
+        raise DataError(f"none of the first {len(sample)} record(s) could be read; record 0: {sample[0].reason}")
     order = ("chat", "multiple_choice", "prompt_completion", "classification")
     fits = {fmt: sum(set(_REQUIRED[fmt]) <= _filled(r) for r in sample) for fmt in order}
     best = max(order, key=lambda fmt: fits[fmt])  # max keeps the first of equals
@@ -281,6 +294,8 @@ _OPTIONAL = {"multiple_choice": ("context", "article")}
 
 def _check_record(record: dict, fmt: str) -> None:
     """A `DataError` naming the field when a record cannot be read as `fmt`: missing, null, bytes or a ragged row."""
+    if isinstance(record, Unreadable):
+        raise DataError(record.reason)
     if None in record:
         extra = record[None]
         raise DataError(
@@ -308,6 +323,8 @@ def _check_record(record: dict, fmt: str) -> None:
 def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None = None) -> Examples:
     """Convert records into examples; a bad record raises a `DataError` naming it, or is skipped
     and reported under `data.on_error: skip`. Exact duplicates are left out and reported."""
+    if not records:
+        raise DataError("no records to convert")
     fmt = cfg.format if cfg.format != "auto" else detect_format(records)
     report = DataReport(records=len(records))
     problems = {}
@@ -326,13 +343,15 @@ def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None =
             if i in problems:
                 raise problems[i]
             example = _CONVERTERS[fmt](record, cfg, labels)
+            if record.get("weight") is not None:
+                example.weight = data_weight(record["weight"])
         except DataError as exc:
             _fail_or_skip(cfg, report, i, exc)
             continue
         example.source_index = i
         if cfg.system_prompt:
             example.messages.insert(0, {"role": "system", "content": cfg.system_prompt})
-        key = json.dumps([example.messages, example.choices, example.answer_index], sort_keys=True)
+        key = json.dumps([example.messages, example.choices, example.answer_index, example.weight], sort_keys=True)
         if key in first_seen:
             report.duplicates.append((i, first_seen[key]))
             continue
@@ -382,6 +401,11 @@ def _check_messages(messages, name: str) -> None:
     for j, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise DataError(f"{name} message {j} must be {{'role': one of {ROLES}, 'content': text}}; got {m!r}")
+        if m.get("weight") is not None:
+            try:
+                data_weight(m["weight"])
+            except DataError as exc:
+                raise DataError(f"{name} message {j}: {exc}") from None
 
 
 def _chat(r: dict, _cfg: DataConfig, _labels) -> Example:
@@ -394,7 +418,27 @@ def _chat(r: dict, _cfg: DataConfig, _labels) -> Example:
         raise DataError("a conversation without an assistant turn has nothing to train on")
     if any(not m["content"].strip() for m in assistant):
         raise DataError("an assistant turn is empty")
-    return Example([dict(role=m["role"], content=m["content"]) for m in messages])
+    return Example([_message(m) for m in messages])
+
+
+def _message(m: dict) -> dict:
+    """A chat message as the lab keeps it: role, content and, when the data gives one, its loss weight."""
+    out = {"role": m["role"], "content": m["content"]}
+    weight = 1.0 if m.get("weight") is None else data_weight(m["weight"])
+    if weight != 1.0:
+        out["weight"] = weight
+    return out
+
+
+def data_weight(value) -> float:
+    """A record's or message's `weight` field as a float in [0, inf), or a `DataError` saying what is wrong."""
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"'weight' must be a number (0 skips the record or message), got {value!r}") from None
+    if not weight >= 0 or weight == float("inf"):
+        raise DataError(f"'weight' must be a finite number of at least 0, got {value!r}")
+    return weight
 
 
 def _lettered(answer_format: str, n: int) -> tuple[str, ...]:

@@ -184,6 +184,13 @@ def _hub_options(name: str, path: str) -> dict:
     raise _hub_error(name, f"it is not in the local cache and {why}")
 
 
+def check_model(cfg: ModelConfig) -> None:
+    """Raise now the `ModelError` that loading would raise for a folder that is not a model or a
+    hub id that cannot be fetched, or quantisation this machine cannot run, so a run is refused before it starts."""
+    check_quantization(cfg)
+    _hub_options(cfg.name, resolve_model_path(cfg.name))
+
+
 def pick_device(preference: str = "auto") -> torch.device:
     if preference == "auto":
         if torch.cuda.is_available():
@@ -359,6 +366,17 @@ def attach_lora(model, cfg: LoraConfig):
         return get_peft_model(model, peft_cfg)
     except ValueError as exc:
         raise ModelError(f"LoRA could not be attached ({exc}); check lora.target_modules against the model's layer names") from exc
+
+
+def lora_factors(model):
+    """(A, B, scale) of every active LoRA layer of a PEFT model: its update is delta W = scale * B @ A."""
+    for module in model.modules():
+        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if lora_a is None or lora_b is None:
+            continue
+        for name in getattr(module, "active_adapters", ()):
+            if name in lora_a and name in lora_b:
+                yield lora_a[name].weight, lora_b[name].weight, module.scaling[name]
 
 
 def load_adapter(model, adapter_dir: str | Path):

@@ -98,7 +98,7 @@ def collate_packed(
 ) -> dict[str, torch.Tensor]:
     """The micro-batch `batch` packed into rows.
 
-    Returns `input_ids`, `position_ids`, `prompt_mask`, `completion_mask`, `labels` (R, W),
+    Returns `input_ids`, `position_ids`, `prompt_mask`, `completion_mask`, `data_weight`, `labels` (R, W),
     `attention_mask` ((R, 1, W, W) block-diagonal causal; absent for `kind='flat'`), `seq_lens`
     (the example lengths in row order, for cu_seqlens) and `num_tokens` (real tokens).
     Rows are `width` tokens wide (default: the longest example, rounded up to `pad_to_multiple_of`).
@@ -120,6 +120,7 @@ def collate_packed(
     segments = torch.zeros(shape, dtype=torch.long)
     prompt = torch.zeros(shape, dtype=torch.long)
     completion = torch.zeros(shape, dtype=torch.long)
+    data_weight = torch.ones(shape, dtype=torch.float32)
     seq_lens = []
     for r, row in enumerate(rows):
         at = 0
@@ -130,6 +131,8 @@ def collate_packed(
             segments[r, at : at + n] = s
             prompt[r, at : at + n] = torch.tensor(e.prompt_mask)
             completion[r, at : at + n] = torch.tensor(e.completion_mask)
+            if e.data_weight:
+                data_weight[r, at : at + n] = torch.tensor(e.data_weight)
             # The first token of an example is never a target: zero weight on the boundary position.
             prompt[r, at] = completion[r, at] = 0
             seq_lens.append(n)
@@ -143,6 +146,7 @@ def collate_packed(
         "position_ids": position_ids,
         "prompt_mask": prompt,
         "completion_mask": completion,
+        "data_weight": data_weight,
         "labels": labels,
         "seq_lens": torch.tensor(seq_lens, dtype=torch.long),
         "num_tokens": torch.tensor(sum(lengths), dtype=torch.long),

@@ -9,7 +9,7 @@ mean is the honest centre.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 
@@ -17,6 +17,9 @@ from typing import Iterable, Sequence
 class LengthStats:
     prompt: list[int]
     completion: list[int]
+    #: Each example's completion tokens times their weight from the data (record and message `weight`
+    #: fields); equal to `completion` when the data gives no weights.
+    weighted_completion: list[float] = field(default_factory=list)
 
     @property
     def rg(self) -> list[float]:
@@ -38,13 +41,17 @@ class LengthStats:
             "rg_median": _quantile(sorted(rg), 0.5),
             "total_prompt": sum(self.prompt),
             "total_completion": sum(self.completion),
+            "data_weighted": sum(1 for c, w in zip(self.completion, self.weighted_completion) if w != c),
+            "total_weighted_completion": sum(self.weighted_completion) if self.weighted_completion else sum(self.completion),
         }
 
 
 def length_stats(encoded: Iterable) -> LengthStats:
     """Prompt and completion token counts of encoded examples (anything with n_prompt/n_completion)."""
     encoded = list(encoded)
-    return LengthStats([e.n_prompt for e in encoded], [e.n_completion for e in encoded])
+    weighted = [sum(c * w for c, w in zip(e.completion_mask, e.data_weight)) if getattr(e, "data_weight", None) else e.n_completion
+                for e in encoded]
+    return LengthStats([e.n_prompt for e in encoded], [e.n_completion for e in encoded], weighted)
 
 
 def geometric_mean(values: Sequence[float]) -> float:

@@ -15,6 +15,7 @@ from typing import Sequence
 from .charts import METRIC_LABELS
 from .events import event_field
 from .history import History
+from .metrics import metric
 from .metrics import METRICS
 from .runs import run_best, run_config
 from .stats import LengthStats
@@ -47,6 +48,13 @@ def stats_markdown(stats: LengthStats, plw: float, skipped: int = 0, total: int 
         f"At PLW **{plw:g}** the completion tokens carry **{share:.1%}** of the total loss weight "
         f"({s['total_completion']} completion vs {s['total_prompt']} prompt tokens).",
     ]
+    if s["data_weighted"]:
+        lines += [
+            "",
+            f"**{s['data_weighted']}** examples carry their own weight from the data (a `weight` field on the record "
+            f"or its messages): their completion tokens count {s['total_weighted_completion']:.4g} in all instead of "
+            f"{s['total_completion']}.",
+        ]
     if packing and packing.get("tokens"):
         lines += [
             "",
@@ -177,7 +185,7 @@ def progress_html(history: History, note: str = "", now: float | None = None) ->
 COMPARISON_METRICS = (
     "completion_loss", "answer_loss", "format_loss", "prompt_loss", "full_loss", "token_accuracy", "answer_accuracy",
     "answer_accuracy_generated", "unparseable", "candidate_mass", "balanced_accuracy", "macro_f1", "auc",
-    "majority_baseline", "chance",
+    "majority_baseline", "chance", "kl_to_base", "answer_entropy", "distinct_1", "distinct_2",
 )
 
 
@@ -232,6 +240,27 @@ def metrics_comparison_rows(on: dict, off: dict, probe_on: float | None = None, 
                 "change": _num(None if probe_on is None or probe_off is None else probe_on - probe_off, signed=True),
             }
         )
+    return rows
+
+
+PROBE_METRICS = ("answer_accuracy", "balanced_accuracy", "auc", "majority_baseline")
+
+
+def probe_rows(probe: dict, comparison: dict | None = None) -> list[dict]:
+    """The frozen-feature probe beside the adapter off and on: one row a model, the same metrics and intervals."""
+    sides = [
+        ("frozen base + logistic regression, mean-pooled prompt", probe["mean"]),
+        ("frozen base + logistic regression, last prompt token", probe["last"]),
+    ]
+    if comparison:
+        sides += [("adapter off (base model)", comparison["off"]["metrics"]), ("adapter on (fine-tuned)", comparison["on"]["metrics"])]
+    rows = []
+    for name, metrics in sides:
+        row = {"model": name}
+        for key in PROBE_METRICS:
+            if any(key in m for _, m in sides):
+                row[METRIC_LABELS.get(key, key)] = metric(key).format_with_interval(metrics)
+        rows.append(row)
     return rows
 
 

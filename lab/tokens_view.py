@@ -39,15 +39,23 @@ def weight_color(weight: float, is_completion: bool) -> str:
     return _rgba(COMPLETION_RGB if is_completion else PROMPT_RGB, weight_alpha(weight))
 
 
-def token_weight_values(prompt_mask: Sequence[int], completion_mask: Sequence[int], plw: float) -> list[float]:
-    """PLW x prompt_mask + completion_mask, token by token (the rule `lab.loss.token_weights` applies)."""
-    return [plw * p + c for p, c in zip(prompt_mask, completion_mask)]
+def token_weight_values(
+    prompt_mask: Sequence[int],
+    completion_mask: Sequence[int],
+    plw: float,
+    completion_weight: float = 1.0,
+    data_weight: Sequence[float] | None = None,
+) -> list[float]:
+    """(PLW x prompt_mask + lambda_r x completion_mask) x data weight, token by token (the rule
+    `lab.loss.token_weights` applies)."""
+    data_weight = data_weight or [1.0] * len(prompt_mask)
+    return [(plw * p + completion_weight * c) * d for p, c, d in zip(prompt_mask, completion_mask, data_weight)]
 
 
-def completion_weight_share(n_prompt: int, n_completion: int, plw: float) -> float:
-    """Share of the total loss weight carried by completion tokens at this PLW."""
-    total = n_completion + plw * n_prompt
-    return n_completion / total if total else float("nan")
+def completion_weight_share(n_prompt: float, n_completion: float, plw: float, completion_weight: float = 1.0) -> float:
+    """Share of the total loss weight carried by completion tokens at this PLW and lambda_r."""
+    total = completion_weight * n_completion + plw * n_prompt
+    return completion_weight * n_completion / total if total else float("nan")
 
 
 
@@ -110,15 +118,16 @@ ANSWER_LEGEND = (
 )
 
 
-def _legend_weights(plw: float, answer: bool = False) -> str:
+def _legend_weights(plw: float, answer: bool = False, completion_weight: float = 1.0, data_weights: bool = False) -> str:
     grad_p = f"linear-gradient(90deg,{weight_color(0, False)},{weight_color(1, False)})"
     return (
         '<div class="plw-legend">'
         f'<span><span class="sw" style="background:{weight_color(plw, False)}"></span>'
         f"prompt / template token: weight = PLW = {plw:g}</span>"
-        f'<span><span class="sw" style="background:{weight_color(1, True)}"></span>'
-        "completion token: weight 1</span>"
-        f'<span>weight 0<span class="grad" style="background:{grad_p}"></span>1</span>'
+        f'<span><span class="sw" style="background:{weight_color(completion_weight, True)}"></span>'
+        f"completion token: weight = λ<sub>r</sub> = {completion_weight:g}</span>"
+        + ("<span>times the record's or message's weight from the data</span>" if data_weights else "")
+        + f'<span>weight 0<span class="grad" style="background:{grad_p}"></span>1</span>'
         '<span><span class="sw plw-special" style="border:1px dashed #94a3b8"></span>special token</span>'
         + (ANSWER_LEGEND if answer else "")
         + "<span>hover a token for its text, id, label and weight</span>"
@@ -132,15 +141,18 @@ def token_html(
     special_ids: Iterable[int] | None = None,
     max_tokens: int = 2000,
     summary: bool = True,
+    completion_weight: float = 1.0,
 ) -> str:
-    """An encoded example token by token, each coloured by its loss weight at `plw`.
+    """An encoded example token by token, each coloured by its loss weight at `plw` and `completion_weight`
+    (lambda_r), times the weights the data gives its record and messages.
 
     Prompt tokens (including the chat template's) are blue with an opacity that follows their
     weight, so they fade to nothing as PLW goes to 0; completion tokens are always full orange.
     Each token's `title` (shown on hover) gives its text, id, label and weight.
     """
     special = set(special_ids) if special_ids is not None else None
-    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw)
+    data_weight = getattr(enc, "data_weight", None) or None
+    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw, completion_weight, data_weight)
     parts = []
     for i, text, cut in _pieces(enc)[:max_tokens]:
         if cut and enc.truncated:
@@ -159,6 +171,8 @@ def token_html(
         if answer:
             classes.append("plw-answer")
         title = f"{_describe(text)} | id {token_id} | {label}{' (answer)' if answer else ''} | weight {w:.4g}"
+        if data_weight:
+            title += f" (data weight {data_weight[i]:.4g})"
         parts.append(
             f'<span class="{" ".join(classes)}" style="background-color:{weight_color(w, is_completion)}" '
             f'title="{html.escape(title, quote=True)}" data-label="{label}" data-weight="{w:.4g}"'
@@ -169,14 +183,17 @@ def token_html(
     foot = ""
     if summary:
         n_p, n_c = enc.n_prompt, enc.n_completion
-        share = completion_weight_share(n_p, n_c, plw)
+        d = data_weight or [1.0] * len(enc.input_ids)
+        share = completion_weight_share(sum(p * x for p, x in zip(enc.prompt_mask, d)), sum(c * x for c, x in zip(enc.completion_mask, d)), plw, completion_weight)
         foot = (
             f'<div class="plw-summary">{len(enc.input_ids)} tokens: {n_p} prompt, {n_c} completion'
             f"{f', {enc.truncated} cut from the prompt' if enc.truncated else ''}. "
-            f"At PLW {plw:g} the completion carries <b>{share:.1%}</b> of this example's loss weight.</div>"
+            f"At PLW {plw:g}{f' and completion weight {completion_weight:g}' if completion_weight != 1 else ''} the completion "
+            f"carries <b>{share:.1%}</b> of this example's loss weight"
+            f"{f'; the data weights this record {enc.example.weight:g}' if data_weight else ''}.</div>"
         )
     return (
-        f"<style>{TOKEN_CSS}</style>{_legend_weights(plw, any(enc.answer_mask))}"
+        f"<style>{TOKEN_CSS}</style>{_legend_weights(plw, any(enc.answer_mask), completion_weight, bool(data_weight))}"
         f'<div class="plw-tokens" data-mode="weights" data-plw="{plw:g}">{"".join(parts)}</div>{foot}'
     )
 
@@ -230,7 +247,7 @@ def token_loss_html(
     else:
         values = on if mode == "on" else off
         vmax = _robust_max(values, 1.0)
-    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw)
+    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw, data_weight=getattr(enc, "data_weight", None))
     parts = []
     for i, text, cut in _pieces(enc)[:max_tokens]:
         if cut and enc.truncated:

@@ -14,6 +14,7 @@ and best adapter). `train(..., resume_from=RUN_DIR)` continues such a run from i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -31,7 +32,8 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from . import advice, card, evaluation, memory, tracking
 from .collate import Collator, EncodedDataset
 from .config import LabConfig, layer_indices
-from .data import DataError, Example, Examples, load_examples, split
+from .data import DataError, Example, Examples, load_examples
+from .mixing import training_split
 from .events import (
     Advice,
     CheckpointSaved,
@@ -46,9 +48,18 @@ from .events import (
     Stopped,
 )
 from .forward import final_hidden, logits_at, output_layer, supports_hidden_loss
-from .loss import normalizer, shift_for_targets, token_weights, weighted_ce, weighted_ce_from_logits
+from .loss import (
+    lora_update_sq_norm,
+    normalizer,
+    shift_for_targets,
+    token_weights,
+    weighted_ce,
+    weighted_ce_from_logits,
+    weighted_kl,
+    weighted_kl_from_logits,
+)
 from .masks import Encoded, encode_all
-from .models import ModelError, attach_lora, check_quantization, compute_dtype, load_model, load_tokenizer, num_layers, pick_device
+from .models import ModelError, attach_lora, check_quantization, compute_dtype, load_model, load_tokenizer, lora_factors, num_layers, pick_device
 from .prefix import FrozenPrefix
 from .packing import PackingCollator, attention_kind, model_kwargs, num_tokens
 from .metrics import best_of, metric, stopping_metric
@@ -104,7 +115,7 @@ class Prepared:
 def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) -> Prepared:
     """Read, split and encode the data; raise a `DataError` when nothing trainable is left."""
     examples = load_examples(cfg.data) if examples is None else examples
-    train_ex, val_ex = split(examples, cfg.data.val_size, cfg.train.seed, cfg.data.val_max)
+    train_ex, val_ex = training_split(cfg, examples)
     train, skipped = encode_all(tokenizer, train_ex, cfg.data.max_length, cfg.data.train_eos)
     val, skipped_val = encode_all(tokenizer, val_ex, cfg.data.max_length, cfg.data.train_eos)
     if not train:
@@ -139,7 +150,8 @@ class PLWTrainer(Trainer):
         )
 
     def _weights(self, batch) -> torch.Tensor:
-        weights = token_weights(batch["prompt_mask"], batch["completion_mask"], self.lab.train.prompt_loss_weight)
+        t = self.lab.train
+        weights = token_weights(batch["prompt_mask"], batch["completion_mask"], t.prompt_loss_weight, t.completion_loss_weight, batch.get("data_weight"))
         return shift_for_targets(weights)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -158,6 +170,7 @@ class PLWTrainer(Trainer):
         return batches, total
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        t = self.lab.train
         weights = self._weights(inputs)
         targets = inputs["input_ids"][:, 1:]
         kwargs = model_kwargs(inputs)  # attention mask, and position ids when packed
@@ -166,16 +179,29 @@ class PLWTrainer(Trainer):
             prefix = self.prefix if "position_ids" not in kwargs else None
             hidden = final_hidden(model, inputs["input_ids"], prefix=prefix, **kwargs)
             head_weight, head_bias = output_layer(model)
-            loss_sum = weighted_ce(hidden[:, :-1], head_weight, targets, weights, self.lab.train.chunk_size, head_bias)
+            loss_sum = weighted_ce(hidden[:, :-1], head_weight, targets, weights, t.chunk_size, head_bias)
+            if t.kl_weight > 0:
+                with torch.no_grad(), _adapter_off(model) as base:
+                    base_hidden = final_hidden(base, inputs["input_ids"], prefix=prefix, **kwargs)
+                kl_sum = weighted_kl(hidden[:, :-1], base_hidden[:, :-1], head_weight, weights, t.chunk_size, head_bias)
+                loss_sum = loss_sum + t.kl_weight * kl_sum
         else:
             keep = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
             keep[:, :-1] = weights > 0
             logits = logits_at(model, inputs["input_ids"], keep=keep, **kwargs)
-            loss_sum = weighted_ce_from_logits(logits, targets[keep[:, :-1]], weights[keep[:, :-1]])
+            kept_weights = weights[keep[:, :-1]]
+            loss_sum = weighted_ce_from_logits(logits, targets[keep[:, :-1]], kept_weights)
+            if t.kl_weight > 0:
+                with torch.no_grad(), _adapter_off(model) as base:
+                    base_logits = logits_at(base, inputs["input_ids"], keep=keep, **kwargs)
+                loss_sum = loss_sum + t.kl_weight * weighted_kl_from_logits(logits, base_logits, kept_weights)
         if num_items_in_batch is None:  # evaluation-style call outside the training loop
-            num_items_in_batch = normalizer(weights, self.lab.train.loss_normalization)
+            num_items_in_batch = normalizer(weights, t.loss_normalization)
         # DDP averages gradients over processes; the normaliser already spans them, so undo the average.
         loss = loss_sum / num_items_in_batch.clamp_min(1e-8) * self.accelerator.num_processes
+        if t.l2_to_base > 0:
+            # Once per optimiser step: each micro-batch adds its share, and every process the same term.
+            loss = loss + t.l2_to_base * lora_update_sq_norm(lora_factors(model)) / self.args.gradient_accumulation_steps
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the loss became {loss.item()} at step {self.state.global_step + 1}; lower train.learning_rate "
@@ -183,6 +209,15 @@ class PLWTrainer(Trainer):
             )
         self.tokens_seen += num_tokens(inputs)
         return (loss, None) if return_outputs else loss
+
+
+@contextlib.contextmanager
+def _adapter_off(model):
+    """The PEFT model inside `model` (DDP unwrapped) with its adapter disabled: the base model, no copy."""
+    while hasattr(model, "module"):
+        model = model.module
+    with evaluation.adapter(model, False) as base:
+        yield base
 
 
 class EventCallback(TrainerCallback):
@@ -274,6 +309,8 @@ class RunContext:
     saved: dict = field(default_factory=dict)
     last_checkpoint: tuple = (-1, 0.0)  # (step, time) of the last checkpoint written
     resumed_from: int | None = None
+    #: The base model's final states on the validation batches, for `kl_to_base` (see `evaluation.evaluate`).
+    base_states: dict = field(default_factory=dict)
 
     def emit(self, event) -> None:
         if self.is_main:
@@ -296,7 +333,8 @@ class RunContext:
         self.emit(Phase(name=phase, step=step))
         started = time.perf_counter()
         # Per-example answers are kept so the final comparison can reuse them (step 0 is the base model).
-        metrics = evaluation.evaluate(self.model, self.data.val, self.tokenizer.pad_token_id, self.cfg.eval.batch_size, t.chunk_size, details=True, prefix=self.prefix)
+        metrics = evaluation.evaluate(self.model, self.data.val, self.tokenizer.pad_token_id, self.cfg.eval.batch_size, t.chunk_size, details=True, prefix=self.prefix,
+                                      base_states=self.base_states if self.cfg.eval.kl_to_base else None)
         if (generate or step == 0) and metrics.get("answer_accuracy") is not None:
             metrics = evaluation.with_generated(metrics, evaluation.generate_answers(self.model, self.tokenizer, self.data.val, self.cfg.eval.answer_tokens, self.cfg.eval.batch_size))
         self.details[step] = metrics.pop("examples")
@@ -586,7 +624,7 @@ def train(
                          skipped=data.skipped, early_stopping_metric=run.stopping_metric, data_report=data.data_report,
                          resumed=checkpoint is not None, from_step=from_step))
         if checkpoint is None:
-            for note in advice.before_training(cfg, len(data.train), steps):
+            for note in advice.before_training(cfg, len(data.train), steps, has_answers=any(e.n_answer for e in data.val)):
                 run.emit(Advice(message=note))
         ref: dict = {}
         callback = EventCallback(ref, run)

@@ -10,7 +10,7 @@ training events, so the notebooks stay thin:
     result = train(cfg, subscribers=[curves])
 
 plus a few plain helpers the notebooks share (a token table of a collated batch, the step each
-metric would stop at, answer log-probability summaries, general-text examples for replay).
+metric would stop at, answer log-probability summaries, runs side by side with their intervals).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from IPython.display import display
 from .charts import METRIC_COLORS, METRIC_LABELS, PLOT_TEMPLATE
 from .config import TrainConfig
 from .metrics import METRICS
-from .data import Example, split
 from .events import event_field
 from .history import History
 from .text_views import progress_html
@@ -265,62 +264,84 @@ def answer_summary(metrics: dict) -> dict:
     }
 
 
-def general_examples(texts: Sequence[str], split_at: float = 0.5) -> list[Example]:
-    """Plain passages as continuation examples (first part as prompt, the rest as completion), for
-    mixing general data into a fine-tuning set ("replay") against forgetting."""
-    out = []
-    for i, text in enumerate(texts):
-        words = text.split()
-        if len(words) < 4:
-            continue
-        cut = max(1, int(len(words) * split_at))
-        out.append(Example(
-            [{"role": "user", "content": "Continue the text:\n" + " ".join(words[:cut])},
-             {"role": "assistant", "content": " ".join(words[cut:])}],
-            source_index=100_000 + i,
-            meta={"general": True},
-        ))
-    return out
-
-
-def fixed_split(train_examples: Sequence[Example], val_examples: Sequence[Example], seed: int = 0, val_max: int = 0) -> tuple[list[Example], int]:
-    """Examples and a `data.val_size` with which the lab's split gives exactly these train and
-    validation lists, so runs that add training data (e.g. replay) keep the same validation set.
-
-        examples, val_size = fixed_split(train_ex + extra, val_ex, cfg.train.seed, cfg.data.val_max)
-        train(cfg.override({"data.val_size": val_size}), examples=examples)
-    """
-    if val_max and len(val_examples) > val_max:
-        raise ValueError(f"{len(val_examples)} validation examples exceed data.val_max = {val_max}; raise it or pass fewer")
-    n = len(train_examples) + len(val_examples)
-    train_slots, val_slots = split(list(range(n)), len(val_examples), seed)
-    arranged: list = [None] * n
-    for slot, example in zip(sorted(val_slots), val_examples):
-        arranged[slot] = example
-    for slot, example in zip(sorted(train_slots), train_examples):
-        arranged[slot] = example
-    return arranged, len(val_examples)
-
-
-def run_report(result) -> dict:
-    """One finished run as a row of a comparison table: answers and probe with the adapter on and off."""
-    from .advice import collapse
-
+def run_point(result) -> dict:
+    """A finished run's numbers for comparing remedies: accuracy with its interval (adapter on and off),
+    the predicted answers and their entropy, KL to the base model, the probe perplexity, steps."""
     summary, comparison = result.summary or {}, result.comparison or {}
     on, off = comparison.get("on") or {}, comparison.get("off") or {}
     m_on, m_off = on.get("metrics") or {}, off.get("metrics") or {}
     ppl_on, ppl_off = on.get("probe_perplexity"), off.get("probe_perplexity")
     return {
-        "accuracy off": m_off.get("answer_accuracy"),
-        "accuracy on": m_on.get("answer_accuracy"),
-        "majority baseline": m_on.get("majority_baseline"),
-        "predicted (on)": " \u00b7 ".join(f"{k} {v}" for k, v in (m_on.get("predicted") or {}).items()),
-        "collapsed": bool(collapse(m_on)) if m_on else None,
-        "completion loss on": m_on.get("completion_loss"),
-        "probe ppl off": ppl_off,
-        "probe ppl on": ppl_on,
-        "probe ppl change": ppl_on / ppl_off - 1 if ppl_on and ppl_off else None,
+        "accuracy": m_on.get("answer_accuracy"),
+        "accuracy_ci": m_on.get("answer_accuracy_ci"),
+        "accuracy_off": m_off.get("answer_accuracy"),
+        "majority_baseline": m_on.get("majority_baseline"),
+        "predicted": m_on.get("predicted") or {},
+        "answer_entropy": m_on.get("answer_entropy"),
+        "kl_to_base": m_on.get("kl_to_base"),
+        "probe_ppl": ppl_on,
+        "probe_ppl_change": ppl_on / ppl_off - 1 if ppl_on and ppl_off else None,
+        "examples": m_on.get("examples") or [],
         "steps": summary.get("steps"),
-        "adapter step": summary.get("adapter_step"),
-        "seconds": round(summary.get("elapsed_seconds") or 0),
+        "adapter_step": summary.get("adapter_step"),
     }
+
+
+def _pct(value, signed: bool = False) -> str:
+    return "\u2013" if value is None or value != value else f"{value:+.0%}" if signed else f"{value:.0%}"
+
+
+def run_report(result, reference=None) -> dict:
+    """One finished run as a compact, rounded row of a comparison table (strings, narrow columns).
+
+    With `reference` (another run on the same validation set), the accuracy difference is tested
+    on the paired answers (exact McNemar), so the row says whether it is beyond noise.
+    """
+    from .evaluation import paired_answers
+
+    point = run_point(result)
+    ci = point["accuracy_ci"]
+    row = {
+        "accuracy on [95% CI]": f"{_pct(point['accuracy'])} [{_pct(ci[0])}\u2013{_pct(ci[1])}]" if ci else _pct(point["accuracy"]),
+        "predicted (on)": " \u00b7 ".join(f"{k} {v}" for k, v in point["predicted"].items()),
+        "answer entropy": "\u2013" if point["answer_entropy"] is None else f"{point['answer_entropy']:.2f} bits",
+        "KL to base": "\u2013" if point["kl_to_base"] is None else f"{point['kl_to_base']:.3f}",
+        "probe ppl": "\u2013" if point["probe_ppl"] is None else f"{point['probe_ppl']:.1f} ({_pct(point['probe_ppl_change'], True)})",
+        "steps (kept)": f"{point['steps']} ({point['adapter_step']})",
+    }
+    if reference is not None and reference is not result:
+        ref = run_point(reference)
+        if point["examples"] and ref["examples"]:
+            test = paired_answers(ref["examples"], point["examples"])
+            diff = (point["accuracy"] or 0) - (ref["accuracy"] or 0)
+            row["accuracy vs reference"] = f"{diff * 100:+.0f} pts, p={test['p_value']:.2f} ({test['verdict']})"
+    return row
+
+
+def remedy_verdicts(results: dict, reference: str) -> list[str]:
+    """One plain sentence per remedy: what it changed against `reference`, and whether the accuracy
+    change is beyond noise (exact McNemar on the same validation examples)."""
+    from .evaluation import paired_answers
+
+    ref = run_point(results[reference])
+    lines = []
+    for name, result in results.items():
+        if name == reference:
+            continue
+        point = run_point(result)
+        parts = [name + ":"]
+        if point["examples"] and ref["examples"]:
+            test = paired_answers(ref["examples"], point["examples"])
+            diff = (point["accuracy"] or 0) - (ref["accuracy"] or 0)
+            parts.append(f"accuracy {_pct(point['accuracy'])} vs {_pct(ref['accuracy'])} ({diff * 100:+.0f} points, "
+                         f"{test['first_only']} examples lost, {test['second_only']} gained; McNemar p = {test['p_value']:.2f}, "
+                         f"{'a real difference' if test['verdict'].startswith('significant') else 'not beyond noise'});")
+        if point["answer_entropy"] is not None and ref["answer_entropy"] is not None:
+            parts.append(f"answer entropy {point['answer_entropy']:.2f} vs {ref['answer_entropy']:.2f} bits;")
+        if point["kl_to_base"] is not None and ref["kl_to_base"] is not None:
+            parts.append(f"KL to base {point['kl_to_base']:.3f} vs {ref['kl_to_base']:.3f};")
+        if point["probe_ppl_change"] is not None and ref["probe_ppl_change"] is not None:
+            parts.append(f"probe perplexity {_pct(point['probe_ppl_change'], True)} vs {_pct(ref['probe_ppl_change'], True)} (no interval: "
+                         "one fixed set of passages).")
+        lines.append(" ".join(parts))
+    return lines

@@ -164,17 +164,6 @@ def test_batch_frame_labels_and_weights_follow_the_masks(tokenizer):
     assert (table.weight[completion] == 1).all() and (table.weight[(table.prompt_mask == 1)].iloc[1:] == 0.1).all()
 
 
-def test_fixed_split_keeps_the_validation_set_when_training_data_is_added():
-    from lab.data import split
-    from lab.widgets import fixed_split
-
-    items = list(range(20))
-    train, val = split(items, 0.25, 3)
-    examples, val_size = fixed_split(train + ["extra"] * 7, val, 3)
-    train2, val2 = split(examples, val_size, 3)
-    assert val2 == val and sorted(map(str, train2)) == sorted(map(str, train + ["extra"] * 7))
-
-
 def test_stopping_points_pick_each_metric_best_step():
     from lab.widgets import stopping_points
 

@@ -63,7 +63,8 @@ def test_a_run_stopped_after_step_3_and_resumed_ends_like_an_uninterrupted_run(t
     seen = []
     resumed = resume(first.run_dir, subscribers=[seen.append], examples=data, compare=False)
     assert resumed.status == "finished", resumed.summary
-    assert isinstance(seen[0], ev.Started) and seen[0].resumed and seen[0].from_step == 3
+    started = [e for e in seen if isinstance(e, ev.Started)]
+    assert len(started) == 1 and started[0].resumed and started[0].from_step == 3
     assert [e.step for e in seen if isinstance(e, ev.Step)] == [4, 5, 6, 7, 8]
 
     losses = {r.run_dir.name: [e.train_loss for e in load_run(r.run_dir).events if isinstance(e, ev.Step)] for r in (whole, resumed)}
