@@ -93,3 +93,20 @@ def test_a_local_folder_given_by_its_absolute_path_loads(tiny_dir):
     # The folder's path is the name as written: it must not be mistaken for a hub id.
     model = load_model(ModelConfig(name=str(tiny_dir), device="cpu"))
     assert load_tokenizer(ModelConfig(name=str(tiny_dir))).pad_token is not None and model.config.num_hidden_layers == 2
+
+
+@pytest.mark.parametrize("token", [None, "hf_test"])
+def test_the_app_shows_the_estimate_the_weights_and_push_only_with_a_token(tmp_path, monkeypatch, token):
+    import lab.app_runs
+    from lab.app import build_app
+    from lab.memory import describe
+    from lab.models import weights_note
+
+    monkeypatch.setattr(lab.app_runs, "hub_token", lambda: token)
+    cfg = LabConfig().override({"model.name": "tiny-random"})
+    demo = build_app(cfg, runs_dir=tmp_path)
+    by_id = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    assert by_id["memory-estimate"].value == describe(cfg) and by_id["memory-estimate"].value.startswith("Memory estimate (")
+    assert by_id["push-btn"].parent.visible is (token is not None)
+    header = next(b.value for b in demo.blocks.values() if type(b).__name__ == "Markdown" and "Starting model" in str(b.value))
+    assert f"Starting model: {weights_note('tiny-random')}." in header
