@@ -116,7 +116,7 @@ def _local_config(folder: Path) -> dict:
 def architecture(name: str) -> Architecture:
     """The architecture behind a `model.name`: a preset's numbers, else the model's own `config.json`
     (a local folder, or the hub's copy when cached or reachable). Raises `ModelError` when unknown."""
-    from .models import TINY_NAME, ModelError, tiny_model_dir
+    from .models import TINY_NAME, ModelError, _hub_options, tiny_model_dir
     from .presets import find_preset
 
     preset = find_preset(name)
@@ -129,7 +129,9 @@ def architecture(name: str) -> Architecture:
             return Architecture.from_config(_local_config(Path(name).expanduser()))
         from huggingface_hub import hf_hub_download
 
-        return Architecture.from_config(json.loads(Path(hf_hub_download(name, "config.json")).read_text()))
+        # Offline and not cached fails at once rather than after the hub client's retries.
+        options = _hub_options(name, name)
+        return Architecture.from_config(json.loads(Path(hf_hub_download(name, "config.json", **options)).read_text()))
     except Exception as exc:  # offline, gated, or not a model: no estimate, but say why
         raise ModelError(f"no memory estimate for {name!r}: its config.json is not readable here ({type(exc).__name__})") from exc
 
