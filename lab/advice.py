@@ -34,7 +34,7 @@ def before_training(cfg: LabConfig, n_train: int, total_steps: int, has_answers:
             "Set train.epochs (e.g. 1) or train.max_steps."
         )
     if t.learning_rate > 3e-3:
-        notes.append(f"learning rate {t.learning_rate:g} is far above LoRA norms (1e-4 to 1e-3): expect instability or collapse.")
+        notes.append(f"learning rate {t.learning_rate:g} is above LoRA norms (1e-4 to 3e-3): expect instability or collapse.")
     if cfg.lora.r > 64 and n_train < 1000:
         notes.append(f"LoRA rank {cfg.lora.r} on {n_train} examples: a small rank (4-16) overfits less.")
     if t.early_stopping_metric == "full_loss":

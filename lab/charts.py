@@ -100,12 +100,15 @@ def length_histogram(stats: LengthStats, height: int = 320) -> go.Figure:
     fig = go.Figure()
     fig.add_trace(go.Histogram(x=stats.prompt, name="prompt tokens", marker_color="rgba(37,99,235,0.6)", nbinsx=30))
     fig.add_trace(go.Histogram(x=stats.completion, name="completion tokens", marker_color="rgba(234,88,12,0.7)", nbinsx=30))
+    lengths = list(stats.prompt) + list(stats.completion)
+    low, high = min(lengths), max(lengths)
+    pad = max((high - low) * 0.04, 2.0)  # a completion of always 2 tokens is a bar, not a line on the axis
     fig.update_layout(
         template=PLOT_TEMPLATE,
         height=height,
         barmode="overlay",
         title={"text": "Token lengths", "font": {"size": 14}},
-        xaxis={"title": "tokens"},
+        xaxis={"title": "tokens", "range": [max(low - pad, 0) - 1, high + pad]},
         yaxis={"title": "examples"},
         legend={"orientation": "h", "y": -0.25},
         margin={"l": 50, "r": 20, "t": 40, "b": 40},
@@ -187,7 +190,7 @@ def _metric_trace(history: History, name: str, mode: str = "lines+markers", dash
         name=m.label,
         line={"color": m.colour, "width": width, "dash": dash},
         marker=marker or {"size": 6},
-        error_y=_error_bars(history, name, xs, ys),
+        error_y=error_bars(history, name, xs, ys),
         text=_interval_text(history, name, xs),
         hovertemplate=f"step %{{x}}<br>{m.label} %{{y:{'.1%' if share else '.4f'}}}<br>%{{text}}<extra></extra>",
         **extra,
@@ -238,7 +241,7 @@ def _step_range(history: History) -> list[float] | None:
     return [-pad, end + pad]
 
 
-def _error_bars(history: History, name: str, xs: list[int], ys: list[float]) -> dict | None:
+def error_bars(history: History, name: str, xs: list[int], ys: list[float]) -> dict | None:
     """Plotly `error_y` of metric `name`'s 95% interval at the steps `xs` (None without intervals)."""
     ix, lows, highs = history.interval_series(name)
     bounds = dict(zip(ix, zip(lows, highs)))
@@ -334,7 +337,8 @@ def answer_distribution_figure(predicted: dict[str, dict], truth: dict | None = 
         height=height,
         barmode="group",
         title={"text": "Distribution of predicted answers", "font": {"size": 14}},
-        xaxis={"title": "answer", "type": "category"},
+        # no axis title: the answer letters say it, and a title there sat under the legend
+        xaxis={"type": "category"},
         yaxis={"title": "validation examples"},
         legend={"orientation": "h", "y": -0.25},
         margin={"l": 50, "r": 20, "t": 40, "b": 40},
@@ -386,7 +390,7 @@ def overlay_figure(runs: Sequence, metric: str = "completion_loss", height: int 
             continue
         plw = run_plw(run)
         label = f"PLW {plw:g} \u00b7 {run.name}" if plw is not None else run.name
-        error = _error_bars(history, metric, xs, ys) if metric in METRICS and METRICS[metric].interval else None
+        error = error_bars(history, metric, xs, ys) if metric in METRICS and METRICS[metric].interval else None
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if metric != "train_loss" else "lines", name=label,
                                  error_y=error,
                                  hovertemplate=f"{html.escape(run.name)}<br>step %{{x}}: %{{y:.4g}}<extra></extra>"))

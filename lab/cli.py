@@ -119,11 +119,13 @@ def colour_tokens(tokenizer, enc, plw: float, colour: bool = True) -> str:
 
 def token_table(tokenizer, enc, plw: float) -> str:
     """One row a token: position, id, text, label (the target it is trained on) and weight."""
+    from .tokens_view import token_weight_values
+
     rows = [f"{'pos':>4} {'id':>6}  {'token':<18} {'label':>6} {'weight':>6}"]
-    for i, token_id in enumerate(enc.input_ids):
-        weight = plw * enc.prompt_mask[i] + enc.completion_mask[i]
+    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw)
+    for i, (token_id, weight) in enumerate(zip(enc.input_ids, weights)):
         # Position i's label is token i itself as the target predicted from position i-1; -100 when unweighted.
-        label = token_id if (i > 0 and weight > 0) else -100
+        label = token_id if weight > 0 else -100
         rows.append(f"{i:>4} {token_id:>6}  {tokenizer.decode([token_id])!r:<18} {label:>6} {weight:>6.3g}")
     return "\n".join(rows)
 
@@ -134,6 +136,10 @@ def print_event(event, stream=None) -> None:
     if kind == "started":
         stopping = f", best adapter by {event.early_stopping_metric}" if getattr(event, "early_stopping_metric", "") else ""
         print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps{stopping}", file=stream)
+        processes = f"{event.world_size} process" + ("es" if event.world_size > 1 else "")
+        print(f"{processes}, {event.global_batch} examples per optimiser step", file=stream)
+        for name, path in event.paths.items():
+            print(f"  {name}: {path}", file=stream)
         for note in event.data_report.get("notes", []):
             print(f"{YELLOW}data: {note}{RESET}", file=stream)
         for note in event.skipped[:5]:

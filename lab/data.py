@@ -14,6 +14,7 @@ import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from .config import DataConfig
 
@@ -275,6 +276,17 @@ def detect_format(records: list[dict]) -> str:
     )
 
 
+def offered_choices(text: str, choices) -> list:
+    """The candidate answers a prompt lists as options ("A. ...", "(B) ..."), as the multiple-choice and
+    classification templates write them; none for a free-form prompt."""
+    def listed(choice) -> bool:
+        mark = re.sub(r"[^A-Za-z0-9]", "", str(choice))
+        return bool(mark) and re.search(rf"(?:^|\s)\(?{re.escape(mark)}[.):]\s", text + " ") is not None
+
+    offered = [c for c in choices or () if listed(c)]
+    return offered if len(offered) >= 2 else []
+
+
 #: Answers are scored by the log-probability of their letter, a single token from A to Z.
 MAX_CHOICES = len(string.ascii_uppercase)
 
@@ -513,12 +525,37 @@ def load_examples(cfg: DataConfig) -> Examples:
         raise DataError(f"{cfg.source}: {exc}") from None
 
 
+def split_sizes(n: int, val_size: float, val_max: int = 0) -> tuple[int, int]:
+    """How many of `n` examples `split` puts into training and validation."""
+    n_val = int(val_size) if val_size >= 1 else round(n * val_size)
+    n_val = max(min(n_val, val_max or n_val, n - 1), 0)
+    return n - n_val, n_val
+
+
 def split(examples: list, val_size: float, seed: int, val_max: int = 0) -> tuple[list, list]:
     """A deterministic shuffle-and-cut into train and validation lists."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    n_val = int(val_size) if val_size >= 1 else round(len(examples) * val_size)
-    n_val = min(n_val, val_max or n_val, len(examples) - 1)
+    n_val = split_sizes(len(examples), val_size, val_max)[1]
     val = [examples[i] for i in sorted(order[:n_val])]
     train = [examples[i] for i in order[n_val:]]
     return train, val
+
+
+def fixed_split(train_examples: Sequence[Example], val_examples: Sequence[Example], seed: int = 0, val_max: int = 0) -> tuple[list[Example], int]:
+    """Examples and a `data.val_size` with which the lab's split gives exactly these train and
+    validation lists, so runs that add training data (e.g. replay) keep the same validation set.
+
+        examples, val_size = fixed_split(train_ex + extra, val_ex, cfg.train.seed, cfg.data.val_max)
+        train(cfg.override({"data.val_size": val_size}), examples=examples)
+    """
+    if val_max and len(val_examples) > val_max:
+        raise DataError(f"{len(val_examples)} validation examples exceed data.val_max = {val_max}; raise it or pass fewer")
+    n = len(train_examples) + len(val_examples)
+    train_slots, val_slots = split(list(range(n)), len(val_examples), seed)
+    arranged: list = [None] * n
+    for slot, example in zip(sorted(val_slots), val_examples):
+        arranged[slot] = example
+    for slot, example in zip(sorted(train_slots), train_examples):
+        arranged[slot] = example
+    return arranged, len(val_examples)

@@ -257,7 +257,8 @@ def token_ce_kl(
         ce[start : start + chunk_size] = -log_p.gather(1, y.clamp_min(0)[:, None]).squeeze(1)
         hit[start : start + chunk_size] = logits.argmax(-1) == y
         log_base = torch.log_softmax(F.linear(flat_g[start : start + chunk_size], head_weight, head_bias).float(), -1)
-        kl[start : start + chunk_size] = (log_p.exp() * (log_p - log_base)).sum(-1)
+        # KL is never negative; rounding can make a near-zero sum dip below 0.
+        kl[start : start + chunk_size] = (log_p.exp() * (log_p - log_base)).sum(-1).clamp_min_(0.0)
     return ce.view(targets.shape), hit.view(targets.shape), kl.view(targets.shape)
 
 

@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from . import advice, card, evaluation, memory, tracking
+from . import advice, card, compat, evaluation, memory, tracking
 from .collate import Collator, EncodedDataset
-from .config import LabConfig, layer_indices
+from .config import ConfigError, LabConfig, layer_indices
 from .data import DataError, Example, Examples, load_examples
 from .mixing import training_split
 from .events import (
@@ -546,7 +546,7 @@ def training_arguments(cfg: LabConfig, run_dir: Path, device: torch.device, dtyp
 def make_collator(cfg: LabConfig, tokenizer, model):
     """Padding, or packing laid out for the model's attention implementation (`train.packing`)."""
     if cfg.train.packing:
-        return PackingCollator(tokenizer.pad_token_id, attention_kind(model), mask_dtype=next(model.parameters()).dtype)
+        return PackingCollator(tokenizer.pad_token_id, attention_kind(model), mask_dtype=next(model.parameters()).dtype, windows=compat.attention_windows(model))
     return Collator(tokenizer.pad_token_id)
 
 
@@ -585,10 +585,14 @@ def train(
     folder as soon as it exists, before anything can fail, so whoever started the job knows it.
     """
     cfg.validate()
+    if compat.launcher_problem():
+        raise ConfigError(compat.launcher_problem())
     preflight(cfg)
     is_main = is_main_process()
     if resume_from is not None:
-        run_dir, checkpoint = prepare_resume(Path(resume_from)) if is_main else (Path(tempfile.mkdtemp(prefix="plw-lab-rank")), None)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # checkpoints with optimiser state are written by one process only
+            raise ResumeError("--resume runs on one process; start it without accelerate launch")
+        run_dir, checkpoint = prepare_resume(Path(resume_from))
     else:
         # Only the main process writes the run folder; the others train into a scratch folder they never fill.
         run_dir, cfg = new_run_dir(cfg) if is_main else (Path(tempfile.mkdtemp(prefix="plw-lab-rank")), cfg)
@@ -612,7 +616,10 @@ def train(
         run.data = data = prepare(cfg, tokenizer, examples)
         torch.manual_seed(cfg.train.seed)
         base = load_model(cfg.model, device)
+        compat.use_fast_attention(base, device, cfg.train.packing)
         run.model = model = attach_lora(base, cfg.lora)
+        if cfg.train.gradient_checkpointing:
+            compat.enable_checkpointing(model)
         args = training_arguments(cfg, run_dir, device, compute_dtype(cfg.model, device))
         steps = total_steps(cfg, len(data.train), args.world_size)
         from_step = 0
@@ -620,12 +627,6 @@ def train(
             from_step = run.restore(checkpoint)
             # The evaluations up to the checkpoint count towards this run's best and its summary.
             run.evals = [e for e in load_run(run_dir).evals if e.step <= from_step]
-        run.emit(Started(run_dir=str(run_dir), config=cfg.to_dict(), n_train=len(data.train), n_val=len(data.val), total_steps=steps,
-                         skipped=data.skipped, early_stopping_metric=run.stopping_metric, data_report=data.data_report,
-                         resumed=checkpoint is not None, from_step=from_step))
-        if checkpoint is None:
-            for note in advice.before_training(cfg, len(data.train), steps, has_answers=any(e.n_answer for e in data.val)):
-                run.emit(Advice(message=note))
         ref: dict = {}
         callback = EventCallback(ref, run)
         trainer = PLWTrainer(
@@ -640,7 +641,17 @@ def train(
         ref["trainer"] = trainer
         if cfg.train.cache_frozen_layers and trainer.use_hidden_loss:
             run.prefix = trainer.prefix = FrozenPrefix.for_model(model, layer_indices(cfg.lora.layers, num_layers(base)))
+        run.emit(
+            Started(
+                run_dir=str(run_dir), config=cfg.to_dict(), n_train=len(data.train), n_val=len(data.val), total_steps=steps,
+                skipped=data.skipped, early_stopping_metric=run.stopping_metric, data_report=data.data_report,
+                resumed=checkpoint is not None, from_step=from_step, paths=run_paths(cfg, model, trainer),
+                world_size=args.world_size, global_batch=cfg.train.batch_size * cfg.train.grad_accum * args.world_size,
+            )
+        )
         if checkpoint is None:
+            for note in advice.before_training(cfg, len(data.train), steps, has_answers=any(e.n_answer for e in data.val)):
+                run.emit(Advice(message=note))
             run.evaluate(0, 0.0)  # step 0 is the base model: LoRA starts as a zero update
         else:
             trainer.tokens_seen = json.loads((checkpoint / LAB_STATE).read_text())["tokens_seen"]
@@ -725,6 +736,39 @@ def resume(run_dir: str | Path, **kwargs) -> TrainResult:
     if not (run_dir / "config.yaml").exists():
         raise ResumeError(f"{run_dir} is not a run folder (no config.yaml)")
     return train(LabConfig.load(run_dir / "config.yaml"), resume_from=run_dir, **kwargs)
+
+
+def run_paths(cfg: LabConfig, model, trainer: PLWTrainer) -> dict:
+    """Which computation path each part of the run takes, and why: the `paths` of the started event."""
+    arch = compat.model_type(model)
+    proven = compat.is_proven(model)
+    paths = {
+        "architecture": f"{arch}: proven by the lab's architecture tests" if proven
+        else f"{arch}: not among the proven architectures ({', '.join(compat.PROVEN_DECODERS)}), so the plain path: "
+        "no frozen-layer cache, no shared head",
+    }
+    if trainer.use_hidden_loss:
+        paths["loss"] = "hidden states; the output layer runs in chunks at weighted positions only"
+    else:
+        why = compat.hidden_loss_blocker(model) or f"{trainer.accelerator.distributed_type.value} shards the output layer"
+        paths["loss"] = f"the model's logits at weighted positions ({why})"
+    if trainer.prefix is not None:
+        paths["frozen_layer_cache"] = f"on: layers below {trainer.prefix.first_adapted} run once per example"
+        if cfg.train.packing:
+            paths["frozen_layer_cache"] += " (evaluation only: packed training rows are not per example)"
+    else:
+        paths["frozen_layer_cache"] = "off: " + (
+            "train.cache_frozen_layers is off" if not cfg.train.cache_frozen_layers
+            else "the loss goes through logits" if not trainer.use_hidden_loss
+            else "the architecture is not proven" if not proven
+            else "every layer is adapted (lora.layers)"
+        )
+    paths["shared_head"] = "on in evaluation" if proven else "off: the architecture is not proven"
+    impl = compat.attention_implementation(model)
+    layout = {"bool": "block-diagonal boolean 4D masks", "float": "block-diagonal additive 4D masks", "flat": "one flattened row, varlen via position_ids"}
+    paths["attention"] = impl + (f"; packed rows with {layout[attention_kind(model)]}" if cfg.train.packing else "")
+    paths["gradient_checkpointing"] = "on (non-reentrant)" if compat.checkpointing_enabled(model) else "off"
+    return paths
 
 
 def compare_adapter(run: RunContext) -> dict:

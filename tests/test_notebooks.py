@@ -100,11 +100,20 @@ def test_live_curves_update_the_figure_widget_from_events():
     ]
     for event in stream:
         curves(event)
-    trace = {t.name: t for t in curves.figure.data}
+    # the Train tab's figures, drawn from the same history
+    from lab import charts
+
+    for name, draw in (("loss", charts.loss_figure), ("accuracy", charts.accuracy_figure),
+                       ("predicted", charts.predicted_distribution_figure)):
+        expected = draw(curves.history)
+        assert [t.name for t in curves.figures[name].data] == [t.name for t in expected.data]
+        assert curves.figures[name].layout.title.text == expected.layout.title.text
+    shown = [t for f in curves.figures.values() for t in f.data]
+    trace = {t.name: t for t in shown}
     assert list(trace["train loss (weighted)"].y) == [2.5, 1.5]
     assert list(trace["val completion loss"].x) == [0, 2, 4]
     assert list(trace["val answer accuracy"].y) == [0.5, 0.75, 0.5]
-    best = {t.name: (list(t.x), list(t.y)) for t in curves.figure.data if t.name.startswith("best")}
+    best = {t.name: (list(t.x), list(t.y)) for t in shown if t.name.startswith("best")}
     assert best["best val completion loss"] == ([2], [1.0])
     assert best["best val full-sequence loss"] == ([2], [2.0])
     assert best["best val answer accuracy"] == ([2], [0.75])
