@@ -38,7 +38,8 @@ from .text_views import SEP, progress_html, run_settings_html, settings_help_mar
 POLL_SECONDS = 0.5
 #: The settings the memory estimate depends on (lab/memory.py).
 MEMORY_SETTINGS = {"model.name", "model.device", "model.dtype", "model.quantization", "train.batch_size",
-                   "data.max_length", "train.chunk_size", "lora.r", "lora.target_modules", "lora.layers"}
+                   "data.max_length", "train.chunk_size", "lora.r", "lora.target_modules", "lora.layers",
+                   "train.gradient_checkpointing"}
 
 # Settings that are not a plain control in the Train tab: the PLW slider is its own bar, the data
 # source is chosen in the Data tab, the output folder is fixed by whoever launched the app, and a

@@ -260,8 +260,7 @@ def estimate(cfg: LabConfig, arch: Architecture | None = None, device: str | Non
         device=device,
         dtype=dtype,
         quantization=quant,
-        # train.gradient_checkpointing comes with the compatibility work; configs without it do not checkpoint.
-        checkpointing=bool(getattr(t, "gradient_checkpointing", False)),
+        checkpointing=t.gradient_checkpointing,
         tokens=tokens,
         stored_layers=stored_layers,
     )

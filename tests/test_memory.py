@@ -148,3 +148,10 @@ def test_what_to_lower_names_the_largest_parts_first():
     assert tips.startswith("activations (") and "train.batch_size" in tips and "gradient checkpointing" in tips
     assert tips.index("model.quantization: 4bit") < tips.index("train.chunk_size")
     assert "lora.r" not in tips  # the adapter is under 5% of the total: not worth naming
+
+
+def test_gradient_checkpointing_counts_only_layer_inputs():
+    plain = estimate(tiny_config(), Architecture.from_config(TINY), device="cpu")
+    checkpointed = estimate(tiny_config(**{"train.gradient_checkpointing": True}), Architecture.from_config(TINY), device="cpu")
+    assert checkpointed.total == plain.total - plain.activations + 16 * 156 * 4
+    assert "with gradient checkpointing" not in checkpointed.describe() and "without gradient checkpointing" in checkpointed.describe()
