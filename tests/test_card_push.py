@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from lab.card import CONFIG_NAME, ShareError, push, stage_upload, write
-from lab.cli import main
+from lab.cli import lab_version, main
 from lab.config import LabConfig
 
 
@@ -33,7 +33,7 @@ def test_every_adapter_folder_has_a_card_and_names_its_base_model(run_dir):
         assert "prompt-loss weight (PLW): 0.1, normalised by `sum_weights`" in card
         assert "- data: `builtin:reading-mc`: " in card and f"{summary['n_train']} training and {summary['n_val']} validation examples" in card
         assert "- LoRA: r 8, alpha 16, dropout 0, modules q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, layers `top:8`" in card
-        assert "PLW Lab 0.1.0" in card
+        assert f"Trained with PLW Lab {lab_version()}:" in card and lab_version()[0].isdigit()
     kept = summary["adapter_step"]
     final = (run_dir / "adapter" / "README.md").read_text()
     assert f"- steps: 2; this folder keeps step {kept}: " in final
