@@ -117,12 +117,13 @@ def colour_tokens(tokenizer, enc, plw: float, colour: bool = True) -> str:
     return "".join(out)
 
 
-def token_table(tokenizer, enc, plw: float) -> str:
-    """One row a token: position, id, text, label (the target it is trained on) and weight."""
+def token_table(tokenizer, enc, plw: float, completion_weight: float = 1.0) -> str:
+    """One row a token: position, id, text, label (the target it is trained on) and weight
+    (PLW and the completion weight lambda_r, times the data's record and message weights)."""
     from .tokens_view import token_weight_values
 
     rows = [f"{'pos':>4} {'id':>6}  {'token':<18} {'label':>6} {'weight':>6}"]
-    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw)
+    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw, completion_weight, getattr(enc, "data_weight", None))
     for i, (token_id, weight) in enumerate(zip(enc.input_ids, weights)):
         # Position i's label is token i itself as the target predicted from position i-1; -100 when unweighted.
         label = token_id if weight > 0 else -100
@@ -438,7 +439,7 @@ def cmd_inspect(args) -> int:
               f"{f', {enc.truncated} cut from the left' if enc.truncated else ''}; PLW {plw:g}; end-of-turn trained: {cfg.data.train_eos}")
         print(colour_tokens(tokenizer, enc, plw, colour))
         if args.table:
-            print(token_table(tokenizer, enc, plw))
+            print(token_table(tokenizer, enc, plw, cfg.train.completion_loss_weight))
         print()
     return 0
 
