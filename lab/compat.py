@@ -67,6 +67,17 @@ def output_layer(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     return head.weight, getattr(head, "bias", None)
 
 
+def logit_softcap(model) -> float | None:
+    """The soft cap a model puts on its logits after the output layer (Gemma 2: cap * tanh(z / cap)),
+    so the lab's scoring from hidden states gives the model's own numbers; None for plain logits."""
+    config = text_config(model)
+    other = [k for k in LOGIT_TRANSFORMS if k != "final_logit_softcapping" and getattr(config, k, None)]
+    if other:
+        raise NotImplementedError(f"{model_type(model)} transforms its logits after the output layer ({', '.join(other)}); "
+                                  "the lab cannot score it from hidden states")
+    return getattr(config, "final_logit_softcapping", None) or None
+
+
 def hidden_loss_blocker(model) -> str:
     """Why logits cannot be rebuilt as `hidden @ W.T + b` outside the model ('' when they can)."""
     base = unwrap(model)
