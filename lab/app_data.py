@@ -8,7 +8,7 @@ chosen in the Compare tab.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -27,9 +27,9 @@ from .app_jobs import error_text
 from .charts import empty_figure, label_balance_figure, length_histogram, rg_histogram
 from .config import ConfigError, DataConfig
 from .data import DataError, detect_format, read_records, to_examples
-from .masks import encode, encode_all
+from .masks import encode, encode_fitted
 from .packing import packing_efficiency
-from .stats import label_counts, length_stats
+from .stats import label_counts, length_stats, truncation_message
 from .text_views import preview_rows, stats_markdown
 from .tokens_view import token_html, token_loss_html
 
@@ -63,6 +63,9 @@ class DataView:
     info: dict
     columns: list
     fmt: str
+    #: The max_length the examples were encoded to (data.max_length, or what 0 chose) and what it cut.
+    max_length: int = 0
+    truncation: dict = field(default_factory=dict)
 
     def example_indices(self) -> list[int]:
         return sorted(self.encoded)
@@ -241,14 +244,15 @@ class DataTab:
         chat_template = str(chosen.get("model.chat_template", self.ctx.base.model.chat_template) or "")
         try:
             tokenizer = self.ctx.models.tokenizer(model_name, chat_template)
-            encoded, skipped = encode_all(tokenizer, examples[:STATS_LIMIT], dcfg.max_length, dcfg.train_eos)
+            fitted = encode_fitted(tokenizer, examples[:STATS_LIMIT], dcfg.max_length, dcfg.max_length_cap, dcfg.train_eos)
+            encoded, skipped = fitted.encoded, fitted.skipped
         except Exception as exc:
             gr.Warning(error_text(exc))
             return (gr.update(), message_html(error_text(exc)), *no_change, gr.update(), *mapping_updates)
         dv = DataView(
             data=dataclasses.asdict(dcfg), model_name=model_name, chat_template=chat_template, examples=examples,
             encoded={e.example.source_index: e for e in encoded}, skipped=skipped, total=len(examples), info=info,
-            columns=columns, fmt=fmt_used,
+            columns=columns, fmt=fmt_used, max_length=fitted.max_length, truncation=fitted.truncation,
         )
         if not encoded:
             text = "No example fits into max_length" + (f": {skipped[0]}" if skipped else "")
@@ -259,13 +263,17 @@ class DataTab:
         note = f"Loaded {len(examples)} examples from {shown} as {fmt_used.replace('_', ' ')}."
         if skipped:
             note += f" {len(skipped)} skipped: {skipped[0]}" + (" \u2026" if len(skipped) > 1 else "")
+        warning = truncation_message(fitted.truncation)
+        if warning:
+            gr.Warning(warning)
+            note += f" Truncation: {warning}"
         indices = dv.example_indices()
         return (
             dv,
-            message_html(note, "ok"),
-            stats_markdown(stats, plw_value, len(skipped), len(examples), self._packing(encoded, dcfg.max_length)),
+            message_html(note, "info" if warning else "ok"),
+            stats_markdown(stats, plw_value, len(skipped), len(examples), self._packing(encoded, fitted.max_length)),
             rg_histogram(stats.rg),
-            length_histogram(stats),
+            length_histogram(stats, max_length=fitted.max_length),
             label_balance_figure(label_counts(examples)),
             gr.update(minimum=0, maximum=max(len(indices) - 1, 1), value=0, step=1,
                       label=f"Example (0\u2013{len(indices) - 1} of the first {len(indices)})"),
@@ -319,7 +327,7 @@ class DataTab:
             loaded = self.ctx.models.get(self.ctx.runs_path / run_name)
             enc2 = enc
             if (loaded.config.model.name, loaded.config.model.chat_template) != (dv.model_name, dv.chat_template):
-                enc2 = encode(loaded.tokenizer, enc.example, dv.data.get("max_length", 384), dv.data.get("train_eos", True))
+                enc2 = encode(loaded.tokenizer, enc.example, dv.max_length, dv.data.get("train_eos", True))
             on, off = loaded.per_token_losses(enc2)
         except Exception as exc:
             return message_html(f"Cannot compute token losses with run {run_name}: {error_text(exc)}")
@@ -332,5 +340,5 @@ class DataTab:
         if dv is None or not dv.encoded:
             return tokens, gr.update()
         stats = length_stats(dv.encoded.values())
-        packing = self._packing(dv.encoded.values(), dv.data.get("max_length"))
+        packing = self._packing(dv.encoded.values(), dv.max_length)
         return tokens, stats_markdown(stats, float(plw_value), len(dv.skipped), dv.total, packing)

@@ -93,18 +93,28 @@ def rg_histogram(rg: Sequence[float], bins: int = 30, height: int = 320) -> go.F
     return fig
 
 
-def length_histogram(stats: LengthStats, height: int = 320) -> go.Figure:
-    """Overlaid histograms of prompt and completion lengths in tokens."""
+def length_histogram(stats: LengthStats, height: int = 320, max_length: int | None = None) -> go.Figure:
+    """Overlaid histograms of prompt and completion lengths as written (before any cut), with the
+    `max_length` line and how many examples it cuts."""
     if not stats.n:
         return empty_figure("No examples", height)
     fig = go.Figure()
     fig.add_trace(go.Histogram(x=stats.prompt, name="prompt tokens", marker_color="rgba(37,99,235,0.6)", nbinsx=30))
     fig.add_trace(go.Histogram(x=stats.completion, name="completion tokens", marker_color="rgba(234,88,12,0.7)", nbinsx=30))
+    title = "Token lengths as written"
+    if max_length:
+        cut = sum(1 for c in stats.cut if c)
+        title += f" \u00b7 max_length {max_length} cuts {cut} of {stats.n} ({sum(stats.cut):,} tokens)"
+        # An example's whole length is prompt + completion; the line sits at the prompt length that fits
+        # beside the median completion, so the bars right of it are the prompts that get cut.
+        line = max_length - sorted(stats.completion)[stats.n // 2]
+        fig.add_vline(x=line, line={"color": "#dc2626", "dash": "dash", "width": 2},
+                      annotation_text=f"max_length {max_length}", annotation_position="top")
     fig.update_layout(
         template=PLOT_TEMPLATE,
         height=height,
         barmode="overlay",
-        title={"text": "Token lengths", "font": {"size": 14}},
+        title={"text": title, "font": {"size": 14}},
         xaxis={"title": "tokens"},
         yaxis={"title": "examples"},
         legend={"orientation": "h", "y": -0.25},

@@ -83,6 +83,11 @@ def print_event(event, stream=None) -> None:
         print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps", file=stream)
         for note in event.skipped[:5]:
             print(f"{YELLOW}skipped: {note}{RESET}", file=stream)
+        cut = event.truncation or {}
+        if cut:
+            print(f"max_length {cut['max_length']}: {cut['examples_cut']} of {cut['examples']} examples cut "
+                  f"({cut['tokens_cut']} tokens, {cut['prompt_share_cut']:.1%} of prompt tokens), "
+                  f"{cut['examples_skipped']} skipped", file=stream)
     elif kind == "advice":
         print(f"{YELLOW}note: {event.message}{RESET}", file=stream)
     elif kind == "step":
@@ -179,29 +184,43 @@ def cmd_compare(args) -> int:
 
 def cmd_inspect(args) -> int:
     from .data import load_examples
-    from .masks import encode, encode_all
+    from .masks import encode_fitted
     from .models import load_tokenizer
     from .packing import packing_efficiency
-    from .stats import label_counts, length_stats
+    from .stats import label_counts, length_stats, truncation_message
 
     cfg = build_config(args)
     tokenizer = load_tokenizer(cfg.model)
     examples = load_examples(cfg.data)
     plw = cfg.train.prompt_loss_weight
     colour = sys.stdout.isatty() or args.colour
-    encoded, skipped = encode_all(tokenizer, examples, cfg.data.max_length, cfg.data.train_eos)
+    d = cfg.data
+    fitted = encode_fitted(tokenizer, examples, d.max_length, d.max_length_cap, d.train_eos)
+    encoded, skipped, cut = fitted.encoded, fitted.skipped, fitted.truncation
     s = length_stats(encoded).summary()
     print(
-        f"{len(encoded)} examples ({len(skipped)} skipped as too long): prompt tokens mean {s['prompt_tokens']['mean']:.1f}, "
-        f"completion tokens mean {s['completion_tokens']['mean']:.1f}, generation ratio Rg mean {s['rg_mean']:.4g}, "
+        f"{len(encoded)} examples ({len(skipped)} skipped as too long): prompt tokens mean {s['prompt_tokens']['mean']:.1f} "
+        f"as written, completion tokens mean {s['completion_tokens']['mean']:.1f}, generation ratio Rg mean {s['rg_mean']:.4g}, "
         f"geometric mean {s['rg_geomean']:.4g}; label balance {label_counts(examples) or 'n/a'}"
     )
-    packing = packing_efficiency([len(e) for e in encoded], cfg.data.max_length, cfg.train.batch_size)
+    print(
+        f"max_length {fitted.max_length}{' (auto)' if not d.max_length else ''}: {cut['examples_cut']} examples cut, "
+        f"{cut['tokens_cut']} tokens, {cut['prompt_share_cut']:.1%} of prompt tokens; {cut['examples_skipped']} skipped; "
+        f"longest example {cut['longest']} tokens"
+    )
+    warning = truncation_message(cut)
+    if warning:
+        print(f"{YELLOW}warning: {warning}{RESET}")
+    packing = packing_efficiency([len(e) for e in encoded], fitted.max_length, cfg.train.batch_size)
     print(f"packing efficiency at batch {cfg.train.batch_size}: padded {packing['padded']:.0%} real tokens, packed {packing['packed']:.0%}\n")
+    by_index = {e.example.source_index: e for e in encoded}
     for example in examples[: args.n]:
-        enc = encode(tokenizer, example, cfg.data.max_length, cfg.data.train_eos)
+        enc = by_index.get(example.source_index)
+        if enc is None:
+            print(f"{BOLD}example {example.source_index}{RESET}: skipped, too long for max_length {fitted.max_length}\n")
+            continue
         print(f"{BOLD}example {example.source_index}{RESET}: {enc.n_prompt} prompt + {enc.n_completion} completion tokens"
-              f"{f', {enc.truncated} cut from the left' if enc.truncated else ''}; PLW {plw:g}; end-of-turn trained: {cfg.data.train_eos}")
+              f"{f', {enc.truncated} cut from the left' if enc.truncated else ''}; PLW {plw:g}; end-of-turn trained: {d.train_eos}")
         print(colour_tokens(tokenizer, enc, plw, colour))
         if args.table:
             print(token_table(tokenizer, enc, plw))

@@ -32,6 +32,8 @@ class Started(Event):
     n_val: int
     total_steps: int
     skipped: list = field(default_factory=list)
+    #: What data.max_length cuts (`lab.stats.truncation_report`): examples and tokens cut, shares lost.
+    truncation: dict = field(default_factory=dict)
 
 
 @dataclass

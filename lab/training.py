@@ -24,7 +24,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from . import advice, evaluation
 from .collate import Collator, EncodedDataset
 from .config import LabConfig, layer_indices
-from .data import DataError, Example, load_examples, split
+from .data import DataError, Example, load_examples, make_split, write_split
 from .events import (
     Advice,
     CheckpointSaved,
@@ -39,12 +39,13 @@ from .events import (
 )
 from .forward import final_hidden, logits_at, output_layer, supports_hidden_loss
 from .loss import normalizer, shift_for_targets, token_weights, weighted_ce, weighted_ce_from_logits
-from .masks import Encoded, encode_all
+from .masks import Encoded, encode_fitted
 from .models import attach_lora, load_model, load_tokenizer, num_layers, pick_device
 from .prefix import FrozenPrefix
 from .packing import PackingCollator, attention_kind, model_kwargs, num_tokens
 from .metrics import best_of, metric
 from .runs import new_run_dir, write_json
+from .stats import truncation_message
 
 
 class NonFiniteLossError(RuntimeError):
@@ -56,21 +57,36 @@ class Prepared:
     train: list[Encoded]
     val: list[Encoded]
     skipped: list[str]
+    #: Which records went where (`lab.data.split_record`), written to the run's split.json.
+    split: dict = field(default_factory=dict)
+    #: What max_length cuts (`lab.stats.truncation_report`), over train and validation together.
+    truncation: dict = field(default_factory=dict)
+    #: Warnings for the run's start: what is cut, validation groups seen in training.
+    notes: list[str] = field(default_factory=list)
 
 
 def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) -> Prepared:
     """Read, split and encode the data; raise a `DataError` when nothing trainable is left."""
     examples = load_examples(cfg.data) if examples is None else examples
-    train_ex, val_ex = split(examples, cfg.data.val_size, cfg.train.seed, cfg.data.val_max)
-    train, skipped = encode_all(tokenizer, train_ex, cfg.data.max_length, cfg.data.train_eos)
-    val, skipped_val = encode_all(tokenizer, val_ex, cfg.data.max_length, cfg.data.train_eos)
+    train_ex, val_ex, record = make_split(examples, cfg.data)
+    d = cfg.data
+    fitted = encode_fitted(tokenizer, train_ex + val_ex, d.max_length, d.max_length_cap, d.train_eos)
+    train = [e for e, i in zip(fitted.encoded, fitted.positions) if i < len(train_ex)]
+    val = [e for e, i in zip(fitted.encoded, fitted.positions) if i >= len(train_ex)]
+    skipped = fitted.skipped
     if not train:
         raise DataError(
             f"no valid training examples out of {len(train_ex)}" + (f"; first problem: {skipped[0]}" if skipped else "")
         )
     if not val:
         raise DataError("no validation examples: raise data.val_size or add data")
-    return Prepared(train, val, skipped + skipped_val)
+    notes = [note for note in (truncation_message(fitted.truncation),) if note]
+    if record["shared_groups"]:
+        notes.append(
+            f"{record['shared_groups']} validation groups (data.group_by {record['group_by']}) also occur in training: "
+            "validation measures memorised passages there"
+        )
+    return Prepared(train, val, skipped, record, fitted.truncation, notes)
 
 
 class PLWTrainer(Trainer):
@@ -363,13 +379,15 @@ def train(
         device = pick_device(cfg.model.device)
         run.tokenizer = tokenizer = load_tokenizer(cfg.model)
         run.data = data = prepare(cfg, tokenizer, examples)
+        if run.is_main:
+            write_split(run_dir / "split.json", data.split)
         torch.manual_seed(cfg.train.seed)
         base = load_model(cfg.model, device)
         run.model = model = attach_lora(base, cfg.lora)
         args = training_arguments(cfg, run_dir, device, base.dtype)
         steps = total_steps(cfg, len(data.train), args.world_size)
-        run.emit(Started(run_dir=str(run_dir), config=cfg.to_dict(), n_train=len(data.train), n_val=len(data.val), total_steps=steps, skipped=data.skipped))
-        for note in advice.before_training(cfg, len(data.train), steps):
+        run.emit(Started(run_dir=str(run_dir), config=cfg.to_dict(), n_train=len(data.train), n_val=len(data.val), total_steps=steps, skipped=data.skipped, truncation=data.truncation))
+        for note in [*data.notes, *advice.before_training(cfg, len(data.train), steps)]:
             run.emit(Advice(message=note))
         ref: dict = {}
         callback = EventCallback(ref, run)
