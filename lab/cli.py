@@ -4,6 +4,7 @@
     lab inspect -n 2                    # tokens coloured by weight, with labels
     lab eval runs/<run>                 # validation metrics, adapter on and off
     lab compare runs/<run>              # generations, answers and forgetting probe, on vs off
+    lab sweep --plws 0,0.1,1 --seeds 0,1  # a PLW x seed grid on one split: runs/sweep-*/sweep.csv
     lab config > my.yaml                # every setting with its default; edit, then --config my.yaml
 
 Multi-GPU: `accelerate launch -m lab train ...` (DDP, FSDP or DeepSpeed as accelerate is configured).
@@ -228,6 +229,57 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _numbers(text: str, kind, flag: str) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected a comma list of numbers, got {text!r}") from None
+
+
+def print_sweep_row(row: dict, stream=None) -> None:
+    low, high = row.get("answer_accuracy_ci_low"), row.get("answer_accuracy_ci_high")
+    interval = f" [{format_value('answer_accuracy', low)}, {format_value('answer_accuracy', high)}]" if low is not None else ""
+    print(
+        f"{BOLD}PLW {row['plw']:g} seed {row['seed']}{RESET}: {row['status']} after {row['steps']} steps; best answer accuracy "
+        f"{format_value('answer_accuracy', row['best_answer_accuracy'])}{interval} at step {row['best_answer_accuracy_step']}, "
+        f"best answer loss {'n/a' if row['best_answer_loss'] is None else format(row['best_answer_loss'], '.4f')} "
+        f"at step {row['best_answer_loss_step']}",
+        file=stream or sys.stdout,
+    )
+
+
+def cmd_sweep(args) -> int:
+    from .config import field_specs
+    from .sweep import points, run_sweep
+
+    cfg = build_config(args)
+    presets = next(f for f in field_specs("train") if f["name"] == "prompt_loss_weight")["presets"]
+    plws = _numbers(args.plws, float, "--plws") if args.plws else list(presets)
+    seeds = _numbers(args.seeds, int, "--seeds")
+    bad = [p for p in plws if not 0 <= p <= 1]
+    if bad or not plws or not seeds:
+        raise ConfigError(f"--plws takes values in [0, 1] (got {bad or 'none'}) and --seeds at least one seed")
+    print(f"sweep: PLW {', '.join(f'{p:g}' for p in plws)} x seeds {', '.join(map(str, seeds))} = {len(plws) * len(seeds)} runs "
+          f"of {cfg.train.max_steps} steps on one split (data.split_seed {cfg.data.split_seed})")
+    notes = lambda event: print_event(event) if event.kind in ("advice", "failed") else None
+    folder = run_sweep(cfg, plws, seeds, args.name, subscribers=[notes], on_run=print_sweep_row)
+    from .sweep import read_csv
+
+    rows = read_csv(folder)
+    acc = points(rows)
+    for m in acc["means"]:
+        interval = f" (95% t interval {m['low']:.1%} to {m['high']:.1%})" if m["low"] is not None else " (one seed: no interval)"
+        print(f"PLW {m['plw']:<5g} mean best answer accuracy {m['mean']:.1%} over {m['n']} seed(s){interval}")
+    left_out = [r for r in acc["runs"] if r["excluded"]]
+    for r in left_out:
+        print(f"{YELLOW}left out of the means: PLW {r['plw']:g} seed {r['seed']} ({r['excluded']}){RESET}")
+    if acc["fit"]:
+        f = acc["fit"]
+        print(f"quadratic fit: accuracy = {f['a']:.3f} + {f['b']:.3f} PLW + {f['c']:.3f} PLW^2 (R^2 {f['r2']:.2f})")
+    print(f"\nsweep folder: {folder} (sweep.csv)")
+    return 1 if any(r["status"] == "failed" for r in rows) else 0
+
+
 def cmd_config(args) -> int:
     import yaml
 
@@ -254,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", action="store_true", help="also print one row per token: id, label, weight")
     p.add_argument("--colour", action="store_true", help="colour even when not writing to a terminal")
     p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("sweep", help="train a grid of PLW values x seeds on one split; write sweep.csv")
+    _config_args(p)
+    p.add_argument("--plws", help="comma list of PLW values (default: the PLW presets 0, 0.01, 0.1, 0.5, 1)")
+    p.add_argument("--seeds", default="0,1", help="comma list of train.seed values (LoRA initialisation and data order)")
+    p.add_argument("--name", default="", help="name of the sweep folder under train.output_dir")
+    p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("config", help="print the full config (defaults plus overrides) as YAML")
     _config_args(p)
     p.set_defaults(func=cmd_config)
