@@ -35,10 +35,13 @@ class JobBusy(RuntimeError):
 class TrainingJob:
     """One training run in a background thread; its events accumulate for any number of watchers."""
 
-    def __init__(self, cfg: LabConfig, examples=None):
+    def __init__(self, cfg: LabConfig, examples=None, sweep: tuple | None = None):
         self.id = uuid.uuid4().hex[:8]
         self.cfg = cfg
         self.examples = examples
+        #: (PLW values, seeds): run a `lab.sweep` grid instead of one run; `sweep_dir` is its folder.
+        self.sweep = sweep
+        self.sweep_dir = ""
         self.stop = threading.Event()
         self.events: list = []
         self._lock = threading.Lock()
@@ -55,7 +58,14 @@ class TrainingJob:
         try:
             from .training import train
 
-            self.result = train(self.cfg, subscribers=[self._collect], stop=self.stop, examples=self.examples)
+            if self.sweep:
+                from .sweep import run_sweep
+
+                plws, seeds = self.sweep
+                self.sweep_dir = str(run_sweep(self.cfg, plws, seeds, subscribers=[self._collect], stop=self.stop,
+                                               examples=self.examples))
+            else:
+                self.result = train(self.cfg, subscribers=[self._collect], stop=self.stop, examples=self.examples)
         except BaseException as exc:  # train() reports its own failures; this catches what escapes it
             self.error = error_text(exc)
             self._collect(Failed(step=0, error=self.error, summary={"status": "failed", "error": self.error}))
@@ -92,11 +102,11 @@ class JobRegistry:
         self._lock = threading.Lock()
         self.current: TrainingJob | None = None
 
-    def start(self, cfg: LabConfig, examples=None) -> TrainingJob:
+    def start(self, cfg: LabConfig, examples=None, sweep: tuple | None = None) -> TrainingJob:
         with self._lock:
             if self.current is not None and self.current.running:
                 raise JobBusy("A training job is already running in this app; watch it in the Train tab or stop it first.")
-            self.current = TrainingJob(cfg, examples).start()
+            self.current = TrainingJob(cfg, examples, sweep).start()
             return self.current
 
     def stop(self) -> bool:

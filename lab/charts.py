@@ -365,7 +365,10 @@ def overlay_figure(runs: Sequence, metric: str = "completion_loss", height: int 
         height=height,
         title={"text": f"{METRIC_LABELS.get(metric, metric)} by run", "font": {"size": 14}},
         xaxis={"title": "optimiser step"},
-        yaxis={"title": METRIC_LABELS.get(metric, metric), **({"tickformat": ".0%"} if METRICS[metric].unit == "share" else {})},
+        # Shares on a fixed 0-100% axis, so runs and charts compare at a glance and a jump of a few
+        # examples does not fill the chart.
+        yaxis={"title": METRIC_LABELS.get(metric, metric),
+               **({"tickformat": ".0%", "range": [0, 1.02]} if METRICS[metric].unit == "share" else {})},
         legend={"orientation": "h", "y": -0.22},
         margin={"l": 55, "r": 20, "t": 40, "b": 40},
     )

@@ -47,6 +47,9 @@ class History:
         kind = event_kind(event)
         self.n_events += 1
         if kind == "started":
+            if self.steps or self.evals:  # a new run in the same stream (a sweep): its own curves
+                fresh = History()
+                self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k != "n_events"})
             self.status = "running"
             self.total_steps = int(event_field(event, "total_steps", 0) or 0)
             self.run_dir = str(event_field(event, "run_dir", ""))

@@ -1,7 +1,7 @@
 """PLW sweeps: a grid of PLW values x seeds on one split, one run per cell, and what they add up to.
 
     runs/sweep-<time>/
-        config.yaml        the base config (every run overrides only the PLW and train.seed)
+        sweep_config.yaml  the base config (every run overrides only the PLW and train.seed)
         sweep.csv          one row per run: plw, seed, status, best answer accuracy and loss, and their steps
         plw0-seed0/ ...    the run folders
 
@@ -83,6 +83,13 @@ def write_csv(path: Path, rows: Iterable[dict]) -> None:
     tmp.replace(path)  # a reader never sees half a table while the sweep runs
 
 
+def list_sweeps(output_dir: str | Path) -> list[Path]:
+    """Sweep folders (those holding a sweep.csv) under `output_dir`, newest first."""
+    base = Path(output_dir)
+    found = [p for p in base.iterdir() if (p / "sweep.csv").exists()] if base.is_dir() else []
+    return sorted(found, key=lambda p: (p / "sweep.csv").stat().st_mtime, reverse=True)
+
+
 def read_csv(path: str | Path) -> list[dict]:
     """sweep.csv as rows with numbers where there were numbers (empty cells: None)."""
     path = Path(path)
@@ -114,10 +121,12 @@ def run_sweep(
     stop: threading.Event | None = None,
     on_run: Callable[[dict], None] | None = None,
     examples=None,
+    watch: Callable[[float, int], Sequence] | None = None,
 ) -> Path:
     """Train one run per (PLW, seed) on the same split; write sweep.csv after each run. Returns the folder.
 
-    `subscribers` see every run's events; `on_run` gets each finished row; a set `stop` ends the
+    `subscribers` see every run's events; `watch(plw, seed)` may return more subscribers for that
+    run alone (e.g. a live chart per run); `on_run` gets each finished row; a set `stop` ends the
     sweep after the current run stops (its row says "stopped").
     """
     from .training import train
@@ -131,7 +140,7 @@ def run_sweep(
         suffix += 1
         folder = base / f"{name or 'sweep'}-{suffix}"
     folder.mkdir(parents=True)
-    cfg.save(folder / "config.yaml")
+    cfg.save(folder / "sweep_config.yaml")  # not config.yaml: the folder is not itself a run
     rows: list[dict] = []
     write_csv(folder / "sweep.csv", rows)
     stop = stop or threading.Event()
@@ -143,7 +152,8 @@ def run_sweep(
                 "train.prompt_loss_weight": float(plw), "train.seed": int(seed),
                 "train.output_dir": str(folder), "train.run_name": f"plw{float(plw):g}-seed{int(seed)}",
             })
-            result = train(run_cfg, subscribers=subscribers, stop=stop, examples=examples, compare=False)
+            own = list(watch(float(plw), int(seed))) if watch else []
+            result = train(run_cfg, subscribers=[*subscribers, *own], stop=stop, examples=examples, compare=False)
             row = run_row(float(plw), int(seed), result.run_dir, result.summary, load_run(result.run_dir).evals)
             rows.append(row)
             write_csv(folder / "sweep.csv", rows)

@@ -8,8 +8,8 @@ import pytest
 
 from lab.charts import plw_sweep_figure, sweep_figure
 from lab.metrics import best_of
-from lab.runs import load_run
-from lab.sweep import COLUMNS, odd_runs, points, quadratic_fit, read_csv, summarise, t95
+from lab.runs import list_runs, load_run
+from lab.sweep import COLUMNS, list_sweeps, odd_runs, points, quadratic_fit, read_csv, summarise, t95
 
 
 def _row(plw, seed, acc, status="finished", steps=40, loss=1.0):
@@ -44,7 +44,8 @@ def test_lab_sweep_runs_a_plw_by_seed_grid_on_one_split(tmp_path, capsys):
     last = [run.evals[-1].metrics["completion_loss"] for run in runs]
     assert last[0] != last[1] and last[2] != last[3]
     assert "PLW 0 seed 1: finished after 2 steps" in out and f"sweep folder: {folder}" in out
-    assert (folder / "config.yaml").exists()
+    assert (folder / "sweep_config.yaml").exists() and list_sweeps(tmp_path) == [folder]
+    assert [run.name for run in list_runs(tmp_path)] == []  # the sweep folder is not mistaken for a run
 
 
 def test_a_bad_grid_exits_with_a_clear_message(capsys):
