@@ -109,20 +109,16 @@ def build_app(
 
         shared = SharedComponents(plw=plw, data_state=data_state, seen_job=seen_job, job_timer=job_timer, job_badge=job_badge)
         with gr.Tabs(elem_id="tabs"):
-            data = DataTab(ctx, shared)
-            train = TrainTab(ctx, shared)
-            compare = CompareTab(ctx)
-            runs = RunsTab(ctx, compare.run)
+            data, train, compare = DataTab(ctx, shared), TrainTab(ctx, shared), CompareTab(ctx, shared)
+            runs = RunsTab(ctx, shared)  # after Compare: it fills the Compare tab's run list
 
-        # Events cross tabs (the Data tab's token view uses the Compare tab's run, Start trains the
-        # Data tab's data, a finished job refreshes the run lists), so each tab is wired once all exist.
-        data.wire(train.controls, compare.run)
-        train.wire(data, runs)
-        compare.wire(runs)
-        runs.wire()
-        runs.wire_page_load(demo)
-        train.wire_page_load(demo)
-        data.wire_page_load(demo)
+        # Events cross tabs through `shared` (the Data tab's token view uses the Compare tab's run,
+        # Start reads the Data tab's options, a finished job refreshes the run lists), so each tab
+        # is wired once every tab has registered its part.
+        for tab in (data, train, compare, runs):
+            tab.wire()
+        for tab in (runs, train, data):  # the run lists first, the default data set last
+            tab.wire_page_load(demo)
 
     demo.queue(default_concurrency_limit=4)
     demo.plw_registry = registry  # for tests and embedding: the process's job registry

@@ -2,9 +2,13 @@
 and controls built from the config's field metadata.
 
 `AppContext` holds what the handlers work with (the starting config, the runs folder, the
-process's jobs and run models); `SharedComponents` holds the components that more than one tab
-reads or updates (the PLW slider, the visitor's data, the watched job). Both are made once per app
-by `build_app` and handed to each tab explicitly.
+process's jobs and run models); `SharedComponents` is the one object through which tabs meet: the
+components more than one tab reads or updates (the PLW slider, the visitor's data, the watched job,
+every setting's control, the run lists). Both are made once per app by `build_app` and handed to
+each tab; a tab never reads another tab's attributes.
+
+Handlers take their inputs as one dict keyed by component (Gradio passes a dict when `inputs` is a
+set) and return a dict keyed by component, leaving out what they do not change.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ from __future__ import annotations
 import html
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 import pandas as pd
@@ -51,8 +55,18 @@ class AppContext:
 
 
 @dataclass
+class RunLists:
+    """What refreshes the run lists of the Runs and Compare tabs (a job ended, a run was deleted, Refresh)."""
+
+    refresh: Callable[[dict], dict]  # takes the values of `inputs`, returns updates for `outputs`
+    after_job: Callable[[dict], dict]  # the same, making the newest run the one to compare
+    inputs: set
+    outputs: set
+
+
+@dataclass
 class SharedComponents:
-    """Components that more than one tab reads or updates."""
+    """Components that more than one tab reads or updates; each tab registers its part while it is built."""
 
     plw: gr.Slider
     data_state: gr.State  # the visitor's `DataView`
@@ -61,6 +75,19 @@ class SharedComponents:
     seen_job: gr.State
     job_timer: gr.Timer
     job_badge: gr.HTML
+    #: This browser's visitor token (kept in the browser, so a reload is the same visitor): a run
+    #: belongs to the visitor who started it, and only they may stop it.
+    visitor: Any = None
+    #: Every setting's control by config key ("data.val_size", "train.learning_rate"): the Data
+    #: tab's data options and the Train tab's settings.
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: The Compare tab's run (the Data tab's loss views colour tokens with it).
+    run_choice: Any = None
+    run_lists: RunLists | None = None
+
+    def setting_values(self, values: dict) -> dict[str, Any]:
+        """The settings' values, by config key, out of a handler's input dict."""
+        return {key: values[control] for key, control in self.settings.items() if control in values}
 
 
 def message_html(text: str, kind: str = "error") -> str:

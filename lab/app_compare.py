@@ -10,41 +10,13 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .app_common import AppContext, frame, message_html
+from .app_common import AppContext, SharedComponents, frame, message_html
 from .app_jobs import LoadedRun, error_text
-from .app_runs import RunsTab
 from .charts import answer_distribution_figure, empty_figure, logprob_figure
 from .masks import prompt_text, render
 from .runs import run_plw
 from .text_views import generations_html, metrics_comparison_rows, show_generation
 from .tokens_view import token_loss_html
-
-
-def choice_logprobs(model, tokenizer, prompt: str, choices) -> dict[str, float]:
-    """Log-probability of each candidate answer's first token right after `prompt` (a rendered prompt)."""
-    import torch
-
-    from .evaluation import device_of, eval_mode
-    from .forward import final_hidden, output_layer
-
-    if not choices:
-        return {}
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    choice_ids = []
-    for choice in choices:
-        full = tokenizer(prompt + choice, add_special_tokens=False)["input_ids"]
-        if full[: len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
-            choice_ids.append(full[len(prompt_ids)])
-        else:
-            choice_ids.append(tokenizer(choice, add_special_tokens=False)["input_ids"][0])
-    device = device_of(model)
-    ids = torch.tensor([prompt_ids], device=device)
-    weight, bias = output_layer(model)
-    with eval_mode(model):
-        hidden = final_hidden(model, ids, torch.ones_like(ids))
-        logits = torch.nn.functional.linear(hidden[0, -1], weight, bias).float()
-        logprobs = torch.log_softmax(logits, -1)
-    return {c: float(logprobs[i]) for c, i in zip(choices, choice_ids)}
 
 
 def user_prompt(tokenizer, text: str, system_prompt: str = "") -> str:
@@ -56,7 +28,8 @@ def comparison_outputs(loaded: LoadedRun):
     """The comparison's table, predicted-answer figure and generations."""
     comparison = loaded.comparison
     on, off = comparison["on"], comparison["off"]
-    rows = metrics_comparison_rows(on["metrics"], off["metrics"], on.get("probe_perplexity"), off.get("probe_perplexity"))
+    rows = metrics_comparison_rows(on["metrics"], off["metrics"], on.get("probe_perplexity"), off.get("probe_perplexity"),
+                                   comparison.get("paired"), comparison.get("format_vs_task"))
     predicted = {"adapter off": off["metrics"].get("predicted") or {}, "adapter on": on["metrics"].get("predicted") or {}}
     dist = (answer_distribution_figure(predicted, on["metrics"].get("answers"))
             if any(predicted.values()) else empty_figure("Free-form data: no answer distribution"))
@@ -70,8 +43,8 @@ def comparison_outputs(loaded: LoadedRun):
 class CompareTab:
     """The Compare tab's components and handlers; `wire` connects them once every tab exists."""
 
-    def __init__(self, ctx: AppContext) -> None:
-        self.ctx = ctx
+    def __init__(self, ctx: AppContext, shared: SharedComponents) -> None:
+        self.ctx, self.shared = ctx, shared
         with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
             with gr.Row():
                 self.run = gr.Dropdown(choices=[], value=None, label="Run", info="Runs with a saved adapter, newest first.",
@@ -113,27 +86,30 @@ class CompareTab:
                 self.own_on = gr.Textbox(label="adapter on (fine-tuned)", lines=3, elem_id="own-on", interactive=False)
             self.own_lp = gr.Plot(empty_figure("Answer log-probabilities for your prompt"), label="Answer log-probabilities",
                                   elem_id="own-lp")
+        shared.run_choice = self.run
 
     # -- events ------------------------------------------------------------------------------------
 
-    def wire(self, runs: RunsTab) -> None:
+    def wire(self) -> None:
         """Refresh updates the run lists of this tab and the Runs tab together."""
-        example_in = [self.run, self.val_idx, self.loss_mode]
-        example_out = [self.gen_off, self.gen_on, self.lp_plot, self.val_tokens]
-        own_in, own_out = [self.run, self.own_prompt], [self.own_off, self.own_on, self.own_lp]
-        self.compare_btn.click(self.on_compare, [self.run], [self.msg, self.table, self.dist, self.gens, self.val_idx],
+        example_in = {self.run, self.val_idx, self.loss_mode}
+        example_out = {self.gen_off, self.gen_on, self.lp_plot, self.val_tokens}
+        own_in, own_out = {self.run, self.own_prompt}, {self.own_off, self.own_on, self.own_lp}
+        self.compare_btn.click(self.on_compare, {self.run}, {self.msg, self.table, self.dist, self.gens, self.val_idx},
                                concurrency_limit=2).then(self.on_val_example, example_in, example_out)
         self.val_btn.click(self.on_val_example, example_in, example_out, concurrency_limit=2)
         self.val_idx.release(self.on_val_example, example_in, example_out, trigger_mode="always_last")
         self.loss_mode.change(self.on_val_example, example_in, example_out)
         self.own_btn.click(self.on_own_prompt, own_in, own_out, concurrency_limit=2)
         self.own_prompt.submit(self.on_own_prompt, own_in, own_out, concurrency_limit=2)
-        self.refresh_btn.click(runs.refresh, runs.inputs, runs.outputs)
+        lists = self.shared.run_lists
+        self.refresh_btn.click(lists.refresh, lists.inputs, lists.outputs)
 
     # -- handlers ----------------------------------------------------------------------------------
 
-    def on_compare(self, run_name, progress_=gr.Progress()):
+    def on_compare(self, values: dict, progress_=gr.Progress()):
         ctx = self.ctx
+        run_name = values[self.run]
         try:
             if not run_name:
                 raise ValueError("choose a run (train one first, or refresh the list)")
@@ -152,23 +128,26 @@ class CompareTab:
                     progress_(0.5, desc="evaluating with the adapter on and off")
                     e = loaded.config.eval
                     loaded.comparison = evaluation.compare(loaded.model, loaded.tokenizer, val, probe, e.generations,
-                                                           e.max_new_tokens, e.batch_size, loaded.config.train.chunk_size)
+                                                           e.max_new_tokens, e.batch_size, loaded.config.train.chunk_size,
+                                                           answer_tokens=e.answer_tokens)
                 rows, dist, gens = comparison_outputs(loaded)
                 n_val = len(loaded.val) if loaded.val is not None else len(loaded.comparison["on"]["metrics"].get("examples", []))
         except Exception as exc:
             gr.Warning(error_text(exc))
-            return message_html(error_text(exc)), gr.update(), gr.update(), gr.update(), gr.update()
+            return {self.msg: message_html(error_text(exc))}
         plw_value = run_plw(ctx.find_run(run_name))
         note = f"{run_name}: PLW {plw_value:g}, {n_val} validation examples." if plw_value is not None else run_name
-        return (message_html(note, "ok"), rows, dist, gens,
-                gr.update(maximum=max(n_val - 1, 1), value=0, label=f"Validation example (0\u2013{max(n_val - 1, 0)})"))
+        return {self.msg: message_html(note, "ok"), self.table: rows, self.dist: dist, self.gens: gens,
+                self.val_idx: gr.update(maximum=max(n_val - 1, 1), value=0,
+                                        label=f"Validation example (0\u2013{max(n_val - 1, 0)})")}
 
-    def on_val_example(self, run_name, index, mode):
+    def on_val_example(self, values: dict):
+        run_name, index, mode = values[self.run], values[self.val_idx], values[self.loss_mode]
         try:
             if not run_name:
                 raise ValueError("choose a run and press Compare first")
             loaded = self.ctx.models.get(self.ctx.runs_path / run_name)
-            from .evaluation import adapter, generate
+            from .evaluation import adapter, choice_logprobs, generate
 
             with loaded.lock:
                 val = loaded.validation()
@@ -188,22 +167,23 @@ class CompareTab:
             on, off = loaded.per_token_losses(enc)
         except Exception as exc:
             gr.Warning(error_text(exc))
-            return gr.update(), gr.update(), gr.update(), message_html(error_text(exc))
+            return {self.val_tokens: message_html(error_text(exc))}
         figure = logprob_figure(list(enc.example.choices), lps.get("on"), lps.get("off"), enc.example.answer)
         tokens = token_loss_html(enc, on, off, mode or "diff", loaded.config.train.prompt_loss_weight,
                                  special_ids=set(loaded.tokenizer.all_special_ids))
         reference = enc.example.messages[-1]["content"]
-        return (show_generation(gens["off"]), show_generation(gens["on"]), figure,
-                message_html(f"reference answer: {reference}", "info") + tokens)
+        return {self.gen_off: show_generation(gens["off"]), self.gen_on: show_generation(gens["on"]), self.lp_plot: figure,
+                self.val_tokens: message_html(f"reference answer: {reference}", "info") + tokens}
 
-    def on_own_prompt(self, run_name, text):
+    def on_own_prompt(self, values: dict):
+        run_name, text = values[self.run], values[self.own_prompt]
         try:
             if not run_name:
                 raise ValueError("choose a run first")
             if not (text or "").strip():
                 raise ValueError("type a prompt first")
             loaded = self.ctx.models.get(self.ctx.runs_path / run_name)
-            from .evaluation import adapter, generate_texts
+            from .evaluation import adapter, choice_logprobs, generate_texts
 
             prompt = user_prompt(loaded.tokenizer, text, loaded.config.data.system_prompt)
             choices = ()
@@ -220,7 +200,7 @@ class CompareTab:
                             lps[side] = choice_logprobs(loaded.model, loaded.tokenizer, prompt, choices)
         except Exception as exc:
             gr.Warning(error_text(exc))
-            return gr.update(), gr.update(), gr.update()
+            return {}
         figure = logprob_figure(list(choices), lps.get("on"), lps.get("off")) if choices else empty_figure(
             "This run's data has no candidate answers")
-        return show_generation(out["off"]), show_generation(out["on"]), figure
+        return {self.own_off: show_generation(out["off"]), self.own_on: show_generation(out["on"]), self.own_lp: figure}

@@ -46,7 +46,7 @@ MAPPABLE = {
 ALL_MAPPABLE = ("prompt", "completion", "messages", "context", "question", "options", "answer", "text", "label")
 #: Data options shown in the Data tab (they change how records become examples and tokens).
 DATA_OPTIONS = ["data.val_size", "data.limit", "data.train_eos", "data.system_prompt", "data.mc_template",
-                "data.classification_template", "data.answer_format"]
+                "data.classification_template", "data.answer_format", "data.on_error"]
 
 
 @dataclass
@@ -111,7 +111,8 @@ class DataTab:
                     self.fmt = gr.Dropdown(choices=list(specs["data.format"]["choices"]), value=base.data.format,
                                            label="format", info=first_sentence(specs["data.format"]["help"], 200),
                                            elem_id="data-format")
-                    with gr.Accordion("Column mapping (when your column names differ)", open=False, elem_id="mapping"):
+                    with gr.Accordion("Column mapping (when your column names differ)", open=False,
+                                      elem_id="mapping") as self.mapping_acc:
                         gr.Markdown("Pick which of your columns holds each lab field; leave '(same name)' where the names already match.")
                         self.mapping = {
                             f: gr.Dropdown(choices=["(same name)"], value="(same name)", label=f, elem_id=f"map-{f}",
@@ -140,48 +141,54 @@ class DataTab:
             with gr.Accordion("Examples", open=True, elem_id="preview-acc"):
                 self.preview = gr.Dataframe(label="First examples", interactive=False, wrap=True, elem_id="preview")
 
-        self.mapping_fields = list(self.mapping)
-        self.mapping_inputs = [self.mapping[f] for f in self.mapping_fields]
-        self.load_outputs = [shared.data_state, self.msg, self.stats_md, self.rg_plot, self.len_plot, self.label_plot,
-                             self.example_idx, self.preview, self.fmt, *self.mapping_inputs]
-        # The Train tab is built after this one: `wire` fills these with its controls and the Compare tab's run.
-        self.train_keys: list[str] = []
-        self.extra_inputs: list = []
-        self.token_inputs: list = []
+        self.load_buttons = {self.load_builtin_btn, self.load_file_btn, self.load_hub_btn}
+        #: Everything a load changes; a handler leaves out what it keeps.
+        self.load_outputs = {shared.data_state, self.msg, self.stats_md, self.rg_plot, self.len_plot, self.label_plot,
+                             self.example_idx, self.preview, self.mapping_acc, *self.mapping.values()}
+        shared.settings.update(self.controls)
 
     # -- events ------------------------------------------------------------------------------------
 
-    def wire(self, train_controls: dict, compare_run: gr.Dropdown) -> None:
+    def load_inputs(self, *source_controls) -> set:
+        """A load reads its source's controls, the format, the mapping, PLW, every setting and the data already loaded."""
+        shared = self.shared
+        return {*source_controls, self.fmt, shared.plw, shared.data_state, *self.mapping.values(), *shared.settings.values()}
+
+    def token_inputs(self) -> set:
+        shared = self.shared
+        return {shared.data_state, self.example_idx, self.colour_by, shared.plw, shared.run_choice}
+
+    def wire(self) -> None:
         """Loading reads the Train tab's model and data settings; the loss views use the Compare tab's run."""
         shared = self.shared
-        self.train_keys = list(train_controls)
-        self.extra_inputs = [*self.mapping_inputs, *self.controls.values(), *train_controls.values()]
-        self.token_inputs = [shared.data_state, self.example_idx, self.colour_by, shared.plw, compare_run]
-
+        tokens_in = self.token_inputs()
         self.builtin_dd.change(self.builtin_description, self.builtin_dd, self.builtin_md)
-        self.fmt.change(lambda f: [gr.update(visible=f == "auto" or name in MAPPABLE.get(f, ())) for name in self.mapping_fields],
-                        self.fmt, self.mapping_inputs, show_progress="hidden")
+        self.fmt.change(self.on_format, self.fmt, set(self.mapping.values()), show_progress="hidden")
         for btn, fn, inputs in (
             (self.load_builtin_btn, self.on_load_builtin, [self.builtin_dd]),
             (self.load_file_btn, self.on_load_file, [self.upload]),
             (self.load_hub_btn, self.on_load_hub, [self.hub_id, self.hub_config, self.hub_split]),
         ):
-            btn.click(fn, [*inputs, self.fmt, shared.plw, *self.extra_inputs], self.load_outputs, concurrency_limit=4).then(
-                self.render_tokens, self.token_inputs, self.token_view
+            btn.click(fn, self.load_inputs(*inputs), self.load_outputs, concurrency_limit=4).then(
+                self.render_tokens, tokens_in, self.token_view
             )
-        shared.plw.change(self.on_plw, self.token_inputs, [self.token_view, self.stats_md],
+        shared.plw.change(self.on_plw, tokens_in, {self.token_view, self.stats_md},
                           show_progress="hidden", trigger_mode="always_last", concurrency_limit=None)
-        self.example_idx.change(self.render_tokens, self.token_inputs, self.token_view,
+        self.example_idx.change(self.render_tokens, tokens_in, self.token_view,
                                 show_progress="hidden", trigger_mode="always_last")
-        self.colour_by.change(self.render_tokens, self.token_inputs, self.token_view)
+        self.colour_by.change(self.render_tokens, tokens_in, self.token_view)
 
     def wire_page_load(self, demo: gr.Blocks) -> None:
         # The default set loads by itself; the Load buttons wait for it so it can never overwrite a visitor's choice.
-        demo.load(self.on_page_load, [self.builtin_dd, self.fmt, self.shared.plw, *self.extra_inputs], self.load_outputs).then(
-            self.render_tokens, self.token_inputs, self.token_view
-        ).then(lambda: [gr.update(interactive=True)] * 3, None, [self.load_builtin_btn, self.load_file_btn, self.load_hub_btn])
+        demo.load(self.on_page_load, self.load_inputs(self.builtin_dd), self.load_outputs).then(
+            self.render_tokens, self.token_inputs(), self.token_view
+        ).then(lambda: {b: gr.update(interactive=True) for b in self.load_buttons}, None, self.load_buttons)
 
     # -- handlers ----------------------------------------------------------------------------------
+
+    def on_format(self, fmt_value):
+        return {control: gr.update(visible=fmt_value == "auto" or name in MAPPABLE.get(fmt_value, ()))
+                for name, control in self.mapping.items()}
 
     def builtin_description(self, name: str | None) -> str:
         builtin_sets = self.ctx.builtin_sets
@@ -194,61 +201,55 @@ class DataTab:
     def _packing(self, encoded, max_length) -> dict:
         return packing_efficiency([len(e) for e in encoded], max_length, self.ctx.base.train.batch_size)
 
-    def _data_config(self, source: str, fmt_value: str, map_values, option_values, train_values, hf_cfg="",
-                     hf_split_="train") -> DataConfig:
+    def _data_config(self, source: str, values: dict, hf_cfg="", hf_split_="train") -> DataConfig:
         specs = self.ctx.specs
-        column_map = {f: v for f, v in zip(self.mapping_fields, map_values) if v and v != "(same name)"}
-        overrides = {"data.source": source, "data.format": fmt_value, "data.column_map": column_map,
+        column_map = {f: values[c] for f, c in self.mapping.items() if values[c] and values[c] != "(same name)"}
+        overrides = {"data.source": source, "data.format": values[self.fmt], "data.column_map": column_map,
                      "data.hf_config": hf_cfg or "", "data.hf_split": hf_split_ or "train"}
-        for key, value in zip(self.controls, option_values):
-            overrides[key] = coerce_control(key, specs[key], value)
-        for key, value in zip(self.train_keys, train_values):
+        for key, value in self.shared.setting_values(values).items():
             if key.startswith("data."):
                 overrides[key] = coerce_control(key, specs[key], value)
         return self.ctx.base.override(overrides).data
 
-    def load_data(self, source: str, fmt_value: str, plw_value: float, args, hf_cfg="", hf_split_="train"):
+    def load_data(self, source: str, values: dict, hf_cfg="", hf_split_="train"):
         """Read, convert and encode a data set; every problem becomes a message, never a crash."""
-        n_map, n_opt = len(self.mapping_inputs), len(self.controls)
-        maps, opts, trains = args[:n_map], args[n_map:n_map + n_opt], args[n_map + n_opt:]
-        no_change = [gr.update()] * 6
-        mapping_updates = [gr.update() for _ in self.mapping_fields]
         try:
-            dcfg = self._data_config(source, fmt_value, maps, opts, trains, hf_cfg, hf_split_)
+            dcfg = self._data_config(source, values, hf_cfg, hf_split_)
             records, info = read_records(dcfg, hub_ids_only=True)
         except (DataError, ConfigError) as exc:
             gr.Warning(str(exc))
-            return (gr.update(), message_html(str(exc)), *no_change, gr.update(), *mapping_updates)
+            return {self.msg: message_html(str(exc))}
         except Exception as exc:  # a damaged file may raise anything
             gr.Warning(error_text(exc))
-            return (gr.update(), message_html(f"Could not read {source}: {error_text(exc)}"), *no_change, gr.update(), *mapping_updates)
+            return {self.msg: message_html(f"Could not read {source}: {error_text(exc)}")}
         columns = sorted({k for r in records[:200] for k in r} | set(dcfg.column_map.values()))
-        mapping_updates = [
-            gr.update(choices=["(same name)"] + columns, value=dcfg.column_map.get(f, "(same name)"))
-            for f in self.mapping_fields
-        ]
+        mapping_updates = {
+            control: gr.update(choices=["(same name)"] + columns, value=dcfg.column_map.get(f, "(same name)"))
+            for f, control in self.mapping.items()
+        }
         try:
-            fmt_used = dcfg.format if dcfg.format != "auto" else info.get("format") or detect_format(records[0])
+            fmt_used = dcfg.format if dcfg.format != "auto" else info.get("format") or detect_format(records)
             examples = to_examples(records, dataclasses.replace(dcfg, format=fmt_used), info.get("labels"))
         except DataError as exc:
             text = f"{exc}\nColumns found: {', '.join(columns)}"
             gr.Warning(str(exc))
             raw = [{k: str(v)[:80] for k, v in r.items()} for r in records[:20]]
             empty = empty_figure("map the columns, then load again")
-            return (None, message_html(text),
-                    f"Read {len(records)} records with columns {', '.join(columns)}, but they could not be turned into "
-                    "examples: choose the format and map the columns, then load again. The first records are below.",
-                    empty, empty, empty, gr.update(maximum=1, value=0), frame(raw), gr.update(), *mapping_updates)
-        chosen = dict(zip(self.train_keys, trains))
-        model_name = str(chosen.get("model.name") or self.ctx.base.model.name)
-        chat_template = str(chosen.get("model.chat_template", self.ctx.base.model.chat_template) or "")
+            return {self.shared.data_state: None, self.msg: message_html(text),
+                    self.stats_md: f"Read {len(records)} records with columns {', '.join(columns)}, but they could not be "
+                    "turned into examples: choose the format and map the columns, then load again. The first records are below.",
+                    self.rg_plot: empty, self.len_plot: empty, self.label_plot: empty,
+                    self.example_idx: gr.update(maximum=1, value=0), self.preview: frame(raw), **mapping_updates}
+        settings = self.shared.setting_values(values)
+        model_name = str(settings.get("model.name") or self.ctx.base.model.name)
+        chat_template = str(settings.get("model.chat_template", self.ctx.base.model.chat_template) or "")
         try:
             tokenizer = self.ctx.models.tokenizer(model_name, chat_template)
             fitted = encode_fitted(tokenizer, examples[:STATS_LIMIT], dcfg.max_length, dcfg.max_length_cap, dcfg.train_eos)
             encoded, skipped = fitted.encoded, fitted.skipped
         except Exception as exc:
             gr.Warning(error_text(exc))
-            return (gr.update(), message_html(error_text(exc)), *no_change, gr.update(), *mapping_updates)
+            return {self.msg: message_html(error_text(exc)), **mapping_updates}
         dv = DataView(
             data=dataclasses.asdict(dcfg), model_name=model_name, chat_template=chat_template, examples=examples,
             encoded={e.example.source_index: e for e in encoded}, skipped=skipped, total=len(examples), info=info,
@@ -257,10 +258,12 @@ class DataTab:
         if not encoded:
             text = "No example fits into max_length" + (f": {skipped[0]}" if skipped else "")
             gr.Warning(text)
-            return (dv, message_html(text), *no_change, gr.update(), *mapping_updates)
+            return {self.shared.data_state: dv, self.msg: message_html(text), **mapping_updates}
         stats = length_stats(encoded)
         shown = Path(source).name if not source.startswith(("builtin:", "hf:")) else source
         note = f"Loaded {len(examples)} examples from {shown} as {fmt_used.replace('_', ' ')}."
+        for line in examples.report.lines():
+            note += f" {line[0].upper()}{line[1:]}."
         if skipped:
             note += f" {len(skipped)} skipped: {skipped[0]}" + (" \u2026" if len(skipped) > 1 else "")
         warning = truncation_message(fitted.truncation)
@@ -268,49 +271,56 @@ class DataTab:
             gr.Warning(warning)
             note += f" Truncation: {warning}"
         indices = dv.example_indices()
-        return (
-            dv,
-            message_html(note, "info" if warning else "ok"),
-            stats_markdown(stats, plw_value, len(skipped), len(examples), self._packing(encoded, fitted.max_length)),
-            rg_histogram(stats.rg),
-            length_histogram(stats, max_length=fitted.max_length),
-            label_balance_figure(label_counts(examples)),
-            gr.update(minimum=0, maximum=max(len(indices) - 1, 1), value=0, step=1,
-                      label=f"Example (0\u2013{len(indices) - 1} of the first {len(indices)})"),
-            frame(preview_rows(examples, dv.encoded)),
-            gr.update(),
-            *mapping_updates,
-        )
+        return {
+            self.shared.data_state: dv,
+            self.msg: message_html(note, "info" if warning else "ok"),
+            self.stats_md: stats_markdown(stats, values[self.shared.plw], len(skipped), len(examples),
+                                          self._packing(encoded, fitted.max_length)),
+            self.rg_plot: rg_histogram(stats.rg),
+            self.len_plot: length_histogram(stats, max_length=fitted.max_length),
+            self.label_plot: label_balance_figure(label_counts(examples)),
+            self.example_idx: gr.update(minimum=0, maximum=max(len(indices) - 1, 1), value=0, step=1,
+                                        label=f"Example (0\u2013{len(indices) - 1} of the first {len(indices)})"),
+            self.preview: frame(preview_rows(examples, dv.encoded)),
+            **mapping_updates,
+        }
 
     def _unchanged(self, text: str, kind: str = "error"):
         """A message and no other change, for a load with nothing to load."""
-        return (gr.update(), message_html(text, kind), *[gr.update()] * (len(self.load_outputs) - 2))
+        return {self.msg: message_html(text, kind)}
 
-    def on_load_builtin(self, name, fmt_value, plw_value, *args):
+    def on_load_builtin(self, values: dict):
+        name = values[self.builtin_dd]
         if not name:
             gr.Warning("Choose a built-in set first.")
             return self._unchanged("Choose a built-in set first.")
-        return self.load_data(f"builtin:{name}", fmt_value, plw_value, args)
+        return self.load_data(f"builtin:{name}", values)
 
-    def on_load_file(self, path, fmt_value, plw_value, *args):
+    def on_load_file(self, values: dict):
+        path = values[self.upload]
         if not path:
             gr.Warning("Upload a file first.")
             return self._unchanged("Upload a JSONL, JSON, CSV or Parquet file first.")
-        return self.load_data(str(path), fmt_value, plw_value, args)
+        return self.load_data(str(path), values)
 
-    def on_load_hub(self, dataset_id, cfg_name, split_name, fmt_value, plw_value, *args):
-        dataset_id = (dataset_id or "").strip().removeprefix("hf:")
+    def on_load_hub(self, values: dict):
+        dataset_id = (values[self.hub_id] or "").strip().removeprefix("hf:")
         if not dataset_id:
             gr.Warning("Type a dataset id such as ehovy/race.")
             return self._unchanged("Type a dataset id such as ehovy/race.")
-        return self.load_data(f"hf:{dataset_id}", fmt_value, plw_value, args, cfg_name, split_name)
+        return self.load_data(f"hf:{dataset_id}", values, values[self.hub_config], values[self.hub_split])
 
-    def on_page_load(self, name, fmt_value, plw_value, *args):
+    def on_page_load(self, values: dict):
+        name = values[self.builtin_dd]
         if not name:
             return self._unchanged("No built-in sets are installed; upload a file.", "info")
-        return self.load_data(f"builtin:{name}", fmt_value, plw_value, args)
+        return self.load_data(f"builtin:{name}", values)
 
-    def render_tokens(self, dv: DataView | None, index, mode, plw_value, run_name):
+    def render_tokens(self, values: dict) -> str:
+        shared = self.shared
+        dv: DataView | None = values[shared.data_state]
+        index, mode, plw_value, run_name = (values[self.example_idx], values[self.colour_by], values[shared.plw],
+                                            values[shared.run_choice])
         if dv is None or not dv.encoded:
             return message_html("Load a data set to see its tokens.", "info")
         indices = dv.example_indices()
@@ -335,10 +345,11 @@ class DataTab:
         return token_loss_html(enc2, on, off, loss_mode_value, float(plw_value),
                                special_ids=set(loaded.tokenizer.all_special_ids))
 
-    def on_plw(self, dv, index, mode, plw_value, run_name):
-        tokens = self.render_tokens(dv, index, mode, plw_value, run_name)
-        if dv is None or not dv.encoded:
-            return tokens, gr.update()
-        stats = length_stats(dv.encoded.values())
-        packing = self._packing(dv.encoded.values(), dv.max_length)
-        return tokens, stats_markdown(stats, float(plw_value), len(dv.skipped), dv.total, packing)
+    def on_plw(self, values: dict):
+        dv: DataView | None = values[self.shared.data_state]
+        out = {self.token_view: self.render_tokens(values)}
+        if dv is not None and dv.encoded:
+            stats = length_stats(dv.encoded.values())
+            packing = self._packing(dv.encoded.values(), dv.max_length)
+            out[self.stats_md] = stats_markdown(stats, float(values[self.shared.plw]), len(dv.skipped), dv.total, packing)
+        return out

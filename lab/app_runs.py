@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from .app_common import AppContext, frame, message_html
+from .app_common import AppContext, RunLists, SharedComponents, frame, message_html
 from .app_jobs import JobBusy, error_text
 from .charts import overlay_figure, plw_sweep_figure, sweep_figure
 from .runs import delete_run
@@ -25,8 +25,9 @@ from .text_views import runs_rows
 class RunsTab:
     """The Runs tab's components and handlers; built after the Compare tab, whose run list it fills."""
 
-    def __init__(self, ctx: AppContext, compare_run: gr.Dropdown) -> None:
-        self.ctx = ctx
+    def __init__(self, ctx: AppContext, shared: SharedComponents) -> None:
+        self.ctx, self.shared = ctx, shared
+        compare_run = shared.run_choice
         with gr.Tab("Runs", id="runs", elem_id="tab-runs"):
             self.known_runs = gr.State(None)  # the run names this visitor has been shown (new ones join the overlay)
             with gr.Row():
@@ -69,11 +70,11 @@ class RunsTab:
             self.msg = gr.HTML("", elem_id="runs-msg")
             with gr.Accordion("Run details", open=False):
                 self.details = gr.JSON(label="config and summary", elem_id="run-details")
-        self.compare_run = compare_run
         #: What `refresh` reads and updates, for every event that refreshes the run lists.
-        self.inputs = [self.overlay_runs, self.overlay_metric, compare_run, self.run_pick, self.known_runs]
-        self.outputs = [self.table, self.overlay_runs, self.overlay_plot, self.sweep_plot, self.run_pick, compare_run,
-                        self.known_runs]
+        self.inputs = {self.overlay_runs, self.overlay_metric, compare_run, self.run_pick, self.known_runs}
+        self.outputs = {self.table, self.overlay_runs, self.overlay_plot, self.sweep_plot, self.run_pick, compare_run,
+                        self.known_runs}
+        shared.run_lists = RunLists(self.refresh, self.after_job, self.inputs, self.outputs)
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -81,15 +82,13 @@ class RunsTab:
         self.sweep_btn.click(self.on_sweep, [self.sweep_plws, self.sweep_seeds], [self.sweep_msg, self.sweep_pick, self.sweep_figure])
         self.sweep_pick.change(self.on_sweep_pick, self.sweep_pick, self.sweep_figure)
         self.refresh_btn.click(self.sweep_choices, self.sweep_pick, [self.sweep_pick, self.sweep_figure])
-        overlay_in, overlay_out = [self.overlay_runs, self.overlay_metric], [self.overlay_plot, self.sweep_plot]
+        overlay_in, overlay_out = {self.overlay_runs, self.overlay_metric}, {self.overlay_plot, self.sweep_plot}
         self.refresh_btn.click(self.refresh, self.inputs, self.outputs)
         self.overlay_runs.change(self.on_overlay, overlay_in, overlay_out)
         self.overlay_metric.change(self.on_overlay, overlay_in, overlay_out)
         self.run_pick.change(self.on_pick, self.run_pick, self.details)
         self.zip_btn.click(self.on_zip, self.run_pick, [self.zip_file, self.msg])
-        self.delete_btn.click(self.on_delete, [self.run_pick, self.confirm_delete, self.overlay_runs, self.overlay_metric,
-                                               self.compare_run, self.known_runs],
-                              [self.msg, self.confirm_delete, *self.outputs])
+        self.delete_btn.click(self.on_delete, {self.confirm_delete, *self.inputs}, {self.msg, self.confirm_delete, *self.outputs})
 
     def wire_page_load(self, demo: gr.Blocks) -> None:
         demo.load(self.refresh, self.inputs, self.outputs)
@@ -124,8 +123,12 @@ class RunsTab:
 
     # -- handlers ----------------------------------------------------------------------------------
 
-    def refresh(self, selected_overlay=None, metric="completion_loss", compare_value=None, pick_value=None, known=None):
+    def refresh(self, values: dict, keep_compare: bool = True) -> dict:
         """Refresh the runs table, the overlay (runs new to this visitor join it) and the run pickers."""
+        compare_run = self.shared.run_choice
+        selected_overlay, metric = values[self.overlay_runs], values[self.overlay_metric]
+        compare_value = values[compare_run] if keep_compare else None
+        pick_value, known = values[self.run_pick], values[self.known_runs]
         runs = self.ctx.list_runs()
         names = [r.name for r in runs]
         with_adapter = [r.name for r in runs if r.adapter_dir() is not None and r.status != "running or interrupted"]
@@ -138,23 +141,24 @@ class RunsTab:
         chosen_runs = [r for r in runs if r.name in chosen]
         compare_choice = compare_value if compare_value in with_adapter else (with_adapter[0] if with_adapter else None)
         pick = pick_value if pick_value in names else (names[0] if names else None)
-        return (
-            frame(rows if rows else [{"run": "no runs yet", "status": ""}]),
-            gr.update(choices=names, value=chosen),
-            overlay_figure(chosen_runs, metric),
-            plw_sweep_figure(chosen_runs),
-            gr.update(choices=names, value=pick),
-            gr.update(choices=with_adapter, value=compare_choice),
-            names,
-        )
+        return {
+            self.table: frame(rows if rows else [{"run": "no runs yet", "status": ""}]),
+            self.overlay_runs: gr.update(choices=names, value=chosen),
+            self.overlay_plot: overlay_figure(chosen_runs, metric),
+            self.sweep_plot: plw_sweep_figure(chosen_runs),
+            self.run_pick: gr.update(choices=names, value=pick),
+            compare_run: gr.update(choices=with_adapter, value=compare_choice),
+            self.known_runs: names,
+        }
 
-    def after_job(self, selected_overlay, metric, pick_value, known):
+    def after_job(self, values: dict) -> dict:
         """Refresh the Runs and Compare lists; the newest run becomes the one to compare."""
-        return self.refresh(selected_overlay, metric, None, pick_value, known)
+        return self.refresh(values, keep_compare=False)
 
-    def on_overlay(self, selected, metric):
+    def on_overlay(self, values: dict):
+        selected, metric = values[self.overlay_runs], values[self.overlay_metric]
         runs = [r for r in self.ctx.list_runs() if r.name in (selected or [])]
-        return overlay_figure(runs, metric), plw_sweep_figure(runs)
+        return {self.overlay_plot: overlay_figure(runs, metric), self.sweep_plot: plw_sweep_figure(runs)}
 
     def on_pick(self, name):
         if not name:
@@ -185,9 +189,10 @@ class RunsTab:
             return gr.update(visible=False), message_html(error_text(exc))
         return gr.update(value=str(target), visible=True), message_html(f"{target.name} is ready to download.", "ok")
 
-    def on_delete(self, name, confirmed, selected_overlay, metric, compare_value, known):
+    def on_delete(self, values: dict):
+        name = values[self.run_pick]
         try:
-            if not confirmed:
+            if not values[self.confirm_delete]:
                 raise ValueError("tick 'yes, delete it' to confirm")
             run = self.ctx.find_run(name)
             job = self.ctx.registry.running()
@@ -197,6 +202,9 @@ class RunsTab:
             delete_run(run.path)
         except Exception as exc:
             gr.Warning(error_text(exc))
-            return (message_html(error_text(exc)), gr.update(), *[gr.update()] * len(self.outputs))
-        return (message_html(f"Deleted {name}.", "ok"), False,
-                *self.refresh(selected_overlay, metric, compare_value if compare_value != name else None, None, known))
+            return {self.msg: message_html(error_text(exc))}
+        compare_run = self.shared.run_choice
+        refreshed = {**values, self.run_pick: None}
+        if values[compare_run] == name:
+            refreshed[compare_run] = None
+        return {self.msg: message_html(f"Deleted {name}.", "ok"), self.confirm_delete: False, **self.refresh(refreshed)}

@@ -16,9 +16,8 @@ from typing import Any
 import gradio as gr
 
 from .app_common import AppContext, SharedComponents, coerce_control, config_value, make_control, message_html
-from .app_data import DATA_OPTIONS, DataTab, DataView
+from .app_data import DATA_OPTIONS, DataView
 from .app_jobs import JobBusy, TrainingJob
-from .app_runs import RunsTab
 from .charts import accuracy_figure, loss_figure, predicted_distribution_figure
 from .config import ConfigError, LabConfig, field_specs
 from .data import DataError
@@ -106,18 +105,21 @@ class TrainTab:
                         self.dist_plot = gr.Plot(predicted_distribution_figure(History()), label="Predicted answers",
                                                  elem_id="dist-plot")
 
+        shared.settings.update(self.controls)
+        #: Everything watching a job changes.
+        self.watch_outputs = {self.progress, self.advice_box, self.loss_plot, self.acc_plot, self.dist_plot, self.msg,
+                              self.start_btn, self.stop_btn, shared.job_badge}
+
     # -- events ------------------------------------------------------------------------------------
 
-    def wire(self, data: DataTab, runs: RunsTab) -> None:
-        """Start trains on the Data tab's data and options; a job that ends refreshes the Runs and Compare lists."""
+    def wire(self) -> None:
+        """Start trains on the visitor's data with every setting; a job that ends refreshes the run lists."""
         shared = self.shared
-        watch_outputs = [self.progress, self.advice_box, self.loss_plot, self.acc_plot, self.dist_plot, self.msg,
-                         self.start_btn, self.stop_btn, shared.job_badge]
-        self.start_btn.click(self.on_start, [shared.seen_job, shared.plw, shared.data_state, data.builtin_dd,
-                                             *data.controls.values(), *self.controls.values()],
-                             [self.msg, shared.seen_job], concurrency_limit=4)
-        shared.seen_job.change(self.watch, None, watch_outputs, concurrency_limit=None, show_progress="hidden").then(
-            runs.after_job, [runs.overlay_runs, runs.overlay_metric, runs.run_pick, runs.known_runs], runs.outputs
+        self.start_btn.click(self.on_start, {shared.seen_job, shared.plw, shared.data_state, *shared.settings.values()},
+                             {self.msg, shared.seen_job}, concurrency_limit=4)
+        lists = shared.run_lists
+        shared.seen_job.change(self.watch, None, self.watch_outputs, concurrency_limit=None, show_progress="hidden").then(
+            lists.after_job, lists.inputs, lists.outputs
         )
         shared.job_timer.tick(self.running_job_id, shared.seen_job, shared.seen_job, show_progress="hidden",
                               concurrency_limit=None)
@@ -128,23 +130,20 @@ class TrainTab:
 
     # -- handlers ----------------------------------------------------------------------------------
 
-    def build_config(self, plw_value, dv: DataView | None, builtin_name, option_values, train_values) -> LabConfig:
-        """The run's config: PLW, the Train tab's controls, the data the visitor loaded and the data options."""
-        specs = self.ctx.specs
-        overrides: dict[str, Any] = {"train.prompt_loss_weight": float(plw_value)}
-        for key, value in zip(self.controls, train_values):
+    def build_config(self, values: dict) -> LabConfig:
+        """The run's config: PLW, every setting's control and the data the visitor loaded."""
+        shared, specs = self.shared, self.ctx.specs
+        overrides: dict[str, Any] = {"train.prompt_loss_weight": float(values[shared.plw])}
+        for key, value in shared.setting_values(values).items():
             overrides[key] = coerce_control(key, specs[key], value)
-        for key, value in zip(DATA_OPTIONS, option_values):
-            overrides[key] = coerce_control(key, specs[key], value)
+        dv: DataView | None = values.get(shared.data_state)
         if dv is not None:
             for name in ("source", "format", "column_map", "hf_config", "hf_split"):
                 overrides[f"data.{name}"] = dv.data[name]
-        elif builtin_name:
-            overrides["data.source"] = f"builtin:{builtin_name}"
         overrides["train.output_dir"] = str(self.ctx.runs_path)
         return self.ctx.base.override(overrides)
 
-    def render_job(self, history: History, job: TrainingJob | None, note: str = ""):
+    def render_job(self, history: History, job: TrainingJob | None, note: str = "") -> dict:
         running = job is not None and job.running
         if running and history.status == "idle":
             history_view = dataclasses.replace(history, status="starting")
@@ -158,17 +157,17 @@ class TrainTab:
             error = message_html(f"Stopped at step {(history.last_step or {}).get('step', 0)}: {history.end_message}", "info")
         elif history.status == "finished":
             error = message_html(f"Finished: {history.run_dir}", "ok")
-        return (
-            progress_html(history_view, note),
-            advice_html(history.advice),
-            loss_figure(history),
-            accuracy_figure(history),
-            predicted_distribution_figure(history),
-            error,
-            gr.update(interactive=not running),
-            gr.update(interactive=running),
-            badge_html(job, history),
-        )
+        return {
+            self.progress: progress_html(history_view, note),
+            self.advice_box: advice_html(history.advice),
+            self.loss_plot: loss_figure(history),
+            self.acc_plot: accuracy_figure(history),
+            self.dist_plot: predicted_distribution_figure(history),
+            self.msg: error,
+            self.start_btn: gr.update(interactive=not running),
+            self.stop_btn: gr.update(interactive=running),
+            self.shared.job_badge: badge_html(job, history),
+        }
 
     def watch(self):
         """Stream the current job's events into the charts until it ends (any visitor, any time)."""
@@ -199,20 +198,19 @@ class TrainTab:
                 return
             time.sleep(POLL_SECONDS)
 
-    def on_start(self, seen, plw_value, dv, builtin_name, *values):
-        option_values, train_values = values[:len(DATA_OPTIONS)], values[len(DATA_OPTIONS):]
-        registry = self.ctx.registry
+    def on_start(self, values: dict):
+        shared, registry = self.shared, self.ctx.registry
+        seen = values[shared.seen_job]
         try:
-            cfg = self.build_config(plw_value, dv, builtin_name, option_values, train_values)
-            job = registry.start(cfg)
+            job = registry.start(self.build_config(values))
         except JobBusy as exc:
             gr.Warning(str(exc))
             running = registry.running()
-            return message_html(str(exc), "info"), running.id if running else seen
+            return {self.msg: message_html(str(exc), "info"), shared.seen_job: running.id if running else seen}
         except (ConfigError, DataError, ValueError) as exc:
             gr.Warning(str(exc))
-            return message_html(f"Cannot start: {exc}"), seen
-        return message_html("Training started.", "info"), job.id
+            return {self.msg: message_html(f"Cannot start: {exc}")}
+        return {self.msg: message_html("Training started.", "info"), shared.seen_job: job.id}
 
     def current_job_id(self):
         """On page load: the latest job, running or not, so a reload re-attaches to it."""

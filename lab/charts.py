@@ -172,6 +172,28 @@ def _best_marker(fig: go.Figure, history: History, name: str) -> None:
     )
 
 
+def _metric_trace(history: History, name: str, mode: str = "lines+markers", dash: str = "solid", width: float = 2,
+                  marker: dict | None = None, **extra) -> go.Scatter | None:
+    """One validation metric's curve in its registry colour and format, with its 95% error bars if it has an interval."""
+    xs, ys = history.metric_series(name)
+    if not xs:
+        return None
+    m = METRICS[name]
+    share = m.unit == "share"
+    return go.Scatter(
+        x=xs,
+        y=ys,
+        mode=mode,
+        name=m.label,
+        line={"color": m.colour, "width": width, "dash": dash},
+        marker=marker or {"size": 6},
+        error_y=_error_bars(history, name, xs, ys),
+        text=_interval_text(history, name, xs),
+        hovertemplate=f"step %{{x}}<br>{m.label} %{{y:{'.1%' if share else '.4f'}}}<br>%{{text}}<extra></extra>",
+        **extra,
+    )
+
+
 def loss_figure(history: History, height: int = 340) -> go.Figure:
     """Train loss per step and validation prompt, completion and full-sequence loss, with best marks."""
     if not history.steps and not history.evals:
@@ -188,22 +210,11 @@ def loss_figure(history: History, height: int = 340) -> go.Figure:
                 hovertemplate="step %{x}<br>train loss %{y:.4f}<extra></extra>",
             )
         )
-    for name in ("prompt_loss", "completion_loss", "full_loss"):
-        xs, ys = history.metric_series(name)
-        if not xs:
+    for name in ("prompt_loss", "completion_loss", "answer_loss", "format_loss", "full_loss"):
+        trace = _metric_trace(history, name, dash={"full_loss": "dot", "format_loss": "dash"}.get(name, "solid"), legendgroup=name)
+        if trace is None:
             continue
-        fig.add_trace(
-            go.Scatter(
-                x=xs,
-                y=ys,
-                mode="lines+markers",
-                name=METRIC_LABELS[name],
-                legendgroup=name,
-                line={"color": METRIC_COLORS[name], "width": 2, "dash": "dot" if name == "full_loss" else "solid"},
-                marker={"size": 6},
-                hovertemplate=f"step %{{x}}<br>{METRIC_LABELS[name]} %{{y:.4f}}<extra></extra>",
-            )
-        )
+        fig.add_trace(trace)
         _best_marker(fig, history, name)
     fig.update_layout(
         template=PLOT_TEMPLATE,
@@ -227,8 +238,37 @@ def _step_range(history: History) -> list[float] | None:
     return [-pad, end + pad]
 
 
+def _error_bars(history: History, name: str, xs: list[int], ys: list[float]) -> dict | None:
+    """Plotly `error_y` of metric `name`'s 95% interval at the steps `xs` (None without intervals)."""
+    ix, lows, highs = history.interval_series(name)
+    bounds = dict(zip(ix, zip(lows, highs)))
+    if not bounds:
+        return None
+    return {
+        "type": "data",
+        "array": [bounds[x][1] - y if x in bounds else 0 for x, y in zip(xs, ys)],
+        "arrayminus": [y - bounds[x][0] if x in bounds else 0 for x, y in zip(xs, ys)],
+        "thickness": 1.2,
+        "width": 3,
+    }
+
+
+def _interval_text(history: History, name: str, xs: list[int]) -> list[str]:
+    ix, lows, highs = history.interval_series(name)
+    bounds = dict(zip(ix, zip(lows, highs)))
+    return [f"95% interval {bounds[x][0]:.0%}\u2013{bounds[x][1]:.0%}" if x in bounds else "" for x in xs]
+
+
+#: Accuracy-like curves of the accuracy figure: answer accuracy first, then what exists for the data.
+ACCURACY_CURVES = ("answer_accuracy", "answer_accuracy_generated", "balanced_accuracy", "auc", "candidate_mass")
+
+
 def accuracy_figure(history: History, height: int = 340) -> go.Figure:
-    """Validation answer accuracy with the majority-class baseline and the best mark."""
+    """Validation answer accuracy with its 95% (Wilson) error bars, beside the majority baseline and chance.
+
+    Also drawn where the data has them: generated-answer accuracy (first and last evaluation),
+    balanced accuracy and ROC AUC (classification), and candidate mass (answer format).
+    """
     xs, ys = history.metric_series("answer_accuracy")
     if not xs:
         message = (
@@ -238,33 +278,23 @@ def accuracy_figure(history: History, height: int = 340) -> go.Figure:
         )
         return empty_figure(message, height)
     fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=xs,
-            y=ys,
-            mode="lines+markers",
-            name=METRIC_LABELS["answer_accuracy"],
-            line={"color": METRIC_COLORS["answer_accuracy"], "width": 2},
-            hovertemplate="step %{x}<br>accuracy %{y:.1%}<extra></extra>",
+    for name in ACCURACY_CURVES:
+        sparse = name == "answer_accuracy_generated"  # measured at the first and last evaluation only
+        trace = _metric_trace(
+            history, name, mode="markers" if sparse else "lines+markers", dash="dot" if name in ("candidate_mass", "auc") else "solid",
+            width=2 if name == "answer_accuracy" else 1.5, marker={"size": 10 if sparse else 6, "symbol": "diamond" if sparse else "circle"},
         )
-    )
-    bx, by = history.metric_series("majority_baseline")
-    if bx:
-        fig.add_trace(
-            go.Scatter(
-                x=bx,
-                y=by,
-                mode="lines",
-                name=METRIC_LABELS["majority_baseline"],
-                line={"color": METRIC_COLORS["majority_baseline"], "dash": "dash", "width": 2},
-                hovertemplate="majority baseline %{y:.1%}<extra></extra>",
-            )
-        )
+        if trace is not None:
+            fig.add_trace(trace)
+    for name, dash in (("majority_baseline", "dash"), ("chance", "dot")):
+        trace = _metric_trace(history, name, mode="lines", dash=dash)
+        if trace is not None:
+            fig.add_trace(trace)
     _best_marker(fig, history, "answer_accuracy")
     fig.update_layout(
         template=PLOT_TEMPLATE,
         height=height,
-        title={"text": "Validation answer accuracy (\u2605 = best)", "font": {"size": 14}},
+        title={"text": "Validation answer accuracy, 95% intervals (\u2605 = best)", "font": {"size": 14}},
         xaxis={"title": "optimiser step", "range": _step_range(history)},
         yaxis={"title": "accuracy", "tickformat": ".0%", "range": [0, 1.02]},
         legend={"orientation": "h", "y": -0.22},
@@ -356,7 +386,9 @@ def overlay_figure(runs: Sequence, metric: str = "completion_loss", height: int 
             continue
         plw = run_plw(run)
         label = f"PLW {plw:g} \u00b7 {run.name}" if plw is not None else run.name
+        error = _error_bars(history, metric, xs, ys) if metric in METRICS and METRICS[metric].interval else None
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if metric != "train_loss" else "lines", name=label,
+                                 error_y=error,
                                  hovertemplate=f"{html.escape(run.name)}<br>step %{{x}}: %{{y:.4g}}<extra></extra>"))
     if not fig.data:
         return empty_figure(f"The chosen runs have no {METRIC_LABELS.get(metric, metric)} values", height)
@@ -400,7 +432,7 @@ def plw_sweep_figure(runs: Sequence, height: int = 380) -> go.Figure:
         loss = (best.get("completion_loss") or {}).get("value")
         if acc is None and loss is None:
             continue
-        points.append((plw, acc, loss, run.name, odd.get(run.name, "")))
+        points.append((plw, acc, loss, run.name, odd.get(run.name, ""), (best.get("answer_accuracy") or {}).get("ci")))
     if not points:
         return empty_figure("Runs with evaluations appear here: best metrics against PLW", height)
     zero = plw_zero_position(p[0] for p in points)
@@ -413,6 +445,7 @@ def plw_sweep_figure(runs: Sequence, height: int = 380) -> go.Figure:
             chosen = [(x, p) for x, p in zip(xs, points) if p[index] is not None and bool(p[4]) == hollow]
             if not chosen:
                 continue
+            intervals = [p[5] if index == 1 else None for _, p in chosen]  # Wilson 95% of the best accuracy
             fig.add_trace(
                 go.Scatter(
                     x=[x for x, _ in chosen],
@@ -423,6 +456,11 @@ def plw_sweep_figure(runs: Sequence, height: int = 380) -> go.Figure:
                     marker={"size": 10, "symbol": f"{symbol}-open" if hollow else symbol, "color": colour},
                     line={"color": colour, "width": 1, "dash": "dot"},
                     text=[f"{p[3]} (PLW {p[0]:g})" + (f"; differs: {p[4]}" if p[4] else "") for _, p in chosen],
+                    error_y={
+                        "type": "data",
+                        "array": [ci[1] - p[index] if ci else 0 for ci, (_, p) in zip(intervals, chosen)],
+                        "arrayminus": [p[index] - ci[0] if ci else 0 for ci, (_, p) in zip(intervals, chosen)],
+                    } if any(intervals) else None,
                     hovertemplate=f"%{{text}}<br>{name} %{{y:{fmt}}}<extra></extra>",
                 )
             )

@@ -1,6 +1,7 @@
 """`lab`: train, evaluate, compare and inspect from the terminal.
 
     lab train --plw 0.1 --set train.max_steps=60
+    lab train --resume runs/<run>       # continue a stopped, interrupted or failed run from its checkpoint
     lab inspect -n 2                    # tokens coloured by weight, with labels
     lab eval runs/<run>                 # validation metrics, adapter on and off
     lab compare runs/<run>              # generations, answers and forgetting probe, on vs off
@@ -8,16 +9,26 @@
     lab config > my.yaml                # every setting with its default; edit, then --config my.yaml
 
 Multi-GPU: `accelerate launch -m lab train ...` (DDP, FSDP or DeepSpeed as accelerate is configured).
+
+SIGTERM and Ctrl-C stop `lab train` like the app's Stop button: the current optimiser step
+finishes, the adapter and checkpoint are saved, summary.json says `stopped`, and the exit code is
+128 + the signal number (143 for SIGTERM, 130 for Ctrl-C). A second Ctrl-C quits at once; the run
+then resumes from its last periodic checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
+import time
 
 from .config import ConfigError, LabConfig, parse_overrides
-from .metrics import RANKED, format_value
+from .metrics import RANKED, metric
+from .metrics import label as metric_label
 
 # Shortcut flags for the settings changed most often; everything else goes through --set.
 SHORTCUTS = {
@@ -29,6 +40,32 @@ SHORTCUTS = {
     "lr": "train.learning_rate",
     "output_dir": "train.output_dir",
 }
+
+
+SHORTCUT_FLAGS = {f"--{flag.replace('_', '-')}" for flag in SHORTCUTS}
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """`--lr -1e-3` as `--lr=-1e-3`.
+
+    argparse takes a value such as '-1e-3' for an unknown flag and stops with "expected one
+    argument"; joined, the value reaches the config, whose range check says what is allowed.
+    """
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in SHORTCUT_FLAGS and arg.startswith("-") and _is_number(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +86,19 @@ def build_config(args) -> LabConfig:
 
 # -- printing ---------------------------------------------------------------------------------
 
-RESET, DIM, BOLD, GREEN, CYAN, YELLOW, RED = "\033[0m", "\033[2m", "\033[1m", "\033[32m", "\033[36m", "\033[33m", "\033[31m"
+ANSI = {"RESET": "\033[0m", "DIM": "\033[2m", "BOLD": "\033[1m", "GREEN": "\033[32m", "CYAN": "\033[36m",
+        "YELLOW": "\033[33m", "RED": "\033[31m"}
+RESET = DIM = BOLD = GREEN = CYAN = YELLOW = RED = ""  # set by `set_colour`; empty means plain text
+
+
+def colour_wanted(stream) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set to anything (https://no-color.org)."""
+    return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
+
+
+def set_colour(enabled: bool) -> None:
+    """Turn the escape codes every print uses on or off."""
+    globals().update({name: code if enabled else "" for name, code in ANSI.items()})
 
 
 def colour_tokens(tokenizer, enc, plw: float, colour: bool = True) -> str:
@@ -57,7 +106,7 @@ def colour_tokens(tokenizer, enc, plw: float, colour: bool = True) -> str:
     out = []
     for token_id, prompt, completion in zip(enc.input_ids, enc.prompt_mask, enc.completion_mask):
         piece = tokenizer.decode([token_id]).replace("\n", "↵\n")
-        if not colour:
+        if not colour or not RESET:
             out.append(f"[{piece}]" if completion else piece)
         elif completion:
             out.append(f"{BOLD}{GREEN}{piece}{RESET}")
@@ -81,7 +130,10 @@ def print_event(event, stream=None) -> None:
     stream = stream or sys.stdout
     kind = event.kind
     if kind == "started":
-        print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps", file=stream)
+        stopping = f", best adapter by {event.early_stopping_metric}" if getattr(event, "early_stopping_metric", "") else ""
+        print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps{stopping}", file=stream)
+        for note in event.data_report.get("notes", []):
+            print(f"{YELLOW}data: {note}{RESET}", file=stream)
         for note in event.skipped[:5]:
             print(f"{YELLOW}skipped: {note}{RESET}", file=stream)
         cut = event.truncation or {}
@@ -99,7 +151,7 @@ def print_event(event, stream=None) -> None:
         )
     elif kind == "eval":
         m = event.metrics
-        shown = [f"{name} {format_value(name, m[name])}" for name in (*RANKED, "majority_baseline") if m.get(name) is not None]
+        shown = [f"{name} {metric(name).format_with_interval(m)}" for name in (*RANKED, "unparseable", "majority_baseline", "chance") if m.get(name) is not None]
         if m.get("predicted"):
             shown.append(f"predicted {m['predicted']}")
         print(f"{BOLD}eval step {event.step:>4}{RESET}  " + "  ".join(shown) + ("  *best*" if event.is_best else ""), file=stream)
@@ -109,18 +161,79 @@ def print_event(event, stream=None) -> None:
         print(f"{RED}failed at step {event.step}: {event.error}{RESET}", file=stream)
 
 
+class ProgressBar:
+    """A tqdm bar over a run's steps on stderr, naming the phase (loading, evaluating step N,
+    training, final evaluation, comparing) with its elapsed time and the ETA evaluations included;
+    every event is printed above it. Where the stream is not a terminal (a log file) there is no
+    bar: each new phase is printed as a line instead."""
+
+    def __init__(self, printer=None, stream=None) -> None:
+        from tqdm import tqdm
+
+        from .history import History
+
+        self.stream = stream or sys.stderr
+        self.printer = printer or print_event
+        self.history = History()
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bar = tqdm(total=0, file=self.stream, unit="step", dynamic_ncols=True, leave=True, disable=not self.live,
+                        bar_format="{desc}: {bar} {n_fmt}/{total_fmt} steps{postfix}")
+
+    def __call__(self, event) -> None:
+        self.history.add(event)
+        if self.live:
+            with self.bar.external_write_mode():
+                self.printer(event)
+            self.refresh()
+        else:
+            self.printer(event)
+            if event.kind == "phase":
+                print(f"{DIM}\u2026 {self.history.phase_progress(time.time())[0]}{RESET}", file=sys.stdout)
+
+    def refresh(self, now: float | None = None) -> None:
+        from .text_views import format_duration
+
+        now = time.time() if now is None else now
+        history, bar = self.history, self.bar
+        if history.total_steps and bar.total != history.total_steps:
+            bar.total = history.total_steps
+        step = int((history.last_step or {}).get("step") or 0)
+        if step != bar.n:
+            bar.n = step
+        what, _ = history.phase_progress(now)
+        bar.set_description_str(history.status if history.done else (what or "starting"), refresh=False)
+        eta = history.eta(now)
+        postfix = f" | elapsed {format_duration(history.elapsed(now))}"
+        if not history.done:
+            postfix += f" | ETA {format_duration(eta)}" if eta is not None else ""
+        bar.set_postfix_str(postfix.lstrip(" |"), refresh=False)
+        bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def print_comparison(comparison: dict, stream=None) -> None:
     stream = stream or sys.stdout
     on, off = comparison["on"], comparison["off"]
-    print(f"{'':28}{'adapter off':>14}{'adapter on':>14}", file=stream)
-    for key in (*RANKED, "majority_baseline"):
+    print(f"{'':28}{'adapter off':>22}{'adapter on':>22}", file=stream)
+    for key in (*RANKED, "unparseable", "majority_baseline", "chance"):
         a, b = off["metrics"].get(key), on["metrics"].get(key)
-        if a is not None:
-            print(f"{key:28}{format_value(key, a):>14}{format_value(key, b):>14}", file=stream)
+        if a is not None or b is not None:
+            m = metric(key)
+            print(f"{key:28}{m.format_with_interval(off['metrics']):>22}{m.format_with_interval(on['metrics']):>22}", file=stream)
     if off.get("probe_perplexity") is not None:
-        print(f"{'forgetting probe perplexity':28}{off['probe_perplexity']:>14.2f}{on['probe_perplexity']:>14.2f}", file=stream)
+        print(f"{'forgetting probe perplexity':28}{off['probe_perplexity']:>22.2f}{on['probe_perplexity']:>22.2f}", file=stream)
     if "predicted" in off["metrics"]:
-        print(f"{'predicted answers':28}{json.dumps(off['metrics']['predicted']):>14} {json.dumps(on['metrics']['predicted'])}", file=stream)
+        print(f"{'predicted answers':28}{json.dumps(off['metrics']['predicted']):>22} {json.dumps(on['metrics']['predicted'])}", file=stream)
+    for key, test in (comparison.get("paired") or {}).items():
+        print(
+            f"{BOLD}{key}, adapter off vs on{RESET} (exact McNemar on the same {test['n']} examples): right only off "
+            f"{test['first_only']}, right only on {test['second_only']}, p = {test['p_value']:.3g}: {test['verdict']}",
+            file=stream,
+        )
+    if comparison.get("format_vs_task"):
+        print(comparison["format_vs_task"]["text"], file=stream)
     for i, example in enumerate(comparison.get("examples", [])):
         print(f"\n{BOLD}example {i}{RESET} (reference: {example['reference']!r})", file=stream)
         print(f"  off: {off['generations'][i]!r}\n  on:  {on['generations'][i]!r}", file=stream)
@@ -129,30 +242,70 @@ def print_comparison(comparison: dict, stream=None) -> None:
 # -- commands ---------------------------------------------------------------------------------
 
 
-def cmd_train(args) -> int:
-    from .training import is_main_process, train
+def stop_on_signals(stop) -> dict:
+    """SIGTERM and the first Ctrl-C ask `stop` (a `StopRequest`) to stop the run after the current
+    step; a second Ctrl-C raises KeyboardInterrupt at once. Returns the previous handlers. Signal
+    handlers exist only in the main thread, so elsewhere (an app's training thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
 
-    cfg = build_config(args)
-    result = train(cfg, subscribers=[print_event])
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.signal = signum
+        stop.request(f"stopped by {name}")
+        print(f"\n{YELLOW}{name}: stopping after the current optimiser step and saving"
+              f"{' (Ctrl-C again quits at once)' if signum == signal.SIGINT else ''}{RESET}", file=sys.stderr)
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def cmd_train(args) -> int:
+    from .training import StopRequest, is_main_process, resume, train
+
+    stop = StopRequest()
+    if args.resume and (args.config or args.set or any(getattr(args, flag, None) is not None for flag in SHORTCUTS)):
+        raise ConfigError("--resume continues a run with its own config.yaml; leave out --config, --set and the shortcut flags")
+    bar = ProgressBar() if is_main_process() and not args.no_progress else None
+    previous = stop_on_signals(stop)
+    try:
+        subscribers = [bar or print_event]
+        if args.resume:
+            result = resume(args.resume, subscribers=subscribers, stop=stop)
+        else:
+            result = train(build_config(args), subscribers=subscribers, stop=stop)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        if bar is not None:
+            bar.close()
     if is_main_process():  # under `accelerate launch` every process gets here; one report is enough
         if result.comparison:
             print()
             print_comparison(result.comparison)
         print(f"\nrun folder: {result.run_dir}")
-    return 1 if result.status == "failed" else 0
+        if result.status in ("stopped", "failed"):
+            print(f"resume with: lab train --resume {result.run_dir}")
+    if result.status == "failed":
+        return 1
+    return 128 + stop.signal if stop.signal else 0
 
 
-def _load_run_model(run_dir: str):
+def _load_run_model(run_dir: str, which: str = ""):
     from .evaluation import device_of
     from .models import load_adapter, load_model, load_tokenizer
     from .runs import load_run
     from .training import prepare
 
     run = load_run(run_dir)
-    if run.config is None or run.adapter_dir() is None:
-        raise SystemExit(f"{run_dir}: the run has no readable config or no saved adapter")
+    found = run.adapter(which)
+    if run.config is None or found is None:
+        raise SystemExit(f"{run_dir}: the run has no readable config or no saved {which + ' ' if which else ''}adapter")
+    folder, step = found
+    print(f"adapter: {folder} (step {step if step is not None else 'unknown'})")
     tokenizer = load_tokenizer(run.config.model)
-    model = load_adapter(load_model(run.config.model), run.adapter_dir())
+    model = load_adapter(load_model(run.config.model), folder)
     data = prepare(run.config, tokenizer)
     return run, model, tokenizer, data, device_of(model)
 
@@ -160,12 +313,31 @@ def _load_run_model(run_dir: str):
 def cmd_eval(args) -> int:
     from .evaluation import adapter, evaluate
 
-    run, model, tokenizer, data, _ = _load_run_model(args.run)
-    for label, enabled in (("adapter off", False), ("adapter on", True)):
+    run, model, tokenizer, data, _ = _load_run_model(args.run, args.adapter)
+    measured = {}
+    for label, enabled in (("off", False), ("on", True)):
         with adapter(model, enabled):
-            metrics = evaluate(model, data.val, tokenizer.pad_token_id, run.config.eval.batch_size, run.config.train.chunk_size)
-        print(f"{BOLD}{label}{RESET}: " + json.dumps({k: v for k, v in metrics.items()}, default=str))
+            measured[label] = evaluate(model, data.val, tokenizer.pad_token_id, run.config.eval.batch_size,
+                                       run.config.train.chunk_size)
+    print(f"{BOLD}{run.name}{RESET}: {len(data.val)} validation examples")
+    print(metrics_table(measured["off"], measured["on"]))
     return 0
+
+
+def metrics_table(off: dict, on: dict) -> str:
+    """Validation metrics with the adapter off and on, one row a metric, in the registry's labels and formats
+    (accuracies with their 95% interval)."""
+    rows = [(metric_label(name), metric(name).format_with_interval(off), metric(name).format_with_interval(on))
+            for name in (*RANKED, "unparseable", "majority_baseline", "chance") if off.get(name) is not None]
+    for key in ("predicted", "answers"):
+        if off.get(key):
+            rows.append((key.replace("_", " "), json.dumps(off[key]), json.dumps(on.get(key))))
+    width = max([len("metric")] + [len(r[0]) for r in rows])
+    cols = [max([len("adapter off")] + [len(r[1]) for r in rows]), max([len("adapter on")] + [len(r[2]) for r in rows])]
+    lines = [f"{'metric':<{width}}  {'adapter off':>{cols[0]}}  {'adapter on':>{cols[1]}}",
+             f"{'-' * width}  {'-' * cols[0]}  {'-' * cols[1]}"]
+    lines += [f"{a:<{width}}  {b:>{cols[0]}}  {c:>{cols[1]}}" for a, b, c in rows]
+    return "\n".join(lines)
 
 
 def cmd_compare(args) -> int:
@@ -174,9 +346,15 @@ def cmd_compare(args) -> int:
     from .runs import load_run
 
     run = load_run(args.run)
-    comparison = None if args.recompute else run.comparison()
-    if comparison is None:
-        run, model, tokenizer, data, _ = _load_run_model(args.run)
+    kept = run.summary.get("adapter")
+    # compare.json was made with the adapter the summary keeps; another choice is recomputed.
+    reuse = not args.recompute and (not args.adapter or run.adapter(args.adapter) == run.adapter())
+    comparison = run.comparison() if reuse else None
+    if comparison is not None:
+        step = run.summary.get("adapter_step")
+        print(f"adapter: {run.path / kept if kept else 'the one kept at the end of training'} (step {step}; from compare.json)")
+    else:
+        run, model, tokenizer, data, _ = _load_run_model(args.run, args.adapter)
         e = run.config.eval
         comparison = compare(model, tokenizer, data.val, general_text()[: e.probe_texts], e.generations, e.max_new_tokens, e.batch_size, run.config.train.chunk_size)
     print_comparison(comparison)
@@ -184,7 +362,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .data import load_examples
+    from .data import DataError, load_examples
     from .masks import encode_fitted
     from .models import load_tokenizer
     from .packing import packing_efficiency
@@ -194,16 +372,24 @@ def cmd_inspect(args) -> int:
     tokenizer = load_tokenizer(cfg.model)
     examples = load_examples(cfg.data)
     plw = cfg.train.prompt_loss_weight
-    colour = sys.stdout.isatty() or args.colour
+    colour = colour_wanted(sys.stdout) or args.colour
+    set_colour(colour)
     d = cfg.data
     fitted = encode_fitted(tokenizer, examples, d.max_length, d.max_length_cap, d.train_eos)
     encoded, skipped, cut = fitted.encoded, fitted.skipped, fitted.truncation
+    if not encoded:
+        raise DataError(
+            f"none of the {len(examples)} examples fits into data.max_length={fitted.max_length}"
+            + (f" (first: {skipped[0]})" if skipped else "") + "; raise data.max_length or shorten the completions"
+        )
     s = length_stats(encoded).summary()
     print(
         f"{len(encoded)} examples ({len(skipped)} skipped as too long): prompt tokens mean {s['prompt_tokens']['mean']:.1f} "
         f"as written, completion tokens mean {s['completion_tokens']['mean']:.1f}, generation ratio Rg mean {s['rg_mean']:.4g}, "
         f"geometric mean {s['rg_geomean']:.4g}; label balance {label_counts(examples) or 'n/a'}"
     )
+    for note in examples.report.lines():
+        print(f"{YELLOW}data: {note}{RESET}")
     print(
         f"max_length {fitted.max_length}{' (auto)' if not d.max_length else ''}: {cut['examples_cut']} examples cut, "
         f"{cut['tokens_cut']} tokens, {cut['prompt_share_cut']:.1%} of prompt tokens; {cut['examples_skipped']} skipped; "
@@ -287,42 +473,96 @@ def cmd_config(args) -> int:
     return 0
 
 
+#: Two or three examples per command, shown by `lab COMMAND --help`.
+EXAMPLES = {
+    "train": """examples:
+  lab train --plw 0.1 --set train.max_steps=60        # PLW 0.1 on the built-in set, 60 steps
+  lab train --data my.jsonl --model tiny-random --plw 0
+  lab train --config my.yaml --no-progress > log.txt   # events only, no progress bar""",
+    "eval": """examples:
+  lab eval runs/20260101-120000-plw0.1                # the metrics table, adapter off and on
+  lab eval "$(ls -d runs/* | tail -1)"                 # the newest run""",
+    "compare": """examples:
+  lab compare runs/<run>                  # reads the comparison saved when the run finished
+  lab compare runs/<run> --recompute      # evaluates again (e.g. after editing eval.* settings)""",
+    "inspect": """examples:
+  lab inspect -n 2 --plw 0.1 --table      # two examples token by token, with label and weight per token
+  lab inspect --data my.csv --model tiny-random -n 1
+  NO_COLOR=1 lab inspect -n 1             # completion tokens in [brackets] instead of colour""",
+    "sweep": """examples:
+  lab sweep --plws 0,0.01,0.1,1 --seeds 0,1,2 --max-steps 40   # 12 runs on one validation split
+  lab sweep --model tiny-random --plws 0,1 --seeds 0 --name smoke""",
+    "config": """examples:
+  lab config > my.yaml                    # every setting with its default
+  lab config --plw 0.5 --set lora.r=16    # see what the overrides change""",
+}
+
+
+def lab_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("plw-lab")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lab", description="PLW Lab: prompt-loss-weighted fine-tuning.")
+    set_colour(colour_wanted(sys.stdout))
+    parser = argparse.ArgumentParser(prog="lab", description="PLW Lab: prompt-loss-weighted fine-tuning.",
+                                     epilog="examples:\n" + __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {lab_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a LoRA adapter and compare it with the base model")
+
+    def command(name: str, help_text: str):
+        return sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                              epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("train", "train a LoRA adapter and compare it with the base model")
     _config_args(p)
+    p.add_argument("--no-progress", action="store_true", help="print the events only, without the progress bar")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped, interrupted or failed run from its last checkpoint")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("eval", help="validation metrics of a run, adapter on and off")
+    adapter_help = "which adapter: final (adapter/), best (best_adapter/) or last (last_adapter/); default: the one summary.json keeps"
+    p = command("eval", "validation metrics of a run, adapter on and off")
     p.add_argument("run", help="run folder")
+    p.add_argument("--adapter", choices=("final", "best", "last"), default="", help=adapter_help)
     p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("compare", help="adapter on vs off: generations, answers, forgetting probe")
+    p = command("compare", "adapter on vs off: generations, answers, forgetting probe")
     p.add_argument("run", help="run folder")
+    p.add_argument("--adapter", choices=("final", "best", "last"), default="", help=adapter_help)
     p.add_argument("--recompute", action="store_true", help="recompute instead of reading compare.json")
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("inspect", help="show examples token by token with their masks and weights")
+    p = command("inspect", "show examples token by token with their masks and weights")
     _config_args(p)
     p.add_argument("-n", type=int, default=3, help="how many examples")
     p.add_argument("--table", action="store_true", help="also print one row per token: id, label, weight")
     p.add_argument("--colour", action="store_true", help="colour even when not writing to a terminal")
     p.set_defaults(func=cmd_inspect)
-    p = sub.add_parser("sweep", help="train a grid of PLW values x seeds on one split; write sweep.csv")
+    p = command("sweep", "train a grid of PLW values x seeds on one split; write sweep.csv")
     _config_args(p)
     p.add_argument("--plws", help="comma list of PLW values (default: the PLW presets 0, 0.01, 0.1, 0.5, 1)")
     p.add_argument("--seeds", default="0,1", help="comma list of train.seed values (LoRA initialisation and data order)")
     p.add_argument("--name", default="", help="name of the sweep folder under train.output_dir")
     p.set_defaults(func=cmd_sweep)
-    p = sub.add_parser("config", help="print the full config (defaults plus overrides) as YAML")
+    p = command("config", "print the full config (defaults plus overrides) as YAML")
     _config_args(p)
     p.set_defaults(func=cmd_config)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else list(argv)))
     from .data import DataError
     from .models import ModelError
+    from .runs import ResumeError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelError, FileNotFoundError) as exc:
-        print(f"{RED}error: {exc}{RESET}", file=sys.stderr)
+    except KeyboardInterrupt:  # a second Ctrl-C: the run keeps its last checkpoint
+        red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
+        print(f"\n{red}interrupted; `lab train --resume RUN_DIR` continues from the last checkpoint{reset}", file=sys.stderr)
+        return 130
+    except (ConfigError, DataError, ModelError, ResumeError, FileNotFoundError) as exc:
+        red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
+        print(f"{red}error: {exc}{reset}", file=sys.stderr)
         return 2
 
 

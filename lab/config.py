@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import string
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -112,6 +114,13 @@ class DataConfig:
         "{letter}",
         "How the answer letter is written as the completion, e.g. '{letter}' or '({letter})'.",
     )
+    on_error: str = _f(
+        "fail",
+        "What to do with a record that cannot become an example (a missing or empty field, an answer that is "
+        "not an option): 'fail' stops with a message naming the record, 'skip' leaves it out and reports how "
+        "many were skipped and why.",
+        choices=("fail", "skip"),
+    )
     group_by: str = _f(
         "",
         "Examples sharing a group key fall on one side of the validation split only, so validation never "
@@ -133,6 +142,8 @@ class DataConfig:
         0,
         "Seed of the train/validation split alone, so runs with different train.seed values (adapter "
         "initialisation, data order) are compared on the same validation examples.",
+        min=0,
+        max=2**32 - 1,
     )
 
 
@@ -188,17 +199,24 @@ class TrainConfig:
         "and keep their weights, so the loss is the same; only padding work goes away. Pays off when lengths vary.",
     )
     eval_interval: int = _f(
-        20, "Evaluate on the validation set every this many optimiser steps (and at step 0 and the end).", min=1
+        4,
+        "Evaluate on the validation set every this many optimiser steps (and at step 0 and the end). Evaluations "
+        "after the first reuse the frozen-layer cache and cost only the adapted layers, so the default draws 11 "
+        "points over the default 40 steps.",
+        min=1,
     )
     early_stopping_metric: str = _f(
-        "completion_loss",
-        "Validation metric that picks the best adapter and drives early stopping. Full-sequence loss is "
-        "available but a poor choice: it is dominated by prompt tokens.",
-        choices=STOPPING_METRICS,
+        "auto",
+        "Validation metric that picks the best adapter and drives early stopping. 'auto': answer loss where the "
+        "data has candidate answers (multiple choice, classification), completion loss for free-form data. "
+        "Completion loss of letter answers is mostly the end-of-turn token's, which is learnt in a few steps; "
+        "full-sequence loss is dominated by prompt tokens.",
+        choices=("auto", *STOPPING_METRICS),
     )
     patience: int = _f(0, "Stop after this many evaluations without improvement (0: never stop early).", min=0)
     restore_best: bool = _f(True, "At the end, keep the adapter from the best evaluation rather than the last step.")
-    seed: int = _f(0, "Seed for the adapter initialisation and the order of the training examples (the split has data.split_seed).")
+    seed: int = _f(0, "Seed for the adapter initialisation and the order of the training examples (the split has "
+                   "data.split_seed).", min=0, max=2**32 - 1)
     output_dir: str = _f("runs", "Folder that receives one sub-folder per run.")
     run_name: str = _f("", "Name of the run folder (empty: a name from the time and PLW).")
     cache_frozen_layers: bool = _f(
@@ -209,6 +227,19 @@ class TrainConfig:
     chunk_size: int = _f(
         1024, "Positions per chunk in the chunked cross-entropy; bounds the logits held in memory.", min=16
     )
+    save_interval_steps: int = _f(
+        10,
+        "Save a resumable checkpoint (the adapter, optimiser, scheduler, random-number and data-order state) "
+        "in last_adapter/ every this many optimiser steps (0: only by time), written to a temporary folder and "
+        "renamed so a crash mid-write never replaces a good one.",
+        min=0,
+    )
+    save_interval_seconds: float = _f(
+        300.0,
+        "Also save the checkpoint when this many seconds have passed since the last one, whichever comes "
+        "first (0: only by steps). `lab train --resume RUN_DIR` continues from it.",
+        min=0.0,
+    )
 
 
 @dataclass
@@ -217,6 +248,12 @@ class EvalConfig:
     max_new_tokens: int = _f(32, "Longest greedy generation.", min=1)
     probe_texts: int = _f(12, "General-text passages in the forgetting probe (0: skip the probe).", min=0)
     batch_size: int = _f(8, "Examples per evaluation forward pass.", min=1)
+    answer_tokens: int = _f(
+        4,
+        "New tokens generated greedily to read the generated answer of multiple-choice and classification data "
+        "(at the first and last evaluation and in the on/off comparison); an answer that names no candidate is wrong.",
+        min=1,
+    )
 
 
 @dataclass
@@ -240,6 +277,8 @@ class LabConfig:
             raise ConfigError("data.val_size: use a fraction below 1 or a whole number of examples")
         _parse_layers(self.lora.layers)
         _check_template(self.model.chat_template)
+        for name, allowed in TEMPLATE_FIELDS.items():
+            _check_format_fields(f"data.{name}", getattr(self.data, name), allowed)
         return self
 
     # -- (de)serialisation ---------------------------------------------------------------------
@@ -248,16 +287,25 @@ class LabConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LabConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"a config must be a mapping of sections ({', '.join(_SECTIONS)}) to settings; got {type(data).__name__}"
+            )
         sections = {}
         for section in fields(cls):
-            values = dict(data.get(section.name) or {})
-            known = {f.name for f in fields(_SECTIONS[section.name])}
-            unknown = set(values) - known
+            values = data.get(section.name) or {}
+            if not isinstance(values, dict):
+                raise ConfigError(
+                    f"config section {section.name!r} must be a mapping of setting: value; got {type(values).__name__} {values!r}"
+                )
+            known = {f.name: f for f in fields(_SECTIONS[section.name])}
+            unknown = set(values) - set(known)
             if unknown:
                 raise ConfigError(
-                    f"unknown setting(s) {', '.join(f'{section.name}.{k}' for k in sorted(unknown))}; "
+                    f"unknown setting(s) {', '.join(f'{section.name}.{k}' for k in sorted(map(str, unknown)))}; "
                     f"known: {', '.join(sorted(known))}"
                 )
+            values = {k: _from_file(f"{section.name}.{k}", known[k], v) for k, v in values.items()}
             sections[section.name] = _SECTIONS[section.name](**values)
         extra = set(data) - set(_SECTIONS)
         if extra:
@@ -276,15 +324,34 @@ class LabConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "LabConfig":
-        path = Path(path)
-        text = path.read_text(encoding="utf-8")
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise ConfigError(f"config file {str(path)!r} does not exist; write one with `lab config > my.yaml`")
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} is a folder, not a YAML or JSON file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}); re-save it as UTF-8") from None
         if path.suffix == ".json":
-            data = json.loads(text)
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"config file {str(path)!r}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
         else:
             import yaml
 
-            data = yaml.safe_load(text) or {}
-        return cls.from_dict(data)
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                where = getattr(exc, "problem_mark", None)
+                line = f" at line {where.line + 1}" if where is not None else ""
+                problem = getattr(exc, "problem", None) or str(exc)
+                raise ConfigError(f"config file {str(path)!r}: invalid YAML{line}: {problem}") from None
+        try:
+            return cls.from_dict({} if data is None else data)
+        except ConfigError as exc:
+            raise ConfigError(f"config file {str(path)!r}: {exc}") from None
 
     def override(self, dotted: dict[str, Any]) -> "LabConfig":
         """A copy with `{'train.prompt_loss_weight': 0.1, ...}` applied; values given as strings are parsed."""
@@ -307,6 +374,27 @@ def _check_template(template: str) -> None:
         ImmutableSandboxedEnvironment().from_string(template)
     except TemplateSyntaxError as exc:
         raise ConfigError(f"model.chat_template: not a valid Jinja template (line {exc.lineno}: {exc.message})") from exc
+
+
+#: The fields each data template may name; anything else would fail on the first record.
+TEMPLATE_FIELDS = {
+    "mc_template": ("context", "question", "options"),
+    "classification_template": ("text", "options"),
+    "answer_format": ("letter",),
+}
+
+
+def _check_format_fields(name: str, template: str, allowed: tuple[str, ...]) -> None:
+    try:
+        named = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as exc:
+        raise ConfigError(f"{name}: not a valid template ({exc}); write a literal brace as {{{{ or }}}}") from None
+    bad = [field for field in named if field not in allowed]
+    if bad:
+        raise ConfigError(
+            f"{name} names {', '.join('{' + b + '}' for b in bad)}, which records do not have; "
+            f"it may use {', '.join('{' + a + '}' for a in allowed)} (write a literal brace as {{{{ or }}}})"
+        )
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "lora": LoraConfig, "train": TrainConfig, "eval": EvalConfig}
@@ -332,12 +420,40 @@ def _check_field(name: str, f: dataclasses.Field, value: Any) -> None:
         raise ConfigError(f"{name} must be of type {expected.__name__}, got {value!r}")
     if value != value:  # NaN
         raise ConfigError(f"{name} is NaN")
+    if isinstance(value, float) and math.isinf(value):
+        raise ConfigError(f"{name} must be a finite number; got {value!r}")
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
     if "min" in meta and value < meta["min"]:
         raise ConfigError(f"{name} must be at least {meta['min']}; got {value!r}")
     if "max" in meta and value > meta["max"]:
         raise ConfigError(f"{name} must be at most {meta['max']}; got {value!r}")
+
+
+def _whole(value: float, key: str) -> int:
+    """`value` as an int when it is a whole finite number (8.0 is 8); 1.9 is refused, never cut to 1."""
+    if not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite whole number; got {value!r}")
+    if value != int(value):
+        raise ConfigError(f"{key} must be a whole number; got {value!r}")
+    return int(value)
+
+
+def _from_file(key: str, f: dataclasses.Field, value: Any) -> Any:
+    """A value read from YAML or JSON in its field's type where that is unambiguous.
+
+    PyYAML reads an unquoted `1e-3` as a string (YAML 1.1 wants `1.0e-3`), and a whole setting
+    written as 8.0 means 8; both are read as the numbers the user meant.
+    """
+    expected = type(f.default) if f.default is not dataclasses.MISSING else type(f.default_factory())
+    if expected is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: cannot read {value!r} as a number") from None
+    if expected is int and isinstance(value, float):
+        return _whole(value, key)
+    return value
 
 
 def _coerce(value: Any, current: Any, key: str) -> Any:
@@ -352,7 +468,9 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
             raise ValueError
         if isinstance(current, (list, dict)):
             return json.loads(value) if value.strip()[:1] in "[{" else [v.strip() for v in value.split(",") if v.strip()]
-        return type(current)(float(value)) if isinstance(current, int) else type(current)(value)
+        return _whole(float(value), key) if isinstance(current, int) else type(current)(value)
+    except ConfigError:
+        raise
     except ValueError:
         raise ConfigError(f"{key}: cannot read {value!r} as {type(current).__name__}") from None
 

@@ -34,6 +34,8 @@ class DataError(ValueError):
 
 @dataclass
 class Example:
+    #: Chat messages; an assistant message marked `"trained": False` (an earlier reply inside a
+    #: TRL conversational prompt) is context and gets the prompt weight, not the completion mask.
     messages: list[dict]
     #: Candidate answers as written in the completion ("A", "B", ...); empty for free-form data.
     choices: tuple[str, ...] = ()
@@ -46,6 +48,54 @@ class Example:
     @property
     def answer(self) -> str | None:
         return None if self.answer_index is None else self.choices[self.answer_index]
+
+
+@dataclass
+class DataReport:
+    """What conversion left out of the records it was given, and why."""
+
+    records: int = 0
+    #: (record, the earlier record it repeats exactly): left out so no example is in both train and validation.
+    duplicates: list[tuple[int, int]] = field(default_factory=list)
+    #: (record, why) for records skipped under `data.on_error: skip`.
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+    def lines(self, shown: int = 3) -> list[str]:
+        """One sentence per kind of record left out, naming the first few: for the CLI, the app and events."""
+        out = []
+        if self.duplicates:
+            pairs = ", ".join(f"record {i} repeats {j}" for i, j in self.duplicates[:shown])
+            more = ", ..." if len(self.duplicates) > shown else ""
+            out.append(
+                f"{len(self.duplicates)} exact duplicate record(s) of {self.records} left out, so none is in both "
+                f"train and validation ({pairs}{more})"
+            )
+        if self.skipped:
+            first = "; ".join(f"record {i}: {why}" for i, why in self.skipped[:shown])
+            more = "; ..." if len(self.skipped) > shown else ""
+            out.append(f"{len(self.skipped)} bad record(s) of {self.records} skipped (data.on_error=skip): {first}{more}")
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "records": self.records,
+            "duplicates": len(self.duplicates),
+            "skipped": len(self.skipped),
+            "first_skipped": [{"record": i, "reason": why} for i, why in self.skipped[:20]],
+            "notes": self.lines(),
+        }
+
+
+class Examples(list):
+    """The examples converted from a data set, carrying the `DataReport` of what was left out.
+
+    A list, so everything that takes examples still does; the report travels with them from
+    the app or a notebook into training, which puts it in the `started` event.
+    """
+
+    def __init__(self, examples=(), report: DataReport | None = None):
+        super().__init__(examples)
+        self.report = report or DataReport(records=len(self))
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -188,57 +238,123 @@ def _rename(record, column_map: dict, index: int) -> dict:
 # -- formats ---------------------------------------------------------------------------------
 
 
-def detect_format(record: dict) -> str:
-    keys = set(record)
-    for fmt in ("chat", "multiple_choice", "prompt_completion", "classification"):
-        if set(_REQUIRED[fmt]) <= keys:
-            return fmt
+#: Records looked at to tell the format; one odd record at the top must not decide it.
+DETECT_SAMPLE = 200
+
+
+def _filled(record: dict) -> set:
+    """The named fields of a record that hold a value (a short CSV row gives None for the rest)."""
+    return {k for k, v in record.items() if k is not None and v is not None}
+
+
+def detect_format(records: list[dict]) -> str:
+    """The format whose fields most of the first records have (ties: chat, multiple choice, prompt/completion)."""
+    sample = records[:DETECT_SAMPLE]
+    order = ("chat", "multiple_choice", "prompt_completion", "classification")
+    fits = {fmt: sum(set(_REQUIRED[fmt]) <= _filled(r) for r in sample) for fmt in order}
+    best = max(order, key=lambda fmt: fits[fmt])  # max keeps the first of equals
+    if fits[best]:
+        return best
+    seen = sorted({str(k) for r in sample for k in _filled(r)})
     raise DataError(
-        f"cannot tell the format from the fields {sorted(keys)}. Expected one of: "
+        f"cannot tell the format from the fields {seen} of the first {len(sample)} record(s). Expected one of: "
         + "; ".join(f"{fmt}: {', '.join(req)}" for fmt, req in _REQUIRED.items())
         + ". Rename columns with data.column_map."
     )
 
 
-def letters(n: int) -> str:
+#: Answers are scored by the log-probability of their letter, a single token from A to Z.
+MAX_CHOICES = len(string.ascii_uppercase)
+
+
+def letters(n: int, what: str = "options") -> str:
+    if n > MAX_CHOICES:
+        raise DataError(
+            f"{n} {what}; answers are scored by their letter (one token, A to Z), so at most {MAX_CHOICES} "
+            f"{what} are supported. Use fewer, or write the answer text as prompt/completion data"
+        )
     return string.ascii_uppercase[:n]
 
 
-def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None = None) -> list[Example]:
-    """Convert records into examples, raising a `DataError` that names the first bad record."""
-    fmt = cfg.format if cfg.format != "auto" else detect_format(records[0])
-    if fmt == "classification" and not labels:
-        labels = sorted({str(r.get("label")) for r in records})
-    examples = []
+#: Fields each format reads besides the required ones.
+_OPTIONAL = {"multiple_choice": ("context", "article")}
+
+
+def _check_record(record: dict, fmt: str) -> None:
+    """A `DataError` naming the field when a record cannot be read as `fmt`: missing, null, bytes or a ragged row."""
+    if None in record:
+        extra = record[None]
+        raise DataError(
+            f"the CSV row has {len(extra)} more value(s) than the header has columns ({extra!r}); "
+            "quote text that contains commas"
+        )
+    fields = sorted(str(k) for k in _filled(record)) or ["no fields"]
+    missing = [k for k in _REQUIRED[fmt] if k not in record]
+    if missing:
+        raise DataError(
+            f"missing field(s) {', '.join(missing)} for format {fmt} (it has {', '.join(fields)}); "
+            "map columns with data.column_map"
+        )
+    empty = [k for k in _REQUIRED[fmt] if record[k] is None]
+    if empty:
+        raise DataError(
+            f"field(s) {', '.join(empty)} empty (null, or left out of a short CSV row); "
+            "fill them in or set data.on_error to skip such records"
+        )
+    binary = [k for k in (*_REQUIRED[fmt], *_OPTIONAL.get(fmt, ())) if isinstance(record.get(k), (bytes, bytearray))]
+    if binary:
+        raise DataError(f"field(s) {', '.join(binary)} hold bytes, not text; decode them to text (UTF-8) before loading")
+
+
+def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None = None) -> Examples:
+    """Convert records into examples; a bad record raises a `DataError` naming it, or is skipped
+    and reported under `data.on_error: skip`. Exact duplicates are left out and reported."""
+    fmt = cfg.format if cfg.format != "auto" else detect_format(records)
+    report = DataReport(records=len(records))
+    problems = {}
     for i, record in enumerate(records):
-        missing = [k for k in _REQUIRED[fmt] if k not in record or record[k] is None]
-        if missing:
-            raise DataError(
-                f"record {i}: missing field(s) {', '.join(missing)} for format {fmt} "
-                f"(it has {', '.join(sorted(record)) or 'no fields'}); map columns with data.column_map"
-            )
         try:
-            example = _CONVERTERS[fmt](record, cfg, labels)
+            _check_record(record, fmt)
         except DataError as exc:
-            raise DataError(f"record {i}: {exc}") from None
+            problems[i] = exc
+    if fmt == "classification" and not labels:
+        labels = sorted({str(r["label"]) for i, r in enumerate(records) if i not in problems})
+    if fmt == "classification":
+        letters(len(labels), "labels")  # a data set with too many labels fails as a whole, never record by record
+    examples, first_seen = Examples(report=report), {}
+    for i, record in enumerate(records):
+        try:
+            if i in problems:
+                raise problems[i]
+            example = _CONVERTERS[fmt](record, cfg, labels)
+            group = _group_key(record, fmt, cfg.group_by)
+        except DataError as exc:
+            _fail_or_skip(cfg, report, i, exc)
+            continue
         example.source_index = i
-        group = _group_key(record, fmt, cfg.group_by, i)
         if group is not None:
             example.meta["group"] = group
         if cfg.system_prompt:
             example.messages.insert(0, {"role": "system", "content": cfg.system_prompt})
+        key = json.dumps([example.messages, example.choices, example.answer_index], sort_keys=True)
+        if key in first_seen:
+            report.duplicates.append((i, first_seen[key]))
+            continue
+        first_seen[key] = i
         examples.append(example)
+    if not examples:
+        raise DataError(f"all {len(records)} records were skipped; first: record {report.skipped[0][0]}: {report.skipped[0][1]}")
     return examples
 
 
-def _group_key(record: dict, fmt: str, group_by: str, index: int) -> str | None:
+def _group_key(record: dict, fmt: str, group_by: str) -> str | None:
     """The key that keeps related records on one side of the split (`data.group_by`); None: its own group."""
     if group_by == "none":
         return None
     if group_by:
         if record.get(group_by) is None:
             raise DataError(
-                f"record {index}: no field {group_by!r} to group by (data.group_by); it has "
+                f"no field {group_by!r} to group by (data.group_by); it has "
                 f"{', '.join(sorted(record))}. Name another field, '' for auto or 'none'"
             )
         return str(record[group_by])
@@ -248,20 +364,52 @@ def _group_key(record: dict, fmt: str, group_by: str, index: int) -> str | None:
     return None
 
 
+def _fail_or_skip(cfg: DataConfig, report: DataReport, index: int, exc: DataError) -> None:
+    if cfg.on_error != "skip":
+        raise DataError(f"record {index}: {exc}") from None
+    report.skipped.append((index, str(exc)))
+
+
 def _prompt_completion(r: dict, cfg: DataConfig, _labels) -> Example:
-    prompt, completion = str(r["prompt"]), str(r["completion"])
+    prompt, completion = r["prompt"], r["completion"]
+    if isinstance(prompt, list) or isinstance(completion, list):
+        return _conversational(prompt, completion)
+    for name, value in (("prompt", prompt), ("completion", completion)):
+        if isinstance(value, dict):
+            raise DataError(f"'{name}' must be text or a list of {{role, content}} messages; got an object {value!r}")
+    prompt, completion = str(prompt), str(completion)
     if not completion.strip():
         raise DataError("empty completion: every example needs something to train on")
     return Example([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}])
+
+
+def _conversational(prompt, completion) -> Example:
+    """TRL's conversational prompt/completion: two message lists; only the completion's replies are trained."""
+    if not (isinstance(prompt, list) and isinstance(completion, list)):
+        raise DataError("in conversational prompt/completion data both 'prompt' and 'completion' must be lists of messages")
+    _check_messages(prompt, "prompt")
+    _check_messages(completion, "completion")
+    if not completion or any(m["role"] != "assistant" for m in completion):
+        raise DataError("'completion' must hold the assistant's reply: one or more messages with role 'assistant'")
+    if any(not m["content"].strip() for m in completion):
+        raise DataError("an assistant turn in 'completion' is empty")
+    context = [dict(role=m["role"], content=m["content"], **({"trained": False} if m["role"] == "assistant" else {})) for m in prompt]
+    return Example(context + [dict(role=m["role"], content=m["content"]) for m in completion])
+
+
+def _check_messages(messages, name: str) -> None:
+    if not isinstance(messages, list):
+        raise DataError(f"'{name}' must be a list of {{role, content}} objects")
+    for j, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise DataError(f"{name} message {j} must be {{'role': one of {ROLES}, 'content': text}}; got {m!r}")
 
 
 def _chat(r: dict, _cfg: DataConfig, _labels) -> Example:
     messages = r["messages"]
     if not isinstance(messages, list) or not messages:
         raise DataError("'messages' must be a non-empty list of {role, content} objects")
-    for j, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise DataError(f"message {j} must be {{'role': one of {ROLES}, 'content': text}}; got {m!r}")
+    _check_messages(messages, "messages")
     assistant = [m for m in messages if m["role"] == "assistant"]
     if not assistant:
         raise DataError("a conversation without an assistant turn has nothing to train on")
@@ -276,10 +424,20 @@ def _lettered(answer_format: str, n: int) -> tuple[str, ...]:
 
 def _multiple_choice(r: dict, cfg: DataConfig, _labels) -> Example:
     options = r["options"]
-    if isinstance(options, str):
-        options = json.loads(options) if options.strip().startswith("[") else options.split("|")
+    if isinstance(options, str) and options.strip().startswith("["):
+        try:
+            options = json.loads(options)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"'options' starts like a JSON list but is not valid JSON ({exc.msg} at character {exc.pos}); "
+                'write it as ["first", "second"] or separate the options with |'
+            ) from None
+    elif isinstance(options, str):
+        options = options.split("|")
     if not isinstance(options, (list, tuple)) or len(options) < 2:
         raise DataError(f"'options' must list at least two options; got {options!r}")
+    if any(o is None or isinstance(o, (bytes, bytearray, dict, list)) for o in options):
+        raise DataError(f"every option must be text; got {options!r}")
     answer = str(r["answer"]).strip().upper()
     valid = letters(len(options))
     if answer.isdigit() and int(answer) < len(options):
@@ -301,7 +459,7 @@ def _classification(r: dict, cfg: DataConfig, labels) -> Example:
     label = str(r["label"])
     if label not in labels:
         raise DataError(f"label {label!r} is not one of the labels {labels}")
-    valid = letters(len(labels))
+    valid = letters(len(labels), "labels")
     options = " ".join(f"({c}) {name}" for c, name in zip(valid, labels))
     prompt = cfg.classification_template.format(text=r["text"], options=options)
     choices = _lettered(cfg.answer_format, len(labels))
@@ -322,7 +480,7 @@ _CONVERTERS = {
 }
 
 
-def load_examples(cfg: DataConfig, labels: list[str] | None = None) -> list[Example]:
+def load_examples(cfg: DataConfig, labels: list[str] | None = None) -> Examples:
     """Examples of `cfg.source`; `labels` fixes the label order of classification data (the training set's)."""
     records, info = read_records(cfg)
     if cfg.format == "auto" and info.get("format"):

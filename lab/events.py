@@ -32,6 +32,13 @@ class Started(Event):
     n_val: int
     total_steps: int
     skipped: list = field(default_factory=list)
+    #: The metric that picks the kept adapter, with `train.early_stopping_metric: auto` resolved for the data.
+    early_stopping_metric: str = ""
+    #: What data loading left out: exact duplicates and skipped bad records (`DataReport.to_dict`).
+    data_report: dict = field(default_factory=dict)
+    #: Whether this run continues an earlier one in the same folder from its checkpoint at `from_step`.
+    resumed: bool = False
+    from_step: int = 0
     #: What data.max_length cuts (`lab.stats.truncation_report`): examples and tokens cut, shares lost.
     truncation: dict = field(default_factory=dict)
 
@@ -102,6 +109,19 @@ class Failed(Event):
     summary: dict = field(default_factory=dict)
 
 
+@dataclass
+class Phase(Event):
+    """What the run is doing from now on, so watchers can name the wait between results."""
+
+    kind: ClassVar[str] = "phase"
+    name: str  # one of PHASES
+    step: int = 0
+
+
+#: The phases a run goes through, in order ("evaluating" repeats between stretches of "training").
+PHASES = ("loading", "evaluating", "training", "final evaluation", "comparing")
+
+
 def event_kind(event) -> str:
     """An event's kind, whether it is an `Event` or its dict form (a line of events.jsonl)."""
     if isinstance(event, dict):
@@ -117,7 +137,7 @@ def event_field(event, name: str, default=None):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.kind: cls for cls in (Started, Advice, Step, Eval, CheckpointSaved, Finished, Stopped, Failed)
+    cls.kind: cls for cls in (Started, Advice, Step, Eval, CheckpointSaved, Finished, Stopped, Failed, Phase)
 }
 TERMINAL = (Finished, Stopped, Failed)
 
@@ -155,12 +175,26 @@ class JsonlLog:
     """Subscriber that appends each event as one JSON line, flushed at once so a crash loses nothing."""
 
     def __init__(self, path: str | Path) -> None:
+        # The folder must exist already: a log never recreates a run folder that was deleted.
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, event: Event) -> None:
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(event.to_dict(), default=str) + "\n")
+
+
+def drop_superseded(events: list) -> list:
+    """The events of the run as it stands: a resumed `started` event at step k voids what the
+    earlier attempt logged after k (its steps, evaluations, checkpoints and ending), because the
+    resumed run retrains those steps."""
+    out: list = []
+    for event in events:
+        if event_kind(event) == "started" and event_field(event, "resumed", False):
+            from_step = int(event_field(event, "from_step", 0) or 0)
+            out = [e for e in out if event_kind(e) not in ("finished", "stopped", "failed")
+                   and int(event_field(e, "step", 0) or 0) <= from_step]
+        out.append(event)
+    return out
 
 
 def read_events(path: str | Path) -> list[Event]:

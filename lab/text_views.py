@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import html
 import re
+import time
 from typing import Sequence
 
 from .charts import METRIC_LABELS
 from .events import event_field
 from .history import History
+from .metrics import METRICS
 from .runs import run_best, run_config
 from .stats import LengthStats
 from .tokens_view import completion_weight_share
@@ -110,37 +112,55 @@ STATUS_STYLE = {
     "idle": ("#6b7280", "#f3f4f6", "idle"),
     "starting": ("#1d4ed8", "#eff6ff", "starting"),
     "running": ("#1d4ed8", "#eff6ff", "training"),
+    "stopping": ("#b45309", "#fffbeb", "stopping"),
     "finished": ("#15803d", "#f0fdf4", "finished"),
     "stopped": ("#b45309", "#fffbeb", "stopped"),
     "failed": ("#b91c1c", "#fef2f2", "failed"),
 }
 
 
-def progress_html(history: History, note: str = "") -> str:
-    """A progress bar with step, ETA, tokens/s and the status of the run."""
+def _bar(fraction: float | None, colour: str, height: int, test_id: str) -> str:
+    """A progress bar; an unknown fraction shows as a striped bar that fills the track."""
+    if fraction is None:
+        fill = f"width:100%;background:repeating-linear-gradient(45deg,{colour}55 0 8px,{colour}22 8px 16px)"
+    else:
+        fill = f"width:{fraction * 100:.1f}%;background:{colour};transition:width .4s"
+    return (f'<div class="{test_id}" data-fraction="{"" if fraction is None else f"{fraction:.3f}"}" '
+            f'style="height:{height}px;background:#e5e7eb;border-radius:{height // 2}px;margin:6px 0;overflow:hidden">'
+            f'<div style="height:100%;{fill}"></div></div>')
+
+
+def progress_html(history: History, note: str = "", now: float | None = None) -> str:
+    """The run's status, a bar over its steps, the current phase with its own bar, ETA (evaluations
+    included), elapsed time, tokens/s and train loss. `now` (epoch seconds) keeps the clock ticking."""
+    now = time.time() if now is None else now
     colour, background, label = STATUS_STYLE.get(history.status, STATUS_STYLE["idle"])
     last = history.last_step or {}
     step = int(last.get("step") or 0)
     total = history.total_steps or int(last.get("total_steps") or 0)
-    fraction = min(step / total, 1.0) if total else 0.0
-    if history.status == "finished":
-        fraction = 1.0
-    elapsed = last.get("elapsed")
-    eta = (elapsed / step * (total - step)) if elapsed and step and total and not history.done else None
-    tps = last.get("tokens_per_second")
+    fraction = 1.0 if history.status == "finished" else (min(step / total, 1.0) if total else 0.0)
+    live = history.status in ("starting", "running", "stopping")
+    elapsed = history.elapsed(now) if live or history.done else None
     parts = [f"step <b>{step}</b> / {total or '?'}"]
     if last.get("epoch") is not None:
         parts.append(f"epoch {float(last['epoch']):.2f}")
-    if history.status == "running":
-        parts.append(f"ETA <b>{format_duration(eta)}</b>")
+    if live:
+        parts.append(f"ETA <b>{format_duration(history.eta(now))}</b>")
     if elapsed is not None:
         parts.append(f"elapsed {format_duration(elapsed)}")
-    if tps:
-        parts.append(f"<b>{tps:,.0f}</b> tokens/s")
+    if last.get("tokens_per_second"):
+        parts.append(f"<b>{last['tokens_per_second']:,.0f}</b> tokens/s")
     if last.get("train_loss") is not None:
         parts.append(f"train loss {float(last['train_loss']):.4f}")
     if history.evals:
         parts.append(f"{len(history.evals)} evaluations")
+    phase_row = ""
+    what, phase_fraction = history.phase_progress(now)
+    if live and what:
+        since = format_duration(now - history.phase_since) if history.phase_since is not None else ""
+        phase_row = (f'<div class="plw-phase" data-phase="{html.escape(history.phase)}" style="font-size:13px;color:#374151;'
+                     f'margin-top:6px">{html.escape(what)}{f" {SEP} {since}" if since else ""}</div>'
+                     + _bar(phase_fraction, colour, 6, "plw-phase-bar"))
     detail = ""
     if history.done and history.end_message:
         detail = f'<div class="plw-progress-msg">{html.escape(history.end_message)}</div>'
@@ -148,27 +168,68 @@ def progress_html(history: History, note: str = "") -> str:
         detail += f'<div class="plw-progress-msg">{html.escape(note)}</div>'
     run = f'<span class="plw-run">{html.escape(history.run_dir)}</span>' if history.run_dir else ""
     return (
-        f'<div class="plw-progress" data-status="{history.status}" data-step="{step}" '
+        f'<div class="plw-progress" data-status="{history.status}" data-step="{step}" data-phase="{history.phase}" '
         f'style="border:1px solid {colour}33;background:{background};border-radius:8px;padding:10px 12px">'
         f'<div style="display:flex;justify-content:space-between;align-items:center;gap:8px;flex-wrap:wrap">'
         f'<span style="font-weight:600;color:{colour};text-transform:uppercase;letter-spacing:.04em">{label}</span>{run}</div>'
-        f'<div style="height:10px;background:#e5e7eb;border-radius:5px;margin:8px 0;overflow:hidden">'
-        f'<div style="height:100%;width:{fraction * 100:.1f}%;background:{colour};transition:width .4s"></div></div>'
-        f'<div style="font-size:13px;color:#374151">{SEP.join(parts)}</div>{detail}</div>'
+        + _bar(fraction, colour, 10, "plw-steps-bar")
+        + f'<div style="font-size:13px;color:#374151">{SEP.join(parts)}</div>{phase_row}{detail}</div>'
     )
 
 
 # -- compare ----------------------------------------------------------------------------------
 
 
-def metrics_comparison_rows(on: dict, off: dict, probe_on: float | None = None, probe_off: float | None = None) -> list[dict]:
-    """Rows of metric / adapter off / adapter on / change, for a side-by-side table."""
+#: The metrics of the on/off table, in order: losses, then answers, then the baselines beside them.
+COMPARISON_METRICS = (
+    "completion_loss", "answer_loss", "format_loss", "prompt_loss", "full_loss", "token_accuracy", "answer_accuracy",
+    "answer_accuracy_generated", "unparseable", "candidate_mass", "balanced_accuracy", "macro_f1", "auc",
+    "majority_baseline", "chance",
+)
+
+
+def metrics_comparison_rows(on: dict, off: dict, probe_on: float | None = None, probe_off: float | None = None,
+                            paired: dict | None = None, split: dict | None = None) -> list[dict]:
+    """Rows of metric / adapter off / adapter on / change, for a side-by-side table.
+
+    Accuracies carry their 95% interval. `paired` (the comparison's exact McNemar tests) adds a
+    row per accuracy saying whether the change is beyond noise; `split` (`format_vs_task`) a row
+    saying how much of the generated-accuracy gain is format and how much task.
+    """
     rows = []
-    for name in ("completion_loss", "prompt_loss", "full_loss", "token_accuracy", "answer_accuracy", "majority_baseline"):
+    for name in COMPARISON_METRICS:
         a, b = off.get(name), on.get(name)
         if a is None and b is None:
             continue
-        rows.append({"metric": METRIC_LABELS.get(name, name), "adapter off": _num(a), "adapter on": _num(b), "change": _num(None if a is None or b is None else b - a, signed=True)})
+        m = METRICS[name]
+        change = None if a is None or b is None or a != a or b != b else b - a
+        if change is None:
+            shown = DASH
+        elif m.unit == "share":
+            shown = f"{change * 100:+.1f} pts"
+        elif m.unit == "count":
+            shown = f"{change:+d}"
+        else:
+            shown = f"{change:+.4f}"
+        rows.append({"metric": m.label, "adapter off": m.format_with_interval(off), "adapter on": m.format_with_interval(on), "change": shown})
+    for name, test in (paired or {}).items():
+        rows.append(
+            {
+                "metric": f"paired test of {METRICS[name].label} (exact McNemar, same {test['n']} examples)",
+                "adapter off": f"right only off: {test['first_only']}",
+                "adapter on": f"right only on: {test['second_only']}",
+                "change": f"p = {test['p_value']:.3g}: {test['verdict']}",
+            }
+        )
+    if split:
+        rows.append(
+            {
+                "metric": "gain in generated accuracy: task vs format",
+                "adapter off": f"candidate mass {split['candidate_mass'][0]:.0%}, parseable {split['parse_rate'][0]:.0%}",
+                "adapter on": f"candidate mass {split['candidate_mass'][1]:.0%}, parseable {split['parse_rate'][1]:.0%}",
+                "change": f"task {split['task_gain'] * 100:+.1f} pts, format {split['format_gain'] * 100:+.1f} pts",
+            }
+        )
     if probe_on is not None or probe_off is not None:
         rows.append(
             {
@@ -239,12 +300,12 @@ def runs_rows(runs: Sequence) -> list[dict]:
         best = run_best(run)
         summary = getattr(run, "summary", None) or {}
 
-        def best_of(name, percent=False):
+        def best_of(name):
             b = best.get(name)
             if not b:
                 return "\u2013"
-            value = f"{b['value']:.1%}" if percent else f"{b['value']:.4f}"
-            return f"{value} @ {b['step']}"
+            m = METRICS[name]
+            return f"{m.format_with_interval({name: b['value'], m.interval: b.get('ci')})} @ {b['step']}"
 
         rows.append(
             {
@@ -258,7 +319,8 @@ def runs_rows(runs: Sequence) -> list[dict]:
                 "LoRA r": lora.get("r"),
                 "steps": summary.get("steps", max([event_field(e, "step", 0) for e in getattr(run, "evals", [])] or [0])),
                 "best completion loss @ step": best_of("completion_loss"),
-                "best accuracy @ step": best_of("answer_accuracy", percent=True),
+                "best accuracy @ step": best_of("answer_accuracy"),
+                "best answer loss @ step": best_of("answer_loss"),
                 "best full loss @ step": best_of("full_loss"),
                 "time": format_duration(summary.get("elapsed_seconds")),
             }

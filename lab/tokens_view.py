@@ -1,7 +1,9 @@
 """The token view: an encoded example token by token, coloured by its loss weight or its loss.
 
-Prompt tokens are blue and fade with the prompt-loss weight, completion tokens are orange; the
-loss views colour each token by its cross-entropy with the adapter on, off, or the difference.
+Prompt tokens are blue and fade with the prompt-loss weight, completion tokens are orange, and
+the answer tokens of multiple-choice and classification data are outlined apart from the rest
+of the completion (the end-of-turn token: format); the loss views colour each token by its
+cross-entropy with the adapter on, off, or the difference.
 Each function takes an `Encoded` and returns an HTML string with its own CSS and legend, so the
 Gradio app and the notebooks show the same picture. The weight rule itself
 (`token_weight_values`, `completion_weight_share`) lives here too, for every view that states it.
@@ -58,6 +60,7 @@ TOKEN_CSS = """
 .plw-tok.plw-special{font-size:11px;border:1px dashed #94a3b8}
 .plw-tok.plw-c-under{box-shadow:inset 0 -2px 0 rgba(234,88,12,0.9)}
 .plw-tok.plw-p-under{box-shadow:inset 0 -2px 0 rgba(37,99,235,0.35)}
+.plw-tok.plw-answer{outline:2px solid #be123c;outline-offset:-1px;font-weight:700}
 .plw-cut{color:#b91c1c;font-style:italic;background:#fef2f2;border-radius:3px;padding:0 4px}
 .plw-nl{color:#cbd5e1}
 .plw-legend{display:flex;flex-wrap:wrap;gap:14px;align-items:center;font-size:12px;color:#374151;margin:4px 0 8px}
@@ -96,7 +99,18 @@ def _pieces(enc) -> list[tuple[int, str, int]]:
     return out
 
 
-def _legend_weights(plw: float) -> str:
+def _is_answer(enc, i: int) -> bool:
+    return i < len(enc.answer_mask) and bool(enc.answer_mask[i])
+
+
+ANSWER_ATTR = ' data-answer="1"'
+ANSWER_LEGEND = (
+    '<span><span class="sw plw-answer" style="outline:2px solid #be123c;outline-offset:-1px"></span>'
+    "answer token (the scored candidate: answer loss and accuracy; the rest of the completion is format)</span>"
+)
+
+
+def _legend_weights(plw: float, answer: bool = False) -> str:
     grad_p = f"linear-gradient(90deg,{weight_color(0, False)},{weight_color(1, False)})"
     return (
         '<div class="plw-legend">'
@@ -106,7 +120,8 @@ def _legend_weights(plw: float) -> str:
         "completion token: weight 1</span>"
         f'<span>weight 0<span class="grad" style="background:{grad_p}"></span>1</span>'
         '<span><span class="sw plw-special" style="border:1px dashed #94a3b8"></span>special token</span>'
-        "<span>hover a token for its text, id, label and weight</span>"
+        + (ANSWER_LEGEND if answer else "")
+        + "<span>hover a token for its text, id, label and weight</span>"
         "</div>"
     )
 
@@ -140,10 +155,14 @@ def token_html(
         token_id = enc.input_ids[i]
         if _is_special(text, token_id, special):
             classes.append("plw-special")
-        title = f"{_describe(text)} | id {token_id} | {label} | weight {w:.4g}"
+        answer = _is_answer(enc, i)
+        if answer:
+            classes.append("plw-answer")
+        title = f"{_describe(text)} | id {token_id} | {label}{' (answer)' if answer else ''} | weight {w:.4g}"
         parts.append(
             f'<span class="{" ".join(classes)}" style="background-color:{weight_color(w, is_completion)}" '
-            f'title="{html.escape(title, quote=True)}" data-label="{label}" data-weight="{w:.4g}">{_display(text)}</span>'
+            f'title="{html.escape(title, quote=True)}" data-label="{label}" data-weight="{w:.4g}"'
+            f'{ANSWER_ATTR if answer else ""}>{_display(text)}</span>'
         )
     if len(enc.input_ids) > max_tokens:
         parts.append(f'<span class="plw-cut">\u2026 {len(enc.input_ids) - max_tokens} more tokens not shown</span>')
@@ -157,7 +176,7 @@ def token_html(
             f"At PLW {plw:g} the completion carries <b>{share:.1%}</b> of this example's loss weight.</div>"
         )
     return (
-        f"<style>{TOKEN_CSS}</style>{_legend_weights(plw)}"
+        f"<style>{TOKEN_CSS}</style>{_legend_weights(plw, any(enc.answer_mask))}"
         f'<div class="plw-tokens" data-mode="weights" data-plw="{plw:g}">{"".join(parts)}</div>{foot}'
     )
 
@@ -223,19 +242,25 @@ def token_loss_html(
         classes = ["plw-tok", "plw-c-under" if is_completion else "plw-p-under"]
         if _is_special(text, enc.input_ids[i], special):
             classes.append("plw-special")
+        answer = _is_answer(enc, i)
+        if answer:
+            classes.append("plw-answer")
 
         def fmt(v):
             return "n/a" if v is None else f"{v:.3f}"
 
         delta = None if on[i] is None or off[i] is None else on[i] - off[i]
         title = (
-            f"{_describe(text)} | id {enc.input_ids[i]} | {label} | weight {weights[i]:.4g} | "
+            f"{_describe(text)} | id {enc.input_ids[i]} | {label}{' (answer)' if answer else ''} | weight {weights[i]:.4g} | "
             f"loss on {fmt(on[i])} | off {fmt(off[i])} | \u0394 {fmt(delta)}"
         )
         parts.append(
             f'<span class="{" ".join(classes)}" style="background-color:{colour}" '
-            f'title="{html.escape(title, quote=True)}" data-label="{label}" data-loss="{fmt(value)}">{_display(text)}</span>'
+            f'title="{html.escape(title, quote=True)}" data-label="{label}" data-loss="{fmt(value)}"'
+            f'{ANSWER_ATTR if answer else ""}>{_display(text)}</span>'
         )
+    has_answer = any(enc.answer_mask)
+    answer_legend = ANSWER_LEGEND if has_answer else ""
     if mode == "diff":
         legend = (
             '<div class="plw-legend">'
@@ -243,7 +268,8 @@ def token_loss_html(
             f"adapter lowered the loss (down to \u2212{vmax:.2f} nats)</span>"
             f'<span><span class="sw" style="background:{_rgba(WORSE_RGB, MAX_ALPHA)}"></span>'
             f"adapter raised it (+{vmax:.2f})</span>"
-            '<span>underline: <b style="color:#ea580c">completion</b> / <b style="color:#2563eb">prompt</b></span></div>'
+            '<span>underline: <b style="color:#ea580c">completion</b> / <b style="color:#2563eb">prompt</b></span>'
+            f"{answer_legend}</div>"
         )
     else:
         grad = f"linear-gradient(90deg,{_loss_color(0, 1)},{_loss_color(1, 1)})"
@@ -251,7 +277,8 @@ def token_loss_html(
             '<div class="plw-legend">'
             f"<span>per-token loss, adapter {mode}: 0<span class=\"grad\" style=\"background:{grad}\"></span>"
             f"\u2265{vmax:.2f} nats</span>"
-            '<span>underline: <b style="color:#ea580c">completion</b> / <b style="color:#2563eb">prompt</b></span></div>'
+            '<span>underline: <b style="color:#ea580c">completion</b> / <b style="color:#2563eb">prompt</b></span>'
+            f"{answer_legend}</div>"
         )
 
     def mean(mask_values, losses):
@@ -261,7 +288,9 @@ def token_loss_html(
     foot = (
         '<div class="plw-summary">mean completion loss: adapter on '
         f"<b>{mean(enc.completion_mask, on):.3f}</b>, off <b>{mean(enc.completion_mask, off):.3f}</b>; "
-        f"mean prompt loss: on {mean(enc.prompt_mask, on):.3f}, off {mean(enc.prompt_mask, off):.3f}</div>"
+        f"mean prompt loss: on {mean(enc.prompt_mask, on):.3f}, off {mean(enc.prompt_mask, off):.3f}"
+        + (f"; answer loss: on <b>{mean(enc.answer_mask, on):.3f}</b>, off <b>{mean(enc.answer_mask, off):.3f}</b>" if has_answer else "")
+        + "</div>"
     )
     return (
         f"<style>{TOKEN_CSS}</style>{legend}"

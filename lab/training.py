@@ -5,12 +5,19 @@ the model and attach LoRA, train with `PLWTrainer` (our loss, normalised over th
 optimiser step) while `EventCallback` evaluates, keeps the best adapter and honours stop
 requests, then compare the adapter on and off and write the summary. Whatever happens, the run
 folder keeps the config, the events and the last adapter.
+
+Checkpoints: every `train.save_interval_steps` steps or `train.save_interval_seconds` seconds, and
+when the run stops or fails, `last_adapter/` is replaced whole by the adapter plus what resuming
+needs (the Trainer's optimiser, scheduler, RNG and state files, and the lab's own `lab_state.json`
+and best adapter). `train(..., resume_from=RUN_DIR)` continues such a run from it, exactly.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -24,7 +31,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from . import advice, evaluation
 from .collate import Collator, EncodedDataset
 from .config import LabConfig, layer_indices
-from .data import DataError, Example, load_examples, make_split, write_split
+from .data import DataError, Example, Examples, load_examples, make_split, write_split
 from .events import (
     Advice,
     CheckpointSaved,
@@ -33,6 +40,7 @@ from .events import (
     Failed,
     Finished,
     JsonlLog,
+    Phase,
     Started,
     Step,
     Stopped,
@@ -43,13 +51,46 @@ from .masks import Encoded, encode_fitted
 from .models import attach_lora, load_model, load_tokenizer, num_layers, pick_device
 from .prefix import FrozenPrefix
 from .packing import PackingCollator, attention_kind, model_kwargs, num_tokens
-from .metrics import best_of, metric
-from .runs import new_run_dir, write_json
+from .metrics import best_of, metric, stopping_metric
+from .runs import (
+    ResumeError,
+    RunFolderGone,
+    checkpoint_step,
+    clear_running,
+    complete_folder,
+    load_run,
+    mark_running,
+    new_run_dir,
+    replace_folder,
+    write_json,
+)
 from .stats import truncation_message
+
+#: Files the lab adds to a checkpoint folder beside the Trainer's own.
+LAB_STATE, BEST_STATE = "lab_state.json", "lab_best_adapter.safetensors"
+
+
+#: The metrics of the kept adapter that `summary.json` carries at its top level.
+HEADLINE = (
+    "answer_loss", "format_loss", "completion_loss", "answer_accuracy", "answer_accuracy_ci", "answer_accuracy_generated",
+    "answer_accuracy_generated_ci", "unparseable", "candidate_mass", "balanced_accuracy", "macro_f1", "auc",
+    "majority_baseline", "chance",
+)
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the adapter from the step before is kept."""
+
+
+class StopRequest(threading.Event):
+    """A stop request (the Stop button, SIGTERM, Ctrl-C) that can say who asked."""
+
+    reason: str = ""
+    signal: int = 0  # the signal that asked, if one did
+
+    def request(self, reason: str) -> None:
+        self.reason = reason
+        self.set()
 
 
 @dataclass
@@ -57,6 +98,8 @@ class Prepared:
     train: list[Encoded]
     val: list[Encoded]
     skipped: list[str]
+    #: What conversion left out of the records (`DataReport.to_dict`); empty for examples built by hand.
+    data_report: dict = field(default_factory=dict)
     #: Which records went where (`lab.data.split_record`), written to the run's split.json.
     split: dict = field(default_factory=dict)
     #: What max_length cuts (`lab.stats.truncation_report`), over train and validation together.
@@ -86,7 +129,8 @@ def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) ->
             f"{record['shared_groups']} validation groups (data.group_by {record['group_by']}) also occur in training: "
             "validation measures memorised passages there"
         )
-    return Prepared(train, val, skipped, record, fitted.truncation, notes)
+    report = examples.report.to_dict() if isinstance(examples, Examples) else {}
+    return Prepared(train, val, skipped, report, record, fitted.truncation, notes)
 
 
 class PLWTrainer(Trainer):
@@ -167,7 +211,10 @@ class EventCallback(TrainerCallback):
         self.step_seconds = 0.0
         self.tokens_at_step_start = 0
         self.eval_due = False
-        self.evals_without_improvement = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0:  # a first checkpoint, so even a run killed at once can be resumed
+            self.run.save_checkpoint(self.ref["trainer"])
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.step_started = time.time()
@@ -201,14 +248,18 @@ class EventCallback(TrainerCallback):
             control.should_training_stop = True
         if self.eval_due and not control.should_training_stop:
             self.eval_due = False
-            if not self.run.evaluate(state.global_step, float(state.epoch or 0.0)):
-                self.evals_without_improvement += 1
+            final = state.global_step >= state.max_steps
+            if not self.run.evaluate(state.global_step, float(state.epoch or 0.0), generate=final):
+                self.run.evals_without_improvement += 1
                 patience = self.run.cfg.train.patience
-                if patience and self.evals_without_improvement >= patience:
+                if patience and self.run.evals_without_improvement >= patience:
                     self.run.stop_reason = f"early stopping: no improvement in {patience} evaluations"
                     control.should_training_stop = True
             else:
-                self.evals_without_improvement = 0
+                self.run.evals_without_improvement = 0
+        # The last step and a stop are saved by `train` itself once the loop has ended.
+        if not control.should_training_stop and state.global_step < state.max_steps and self.run.checkpoint_due(state.global_step):
+            self.run.save_checkpoint(self.ref["trainer"])
         return control
 
 
@@ -232,35 +283,54 @@ class RunContext:
     best_state: dict | None = None
     last_eval_step: int | None = None
     stop_reason: str = ""
-    collapse_reported: bool = False
+    collapse: advice.CollapseWatch = field(default_factory=advice.CollapseWatch)
     details: dict = field(default_factory=dict)
+    evals_without_improvement: int = 0
+    #: Adapter folders on disk and the step each holds; the summary names only these.
+    saved: dict = field(default_factory=dict)
+    last_checkpoint: tuple = (-1, 0.0)  # (step, time) of the last checkpoint written
+    resumed_from: int | None = None
 
     def emit(self, event) -> None:
         if self.is_main:
             self.bus.emit(event)
 
-    def evaluate(self, step: int, epoch: float) -> bool:
-        """Evaluate, emit the event, keep the adapter if it is the best; return whether it improved."""
+    @property
+    def stopping_metric(self) -> str:
+        """`train.early_stopping_metric` resolved for this data ("auto": answer loss where answers exist)."""
+        has_answers = bool(self.data) and any(e.n_answer for e in self.data.val)
+        return stopping_metric(self.cfg.train.early_stopping_metric, has_answers)
+
+    def evaluate(self, step: int, epoch: float, generate: bool = False, phase: str = "evaluating") -> bool:
+        """Evaluate, emit the event, keep the adapter if it is the best; return whether it improved.
+
+        `generate` adds the generated-answer accuracy (greedy decoding: the expensive part), which
+        runs only at the first and the last evaluation. An evaluation repeated at the same step
+        (to add generated answers after an early stop) replaces the earlier one.
+        """
         t = self.cfg.train
+        self.emit(Phase(name=phase, step=step))
         started = time.perf_counter()
         # Per-example answers are kept so the final comparison can reuse them (step 0 is the base model).
         metrics = evaluation.evaluate(self.model, self.data.val, self.tokenizer.pad_token_id, self.cfg.eval.batch_size, t.chunk_size, details=True, prefix=self.prefix)
+        if (generate or step == 0) and metrics.get("answer_accuracy") is not None:
+            metrics = evaluation.with_generated(metrics, evaluation.generate_answers(self.model, self.tokenizer, self.data.val, self.cfg.eval.answer_tokens, self.cfg.eval.batch_size))
         self.details[step] = metrics.pop("examples")
         self.last_eval_step = step
         improved = False
-        value = metrics.get(t.early_stopping_metric)
-        if t.early_stopping_metric != "none" and value is not None and value == value:
-            improved = metric(t.early_stopping_metric).better(value, self.best_value)
+        name = self.stopping_metric
+        value = metrics.get(name)
+        if name != "none" and value is not None and value == value:
+            improved = metric(name).better(value, self.best_value)
             if improved:
                 self.best_value, self.best_step = value, step
                 self.best_state = adapter_state(self.model)
-                self.save_adapter("best_adapter", step)
+                self.save_or_advise("best_adapter", step)
         event = Eval(step=step, epoch=epoch, metrics=metrics, is_best=improved, seconds=time.perf_counter() - started)
-        self.evals.append(event)
+        self.evals = [e for e in self.evals if e.step != step] + [event]
         self.emit(event)
-        warning = advice.collapse(metrics)
-        if warning and step > 0 and not self.collapse_reported:
-            self.collapse_reported = True  # once per run: the curves show whether it persists
+        warning = self.collapse.check(metrics, step)
+        if warning:
             self.emit(Advice(message=warning, step=step))
         return improved
 
@@ -268,27 +338,143 @@ class RunContext:
         """The step whose adapter the run ends with: the best evaluation's when restoring it."""
         return self.best_step if self.cfg.train.restore_best and self.best_state is not None else last_step
 
-    def save_adapter(self, name: str, step: int) -> None:
-        if self.is_main:
-            path = self.run_dir / name
-            self.model.save_pretrained(path)
-            self.emit(CheckpointSaved(step=step, path=str(path), label={"adapter": "final"}.get(name, name.removesuffix("_adapter"))))
+    def save_adapter(self, name: str, step: int, write=None) -> None:
+        """Swap in `run_dir/name` holding the model's adapter (and whatever `write` adds); emit the checkpoint event."""
+        if not self.is_main:
+            return
+        path = replace_folder(self.run_dir, name, write or self.model.save_pretrained)
+        self.saved[name] = step
+        self.emit(CheckpointSaved(step=step, path=str(path), label={"adapter": "final"}.get(name, name.removesuffix("_adapter"))))
 
-    def summary(self, status: str, step: int, error: str = "") -> dict:
+    def checkpoint_due(self, step: int) -> bool:
+        t = self.cfg.train
+        last_step, last_time = self.last_checkpoint
+        by_steps = t.save_interval_steps > 0 and step - last_step >= t.save_interval_steps
+        by_time = t.save_interval_seconds > 0 and time.time() - last_time >= t.save_interval_seconds
+        return by_steps or by_time
+
+    def save_checkpoint(self, trainer) -> bool:
+        """Replace last_adapter/ with the adapter and everything resuming needs. A full disk keeps the
+        previous checkpoint and says so; an adapter that is no longer finite (a NaN loss) is not saved."""
+        step = trainer.state.global_step
+        if not self.is_main or self.last_checkpoint[0] == step:
+            return False
+        if not all(torch.isfinite(p).all() for p in adapter_state(self.model).values()):
+            self.emit(Advice(message=f"the adapter at step {step} is not finite; last_adapter/ keeps step {self.saved.get('last_adapter')}", step=step))
+            return False
+        resumable = trainer.args.world_size == 1  # FSDP/DeepSpeed checkpoints need every process; one process only
+
+        def write(folder: Path) -> None:
+            if resumable:
+                write_trainer_checkpoint(trainer, folder)
+                write_json(folder / LAB_STATE, self.resume_state(trainer))
+                if self.best_state is not None:
+                    from safetensors.torch import save_file
+
+                    save_file({k: v.contiguous().cpu() for k, v in self.best_state.items()}, folder / BEST_STATE)
+            else:
+                self.model.save_pretrained(folder)
+
+        if not self.save_or_advise("last_adapter", step, write):
+            return False
+        self.last_checkpoint = (step, time.time())
+        return True
+
+    def save_or_advise(self, name: str, step: int, write=None) -> bool:
+        """`save_adapter`, but a full disk (any OSError) keeps the previous folder and becomes advice, not a failure."""
+        try:
+            self.save_adapter(name, step, write)
+            return True
+        except RunFolderGone:
+            raise
+        except OSError as exc:
+            kept = self.saved.get(name)
+            keeps = f"{name}/ keeps step {kept}" if kept is not None else f"there is no {name}/ yet"
+            self.emit(Advice(message=f"could not save {name}/ at step {step} ({exc.strerror or exc}); {keeps}", step=step))
+            return False
+
+    def resume_state(self, trainer) -> dict:
+        """What the lab itself needs to continue where it stopped (the Trainer saves its own state)."""
+        return {
+            "step": trainer.state.global_step,
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "last_eval_step": self.last_eval_step,
+            "evals_without_improvement": self.evals_without_improvement,
+            "collapse_reported": self.collapse_reported,
+            "tokens_seen": trainer.tokens_seen,
+            "elapsed_seconds": time.time() - self.started,
+            "saved": {k: v for k, v in self.saved.items() if k == "best_adapter"},
+        }
+
+    def restore(self, folder: Path) -> int:
+        """Take the lab's state back from a checkpoint folder; return its step."""
+        state = json.loads((folder / LAB_STATE).read_text())
+        self.best_value, self.best_step = state["best_value"], state["best_step"]
+        self.last_eval_step = state["last_eval_step"]
+        self.evals_without_improvement = state["evals_without_improvement"]
+        self.collapse_reported = state["collapse_reported"]
+        self.started = time.time() - state["elapsed_seconds"]
+        if (folder / BEST_STATE).exists():
+            from safetensors.torch import load_file
+
+            self.best_state = load_file(folder / BEST_STATE)
+        self.resumed_from = state["step"]
+        self.saved = {**state["saved"], "last_adapter": state["step"]}
+        self.last_checkpoint = (state["step"], time.time())
+        return state["step"]
+
+    def kept_adapter(self) -> tuple[str | None, int | None]:
+        """The adapter folder the run ends with that is really on disk, and its step."""
+        preferred = ["adapter", "best_adapter" if self.cfg.train.restore_best else "last_adapter", "last_adapter", "best_adapter"]
+        for name in preferred:
+            if name in self.saved:
+                return name, self.saved[name]
+        return None, None
+
+    def summary(self, status: str, step: int, error: str = "", comparison: dict | None = None) -> dict:
+        """The run's outcome. The answer-level metrics of the adapter it ends with sit at the top level
+        (from the on/off comparison when there is one, which adds generated answers to a best step
+        evaluated mid-run), the base model's under `first_eval`."""
+        kept = next((e.metrics for e in self.evals if e.step == self.kept_step(step)), None)
+        if comparison:
+            kept = {k: v for k, v in comparison["on"]["metrics"].items() if k != "examples"}
+        headline = {name: kept[name] for name in HEADLINE if kept and kept.get(name) is not None}
+        adapter, adapter_step = self.kept_adapter()
         return {
             "status": status,
             "steps": step,
             "error": error,
             "stop_reason": self.stop_reason,
             "elapsed_seconds": time.time() - self.started,
-            "early_stopping_metric": self.cfg.train.early_stopping_metric,
-            "adapter_step": self.kept_step(step),
+            "early_stopping_metric": self.stopping_metric,
+            "adapter": adapter,
+            "adapter_step": adapter_step,
+            # Step 0 is the base model: LoRA starts as a zero update, so that adapter changes nothing.
+            "adapter_is_base_model": adapter_step == 0,
+            "resumed_from": self.resumed_from,
+            **headline,
             "best": best_of(self.evals),
             "first_eval": self.evals[0].metrics if self.evals else None,
             "final_eval": self.evals[-1].metrics if self.evals else None,
             "n_train": len(self.data.train) if self.data else 0,
             "n_val": len(self.data.val) if self.data else 0,
         }
+
+
+def write_trainer_checkpoint(trainer, folder: Path) -> None:
+    """The Trainer's own checkpoint (adapter, optimiser, scheduler, scaler, RNG and trainer state),
+    which `Trainer.train(resume_from_checkpoint=folder)` reads back, written into `folder`."""
+    # `_save_checkpoint` writes to <output_dir>/checkpoint-<step>; point it at a staging folder.
+    staging = folder.parent / f"{folder.name}-staging"
+    original = trainer.args.output_dir
+    trainer.args.output_dir = str(staging)
+    try:
+        trainer._save_checkpoint(trainer.model, trial=None)
+        (staging / f"checkpoint-{trainer.state.global_step}").rename(folder)
+    finally:
+        trainer.args.output_dir = original
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def adapter_state(model) -> dict:
@@ -361,21 +547,35 @@ def train(
     stop: threading.Event | None = None,
     examples: list[Example] | None = None,
     compare: bool = True,
+    resume_from: str | Path | None = None,
+    on_run_dir=None,
 ) -> TrainResult:
-    """Run one training job as `cfg` describes. Never loses the config, the events or the last adapter."""
+    """Run one training job as `cfg` describes. Never loses the config, the events or the last adapter.
+
+    `resume_from` continues the stopped, interrupted or failed run in that folder from its last
+    checkpoint (its config.yaml is the config; see `resume`). `on_run_dir` is called with the run
+    folder as soon as it exists, before anything can fail, so whoever started the job knows it.
+    """
     cfg.validate()
     is_main = is_main_process()
-    # Only the main process writes the run folder; the others train into a scratch folder they never fill.
-    run_dir, cfg = new_run_dir(cfg) if is_main else (Path(tempfile.mkdtemp(prefix="plw-lab-rank")), cfg)
+    if resume_from is not None:
+        run_dir, checkpoint = prepare_resume(Path(resume_from)) if is_main else (Path(tempfile.mkdtemp(prefix="plw-lab-rank")), None)
+    else:
+        # Only the main process writes the run folder; the others train into a scratch folder they never fill.
+        run_dir, cfg = new_run_dir(cfg) if is_main else (Path(tempfile.mkdtemp(prefix="plw-lab-rank")), cfg)
+        checkpoint = None
+    if on_run_dir is not None:
+        on_run_dir(run_dir)
     bus = EventBus()
-    run = RunContext(cfg, run_dir, bus, stop or threading.Event())
+    run = RunContext(cfg, run_dir, bus, stop or StopRequest())
     run.is_main = is_main
     if run.is_main:
         bus.subscribe(JsonlLog(run_dir / "events.jsonl"))
     for callback in subscribers:
         bus.subscribe(callback)
-    step = 0
+    trainer = None
     try:
+        run.emit(Phase(name="loading"))
         device = pick_device(cfg.model.device)
         run.tokenizer = tokenizer = load_tokenizer(cfg.model)
         run.data = data = prepare(cfg, tokenizer, examples)
@@ -386,9 +586,17 @@ def train(
         run.model = model = attach_lora(base, cfg.lora)
         args = training_arguments(cfg, run_dir, device, base.dtype)
         steps = total_steps(cfg, len(data.train), args.world_size)
-        run.emit(Started(run_dir=str(run_dir), config=cfg.to_dict(), n_train=len(data.train), n_val=len(data.val), total_steps=steps, skipped=data.skipped, truncation=data.truncation))
-        for note in [*data.notes, *advice.before_training(cfg, len(data.train), steps)]:
-            run.emit(Advice(message=note))
+        from_step = 0
+        if checkpoint is not None:
+            from_step = run.restore(checkpoint)
+            # The evaluations up to the checkpoint count towards this run's best and its summary.
+            run.evals = [e for e in load_run(run_dir).evals if e.step <= from_step]
+        run.emit(Started(run_dir=str(run_dir), config=cfg.to_dict(), n_train=len(data.train), n_val=len(data.val), total_steps=steps,
+                         skipped=data.skipped, early_stopping_metric=run.stopping_metric, data_report=data.data_report,
+                         resumed=checkpoint is not None, from_step=from_step, truncation=data.truncation))
+        if checkpoint is None:
+            for note in [*data.notes, *advice.before_training(cfg, len(data.train), steps)]:
+                run.emit(Advice(message=note))
         ref: dict = {}
         callback = EventCallback(ref, run)
         trainer = PLWTrainer(
@@ -403,39 +611,89 @@ def train(
         ref["trainer"] = trainer
         if cfg.train.cache_frozen_layers and trainer.use_hidden_loss:
             run.prefix = trainer.prefix = FrozenPrefix.for_model(model, layer_indices(cfg.lora.layers, num_layers(base)))
-        run.evaluate(0, 0.0)  # step 0 is the base model: LoRA starts as a zero update
+        if checkpoint is None:
+            run.evaluate(0, 0.0)  # step 0 is the base model: LoRA starts as a zero update
+        else:
+            trainer.tokens_seen = json.loads((checkpoint / LAB_STATE).read_text())["tokens_seen"]
+            if run.best_state is not None:  # best_adapter/ may hold a later best the resumed run has not reached yet
+                load_adapter_state(model, run.best_state)
+                run.save_adapter("best_adapter", run.best_step)
         try:
-            trainer.train()
-        finally:
-            step = trainer.state.global_step
-            run.save_adapter("last_adapter", step)
-        if run.last_eval_step != step:
-            run.evaluate(step, float(trainer.state.epoch or 0.0))
-        if run.kept_step(step) != step:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+        except Exception:
+            run.save_checkpoint(trainer)  # the last completed step, when its adapter is still finite
+            raise
+        step = trainer.state.global_step
+        run.save_checkpoint(trainer)
+        final = run.evals[-1].metrics if run.evals else {}
+        if run.last_eval_step != step or (final.get("answer_accuracy") is not None and final.get("answer_accuracy_generated") is None):
+            run.evaluate(step, float(trainer.state.epoch or 0.0), generate=True, phase="final evaluation")
+        kept = run.kept_step(step)
+        if kept != step:
             load_adapter_state(model, run.best_state)
-        run.save_adapter("adapter", step)
+        if kept == 0 and step > 0:
+            run.emit(Advice(message="the best evaluation was step 0, before any training, so the kept adapter is the base model "
+                                    "(a no-op); lower train.learning_rate, or turn train.restore_best off to keep the last step", step=step))
+        run.save_adapter("adapter", kept)
         comparison = None
         if compare and not run.stop.is_set():
+            run.emit(Phase(name="comparing", step=step))
             comparison = compare_adapter(run)
         stopped = run.stop.is_set() or bool(run.stop_reason)
         status = "stopped" if stopped else "finished"
-        summary = run.summary(status, step)
+        if stopped and not run.stop_reason:
+            run.stop_reason = getattr(run.stop, "reason", "") or "stopped by the user"
+        summary = run.summary(status, step, comparison=comparison)
         if run.is_main:
             write_json(run_dir / "summary.json", summary)
         if stopped:
-            run.emit(Stopped(step=step, reason=run.stop_reason or "stopped by the user", summary=summary))
+            run.emit(Stopped(step=step, reason=run.stop_reason, summary=summary))
         else:
             run.emit(Finished(step=step, summary=summary))
         return TrainResult(run_dir, status, summary, model, tokenizer, data, comparison)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
-        if run.is_main:
-            (run_dir / "traceback.txt").write_text(traceback.format_exc())
+        step = trainer.state.global_step if trainer is not None else run.resumed_from or 0
         summary = run.summary("failed", step, error)
-        if run.is_main:
-            write_json(run_dir / "summary.json", summary)
+        if run.is_main and (run_dir / "config.yaml").exists():  # never recreate a deleted run folder
+            try:
+                (run_dir / "traceback.txt").write_text(traceback.format_exc())
+                write_json(run_dir / "summary.json", summary)
+            except OSError:  # a full disk: the events say what happened, and no summary names a missing adapter
+                pass
         run.emit(Failed(step=step, error=error, summary=summary))
         return TrainResult(run_dir, "failed", summary, run.model, run.tokenizer, run.data)
+    finally:
+        if run.is_main:
+            clear_running(run_dir)
+
+
+def prepare_resume(run_dir: Path) -> tuple[Path, Path]:
+    """Check that the run in `run_dir` can be resumed, mark it running and clear the ending the
+    resume replaces; return the folder and its checkpoint."""
+    run = load_run(run_dir)
+    if run.status in ("running", "finished"):
+        raise ResumeError(f"{run.name} is {run.status}; only a stopped, interrupted or failed run can be resumed")
+    if not run.resumable:
+        why = "it ended by early stopping" if run.summary.get("stop_reason", "").startswith("early stopping") else "it has no checkpoint (last_adapter/)"
+        raise ResumeError(f"{run.name} cannot be resumed: {why}")
+    mark_running(run_dir)
+    checkpoint = run.checkpoint()
+    if checkpoint.name != "last_adapter":  # a swap cut between its renames: put the complete copy back
+        checkpoint.rename(run_dir / "last_adapter")
+        checkpoint = run_dir / "last_adapter"
+    for stale in ("summary.json", "compare.json"):
+        (run_dir / stale).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "adapter", ignore_errors=True)
+    return run_dir, checkpoint
+
+
+def resume(run_dir: str | Path, **kwargs) -> TrainResult:
+    """Continue the stopped, interrupted or failed run in `run_dir` from its last checkpoint."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise ResumeError(f"{run_dir} is not a run folder (no config.yaml)")
+    return train(LabConfig.load(run_dir / "config.yaml"), resume_from=run_dir, **kwargs)
 
 
 def compare_adapter(run: RunContext) -> dict:
@@ -444,10 +702,12 @@ def compare_adapter(run: RunContext) -> dict:
     cfg = run.cfg
     probe = general_text()[: cfg.eval.probe_texts]
     # Step 0 is the base model and the kept step's evaluation is the adapter the run ends with.
-    by_step = {e.step: {**e.metrics, "examples": run.details[e.step]} for e in run.evals}
+    # Evaluations from before a resume have no per-example details here; those are recomputed.
+    by_step = {e.step: {**e.metrics, "examples": run.details[e.step]} for e in run.evals if e.step in run.details}
     known = {"off": by_step.get(0), "on": by_step.get(run.kept_step(run.last_eval_step))}
     result = evaluation.compare(
-        run.model, run.tokenizer, run.data.val, probe, cfg.eval.generations, cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.train.chunk_size, run.prefix, known
+        run.model, run.tokenizer, run.data.val, probe, cfg.eval.generations, cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.train.chunk_size, run.prefix, known,
+        cfg.eval.answer_tokens,
     )
     if run.is_main:
         write_json(run.run_dir / "compare.json", result)

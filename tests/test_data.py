@@ -25,7 +25,7 @@ def test_formats_are_detected_and_converted(tmp_path):
     cls = to_examples([{"text": "CCO", "label": "BBB+"}, {"text": "C", "label": "BBB-"}], DataConfig(answer_format="({letter})"))
     assert cls[0].choices == ("(A)", "(B)") and cls[0].answer == "(A)" and cls[1].answer == "(B)"
     assert "(A) BBB+ (B) BBB-" in cls[0].messages[0]["content"]
-    assert detect_format({"messages": []}) == "chat"
+    assert detect_format([{"messages": []}]) == "chat"
 
 
 def test_jsonl_csv_and_parquet_files_give_the_same_examples(tmp_path):
