@@ -401,7 +401,7 @@ class RunContext:
             "best_step": self.best_step,
             "last_eval_step": self.last_eval_step,
             "evals_without_improvement": self.evals_without_improvement,
-            "collapse_reported": self.collapse_reported,
+            "collapsed_answer": self.collapse.answer,
             "tokens_seen": trainer.tokens_seen,
             "elapsed_seconds": time.time() - self.started,
             "saved": {k: v for k, v in self.saved.items() if k == "best_adapter"},
@@ -413,7 +413,7 @@ class RunContext:
         self.best_value, self.best_step = state["best_value"], state["best_step"]
         self.last_eval_step = state["last_eval_step"]
         self.evals_without_improvement = state["evals_without_improvement"]
-        self.collapse_reported = state["collapse_reported"]
+        self.collapse.answer = state["collapsed_answer"]
         self.started = time.time() - state["elapsed_seconds"]
         if (folder / BEST_STATE).exists():
             from safetensors.torch import load_file
