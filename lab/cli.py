@@ -424,12 +424,12 @@ def _numbers(text: str, kind, flag: str) -> list:
 
 def print_sweep_row(row: dict, stream=None) -> None:
     low, high = row.get("answer_accuracy_ci_low"), row.get("answer_accuracy_ci_high")
-    interval = f" [{format_value('answer_accuracy', low)}, {format_value('answer_accuracy', high)}]" if low is not None else ""
+    accuracy = metric("answer_accuracy").format_with_interval(
+        {"answer_accuracy": row["best_answer_accuracy"], "answer_accuracy_ci": [low, high] if low is not None else None})
     print(
         f"{BOLD}PLW {row['plw']:g} seed {row['seed']}{RESET}: {row['status']} after {row['steps']} steps; best answer accuracy "
-        f"{format_value('answer_accuracy', row['best_answer_accuracy'])}{interval} at step {row['best_answer_accuracy_step']}, "
-        f"best answer loss {'n/a' if row['best_answer_loss'] is None else format(row['best_answer_loss'], '.4f')} "
-        f"at step {row['best_answer_loss_step']}",
+        f"{accuracy} at step {row['best_answer_accuracy_step']}, best answer loss "
+        f"{metric('answer_loss').format(row['best_answer_loss'])} at step {row['best_answer_loss_step']}",
         file=stream or sys.stdout,
     )
 

@@ -103,8 +103,8 @@ def truncation_message(report: dict) -> str | None:
     parts = []
     if report["examples_cut"]:
         parts.append(
-            f"cuts {report['examples_cut']} of {n} examples ({report['examples_cut'] / n:.0%}) from the left of their "
-            f"prompts: {report['tokens_cut']:,} tokens, {report['prompt_share_cut']:.0%} of all prompt tokens "
+            f"cuts {report['examples_cut']} of {n} examples ({report['examples_cut'] / n:.1%}) from the left of their "
+            f"prompts: {report['tokens_cut']:,} tokens, {report['prompt_share_cut']:.1%} of all prompt tokens "
             f"(up to {report['max_prompt_share_cut']:.0%} of one prompt)"
         )
     if report["examples_skipped"]:

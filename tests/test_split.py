@@ -1,5 +1,6 @@
 """Validation that does not leak: grouped splits, a separate validation file, split.json."""
 
+import importlib.util
 import json
 import random
 from pathlib import Path
@@ -141,3 +142,16 @@ def test_real_race_passages_stay_on_one_side():
     train, val, record = make_split(examples, DataConfig(source=str(RACE), val_size=0.2, val_max=0))
     assert not {e.meta["group"] for e in train} & {e.meta["group"] for e in val}
     assert record["shared_groups"] == 0 and len(train) + len(val) == len(examples)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("B3DB") is None, reason="the bbb set needs the qc-B3DB package")
+def test_the_bbb_demo_config_gives_1200_balanced_molecules_to_train_and_200_to_validate():
+    import collections
+
+    cfg = LabConfig.load(Path(__file__).resolve().parents[1] / "configs" / "bbb-demo.yaml")
+    assert cfg.data.source == "builtin:bbb" and cfg.model.name == "embedded"
+    examples = load_examples(cfg.data)
+    train, val, record = make_split(examples, cfg.data)
+    assert (len(train), len(val)) == (1200, 200)
+    assert collections.Counter(e.meta["label"] for e in examples) == {"BBB+": 700, "BBB-": 700}
+    assert not set(record["train"]) & set(record["val"])

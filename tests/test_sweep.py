@@ -40,6 +40,10 @@ def test_lab_sweep_runs_a_plw_by_seed_grid_on_one_split(tmp_path, capsys):
     for row, run in zip(rows, runs):
         best = best_of(run.evals, ["answer_accuracy"])["answer_accuracy"]  # the oracle: the registry's own rule
         assert (row["best_answer_accuracy"], row["best_answer_accuracy_step"]) == (best["value"], best["step"])
+        loss = best_of(run.evals, ["answer_loss"])["answer_loss"]
+        assert (row["best_answer_loss"], row["best_answer_loss_step"]) == (pytest.approx(loss["value"]), loss["step"])
+        at_best = next(e for e in run.evals if e.step == best["step"]).metrics["answer_accuracy_ci"]
+        assert [row["answer_accuracy_ci_low"], row["answer_accuracy_ci_high"]] == pytest.approx(at_best)
     # Different seeds start from different adapters: their last validation losses differ at the same PLW.
     last = [run.evals[-1].metrics["completion_loss"] for run in runs]
     assert last[0] != last[1] and last[2] != last[3]

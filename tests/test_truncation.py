@@ -27,7 +27,7 @@ def test_the_report_counts_examples_tokens_and_prompt_share_cut(tokenizer):
     assert report["max_prompt_share_cut"] == pytest.approx(cut_long / raw[2].raw_prompt)
     assert report["longest"] == report["fits_all"] == lengths[2]
     message = truncation_message(report)
-    assert f"cuts 2 of 3 examples (67%)" in message and f"set data.max_length to {lengths[2]}" in message
+    assert "cuts 2 of 3 examples (66.7%)" in message and f"set data.max_length to {lengths[2]}" in message
     assert truncation_message(truncation_report(raw, lengths[2])) is None
 
 
@@ -110,6 +110,6 @@ def test_inspect_reports_what_max_length_cuts(capsys):
     code = main(["inspect", "-n", "0", "--data", "builtin:reading-mc", "--set", "data.limit=12", "--set", "data.max_length=60"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "max_length 60 cuts 12 of 12 examples (100%)" in out
+    assert "max_length 60 cuts 12 of 12 examples (100.0%)" in out
     assert main(["inspect", "-n", "0", "--set", "data.limit=4", "--set", "data.max_length=8"]) == 2
     assert "smallest value that keeps every example" in capsys.readouterr().err
