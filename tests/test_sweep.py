@@ -116,3 +116,22 @@ def test_the_runs_tab_plw_plot_marks_runs_that_differ():
     hollow = [t for t in fig.data if "differs" in t.name]
     assert hollow and all("open" in t.marker.symbol for t in hollow)
     assert all("c (PLW 1)" not in (t.text or ()) for t in fig.data if "differs" not in t.name)
+
+
+def test_the_app_runs_a_sweep_as_its_one_training_job(tmp_path):
+    from lab.app_jobs import JobBusy, JobRegistry
+    from lab.config import LabConfig
+    from lab.history import History
+
+    cfg = LabConfig().override({"model.name": "tiny-random", "train.output_dir": str(tmp_path), "train.max_steps": 1,
+                                "data.limit": 12, "data.val_size": 4, "eval.generations": 0, "eval.probe_texts": 0})
+    registry = JobRegistry()
+    job = registry.start(cfg, sweep=([0.0], [0, 1]))
+    with pytest.raises(JobBusy):
+        registry.start(cfg)  # one job at a time, a sweep included
+    job.thread.join(timeout=600)
+    rows = read_csv(job.sweep_dir)
+    assert [(r["plw"], r["seed"], r["status"]) for r in rows] == [(0.0, 0, "finished"), (0.0, 1, "finished")]
+    # Watchers of the job see the current run's curves, not the two runs strung together.
+    history = History.from_events(job.events_since(0))
+    assert history.run_dir.endswith("plw0-seed1") and [e["step"] for e in history.evals] == [0, 1]
