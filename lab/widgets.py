@@ -295,8 +295,12 @@ def fixed_split(train_examples: Sequence[Example], val_examples: Sequence[Exampl
     """Examples and a `data.val_size` with which the lab's split gives exactly these train and
     validation lists, so runs that add training data (e.g. replay) keep the same validation set.
 
-        examples, val_size = fixed_split(train_ex + extra, val_ex, cfg.train.seed, cfg.data.val_max)
+        examples, val_size = fixed_split(train_ex + extra, val_ex, cfg.data.split_seed, cfg.data.val_max)
         train(cfg.override({"data.val_size": val_size}), examples=examples)
+
+    The seed is the split's (`data.split_seed`). Examples that carry group keys (`meta["group"]`,
+    multiple-choice passages) are split by group, which this arrangement does not model: pass
+    ungrouped examples or set `data.group_by: none`.
     """
     if val_max and len(val_examples) > val_max:
         raise ValueError(f"{len(val_examples)} validation examples exceed data.val_max = {val_max}; raise it or pass fewer")
