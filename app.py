@@ -26,6 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a starting value, e.g. train.prompt_loss_weight=0.1 (repeatable)")
     parser.add_argument("--max-file-size", default="50mb", help="largest upload accepted (default 50mb)")
+    parser.add_argument("--allow-remote-code", action="store_true",
+                        help="let runs whose config sets model.trust_remote_code run their model's own Python code "
+                             "(off: such runs are refused)")
     return parser.parse_args(argv)
 
 
@@ -41,9 +44,9 @@ def main(argv=None) -> None:
         config = LabConfig.load(args.config) if args.config else LabConfig()
         if overrides:
             config = config.override(overrides)
+        demo = build_app(config=config, runs_dir=args.runs_dir, allow_remote_code=args.allow_remote_code)
     except (ConfigError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    demo = build_app(config=config, runs_dir=args.runs_dir)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=args.max_file_size)
 
 

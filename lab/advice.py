@@ -13,7 +13,8 @@ COLLAPSE_EXCESS = 0.3
 COLLAPSE_P = 0.05
 
 
-def before_training(cfg: LabConfig, n_train: int, total_steps: int) -> list[str]:
+def before_training(cfg: LabConfig, n_train: int, total_steps: int, has_answers: bool = False) -> list[str]:
+    """`has_answers`: the data has candidate answers (multiple choice or classification)."""
     t = cfg.train
     notes = []
     examples_seen = total_steps * t.batch_size * t.grad_accum
@@ -33,11 +34,17 @@ def before_training(cfg: LabConfig, n_train: int, total_steps: int) -> list[str]
             "Set train.epochs (e.g. 1) or train.max_steps."
         )
     if t.learning_rate > 3e-3:
-        notes.append(f"learning rate {t.learning_rate:g} is far above LoRA norms (1e-4 to 1e-3): expect instability or collapse.")
+        notes.append(f"learning rate {t.learning_rate:g} is above LoRA norms (1e-4 to 3e-3): expect instability or collapse.")
     if cfg.lora.r > 64 and n_train < 1000:
         notes.append(f"LoRA rank {cfg.lora.r} on {n_train} examples: a small rank (4-16) overfits less.")
     if t.early_stopping_metric == "full_loss":
         notes.append("early stopping on full-sequence loss: it is dominated by prompt tokens and can pick a far worse checkpoint than completion loss or accuracy.")
+    if t.early_stopping_metric == "completion_loss" and has_answers:
+        notes.append(
+            "early stopping on completion loss with letter answers: the completion is the letter plus the end-of-turn "
+            "token, whose loss falls to almost nothing in a few steps, so it mostly measures learning to stop. "
+            "answer_loss or answer_accuracy ('auto' picks answer_loss) follows the answer itself."
+        )
     if n_train < 50:
         notes.append(f"only {n_train} training examples: watch the predicted-answer distribution for collapse to one answer.")
     return notes

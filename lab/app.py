@@ -21,7 +21,7 @@ import gradio as gr
 
 from .app_common import AppContext, SharedComponents, first_sentence, spec_index
 from .app_compare import CompareTab
-from .app_data import DataTab
+from .app_data import STATE_TTL_SECONDS, DataTab
 from .app_jobs import JobRegistry, RunModels
 from .app_runs import RunsTab
 from .app_train import TrainTab
@@ -34,7 +34,8 @@ CSS = """
 #plw-header h1{margin:0;font-size:1.6em}
 #plw-header p{margin:2px 0 0;color:#4b5563}
 #plw-bar{border:1px solid #fed7aa;background:#fff7ed;border-radius:10px;padding:6px 10px;align-items:center}
-#plw-presets button{min-width:0}
+#plw-presets button{min-width:3.4em;padding:0 6px;white-space:nowrap;overflow:visible;text-overflow:clip}
+#runs-table th *,#preview th *,#compare-table th *{word-break:normal!important;overflow-wrap:normal!important;hyphens:none}
 .plw-msg-error{border:1px solid #fecaca;background:#fef2f2;color:#991b1b;border-radius:8px;padding:8px 12px;white-space:pre-wrap}
 .plw-msg-ok{border:1px solid #bbf7d0;background:#f0fdf4;color:#166534;border-radius:8px;padding:8px 12px}
 .plw-msg-info{border:1px solid #bfdbfe;background:#eff6ff;color:#1e3a8a;border-radius:8px;padding:8px 12px}
@@ -62,13 +63,16 @@ def build_app(
     config: LabConfig | None = None,
     runs_dir: str | Path | None = None,
     title: str = "PLW Lab",
+    allow_remote_code: bool = False,
 ) -> gr.Blocks:
     """The lab's Gradio app. `config` gives the starting values (defaults: `LabConfig()`); `runs_dir`
-    is where runs are written and listed (default: the config's `train.output_dir`)."""
+    is where runs are written and listed (default: the config's `train.output_dir`). Unless
+    `allow_remote_code`, no run whose config sets `model.trust_remote_code` trains or loads here."""
     base = config or LabConfig()
     runs_path = Path(runs_dir or base.train.output_dir).expanduser().resolve()
     base = base.override({"train.output_dir": str(runs_path)})
-    registry = JobRegistry()
+    registry = JobRegistry(allow_remote_code)
+    registry.check_remote_code(base, "the starting config")
     try:
         from . import builtin as builtin_sets
     except Exception:  # the built-in sets are optional for the app; files still work
@@ -76,7 +80,7 @@ def build_app(
     ctx = AppContext(base, runs_path, spec_index(), registry, RunModels(registry), builtin_sets)
 
     with gr.Blocks(title=title, analytics_enabled=False, fill_width=True) as demo:
-        data_state = gr.State(None)
+        data_state = gr.State(None, time_to_live=STATE_TTL_SECONDS)
         seen_job = gr.State(None)
         job_timer = gr.Timer(3.0)
 
@@ -106,8 +110,11 @@ def build_app(
                     for value in plw_spec.get("presets", (0.0, 0.01, 0.1, 0.5, 1.0)):
                         button = gr.Button(f"{value:g}", size="sm", elem_id=f"plw-preset-{value:g}".replace(".", "_"))
                         button.click(lambda v=value: v, None, plw, show_progress="hidden")
+            _clamp_typed_values(plw)
 
-        shared = SharedComponents(plw=plw, data_state=data_state, seen_job=seen_job, job_timer=job_timer, job_badge=job_badge)
+        visitor = gr.BrowserState(None, storage_key="plw-lab-visitor")
+        shared = SharedComponents(plw=plw, data_state=data_state, seen_job=seen_job, job_timer=job_timer, job_badge=job_badge,
+                                  visitor=visitor)
         with gr.Tabs(elem_id="tabs"):
             data, train, compare = DataTab(ctx, shared), TrainTab(ctx, shared), CompareTab(ctx, shared)
             runs = RunsTab(ctx, shared)  # after Compare: it fills the Compare tab's run list
@@ -123,8 +130,18 @@ def build_app(
     demo.queue(default_concurrency_limit=4)
     demo.plw_registry = registry  # for tests and embedding: the process's job registry
     demo.plw_runs_dir = runs_path
+    demo.plw_tabs = {"data": data, "train": train, "compare": compare, "runs": runs}  # for tests: handlers without a browser
     _set_launch_defaults(demo)
     return demo
+
+
+def _clamp_typed_values(slider: gr.Slider) -> None:
+    """A number typed outside the slider's range (PLW 5) is clamped, in every handler and in the box
+    itself, so the box and the views agree (Gradio would refuse the value and leave the views behind)."""
+    low, high = slider.minimum, slider.maximum
+    slider.preprocess = lambda value: value if value is None else min(max(float(value), low), high)
+    slider.change(None, slider, slider, js=f"(v) => Math.min(Math.max(Number(v) || 0, {low}), {high})",
+                  show_progress="hidden")
 
 
 def _set_launch_defaults(demo: gr.Blocks) -> None:

@@ -14,6 +14,7 @@ set) and return a dict keyed by component, leaving out what they do not change.
 from __future__ import annotations
 
 import html
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -46,12 +47,14 @@ class AppContext:
         return list_runs(self.runs_path)
 
     def find_run(self, name: str | None) -> Run:
+        """The run of that name in the runs folder; every handler that takes a run name goes through
+        here, so a visitor's text never becomes a path of its own."""
         if not name:
             raise ValueError("choose a run first")
         for run in self.list_runs():
             if run.name == name:
                 return run
-        raise ValueError(f"no run named {name!r} in {self.runs_path}")
+        raise ValueError(f"no run named {name!r}; refresh the list")
 
 
 @dataclass
@@ -84,6 +87,9 @@ class SharedComponents:
     #: The Compare tab's run (the Data tab's loss views colour tokens with it).
     run_choice: Any = None
     run_lists: RunLists | None = None
+    #: (handler, inputs, outputs) to run after the visitor's data changes (each load chains them;
+    #: a `.change` on the data state would hash the whole data set on every event).
+    after_data_load: list[tuple] = field(default_factory=list)
 
     def setting_values(self, values: dict) -> dict[str, Any]:
         """The settings' values, by config key, out of a handler's input dict."""
@@ -136,21 +142,52 @@ def config_value(cfg: LabConfig, key: str):
     return getattr(getattr(cfg, section), name)
 
 
-def make_control(key: str, spec: dict, value):
-    """One Gradio control for a config field, from its metadata."""
-    name = spec["name"]
-    label = name.replace("_", " ")
+def control_label(key: str, spec: dict) -> str:
+    """The label of a config field's control, as the page shows it."""
+    if key == "model.name":
+        return "model"
+    label = spec["name"].replace("_", " ")
     if spec.get("shared_name"):  # e.g. train.batch_size and eval.batch_size
         label = f"{spec['section']} {label}"
+    return label[:1].upper() + label[1:]
+
+
+#: Settings that are not a plain control, by the words the page uses for them.
+PAGE_NAMES = {
+    "data.column_map": 'the "Column mapping" section (Data tab)',
+    "data.source": "the data source (Data tab)",
+    "data.format": 'the Data tab\'s "format"',
+    "train.prompt_loss_weight": 'the "Prompt-loss weight (PLW)" bar',
+}
+
+
+def page_message(text: str, specs: dict[str, dict]) -> str:
+    """A message in the page's words: controls by their labels instead of config keys."""
+    def name(key: str) -> str:
+        if key in PAGE_NAMES:
+            return PAGE_NAMES[key]
+        return f'"{control_label(key, specs[key])}"' if key in specs else key
+
+    text = re.sub(r"\b(?:model|data|lora|train|eval)\.[a-z_]+\b", lambda m: name(m.group(0)), text)
+    # a field named without its section ("max_length"): only names with an underscore, never plain words
+    bare = {spec["name"]: key for key, spec in specs.items() if "_" in spec["name"] and not spec.get("shared_name")}
+    return re.sub(r"(?<![\w.])[a-z]+(?:_[a-z]+)+\b", lambda m: name(bare[m.group(0)]) if m.group(0) in bare else m.group(0),
+                  text)
+
+
+def make_control(key: str, spec: dict, value):
+    """One Gradio control for a config field, from its metadata."""
+    label = control_label(key, spec)
     info = first_sentence(spec.get("help", ""))
     kind = spec["type"]
     elem_id = "cfg-" + key.replace(".", "-").replace("_", "-")
     if "min" in spec or "max" in spec:
         low, high = spec.get("min"), spec.get("max")
         info += f" Range: {low if low is not None else MINUS_INF} to {high if high is not None else INF}."
-    if key == "model.name":
+    if key == "model.name":  # its whole help: every kind of model it accepts
+        info = " ".join(spec.get("help", "").split())
         choices = list(dict.fromkeys(MODEL_CHOICES + [value]))
-        return gr.Dropdown(choices=choices, value=value, label="model", info=info, allow_custom_value=True, elem_id=elem_id)
+        return gr.Dropdown(choices=choices, value=value, label=label, info=info, allow_custom_value=True, elem_id=elem_id)
     if kind == "bool":
         return gr.Checkbox(value=value, label=label, info=info, elem_id=elem_id)
     if spec.get("choices"):
@@ -163,6 +200,8 @@ def make_control(key: str, spec: dict, value):
         step = 1 if kind == "int" else (10 ** _floor_log10(spec["default"]) if spec["default"] else 0.01)
         return gr.Number(value=value, label=label, info=info, precision=0 if kind == "int" else None, step=step,
                          elem_id=elem_id)
+    if kind == "dict":  # e.g. data.mix: typed as JSON
+        return gr.Textbox(value=json.dumps(value), label=label, info=info + " As JSON, e.g. {\"builtin:bbb\": 1}.", lines=1, elem_id=elem_id)
     lines = 3 if "\n" in str(value) or len(str(value)) > 60 else 1
     return gr.Textbox(value=value, label=label, info=info, lines=lines, elem_id=elem_id)
 
@@ -182,4 +221,11 @@ def coerce_control(key: str, spec: dict, value):
         return float(value)
     if spec["type"] == "list":
         return list(value) if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",") if v.strip()]
+    if spec["type"] == "dict" and not isinstance(value, dict):
+        try:
+            value = json.loads(str(value).strip() or "{}")
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{key}: not valid JSON ({exc.msg}); write it as {{\"name\": value}}") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a JSON object {{\"name\": value}}, got {type(value).__name__}")
     return value

@@ -22,19 +22,26 @@ from .app_common import (
     frame,
     make_control,
     message_html,
+    page_message,
 )
 from .app_jobs import error_text
 from .charts import empty_figure, label_balance_figure, length_histogram, rg_histogram
 from .config import ConfigError, DataConfig
 from .data import DataError, detect_format, read_records, to_examples
 from .masks import encode, encode_fitted
+from .mixing import balanced_counts
 from .packing import packing_efficiency
 from .stats import label_counts, length_stats, truncation_message
 from .text_views import preview_rows, stats_markdown
 from .tokens_view import token_html, token_loss_html
 
-#: Examples encoded for the statistics and the token view (the first N of the set).
+#: Examples encoded for the statistics (the first N of the set).
 STATS_LIMIT = 2000
+#: Encoded examples a visitor's state keeps for the token view: the statistics are kept as numbers,
+#: so each visitor's memory stays bounded whatever the size of the set.
+VIEW_LIMIT = 200
+#: A visitor's loaded data is freed this long after its last change, and an hour after the page closes.
+STATE_TTL_SECONDS = 6 * 3600
 UPLOAD_TYPES = [".jsonl", ".json", ".csv", ".parquet", ".ndjson"]
 #: Lab fields a column can be mapped to, by format.
 MAPPABLE = {
@@ -46,29 +53,36 @@ MAPPABLE = {
 ALL_MAPPABLE = ("prompt", "completion", "messages", "context", "question", "options", "answer", "text", "label")
 #: Data options shown in the Data tab (they change how records become examples and tokens).
 DATA_OPTIONS = ["data.val_size", "data.limit", "data.train_eos", "data.system_prompt", "data.mc_template",
-                "data.classification_template", "data.answer_format", "data.on_error"]
+                "data.classification_template", "data.answer_format", "data.on_error", "data.balance"]
 
 
 @dataclass
 class DataView:
-    """What a visitor loaded in the Data tab."""
+    """What a visitor loaded in the Data tab: only what the views need, so its size is bounded."""
 
     data: dict  # DataConfig as a dict (source, format, column_map and options)
     model_name: str
     chat_template: str
-    examples: list
-    encoded: dict  # source_index -> Encoded, for the first STATS_LIMIT examples
-    skipped: list
+    encoded: dict  # source_index -> Encoded, for the first VIEW_LIMIT examples (the token view)
+    skipped: list  # the first few reasons
+    n_skipped: int
     total: int
     info: dict
     columns: list
     fmt: str
+    stats: object  # `LengthStats` of the first STATS_LIMIT examples
+    packing: dict
     #: The max_length the examples were encoded to (data.max_length, or what 0 chose) and what it cut.
     max_length: int = 0
     truncation: dict = field(default_factory=dict)
 
     def example_indices(self) -> list[int]:
         return sorted(self.encoded)
+
+    def shown_source(self) -> str:
+        """The source as the page names it: builtin:NAME, hf:ID or the file's name."""
+        source = self.data["source"]
+        return source if source.startswith(("builtin:", "hf:")) else Path(source).name
 
 
 class DataTab:
@@ -124,10 +138,10 @@ class DataTab:
                     self.msg = gr.HTML("", elem_id="data-msg")
                 with gr.Column(scale=2):
                     self.stats_md = gr.Markdown("Load a data set to see its statistics.", elem_id="data-stats")
-                    self.rg_plot = gr.Plot(empty_figure("R<sub>g</sub> histogram"), label="Generation ratio", elem_id="rg-plot")
+                    self.rg_plot = gr.Plot(empty_figure("R<sub>g</sub> histogram"), label="Generation ratio", elem_id="rg-plot", show_label=False)
                     with gr.Row():
-                        self.len_plot = gr.Plot(empty_figure("token lengths"), label="Token lengths", elem_id="len-plot")
-                        self.label_plot = gr.Plot(empty_figure("label balance"), label="Label balance", elem_id="label-plot")
+                        self.len_plot = gr.Plot(empty_figure("token lengths"), label="Token lengths", elem_id="len-plot", show_label=False)
+                        self.label_plot = gr.Plot(empty_figure("label balance"), label="Label balance", elem_id="label-plot", show_label=False)
             gr.Markdown("### Token view\nEach token as the model sees it through its chat template, coloured by its "
                         "loss weight at the current PLW. Hover a token for its text, id, label and weight.")
             with gr.Row():
@@ -169,9 +183,7 @@ class DataTab:
             (self.load_file_btn, self.on_load_file, [self.upload]),
             (self.load_hub_btn, self.on_load_hub, [self.hub_id, self.hub_config, self.hub_split]),
         ):
-            btn.click(fn, self.load_inputs(*inputs), self.load_outputs, concurrency_limit=4).then(
-                self.render_tokens, tokens_in, self.token_view
-            )
+            self.after_load(btn.click(fn, self.load_inputs(*inputs), self.load_outputs, concurrency_limit=4))
         shared.plw.change(self.on_plw, tokens_in, {self.token_view, self.stats_md},
                           show_progress="hidden", trigger_mode="always_last", concurrency_limit=None)
         self.example_idx.change(self.render_tokens, tokens_in, self.token_view,
@@ -180,9 +192,15 @@ class DataTab:
 
     def wire_page_load(self, demo: gr.Blocks) -> None:
         # The default set loads by itself; the Load buttons wait for it so it can never overwrite a visitor's choice.
-        demo.load(self.on_page_load, self.load_inputs(self.builtin_dd), self.load_outputs).then(
-            self.render_tokens, self.token_inputs(), self.token_view
-        ).then(lambda: {b: gr.update(interactive=True) for b in self.load_buttons}, None, self.load_buttons)
+        self.after_load(demo.load(self.on_page_load, self.load_inputs(self.builtin_dd), self.load_outputs)).then(
+            lambda: {b: gr.update(interactive=True) for b in self.load_buttons}, None, self.load_buttons)
+
+    def after_load(self, event):
+        """Chain what follows every load: the token view, then whatever other tabs registered."""
+        event = event.then(self.render_tokens, self.token_inputs(), self.token_view)
+        for fn, inputs, outputs in self.shared.after_data_load:
+            event = event.then(fn, inputs, outputs, show_progress="hidden")
+        return event
 
     # -- handlers ----------------------------------------------------------------------------------
 
@@ -211,18 +229,27 @@ class DataTab:
                 overrides[key] = coerce_control(key, specs[key], value)
         return self.ctx.base.override(overrides).data
 
+    def failed_load(self, text: str, values: dict, updates: dict | None = None) -> dict:
+        """A load that failed: the message in the page's words, saying that the data already loaded stays."""
+        previous: DataView | None = values[self.shared.data_state]
+        text = page_message(text, self.ctx.specs)
+        if previous is not None:
+            text += f"\nThe data loaded before ({previous.shown_source()}, {previous.total:,} examples) is still loaded."
+        gr.Warning(text)
+        return {self.msg: message_html(text), **(updates or {})}
+
     def load_data(self, source: str, values: dict, hf_cfg="", hf_split_="train"):
-        """Read, convert and encode a data set; every problem becomes a message, never a crash."""
+        """Read, convert and encode a data set; every problem becomes a message and keeps the data loaded before."""
+        # A visitor sees an upload by its file name, never the server's temporary folder.
+        shown = Path(source).name if not source.startswith(("builtin:", "hf:")) else source
         try:
             dcfg = self._data_config(source, values, hf_cfg, hf_split_)
             records, info = read_records(dcfg, hub_ids_only=True)
         except (DataError, ConfigError) as exc:
-            gr.Warning(str(exc))
-            return {self.msg: message_html(str(exc))}
+            return self.failed_load(error_text(exc), values)
         except Exception as exc:  # a damaged file may raise anything
-            gr.Warning(error_text(exc))
-            return {self.msg: message_html(f"Could not read {source}: {error_text(exc)}")}
-        columns = sorted({k for r in records[:200] for k in r} | set(dcfg.column_map.values()))
+            return self.failed_load(f"Could not read {shown}: {error_text(exc)}", values)
+        columns = sorted({str(k) for r in records[:200] for k in r if k is not None} | set(dcfg.column_map.values()))
         mapping_updates = {
             control: gr.update(choices=["(same name)"] + columns, value=dcfg.column_map.get(f, "(same name)"))
             for f, control in self.mapping.items()
@@ -231,15 +258,9 @@ class DataTab:
             fmt_used = dcfg.format if dcfg.format != "auto" else info.get("format") or detect_format(records)
             examples = to_examples(records, dataclasses.replace(dcfg, format=fmt_used), info.get("labels"))
         except DataError as exc:
-            text = f"{exc}\nColumns found: {', '.join(columns)}"
-            gr.Warning(str(exc))
-            raw = [{k: str(v)[:80] for k, v in r.items()} for r in records[:20]]
-            empty = empty_figure("map the columns, then load again")
-            return {self.shared.data_state: None, self.msg: message_html(text),
-                    self.stats_md: f"Read {len(records)} records with columns {', '.join(columns)}, but they could not be "
-                    "turned into examples: choose the format and map the columns, then load again. The first records are below.",
-                    self.rg_plot: empty, self.len_plot: empty, self.label_plot: empty,
-                    self.example_idx: gr.update(maximum=1, value=0), self.preview: frame(raw), **mapping_updates}
+            # Mapping is what is needed: open the section with the file's columns to choose from.
+            return self.failed_load(f"{error_text(exc)}\nColumns in {shown}: {', '.join(columns)}.",
+                                    values, {self.mapping_acc: gr.update(open=True), **mapping_updates})
         settings = self.shared.setting_values(values)
         model_name = str(settings.get("model.name") or self.ctx.base.model.name)
         chat_template = str(settings.get("model.chat_template", self.ctx.base.model.chat_template) or "")
@@ -248,20 +269,20 @@ class DataTab:
             fitted = encode_fitted(tokenizer, examples[:STATS_LIMIT], dcfg.max_length, dcfg.max_length_cap, dcfg.train_eos)
             encoded, skipped = fitted.encoded, fitted.skipped
         except Exception as exc:
-            gr.Warning(error_text(exc))
-            return {self.msg: message_html(error_text(exc)), **mapping_updates}
+            return self.failed_load(error_text(exc), values, mapping_updates)
+        stats = length_stats(encoded)
         dv = DataView(
-            data=dataclasses.asdict(dcfg), model_name=model_name, chat_template=chat_template, examples=examples,
-            encoded={e.example.source_index: e for e in encoded}, skipped=skipped, total=len(examples), info=info,
-            columns=columns, fmt=fmt_used, max_length=fitted.max_length, truncation=fitted.truncation,
+            data=dataclasses.asdict(dcfg), model_name=model_name, chat_template=chat_template,
+            encoded={e.example.source_index: e for e in encoded[:VIEW_LIMIT]}, skipped=skipped[:5], n_skipped=len(skipped),
+            total=len(examples), info=info, columns=columns, fmt=fmt_used, stats=stats,
+            packing=self._packing(encoded, fitted.max_length), max_length=fitted.max_length,
+            truncation=fitted.truncation,
         )
         if not encoded:
-            text = "No example fits into max_length" + (f": {skipped[0]}" if skipped else "")
-            gr.Warning(text)
-            return {self.shared.data_state: dv, self.msg: message_html(text), **mapping_updates}
-        stats = length_stats(encoded)
-        shown = Path(source).name if not source.startswith(("builtin:", "hf:")) else source
-        note = f"Loaded {len(examples)} examples from {shown} as {fmt_used.replace('_', ' ')}."
+            return self.failed_load(f"No example of {dv.shown_source()} fits into data.max_length ({fitted.max_length} tokens, "
+                                    "in the Train tab's Essentials)" + (f": {skipped[0]}" if skipped else ""),
+                                    values, mapping_updates)
+        note = f"Loaded {len(examples)} examples from {dv.shown_source()} as {fmt_used.replace('_', ' ')}."
         for line in examples.report.lines():
             note += f" {line[0].upper()}{line[1:]}."
         if skipped:
@@ -274,11 +295,10 @@ class DataTab:
         return {
             self.shared.data_state: dv,
             self.msg: message_html(note, "info" if warning else "ok"),
-            self.stats_md: stats_markdown(stats, values[self.shared.plw], len(skipped), len(examples),
-                                          self._packing(encoded, fitted.max_length)),
+            self.stats_md: stats_markdown(stats, values[self.shared.plw], len(skipped), len(examples), dv.packing),
             self.rg_plot: rg_histogram(stats.rg),
             self.len_plot: length_histogram(stats, max_length=fitted.max_length),
-            self.label_plot: label_balance_figure(label_counts(examples)),
+            self.label_plot: label_balance_figure(label_counts(examples), after=balanced_counts(label_counts(examples), dcfg.balance) if dcfg.balance != "none" else None, after_label=f"after {dcfg.balance}"),
             self.example_idx: gr.update(minimum=0, maximum=max(len(indices) - 1, 1), value=0, step=1,
                                         label=f"Example (0\u2013{len(indices) - 1} of the first {len(indices)})"),
             self.preview: frame(preview_rows(examples, dv.encoded)),
@@ -334,7 +354,7 @@ class DataTab:
             return message_html("Choose a trained run in the Compare tab to colour tokens by loss.", "info") + \
                 token_html(enc, float(plw_value), special_ids=special)
         try:
-            loaded = self.ctx.models.get(self.ctx.runs_path / run_name)
+            loaded = self.ctx.models.get(self.ctx.find_run(run_name).path)
             enc2 = enc
             if (loaded.config.model.name, loaded.config.model.chat_template) != (dv.model_name, dv.chat_template):
                 enc2 = encode(loaded.tokenizer, enc.example, dv.max_length, dv.data.get("train_eos", True))
@@ -349,7 +369,5 @@ class DataTab:
         dv: DataView | None = values[self.shared.data_state]
         out = {self.token_view: self.render_tokens(values)}
         if dv is not None and dv.encoded:
-            stats = length_stats(dv.encoded.values())
-            packing = self._packing(dv.encoded.values(), dv.max_length)
-            out[self.stats_md] = stats_markdown(stats, float(values[self.shared.plw]), len(dv.skipped), dv.total, packing)
+            out[self.stats_md] = stats_markdown(dv.stats, float(values[self.shared.plw]), dv.n_skipped, dv.total, dv.packing)
         return out

@@ -8,6 +8,7 @@ driven and tested without a page.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import traceback
@@ -18,14 +19,25 @@ from typing import Any
 
 from .config import ConfigError, LabConfig, ModelConfig
 from .data import DataError
-from .events import Failed, Started
+from .events import Failed, Started, drop_superseded, read_events
+
+#: An absolute server path (not part of a URL): shown to visitors by its last component only.
+SERVER_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"(),:;]+/)+([^\s/'\"(),:;]*)")
+REMOTE_CODE_REFUSED = ("its config sets model.trust_remote_code, which runs the model's own Python code; "
+                       "the app allows that only when started with --allow-remote-code")
+
+
+def hide_paths(text: str) -> str:
+    """`text` with every absolute server path cut to its last component (a visitor sees file names, not the server's folders)."""
+    return SERVER_PATH.sub(lambda m: m.group(1) or "/", text)
 
 
 def error_text(exc: BaseException) -> str:
-    """An exception as a person reads it: the lab's own errors by their message, others with their type."""
-    if isinstance(exc, (ConfigError, DataError)):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    """An exception as a person reads it: the lab's own errors and plain refusals by their message,
+    anything unexpected with its type (it is a bug worth reporting); never a server path."""
+    if isinstance(exc, (ConfigError, DataError, ValueError, PermissionError)) or type(exc) is RuntimeError:
+        return hide_paths(str(exc))
+    return hide_paths(f"{type(exc).__name__}: {exc}")
 
 
 class JobBusy(RuntimeError):
@@ -35,15 +47,23 @@ class JobBusy(RuntimeError):
 class TrainingJob:
     """One training run in a background thread; its events accumulate for any number of watchers."""
 
-    def __init__(self, cfg: LabConfig, examples=None, sweep: tuple | None = None):
+    def __init__(self, cfg: LabConfig, examples=None, resume_from: Path | None = None, owner: str | None = None,
+                 sweep: tuple | None = None):
+        from .training import StopRequest
+
         self.id = uuid.uuid4().hex[:8]
         self.cfg = cfg
+        self.owner = owner  # the visitor token of whoever started it; only they may stop it
         self.examples = examples
         #: (PLW values, seeds): run a `lab.sweep` grid instead of one run; `sweep_dir` is its folder.
         self.sweep = sweep
         self.sweep_dir = ""
-        self.stop = threading.Event()
-        self.events: list = []
+        self.resume_from = resume_from
+        self.stop = StopRequest()
+        #: The run folder, known from the moment training creates it (before its first event).
+        self.run_path: Path | None = resume_from
+        # A resumed run's watchers see its whole history; its `started` event voids what it retrains.
+        self.events: list = drop_superseded(read_events(resume_from / "events.jsonl")) if resume_from else []
         self._lock = threading.Lock()
         self.result = None
         self.error = ""
@@ -65,15 +85,23 @@ class TrainingJob:
                 self.sweep_dir = str(run_sweep(self.cfg, plws, seeds, subscribers=[self._collect], stop=self.stop,
                                                examples=self.examples))
             else:
-                self.result = train(self.cfg, subscribers=[self._collect], stop=self.stop, examples=self.examples)
+                self.result = train(self.cfg, subscribers=[self._collect], stop=self.stop, examples=self.examples,
+                                    resume_from=self.resume_from, on_run_dir=self._set_run_path)
         except BaseException as exc:  # train() reports its own failures; this catches what escapes it
             self.error = error_text(exc)
             self._collect(Failed(step=0, error=self.error, summary={"status": "failed", "error": self.error}))
             traceback.print_exc()
 
+    def _set_run_path(self, path: Path) -> None:
+        self.run_path = Path(path)
+
     def start(self) -> "TrainingJob":
         self.thread.start()
         return self
+
+    def owns(self, path: Path) -> bool:
+        """Whether this job is running and trains the run in `path`."""
+        return self.running and self.run_path is not None and self.run_path.resolve() == Path(path).resolve()
 
     @property
     def running(self) -> bool:
@@ -89,6 +117,8 @@ class TrainingJob:
 
     @property
     def run_dir(self) -> str:
+        if self.run_path is not None:
+            return str(self.run_path)
         for event in self.events_since(0):
             if isinstance(event, Started):
                 return event.run_dir
@@ -98,23 +128,57 @@ class TrainingJob:
 class JobRegistry:
     """The process's training jobs: at most one runs at a time; the latest is kept for watchers."""
 
-    def __init__(self) -> None:
+    def __init__(self, allow_remote_code: bool = False) -> None:
         self._lock = threading.Lock()
         self.current: TrainingJob | None = None
+        #: Whether the owner started the app allowing models' own code (`app.py --allow-remote-code`).
+        self.allow_remote_code = allow_remote_code
 
-    def start(self, cfg: LabConfig, examples=None, sweep: tuple | None = None) -> TrainingJob:
+    def check_remote_code(self, cfg: LabConfig, what: str = "this run") -> None:
+        if cfg.model.trust_remote_code and not self.allow_remote_code:
+            raise ConfigError(f"{what} cannot run here: {REMOTE_CODE_REFUSED}")
+
+    def start(self, cfg: LabConfig, examples=None, resume_from: Path | None = None, owner: str | None = None,
+              sweep: tuple | None = None) -> TrainingJob:
+        self.check_remote_code(cfg)
         with self._lock:
             if self.current is not None and self.current.running:
                 raise JobBusy("A training job is already running in this app; watch it in the Train tab or stop it first.")
-            self.current = TrainingJob(cfg, examples, sweep).start()
+            self.current = TrainingJob(cfg, examples, resume_from, owner, sweep).start()
             return self.current
 
-    def stop(self) -> bool:
+    def resume(self, run, owner: str | None = None) -> TrainingJob:
+        """Continue a stopped, interrupted or failed `Run` from its last checkpoint, as this app's job."""
+        from .runs import ResumeError
+
+        if run.config is None:
+            raise ResumeError(f"{run.name}: its config.yaml cannot be read by this version of the lab")
+        if not run.resumable:
+            raise ResumeError(f"{run.name} is {run.status}" + ("" if run.status in ("finished", "running") else
+                              ", and it has no checkpoint or ended by early stopping") + "; nothing to resume")
+        return self.start(run.config, resume_from=run.path, owner=owner)
+
+    def owns(self, path: Path) -> bool:
+        """Whether the running job trains the run in `path` (known from the moment its folder exists)."""
+        job = self.current
+        return job is not None and job.owns(path)
+
+    def stop(self, visitor: str | None = None) -> bool:
+        """Ask the running job to stop after its current optimiser step; only its owner may."""
         job = self.current
         if job is None or not job.running:
             return False
+        if job.owner is not None and job.owner != visitor:
+            raise PermissionError("this run was started by another visitor; only they can stop it")
         job.stop.set()
         return True
+
+    def forget(self, run_path: Path) -> None:
+        """A deleted run's finished job is no longer shown to new visitors."""
+        with self._lock:
+            job = self.current
+            if job is not None and not job.running and job.run_dir and Path(job.run_dir).resolve() == Path(run_path).resolve():
+                self.current = None
 
     def running(self) -> TrainingJob | None:
         job = self.current
@@ -185,7 +249,7 @@ class RunModels:
             if self._loaded is not None and self._loaded.path == run_path:
                 return self._loaded
             job = self.registry.current
-            if job is not None and job.running and job.run_dir and Path(job.run_dir).resolve() == run_path:
+            if self.registry.owns(run_path):
                 raise RuntimeError("this run is still training; compare it when it has finished or been stopped")
             result = job.result if job is not None and not job.running else None
             if result is not None and result.model is not None and Path(result.run_dir).resolve() == run_path:
@@ -198,6 +262,7 @@ class RunModels:
                 run = load_run(run_path)
                 if run.config is None:
                     raise RuntimeError(f"{run.name}: its config.yaml cannot be read by this version of the lab")
+                self.registry.check_remote_code(run.config, run.name)
                 adapter_dir = run.adapter_dir()
                 if adapter_dir is None:
                     raise RuntimeError(f"{run.name} has no saved adapter (it may have failed before training started)")
@@ -209,6 +274,10 @@ class RunModels:
                 loaded.comparison = run.comparison()
             self._loaded = loaded
             return loaded
+
+    def is_loaded(self, run_path: Path) -> bool:
+        loaded = self._loaded
+        return loaded is not None and loaded.path == Path(run_path).resolve()
 
     def forget(self, run_path: Path) -> None:
         with self._lock:

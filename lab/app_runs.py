@@ -1,6 +1,6 @@
 """The app's Runs tab: every run in the runs folder as a table, overlaid curves, best metrics
 against PLW, a PLW x seed sweep (`lab.sweep`, run as the app's training job) with its figure, and
-per run its details, its adapter as a zip, or deleting it.
+per run its details, its adapter as a zip, resuming it, or deleting it.
 
 Its `refresh` also fills the Compare tab's run list, so the other tabs call it whenever the runs
 may have changed (a job ended, a run was deleted, a Refresh button).
@@ -44,8 +44,8 @@ class RunsTab:
                     value="completion_loss", label="metric", elem_id="overlay-metric", scale=1,
                 )
             with gr.Row():
-                self.overlay_plot = gr.Plot(overlay_figure([]), label="Curves", elem_id="overlay-plot")
-                self.sweep_plot = gr.Plot(plw_sweep_figure([]), label="Best metrics against PLW", elem_id="sweep-plot")
+                self.overlay_plot = gr.Plot(overlay_figure([]), label="Curves", elem_id="overlay-plot", show_label=False)
+                self.sweep_plot = gr.Plot(plw_sweep_figure([]), label="Best metrics against PLW", elem_id="sweep-plot", show_label=False)
             with gr.Accordion("PLW sweep: PLW values x seeds on one split", open=False):
                 base = ctx.base
                 gr.Markdown(
@@ -64,6 +64,7 @@ class RunsTab:
             with gr.Row():
                 self.run_pick = gr.Dropdown(choices=[], value=None, label="Run", elem_id="run-pick", scale=2)
                 self.zip_btn = gr.Button("Download adapter (.zip)", elem_id="zip-btn", scale=1)
+                self.resume_btn = gr.Button("Resume run", elem_id="resume-btn", scale=1)
                 self.confirm_delete = gr.Checkbox(label="yes, delete it", value=False, elem_id="confirm-delete", scale=1)
                 self.delete_btn = gr.Button("Delete run", variant="stop", elem_id="delete-btn", scale=1)
             self.zip_file = gr.File(label="Adapter", visible=False, elem_id="zip-file", interactive=False)
@@ -88,6 +89,9 @@ class RunsTab:
         self.overlay_metric.change(self.on_overlay, overlay_in, overlay_out)
         self.run_pick.change(self.on_pick, self.run_pick, self.details)
         self.zip_btn.click(self.on_zip, self.run_pick, [self.zip_file, self.msg])
+        # A resumed run becomes the job this page watches, so it streams into the Train tab.
+        self.resume_btn.click(self.on_resume, [self.run_pick, self.shared.seen_job, self.shared.visitor], [self.msg, self.shared.seen_job],
+                              concurrency_limit=4)
         self.delete_btn.click(self.on_delete, {self.confirm_delete, *self.inputs}, {self.msg, self.confirm_delete, *self.outputs})
 
     def wire_page_load(self, demo: gr.Blocks) -> None:
@@ -131,10 +135,8 @@ class RunsTab:
         pick_value, known = values[self.run_pick], values[self.known_runs]
         runs = self.ctx.list_runs()
         names = [r.name for r in runs]
-        with_adapter = [r.name for r in runs if r.adapter_dir() is not None and r.status != "running or interrupted"]
-        running = self.ctx.registry.running()
-        if running is not None and running.run_dir:
-            with_adapter = [n for n in with_adapter if n != Path(running.run_dir).name]
+        with_adapter = [r.name for r in runs if r.adapter_dir() is not None and r.status != "running"
+                        and not self.ctx.registry.owns(r.path)]
         rows = runs_rows(runs)
         new = [n for n in names if n not in (known or [])] if known is not None else []
         chosen = list(dict.fromkeys(new + [n for n in (selected_overlay or []) if n in names])) or names[:8]
@@ -179,7 +181,8 @@ class RunsTab:
             target = folder / f"{run.name}-{adapter_dir.name}.zip"
             with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
                 for path in sorted(adapter_dir.rglob("*")):
-                    if path.is_file():
+                    # The adapter only: a checkpoint's optimiser and trainer state stay on the server.
+                    if path.is_file() and (path.name.startswith("adapter_") or path.name == "README.md"):
                         zf.write(path, Path(adapter_dir.name) / path.relative_to(adapter_dir))
                 for extra in ("config.yaml", "summary.json"):
                     if (run.path / extra).exists():
@@ -195,11 +198,11 @@ class RunsTab:
             if not values[self.confirm_delete]:
                 raise ValueError("tick 'yes, delete it' to confirm")
             run = self.ctx.find_run(name)
-            job = self.ctx.registry.running()
-            if job is not None and job.run_dir and Path(job.run_dir).resolve() == run.path.resolve():
+            if self.ctx.registry.owns(run.path):
                 raise ValueError("this run is still training; stop it first")
             self.ctx.models.forget(run.path)
-            delete_run(run.path)
+            delete_run(run.path)  # refuses a run that any live process trains
+            self.ctx.registry.forget(run.path)
         except Exception as exc:
             gr.Warning(error_text(exc))
             return {self.msg: message_html(error_text(exc))}
@@ -208,3 +211,17 @@ class RunsTab:
         if values[compare_run] == name:
             refreshed[compare_run] = None
         return {self.msg: message_html(f"Deleted {name}.", "ok"), self.confirm_delete: False, **self.refresh(refreshed)}
+
+    def on_resume(self, name, seen, visitor=None):
+        """Continue a stopped, interrupted or failed run from its last checkpoint; the Train tab shows it."""
+        from .app_jobs import JobBusy
+
+        try:
+            job = self.ctx.registry.resume(self.ctx.find_run(name), owner=visitor)
+        except JobBusy as exc:
+            gr.Warning(str(exc))
+            return message_html(str(exc), "info"), seen
+        except Exception as exc:
+            gr.Warning(error_text(exc))
+            return message_html(error_text(exc)), seen
+        return message_html(f"Resuming {name}; follow it in the Train tab.", "ok"), job.id

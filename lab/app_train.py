@@ -11,18 +11,28 @@ from __future__ import annotations
 import dataclasses
 import html
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from .app_common import AppContext, SharedComponents, coerce_control, config_value, make_control, message_html
+from .app_common import (
+    AppContext,
+    SharedComponents,
+    coerce_control,
+    config_value,
+    make_control,
+    message_html,
+    page_message,
+)
 from .app_data import DATA_OPTIONS, DataView
-from .app_jobs import JobBusy, TrainingJob
+from .app_jobs import JobBusy, TrainingJob, hide_paths
 from .charts import accuracy_figure, loss_figure, predicted_distribution_figure
 from .config import ConfigError, LabConfig, field_specs
-from .data import DataError
+from .data import DataError, check_hub_id, split_sizes
 from .history import History
-from .text_views import progress_html, settings_help_markdown
+from .text_views import SEP, progress_html, run_settings_html, settings_help_markdown
 
 POLL_SECONDS = 0.5
 
@@ -31,6 +41,8 @@ POLL_SECONDS = 0.5
 # web page never turns on remote code execution.
 SPECIAL = {"train.prompt_loss_weight", "data.source", "data.format", "data.column_map", "data.hf_config", "data.hf_split"}
 HIDDEN = {"train.output_dir", "model.trust_remote_code"}
+#: The settings the next run's summary line reads (with PLW and the visitor's data).
+NEXT_RUN_KEYS = ("data.val_size", "data.val_max")
 TRAIN_LAYOUT = {
     "Essentials": [
         "model.name",
@@ -45,6 +57,15 @@ TRAIN_LAYOUT = {
     ],
     "Early stopping": ["train.early_stopping_metric", "train.patience", "train.restore_best"],
     "LoRA": ["lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "lora.layers"],
+    "Remedies for forgetting and collapse": [
+        "train.kl_weight",
+        "train.l2_to_base",
+        "data.replay",
+        "data.mix",
+        "data.mix_temperature",
+        "train.completion_loss_weight",
+        "train.class_weighted_loss",
+    ],
 }
 
 
@@ -65,6 +86,21 @@ def badge_html(job: TrainingJob | None, history: History | None = None) -> str:
             f"\u25cf training: step {step}/{total or '?'}</span>")
 
 
+OTHER_VISITOR = "A run started by another visitor is training; you can watch it here. Start opens again when it ends."
+STOPPING = "Stopping after the current optimiser step; the adapter so far is kept."
+
+
+def watched_html(history: History, job: TrainingJob | None) -> str:
+    """What the watched run is: its folder, status, data and settings (not the controls' values)."""
+    if job is None:
+        return '<div class="plw-watched" data-run="">No run yet: the charts fill in once you press Start.</div>'
+    started = history.started or {}
+    config = started.get("config") or job.cfg.to_dict()
+    name = Path(history.run_dir or job.run_dir).name or "(folder not created yet)"
+    return (f'<div class="plw-watched" data-run="{html.escape(name)}"><span class="plw-run">{html.escape(name)}</span>'
+            f'{run_settings_html(config, started.get("n_train"), started.get("n_val"))}</div>')
+
+
 class TrainTab:
     """The Train tab's components and handlers; `wire` connects them once every tab exists."""
 
@@ -73,7 +109,9 @@ class TrainTab:
         base, specs = ctx.base, ctx.specs
         with gr.Tab("Train", id="train", elem_id="tab-train"):
             with gr.Row():
-                with gr.Column(scale=1, min_width=340):
+                with gr.Column(scale=1, min_width=340, elem_id="next-run-settings"):
+                    gr.Markdown("### Settings for the next run")
+                    self.next_run = gr.HTML("", elem_id="next-run")
                     self.controls: dict[str, Any] = {}
                     placed = set(SPECIAL) | set(HIDDEN) | set(DATA_OPTIONS)
                     for group, keys in TRAIN_LAYOUT.items():
@@ -92,43 +130,66 @@ class TrainTab:
                                 self.controls[key] = make_control(key, specs[key], config_value(base, key))
                     with gr.Accordion("All settings explained", open=False):
                         gr.Markdown(settings_help_markdown({s: field_specs(s) for s in ("model", "data", "lora", "train", "eval")}))
-                with gr.Column(scale=2):
+                with gr.Column(scale=2, elem_id="watched-column"):
                     with gr.Row():
                         self.start_btn = gr.Button("Start training", variant="primary", elem_id="start")
                         self.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", interactive=False)
                     self.msg = gr.HTML("", elem_id="train-msg")
+                    gr.Markdown("### Watched run")
+                    self.watched = gr.HTML(watched_html(History(), None), elem_id="watched-run")
                     self.progress = gr.HTML(progress_html(History()), elem_id="progress")
                     self.advice_box = gr.HTML("", elem_id="advice")
-                    self.loss_plot = gr.Plot(loss_figure(History()), label="Loss", elem_id="loss-plot")
+                    self.loss_plot = gr.Plot(loss_figure(History()), label="Loss", elem_id="loss-plot", show_label=False)
                     with gr.Row():
-                        self.acc_plot = gr.Plot(accuracy_figure(History()), label="Accuracy", elem_id="acc-plot")
+                        self.acc_plot = gr.Plot(accuracy_figure(History()), label="Accuracy", elem_id="acc-plot", show_label=False)
                         self.dist_plot = gr.Plot(predicted_distribution_figure(History()), label="Predicted answers",
-                                                 elem_id="dist-plot")
+                                                 elem_id="dist-plot", show_label=False)
 
         shared.settings.update(self.controls)
-        #: Everything watching a job changes.
-        self.watch_outputs = {self.progress, self.advice_box, self.loss_plot, self.acc_plot, self.dist_plot, self.msg,
-                              self.start_btn, self.stop_btn, shared.job_badge}
+        #: What the next run's summary line reads.
+        self.next_inputs = {shared.plw, shared.data_state, *(shared.settings[k] for k in NEXT_RUN_KEYS if k in shared.settings)}
+        shared.after_data_load.append((self.next_run_html, self.next_inputs, self.next_run))
+        #: The charts: changed only when new events arrive (the progress line changes every second).
+        self.chart_outputs = {self.advice_box, self.loss_plot, self.acc_plot, self.dist_plot}
+        self.watch_outputs = {self.progress, self.watched, self.msg, self.start_btn, self.stop_btn, shared.job_badge,
+                              *self.chart_outputs}
 
     # -- events ------------------------------------------------------------------------------------
 
     def wire(self) -> None:
         """Start trains on the visitor's data with every setting; a job that ends refreshes the run lists."""
         shared = self.shared
-        self.start_btn.click(self.on_start, {shared.seen_job, shared.plw, shared.data_state, *shared.settings.values()},
+        self.start_btn.click(self.on_start, {shared.seen_job, shared.visitor, shared.plw, shared.data_state,
+                                             *shared.settings.values()},
                              {self.msg, shared.seen_job}, concurrency_limit=4)
         lists = shared.run_lists
-        shared.seen_job.change(self.watch, None, self.watch_outputs, concurrency_limit=None, show_progress="hidden").then(
-            lists.after_job, lists.inputs, lists.outputs
-        )
+        shared.seen_job.change(self.watch, {shared.visitor}, self.watch_outputs, concurrency_limit=None,
+                               show_progress="hidden").then(lists.after_job, lists.inputs, lists.outputs)
         shared.job_timer.tick(self.running_job_id, shared.seen_job, shared.seen_job, show_progress="hidden",
                               concurrency_limit=None)
-        self.stop_btn.click(self.on_stop, None, self.msg, concurrency_limit=None)
+        self.stop_btn.click(self.on_stop, {shared.visitor}, {self.msg, self.stop_btn}, concurrency_limit=None)
+        for control in self.next_inputs - {shared.data_state}:
+            control.change(self.next_run_html, self.next_inputs, self.next_run, show_progress="hidden")
 
     def wire_page_load(self, demo: gr.Blocks) -> None:
-        demo.load(self.current_job_id, None, self.shared.seen_job)
+        # The visitor's token first: what the watcher shows (Start, Stop) depends on whose run it is.
+        demo.load(self.visitor_token, self.shared.visitor, self.shared.visitor).then(
+            self.current_job_id, None, self.shared.seen_job)
 
     # -- handlers ----------------------------------------------------------------------------------
+
+    def next_run_html(self, values: dict) -> str:
+        """The next run's data with its train/validation split and its PLW, from what this visitor has loaded."""
+        shared = self.shared
+        dv: DataView | None = values[shared.data_state]
+        settings = shared.setting_values(values)
+        plw_line = f"PLW <b>{float(values[shared.plw]):g}</b> (the bar above)"
+        if dv is None:
+            return f'<div class="plw-next-run">data: none loaded yet (Data tab){SEP}{plw_line}</div>'
+        n_train, n_val = split_sizes(dv.total, float(settings.get("data.val_size", dv.data["val_size"])),
+                                     int(settings.get("data.val_max", dv.data.get("val_max", 0)) or 0))
+        return (f'<div class="plw-next-run">data: <b>{html.escape(dv.shown_source())}</b>, {n_train:,} train / {n_val:,} validation'
+                f"{SEP}{plw_line}</div>")
 
     def build_config(self, values: dict) -> LabConfig:
         """The run's config: PLW, every setting's control and the data the visitor loaded."""
@@ -141,44 +202,63 @@ class TrainTab:
             for name in ("source", "format", "column_map", "hf_config", "hf_split"):
                 overrides[f"data.{name}"] = dv.data[name]
         overrides["train.output_dir"] = str(self.ctx.runs_path)
+        for source in overrides.get("data.mix") or {}:
+            # A visitor may mix built-in sets and hub datasets, never a file or folder on this server.
+            if not source.startswith(("builtin:", "hf:")):
+                raise ConfigError(f"data.mix: {source!r} is neither a built-in set ('builtin:NAME') nor a hub dataset ('hf:owner/name')")
+            if source.startswith("hf:"):
+                check_hub_id(source.removeprefix("hf:"))
         return self.ctx.base.override(overrides)
 
-    def render_job(self, history: History, job: TrainingJob | None, note: str = "") -> dict:
+    def render_progress(self, history: History, job: TrainingJob | None, visitor: str | None) -> dict:
+        """The parts that change every second: status, phase, ETA, elapsed time, buttons."""
         running = job is not None and job.running
-        if running and history.status == "idle":
-            history_view = dataclasses.replace(history, status="starting")
-            note = note or "Loading the model and the data\u2026"
-        else:
-            history_view = history
+        note = ""
+        view = history
+        if running and job.stop.is_set():
+            view, note = dataclasses.replace(history, status="stopping"), STOPPING
+        elif running and history.status == "idle":
+            view = dataclasses.replace(history, status="starting")
+        mine = job is not None and (job.owner is None or job.owner == visitor)
+        if running and not mine:
+            note = (note + "\n" if note else "") + OTHER_VISITOR
+        return {
+            self.progress: progress_html(view, note),
+            self.start_btn: gr.update(interactive=not running),
+            self.stop_btn: gr.update(interactive=running and mine and not job.stop.is_set()),
+            self.shared.job_badge: badge_html(job, history),
+        }
+
+    def render_job(self, history: History, job: TrainingJob | None, visitor: str | None) -> dict:
         error = ""
         if history.status == "failed":
-            error = message_html(f"The run failed: {history.end_message}")
+            error = message_html(f"The run failed: {hide_paths(history.end_message)}")
         elif history.status == "stopped":
             error = message_html(f"Stopped at step {(history.last_step or {}).get('step', 0)}: {history.end_message}", "info")
         elif history.status == "finished":
-            error = message_html(f"Finished: {history.run_dir}", "ok")
+            error = message_html(f"Finished: {Path(history.run_dir).name}", "ok")
         return {
-            self.progress: progress_html(history_view, note),
+            **self.render_progress(history, job, visitor),
+            self.watched: watched_html(history, job),
             self.advice_box: advice_html(history.advice),
             self.loss_plot: loss_figure(history),
             self.acc_plot: accuracy_figure(history),
             self.dist_plot: predicted_distribution_figure(history),
             self.msg: error,
-            self.start_btn: gr.update(interactive=not running),
-            self.stop_btn: gr.update(interactive=running),
-            self.shared.job_badge: badge_html(job, history),
         }
 
-    def watch(self):
-        """Stream the current job's events into the charts until it ends (any visitor, any time)."""
+    def watch(self, values: dict):
+        """Stream the current job's events into the charts until it ends (any visitor, any time); the
+        progress line is redrawn every second so the elapsed time and the phase's own bar move."""
+        visitor = values[self.shared.visitor]
         job = self.ctx.registry.current
         if job is None:
-            yield self.render_job(History(), None)
+            yield self.render_job(History(), None, visitor)
             return
         history = History()
         cursor = 0
         first = True
-        last_yield = 0.0
+        last_charts = last_progress = 0.0
         while True:
             new = job.events_since(cursor)
             cursor += len(new)
@@ -190,10 +270,13 @@ class TrainTab:
                         gr.Warning(message)
             finished = not job.running and cursor >= job.n_events()
             now = time.time()
-            if first or finished or (new and now - last_yield >= 0.8):
-                yield self.render_job(history, job)
-                last_yield = now
+            if first or finished or (new and now - last_charts >= 0.8):
+                yield self.render_job(history, job, visitor)
+                last_charts = last_progress = now
                 first = False
+            elif now - last_progress >= 1.0:
+                yield self.render_progress(history, job, visitor)
+                last_progress = now
             if finished:
                 return
             time.sleep(POLL_SECONDS)
@@ -202,27 +285,41 @@ class TrainTab:
         shared, registry = self.shared, self.ctx.registry
         seen = values[shared.seen_job]
         try:
-            job = registry.start(self.build_config(values))
+            job = registry.start(self.build_config(values), owner=values[shared.visitor])
         except JobBusy as exc:
             gr.Warning(str(exc))
             running = registry.running()
             return {self.msg: message_html(str(exc), "info"), shared.seen_job: running.id if running else seen}
         except (ConfigError, DataError, ValueError) as exc:
-            gr.Warning(str(exc))
-            return {self.msg: message_html(f"Cannot start: {exc}")}
+            text = page_message(str(exc), self.ctx.specs)
+            gr.Warning(text)
+            return {self.msg: message_html(f"Cannot start: {text}")}
         return {self.msg: message_html("Training started.", "info"), shared.seen_job: job.id}
 
+    @staticmethod
+    def visitor_token(token):
+        """This browser's visitor token, made on its first visit (kept in the browser across reloads)."""
+        return token or uuid.uuid4().hex
+
     def current_job_id(self):
-        """On page load: the latest job, running or not, so a reload re-attaches to it."""
+        """On page load: the latest job, running or not, so a reload re-attaches to it; a finished
+        job whose run folder has since been deleted is not shown."""
         job = self.ctx.registry.current
-        return job.id if job is not None else None
+        if job is None or (not job.running and job.run_dir and not Path(job.run_dir).exists()):
+            return None
+        return job.id
 
     def running_job_id(self, seen):
         """On each timer tick: a job that started since this page last looked."""
         job = self.ctx.registry.running()
         return job.id if job is not None else seen
 
-    def on_stop(self):
-        if self.ctx.registry.stop():
-            return message_html("Stopping after the current optimiser step; the adapter so far is kept.", "info")
-        return message_html("No training job is running.", "info")
+    def on_stop(self, values: dict):
+        try:
+            stopping = self.ctx.registry.stop(values[self.shared.visitor])
+        except PermissionError as exc:
+            gr.Warning(str(exc))
+            return {self.msg: message_html(str(exc), "info")}
+        if stopping:
+            return {self.msg: message_html(STOPPING, "info"), self.stop_btn: gr.update(interactive=False)}
+        return {self.msg: message_html("No training job is running.", "info")}

@@ -101,6 +101,9 @@ def length_histogram(stats: LengthStats, height: int = 320, max_length: int | No
     fig = go.Figure()
     fig.add_trace(go.Histogram(x=stats.prompt, name="prompt tokens", marker_color="rgba(37,99,235,0.6)", nbinsx=30))
     fig.add_trace(go.Histogram(x=stats.completion, name="completion tokens", marker_color="rgba(234,88,12,0.7)", nbinsx=30))
+    lengths = list(stats.prompt) + list(stats.completion)
+    low, high = min(lengths), max(lengths)
+    pad = max((high - low) * 0.04, 2.0)  # a completion of always 2 tokens is a bar, not a line on the axis
     title = "Token lengths as written"
     if max_length:
         cut = sum(1 for c in stats.cut if c)
@@ -115,7 +118,7 @@ def length_histogram(stats: LengthStats, height: int = 320, max_length: int | No
         height=height,
         barmode="overlay",
         title={"text": title, "font": {"size": 14}},
-        xaxis={"title": "tokens"},
+        xaxis={"title": "tokens", "range": [max(low - pad, 0) - 1, high + pad]},
         yaxis={"title": "examples"},
         legend={"orientation": "h", "y": -0.25},
         margin={"l": 50, "r": 20, "t": 40, "b": 40},
@@ -123,7 +126,8 @@ def length_histogram(stats: LengthStats, height: int = 320, max_length: int | No
     return fig
 
 
-def label_balance_figure(counts: dict[str, int], height: int = 320) -> go.Figure:
+def label_balance_figure(counts: dict[str, int], height: int = 320, after: dict[str, int] | None = None, after_label: str = "after balancing") -> go.Figure:
+    """The right answers' counts; with `after`, the counts a balancing setting leaves beside them."""
     if not counts:
         return empty_figure("Free-form completions: no answer labels to balance", height)
     total = sum(counts.values())
@@ -135,17 +139,26 @@ def label_balance_figure(counts: dict[str, int], height: int = 320) -> go.Figure
             text=[f"{counts[k] / total:.0%}" for k in names],
             textposition="outside",
             marker_color="rgba(22,163,74,0.75)",
-            name="answers",
+            name="answers" if after is None else "before",
         )
     )
-    majority = max(counts.values()) / total
+    title = f"Label balance (majority class {max(counts.values()) / total:.0%})"
+    top = max(counts.values())
+    if after is not None:
+        after_total = sum(after.values()) or 1
+        fig.add_bar(x=names, y=[after.get(k, 0) for k in names], name=after_label, textposition="outside",
+                    text=[f"{after.get(k, 0) / after_total:.0%}" for k in names], marker_color="rgba(37,99,235,0.7)")
+        title += f"; {after_label}: majority {max(after.values()) / after_total:.0%}"
+        top = max(top, max(after.values()))
     fig.update_layout(
         template=PLOT_TEMPLATE,
         height=height,
-        title={"text": f"Label balance (majority class {majority:.0%})", "font": {"size": 14}},
+        barmode="group",
+        title={"text": title, "font": {"size": 14}},
         xaxis={"title": "right answer", "type": "category"},
-        yaxis={"title": "examples", "range": [0, max(counts.values()) * 1.18]},
+        yaxis={"title": "examples", "range": [0, top * 1.18]},
         margin={"l": 50, "r": 20, "t": 40, "b": 40},
+        legend={"orientation": "h", "y": -0.25},
     )
     return fig
 
@@ -187,7 +200,7 @@ def _metric_trace(history: History, name: str, mode: str = "lines+markers", dash
         name=m.label,
         line={"color": m.colour, "width": width, "dash": dash},
         marker=marker or {"size": 6},
-        error_y=_error_bars(history, name, xs, ys),
+        error_y=error_bars(history, name, xs, ys),
         text=_interval_text(history, name, xs),
         hovertemplate=f"step %{{x}}<br>{m.label} %{{y:{'.1%' if share else '.4f'}}}<br>%{{text}}<extra></extra>",
         **extra,
@@ -238,7 +251,7 @@ def _step_range(history: History) -> list[float] | None:
     return [-pad, end + pad]
 
 
-def _error_bars(history: History, name: str, xs: list[int], ys: list[float]) -> dict | None:
+def error_bars(history: History, name: str, xs: list[int], ys: list[float]) -> dict | None:
     """Plotly `error_y` of metric `name`'s 95% interval at the steps `xs` (None without intervals)."""
     ix, lows, highs = history.interval_series(name)
     bounds = dict(zip(ix, zip(lows, highs)))
@@ -334,7 +347,8 @@ def answer_distribution_figure(predicted: dict[str, dict], truth: dict | None = 
         height=height,
         barmode="group",
         title={"text": "Distribution of predicted answers", "font": {"size": 14}},
-        xaxis={"title": "answer", "type": "category"},
+        # no axis title: the answer letters say it, and a title there sat under the legend
+        xaxis={"type": "category"},
         yaxis={"title": "validation examples"},
         legend={"orientation": "h", "y": -0.25},
         margin={"l": 50, "r": 20, "t": 40, "b": 40},
@@ -386,7 +400,7 @@ def overlay_figure(runs: Sequence, metric: str = "completion_loss", height: int 
             continue
         plw = run_plw(run)
         label = f"PLW {plw:g} \u00b7 {run.name}" if plw is not None else run.name
-        error = _error_bars(history, metric, xs, ys) if metric in METRICS and METRICS[metric].interval else None
+        error = error_bars(history, metric, xs, ys) if metric in METRICS and METRICS[metric].interval else None
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if metric != "train_loss" else "lines", name=label,
                                  error_y=error,
                                  hovertemplate=f"{html.escape(run.name)}<br>step %{{x}}: %{{y:.4g}}<extra></extra>"))
@@ -483,6 +497,44 @@ def plw_sweep_figure(runs: Sequence, height: int = 380) -> go.Figure:
             {"type": "line", "xref": "x", "yref": "paper", "x0": zero * 3, "x1": zero * 3, "y0": 0, "y1": 1,
              "line": {"color": "#cbd5e1", "dash": "dot", "width": 1}}
         ] if any(p[0] == 0 for p in points) else [],
+    )
+    return fig
+
+
+def remedies_figure(points: dict[str, dict], x: str = "kl_to_base", height: int = 440) -> go.Figure:
+    """Accuracy (with its 95% interval) against a forgetting measure, one marker per run.
+
+    `points` maps a run's name to `lab.widgets.run_point`-style numbers ("accuracy",
+    "accuracy_ci", "majority_baseline", and `x`: "kl_to_base" or "probe_ppl_change"). Each run is
+    its own trace, named in the legend, so labels never overlap however close the runs lie.
+    """
+    palette = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#a16207", "#db2777", "#4f46e5", "#65a30d")
+    fig = go.Figure()
+    baseline = None
+    for i, (name, p) in enumerate(points.items()):
+        if p.get("accuracy") is None or p.get(x) is None:
+            continue
+        ci = p.get("accuracy_ci") or [p["accuracy"], p["accuracy"]]
+        fig.add_scatter(
+            x=[p[x]], y=[p["accuracy"]], name=name, mode="markers",
+            marker={"size": 12, "color": palette[i % len(palette)], "symbol": "diamond" if i == 0 else "circle"},
+            error_y={"type": "data", "symmetric": False, "array": [ci[1] - p["accuracy"]], "arrayminus": [p["accuracy"] - ci[0]]},
+            hovertemplate=f"{name}<br>accuracy %{{y:.0%}} [{ci[0]:.0%}\u2013{ci[1]:.0%}]<br>%{{x:.3g}}<extra></extra>",
+        )
+        baseline = p.get("majority_baseline") if baseline is None else baseline
+    if baseline is not None:
+        fig.add_hline(y=baseline, line_dash="dash", line_color="#94a3b8", annotation_text="majority baseline",
+                      annotation_position="bottom right")
+    x_title = {"kl_to_base": "forgetting: KL to the base model (nats per token)",
+               "probe_ppl_change": "forgetting: probe perplexity change"}.get(x, x)
+    fig.update_layout(
+        template=PLOT_TEMPLATE,
+        height=height,
+        title={"text": "Accuracy (95% interval) against forgetting, per run", "font": {"size": 14}},
+        xaxis={"title": x_title, **({"tickformat": "+.0%"} if x == "probe_ppl_change" else {})},
+        yaxis={"title": "validation accuracy, adapter on", "tickformat": ".0%", "range": [0, 1]},
+        legend={"orientation": "v", "x": 1.02, "y": 1},
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
     )
     return fig
 

@@ -5,6 +5,7 @@
     lab inspect -n 2                    # tokens coloured by weight, with labels
     lab eval runs/<run>                 # validation metrics, adapter on and off
     lab compare runs/<run>              # generations, answers and forgetting probe, on vs off
+    lab probe runs/<run>                # a linear probe on the frozen base model, beside the adapter
     lab sweep --plws 0,0.1,1 --seeds 0,1  # a PLW x seed grid on one split: runs/sweep-*/sweep.csv
     lab config > my.yaml                # every setting with its default; edit, then --config my.yaml
 
@@ -117,11 +118,13 @@ def colour_tokens(tokenizer, enc, plw: float, colour: bool = True) -> str:
 
 def token_table(tokenizer, enc, plw: float) -> str:
     """One row a token: position, id, text, label (the target it is trained on) and weight."""
+    from .tokens_view import token_weight_values
+
     rows = [f"{'pos':>4} {'id':>6}  {'token':<18} {'label':>6} {'weight':>6}"]
-    for i, token_id in enumerate(enc.input_ids):
-        weight = plw * enc.prompt_mask[i] + enc.completion_mask[i]
+    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw)
+    for i, (token_id, weight) in enumerate(zip(enc.input_ids, weights)):
         # Position i's label is token i itself as the target predicted from position i-1; -100 when unweighted.
-        label = token_id if (i > 0 and weight > 0) else -100
+        label = token_id if weight > 0 else -100
         rows.append(f"{i:>4} {token_id:>6}  {tokenizer.decode([token_id])!r:<18} {label:>6} {weight:>6.3g}")
     return "\n".join(rows)
 
@@ -132,6 +135,10 @@ def print_event(event, stream=None) -> None:
     if kind == "started":
         stopping = f", best adapter by {event.early_stopping_metric}" if getattr(event, "early_stopping_metric", "") else ""
         print(f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps{stopping}", file=stream)
+        processes = f"{event.world_size} process" + ("es" if event.world_size > 1 else "")
+        print(f"{processes}, {event.global_batch} examples per optimiser step", file=stream)
+        for name, path in event.paths.items():
+            print(f"  {name}: {path}", file=stream)
         for note in event.data_report.get("notes", []):
             print(f"{YELLOW}data: {note}{RESET}", file=stream)
         for note in event.skipped[:5]:
@@ -262,6 +269,8 @@ def stop_on_signals(stop) -> dict:
 
 
 def cmd_train(args) -> int:
+    from .data import load_examples
+    from .models import check_model
     from .training import StopRequest, is_main_process, resume, train
 
     stop = StopRequest()
@@ -274,7 +283,10 @@ def cmd_train(args) -> int:
         if args.resume:
             result = resume(args.resume, subscribers=subscribers, stop=stop)
         else:
-            result = train(build_config(args), subscribers=subscribers, stop=stop)
+            cfg = build_config(args)
+            # Bad data or a model that cannot load ends here with exit code 2, before a run folder exists.
+            check_model(cfg.model)
+            result = train(cfg, subscribers=subscribers, stop=stop, examples=load_examples(cfg.data))
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -358,6 +370,36 @@ def cmd_compare(args) -> int:
         e = run.config.eval
         comparison = compare(model, tokenizer, data.val, general_text()[: e.probe_texts], e.generations, e.max_new_tokens, e.batch_size, run.config.train.chunk_size)
     print_comparison(comparison)
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from .evaluation import device_of
+    from .models import load_model, load_tokenizer
+    from .probe import frozen_feature_probe
+    from .runs import load_run, write_json
+    from .text_views import probe_rows
+    from .training import prepare
+
+    run = load_run(args.run)
+    if run.config is None:
+        raise FileNotFoundError(f"{args.run}: no readable run config (config.yaml)")
+    tokenizer = load_tokenizer(run.config.model)
+    model = load_model(run.config.model)
+    data = prepare(run.config, tokenizer)
+    print(f"{BOLD}{run.name}{RESET}: probing the frozen base model on {len(data.train)} training and "
+          f"{len(data.val)} validation examples ({device_of(model).type})")
+    result = frozen_feature_probe(model, data.train, data.val, tokenizer.pad_token_id, run.config.eval.batch_size, run.config.train.seed)
+    write_json(run.path / "probe.json", result)
+    rows = probe_rows(result, run.comparison())
+    columns = list(rows[0])
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    print("  ".join(f"{c:<{w}}" for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(f"{str(r.get(c, '')):<{w}}" for c, w in zip(columns, widths)))
+    if run.comparison() is None:
+        print("(the run has no compare.json: `lab compare` adds the adapter's rows)")
     return 0
 
 
@@ -485,6 +527,8 @@ EXAMPLES = {
     "compare": """examples:
   lab compare runs/<run>                  # reads the comparison saved when the run finished
   lab compare runs/<run> --recompute      # evaluates again (e.g. after editing eval.* settings)""",
+    "probe": """examples:
+  lab probe runs/<run>                    # logistic regression on the frozen base model's features, same split""",
     "inspect": """examples:
   lab inspect -n 2 --plw 0.1 --table      # two examples token by token, with label and weight per token
   lab inspect --data my.csv --model tiny-random -n 1
@@ -534,6 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapter", choices=("final", "best", "last"), default="", help=adapter_help)
     p.add_argument("--recompute", action="store_true", help="recompute instead of reading compare.json")
     p.set_defaults(func=cmd_compare)
+    p = command("probe", "a frozen-feature probe: logistic regression on the base model's hidden states")
+    p.add_argument("run", help="run folder")
+    p.set_defaults(func=cmd_probe)
     p = command("inspect", "show examples token by token with their masks and weights")
     _config_args(p)
     p.add_argument("-n", type=int, default=3, help="how many examples")

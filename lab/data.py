@@ -15,6 +15,7 @@ import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from .config import DataConfig
 
@@ -44,6 +45,8 @@ class Example:
     #: Position of the record in the source, for error messages and the UI.
     source_index: int = 0
     meta: dict = field(default_factory=dict)
+    #: The record's own loss weight (its `weight` field): multiplies every token weight; 0 skips it.
+    weight: float = 1.0
 
     @property
     def answer(self) -> str | None:
@@ -101,6 +104,15 @@ class Examples(list):
 # -- reading ---------------------------------------------------------------------------------
 
 
+class Unreadable(dict):
+    """A line or value that is not a record (invalid JSON, a bare number): it keeps its place so
+    conversion names it, or skips it under `data.on_error: skip` like any other bad record."""
+
+    def __init__(self, reason: str):
+        super().__init__()
+        self.reason = reason
+
+
 #: A dataset id as the Hugging Face Hub spells them: owner, slash, name.
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 
@@ -149,7 +161,7 @@ def read_records(cfg: DataConfig, hub_ids_only: bool = False) -> tuple[list[dict
         records = records[: cfg.limit]
     if not records:
         raise DataError(f"{source}: no records found")
-    return [_rename(r, cfg.column_map, i) for i, r in enumerate(records)], info
+    return [_rename(r, cfg.column_map) for r in records], info
 
 
 def read_file(path: str | Path) -> list[dict]:
@@ -196,7 +208,7 @@ def read_file(path: str | Path) -> list[dict]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}, line {number}: invalid JSON ({exc.msg})") from None
+            records.append(Unreadable(f"line {number}: invalid JSON ({exc.msg})"))
     return records
 
 
@@ -223,10 +235,10 @@ def race_record(r: dict) -> dict:
     return {"context": r["article"], "question": r["question"], "options": list(r["options"]), "answer": r["answer"]}
 
 
-def _rename(record, column_map: dict, index: int) -> dict:
+def _rename(record, column_map: dict) -> dict:
     if not isinstance(record, dict):
-        raise DataError(f"record {index}: expected an object with named fields, got {type(record).__name__}")
-    if not column_map:
+        return Unreadable(f"expected an object with named fields, got {type(record).__name__}")
+    if not column_map or isinstance(record, Unreadable):
         return record
     out = {k: v for k, v in record.items() if k not in column_map.values()}
     for lab_field, column in column_map.items():
@@ -250,6 +262,8 @@ def _filled(record: dict) -> set:
 def detect_format(records: list[dict]) -> str:
     """The format whose fields most of the first records have (ties: chat, multiple choice, prompt/completion)."""
     sample = records[:DETECT_SAMPLE]
+    if sample and all(isinstance(r, Unreadable) for r in sample):
+        raise DataError(f"none of the first {len(sample)} record(s) could be read; record 0: {sample[0].reason}")
     order = ("chat", "multiple_choice", "prompt_completion", "classification")
     fits = {fmt: sum(set(_REQUIRED[fmt]) <= _filled(r) for r in sample) for fmt in order}
     best = max(order, key=lambda fmt: fits[fmt])  # max keeps the first of equals
@@ -261,6 +275,17 @@ def detect_format(records: list[dict]) -> str:
         + "; ".join(f"{fmt}: {', '.join(req)}" for fmt, req in _REQUIRED.items())
         + ". Rename columns with data.column_map."
     )
+
+
+def offered_choices(text: str, choices) -> list:
+    """The candidate answers a prompt lists as options ("A. ...", "(B) ..."), as the multiple-choice and
+    classification templates write them; none for a free-form prompt."""
+    def listed(choice) -> bool:
+        mark = re.sub(r"[^A-Za-z0-9]", "", str(choice))
+        return bool(mark) and re.search(rf"(?:^|\s)\(?{re.escape(mark)}[.):]\s", text + " ") is not None
+
+    offered = [c for c in choices or () if listed(c)]
+    return offered if len(offered) >= 2 else []
 
 
 #: Answers are scored by the log-probability of their letter, a single token from A to Z.
@@ -282,6 +307,8 @@ _OPTIONAL = {"multiple_choice": ("context", "article")}
 
 def _check_record(record: dict, fmt: str) -> None:
     """A `DataError` naming the field when a record cannot be read as `fmt`: missing, null, bytes or a ragged row."""
+    if isinstance(record, Unreadable):
+        raise DataError(record.reason)
     if None in record:
         extra = record[None]
         raise DataError(
@@ -309,6 +336,8 @@ def _check_record(record: dict, fmt: str) -> None:
 def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None = None) -> Examples:
     """Convert records into examples; a bad record raises a `DataError` naming it, or is skipped
     and reported under `data.on_error: skip`. Exact duplicates are left out and reported."""
+    if not records:
+        raise DataError("no records to convert")
     fmt = cfg.format if cfg.format != "auto" else detect_format(records)
     report = DataReport(records=len(records))
     problems = {}
@@ -328,6 +357,8 @@ def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None =
                 raise problems[i]
             example = _CONVERTERS[fmt](record, cfg, labels)
             group = _group_key(record, fmt, cfg.group_by)
+            if record.get("weight") is not None:
+                example.weight = data_weight(record["weight"])
         except DataError as exc:
             _fail_or_skip(cfg, report, i, exc)
             continue
@@ -336,7 +367,7 @@ def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None =
             example.meta["group"] = group
         if cfg.system_prompt:
             example.messages.insert(0, {"role": "system", "content": cfg.system_prompt})
-        key = json.dumps([example.messages, example.choices, example.answer_index], sort_keys=True)
+        key = json.dumps([example.messages, example.choices, example.answer_index, example.weight], sort_keys=True)
         if key in first_seen:
             report.duplicates.append((i, first_seen[key]))
             continue
@@ -403,6 +434,11 @@ def _check_messages(messages, name: str) -> None:
     for j, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise DataError(f"{name} message {j} must be {{'role': one of {ROLES}, 'content': text}}; got {m!r}")
+        if m.get("weight") is not None:
+            try:
+                data_weight(m["weight"])
+            except DataError as exc:
+                raise DataError(f"{name} message {j}: {exc}") from None
 
 
 def _chat(r: dict, _cfg: DataConfig, _labels) -> Example:
@@ -415,7 +451,27 @@ def _chat(r: dict, _cfg: DataConfig, _labels) -> Example:
         raise DataError("a conversation without an assistant turn has nothing to train on")
     if any(not m["content"].strip() for m in assistant):
         raise DataError("an assistant turn is empty")
-    return Example([dict(role=m["role"], content=m["content"]) for m in messages])
+    return Example([_message(m) for m in messages])
+
+
+def _message(m: dict) -> dict:
+    """A chat message as the lab keeps it: role, content and, when the data gives one, its loss weight."""
+    out = {"role": m["role"], "content": m["content"]}
+    weight = 1.0 if m.get("weight") is None else data_weight(m["weight"])
+    if weight != 1.0:
+        out["weight"] = weight
+    return out
+
+
+def data_weight(value) -> float:
+    """A record's or message's `weight` field as a float in [0, inf), or a `DataError` saying what is wrong."""
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"'weight' must be a number (0 skips the record or message), got {value!r}") from None
+    if not weight >= 0 or weight == float("inf"):
+        raise DataError(f"'weight' must be a finite number of at least 0, got {value!r}")
+    return weight
 
 
 def _lettered(answer_format: str, n: int) -> tuple[str, ...]:
@@ -509,6 +565,13 @@ def _labels_of(examples: list[Example]) -> list[str] | None:
     return [by_index.get(i, f"label {i}") for i in range(len(examples[0].choices))]
 
 
+def split_sizes(n: int, val_size: float, val_max: int = 0) -> tuple[int, int]:
+    """How many of `n` examples `split` puts into training and validation."""
+    n_val = int(val_size) if val_size >= 1 else round(n * val_size)
+    n_val = max(min(n_val, val_max or n_val, n - 1), 0)
+    return n - n_val, n_val
+
+
 def group_of(example, position: int):
     """An example's group key (`meta["group"]`); an example without one is a group of its own."""
     meta = getattr(example, "meta", None) or {}
@@ -522,8 +585,7 @@ def split(examples: list, val_size: float, seed: int, val_max: int = 0) -> tuple
     whole groups fill the validation side up to its size; a group that would overfill it stays in
     training. Without groups this is a plain shuffle of the examples, cut at the validation size.
     """
-    n_val = int(val_size) if val_size >= 1 else round(len(examples) * val_size)
-    n_val = min(n_val, val_max or n_val, len(examples) - 1)
+    n_val = split_sizes(len(examples), val_size, val_max)[1]
     groups: dict = {}
     for i, example in enumerate(examples):
         groups.setdefault(group_of(example, i), []).append(i)
@@ -544,6 +606,29 @@ def split(examples: list, val_size: float, seed: int, val_max: int = 0) -> tuple
     val = [examples[i] for i in sorted(val_positions)]
     train = [examples[i] for i in train_positions]
     return train, val
+
+
+def fixed_split(train_examples: Sequence[Example], val_examples: Sequence[Example], seed: int = 0, val_max: int = 0) -> tuple[list[Example], int]:
+    """Examples and a `data.val_size` with which the lab's split gives exactly these train and
+    validation lists, so runs that add training data (e.g. replay) keep the same validation set.
+
+        examples, val_size = fixed_split(train_ex + extra, val_ex, cfg.data.split_seed, cfg.data.val_max)
+        train(cfg.override({"data.val_size": val_size}), examples=examples)
+
+    The seed is the split's (`data.split_seed`). Examples that carry group keys (`meta["group"]`,
+    multiple-choice passages) are split by group, which this arrangement does not model: pass
+    ungrouped examples or set `data.group_by: none`.
+    """
+    if val_max and len(val_examples) > val_max:
+        raise DataError(f"{len(val_examples)} validation examples exceed data.val_max = {val_max}; raise it or pass fewer")
+    n = len(train_examples) + len(val_examples)
+    train_slots, val_slots = split(list(range(n)), len(val_examples), seed)
+    arranged: list = [None] * n
+    for slot, example in zip(sorted(val_slots), val_examples):
+        arranged[slot] = example
+    for slot, example in zip(sorted(train_slots), train_examples):
+        arranged[slot] = example
+    return arranged, len(val_examples)
 
 
 def make_split(examples: list[Example], cfg: DataConfig) -> tuple[list[Example], list[Example], dict]:

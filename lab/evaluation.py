@@ -4,7 +4,13 @@ One teacher-forced forward pass per example gives everything: prompt, completion
 full-sequence loss (each a sum over the whole set divided by its token count, never a mean of
 batch means), completion token accuracy, and the answer of multiple-choice data read from the
 log-probabilities of the candidate answers at the position where they part ways. Greedy
-decoding would pick the same answer, at the cost of a generation loop.
+decoding restricted to the candidates would pick the same answer, at the cost of a generation loop.
+
+The completion loss splits into the answer tokens' loss and the rest (format: the end-of-turn
+token). What the model does unrestricted is measured apart: the probability it puts on the
+candidates at all (candidate mass) and a few greedily generated tokens parsed for an answer
+(generated accuracy). Every accuracy carries its Wilson interval, and two sets of answers to the
+same examples are compared with an exact McNemar test (`lab.scores` holds the statistics).
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ import torch.distributed as dist
 
 from . import scores
 from .collate import collate
+from .diversity import answer_entropy, text_diversity
 from .forward import SharedHead, final_hidden, output_layer
-from .loss import token_ce
+from .loss import token_ce, token_ce_kl
 from .masks import Encoded, prompt_text
 
 
@@ -92,7 +99,41 @@ def _answer_tensor(batch: list[Encoded], shape: torch.Size, device) -> torch.Ten
     return out[:, 1:].to(device)
 
 
-def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, chunk_size: int = 1024, details: bool = False, prefix=None, losses: bool = True) -> dict:
+class _PerSource:
+    """Losses per data source (`Example.meta["source"]`, set when data is mixed); answers come from the scored examples."""
+
+    def __init__(self, encoded: list[Encoded], device) -> None:
+        tags = [(e.example.meta or {}).get("source") for e in encoded]
+        self.names = sorted({t for t in tags if t})
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.counts = {name: tags.count(name) for name in self.names}
+        # prompt ce, prompt n, completion ce, completion n
+        self.sums = torch.zeros(len(self.names), 4, dtype=torch.float64, device=device)
+
+    def add_losses(self, batch: list[Encoded], ce: torch.Tensor, prompt: torch.Tensor, completion: torch.Tensor) -> None:
+        if not self.names:
+            return
+        per_row = torch.stack([(ce * prompt).sum(1), prompt.sum(1), (ce * completion).sum(1), completion.sum(1)], 1)
+        for r, e in enumerate(batch):
+            i = self.index.get((e.example.meta or {}).get("source"))
+            if i is not None:
+                self.sums[i] += per_row[r].to(self.sums.dtype)
+
+    def metrics(self, losses: bool, examples: list[dict]) -> dict:
+        out = {}
+        for name, (p_ce, p_n, c_ce, c_n) in zip(self.names, _all_reduce(self.sums).tolist()):
+            entry = {"n_examples": self.counts[name]}
+            if losses:
+                entry |= {"prompt_loss": p_ce / p_n if p_n else float("nan"), "completion_loss": c_ce / c_n if c_n else float("nan")}
+            mine = [ex for ex in examples if ex.get("source") == name]
+            if mine:
+                right = sum(ex["predicted"] == ex["answer"] for ex in mine)
+                entry |= {"answer_accuracy": right / len(mine), "answer_accuracy_ci": list(scores.wilson(right, len(mine)))}
+            out[name] = entry
+        return out
+
+
+def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, chunk_size: int = 1024, details: bool = False, prefix=None, losses: bool = True, base_states: dict | None = None) -> dict:
     """Validation metrics over `encoded`; with `details`, also each example's answer scores.
 
     Completion loss splits into `answer_loss` (the answer tokens: the letter of multiple-choice
@@ -104,13 +145,18 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
     output layer runs at that one position instead of every position.
     Batches are formed from examples of similar length (less padding) and the tokens that all
     examples start with run once (`lab.forward.SharedHead`).
+    With `base_states` (a dict kept across evaluations) a model with an adapter also reports
+    `kl_to_base`; the base model's final states are computed once per batch and kept there.
     """
     device = device_of(model)
+    kl_sums = torch.zeros(2, dtype=torch.float64, device=device)
+    with_kl = base_states is not None and losses and hasattr(model, "disable_adapter")
     weight, bias = output_layer(model)
     # prompt ce/n, completion ce/n/hits, answer ce/n
     sums = torch.zeros(7, dtype=torch.float64, device=device)
     scored = []
     items = encoded if losses else [_answer_prefix(e) for e in encoded]
+    per_source = _PerSource(encoded, device)
     order = {id(e.example): i for i, e in enumerate(items)}  # results come back in the caller's order
     mine = _shard(items)
     with eval_mode(model):
@@ -120,7 +166,14 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
             tensors = {key: v.to(device) for key, v in collate(batch, pad_id).items()}
             hidden = final_hidden(model, tensors["input_ids"], tensors["attention_mask"], prefix=prefix, head=head)
             if losses:
-                ce, hit = token_ce(hidden[:, :-1], weight, tensors["input_ids"][:, 1:], chunk_size, bias)
+                targets = tensors["input_ids"][:, 1:]
+                if with_kl:
+                    base = _base_states(model, batch, tensors, base_states, prefix)
+                    ce, hit, kl = token_ce_kl(hidden[:, :-1], base[:, :-1], weight, targets, chunk_size, bias)
+                    valid = tensors["attention_mask"][:, 1:].bool()
+                    kl_sums += torch.stack([kl[valid].sum().double(), valid.sum().double()])
+                else:
+                    ce, hit = token_ce(hidden[:, :-1], weight, targets, chunk_size, bias)
                 prompt = tensors["prompt_mask"][:, 1:].bool()
                 completion = tensors["completion_mask"][:, 1:].bool()
                 answer = _answer_tensor(batch, completion.shape, device) & completion
@@ -131,6 +184,7 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
                 sums[4] += hit[completion].sum()
                 sums[5] += ce[answer].sum()
                 sums[6] += answer.sum()
+                per_source.add_losses(batch, ce, prompt, completion)
             for row, e in enumerate(batch):
                 if e.answer_position is None:
                     continue
@@ -146,6 +200,8 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
                 }
                 if "label" in e.example.meta:
                     result["label"] = e.example.meta["label"]
+                if "source" in e.example.meta:
+                    result["source"] = e.example.meta["source"]
                 scored.append((order[id(e.example)], result))
     p_ce, p_n, c_ce, c_n, c_hit, a_ce, a_n = _all_reduce(sums).tolist()
     examples = [item for _, item in sorted(_gather(scored), key=lambda pair: pair[0])]
@@ -160,11 +216,28 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
         if a_n:
             metrics["answer_loss"] = a_ce / a_n
             metrics["format_loss"] = (c_ce - a_ce) / (c_n - a_n) if c_n > a_n else float("nan")
+    if with_kl:
+        kl, n = _all_reduce(kl_sums).tolist()
+        metrics["kl_to_base"] = kl / n if n else float("nan")
     if examples:
         metrics |= answer_metrics(examples)
+    if per_source.names:
+        metrics["per_source"] = per_source.metrics(losses, examples)
     if details:
         metrics["examples"] = examples
     return metrics
+
+
+def _base_states(model, batch: list[Encoded], tensors: dict, base_states: dict, prefix) -> torch.Tensor:
+    """The base model's final states (adapter off) for a batch, computed at the first evaluation only.
+
+    Batches are the same at every evaluation (sorted by length), so they are keyed by their examples.
+    """
+    key = tuple(id(e.example) for e in batch)
+    if key not in base_states:
+        with adapter(model, False):
+            base_states[key] = final_hidden(model, tensors["input_ids"], tensors["attention_mask"], prefix=prefix)
+    return base_states[key]
 
 
 def answer_metrics(examples: list[dict]) -> dict:
@@ -190,6 +263,7 @@ def answer_metrics(examples: list[dict]) -> dict:
         "chance": sum(1 / len(ex["logprobs"]) for ex in examples) / n,
         "candidate_mass": sum(ex["candidate_mass"] for ex in examples) / n,
     }
+    metrics["answer_entropy"] = answer_entropy(metrics["predicted"])
     if all("label" in ex for ex in examples):
         metrics["balanced_accuracy"] = scores.balanced_accuracy(truth, predicted)
         metrics["macro_f1"] = scores.macro_f1(truth, predicted)
@@ -428,9 +502,10 @@ def compare(model, tokenizer, encoded: list[Encoded], probe_texts: list[str], n_
             metrics = known.get(label) or evaluate_answers(model, encoded, tokenizer.pad_token_id, batch_size, chunk_size, prefix)
             if metrics.get("answer_accuracy") is not None and metrics.get("answer_accuracy_generated") is None:
                 metrics = with_generated(metrics, generate_answers(model, tokenizer, encoded, answer_tokens, batch_size))
+            generations = generate(model, tokenizer, encoded[:n_generations], max_new_tokens, batch_size)
             result[label] = {
-                "metrics": metrics,
-                "generations": generate(model, tokenizer, encoded[:n_generations], max_new_tokens, batch_size),
+                "metrics": {**metrics, **text_diversity(generations)} if generations else metrics,
+                "generations": generations,
                 "probe_perplexity": perplexity(model, tokenizer, probe_texts, batch_size, chunk_size) if probe_texts else None,
             }
     result["examples"] = [

@@ -32,6 +32,11 @@ class Started(Event):
     n_val: int
     total_steps: int
     skipped: list = field(default_factory=list)
+    #: Which computation paths the run takes and why, e.g. {"loss": "...", "frozen_layer_cache": "off: ..."}.
+    paths: dict = field(default_factory=dict)
+    #: Training processes (accelerate/torchrun) and examples per optimiser step over all of them.
+    world_size: int = 1
+    global_batch: int = 0
     #: The metric that picks the kept adapter, with `train.early_stopping_metric: auto` resolved for the data.
     early_stopping_metric: str = ""
     #: What data loading left out: exact duplicates and skipped bad records (`DataReport.to_dict`).

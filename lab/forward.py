@@ -8,46 +8,15 @@ the hidden states are taken from its decoder with a forward hook. Calling the ou
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-#: Decoders whose layers see only the hidden state, the attention mask and rotary positions (no
-#: recurrent or per-layer-type caches; `inputs_embeds` enters the first layer unchanged): the
-#: frozen-layer cache and the shared head are exact for them.
-PLAIN_DECODERS = {"llama", "mistral", "qwen2", "qwen3", "olmo2", "smollm3"}
-
-
-def unwrap(model):
-    """The plain transformers model under DDP/accelerate and PEFT wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
-
-
-def output_layer(model) -> tuple[torch.Tensor, torch.Tensor | None]:
-    head = unwrap(model).get_output_embeddings()
-    return head.weight, getattr(head, "bias", None)
+from . import compat
+from .compat import output_layer  # noqa: F401  (the lab's modules import it from here)
 
 
 def supports_hidden_loss(model) -> bool:
-    """Whether logits are exactly `hidden @ W.T + b` (no soft-capping or scaling after the head)."""
-    config = unwrap(model).config
-    return not any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale", "output_multiplier"))
-
-
-@contextlib.contextmanager
-def _capture(decoder, store: dict):
-    def hook(_module, _args, output):
-        store["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
-
-    handle = decoder.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    """Whether logits are exactly `hidden @ W.T + b` of the base output layer (see `compat.hidden_loss_blocker`)."""
+    return not compat.hidden_loss_blocker(model)
 
 
 class SharedHead:
@@ -59,8 +28,9 @@ class SharedHead:
     adapter's layers are part of the head, so it is valid for one model state only.
     """
 
-    def __init__(self, length: int, keys_values: list[tuple[torch.Tensor, torch.Tensor]], states: tuple[torch.Tensor, ...]):
+    def __init__(self, length: int, keys_values: list[tuple[torch.Tensor, torch.Tensor]], states: tuple[torch.Tensor, ...], model):
         self.length = length
+        self.model = model
         self.keys_values = keys_values
         #: states[i] is the hidden state entering layer i; states[-1] the final normalised one.
         self.states = states
@@ -69,28 +39,27 @@ class SharedHead:
     @torch.no_grad()
     def build(cls, model, sequences: list[list[int]], minimum: int = 4) -> "SharedHead | None":
         """The head of `sequences` (at least `minimum` tokens, leaving each at least one of its own), or None."""
-        if not sequences or getattr(unwrap(model).config, "model_type", None) not in PLAIN_DECODERS:
+        if not sequences or not compat.is_proven(model):
             return None
+        window = compat.sliding_window(model)
+        if window is not None and max(len(s) for s in sequences) > window:
+            return None  # beyond a sliding window the head's cache is cut to the window: proven only within it
         first, shortest = sequences[0], min(len(s) for s in sequences)
         length = 0
         while length < shortest - 1 and all(s[length] == first[length] for s in sequences):
             length += 1
         if length < minimum:
             return None
-        from transformers import DynamicCache
-
         device = next(model.parameters()).device
         ids = torch.tensor([first[:length]], device=device)
-        cache = DynamicCache(config=unwrap(model).config)
+        cache = compat.new_cache(model)
         keep_none = torch.zeros(ids.shape, dtype=torch.bool, device=device)
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True, output_hidden_states=True, logits_to_keep=keep_none)
-        return cls(length, [(layer.keys, layer.values) for layer in cache.layers], tuple(out.hidden_states))
+        out = model(input_ids=ids, use_cache=True, output_hidden_states=True, logits_to_keep=keep_none, **compat.cache_kwargs(cache))
+        return cls(length, compat.cache_keys_values(cache), tuple(out.hidden_states), model)
 
     def cache(self, batch: int):
         """A fresh cache holding the head for `batch` rows (a forward pass appends to the cache it is given)."""
-        from transformers import DynamicCache
-
-        return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self.keys_values])
+        return compat.prefilled_cache(self.model, self.keys_values, batch)
 
     def join(self, layer: int, rest: torch.Tensor) -> torch.Tensor:
         """The head's state entering `layer` (-1: the final one) followed by the rows' own states `rest` (B, T, H)."""
@@ -108,8 +77,8 @@ def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     if head is not None and attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     keep_none = torch.zeros(input_ids[:, skip:].shape, dtype=torch.bool, device=input_ids.device)
-    cache = {"past_key_values": head.cache(input_ids.shape[0])} if head is not None else {}
-    with _capture(unwrap(model).get_decoder(), store):
+    cache = compat.cache_kwargs(head.cache(input_ids.shape[0]) if head is not None else None)
+    with compat.capture_final_hidden(model, store):
         if prefix is None:
             model(input_ids=input_ids[:, skip:], attention_mask=attention_mask, logits_to_keep=keep_none, use_cache=False, **cache, **model_kwargs)
         else:

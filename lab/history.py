@@ -7,7 +7,7 @@ Feed `History` live events (the app's watcher, the notebooks' `LiveCurves`) or a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from .events import event_field, event_kind
 from .metrics import METRICS
@@ -59,8 +59,10 @@ class History:
         if kind == "phase":
             self.phase, self.phase_step, self.phase_since = str(event_field(event, "name")), int(event_field(event, "step", 0) or 0), when
         elif kind == "started":
-            if (self.steps or self.evals) and not event_field(event, "resumed", False):
-                # Another run in the same stream (a sweep) gets its own curves; a resumed run continues its own.
+            if event_field(event, "resumed", False):
+                self._retrain_after(int(event_field(event, "from_step", 0) or 0))
+            elif self.steps or self.evals:
+                # Another run in the same stream (a sweep) gets its own curves.
                 fresh = History()
                 self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k not in ("n_events", "began")})
             self.status = "running"
@@ -120,6 +122,15 @@ class History:
             step = event_field(event, "step")
             if self.last_step is None and step is not None:
                 self.last_step = {"step": step}
+
+    def _retrain_after(self, from_step: int) -> None:
+        """A resumed run retrains the steps after its checkpoint: what the earlier attempt logged there goes."""
+        kept = [i for i, s in enumerate(self.steps) if s <= from_step]
+        self.steps = [self.steps[i] for i in kept]
+        self.train_loss = [self.train_loss[i] for i in kept]
+        self.learning_rate = [self.learning_rate[i] for i in kept]
+        self.evals = [e for e in self.evals if e["step"] <= from_step]
+        self.summary, self.end_message, self.ended = {}, "", None
 
     @property
     def advice(self) -> list[str]:
@@ -230,3 +241,31 @@ class History:
         pick = max if METRICS[name].higher_is_better else min
         value = pick(ys)
         return xs[ys.index(value)], value
+
+
+#: The metrics whose stopping points the notebooks compare.
+STOP_METRICS = ("full_loss", "completion_loss", "answer_accuracy")
+
+
+def stopping_points(evals: Sequence, metrics: Iterable[str] = STOP_METRICS) -> list[dict]:
+    """For each metric, the evaluation it would pick as the stopping point, and what the run had there.
+
+    `evals` are `Eval` events (or their dicts). A loss picks its minimum, accuracy its maximum.
+    """
+    rows = []
+    for name in metrics:
+        candidates = [e for e in evals if event_field(e, "metrics", {}).get(name) is not None and event_field(e, "metrics")[name] == event_field(e, "metrics")[name]]
+        if not candidates:
+            continue
+        pick = max if METRICS[name].higher_is_better else min
+        chosen = pick(candidates, key=lambda e: event_field(e, "metrics")[name])  # the first among equals
+        m = event_field(chosen, "metrics")
+        rows.append({
+            "stop on": name,
+            "step": event_field(chosen, "step"),
+            "answer_accuracy": m.get("answer_accuracy"),
+            "completion_loss": m.get("completion_loss"),
+            "full_loss": m.get("full_loss"),
+            "prompt_loss": m.get("prompt_loss"),
+        })
+    return rows

@@ -59,6 +59,8 @@ class Encoded:
     min_length: int = 0
     #: `((start, end), earliest)`: token range a cut takes from the left, and where it may start instead.
     cuttable: tuple = ()
+    #: Each token's weight from the data (the record's `weight` times its message's); empty: all 1.
+    data_weight: list[float] = field(default_factory=list)
     #: 1 for the tokens of the answer itself (the candidate as written in the last reply, e.g. "A"), found
     #: from the same character offsets as the other masks; the rest of the completion (the end-of-turn
     #: token) is format. All zeros for free-form data, which has no candidate answers.
@@ -74,6 +76,10 @@ class Encoded:
     @property
     def n_completion(self) -> int:
         return sum(self.completion_mask)
+
+    def data_weights(self) -> list[float]:
+        """`data_weight`, spelled out (1 for every token when the data gives no weights)."""
+        return self.data_weight or [1.0] * len(self.input_ids)
 
     @property
     def n_answer(self) -> int:
@@ -137,6 +143,7 @@ def encode(tokenizer, example: Example, max_length: int, train_eos: bool = True)
     enc = Encoded(ids, [1 - c for c in completion], completion, offsets, text, example)
     enc.raw_completion = sum(completion)
     enc.raw_prompt = len(ids) - enc.raw_completion
+    enc.data_weight = _data_weights(example, text, spans, offsets)
     enc.answer_mask = [0] * len(ids)
     if example.choices:
         _locate_answer(tokenizer, enc, contents[-1])
@@ -145,6 +152,36 @@ def encode(tokenizer, example: Example, max_length: int, train_eos: bool = True)
     enc.cuttable = _cuttable(enc, spans[-1][0])
     enc.min_length = len(ids) - (enc.cuttable[0][1] - enc.cuttable[1])
     return fit(enc, max_length)
+
+
+def _data_weights(example: Example, text: str, spans: list[tuple[int, int]], offsets) -> list[float]:
+    """Per-token data weights: the record's weight times the weight of the message a token belongs to.
+
+    An assistant message covers its reply span (with its end-of-turn token when that is trained);
+    other messages cover their content. Template tokens carry the record's weight alone.
+    """
+    if example.weight == 1.0 and not any("weight" in m for m in example.messages):
+        return []
+    char_weight = [example.weight] * len(text)
+    reply_weights = []  # a token that straddles a reply's edge counts as the reply's, as in the masks
+    cursor, replies = 0, iter(spans)
+    for m in example.messages:
+        weight = example.weight * m.get("weight", 1.0)
+        if m["role"] == "assistant":
+            start, end = next(replies)
+            reply_weights.append((start, end, weight))
+        else:
+            start = text.find(m["content"], cursor)
+            if start < 0:
+                continue  # a message the template does not render
+            end = start + len(m["content"])
+        cursor = max(cursor, end)
+        char_weight[start:end] = [weight] * (end - start)
+    weights = []
+    for s, e in offsets:
+        reply = next((w for cs, ce, w in reply_weights if s < ce and e > cs), None)
+        weights.append(reply if reply is not None else char_weight[s] if e > s else example.weight)
+    return weights
 
 
 def _locate_answer(tokenizer, enc: Encoded, content: tuple[int, int]) -> None:
@@ -202,7 +239,7 @@ def _truncate_prompt(enc: Encoded, excess: int) -> None:
             enc.min_length,
         )
     cut = slice(start, start + excess)
-    for name in ("input_ids", "prompt_mask", "completion_mask", "offsets", "answer_mask"):
+    for name in ("input_ids", "prompt_mask", "completion_mask", "offsets", "answer_mask", "data_weight"):
         values = getattr(enc, name)
         del values[cut]
     if enc.answer_position is not None:
@@ -229,6 +266,9 @@ def encode_all(tokenizer, examples: list[Example], max_length: int, train_eos: b
             continue
         if enc.n_completion == 0:
             skipped.append(f"example {example.source_index}: no completion tokens")
+            continue
+        if enc.data_weight and not any(w > 0 for w in enc.data_weight):
+            skipped.append(f"example {example.source_index}: its data weight is 0")
             continue
         encoded.append(enc)
     return encoded, skipped

@@ -18,7 +18,7 @@ class Metric:
     label: str
     #: True: larger is better; False: smaller is better; None: not a quality score (counts, baselines).
     higher_is_better: bool | None
-    #: "loss" (nats per token), "share" (a fraction shown as a percentage), "score" or "perplexity".
+    #: "loss" (nats per token), "share" (a fraction shown as a percentage), "score", "perplexity" or "bits".
     unit: str
     #: Python format spec of one value.
     fmt: str
@@ -91,6 +91,17 @@ _ENTRIES = (
            "Accuracy of always answering the most common true answer.", "#94a3b8"),
     Metric("chance", "chance", None, "share", ".1%", "Accuracy of answering at random: 1 / number of candidates.",
            "#cbd5e1"),
+    Metric("kl_to_base", "val KL to the base model", None, "loss", ".4f",
+           "Mean KL(p_adapted || p_base) per validation token, prompt and completion: how far the adapter moved "
+           "the model's predictions. A forgetting measure that needs no probe texts; 0 at step 0.", "#9333ea"),
+    Metric("answer_entropy", "predicted-answer entropy", None, "bits", ".3f",
+           "Entropy in bits of the predicted answers: 0 when one answer takes all (collapse), log2(k) when k "
+           "answers are equally common.", "#0e7490"),
+    Metric("distinct_1", "distinct-1 of generations", None, "share", ".1%",
+           "Distinct words / all words over the greedy generations: low when the generations repeat themselves.",
+           "#65a30d"),
+    Metric("distinct_2", "distinct-2 of generations", None, "share", ".1%",
+           "Distinct word pairs / all word pairs over the greedy generations.", "#4d7c0f"),
 )
 
 METRICS: dict[str, Metric] = {m.name: m for m in _ENTRIES}

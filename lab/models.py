@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .config import LoraConfig, ModelConfig, layer_indices
+from . import compat
+from .config import ConfigError, LoraConfig, ModelConfig, layer_indices
 
 EMBEDDED_NAME = "embedded"
 TINY_NAME = "tiny-random"
@@ -184,6 +185,12 @@ def _hub_options(name: str, path: str) -> dict:
     raise _hub_error(name, f"it is not in the local cache and {why}")
 
 
+def check_model(cfg: ModelConfig) -> None:
+    """Raise now the `ModelError` that loading would raise for a folder that is not a model or a
+    hub id that cannot be fetched, so a run is refused before it starts."""
+    _hub_options(cfg.name, resolve_model_path(cfg.name))
+
+
 def pick_device(preference: str = "auto") -> torch.device:
     if preference == "auto":
         if torch.cuda.is_available():
@@ -250,11 +257,35 @@ def num_layers(model) -> int:
     return int(config.num_hidden_layers)
 
 
+def linear_layer_names(model) -> list[str]:
+    """The distinct names of the linear layers inside the transformer layers (what 'all-linear' adapts)."""
+    head = model.get_output_embeddings()
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    return sorted(names)
+
+
 def attach_lora(model, cfg: LoraConfig):
     """Wrap `model` in a fresh LoRA adapter as the config describes."""
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
 
-    targets = "all-linear" if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
+    embeddings = sorted(compat.embedding_module_names(model) & set(cfg.target_modules))
+    if embeddings:
+        # The lab's loss applies the output layer's base weight to hidden states, and its caches
+        # assume fixed embeddings: an adapter there would not be what the lab trains or scores.
+        raise ConfigError(
+            f"lora.target_modules includes {', '.join(embeddings)}: the lab adapts transformer layers only, not the "
+            "embeddings or the output layer; remove it (or use 'all-linear', which leaves the output layer out)"
+        )
+    available = linear_layer_names(model)
+    # peft refuses its own 'all-linear' together with `layers_to_transform`, so the names are resolved here.
+    targets = available if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
+    unknown = [t for t in targets if "." not in t and t not in available]
+    if unknown:
+        # peft fails only when no name matches; a partial match would silently adapt less than asked.
+        raise ConfigError(
+            f"lora.target_modules: no linear layer of this model is called {', '.join(unknown)} (it has "
+            f"{', '.join(available)}); use those names or 'all-linear'"
+        )
     layers = layer_indices(cfg.layers, num_layers(model))
     peft_cfg = PeftLoraConfig(
         r=cfg.r,
@@ -265,15 +296,24 @@ def attach_lora(model, cfg: LoraConfig):
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, peft_cfg)
+        return compat.get_peft_model(model, peft_cfg)
     except ValueError as exc:
         raise ModelError(f"LoRA could not be attached ({exc}); check lora.target_modules against the model's layer names") from exc
 
 
-def load_adapter(model, adapter_dir: str | Path):
-    from peft import PeftModel
+def lora_factors(model):
+    """(A, B, scale) of every active LoRA layer of a PEFT model: its update is delta W = scale * B @ A."""
+    for module in model.modules():
+        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if lora_a is None or lora_b is None:
+            continue
+        for name in getattr(module, "active_adapters", ()):
+            if name in lora_a and name in lora_b:
+                yield lora_a[name].weight, lora_b[name].weight, module.scaling[name]
 
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+
+def load_adapter(model, adapter_dir: str | Path):
+    return compat.load_peft_adapter(model, str(adapter_dir))
 
 
 @dataclass

@@ -65,9 +65,9 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
 
 def attention_kind(model) -> str:
     """The packing layout a model's attention implementation needs: 'bool', 'float' or 'flat'."""
-    from .forward import unwrap
+    from .compat import attention_implementation
 
-    impl = getattr(unwrap(model).config, "_attn_implementation", None) or "sdpa"
+    impl = attention_implementation(model)
     if "flash" in impl:
         return "flat"  # varlen kernels: one row, no mask, cu_seqlens from the restarting position_ids
     if impl == "eager":
@@ -75,10 +75,13 @@ def attention_kind(model) -> str:
     return "bool"
 
 
-def block_causal_mask(segments: torch.Tensor, kind: str = "bool", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(R, 1, W, W) mask from per-token segment ids (R, W): causal inside a segment, closed across."""
+def block_causal_mask(segments: torch.Tensor, kind: str = "bool", dtype: torch.dtype = torch.float32, window: int | None = None) -> torch.Tensor:
+    """(R, 1, W, W) mask from per-token segment ids (R, W): causal inside a segment, closed across;
+    with a sliding `window`, a query sees only the `window` latest positions (itself included)."""
     width = segments.shape[-1]
     causal = torch.ones(width, width, dtype=torch.bool, device=segments.device).tril()
+    if window is not None:
+        causal = causal.triu(1 - window)
     allowed = (segments[:, :, None] == segments[:, None, :]) & causal
     allowed = allowed[:, None]
     if kind == "bool":
@@ -95,14 +98,18 @@ def collate_packed(
     width: int | None = None,
     pad_to_multiple_of: int = 1,
     mask_dtype: torch.dtype = torch.float32,
+    windows: dict[str, int | None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The micro-batch `batch` packed into rows.
 
-    Returns `input_ids`, `position_ids`, `prompt_mask`, `completion_mask`, `labels` (R, W),
+    Returns `input_ids`, `position_ids`, `prompt_mask`, `completion_mask`, `data_weight`, `labels` (R, W),
     `attention_mask` ((R, 1, W, W) block-diagonal causal; absent for `kind='flat'`), `seq_lens`
     (the example lengths in row order, for cu_seqlens) and `num_tokens` (real tokens).
     Rows are `width` tokens wide (default: the longest example, rounded up to `pad_to_multiple_of`).
     With `kind='flat'` (flash-attention varlen) everything is one row without padding.
+    `windows` (from `lab.compat.attention_windows`) maps layer types to their sliding window: a
+    model given a 4D mask applies no window of its own, so the mask carries it, one per layer type
+    (the key '' stands for a single mask for every layer).
     """
     if kind not in MASK_KINDS:
         raise ValueError(f"kind must be one of {MASK_KINDS}, got {kind!r}")
@@ -120,6 +127,7 @@ def collate_packed(
     segments = torch.zeros(shape, dtype=torch.long)
     prompt = torch.zeros(shape, dtype=torch.long)
     completion = torch.zeros(shape, dtype=torch.long)
+    data_weight = torch.ones(shape, dtype=torch.float32)
     seq_lens = []
     for r, row in enumerate(rows):
         at = 0
@@ -130,6 +138,8 @@ def collate_packed(
             segments[r, at : at + n] = s
             prompt[r, at : at + n] = torch.tensor(e.prompt_mask)
             completion[r, at : at + n] = torch.tensor(e.completion_mask)
+            if e.data_weight:
+                data_weight[r, at : at + n] = torch.tensor(e.data_weight)
             # The first token of an example is never a target: zero weight on the boundary position.
             prompt[r, at] = completion[r, at] = 0
             seq_lens.append(n)
@@ -143,23 +153,26 @@ def collate_packed(
         "position_ids": position_ids,
         "prompt_mask": prompt,
         "completion_mask": completion,
+        "data_weight": data_weight,
         "labels": labels,
         "seq_lens": torch.tensor(seq_lens, dtype=torch.long),
         "num_tokens": torch.tensor(sum(lengths), dtype=torch.long),
     }
     if kind != "flat":
-        out["attention_mask"] = block_causal_mask(segments, kind, mask_dtype)
+        masks = {name: block_causal_mask(segments, kind, mask_dtype, window) for name, window in (windows or {"": None}).items()}
+        out["attention_mask"] = masks[""] if "" in masks else masks
     return out
 
 
 class PackingCollator:
     """A picklable packing collate function (see `collate_packed`)."""
 
-    def __init__(self, pad_id: int, kind: str = "bool", pad_to_multiple_of: int = 1, mask_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, pad_id: int, kind: str = "bool", pad_to_multiple_of: int = 1, mask_dtype: torch.dtype = torch.float32, windows: dict | None = None) -> None:
         self.pad_id, self.kind, self.pad_to_multiple_of, self.mask_dtype = pad_id, kind, pad_to_multiple_of, mask_dtype
+        self.windows = windows
 
     def __call__(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
-        return collate_packed(batch, self.pad_id, self.kind, None, self.pad_to_multiple_of, self.mask_dtype)
+        return collate_packed(batch, self.pad_id, self.kind, None, self.pad_to_multiple_of, self.mask_dtype, self.windows)
 
 
 def model_kwargs(batch: dict) -> dict:

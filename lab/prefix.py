@@ -8,8 +8,8 @@ and afterwards runs only the adapted layers. On a CPU, where a forward pass thro
 dominates everything, this is the largest single saving after skipping logits.
 
 It is exact for decoders whose layers see only the hidden state, the attention mask and rotary
-positions (the Llama family below); right padding keeps each example's states independent of
-its batch-mates.
+positions (`lab.compat.PROVEN_DECODERS`, each proven by tests/test_architectures.py); right
+padding keeps each example's states independent of its batch-mates.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch import nn
 
-from .forward import PLAIN_DECODERS, unwrap
+from . import compat
 
 
 class FrozenPrefix:
@@ -36,30 +35,17 @@ class FrozenPrefix:
     @classmethod
     def for_model(cls, model, adapted_layers: list[int] | None, **kwargs) -> "FrozenPrefix | None":
         """A cache when it is exact and useful for this model and adapter placement, else None."""
-        base = unwrap(model)
         if adapted_layers is None or min(adapted_layers) == 0:
             return None
-        if getattr(base.config, "model_type", None) not in PLAIN_DECODERS:
+        if not compat.is_proven(model) or compat.adapted_embeddings(model):
             return None
         return cls(model, min(adapted_layers), **kwargs)
-
-    @contextlib.contextmanager
-    def _layers(self, keep: slice, skip_norm: bool):
-        decoder = unwrap(self.model).get_decoder()
-        layers, norm = decoder.layers, decoder.norm
-        decoder.layers = nn.ModuleList(list(layers)[keep])
-        if skip_norm:
-            decoder.norm = nn.Identity()
-        try:
-            yield decoder
-        finally:
-            decoder.layers, decoder.norm = layers, norm
 
     @torch.no_grad()
     def _compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, head=None) -> torch.Tensor:
         skip = head.length if head is not None else 0
-        cache = {"past_key_values": head.cache(input_ids.shape[0])} if head is not None else {}
-        with self._layers(slice(0, self.first_adapted), skip_norm=True) as decoder:
+        cache = compat.cache_kwargs(head.cache(input_ids.shape[0]) if head is not None else None)
+        with compat.decoder_layers(self.model, slice(0, self.first_adapted), skip_norm=True) as decoder:
             was_training = decoder.training
             decoder.eval()
             try:
@@ -94,5 +80,5 @@ class FrozenPrefix:
     @contextlib.contextmanager
     def top_layers(self):
         """Within this block, calling the model with `inputs_embeds=hidden_in(...)` runs only the adapted layers."""
-        with self._layers(slice(self.first_adapted, None), skip_norm=False):
+        with compat.decoder_layers(self.model, slice(self.first_adapted, None), skip_norm=False):
             yield

@@ -19,6 +19,9 @@ class LengthStats:
 
     prompt: list[int]
     completion: list[int]
+    #: Each example's completion tokens times their weight from the data (record and message `weight`
+    #: fields); equal to `completion` when the data gives no weights.
+    weighted_completion: list[float] = field(default_factory=list)
     #: Tokens `max_length` cut from each example (empty: nothing known to be cut).
     cut: list[int] = field(default_factory=list)
 
@@ -51,6 +54,8 @@ class LengthStats:
             "total_prompt_raw": sum(self.prompt),
             "examples_cut": sum(1 for c in self.cut if c),
             "tokens_cut": sum(self.cut),
+            "data_weighted": sum(1 for c, w in zip(self.completion, self.weighted_completion) if w != c),
+            "total_weighted_completion": sum(self.weighted_completion) if self.weighted_completion else sum(self.completion),
         }
 
 
@@ -64,7 +69,9 @@ def length_stats(encoded: Iterable) -> LengthStats:
     cut = [getattr(e, "truncated", 0) for e in encoded]
     prompt = [getattr(e, "raw_prompt", 0) or e.n_prompt + c for e, c in zip(encoded, cut)]
     completion = [getattr(e, "raw_completion", 0) or e.n_completion for e in encoded]
-    return LengthStats(prompt, completion, cut if any(cut) else [])
+    weighted = [sum(c * w for c, w in zip(e.completion_mask, e.data_weight)) if getattr(e, "data_weight", None) else e.n_completion
+                for e in encoded]
+    return LengthStats(prompt, completion, weighted, cut if any(cut) else [])
 
 
 def truncation_report(encoded: Iterable, max_length: int) -> dict:

@@ -15,6 +15,7 @@ from typing import Sequence
 from .charts import METRIC_LABELS
 from .events import event_field
 from .history import History
+from .metrics import metric
 from .metrics import METRICS
 from .runs import run_best, run_config
 from .stats import LengthStats
@@ -53,6 +54,13 @@ def stats_markdown(stats: LengthStats, plw: float, skipped: int = 0, total: int 
             f"\u26a0 The lengths above are as written; **max_length cuts {s['examples_cut']} of {stats.n} examples**: "
             f"{s['tokens_cut']:,} prompt tokens, {s['tokens_cut'] / max(1, s['total_prompt_raw']):.0%} of all prompt "
             "tokens (the loss-weight share above counts what is kept).",
+        ]
+    if s["data_weighted"]:
+        lines += [
+            "",
+            f"**{s['data_weighted']}** examples carry their own weight from the data (a `weight` field on the record "
+            f"or its messages): their completion tokens count {s['total_weighted_completion']:.4g} in all instead of "
+            f"{s['total_completion']}.",
         ]
     if packing and packing.get("tokens"):
         lines += [
@@ -177,6 +185,106 @@ def progress_html(history: History, note: str = "", now: float | None = None) ->
     )
 
 
+def run_settings_html(config: dict, n_train: int | None = None, n_val: int | None = None) -> str:
+    """A run's data and settings in one line each: what a watcher needs to know what they are watching."""
+    t, d, m, lora = (config.get(k) or {} for k in ("train", "data", "model", "lora"))
+    source = str(d.get("source", ""))
+    shown = source if source.startswith(("builtin:", "hf:")) else _source_name(source)
+    data = f"data: <b>{html.escape(shown or '?')}</b>"
+    if n_train is not None and n_val is not None:
+        data += f", {n_train:,} train / {n_val:,} validation"
+    steps = t.get("max_steps") or 0
+    length = f"{steps} steps" if steps > 0 else f"{t.get('epochs', '?')} epochs"
+    settings = [f"PLW <b>{t.get('prompt_loss_weight', 0):g}</b>", length, f"learning rate {t.get('learning_rate', 0):g}",
+                f"batch {t.get('batch_size', '?')} \u00d7 {t.get('grad_accum', 1)}",
+                f"LoRA r {lora.get('r', '?')}, alpha {lora.get('alpha', '?')}, layers {html.escape(str(lora.get('layers', '')))}",
+                f"model {html.escape(str(m.get('name', '')))}"]
+    return f'<div class="plw-run-data">{data}</div><div class="plw-run-settings">{SEP.join(settings)}</div>'
+
+
+def run_point(result) -> dict:
+    """A finished run's numbers for comparing remedies: accuracy with its interval (adapter on and off),
+    the predicted answers and their entropy, KL to the base model, the probe perplexity, steps."""
+    summary, comparison = result.summary or {}, result.comparison or {}
+    on, off = comparison.get("on") or {}, comparison.get("off") or {}
+    m_on, m_off = on.get("metrics") or {}, off.get("metrics") or {}
+    ppl_on, ppl_off = on.get("probe_perplexity"), off.get("probe_perplexity")
+    return {
+        "accuracy": m_on.get("answer_accuracy"),
+        "accuracy_ci": m_on.get("answer_accuracy_ci"),
+        "accuracy_off": m_off.get("answer_accuracy"),
+        "majority_baseline": m_on.get("majority_baseline"),
+        "predicted": m_on.get("predicted") or {},
+        "answer_entropy": m_on.get("answer_entropy"),
+        "kl_to_base": m_on.get("kl_to_base"),
+        "probe_ppl": ppl_on,
+        "probe_ppl_change": ppl_on / ppl_off - 1 if ppl_on and ppl_off else None,
+        "examples": m_on.get("examples") or [],
+        "steps": summary.get("steps"),
+        "adapter_step": summary.get("adapter_step"),
+    }
+
+
+def _pct(value, signed: bool = False) -> str:
+    return "\u2013" if value is None or value != value else f"{value:+.0%}" if signed else f"{value:.0%}"
+
+
+def run_report(result, reference=None) -> dict:
+    """One finished run as a compact, rounded row of a comparison table (strings, narrow columns).
+
+    With `reference` (another run on the same validation set), the accuracy difference is tested
+    on the paired answers (exact McNemar), so the row says whether it is beyond noise.
+    """
+    from .evaluation import paired_answers
+
+    point = run_point(result)
+    ci = point["accuracy_ci"]
+    row = {
+        "accuracy on [95% CI]": f"{_pct(point['accuracy'])} [{_pct(ci[0])}\u2013{_pct(ci[1])}]" if ci else _pct(point["accuracy"]),
+        "predicted (on)": " \u00b7 ".join(f"{k} {v}" for k, v in point["predicted"].items()),
+        "answer entropy": "\u2013" if point["answer_entropy"] is None else f"{point['answer_entropy']:.2f} bits",
+        "KL to base": "\u2013" if point["kl_to_base"] is None else f"{point['kl_to_base']:.3f}",
+        "probe ppl": "\u2013" if point["probe_ppl"] is None else f"{point['probe_ppl']:.1f} ({_pct(point['probe_ppl_change'], True)})",
+        "steps (kept)": f"{point['steps']} ({point['adapter_step']})",
+    }
+    if reference is not None and reference is not result:
+        ref = run_point(reference)
+        if point["examples"] and ref["examples"]:
+            test = paired_answers(ref["examples"], point["examples"])
+            diff = (point["accuracy"] or 0) - (ref["accuracy"] or 0)
+            row["accuracy vs reference"] = f"{diff * 100:+.0f} pts, p={test['p_value']:.2f} ({test['verdict']})"
+    return row
+
+
+def remedy_verdicts(results: dict, reference: str) -> list[str]:
+    """One plain sentence per remedy: what it changed against `reference`, and whether the accuracy
+    change is beyond noise (exact McNemar on the same validation examples)."""
+    from .evaluation import paired_answers
+
+    ref = run_point(results[reference])
+    lines = []
+    for name, result in results.items():
+        if name == reference:
+            continue
+        point = run_point(result)
+        parts = [name + ":"]
+        if point["examples"] and ref["examples"]:
+            test = paired_answers(ref["examples"], point["examples"])
+            diff = (point["accuracy"] or 0) - (ref["accuracy"] or 0)
+            parts.append(f"accuracy {_pct(point['accuracy'])} vs {_pct(ref['accuracy'])} ({diff * 100:+.0f} points, "
+                         f"{test['first_only']} examples lost, {test['second_only']} gained; McNemar p = {test['p_value']:.2f}, "
+                         f"{'a real difference' if test['verdict'].startswith('significant') else 'not beyond noise'});")
+        if point["answer_entropy"] is not None and ref["answer_entropy"] is not None:
+            parts.append(f"answer entropy {point['answer_entropy']:.2f} vs {ref['answer_entropy']:.2f} bits;")
+        if point["kl_to_base"] is not None and ref["kl_to_base"] is not None:
+            parts.append(f"KL to base {point['kl_to_base']:.3f} vs {ref['kl_to_base']:.3f};")
+        if point["probe_ppl_change"] is not None and ref["probe_ppl_change"] is not None:
+            parts.append(f"probe perplexity {_pct(point['probe_ppl_change'], True)} vs {_pct(ref['probe_ppl_change'], True)} (no interval: "
+                         "one fixed set of passages).")
+        lines.append(" ".join(parts))
+    return lines
+
+
 # -- compare ----------------------------------------------------------------------------------
 
 
@@ -184,7 +292,7 @@ def progress_html(history: History, note: str = "", now: float | None = None) ->
 COMPARISON_METRICS = (
     "completion_loss", "answer_loss", "format_loss", "prompt_loss", "full_loss", "token_accuracy", "answer_accuracy",
     "answer_accuracy_generated", "unparseable", "candidate_mass", "balanced_accuracy", "macro_f1", "auc",
-    "majority_baseline", "chance",
+    "majority_baseline", "chance", "kl_to_base", "answer_entropy", "distinct_1", "distinct_2",
 )
 
 
@@ -239,6 +347,27 @@ def metrics_comparison_rows(on: dict, off: dict, probe_on: float | None = None, 
                 "change": _num(None if probe_on is None or probe_off is None else probe_on - probe_off, signed=True),
             }
         )
+    return rows
+
+
+PROBE_METRICS = ("answer_accuracy", "balanced_accuracy", "auc", "majority_baseline")
+
+
+def probe_rows(probe: dict, comparison: dict | None = None) -> list[dict]:
+    """The frozen-feature probe beside the adapter off and on: one row a model, the same metrics and intervals."""
+    sides = [
+        ("frozen base + logistic regression, mean-pooled prompt", probe["mean"]),
+        ("frozen base + logistic regression, last prompt token", probe["last"]),
+    ]
+    if comparison:
+        sides += [("adapter off (base model)", comparison["off"]["metrics"]), ("adapter on (fine-tuned)", comparison["on"]["metrics"])]
+    rows = []
+    for name, metrics in sides:
+        row = {"model": name}
+        for key in PROBE_METRICS:
+            if any(key in m for _, m in sides):
+                row[METRIC_LABELS.get(key, key)] = metric(key).format_with_interval(metrics)
+        rows.append(row)
     return rows
 
 
@@ -317,7 +446,8 @@ def runs_rows(runs: Sequence) -> list[dict]:
                 "norm": t.get("loss_normalization", ""),
                 "lr": t.get("learning_rate"),
                 "LoRA r": lora.get("r"),
-                "steps": summary.get("steps", max([event_field(e, "step", 0) for e in getattr(run, "evals", [])] or [0])),
+                # an interrupted run has no summary: the last step it reached
+                "steps": summary.get("steps", getattr(run, "step", max([event_field(e, "step", 0) for e in getattr(run, "evals", [])] or [0]))),
                 "best completion loss @ step": best_of("completion_loss"),
                 "best accuracy @ step": best_of("answer_accuracy"),
                 "best answer loss @ step": best_of("answer_loss"),

@@ -39,15 +39,47 @@ def weight_color(weight: float, is_completion: bool) -> str:
     return _rgba(COMPLETION_RGB if is_completion else PROMPT_RGB, weight_alpha(weight))
 
 
-def token_weight_values(prompt_mask: Sequence[int], completion_mask: Sequence[int], plw: float) -> list[float]:
-    """PLW x prompt_mask + completion_mask, token by token (the rule `lab.loss.token_weights` applies)."""
-    return [plw * p + c for p, c in zip(prompt_mask, completion_mask)]
+#: Above this opacity the blue behind a prompt token is dark enough that its text turns white.
+LIGHT_TEXT_ABOVE = 0.5
 
 
-def completion_weight_share(n_prompt: int, n_completion: int, plw: float) -> float:
-    """Share of the total loss weight carried by completion tokens at this PLW."""
-    total = n_completion + plw * n_prompt
-    return n_completion / total if total else float("nan")
+def text_color(weight: float, is_completion: bool) -> str | None:
+    """A light text colour where the background is saturated blue (high PLW); None keeps the default dark text."""
+    return "#ffffff" if not is_completion and weight_alpha(weight) > LIGHT_TEXT_ABOVE else None
+
+
+def token_weight_values(
+    prompt_mask: Sequence[int],
+    completion_mask: Sequence[int],
+    plw: float,
+    completion_weight: float = 1.0,
+    data_weight: Sequence[float] | None = None,
+) -> list[float]:
+    """(PLW x prompt_mask + lambda_r x completion_mask) x data weight, token by token (the rule
+    `lab.loss.token_weights` applies), with the first token at 0: nothing before it predicts it,
+    so it is never a target."""
+    data_weight = data_weight or [1.0] * len(prompt_mask)
+    weights = [(plw * p + completion_weight * c) * d for p, c, d in zip(prompt_mask, completion_mask, data_weight)]
+    return [0.0, *weights[1:]] if weights else weights
+
+
+#: A prompt longer than this many tokens before the completion is folded in the middle, so the
+#: completion (what is trained at PLW 0) is in view without scrolling.
+FOLD_ABOVE, FOLD_HEAD, FOLD_TAIL = 160, 40, 80
+
+
+def fold_range(enc) -> tuple[int, int] | None:
+    """The tokens [start, end) to fold away in a long prompt: all but its start and its last tokens."""
+    first_completion = next((i for i, c in enumerate(enc.completion_mask) if c), len(enc.input_ids))
+    if first_completion <= FOLD_ABOVE:
+        return None
+    return FOLD_HEAD, first_completion - FOLD_TAIL
+
+
+def completion_weight_share(n_prompt: float, n_completion: float, plw: float, completion_weight: float = 1.0) -> float:
+    """Share of the total loss weight carried by completion tokens at this PLW and lambda_r."""
+    total = completion_weight * n_completion + plw * n_prompt
+    return completion_weight * n_completion / total if total else float("nan")
 
 
 
@@ -69,6 +101,10 @@ TOKEN_CSS = """
 .plw-legend .grad{display:inline-block;width:110px;height:12px;border-radius:3px;vertical-align:middle;margin:0 5px;
  border:1px solid #e5e7eb}
 .plw-summary{font-size:12px;color:#4b5563;margin-top:6px}
+.plw-fold{display:inline}
+.plw-fold>summary{display:inline;cursor:pointer;color:#1e40af;background:#eff6ff;border:1px dashed #93c5fd;
+ border-radius:3px;padding:0 4px;font-style:italic;list-style:none}
+.plw-fold[open]>summary{display:none}
 """
 
 
@@ -110,15 +146,16 @@ ANSWER_LEGEND = (
 )
 
 
-def _legend_weights(plw: float, answer: bool = False) -> str:
+def _legend_weights(plw: float, answer: bool = False, completion_weight: float = 1.0, data_weights: bool = False) -> str:
     grad_p = f"linear-gradient(90deg,{weight_color(0, False)},{weight_color(1, False)})"
     return (
         '<div class="plw-legend">'
         f'<span><span class="sw" style="background:{weight_color(plw, False)}"></span>'
         f"prompt / template token: weight = PLW = {plw:g}</span>"
-        f'<span><span class="sw" style="background:{weight_color(1, True)}"></span>'
-        "completion token: weight 1</span>"
-        f'<span>weight 0<span class="grad" style="background:{grad_p}"></span>1</span>'
+        f'<span><span class="sw" style="background:{weight_color(completion_weight, True)}"></span>'
+        f"completion token: weight = λ<sub>r</sub> = {completion_weight:g}</span>"
+        + ("<span>times the record's or message's weight from the data</span>" if data_weights else "")
+        + f'<span>weight 0<span class="grad" style="background:{grad_p}"></span>1</span>'
         '<span><span class="sw plw-special" style="border:1px dashed #94a3b8"></span>special token</span>'
         + (ANSWER_LEGEND if answer else "")
         + "<span>hover a token for its text, id, label and weight</span>"
@@ -132,17 +169,25 @@ def token_html(
     special_ids: Iterable[int] | None = None,
     max_tokens: int = 2000,
     summary: bool = True,
+    completion_weight: float = 1.0,
 ) -> str:
-    """An encoded example token by token, each coloured by its loss weight at `plw`.
+    """An encoded example token by token, each coloured by its loss weight at `plw` and `completion_weight`
+    (lambda_r), times the weights the data gives its record and messages.
 
     Prompt tokens (including the chat template's) are blue with an opacity that follows their
     weight, so they fade to nothing as PLW goes to 0; completion tokens are always full orange.
     Each token's `title` (shown on hover) gives its text, id, label and weight.
     """
     special = set(special_ids) if special_ids is not None else None
-    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw)
+    data_weight = getattr(enc, "data_weight", None) or None
+    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw, completion_weight, data_weight)
     parts = []
+    fold = fold_range(enc)
     for i, text, cut in _pieces(enc)[:max_tokens]:
+        if fold and i == fold[0]:
+            parts.append(f'<details class="plw-fold" data-folded="{fold[1] - fold[0]}"><summary>\u2026 {fold[1] - fold[0]} '
+                         f"prompt tokens (weight {plw:g} each) folded to bring the completion into view: show them"
+                         "</summary>")
         if cut and enc.truncated:
             parts.append(f'<span class="plw-cut" title="{enc.truncated} tokens cut to fit max_length">'
                          f"\u2026 {enc.truncated} prompt tokens cut \u2026</span>")
@@ -159,24 +204,35 @@ def token_html(
         if answer:
             classes.append("plw-answer")
         title = f"{_describe(text)} | id {token_id} | {label}{' (answer)' if answer else ''} | weight {w:.4g}"
+        if data_weight:
+            title += f" (data weight {data_weight[i]:.4g})"
+        if i == 0:
+            title += " (the first token: nothing before it predicts it, so it is never a target)"
+        colour = text_color(w, is_completion)
         parts.append(
-            f'<span class="{" ".join(classes)}" style="background-color:{weight_color(w, is_completion)}" '
+            f'<span class="{" ".join(classes)}" style="background-color:{weight_color(w, is_completion)}'
+            f'{f";color:{colour}" if colour else ""}" '
             f'title="{html.escape(title, quote=True)}" data-label="{label}" data-weight="{w:.4g}"'
             f'{ANSWER_ATTR if answer else ""}>{_display(text)}</span>'
         )
+        if fold and i == fold[1] - 1:
+            parts.append("</details>")
     if len(enc.input_ids) > max_tokens:
         parts.append(f'<span class="plw-cut">\u2026 {len(enc.input_ids) - max_tokens} more tokens not shown</span>')
     foot = ""
     if summary:
         n_p, n_c = enc.n_prompt, enc.n_completion
-        share = completion_weight_share(n_p, n_c, plw)
+        completion_total = sum(w for w, c in zip(weights, enc.completion_mask) if c)
+        share = completion_total / sum(weights) if sum(weights) else float("nan")
         foot = (
             f'<div class="plw-summary">{len(enc.input_ids)} tokens: {n_p} prompt, {n_c} completion'
             f"{f', {enc.truncated} cut from the prompt' if enc.truncated else ''}. "
-            f"At PLW {plw:g} the completion carries <b>{share:.1%}</b> of this example's loss weight.</div>"
+            f"At PLW {plw:g}{f' and completion weight {completion_weight:g}' if completion_weight != 1 else ''} the completion "
+            f"carries <b>{share:.1%}</b> of this example's loss weight"
+            f"{f'; the data weights this record {enc.example.weight:g}' if data_weight else ''}.</div>"
         )
     return (
-        f"<style>{TOKEN_CSS}</style>{_legend_weights(plw, any(enc.answer_mask))}"
+        f"<style>{TOKEN_CSS}</style>{_legend_weights(plw, any(enc.answer_mask), completion_weight, bool(data_weight))}"
         f'<div class="plw-tokens" data-mode="weights" data-plw="{plw:g}">{"".join(parts)}</div>{foot}'
     )
 
@@ -216,11 +272,14 @@ def token_loss_html(
     """The token view coloured by per-token cross-entropy: adapter on, off, or on minus off.
 
     The underline keeps the prompt/completion label visible (orange: completion). `losses_*` are
-    aligned with `enc.input_ids` and start with None (the first token has no prediction).
+    aligned with `enc.input_ids` and start with None (the first token has no prediction). With
+    `losses_off` None and mode "on", the losses are one model's (e.g. a base model with no adapter)
+    and the view says nothing about an adapter.
     """
     if mode not in LOSS_MODES:
         raise ValueError(f"mode must be one of {LOSS_MODES}, got {mode!r}")
     special = set(special_ids) if special_ids is not None else None
+    single = losses_off is None and mode == "on"
     n = len(enc.input_ids)
     on = list(losses_on) if losses_on is not None else [None] * n
     off = list(losses_off) if losses_off is not None else [None] * n
@@ -230,7 +289,7 @@ def token_loss_html(
     else:
         values = on if mode == "on" else off
         vmax = _robust_max(values, 1.0)
-    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw)
+    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw, data_weight=getattr(enc, "data_weight", None))
     parts = []
     for i, text, cut in _pieces(enc)[:max_tokens]:
         if cut and enc.truncated:
@@ -250,9 +309,8 @@ def token_loss_html(
             return "n/a" if v is None else f"{v:.3f}"
 
         delta = None if on[i] is None or off[i] is None else on[i] - off[i]
-        title = (
-            f"{_describe(text)} | id {enc.input_ids[i]} | {label}{' (answer)' if answer else ''} | weight {weights[i]:.4g} | "
-            f"loss on {fmt(on[i])} | off {fmt(off[i])} | \u0394 {fmt(delta)}"
+        title = f"{_describe(text)} | id {enc.input_ids[i]} | {label}{' (answer)' if answer else ''} | weight {weights[i]:.4g} | " + (
+            f"loss {fmt(on[i])}" if single else f"loss on {fmt(on[i])} | off {fmt(off[i])} | \u0394 {fmt(delta)}"
         )
         parts.append(
             f'<span class="{" ".join(classes)}" style="background-color:{colour}" '
@@ -275,7 +333,7 @@ def token_loss_html(
         grad = f"linear-gradient(90deg,{_loss_color(0, 1)},{_loss_color(1, 1)})"
         legend = (
             '<div class="plw-legend">'
-            f"<span>per-token loss, adapter {mode}: 0<span class=\"grad\" style=\"background:{grad}\"></span>"
+            f"<span>per-token loss{'' if single else f', adapter {mode}'}: 0<span class=\"grad\" style=\"background:{grad}\"></span>"
             f"\u2265{vmax:.2f} nats</span>"
             '<span>underline: <b style="color:#ea580c">completion</b> / <b style="color:#2563eb">prompt</b></span>'
             f"{answer_legend}</div>"
@@ -285,13 +343,18 @@ def token_loss_html(
         picked = [v for m, v in zip(mask_values, losses) if m and v is not None]
         return sum(picked) / len(picked) if picked else float("nan")
 
-    foot = (
-        '<div class="plw-summary">mean completion loss: adapter on '
-        f"<b>{mean(enc.completion_mask, on):.3f}</b>, off <b>{mean(enc.completion_mask, off):.3f}</b>; "
-        f"mean prompt loss: on {mean(enc.prompt_mask, on):.3f}, off {mean(enc.prompt_mask, off):.3f}"
-        + (f"; answer loss: on <b>{mean(enc.answer_mask, on):.3f}</b>, off <b>{mean(enc.answer_mask, off):.3f}</b>" if has_answer else "")
-        + "</div>"
-    )
+    if single:
+        foot = (f'<div class="plw-summary">mean completion loss <b>{mean(enc.completion_mask, on):.3f}</b>; '
+                f"mean prompt loss {mean(enc.prompt_mask, on):.3f} (the first token, never predicted, left out)"
+                + (f"; answer loss <b>{mean(enc.answer_mask, on):.3f}</b>" if has_answer else "") + "</div>")
+    else:
+        foot = (
+            '<div class="plw-summary">mean completion loss: adapter on '
+            f"<b>{mean(enc.completion_mask, on):.3f}</b>, off <b>{mean(enc.completion_mask, off):.3f}</b>; "
+            f"mean prompt loss: on {mean(enc.prompt_mask, on):.3f}, off {mean(enc.prompt_mask, off):.3f}"
+            + (f"; answer loss: on <b>{mean(enc.answer_mask, on):.3f}</b>, off <b>{mean(enc.answer_mask, off):.3f}</b>" if has_answer else "")
+            + "</div>"
+        )
     return (
         f"<style>{TOKEN_CSS}</style>{legend}"
         f'<div class="plw-tokens" data-mode="loss-{mode}">{"".join(parts)}</div>{foot}'

@@ -14,6 +14,7 @@ and best adapter). `train(..., resume_from=RUN_DIR)` continues such a run from i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,10 +29,11 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from . import advice, evaluation
+from . import advice, compat, evaluation
 from .collate import Collator, EncodedDataset
-from .config import LabConfig, layer_indices
-from .data import DataError, Example, Examples, load_examples, make_split, write_split
+from .config import ConfigError, LabConfig, layer_indices
+from .data import DataError, Example, Examples, load_examples, write_split
+from .mixing import training_split
 from .events import (
     Advice,
     CheckpointSaved,
@@ -46,9 +48,18 @@ from .events import (
     Stopped,
 )
 from .forward import final_hidden, logits_at, output_layer, supports_hidden_loss
-from .loss import normalizer, shift_for_targets, token_weights, weighted_ce, weighted_ce_from_logits
+from .loss import (
+    lora_update_sq_norm,
+    normalizer,
+    shift_for_targets,
+    token_weights,
+    weighted_ce,
+    weighted_ce_from_logits,
+    weighted_kl,
+    weighted_kl_from_logits,
+)
 from .masks import Encoded, encode_fitted
-from .models import attach_lora, load_model, load_tokenizer, num_layers, pick_device
+from .models import attach_lora, load_model, load_tokenizer, lora_factors, num_layers, pick_device
 from .prefix import FrozenPrefix
 from .packing import PackingCollator, attention_kind, model_kwargs, num_tokens
 from .metrics import best_of, metric, stopping_metric
@@ -111,7 +122,8 @@ class Prepared:
 def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) -> Prepared:
     """Read, split and encode the data; raise a `DataError` when nothing trainable is left."""
     examples = load_examples(cfg.data) if examples is None else examples
-    train_ex, val_ex, record = make_split(examples, cfg.data)
+    record: dict = {}
+    train_ex, val_ex = training_split(cfg, examples, record)
     d = cfg.data
     fitted = encode_fitted(tokenizer, train_ex + val_ex, d.max_length, d.max_length_cap, d.train_eos)
     train = [e for e, i in zip(fitted.encoded, fitted.positions) if i < len(train_ex)]
@@ -155,7 +167,8 @@ class PLWTrainer(Trainer):
         )
 
     def _weights(self, batch) -> torch.Tensor:
-        weights = token_weights(batch["prompt_mask"], batch["completion_mask"], self.lab.train.prompt_loss_weight)
+        t = self.lab.train
+        weights = token_weights(batch["prompt_mask"], batch["completion_mask"], t.prompt_loss_weight, t.completion_loss_weight, batch.get("data_weight"))
         return shift_for_targets(weights)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -174,6 +187,7 @@ class PLWTrainer(Trainer):
         return batches, total
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        t = self.lab.train
         weights = self._weights(inputs)
         targets = inputs["input_ids"][:, 1:]
         kwargs = model_kwargs(inputs)  # attention mask, and position ids when packed
@@ -182,16 +196,29 @@ class PLWTrainer(Trainer):
             prefix = self.prefix if "position_ids" not in kwargs else None
             hidden = final_hidden(model, inputs["input_ids"], prefix=prefix, **kwargs)
             head_weight, head_bias = output_layer(model)
-            loss_sum = weighted_ce(hidden[:, :-1], head_weight, targets, weights, self.lab.train.chunk_size, head_bias)
+            loss_sum = weighted_ce(hidden[:, :-1], head_weight, targets, weights, t.chunk_size, head_bias)
+            if t.kl_weight > 0:
+                with torch.no_grad(), _adapter_off(model) as base:
+                    base_hidden = final_hidden(base, inputs["input_ids"], prefix=prefix, **kwargs)
+                kl_sum = weighted_kl(hidden[:, :-1], base_hidden[:, :-1], head_weight, weights, t.chunk_size, head_bias)
+                loss_sum = loss_sum + t.kl_weight * kl_sum
         else:
             keep = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
             keep[:, :-1] = weights > 0
             logits = logits_at(model, inputs["input_ids"], keep=keep, **kwargs)
-            loss_sum = weighted_ce_from_logits(logits, targets[keep[:, :-1]], weights[keep[:, :-1]])
+            kept_weights = weights[keep[:, :-1]]
+            loss_sum = weighted_ce_from_logits(logits, targets[keep[:, :-1]], kept_weights)
+            if t.kl_weight > 0:
+                with torch.no_grad(), _adapter_off(model) as base:
+                    base_logits = logits_at(base, inputs["input_ids"], keep=keep, **kwargs)
+                loss_sum = loss_sum + t.kl_weight * weighted_kl_from_logits(logits, base_logits, kept_weights)
         if num_items_in_batch is None:  # evaluation-style call outside the training loop
-            num_items_in_batch = normalizer(weights, self.lab.train.loss_normalization)
+            num_items_in_batch = normalizer(weights, t.loss_normalization)
         # DDP averages gradients over processes; the normaliser already spans them, so undo the average.
         loss = loss_sum / num_items_in_batch.clamp_min(1e-8) * self.accelerator.num_processes
+        if t.l2_to_base > 0:
+            # Once per optimiser step: each micro-batch adds its share, and every process the same term.
+            loss = loss + t.l2_to_base * lora_update_sq_norm(lora_factors(model)) / self.args.gradient_accumulation_steps
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the loss became {loss.item()} at step {self.state.global_step + 1}; lower train.learning_rate "
@@ -199,6 +226,15 @@ class PLWTrainer(Trainer):
             )
         self.tokens_seen += num_tokens(inputs)
         return (loss, None) if return_outputs else loss
+
+
+@contextlib.contextmanager
+def _adapter_off(model):
+    """The PEFT model inside `model` (DDP unwrapped) with its adapter disabled: the base model, no copy."""
+    while hasattr(model, "module"):
+        model = model.module
+    with evaluation.adapter(model, False) as base:
+        yield base
 
 
 class EventCallback(TrainerCallback):
@@ -290,6 +326,8 @@ class RunContext:
     saved: dict = field(default_factory=dict)
     last_checkpoint: tuple = (-1, 0.0)  # (step, time) of the last checkpoint written
     resumed_from: int | None = None
+    #: The base model's final states on the validation batches, for `kl_to_base` (see `evaluation.evaluate`).
+    base_states: dict = field(default_factory=dict)
 
     def emit(self, event) -> None:
         if self.is_main:
@@ -312,7 +350,8 @@ class RunContext:
         self.emit(Phase(name=phase, step=step))
         started = time.perf_counter()
         # Per-example answers are kept so the final comparison can reuse them (step 0 is the base model).
-        metrics = evaluation.evaluate(self.model, self.data.val, self.tokenizer.pad_token_id, self.cfg.eval.batch_size, t.chunk_size, details=True, prefix=self.prefix)
+        metrics = evaluation.evaluate(self.model, self.data.val, self.tokenizer.pad_token_id, self.cfg.eval.batch_size, t.chunk_size, details=True, prefix=self.prefix,
+                                      base_states=self.base_states if self.cfg.eval.kl_to_base else None)
         if (generate or step == 0) and metrics.get("answer_accuracy") is not None:
             metrics = evaluation.with_generated(metrics, evaluation.generate_answers(self.model, self.tokenizer, self.data.val, self.cfg.eval.answer_tokens, self.cfg.eval.batch_size))
         self.details[step] = metrics.pop("examples")
@@ -518,7 +557,7 @@ def training_arguments(cfg: LabConfig, run_dir: Path, device: torch.device, dtyp
 def make_collator(cfg: LabConfig, tokenizer, model):
     """Padding, or packing laid out for the model's attention implementation (`train.packing`)."""
     if cfg.train.packing:
-        return PackingCollator(tokenizer.pad_token_id, attention_kind(model), mask_dtype=next(model.parameters()).dtype)
+        return PackingCollator(tokenizer.pad_token_id, attention_kind(model), mask_dtype=next(model.parameters()).dtype, windows=compat.attention_windows(model))
     return Collator(tokenizer.pad_token_id)
 
 
@@ -557,9 +596,13 @@ def train(
     folder as soon as it exists, before anything can fail, so whoever started the job knows it.
     """
     cfg.validate()
+    if compat.launcher_problem():
+        raise ConfigError(compat.launcher_problem())
     is_main = is_main_process()
     if resume_from is not None:
-        run_dir, checkpoint = prepare_resume(Path(resume_from)) if is_main else (Path(tempfile.mkdtemp(prefix="plw-lab-rank")), None)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # checkpoints with optimiser state are written by one process only
+            raise ResumeError("--resume runs on one process; start it without accelerate launch")
+        run_dir, checkpoint = prepare_resume(Path(resume_from))
     else:
         # Only the main process writes the run folder; the others train into a scratch folder they never fill.
         run_dir, cfg = new_run_dir(cfg) if is_main else (Path(tempfile.mkdtemp(prefix="plw-lab-rank")), cfg)
@@ -583,7 +626,10 @@ def train(
             write_split(run_dir / "split.json", data.split)
         torch.manual_seed(cfg.train.seed)
         base = load_model(cfg.model, device)
+        compat.use_fast_attention(base, device, cfg.train.packing)
         run.model = model = attach_lora(base, cfg.lora)
+        if cfg.train.gradient_checkpointing:
+            compat.enable_checkpointing(model)
         args = training_arguments(cfg, run_dir, device, base.dtype)
         steps = total_steps(cfg, len(data.train), args.world_size)
         from_step = 0
@@ -591,12 +637,6 @@ def train(
             from_step = run.restore(checkpoint)
             # The evaluations up to the checkpoint count towards this run's best and its summary.
             run.evals = [e for e in load_run(run_dir).evals if e.step <= from_step]
-        run.emit(Started(run_dir=str(run_dir), config=cfg.to_dict(), n_train=len(data.train), n_val=len(data.val), total_steps=steps,
-                         skipped=data.skipped, early_stopping_metric=run.stopping_metric, data_report=data.data_report,
-                         resumed=checkpoint is not None, from_step=from_step, truncation=data.truncation))
-        if checkpoint is None:
-            for note in [*data.notes, *advice.before_training(cfg, len(data.train), steps)]:
-                run.emit(Advice(message=note))
         ref: dict = {}
         callback = EventCallback(ref, run)
         trainer = PLWTrainer(
@@ -611,7 +651,18 @@ def train(
         ref["trainer"] = trainer
         if cfg.train.cache_frozen_layers and trainer.use_hidden_loss:
             run.prefix = trainer.prefix = FrozenPrefix.for_model(model, layer_indices(cfg.lora.layers, num_layers(base)))
+        run.emit(
+            Started(
+                run_dir=str(run_dir), config=cfg.to_dict(), n_train=len(data.train), n_val=len(data.val), total_steps=steps,
+                skipped=data.skipped, early_stopping_metric=run.stopping_metric, data_report=data.data_report,
+                resumed=checkpoint is not None, from_step=from_step, paths=run_paths(cfg, model, trainer),
+                world_size=args.world_size, global_batch=cfg.train.batch_size * cfg.train.grad_accum * args.world_size,
+                truncation=data.truncation,
+            )
+        )
         if checkpoint is None:
+            for note in [*data.notes, *advice.before_training(cfg, len(data.train), steps, has_answers=any(e.n_answer for e in data.val))]:
+                run.emit(Advice(message=note))
             run.evaluate(0, 0.0)  # step 0 is the base model: LoRA starts as a zero update
         else:
             trainer.tokens_seen = json.loads((checkpoint / LAB_STATE).read_text())["tokens_seen"]
@@ -694,6 +745,39 @@ def resume(run_dir: str | Path, **kwargs) -> TrainResult:
     if not (run_dir / "config.yaml").exists():
         raise ResumeError(f"{run_dir} is not a run folder (no config.yaml)")
     return train(LabConfig.load(run_dir / "config.yaml"), resume_from=run_dir, **kwargs)
+
+
+def run_paths(cfg: LabConfig, model, trainer: PLWTrainer) -> dict:
+    """Which computation path each part of the run takes, and why: the `paths` of the started event."""
+    arch = compat.model_type(model)
+    proven = compat.is_proven(model)
+    paths = {
+        "architecture": f"{arch}: proven by the lab's architecture tests" if proven
+        else f"{arch}: not among the proven architectures ({', '.join(compat.PROVEN_DECODERS)}), so the plain path: "
+        "no frozen-layer cache, no shared head",
+    }
+    if trainer.use_hidden_loss:
+        paths["loss"] = "hidden states; the output layer runs in chunks at weighted positions only"
+    else:
+        why = compat.hidden_loss_blocker(model) or f"{trainer.accelerator.distributed_type.value} shards the output layer"
+        paths["loss"] = f"the model's logits at weighted positions ({why})"
+    if trainer.prefix is not None:
+        paths["frozen_layer_cache"] = f"on: layers below {trainer.prefix.first_adapted} run once per example"
+        if cfg.train.packing:
+            paths["frozen_layer_cache"] += " (evaluation only: packed training rows are not per example)"
+    else:
+        paths["frozen_layer_cache"] = "off: " + (
+            "train.cache_frozen_layers is off" if not cfg.train.cache_frozen_layers
+            else "the loss goes through logits" if not trainer.use_hidden_loss
+            else "the architecture is not proven" if not proven
+            else "every layer is adapted (lora.layers)"
+        )
+    paths["shared_head"] = "on in evaluation" if proven else "off: the architecture is not proven"
+    impl = compat.attention_implementation(model)
+    layout = {"bool": "block-diagonal boolean 4D masks", "float": "block-diagonal additive 4D masks", "flat": "one flattened row, varlen via position_ids"}
+    paths["attention"] = impl + (f"; packed rows with {layout[attention_kind(model)]}" if cfg.train.packing else "")
+    paths["gradient_checkpointing"] = "on (non-reentrant)" if compat.checkpointing_enabled(model) else "off"
+    return paths
 
 
 def compare_adapter(run: RunContext) -> dict:

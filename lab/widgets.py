@@ -10,35 +10,28 @@ training events, so the notebooks stay thin:
     result = train(cfg, subscribers=[curves])
 
 plus a few plain helpers the notebooks share (a token table of a collated batch, the step each
-metric would stop at, answer log-probability summaries, general-text examples for replay).
+metric would stop at, answer log-probability summaries, runs side by side with their intervals).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import html
 import math
 import warnings
-from typing import Iterable, Sequence
 
 import ipywidgets as W
 import plotly.graph_objects as go
 from IPython.display import display
 
-from .charts import METRIC_COLORS, METRIC_LABELS, PLOT_TEMPLATE
+from .charts import accuracy_figure, loss_figure, predicted_distribution_figure
 from .config import TrainConfig
-from .metrics import METRICS
-from .data import Example, split
-from .events import event_field
-from .history import History
-from .text_views import progress_html
+from .history import History, stopping_points  # noqa: F401  (notebooks import it from here)
+from .text_views import progress_html, remedy_verdicts, run_point, run_report  # noqa: F401  (notebooks import them from here)
 from .tokens_view import token_html
 
-LOSSES = ("prompt_loss", "completion_loss", "full_loss")
 #: The PLW values the config suggests, as buttons beside the slider.
 PLW_PRESETS = next(f.metadata["presets"] for f in dataclasses.fields(TrainConfig) if f.name == "prompt_loss_weight")
-STOP_METRICS = ("full_loss", "completion_loss", "answer_accuracy")
 
 
 # -- token view with a PLW slider -------------------------------------------------------------
@@ -96,106 +89,73 @@ class _RedrawnFigure:
         self.fig, self.output = fig, W.Output()
         self.data, self.layout = fig.data, fig.layout
 
-    @contextlib.contextmanager
-    def batch_update(self):
-        yield
+    def show(self, fig: go.Figure) -> None:
+        self.fig, self.data, self.layout = fig, fig.data, fig.layout
         self.output.outputs = ()
-        self.output.append_display_data(self.fig)
+        self.output.append_display_data(fig)
 
     def _ipython_display_(self) -> None:
         display(self.output)
 
 
-class LiveCurves:
-    """A training-event subscriber that draws the run live in one plotly FigureWidget.
+def _show(widget, fig: go.Figure) -> None:
+    """Put a freshly drawn figure into a FigureWidget in one update (or redraw the stand-in)."""
+    if isinstance(widget, _RedrawnFigure):
+        widget.show(fig)
+        return
+    with widget.batch_update():
+        widget.data = ()
+        widget.add_traces(list(fig.data))
+        widget.layout = fig.layout
 
-    Train loss every step; validation prompt, completion and full-sequence loss (left axis) and
-    answer accuracy with the majority-class baseline (right axis) at every evaluation. A star
-    marks the best value of each so far, i.e. the step each metric would pick as the stopping
-    point. Above the chart, progress, tokens/s and the run's advice. Pass the object itself as a
-    subscriber: `train(cfg, subscribers=[curves])`.
+
+#: The Train tab's charts, in its order: each redrawn from the run's `History` by `lab.charts`.
+CHARTS = {"loss": loss_figure, "accuracy": accuracy_figure, "predicted": predicted_distribution_figure}
+
+
+class LiveCurves:
+    """A training-event subscriber that shows the run as the app's Train tab does, live.
+
+    The progress line (`lab.text_views.progress_html`) and the Train tab's figures (`lab.charts`:
+    losses, answer accuracy with the majority-class baseline, predicted answers; a star marks
+    each metric's best value so far), redrawn from the run's `History` at every step and
+    evaluation, and the run's advice below. Pass the object itself as a subscriber:
+    `train(cfg, subscribers=[curves])`; `curves.figures` are the FigureWidgets by chart name and
+    `curves.figure` the loss chart.
     """
 
-    def __init__(self, title: str = "", height: int = 420) -> None:
-        self.title = title
+    def __init__(self, title: str = "", height: int = 340) -> None:
+        self.title, self.height = title, height
         self.history = History()
-        fig = go.Figure()
-        self._index: dict[str, int] = {}
-
-        def add(key: str, trace) -> None:
-            self._index[key] = len(fig.data)
-            fig.add_trace(trace)
-
-        colors, labels = METRIC_COLORS, METRIC_LABELS
-        add("train_loss", go.Scatter(x=[], y=[], mode="lines", name="train loss (weighted)",
-                                     line={"color": colors["train_loss"], "width": 1.2}))
-        for name in LOSSES:
-            add(name, go.Scatter(x=[], y=[], mode="lines+markers", name=labels[name], legendgroup=name,
-                                 line={"color": colors[name], "width": 2, "dash": "dot" if name == "full_loss" else "solid"}))
-        add("answer_accuracy", go.Scatter(x=[], y=[], mode="lines+markers", name=labels["answer_accuracy"], yaxis="y2",
-                                          legendgroup="answer_accuracy", line={"color": colors["answer_accuracy"], "width": 2}))
-        add("majority_baseline", go.Scatter(x=[], y=[], mode="lines", name=labels["majority_baseline"], yaxis="y2",
-                                            line={"color": colors["majority_baseline"], "dash": "dash", "width": 1.5}))
-        for name in (*LOSSES, "answer_accuracy"):
-            add(f"best:{name}", go.Scatter(
-                x=[], y=[], mode="markers", name=f"best {labels[name]}", legendgroup=name, showlegend=False,
-                yaxis="y2" if name == "answer_accuracy" else "y",
-                marker={"symbol": "star", "size": 15, "color": colors[name], "line": {"color": "#111", "width": 1}},
-                hovertemplate=f"best {labels[name]}: %{{y:.4g}} at step %{{x}}<extra></extra>",
-            ))
-        fig.update_layout(
-            template=PLOT_TEMPLATE,
-            height=height,
-            title={"text": (title + " \u00b7 " if title else "") + "validation losses and accuracy (\u2605 = best so far)",
-                   "font": {"size": 14}},
-            xaxis={"title": "optimiser step"},
-            yaxis={"title": "cross-entropy (nats)"},
-            yaxis2={"title": "answer accuracy", "overlaying": "y", "side": "right", "range": [0, 1.02],
-                    "tickmode": "array", "tickvals": [0, 0.25, 0.5, 0.75, 1.0], "tickformat": ".0%", "showgrid": False},
-            legend={"orientation": "h", "y": -0.2},
-            margin={"l": 55, "r": 55, "t": 45, "b": 40},
-        )
-        self.figure = _figure_widget(fig)
+        self.figures = {name: _figure_widget(draw(self.history, height)) for name, draw in CHARTS.items()}
+        self.figure = self.figures["loss"]
         self.status = W.HTML(progress_html(self.history))
         self.notes = W.HTML()
-        chart = self.figure.output if isinstance(self.figure, _RedrawnFigure) else self.figure
-        self.widget = W.VBox([self.status, chart, self.notes])
+        shown = {name: f.output if isinstance(f, _RedrawnFigure) else f for name, f in self.figures.items()}
+        heading = [W.HTML(f"<b>{html.escape(title)}</b>")] if title else []
+        self.widget = W.VBox([*heading, self.status, shown["loss"],
+                              W.HBox([shown["accuracy"], shown["predicted"]]), self.notes])
 
     def _ipython_display_(self) -> None:
         display(self.widget)
-        if isinstance(self.figure, _RedrawnFigure):
-            with self.figure.batch_update():
-                pass
+        for widget in self.figures.values():
+            if isinstance(widget, _RedrawnFigure):
+                widget.show(widget.fig)
 
     def __call__(self, event) -> None:
         self.history.add(event)
         kind = getattr(event, "kind", "")
-        if kind in ("started", "step", "eval", "finished", "stopped", "failed"):
+        if kind in ("phase", "started", "step", "eval", "finished", "stopped", "failed"):
             self.status.value = progress_html(self.history)
         if kind == "advice" or kind in ("finished", "stopped", "failed"):
             self.notes.value = "".join(
                 f'<div style="font-size:12px;color:#92400e">\u26a0 {html.escape(a)}</div>' for a in self.history.advice
             )
-        if kind in ("started", "step", "eval", "finished", "stopped", "failed"):
-            self._redraw(kind)
-
-    def _set(self, key: str, xs, ys) -> None:
-        trace = self.figure.data[self._index[key]]
-        trace.x, trace.y = list(xs), list(ys)
-
-    def _redraw(self, kind: str) -> None:
-        h = self.history
-        with self.figure.batch_update():
-            if kind == "started" and h.total_steps:
-                self.figure.layout.xaxis.range = [-0.5, h.total_steps + 0.5]
-            if kind == "step":
-                self._set("train_loss", h.steps, h.train_loss)
-                return
-            for name in (*LOSSES, "answer_accuracy", "majority_baseline"):
-                self._set(name, *h.metric_series(name))
-            for name in (*LOSSES, "answer_accuracy"):
-                best = h.best(name)
-                self._set(f"best:{name}", [best[0]] if best else [], [best[1]] if best else [])
+        if kind in ("started", "step", "finished", "stopped", "failed"):
+            _show(self.figures["loss"], loss_figure(self.history, self.height))
+        if kind in ("eval", "finished", "stopped", "failed"):
+            for name, draw in CHARTS.items():
+                _show(self.figures[name], draw(self.history, self.height))
 
 
 # -- plain helpers the notebooks share ----------------------------------------------------------
@@ -237,30 +197,6 @@ def batch_frame(tokenizer, batch: dict, row: int = 0, plw: float = 0.0):
     return pd.DataFrame(rows).set_index("position")
 
 
-def stopping_points(evals: Sequence, metrics: Iterable[str] = STOP_METRICS) -> list[dict]:
-    """For each metric, the evaluation it would pick as the stopping point, and what the run had there.
-
-    `evals` are `Eval` events (or their dicts). A loss picks its minimum, accuracy its maximum.
-    """
-    rows = []
-    for name in metrics:
-        candidates = [e for e in evals if event_field(e, "metrics", {}).get(name) is not None and event_field(e, "metrics")[name] == event_field(e, "metrics")[name]]
-        if not candidates:
-            continue
-        pick = max if METRICS[name].higher_is_better else min
-        chosen = pick(candidates, key=lambda e: event_field(e, "metrics")[name])  # the first among equals
-        m = event_field(chosen, "metrics")
-        rows.append({
-            "stop on": name,
-            "step": event_field(chosen, "step"),
-            "answer_accuracy": m.get("answer_accuracy"),
-            "completion_loss": m.get("completion_loss"),
-            "full_loss": m.get("full_loss"),
-            "prompt_loss": m.get("prompt_loss"),
-        })
-    return rows
-
-
 def answer_summary(metrics: dict) -> dict:
     """Accuracy, mean log-probability of the right answer and predicted counts, from `evaluate_answers`."""
     examples = metrics.get("examples") or []
@@ -273,66 +209,3 @@ def answer_summary(metrics: dict) -> dict:
     }
 
 
-def general_examples(texts: Sequence[str], split_at: float = 0.5) -> list[Example]:
-    """Plain passages as continuation examples (first part as prompt, the rest as completion), for
-    mixing general data into a fine-tuning set ("replay") against forgetting."""
-    out = []
-    for i, text in enumerate(texts):
-        words = text.split()
-        if len(words) < 4:
-            continue
-        cut = max(1, int(len(words) * split_at))
-        out.append(Example(
-            [{"role": "user", "content": "Continue the text:\n" + " ".join(words[:cut])},
-             {"role": "assistant", "content": " ".join(words[cut:])}],
-            source_index=100_000 + i,
-            meta={"general": True},
-        ))
-    return out
-
-
-def fixed_split(train_examples: Sequence[Example], val_examples: Sequence[Example], seed: int = 0, val_max: int = 0) -> tuple[list[Example], int]:
-    """Examples and a `data.val_size` with which the lab's split gives exactly these train and
-    validation lists, so runs that add training data (e.g. replay) keep the same validation set.
-
-        examples, val_size = fixed_split(train_ex + extra, val_ex, cfg.data.split_seed, cfg.data.val_max)
-        train(cfg.override({"data.val_size": val_size}), examples=examples)
-
-    The seed is the split's (`data.split_seed`). Examples that carry group keys (`meta["group"]`,
-    multiple-choice passages) are split by group, which this arrangement does not model: pass
-    ungrouped examples or set `data.group_by: none`.
-    """
-    if val_max and len(val_examples) > val_max:
-        raise ValueError(f"{len(val_examples)} validation examples exceed data.val_max = {val_max}; raise it or pass fewer")
-    n = len(train_examples) + len(val_examples)
-    train_slots, val_slots = split(list(range(n)), len(val_examples), seed)
-    arranged: list = [None] * n
-    for slot, example in zip(sorted(val_slots), val_examples):
-        arranged[slot] = example
-    for slot, example in zip(sorted(train_slots), train_examples):
-        arranged[slot] = example
-    return arranged, len(val_examples)
-
-
-def run_report(result) -> dict:
-    """One finished run as a row of a comparison table: answers and probe with the adapter on and off."""
-    from .advice import collapse
-
-    summary, comparison = result.summary or {}, result.comparison or {}
-    on, off = comparison.get("on") or {}, comparison.get("off") or {}
-    m_on, m_off = on.get("metrics") or {}, off.get("metrics") or {}
-    ppl_on, ppl_off = on.get("probe_perplexity"), off.get("probe_perplexity")
-    return {
-        "accuracy off": m_off.get("answer_accuracy"),
-        "accuracy on": m_on.get("answer_accuracy"),
-        "majority baseline": m_on.get("majority_baseline"),
-        "predicted (on)": " \u00b7 ".join(f"{k} {v}" for k, v in (m_on.get("predicted") or {}).items()),
-        "collapsed": bool(collapse(m_on)) if m_on else None,
-        "completion loss on": m_on.get("completion_loss"),
-        "probe ppl off": ppl_off,
-        "probe ppl on": ppl_on,
-        "probe ppl change": ppl_on / ppl_off - 1 if ppl_on and ppl_off else None,
-        "steps": summary.get("steps"),
-        "adapter step": summary.get("adapter_step"),
-        "seconds": round(summary.get("elapsed_seconds") or 0),
-    }

@@ -205,3 +205,20 @@ def test_a_multiple_choice_run_reports_answer_metrics_and_stops_on_answer_loss(t
     comparison = json.loads((result.run_dir / "compare.json").read_text())
     assert comparison["paired"]["answer_accuracy"]["verdict"] in ("within noise", "significant at 5%")
     assert "is format" in comparison["format_vs_task"]["text"]
+
+
+def test_binary_classification_data_gets_balanced_accuracy_macro_f1_and_auc(tokenizer, tiny_model):
+    records = [{"text": f"molecule {i} {'C' * (i % 5)}", "label": "yes" if i % 3 == 0 else "no"} for i in range(12)]
+    encoded, _ = encode_all(tokenizer, to_examples(records, DataConfig()), 128)
+    m = evaluate(tiny_model, encoded, tokenizer.pad_token_id, batch_size=4, details=True)
+    # labels sort as ("no", "yes") -> letters A, B; "yes" (B) is the positive class
+    margins = [(ex["logprobs"]["B"] - ex["logprobs"]["A"], ex["answer"] == "B") for ex in m["examples"]]
+    pos = [s for s, y in margins if y]
+    neg = [s for s, y in margins if not y]
+    # AUC as rank statistic: (sum of positive ranks - n_pos (n_pos + 1) / 2) / (n_pos n_neg), no ties in float margins
+    ranks = {s: r for r, s in enumerate(sorted(pos + neg), 1)}
+    expected = (sum(ranks[s] for s in pos) - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+    assert (len(pos), len(neg)) == (4, 8) and m["auc"] == pytest.approx(expected)
+    recall = lambda c: sum(ex["predicted"] == c for ex in m["examples"] if ex["answer"] == c) / m["answers"][c]  # noqa: E731
+    assert m["balanced_accuracy"] == pytest.approx((recall("A") + recall("B")) / 2)
+    assert 0.0 <= m["macro_f1"] <= 1.0 and m["chance"] == 0.5

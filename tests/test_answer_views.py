@@ -127,3 +127,19 @@ def test_auto_early_stopping_follows_the_data():
     assert stopping_metric("full_loss", has_answers=True) == "full_loss"
     assert LabConfig().train.early_stopping_metric == "auto" and LabConfig().train.eval_interval == 4
     assert metric("answer_loss").better(1.0, 1.5) and metric("auc").better(0.8, 0.7)
+
+
+def test_notebook_live_curves_draw_the_accuracy_interval():
+    from lab.widgets import LiveCurves
+
+    curves = LiveCurves("ci")
+    for event in [ev.Started(run_dir="r", config={}, n_train=8, n_val=48, total_steps=8), *_history_events()]:
+        curves(event)
+    acc = next(t for t in curves.figure.data if t.name == "val answer accuracy")
+    assert acc.error_y.array[-1] == pytest.approx(0.74785 - 0.625, abs=1e-4)
+
+
+def _history_events():
+    from lab.scores import wilson
+
+    return [ev.Eval(step=s, epoch=0, metrics=_metrics(a, r) | {"answer_accuracy_ci": list(wilson(r, 48))}) for s, a, r in ((0, 0.25, 12), (8, 0.625, 30))]

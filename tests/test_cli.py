@@ -23,8 +23,9 @@ def test_inspect_prints_tokens_with_labels_and_weights(data_file, capsys):
     assert "\033[1m\033[32m" in out and "\033[36m" in out  # completion bold green; prompt cyan at PLW > 0
     rows = [line.split() for line in out.splitlines() if line[:4].strip().isdigit()]
     weights = {float(r[-1]) for r in rows}
-    assert weights == {0.1, 1.0}
-    assert rows[0][-2] == "-100"  # the first token is never a target
+    assert weights == {0.0, 0.1, 1.0}
+    assert rows[0][-2:] == ["-100", "0"]  # the first token is never a target
+    assert all(float(r[-1]) > 0 for r in rows[1:])
 
 
 def test_train_then_eval_and_compare_a_run(data_file, tmp_path, capsys):

@@ -100,6 +100,7 @@ def test_train_shows_its_phases_then_eval_prints_a_table(data_file, tmp_path, mo
     assert main(["eval", str(tmp_path / "runs" / "bar")]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert re.match(r"metric\s+adapter off\s+adapter on$", lines[1])
+    assert lines[0].startswith("adapter: ") and "(step 2)" in lines[0]  # which adapter the numbers are of
+    assert re.match(r"metric\s+adapter off\s+adapter on$", lines[2])
     assert any(re.match(r"val completion loss\s+\d+\.\d{4}\s+\d+\.\d{4}$", line) for line in lines)
     assert "{" not in out  # no raw dicts

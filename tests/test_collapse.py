@@ -53,3 +53,13 @@ def test_a_handful_of_examples_is_not_enough_evidence():
     assert collapsed_answer(_metrics({"A": 4, "B": 1}, {"A": 2, "B": 3})) is None
     assert collapsed_answer(_metrics({"A": 5, "B": 0}, {"A": 2, "B": 3}))[0] == "A"  # P = 0.4^5 = 0.01
     assert collapsed_answer(_metrics({"A": 4}, {"A": 1, "B": 3})) is None  # fewer than 5 answers
+
+
+def test_stopping_on_completion_loss_of_letter_answers_is_questioned():
+    from lab.advice import before_training
+    from lab.config import LabConfig
+
+    cfg = LabConfig().override({"train.early_stopping_metric": "completion_loss"})
+    assert any("mostly measures learning to stop" in n for n in before_training(cfg, 1000, 40, has_answers=True))
+    assert not any("learning to stop" in n for n in before_training(cfg, 1000, 40, has_answers=False))
+    assert not any("learning to stop" in n for n in before_training(LabConfig(), 1000, 40, has_answers=True))

@@ -79,8 +79,8 @@ def test_non_utf8_file_reports_where(tmp_path):
 def test_broken_jsonl_line_is_named(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": \n', encoding="utf-8")
-    with pytest.raises(DataError, match="line 2: invalid JSON"):
-        read_file(path)
+    with pytest.raises(DataError, match="record 1: line 2: invalid JSON"):
+        load_examples(DataConfig(source=str(path)))
 
 
 def test_unsupported_file_and_missing_file_are_named(tmp_path):

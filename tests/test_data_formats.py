@@ -144,6 +144,20 @@ def test_on_error_skip_leaves_bad_records_out_and_says_why():
         to_examples(records[1:2] * 2, DataConfig(on_error="skip"))
 
 
+def test_unreadable_lines_are_bad_records_that_can_be_skipped(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "a", "completion": "b"}\n\n{"prompt": "c", \n[1, 2]\n{"prompt": "e", "completion": "f"}\n')
+    with pytest.raises(DataError, match=r"record 1: line 3: invalid JSON"):
+        load_examples(DataConfig(source=str(path)))
+    examples = load_examples(DataConfig(source=str(path), on_error="skip"))
+    assert [e.source_index for e in examples] == [0, 3]
+    assert examples.report.skipped == [(1, "line 3: invalid JSON (Expecting property name enclosed in double quotes)"),
+                                       (2, "expected an object with named fields, got list")]
+    path.write_text("not json\n{oops\n")
+    with pytest.raises(DataError, match=r"none of the first 2 record\(s\) could be read; record 0: line 1: invalid JSON"):
+        load_examples(DataConfig(source=str(path), on_error="skip"))
+
+
 # -- duplicates ----------------------------------------------------------------------------------
 
 

@@ -49,3 +49,18 @@ def test_two_gloo_processes_give_the_loss_curve_of_one_process(tmp_path):
     evals_one = [e.metrics["completion_loss"] for e in one if e.kind == "eval"]
     evals_two = [e.metrics["completion_loss"] for e in two if e.kind == "eval"]
     assert evals_one == pytest.approx(evals_two, rel=1e-4)
+
+
+def test_a_cpu_launch_that_would_start_one_process_fails_with_the_command_that_works(tmp_path):
+    """`accelerate launch --cpu --num_processes 2` starts one process; the lab says so instead of training alone."""
+    import os
+
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate's launcher is not on PATH")
+    cmd = [shutil.which("accelerate"), "launch", "--cpu", "--num_processes", "2", "--main_process_port", "29562",
+           "-m", "lab", "train", "--model", "tiny-random", "--output-dir", str(tmp_path / "runs")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode != 0
+    assert "starts only one process" in done.stdout + done.stderr
+    assert "accelerate launch --multi_gpu --num_processes N" in done.stdout + done.stderr
+    assert not (tmp_path / "runs").exists()  # refused before any run folder

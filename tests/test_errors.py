@@ -78,8 +78,9 @@ def test_bad_config_files_exit_2_naming_the_file(tmp_path, capsys, text, fragmen
 
 def test_unquoted_exponent_and_whole_floats_in_yaml_are_numbers(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("train:\n  learning_rate: 1e-3\n  batch_size: 4.0\n")
+    path.write_text("train:\n  learning_rate: 1e-3\n  batch_size: 4.0\n  max_steps: 1e2\n")
     cfg = LabConfig.load(path)
+    assert cfg.train.max_steps == 100
     assert cfg.train.learning_rate == 0.001 and isinstance(cfg.train.learning_rate, float)
     assert cfg.train.batch_size == 4 and isinstance(cfg.train.batch_size, int)
 
@@ -148,3 +149,20 @@ def test_zero_learning_rate_and_zero_epochs_get_advice():
     assert any("learning_rate is 0" in n for n in notes)
     assert any("train.epochs and train.max_steps are both 0" in n for n in notes)
     assert not any("is 0" in n or "both 0" in n for n in advice.before_training(LabConfig(), 100, 40))
+
+
+def test_train_refuses_bad_data_and_models_before_a_run_folder_exists(tmp_path, data_file, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": null, "completion": "c"}\n')
+    runs = tmp_path / "runs"
+    fails_cleanly(
+        capsys, ["train", "--model", "tiny-random", "--data", str(bad), "--output-dir", str(runs)],
+        f"{bad}: record 1: field(s) prompt empty (null",
+    )
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    fails_cleanly(
+        capsys, ["train", "--model", str(not_a_model), "--data", str(data_file), "--output-dir", str(runs)],
+        "is a folder without config.json",
+    )
+    assert not runs.exists()

@@ -101,11 +101,20 @@ def test_live_curves_update_the_figure_widget_from_events():
     ]
     for event in stream:
         curves(event)
-    trace = {t.name: t for t in curves.figure.data}
+    # the Train tab's figures, drawn from the same history
+    from lab import charts
+
+    for name, draw in (("loss", charts.loss_figure), ("accuracy", charts.accuracy_figure),
+                       ("predicted", charts.predicted_distribution_figure)):
+        expected = draw(curves.history)
+        assert [t.name for t in curves.figures[name].data] == [t.name for t in expected.data]
+        assert curves.figures[name].layout.title.text == expected.layout.title.text
+    shown = [t for f in curves.figures.values() for t in f.data]
+    trace = {t.name: t for t in shown}
     assert list(trace["train loss (weighted)"].y) == [2.5, 1.5]
     assert list(trace["val completion loss"].x) == [0, 2, 4]
     assert list(trace["val answer accuracy"].y) == [0.5, 0.75, 0.5]
-    best = {t.name: (list(t.x), list(t.y)) for t in curves.figure.data if t.name.startswith("best")}
+    best = {t.name: (list(t.x), list(t.y)) for t in shown if t.name.startswith("best")}
     assert best["best val completion loss"] == ([2], [1.0])
     assert best["best val full-sequence loss"] == ([2], [2.0])
     assert best["best val answer accuracy"] == ([2], [0.75])
@@ -163,17 +172,6 @@ def test_batch_frame_labels_and_weights_follow_the_masks(tokenizer):
     completion = table.completion_mask == 1
     assert tokenizer.decode(table.input_id[completion].tolist()) == "5<|im_end|>"
     assert (table.weight[completion] == 1).all() and (table.weight[(table.prompt_mask == 1)].iloc[1:] == 0.1).all()
-
-
-def test_fixed_split_keeps_the_validation_set_when_training_data_is_added():
-    from lab.data import split
-    from lab.widgets import fixed_split
-
-    items = list(range(20))
-    train, val = split(items, 0.25, 3)
-    examples, val_size = fixed_split(train + ["extra"] * 7, val, 3)
-    train2, val2 = split(examples, val_size, 3)
-    assert val2 == val and sorted(map(str, train2)) == sorted(map(str, train + ["extra"] * 7))
 
 
 def test_stopping_points_pick_each_metric_best_step():

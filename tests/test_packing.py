@@ -261,3 +261,42 @@ def test_a_packed_run_trains_and_counts_real_tokens(tmp_path, tiny_dir):
     lengths = sorted(len(e) for e in result.data.train)
     # Real tokens only: at most the 18 longest training examples, at least the 18 shortest.
     assert sum(lengths[:18]) <= steps[-1].tokens_seen <= sum(lengths[-18:])
+
+
+# -- attention implementations ----------------------------------------------------------------------
+
+
+def test_sdpa_stays_on_a_cpu_and_for_padded_batches(tiny_dir, monkeypatch):
+    from lab import compat
+
+    monkeypatch.setattr(compat, "flash_implementation", lambda: "flash_attention_2")  # as if installed
+    model = _model(tiny_dir, "sdpa")
+    assert compat.use_fast_attention(model, torch.device("cpu"), packing=True) == "sdpa"
+    assert compat.use_fast_attention(model, torch.device("cuda"), packing=False) == "sdpa"
+    assert compat.use_fast_attention(model, torch.device("cuda"), packing=True) == "sdpa"  # float32 weights: no flash
+    assert attention_kind(model) == "bool"
+
+
+def _flash_on_cuda():
+    from lab import compat
+
+    return torch.cuda.is_available() and compat.flash_implementation() is not None
+
+
+@pytest.mark.skipif(not _flash_on_cuda(), reason="flash-attention varlen needs CUDA and flash-attn or kernels")
+def test_flash_varlen_rows_without_padding_equal_unpacked_on_cuda(mixed, tiny_dir):
+    from lab import compat
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.bfloat16).cuda().eval()
+    assert "flash" in compat.use_fast_attention(model, torch.device("cuda"), packing=True)
+    assert attention_kind(model) == "flat"
+    batch = mixed[:8]
+    packed = {k: v.cuda() for k, v in collate_packed(batch, 0, kind="flat").items()}
+    with torch.no_grad():
+        alone = [model(input_ids=torch.tensor([e.input_ids], device="cuda"), use_cache=False).logits[0].float() for e in batch]
+        logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0].float()
+    at = 0
+    for e, want in zip(batch, alone):  # 'flat' keeps batch order
+        assert (logits[at : at + len(e)] - want).abs().max().item() <= 5e-2
+        at += len(e)

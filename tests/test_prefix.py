@@ -16,6 +16,15 @@ def _model(tokenizer):
     return attach_lora(LlamaForCausalLM(config), LoraConfig(layers="top:2", target_modules=["q_proj", "v_proj"]))
 
 
+def _trained(model):
+    """The adapter as after training (LoRA starts as a zero update, which would prove nothing)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    return model
+
+
 def _batch():
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(0, 1000, (3, 12), generator=g)
@@ -26,11 +35,7 @@ def _batch():
 
 
 def test_cached_forward_equals_the_full_forward_and_its_gradients(tokenizer):
-    model = _model(tokenizer)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.3)
+    model = _trained(_model(tokenizer))
     prefix = FrozenPrefix.for_model(model, layer_indices("top:2", 4))
     assert prefix is not None and prefix.first_adapted == 2
     ids, mask = _batch()
@@ -72,11 +77,7 @@ def _with_head(ids: torch.Tensor, head: list[int]) -> torch.Tensor:
 
 
 def test_a_shared_head_runs_once_and_changes_no_hidden_state(tokenizer):
-    model = _model(tokenizer).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.3)
+    model = _trained(_model(tokenizer)).eval()
     ids, mask = _batch()
     ids, mask = _with_head(ids, [11, 12, 13, 14, 15]), _with_head(mask, [1] * 5)
     real = mask.bool()
@@ -101,3 +102,31 @@ def test_a_shared_head_leaves_every_sequence_a_token_of_its_own(tokenizer):
     assert SharedHead.build(model, [[5, 6, 7, 8, 9], [5, 6, 7, 1, 9]]) is None  # 3 tokens: not worth a pass
     assert SharedHead.build(model, [[1, 2, 3, 4, 5], [2, 2, 3, 4, 5]]) is None
     assert SharedHead.build(model, []) is None
+
+
+def test_gradient_checkpointing_changes_no_gradient_with_or_without_the_cache(tokenizer):
+    from lab import compat
+
+    model = _trained(_model(tokenizer))
+    model.train()
+    ids, mask = _batch()
+    real = mask.bool()
+    grads, top_layer_runs = {}, []
+    mlp = model.get_base_model().model.layers[3].mlp
+    run_mlp = mlp.forward  # counted through `forward` itself: a recompute does not call module hooks
+    mlp.forward = lambda *a, **k: (top_layer_runs.append(1), run_mlp(*a, **k))[1]
+    for checkpointing in (False, True):
+        if checkpointing:
+            compat.enable_checkpointing(model)
+            assert compat.checkpointing_enabled(model)
+        for cached in (False, True):
+            prefix = FrozenPrefix.for_model(model, [2, 3]) if cached else None
+            model.zero_grad()
+            final_hidden(model, ids, mask, prefix=prefix)[real].square().sum().backward()
+            grads[checkpointing, cached] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert len(top_layer_runs) == 2 + 2 * 2  # checkpointed: each backward runs the layer (its MLP) again
+    want = grads[False, False]
+    assert any(g.abs().sum() > 0 for g in want.values())
+    for key, got in grads.items():
+        for name, grad in want.items():
+            torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-6, msg=f"{key} {name}")

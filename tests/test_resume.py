@@ -63,7 +63,8 @@ def test_a_run_stopped_after_step_3_and_resumed_ends_like_an_uninterrupted_run(t
     seen = []
     resumed = resume(first.run_dir, subscribers=[seen.append], examples=data, compare=False)
     assert resumed.status == "finished", resumed.summary
-    assert isinstance(seen[0], ev.Started) and seen[0].resumed and seen[0].from_step == 3
+    started = [e for e in seen if isinstance(e, ev.Started)]
+    assert len(started) == 1 and started[0].resumed and started[0].from_step == 3
     assert [e.step for e in seen if isinstance(e, ev.Step)] == [4, 5, 6, 7, 8]
 
     losses = {r.run_dir.name: [e.train_loss for e in load_run(r.run_dir).events if isinstance(e, ev.Step)] for r in (whole, resumed)}
@@ -208,3 +209,26 @@ def test_a_deleted_run_folder_is_never_recreated(tmp_path):
     assert event_dir["path"] == result.run_dir
     assert result.status == "failed" and "deleted" in result.summary["error"]
     assert not result.run_dir.exists()
+
+
+def test_eval_and_compare_say_which_adapter_and_step_they_use(tmp_path, capsys):
+    from lab.cli import main
+
+    data = tmp_path / "sums.jsonl"  # a file, so eval and compare read the same small set back
+    data.write_text("".join(json.dumps({"prompt": e.messages[0]["content"], "completion": e.messages[1]["content"]}) + "\n"
+                            for e in sum_examples(24)))
+    cfg = _cfg(tmp_path, "pick", **{"train.max_steps": 4, "train.eval_interval": 2, "lora.dropout": 0.0, "train.restore_best": True,
+                                    "data.source": str(data)})
+    result = train(cfg)  # with the comparison, as `lab train` leaves it
+    summary = result.summary
+    assert summary["adapter"] == "adapter"
+    capsys.readouterr()
+    assert main(["eval", str(result.run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"adapter: {result.run_dir / 'adapter'} (step {summary['adapter_step']})" in out
+    assert main(["eval", str(result.run_dir), "--adapter", "last"]) == 0
+    assert f"adapter: {result.run_dir / 'last_adapter'} (step 4)" in capsys.readouterr().out
+    assert main(["compare", str(result.run_dir)]) == 0
+    assert f"(step {summary['adapter_step']}; from compare.json)" in capsys.readouterr().out
+    assert main(["compare", str(result.run_dir), "--adapter", "last"]) == 0
+    assert f"adapter: {result.run_dir / 'last_adapter'} (step 4)" in capsys.readouterr().out

@@ -68,7 +68,8 @@ def test_token_html_has_one_span_per_token_with_title_and_weight():
     spans = _spans(out)
     assert len(spans) == len(enc.input_ids)
     first = spans[0]
-    assert "id 1" in _attr(first, "title") and "prompt" in _attr(first, "title") and "weight 0.1" in _attr(first, "title")
+    assert "id 1" in _attr(first, "title") and "prompt" in _attr(first, "title") and "weight 0 " in _attr(first, "title")
+    assert "weight 0.1" in _attr(spans[1], "title")  # the first token is never a target; the next prompt tokens are
     completion = spans[6]
     assert _attr(completion, "data-label") == "completion"
     assert _attr(completion, "data-weight") == "1"
@@ -99,7 +100,7 @@ def test_prompt_colours_follow_plw_while_completion_stays_full():
     assert styles[0.0][2] == "0" and styles[1.0][2] == "1"
     # at PLW 0 the prompt is transparent and greyed out; opacity grows with the weight
     assert "0.000)" in styles[0.0][0]
-    alphas = [float(re.search(r",([0-9.]+)\)$", s).group(1)) for s in prompt_styles]
+    alphas = [float(re.search(r"background-color:rgba\([^)]*,([0-9.]+)\)", s).group(1)) for s in prompt_styles]
     assert alphas == sorted(alphas) and alphas[0] == 0.0 and alphas[-1] == pytest.approx(tokens_view.MAX_ALPHA)
     assert "plw-zero" in _spans(tokens_view.token_html(enc, 0.0))[1]
 
@@ -109,7 +110,7 @@ def test_weight_alpha_is_square_root_scaled_and_clamped():
     assert tokens_view.weight_alpha(1) == pytest.approx(tokens_view.MAX_ALPHA)
     assert tokens_view.weight_alpha(0.01) == pytest.approx(tokens_view.MAX_ALPHA * 0.1, abs=1e-3)
     assert tokens_view.weight_alpha(2) == tokens_view.weight_alpha(1)
-    assert tokens_view.token_weight_values([1, 1, 0], [0, 0, 1], 0.25) == [0.25, 0.25, 1]
+    assert tokens_view.token_weight_values([1, 1, 0], [0, 0, 1], 0.25) == [0, 0.25, 1]  # the first token is never a target
 
 
 def test_completion_weight_share():

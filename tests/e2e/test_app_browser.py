@@ -484,7 +484,7 @@ def test_bad_input_shows_clear_messages_and_the_app_keeps_working(page, server, 
     click(page, "#load-file")
     page.wait_for_function("() => (document.querySelector('#data-msg')?.innerText || '').includes('cannot tell the format')")
     assert "instruction" in page.locator("#data-msg").inner_text()
-    page.get_by_text("Column mapping (when your column names differ)").click()
+    page.wait_for_selector("#map-prompt")  # the failed load opened the Column mapping section
     choose(page, "map-prompt", "instruction")
     choose(page, "map-completion", "output")
     click(page, "#load-file")
@@ -502,7 +502,7 @@ def test_bad_input_shows_clear_messages_and_the_app_keeps_working(page, server, 
     open_tab(page, "Train")
     set_number(page, "cfg-train-batch-size", 0)
     click(page, "#start")
-    page.wait_for_function("() => (document.querySelector('#train-msg')?.innerText || '').includes('batch_size')")
+    page.wait_for_function("() => (document.querySelector('#train-msg')?.innerText || '').includes('\"Train batch size\"')")
     assert "at least 1" in page.locator("#train-msg").inner_text()
     set_number(page, "cfg-train-batch-size", 4)
 
