@@ -13,9 +13,11 @@ import zipfile
 from pathlib import Path
 
 import gradio as gr
+from huggingface_hub import get_token as hub_token
 
 from .app_common import AppContext, RunLists, SharedComponents, frame, message_html
 from .app_jobs import JobBusy, error_text
+from .card import ShareError, push
 from .charts import overlay_figure, plw_sweep_figure, sweep_figure
 from .runs import delete_run
 from .sweep import list_sweeps, read_csv
@@ -68,6 +70,11 @@ class RunsTab:
                 self.confirm_delete = gr.Checkbox(label="yes, delete it", value=False, elem_id="confirm-delete", scale=1)
                 self.delete_btn = gr.Button("Delete run", variant="stop", elem_id="delete-btn", scale=1)
             self.zip_file = gr.File(label="Adapter", visible=False, elem_id="zip-file", interactive=False)
+            # Pushing needs the token of whoever runs the app, so the row exists only when there is one.
+            with gr.Row(visible=hub_token() is not None):
+                self.push_repo = gr.Textbox(label="Hub repository", placeholder="your-name/adapter-name", scale=2,
+                                            elem_id="push-repo")
+                self.push_btn = gr.Button("Push adapter, card and config to the hub", elem_id="push-btn", scale=1)
             self.msg = gr.HTML("", elem_id="runs-msg")
             with gr.Accordion("Run details", open=False):
                 self.details = gr.JSON(label="config and summary", elem_id="run-details")
@@ -89,6 +96,7 @@ class RunsTab:
         self.overlay_metric.change(self.on_overlay, overlay_in, overlay_out)
         self.run_pick.change(self.on_pick, self.run_pick, self.details)
         self.zip_btn.click(self.on_zip, self.run_pick, [self.zip_file, self.msg])
+        self.push_btn.click(self.on_push, [self.run_pick, self.push_repo], self.msg)
         # A resumed run becomes the job this page watches, so it streams into the Train tab.
         self.resume_btn.click(self.on_resume, [self.run_pick, self.shared.seen_job, self.shared.visitor], [self.msg, self.shared.seen_job],
                               concurrency_limit=4)
@@ -191,6 +199,17 @@ class RunsTab:
             gr.Warning(error_text(exc))
             return gr.update(visible=False), message_html(error_text(exc))
         return gr.update(value=str(target), visible=True), message_html(f"{target.name} is ready to download.", "ok")
+
+    def on_push(self, name, repo):
+        try:
+            if not (repo or "").strip():
+                raise ValueError("enter the hub repository to push to, e.g. your-name/adapter-name")
+            url = push(self.ctx.find_run(name).path, repo.strip())
+        except Exception as exc:
+            text = str(exc) if isinstance(exc, ShareError) else error_text(exc)
+            gr.Warning(text)
+            return message_html(text)
+        return message_html(f"Pushed {name} to {url}.", "ok")
 
     def on_delete(self, values: dict):
         name = values[self.run_pick]

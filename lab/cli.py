@@ -8,6 +8,8 @@
     lab probe runs/<run>                # a linear probe on the frozen base model, beside the adapter
     lab sweep --plws 0,0.1,1 --seeds 0,1  # a PLW x seed grid on one split: runs/sweep-*/sweep.csv
     lab config > my.yaml                # every setting with its default; edit, then --config my.yaml
+    lab memory --presets                # the memory a run needs, and the model presets' sizes
+    lab push runs/<run> --repo you/name # adapter, model card and config to the Hugging Face hub
 
 Multi-GPU: `accelerate launch -m lab train ...` (DDP, FSDP or DeepSpeed as accelerate is configured).
 
@@ -116,12 +118,13 @@ def colour_tokens(tokenizer, enc, plw: float, colour: bool = True) -> str:
     return "".join(out)
 
 
-def token_table(tokenizer, enc, plw: float) -> str:
-    """One row a token: position, id, text, label (the target it is trained on) and weight."""
+def token_table(tokenizer, enc, plw: float, completion_weight: float = 1.0) -> str:
+    """One row a token: position, id, text, label (the target it is trained on) and weight
+    (PLW and the completion weight lambda_r, times the data's record and message weights)."""
     from .tokens_view import token_weight_values
 
     rows = [f"{'pos':>4} {'id':>6}  {'token':<18} {'label':>6} {'weight':>6}"]
-    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw)
+    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw, completion_weight, getattr(enc, "data_weight", None))
     for i, (token_id, weight) in enumerate(zip(enc.input_ids, weights)):
         # Position i's label is token i itself as the target predicted from position i-1; -100 when unweighted.
         label = token_id if weight > 0 else -100
@@ -286,6 +289,10 @@ def cmd_train(args) -> int:
             cfg = build_config(args)
             # Bad data or a model that cannot load ends here with exit code 2, before a run folder exists.
             check_model(cfg.model)
+            if is_main_process():
+                from .memory import describe
+
+                print(describe(cfg))
             result = train(cfg, subscribers=subscribers, stop=stop, examples=load_examples(cfg.data))
     finally:
         for sig, old in previous.items():
@@ -452,7 +459,7 @@ def cmd_inspect(args) -> int:
               f"{f', {enc.truncated} cut from the left' if enc.truncated else ''}; PLW {plw:g}; end-of-turn trained: {d.train_eos}")
         print(colour_tokens(tokenizer, enc, plw, colour))
         if args.table:
-            print(token_table(tokenizer, enc, plw))
+            print(token_table(tokenizer, enc, plw, cfg.train.completion_loss_weight))
         print()
     return 0
 
@@ -515,6 +522,33 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_memory(args) -> int:
+    from .memory import count, describe, estimate, gib
+    from .models import ModelError
+    from .presets import PRESETS
+
+    cfg = build_config(args)
+    print(describe(cfg, args.device))
+    if args.presets:
+        print(f"\n{'model':<38}{'parameters':>12}{'to train (' + (args.device or 'cuda') + ')':>22}")
+        for preset in PRESETS:
+            try:
+                e = estimate(cfg.override({"model.name": preset.hub_id}), device=args.device or "cuda")
+            except ModelError as exc:  # e.g. lora.layers naming a layer a smaller preset lacks
+                print(f"{preset.hub_id:<38}{'':>12}  {exc}")
+                continue
+            gated = "  (gated: needs HF_TOKEN)" if preset.gated else ""
+            print(f"{preset.hub_id:<38}{count(e.parameters):>12}{gib(e.total):>22}{gated}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .card import push
+
+    print(f"pushed {args.run} to {push(args.run, args.repo, private=args.private)}")
+    return 0
+
+
 #: Two or three examples per command, shown by `lab COMMAND --help`.
 EXAMPLES = {
     "train": """examples:
@@ -539,6 +573,13 @@ EXAMPLES = {
     "config": """examples:
   lab config > my.yaml                    # every setting with its default
   lab config --plw 0.5 --set lora.r=16    # see what the overrides change""",
+    "memory": """examples:
+  lab memory --model Qwen/Qwen2.5-1.5B-Instruct --set train.batch_size=4 --device cuda
+  lab memory --presets                    # every preset's size and the memory a run of this config needs
+  lab memory --config configs/race-plw-1b-24gb.yaml""",
+    "push": """examples:
+  HF_TOKEN=hf_... lab push runs/<run> --repo your-name/smollm2-plw0-race
+  lab push runs/<run> --repo your-name/adapter --private""",
 }
 
 
@@ -596,7 +637,18 @@ def main(argv: list[str] | None = None) -> int:
     p = command("config", "print the full config (defaults plus overrides) as YAML")
     _config_args(p)
     p.set_defaults(func=cmd_config)
+    p = command("memory", "estimate the memory a training run needs, from the model's config alone")
+    _config_args(p)
+    p.add_argument("--device", choices=("cuda", "cpu"), help="estimate for this device (default: where the run would train)")
+    p.add_argument("--presets", action="store_true", help="also list the model presets with their size and memory")
+    p.set_defaults(func=cmd_memory)
+    p = command("push", "upload a run's adapter, model card and config to the Hugging Face hub")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--repo", required=True, help="hub model repository, e.g. your-name/smollm2-plw0-race")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.set_defaults(func=cmd_push)
     args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    from .card import ShareError
     from .data import DataError
     from .models import ModelError
     from .runs import ResumeError
@@ -607,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
         print(f"\n{red}interrupted; `lab train --resume RUN_DIR` continues from the last checkpoint{reset}", file=sys.stderr)
         return 130
-    except (ConfigError, DataError, ModelError, ResumeError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, ModelError, ResumeError, ShareError, FileNotFoundError) as exc:
         red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
         print(f"{red}error: {exc}{reset}", file=sys.stderr)
         return 2

@@ -53,6 +53,13 @@ class ModelConfig:
         "Weight dtype: 'auto' is bfloat16 on CUDA devices that support it, float32 elsewhere.",
         choices=("auto", "float32", "bfloat16", "float16"),
     )
+    quantization: str = _f(
+        "none",
+        "Load the frozen base weights quantised through bitsandbytes (QLoRA): '4bit' is NF4 with double "
+        "quantisation and bfloat16 compute, '8bit' is LLM.int8(); the LoRA weights stay in float32. Needs a "
+        "CUDA GPU and `pip install plw-lab[gpu]`; 'none' keeps the weights in model.dtype.",
+        choices=("none", "8bit", "4bit"),
+    )
 
 
 @dataclass
@@ -314,6 +321,12 @@ class TrainConfig:
         "Recompute each adapted layer's activations in the backward pass instead of keeping them (non-reentrant "
         "checkpointing): less memory for long sequences and big batches, at the cost of a second forward pass "
         "through the adapted layers. Works with LoRA, the frozen-layer cache and packing.",
+    )
+    report_to: str = _f(
+        "none",
+        "Also log the run to an experiment tracker: 'tensorboard' (needs tensorboard or tensorboardX), "
+        "'trackio' or 'wandb', each when installed. The training loss and every validation metric are logged.",
+        choices=("none", "tensorboard", "trackio", "wandb"),
     )
 
 
