@@ -32,7 +32,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from . import advice, card, compat, evaluation, memory, tracking
 from .collate import Collator, EncodedDataset
 from .config import ConfigError, LabConfig, layer_indices
-from .data import DataError, Example, Examples, load_examples
+from .data import DataError, Example, Examples, load_examples, write_split
 from .mixing import training_split
 from .events import (
     Advice,
@@ -58,7 +58,7 @@ from .loss import (
     weighted_kl,
     weighted_kl_from_logits,
 )
-from .masks import Encoded, encode_all
+from .masks import Encoded, encode_fitted
 from .models import ModelError, attach_lora, check_quantization, compute_dtype, load_model, load_tokenizer, lora_factors, num_layers, pick_device
 from .prefix import FrozenPrefix
 from .packing import PackingCollator, attention_kind, model_kwargs, num_tokens
@@ -75,6 +75,7 @@ from .runs import (
     replace_folder,
     write_json,
 )
+from .stats import truncation_message
 
 #: Files the lab adds to a checkpoint folder beside the Trainer's own.
 LAB_STATE, BEST_STATE = "lab_state.json", "lab_best_adapter.safetensors"
@@ -110,22 +111,38 @@ class Prepared:
     skipped: list[str]
     #: What conversion left out of the records (`DataReport.to_dict`); empty for examples built by hand.
     data_report: dict = field(default_factory=dict)
+    #: Which records went where (`lab.data.split_record`), written to the run's split.json.
+    split: dict = field(default_factory=dict)
+    #: What max_length cuts (`lab.stats.truncation_report`), over train and validation together.
+    truncation: dict = field(default_factory=dict)
+    #: Warnings for the run's start: what is cut, validation groups seen in training.
+    notes: list[str] = field(default_factory=list)
 
 
 def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) -> Prepared:
     """Read, split and encode the data; raise a `DataError` when nothing trainable is left."""
     examples = load_examples(cfg.data) if examples is None else examples
-    train_ex, val_ex = training_split(cfg, examples)
-    train, skipped = encode_all(tokenizer, train_ex, cfg.data.max_length, cfg.data.train_eos)
-    val, skipped_val = encode_all(tokenizer, val_ex, cfg.data.max_length, cfg.data.train_eos)
+    record: dict = {}
+    train_ex, val_ex = training_split(cfg, examples, record)
+    d = cfg.data
+    fitted = encode_fitted(tokenizer, train_ex + val_ex, d.max_length, d.max_length_cap, d.train_eos)
+    train = [e for e, i in zip(fitted.encoded, fitted.positions) if i < len(train_ex)]
+    val = [e for e, i in zip(fitted.encoded, fitted.positions) if i >= len(train_ex)]
+    skipped = fitted.skipped
     if not train:
         raise DataError(
             f"no valid training examples out of {len(train_ex)}" + (f"; first problem: {skipped[0]}" if skipped else "")
         )
     if not val:
         raise DataError("no validation examples: raise data.val_size or add data")
+    notes = [note for note in (truncation_message(fitted.truncation),) if note]
+    if record["shared_groups"]:
+        notes.append(
+            f"{record['shared_groups']} validation groups (data.group_by {record['group_by']}) also occur in training: "
+            "validation measures memorised passages there"
+        )
     report = examples.report.to_dict() if isinstance(examples, Examples) else {}
-    return Prepared(train, val, skipped + skipped_val, report)
+    return Prepared(train, val, skipped, report, record, fitted.truncation, notes)
 
 
 class PLWTrainer(Trainer):
@@ -599,6 +616,8 @@ def train(
         device = pick_device(cfg.model.device)
         run.tokenizer = tokenizer = load_tokenizer(cfg.model)
         run.data = data = prepare(cfg, tokenizer, examples)
+        if run.is_main:
+            write_split(run_dir / "split.json", data.split)
         torch.manual_seed(cfg.train.seed)
         base = load_model(cfg.model, device)
         compat.use_fast_attention(base, device, cfg.train.packing)
@@ -632,10 +651,11 @@ def train(
                 skipped=data.skipped, early_stopping_metric=run.stopping_metric, data_report=data.data_report,
                 resumed=checkpoint is not None, from_step=from_step, paths=run_paths(cfg, model, trainer),
                 world_size=args.world_size, global_batch=cfg.train.batch_size * cfg.train.grad_accum * args.world_size,
+                truncation=data.truncation,
             )
         )
         if checkpoint is None:
-            for note in advice.before_training(cfg, len(data.train), steps, has_answers=any(e.n_answer for e in data.val)):
+            for note in [*data.notes, *advice.before_training(cfg, len(data.train), steps, has_answers=any(e.n_answer for e in data.val))]:
                 run.emit(Advice(message=note))
             run.evaluate(0, 0.0)  # step 0 is the base model: LoRA starts as a zero update
         else:
