@@ -16,7 +16,8 @@ Sections (targets from the issue):
      in a fresh subprocess for each).
   4. evaluation: answer accuracy from candidate log-probs (one forward pass) vs greedy generation.
   5. the app's default run, `train(LabConfig())`: wall time and answer accuracy gain over step 0.
-  6. GPU only: tokens/s and MFU of LoRA SFT, embedded architecture and a 0.5B one, packing on/off.
+  6. GPU only: tokens/s and MFU of LoRA SFT against TRL's SFTTrainer, the embedded architecture and a
+     0.5B one (random weights), bfloat16 and QLoRA 4-bit, padded and packed.
   7. live views: one refresh of the Train tab's progress bar and charts for a long run.
 
 Every comparison interleaves its sides in rounds on the same batches, takes each step's fastest
@@ -150,12 +151,13 @@ class MeteredCollator:
         out = self.inner(batch)
         self.wall.append(time.perf_counter() - t)
         self.cpu.append(time.process_time() - c)
-        n = out["num_tokens"] if "num_tokens" in out else out["attention_mask"].sum()
-        self.tokens.append(int(n))
+        lengths = [len(e["input_ids"]) if isinstance(e, dict) else len(e) for e in batch]
+        self.lengths.append(lengths)
+        self.tokens.append(sum(lengths))
         return out
 
     def reset(self):
-        self.tokens, self.wall, self.cpu = [], [], []
+        self.tokens, self.wall, self.cpu, self.lengths = [], [], [], []
 
 
 class StepTimer(TrainerCallback):
@@ -182,6 +184,7 @@ class Side:
     def __init__(self, name, trainer, meter, timer, restore=None):
         self.name, self.trainer, self.meter, self.timer, self.restore = name, trainer, meter, timer, restore
         self.rounds: list[list[tuple[int, float, float]]] = []  # per round: (tokens, wall s, cpu s) per step
+        self.lengths: list[list[int]] = []  # each step's example lengths (every round draws the same batches)
 
     def run(self, steps: int, seed: int, count: bool = True) -> None:
         if self.restore:
@@ -194,6 +197,7 @@ class Side:
         if count:
             m, t = self.meter, self.timer
             self.rounds.append([(m.tokens[j], t.wall[j] + m.wall[j], t.cpu[j] + m.cpu[j]) for j in range(len(t.wall))])
+            self.lengths = self.lengths or m.lengths[: len(t.wall)]
 
     def _rate(self, column: int, pick) -> float:
         if not self.rounds:
@@ -247,11 +251,11 @@ class RecordingPLWTrainer(PLWTrainer):
         return loss
 
 
-def lab_side(name, cfg, model, tokenizer, encoded, workdir, restore=None) -> Side:
+def lab_side(name, cfg, model, tokenizer, encoded, workdir, restore=None, device=torch.device("cpu"), dtype=torch.float32) -> Side:
     meter, timer = MeteredCollator(make_collator(cfg, tokenizer, model)), StepTimer()
     trainer = RecordingPLWTrainer(
         model=model,
-        args=training_arguments(cfg, Path(workdir) / name, torch.device("cpu"), torch.float32),
+        args=training_arguments(cfg, Path(workdir) / name, device, dtype),
         train_dataset=EncodedDataset(encoded),
         data_collator=meter,
         callbacks=[timer],
@@ -752,27 +756,38 @@ def bench_live_views(report: Report, full: bool, workdir: str) -> None:
 # -- 6. GPU ----------------------------------------------------------------------------------------
 
 
-SMOLLM2_135M = dict(
-    model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-    num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0,
-    max_position_embeddings=8192, rms_norm_eps=1e-5,
-)
-QWEN2_0_5B = dict(
-    model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-    num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0,
-    max_position_embeddings=32768, rms_norm_eps=1e-6,
-)
+def _arch(hub_id: str) -> dict:
+    from lab.presets import find_preset
+
+    return dict(find_preset(hub_id).config)
+
+
+#: The embedded model's architecture and a 0.5B one, from the model presets (random weights).
+GPU_ARCHS = (("SmolLM2-135M arch", _arch("HuggingFaceTB/SmolLM2-135M-Instruct")), ("Qwen2.5-0.5B arch", _arch("Qwen/Qwen2.5-0.5B-Instruct")))
+TINY_ARCH = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "head_dim": 16, "vocab_size": 1000}
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
 
 
-def _random_model(spec: dict, device, dtype, attn: str):
+def _random_model_dir(spec: dict, folder: Path, dtype) -> Path:
+    """A random-weight model of the architecture, saved so the lab's own loader (QLoRA included) reads it."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     spec = dict(spec)
-    config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    config = AutoConfig.for_model(spec.pop("model_type"), pad_token_id=0, bos_token_id=1, eos_token_id=1, **spec)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
-    return model.to(device)
+    AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def _id_tokenizer():
+    """A tokenizer with only padding and end-of-text: the batches are token ids already, the trainers need a pad id."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"<pad>": 0, "<eos>": 1}, unk_token="<pad>")),
+                                   pad_token="<pad>", eos_token="<eos>")
 
 
 def _useful_flops(config, seq_lens: list[int], kept: int, lowest_adapted: int) -> float:
@@ -795,91 +810,130 @@ def _useful_flops(config, seq_lens: list[int], kept: int, lowest_adapted: int) -
     return float(forward + backward)
 
 
+def _flops_per_token(side: Side, config, lowest: int) -> float:
+    """Useful FLOPs per real token of the batches a side trained on (PLW 0.1: every position is weighted)."""
+    flops = sum(_useful_flops(config, lens, sum(n - 1 for n in lens), lowest) for lens in side.lengths)
+    return flops / max(1, sum(map(sum, side.lengths)))
+
+
+def _gpu_examples(n: int, max_length: int, vocab: int, seed: int = 0) -> list:
+    """Mixed lengths: a quarter long (half to all of max_length), the rest short; completions 10% of each."""
+    from lab.data import Example
+    from lab.masks import Encoded
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        lo, hi = (max_length // 2, max_length) if i % 4 == 0 else (max(4, max_length // 64), max_length // 8)
+        length = int(torch.randint(lo, hi, (1,), generator=g))
+        completion = max(2, length // 10)
+        ids = torch.randint(2, vocab, (length,), generator=g).tolist()
+        out.append(Encoded(ids, [1] * (length - completion) + [0] * completion, [0] * (length - completion) + [1] * completion, [], "", Example([])))
+    return out
+
+
+def _trl_side(name, model, tokenizer, encoded, cfg, workdir, on_gpu: bool, dtype, packing: bool, restore) -> Side:
+    """TRL's SFTTrainer on the same token ids and completion masks, LoRA model, batch and length."""
+    from trl import SFTConfig, SFTTrainer
+
+    t = cfg.train
+    args = SFTConfig(
+        output_dir=str(Path(workdir) / name), per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        max_steps=1, logging_steps=1, save_strategy="no", report_to=[], seed=t.seed, data_seed=t.seed, use_cpu=not on_gpu,
+        bf16=dtype == torch.bfloat16, gradient_checkpointing=False, completion_only_loss=True, max_length=cfg.data.max_length,
+        packing=packing, padding_free=packing, dataloader_num_workers=0, disable_tqdm=True,
+    )
+    records = [{"input_ids": list(e.input_ids), "completion_mask": list(e.completion_mask)} for e in encoded]
+    trainer = SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(records), processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)
+    meter, timer = MeteredCollator(trainer.data_collator), StepTimer()
+    trainer.data_collator = meter
+    trainer.add_callback(timer)
+    return Side(name, trainer, meter, timer, restore)
+
+
 def bench_gpu(report: Report, full: bool, workdir: str, device: str = "cuda") -> None:
-    section("6. GPU: LoRA SFT tokens/s and MFU, packing on/off")
+    """Tokens/s and MFU of the lab against TRL's SFTTrainer: two architectures x bfloat16 and QLoRA x padded
+    and packed, PLW 0.1, the same random-weight model, LoRA, batches and lengths on both sides."""
+    section("6. GPU: LoRA SFT tokens/s and MFU, lab vs TRL, bf16 and QLoRA, packing on/off")
     if device == "cuda" and not torch.cuda.is_available():
         report.add(Row("6", "GPU throughput / MFU", "skipped: no CUDA device in this session", None, "report only", None, note="run `python benchmarks/bench.py --gpu` on a GPU machine"))
         return
-    from lab.config import layer_indices
-    from lab.packing import PackingCollator, attention_kind
-    from lab.collate import Collator
-    from lab.data import Example
-    from lab.masks import Encoded
+    import importlib.util
+
+    from lab.config import ModelConfig, layer_indices
+    from lab.models import compute_dtype, load_model
 
     dev = torch.device(device)
     on_gpu = dev.type == "cuda"
     dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
     name = torch.cuda.get_device_name(dev) if on_gpu else "cpu (smoke test)"
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None) if on_gpu else None
-    import importlib.util
-
-    # flash-attention varlen when installed (packing then sends one flat row; cu_seqlens come from position_ids)
-    attn = "flash_attention_2" if on_gpu and importlib.util.find_spec("flash_attn") is not None else "sdpa"
-    print(f"  device {name}, dtype {dtype}, attention {attn}" + ("" if attn != "sdpa" else " (flash-attn not installed: packing uses the 4D block mask)"), flush=True)
-    cfg = LabConfig().override({"train.prompt_loss_weight": 0.1})
+    qlora = on_gpu and importlib.util.find_spec("bitsandbytes") is not None
+    # flash-attention varlen when installed: packing then sends one flat row (cu_seqlens from position_ids),
+    # and TRL's padding-free packing is exact too; without it only the lab packs (block-diagonal 4D mask).
+    flash = on_gpu and importlib.util.find_spec("flash_attn") is not None
+    attn = "flash_attention_2" if flash else "sdpa"
+    print(f"  device {name}, dtype {dtype}, attention {attn}, QLoRA {'yes' if qlora else 'no (needs CUDA and bitsandbytes)'}", flush=True)
     batch_size, max_length = (16, 2048) if on_gpu else (4, 64)
-    steps = (10 if full else 5) if on_gpu else 2
-    g = torch.Generator().manual_seed(0)
-    archs = (("SmolLM2-135M arch", SMOLLM2_135M), ("Qwen2-0.5B arch", QWEN2_0_5B))
-    for arch_name, spec in archs:
-        if not on_gpu:
-            spec = {**spec, "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
-        model = attach_lora(_random_model(spec, dev, dtype, attn), cfg.lora)
-        lowest = (layer_indices(cfg.lora.layers, model.config.num_hidden_layers) or [0])[0]
-        vocab = model.config.vocab_size
-        # Mixed lengths: a quarter long (near max_length), the rest short, completions 10% of each.
-        batches = []
-        for _ in range(steps + 1):
-            batch = []
-            for i in range(batch_size):
-                lo, hi = (max_length // 2, max_length) if i % 4 == 0 else (max(4, max_length // 64), max_length // 8)
-                n = int(torch.randint(lo, hi, (1,), generator=g))
-                n_completion = max(2, n // 10)
-                ids = torch.randint(0, vocab, (n,), generator=g).tolist()
-                batch.append(Encoded(ids, [1] * (n - n_completion) + [0] * n_completion, [0] * (n - n_completion) + [1] * n_completion, [], "", Example([])))
-            batches.append(batch)
-        for packing in (False, True):
-            cfg_p = cfg.override({"train.packing": packing})
-            trainer = PLWTrainer(model=model, args=training_arguments(cfg_p, Path(workdir) / "gpu", dev, dtype), train_dataset=[], lab_config=cfg_p)
-            collator = PackingCollator(0, attention_kind(model), mask_dtype=dtype) if packing else Collator(0)
-            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-            tokens = flops = 0.0
-            elapsed = 0.0
-            for step, batch in enumerate(batches):
-                inputs = {k: v.to(dev) for k, v in collator(batch).items()}
-                if on_gpu:
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                loss = trainer.compute_loss(model, inputs)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if on_gpu:
-                    torch.cuda.synchronize()
-                if step == 0:
-                    continue  # warm-up
-                elapsed += time.perf_counter() - t
-                lens = [len(e) for e in batch]
-                kept = sum(len(e) - 1 for e in batch)  # PLW 0.1: every target position is weighted
-                tokens += sum(lens)
-                flops += _useful_flops(model.config, lens, kept, lowest)
-            tps = tokens / elapsed
-            mfu = flops / elapsed / peak if peak else None
-            report.add(
-                Row(
-                    "6",
-                    f"{arch_name}, {'packed' if packing else 'padded'}, bs {batch_size}, <= {max_length} tokens",
-                    f"{tps:,.0f} tok/s" + (f", MFU {mfu:.1%}" if mfu is not None else ""),
-                    None,
-                    "report",
-                    None,
-                    note="" if mfu is not None else "MFU needs a known GPU peak",
-                )
-            )
-        del model
-        gc.collect()
-        if on_gpu:
-            torch.cuda.empty_cache()
+    rounds, steps = (3 if full else 2, 5 if full else 3) if on_gpu else (1, 1)
+    tokenizer = _id_tokenizer()
+    for arch_name, spec in GPU_ARCHS:
+        spec = spec if on_gpu else {**spec, **TINY_ARCH}
+        folder = _random_model_dir(spec, Path(workdir) / f"gpu-{arch_name.split()[0]}", dtype)
+        encoded = _gpu_examples(batch_size * (steps + 1), max_length, spec["vocab_size"])
+        for quant in ("none", "4bit"):
+            label = f"{arch_name}, {'QLoRA 4-bit' if quant == '4bit' else str(dtype).removeprefix('torch.')}"
+            if quant == "4bit" and not qlora:
+                report.add(Row("6", label, "skipped: QLoRA needs a CUDA GPU and bitsandbytes", None, "report", None))
+                continue
+            cfg = LabConfig().override({
+                "model.name": str(folder), "model.device": device, "model.dtype": str(dtype).removeprefix("torch."),
+                "model.quantization": quant, "train.prompt_loss_weight": 0.1, "train.batch_size": batch_size,
+                "data.max_length": max_length, "train.cache_frozen_layers": False,
+            })
+            train_dtype = compute_dtype(cfg.model, dev)
+
+            def adapted_model():
+                torch.manual_seed(0)
+                base = load_model(cfg.model, dev)
+                base.set_attn_implementation(attn)
+                return attach_lora(base, cfg.lora)
+
+            lab_model = adapted_model()
+            restore = adapter_snapshot(lab_model)
+            sides = [lab_side(f"lab {'packed' if p else 'padded'}", cfg.override({"train.packing": p}), lab_model, tokenizer,
+                              encoded, workdir, restore, dev, train_dtype) for p in (False, True)]
+            trl_model = adapted_model()
+            trl_restore = adapter_snapshot(trl_model)
+            sides.append(_trl_side("trl padded", trl_model, tokenizer, encoded, cfg, workdir, on_gpu, train_dtype, False, trl_restore))
+            if flash:
+                sides.append(_trl_side("trl packed", trl_model, tokenizer, encoded, cfg, workdir, on_gpu, train_dtype, True, trl_restore))
+            interleave(sides, rounds=rounds, steps=steps)
+            lowest = (layer_indices(cfg.lora.layers, lab_model.config.num_hidden_layers) or [0])[0]
+            trl_by_layout = {s.name.split()[1]: s for s in sides if s.name.startswith("trl")}
+            for side in sides[:2]:
+                layout = side.name.split()[1]
+                flops_per_second = side.tokens_per_second * _flops_per_token(side, lab_model.config, lowest)
+                mfu = flops_per_second / peak if peak else None
+                trl = trl_by_layout.get(layout) or trl_by_layout["padded"]
+                ratio = side.tokens_per_second / trl.tokens_per_second
+                measured = (f"{side.tokens_per_second:,.0f} vs TRL {trl.name.split()[1]} {trl.tokens_per_second:,.0f} tok/s, "
+                            f"{flops_per_second / 1e12:.3g} useful TFLOP/s")
+                if mfu is not None:
+                    measured += f", MFU {mfu:.1%}"
+                bf16_packed = layout == "packed" and quant == "none" and on_gpu
+                report.add(Row(
+                    "6", f"{label}, lab {layout}, bs {batch_size}, <= {max_length} tokens, PLW 0.1", measured, ratio,
+                    ">= 1.0x TRL" + (", MFU >= 30%" if bf16_packed else ""),
+                    (ratio >= 1.0 and (mfu is None or not bf16_packed or mfu >= 0.30)) if on_gpu else None,
+                    note="" if mfu is not None else ("MFU needs a known GPU peak" if on_gpu else "CPU smoke test: figures mean nothing"),
+                ))
+            del sides, lab_model, trl_model
+            gc.collect()
+            if on_gpu:
+                torch.cuda.empty_cache()
 
 
 # -- main ------------------------------------------------------------------------------------------

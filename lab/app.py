@@ -26,6 +26,7 @@ from .app_jobs import JobRegistry, RunModels
 from .app_runs import RunsTab
 from .app_train import TrainTab
 from .config import LabConfig
+from .models import weights_note
 
 #: Largest file a visitor may upload (Gradio rejects bigger ones before they reach the lab).
 MAX_UPLOAD = "50mb"
@@ -88,7 +89,8 @@ def build_app(
             gr.Markdown(
                 f"# {html.escape(title)}\n"
                 "Supervised fine-tuning where the **prompt-loss weight** is a knob you can see: each token's loss "
-                "weight is PLW \u00d7 prompt_mask + completion_mask.",
+                "weight is PLW \u00d7 prompt_mask + completion_mask.\n\n"
+                f"<small>Starting model: {html.escape(weights_note(base.model.name))}.</small>",
             )
             job_badge = gr.HTML("", elem_id="job-badge")
 

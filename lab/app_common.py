@@ -26,9 +26,25 @@ import pandas as pd
 
 from .app_jobs import JobRegistry, RunModels
 from .config import ConfigError, LabConfig, field_specs
+from .memory import Architecture, count, estimate, gib
+from .presets import PRESETS
 from .runs import Run, list_runs
 
-MODEL_CHOICES = ["embedded", "tiny-random"]
+
+
+def _model_choices() -> list[tuple[str, str]]:
+    """The model picker's (label, value) pairs: the offline models, then the presets with their size and the
+    memory a run with the default settings needs on a GPU in bfloat16."""
+    base = LabConfig()
+    choices = [("embedded", "embedded"), ("tiny-random", "tiny-random")]
+    for preset in PRESETS:
+        e = estimate(base, Architecture.from_config(preset.config), device="cuda")
+        gated = ", gated: needs HF_TOKEN" if preset.gated else ""
+        choices.append((f"{preset.hub_id} ({count(e.parameters)}, ~{gib(e.total)} on a GPU{gated})", preset.hub_id))
+    return choices
+
+
+MODEL_CHOICES = _model_choices()
 MINUS_INF, INF = "\u2212\u221e", "\u221e"
 
 
@@ -186,7 +202,7 @@ def make_control(key: str, spec: dict, value):
         info += f" Range: {low if low is not None else MINUS_INF} to {high if high is not None else INF}."
     if key == "model.name":  # its whole help: every kind of model it accepts
         info = " ".join(spec.get("help", "").split())
-        choices = list(dict.fromkeys(MODEL_CHOICES + [value]))
+        choices = MODEL_CHOICES + ([] if value in dict(MODEL_CHOICES).values() else [(value, value)])
         return gr.Dropdown(choices=choices, value=value, label=label, info=info, allow_custom_value=True, elem_id=elem_id)
     if kind == "bool":
         return gr.Checkbox(value=value, label=label, info=info, elem_id=elem_id)

@@ -8,7 +8,7 @@ chosen in the Compare tab.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -28,10 +28,10 @@ from .app_jobs import error_text
 from .charts import empty_figure, label_balance_figure, length_histogram, rg_histogram
 from .config import ConfigError, DataConfig
 from .data import DataError, detect_format, read_records, to_examples
-from .masks import encode, encode_all
+from .masks import encode, encode_fitted
 from .mixing import balanced_counts
 from .packing import packing_efficiency
-from .stats import label_counts, length_stats
+from .stats import label_counts, length_stats, truncation_message
 from .text_views import preview_rows, stats_markdown
 from .tokens_view import token_html, token_loss_html
 
@@ -72,6 +72,9 @@ class DataView:
     fmt: str
     stats: object  # `LengthStats` of the first STATS_LIMIT examples
     packing: dict
+    #: The max_length the examples were encoded to (data.max_length, or what 0 chose) and what it cut.
+    max_length: int = 0
+    truncation: dict = field(default_factory=dict)
 
     def example_indices(self) -> list[int]:
         return sorted(self.encoded)
@@ -263,7 +266,8 @@ class DataTab:
         chat_template = str(settings.get("model.chat_template", self.ctx.base.model.chat_template) or "")
         try:
             tokenizer = self.ctx.models.tokenizer(model_name, chat_template)
-            encoded, skipped = encode_all(tokenizer, examples[:STATS_LIMIT], dcfg.max_length, dcfg.train_eos)
+            fitted = encode_fitted(tokenizer, examples[:STATS_LIMIT], dcfg.max_length, dcfg.max_length_cap, dcfg.train_eos)
+            encoded, skipped = fitted.encoded, fitted.skipped
         except Exception as exc:
             return self.failed_load(error_text(exc), values, mapping_updates)
         stats = length_stats(encoded)
@@ -271,10 +275,11 @@ class DataTab:
             data=dataclasses.asdict(dcfg), model_name=model_name, chat_template=chat_template,
             encoded={e.example.source_index: e for e in encoded[:VIEW_LIMIT]}, skipped=skipped[:5], n_skipped=len(skipped),
             total=len(examples), info=info, columns=columns, fmt=fmt_used, stats=stats,
-            packing=self._packing(encoded, dcfg.max_length),
+            packing=self._packing(encoded, fitted.max_length), max_length=fitted.max_length,
+            truncation=fitted.truncation,
         )
         if not encoded:
-            return self.failed_load(f"No example of {dv.shown_source()} fits into data.max_length ({dcfg.max_length} tokens, "
+            return self.failed_load(f"No example of {dv.shown_source()} fits into data.max_length ({fitted.max_length} tokens, "
                                     "in the Train tab's Essentials)" + (f": {skipped[0]}" if skipped else ""),
                                     values, mapping_updates)
         note = f"Loaded {len(examples)} examples from {dv.shown_source()} as {fmt_used.replace('_', ' ')}."
@@ -282,13 +287,17 @@ class DataTab:
             note += f" {line[0].upper()}{line[1:]}."
         if skipped:
             note += f" {len(skipped)} skipped: {skipped[0]}" + (" \u2026" if len(skipped) > 1 else "")
+        warning = truncation_message(fitted.truncation)
+        if warning:
+            gr.Warning(warning)
+            note += f" Truncation: {warning}"
         indices = dv.example_indices()
         return {
             self.shared.data_state: dv,
-            self.msg: message_html(note, "ok"),
+            self.msg: message_html(note, "info" if warning else "ok"),
             self.stats_md: stats_markdown(stats, values[self.shared.plw], len(skipped), len(examples), dv.packing),
             self.rg_plot: rg_histogram(stats.rg),
-            self.len_plot: length_histogram(stats),
+            self.len_plot: length_histogram(stats, max_length=fitted.max_length),
             self.label_plot: label_balance_figure(label_counts(examples), after=balanced_counts(label_counts(examples), dcfg.balance) if dcfg.balance != "none" else None, after_label=f"after {dcfg.balance}"),
             self.example_idx: gr.update(minimum=0, maximum=max(len(indices) - 1, 1), value=0, step=1,
                                         label=f"Example (0\u2013{len(indices) - 1} of the first {len(indices)})"),
@@ -348,7 +357,7 @@ class DataTab:
             loaded = self.ctx.models.get(self.ctx.find_run(run_name).path)
             enc2 = enc
             if (loaded.config.model.name, loaded.config.model.chat_template) != (dv.model_name, dv.chat_template):
-                enc2 = encode(loaded.tokenizer, enc.example, dv.data.get("max_length", 384), dv.data.get("train_eos", True))
+                enc2 = encode(loaded.tokenizer, enc.example, dv.max_length, dv.data.get("train_eos", True))
             on, off = loaded.per_token_losses(enc2)
         except Exception as exc:
             return message_html(f"Cannot compute token losses with run {run_name}: {error_text(exc)}")

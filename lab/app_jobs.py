@@ -47,13 +47,17 @@ class JobBusy(RuntimeError):
 class TrainingJob:
     """One training run in a background thread; its events accumulate for any number of watchers."""
 
-    def __init__(self, cfg: LabConfig, examples=None, resume_from: Path | None = None, owner: str | None = None):
+    def __init__(self, cfg: LabConfig, examples=None, resume_from: Path | None = None, owner: str | None = None,
+                 sweep: tuple | None = None):
         from .training import StopRequest
 
         self.id = uuid.uuid4().hex[:8]
         self.cfg = cfg
         self.owner = owner  # the visitor token of whoever started it; only they may stop it
         self.examples = examples
+        #: (PLW values, seeds): run a `lab.sweep` grid instead of one run; `sweep_dir` is its folder.
+        self.sweep = sweep
+        self.sweep_dir = ""
         self.resume_from = resume_from
         self.stop = StopRequest()
         #: The run folder, known from the moment training creates it (before its first event).
@@ -74,8 +78,15 @@ class TrainingJob:
         try:
             from .training import train
 
-            self.result = train(self.cfg, subscribers=[self._collect], stop=self.stop, examples=self.examples,
-                                resume_from=self.resume_from, on_run_dir=self._set_run_path)
+            if self.sweep:
+                from .sweep import run_sweep
+
+                plws, seeds = self.sweep
+                self.sweep_dir = str(run_sweep(self.cfg, plws, seeds, subscribers=[self._collect], stop=self.stop,
+                                               examples=self.examples))
+            else:
+                self.result = train(self.cfg, subscribers=[self._collect], stop=self.stop, examples=self.examples,
+                                    resume_from=self.resume_from, on_run_dir=self._set_run_path)
         except BaseException as exc:  # train() reports its own failures; this catches what escapes it
             self.error = error_text(exc)
             self._collect(Failed(step=0, error=self.error, summary={"status": "failed", "error": self.error}))
@@ -127,12 +138,13 @@ class JobRegistry:
         if cfg.model.trust_remote_code and not self.allow_remote_code:
             raise ConfigError(f"{what} cannot run here: {REMOTE_CODE_REFUSED}")
 
-    def start(self, cfg: LabConfig, examples=None, resume_from: Path | None = None, owner: str | None = None) -> TrainingJob:
+    def start(self, cfg: LabConfig, examples=None, resume_from: Path | None = None, owner: str | None = None,
+              sweep: tuple | None = None) -> TrainingJob:
         self.check_remote_code(cfg)
         with self._lock:
             if self.current is not None and self.current.running:
                 raise JobBusy("A training job is already running in this app; watch it in the Train tab or stop it first.")
-            self.current = TrainingJob(cfg, examples, resume_from, owner).start()
+            self.current = TrainingJob(cfg, examples, resume_from, owner, sweep).start()
             return self.current
 
     def resume(self, run, owner: str | None = None) -> TrainingJob:

@@ -1,5 +1,6 @@
 """The app's Runs tab: every run in the runs folder as a table, overlaid curves, best metrics
-against PLW, and per run its details, its adapter as a zip, resuming it, or deleting it.
+against PLW, a PLW x seed sweep (`lab.sweep`, run as the app's training job) with its figure, and
+per run its details, its adapter as a zip, resuming it, or deleting it.
 
 Its `refresh` also fills the Compare tab's run list, so the other tabs call it whenever the runs
 may have changed (a job ended, a run was deleted, a Refresh button).
@@ -12,11 +13,14 @@ import zipfile
 from pathlib import Path
 
 import gradio as gr
+from huggingface_hub import get_token as hub_token
 
 from .app_common import AppContext, RunLists, SharedComponents, frame, message_html
-from .app_jobs import error_text
-from .charts import overlay_figure, plw_sweep_figure
+from .app_jobs import JobBusy, error_text
+from .card import ShareError, push
+from .charts import overlay_figure, plw_sweep_figure, sweep_figure
 from .runs import delete_run
+from .sweep import list_sweeps, read_csv
 from .text_views import runs_rows
 
 
@@ -44,6 +48,21 @@ class RunsTab:
             with gr.Row():
                 self.overlay_plot = gr.Plot(overlay_figure([]), label="Curves", elem_id="overlay-plot", show_label=False)
                 self.sweep_plot = gr.Plot(plw_sweep_figure([]), label="Best metrics against PLW", elem_id="sweep-plot", show_label=False)
+            with gr.Accordion("PLW sweep: PLW values x seeds on one split", open=False):
+                base = ctx.base
+                gr.Markdown(
+                    f"Trains one run per PLW value and seed with the app's base settings (data `{base.data.source}`, "
+                    f"model `{base.model.name}`, {base.train.max_steps} steps), on one validation split: the seeds vary "
+                    "the adapter initialisation and the data order only. Runs one after another as the app's training "
+                    "job (watch the current run in the Train tab, stop it there); the figure fills in as runs finish."
+                )
+                with gr.Row():
+                    self.sweep_plws = gr.Textbox("0, 0.01, 0.1, 1", label="PLW values", elem_id="sweep-plws", scale=2)
+                    self.sweep_seeds = gr.Textbox("0, 1", label="seeds", elem_id="sweep-seeds", scale=1)
+                    self.sweep_btn = gr.Button("Run PLW sweep", variant="primary", elem_id="sweep-btn", scale=1)
+                    self.sweep_pick = gr.Dropdown(choices=[], value=None, label="Sweep", elem_id="sweep-pick", scale=2)
+                self.sweep_msg = gr.HTML("", elem_id="sweep-msg")
+                self.sweep_figure = gr.Plot(sweep_figure([]), label="Sweep", elem_id="sweep-figure")
             with gr.Row():
                 self.run_pick = gr.Dropdown(choices=[], value=None, label="Run", elem_id="run-pick", scale=2)
                 self.zip_btn = gr.Button("Download adapter (.zip)", elem_id="zip-btn", scale=1)
@@ -51,6 +70,11 @@ class RunsTab:
                 self.confirm_delete = gr.Checkbox(label="yes, delete it", value=False, elem_id="confirm-delete", scale=1)
                 self.delete_btn = gr.Button("Delete run", variant="stop", elem_id="delete-btn", scale=1)
             self.zip_file = gr.File(label="Adapter", visible=False, elem_id="zip-file", interactive=False)
+            # Pushing needs the token of whoever runs the app, so the row exists only when there is one.
+            with gr.Row(visible=hub_token() is not None):
+                self.push_repo = gr.Textbox(label="Hub repository", placeholder="your-name/adapter-name", scale=2,
+                                            elem_id="push-repo")
+                self.push_btn = gr.Button("Push adapter, card and config to the hub", elem_id="push-btn", scale=1)
             self.msg = gr.HTML("", elem_id="runs-msg")
             with gr.Accordion("Run details", open=False):
                 self.details = gr.JSON(label="config and summary", elem_id="run-details")
@@ -63,12 +87,16 @@ class RunsTab:
     # -- events ------------------------------------------------------------------------------------
 
     def wire(self) -> None:
+        self.sweep_btn.click(self.on_sweep, [self.sweep_plws, self.sweep_seeds], [self.sweep_msg, self.sweep_pick, self.sweep_figure])
+        self.sweep_pick.change(self.on_sweep_pick, self.sweep_pick, self.sweep_figure)
+        self.refresh_btn.click(self.sweep_choices, self.sweep_pick, [self.sweep_pick, self.sweep_figure])
         overlay_in, overlay_out = {self.overlay_runs, self.overlay_metric}, {self.overlay_plot, self.sweep_plot}
         self.refresh_btn.click(self.refresh, self.inputs, self.outputs)
         self.overlay_runs.change(self.on_overlay, overlay_in, overlay_out)
         self.overlay_metric.change(self.on_overlay, overlay_in, overlay_out)
         self.run_pick.change(self.on_pick, self.run_pick, self.details)
         self.zip_btn.click(self.on_zip, self.run_pick, [self.zip_file, self.msg])
+        self.push_btn.click(self.on_push, [self.run_pick, self.push_repo], self.msg)
         # A resumed run becomes the job this page watches, so it streams into the Train tab.
         self.resume_btn.click(self.on_resume, {self.run_pick, self.shared.visitor}, {self.msg, self.shared.seen_job},
                               concurrency_limit=4)
@@ -76,6 +104,34 @@ class RunsTab:
 
     def wire_page_load(self, demo: gr.Blocks) -> None:
         demo.load(self.refresh, self.inputs, self.outputs)
+        demo.load(self.sweep_choices, None, [self.sweep_pick, self.sweep_figure])
+
+    # -- sweeps ------------------------------------------------------------------------------------
+
+    def sweep_choices(self, chosen: str | None = None):
+        """The sweep folders in the runs folder (newest first) and the chosen one's figure."""
+        names = [p.name for p in list_sweeps(self.ctx.runs_path)]
+        pick = chosen if chosen in names else (names[0] if names else None)
+        return gr.update(choices=names, value=pick), self.on_sweep_pick(pick)
+
+    def on_sweep_pick(self, name):
+        if not name or not (self.ctx.runs_path / name / "sweep.csv").exists():
+            return sweep_figure([])
+        return sweep_figure(read_csv(self.ctx.runs_path / name))
+
+    def on_sweep(self, plws_text, seeds_text):
+        try:
+            plws = [float(v) for v in str(plws_text).replace(";", ",").split(",") if v.strip()]
+            seeds = [int(v) for v in str(seeds_text).replace(";", ",").split(",") if v.strip()]
+            if not plws or not seeds or any(not 0 <= p <= 1 for p in plws):
+                raise ValueError("give PLW values in [0, 1] and at least one seed, as comma lists")
+            cfg = self.ctx.base.override({"train.output_dir": str(self.ctx.runs_path)})
+            job = self.ctx.registry.start(cfg, sweep=(plws, seeds))
+        except (JobBusy, ValueError) as exc:
+            gr.Warning(error_text(exc))
+            return message_html(error_text(exc)), gr.update(), gr.update()
+        return (message_html(f"Sweep started: {len(plws) * len(seeds)} runs (job {job.id}). Refresh to see finished runs.", "info"),
+                gr.update(), sweep_figure([]))
 
     # -- handlers ----------------------------------------------------------------------------------
 
@@ -143,6 +199,17 @@ class RunsTab:
             gr.Warning(error_text(exc))
             return gr.update(visible=False), message_html(error_text(exc))
         return gr.update(value=str(target), visible=True), message_html(f"{target.name} is ready to download.", "ok")
+
+    def on_push(self, name, repo):
+        try:
+            if not (repo or "").strip():
+                raise ValueError("enter the hub repository to push to, e.g. your-name/adapter-name")
+            url = push(self.ctx.find_run(name).path, repo.strip())
+        except Exception as exc:
+            text = str(exc) if isinstance(exc, ShareError) else error_text(exc)
+            gr.Warning(text)
+            return message_html(text)
+        return message_html(f"Pushed {name} to {url}.", "ok")
 
     def on_delete(self, values: dict):
         name = values[self.run_pick]

@@ -17,6 +17,7 @@ from typing import Any
 
 import gradio as gr
 
+from . import memory
 from .app_common import (
     AppContext,
     SharedComponents,
@@ -35,6 +36,10 @@ from .history import History
 from .text_views import SEP, progress_html, run_settings_html, settings_help_markdown
 
 POLL_SECONDS = 0.5
+#: The settings the memory estimate depends on (lab/memory.py).
+MEMORY_SETTINGS = {"model.name", "model.device", "model.dtype", "model.quantization", "train.batch_size",
+                   "data.max_length", "train.chunk_size", "lora.r", "lora.target_modules", "lora.layers",
+                   "train.gradient_checkpointing"}
 
 # Settings that are not a plain control in the Train tab: the PLW slider is its own bar, the data
 # source is chosen in the Data tab, the output folder is fixed by whoever launched the app, and a
@@ -130,6 +135,7 @@ class TrainTab:
                                 self.controls[key] = make_control(key, specs[key], config_value(base, key))
                     with gr.Accordion("All settings explained", open=False):
                         gr.Markdown(settings_help_markdown({s: field_specs(s) for s in ("model", "data", "lora", "train", "eval")}))
+                    self.memory_note = gr.Markdown(memory.describe(base), elem_id="memory-estimate")
                 with gr.Column(scale=2, elem_id="watched-column"):
                     with gr.Row():
                         self.start_btn = gr.Button("Start training", variant="primary", elem_id="start")
@@ -170,6 +176,10 @@ class TrainTab:
         self.stop_btn.click(self.on_stop, {shared.visitor}, {self.msg, self.stop_btn}, concurrency_limit=None)
         for control in self.next_inputs - {shared.data_state}:
             control.change(self.next_run_html, self.next_inputs, self.next_run, show_progress="hidden")
+        sizing = [key for key in self.controls if key in MEMORY_SETTINGS]
+        for key in sizing:
+            self.controls[key].change(self.on_sizing, [self.controls[k] for k in sizing], self.memory_note,
+                                      show_progress="hidden")
 
     def wire_page_load(self, demo: gr.Blocks) -> None:
         # The visitor's token first: what the watcher shows (Start, Stop) depends on whose run it is.
@@ -295,6 +305,15 @@ class TrainTab:
             gr.Warning(text)
             return {self.msg: message_html(f"Cannot start: {text}")}
         return {self.msg: message_html("Training started.", "info"), shared.seen_job: job.id}
+
+    def on_sizing(self, *values):
+        """The memory line for the settings as they stand (before Start)."""
+        sizing = [key for key in self.controls if key in MEMORY_SETTINGS]
+        try:
+            cfg = self.ctx.base.override({k: coerce_control(k, self.ctx.specs[k], v) for k, v in zip(sizing, values)})
+        except ConfigError as exc:
+            return f"Memory estimate: not available until the settings are valid ({exc})."
+        return memory.describe(cfg)
 
     @staticmethod
     def visitor_token(token):

@@ -100,13 +100,13 @@ def _bbb(n: int | None, seed: int) -> list[dict]:
     rng = random.Random(seed)
     for smiles in by_label.values():
         rng.shuffle(smiles)
-    if n is None:
-        picked = [(s, lab) for lab, ss in by_label.items() for s in ss]
-    else:
-        # Balanced classes when subsampling (the full set is 63% BBB+), so accuracy
-        # against a constant answer sits at 50% and is easy to read.
-        half = [n - n // 2, n // 2]
-        picked = [(s, lab) for lab, k in zip(_BBB_LABELS, half) for s in by_label[lab][:k]]
+    # Always class-balanced (the source is 63% BBB+): equal counts of each label, so a model that
+    # gives one constant answer scores 50% and the majority baseline means what it says. Without
+    # `n`, the BBB+ molecules are subsampled down to the number of BBB- ones.
+    per_label = min(len(s) for s in by_label.values())
+    total = 2 * per_label if n is None else min(n, 2 * per_label)
+    half = [total - total // 2, total // 2]
+    picked = [(s, lab) for lab, k in zip(_BBB_LABELS, half) for s in by_label[lab][:k]]
     rng.shuffle(picked)
     return [{"text": s, "label": lab} for s, lab in picked]
 
@@ -273,8 +273,9 @@ BUILTIN_SETS: dict[str, BuiltinSet] = {s.name: s for s in (
         "bbb", "classification",
         "Blood-brain barrier permeability of 7,807 real molecules from B3DB (Meng et al., Scientific Data "
         "2021), via the PyPI package qc-B3DB (CC0 public domain; pip install qc-B3DB). Each record is a "
-        "molecule as a SMILES string labelled BBB+ (crosses the barrier) or BBB- (does not). Subsamples "
-        "are class-balanced. A hard task for a small language model: expect modest gains.",
+        "molecule as a SMILES string labelled BBB+ (crosses the barrier) or BBB- (does not). Class-balanced: "
+        "the source is 63% BBB+, so the lab keeps all 2,851 BBB- molecules and as many BBB+ ones (5,702 "
+        "records; a limit takes equal halves). A hard task for a small language model: expect modest gains.",
         labels=_BBB_LABELS),
     BuiltinSet(
         "instructions", "prompt_completion",

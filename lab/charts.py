@@ -93,8 +93,9 @@ def rg_histogram(rg: Sequence[float], bins: int = 30, height: int = 320) -> go.F
     return fig
 
 
-def length_histogram(stats: LengthStats, height: int = 320) -> go.Figure:
-    """Overlaid histograms of prompt and completion lengths in tokens."""
+def length_histogram(stats: LengthStats, height: int = 320, max_length: int | None = None) -> go.Figure:
+    """Overlaid histograms of prompt and completion lengths as written (before any cut), with the
+    `max_length` line and how many examples it cuts."""
     if not stats.n:
         return empty_figure("No examples", height)
     fig = go.Figure()
@@ -103,11 +104,20 @@ def length_histogram(stats: LengthStats, height: int = 320) -> go.Figure:
     lengths = list(stats.prompt) + list(stats.completion)
     low, high = min(lengths), max(lengths)
     pad = max((high - low) * 0.04, 2.0)  # a completion of always 2 tokens is a bar, not a line on the axis
+    title = "Token lengths as written"
+    if max_length:
+        cut = sum(1 for c in stats.cut if c)
+        title += f" \u00b7 max_length {max_length} cuts {cut} of {stats.n} ({sum(stats.cut):,} tokens)"
+        # An example's whole length is prompt + completion; the line sits at the prompt length that fits
+        # beside the median completion, so the bars right of it are the prompts that get cut.
+        line = max_length - sorted(stats.completion)[stats.n // 2]
+        fig.add_vline(x=line, line={"color": "#dc2626", "dash": "dash", "width": 2},
+                      annotation_text=f"max_length {max_length}", annotation_position="top")
     fig.update_layout(
         template=PLOT_TEMPLATE,
         height=height,
         barmode="overlay",
-        title={"text": "Token lengths", "font": {"size": 14}},
+        title={"text": title, "font": {"size": 14}},
         xaxis={"title": "tokens", "range": [max(low - pad, 0) - 1, high + pad]},
         yaxis={"title": "examples"},
         legend={"orientation": "h", "y": -0.25},
@@ -401,7 +411,10 @@ def overlay_figure(runs: Sequence, metric: str = "completion_loss", height: int 
         height=height,
         title={"text": f"{METRIC_LABELS.get(metric, metric)} by run", "font": {"size": 14}},
         xaxis={"title": "optimiser step"},
-        yaxis={"title": METRIC_LABELS.get(metric, metric), **({"tickformat": ".0%"} if METRICS[metric].unit == "share" else {})},
+        # Shares on a fixed 0-100% axis, so runs and charts compare at a glance and a jump of a few
+        # examples does not fill the chart.
+        yaxis={"title": METRIC_LABELS.get(metric, metric),
+               **({"tickformat": ".0%", "range": [0, 1.02]} if METRICS[metric].unit == "share" else {})},
         legend={"orientation": "h", "y": -0.22},
         margin={"l": 55, "r": 20, "t": 40, "b": 40},
     )
@@ -415,7 +428,14 @@ def plw_zero_position(plws: Iterable[float]) -> float:
 
 
 def plw_sweep_figure(runs: Sequence, height: int = 380) -> go.Figure:
-    """Best answer accuracy and best completion loss against PLW on a log axis (PLW 0 at a labelled small value)."""
+    """Best answer accuracy and best completion loss against PLW on a log axis (PLW 0 at a labelled small value).
+
+    Runs that differ from the most common finished kind (other data, split, step count or status,
+    `lab.sweep.odd_runs`) are drawn hollow, off the lines, with what differs in their hover text.
+    """
+    from .sweep import odd_runs
+
+    odd = odd_runs(runs)
     points = []
     for run in runs:
         plw = run_plw(run)
@@ -426,45 +446,38 @@ def plw_sweep_figure(runs: Sequence, height: int = 380) -> go.Figure:
         loss = (best.get("completion_loss") or {}).get("value")
         if acc is None and loss is None:
             continue
-        points.append((plw, acc, loss, run.name, (best.get("answer_accuracy") or {}).get("ci")))
+        points.append((plw, acc, loss, run.name, odd.get(run.name, ""), (best.get("answer_accuracy") or {}).get("ci")))
     if not points:
         return empty_figure("Runs with evaluations appear here: best metrics against PLW", height)
     zero = plw_zero_position(p[0] for p in points)
     points.sort(key=lambda p: p[0])
     xs = [p[0] if p[0] > 0 else zero for p in points]
     fig = go.Figure()
-    if any(p[1] is not None for p in points):
-        fig.add_trace(
-            go.Scatter(
-                x=[x for x, p in zip(xs, points) if p[1] is not None],
-                y=[p[1] for p in points if p[1] is not None],
-                mode="markers+lines",
-                name="best answer accuracy",
-                marker={"size": 10, "color": METRIC_COLORS["answer_accuracy"]},
-                line={"color": METRIC_COLORS["answer_accuracy"], "width": 1, "dash": "dot"},
-                text=[f"{p[3]} (PLW {p[0]:g})" for p in points if p[1] is not None],
-                error_y={
-                    "type": "data",
-                    "array": [p[4][1] - p[1] if p[4] else 0 for p in points if p[1] is not None],
-                    "arrayminus": [p[1] - p[4][0] if p[4] else 0 for p in points if p[1] is not None],
-                } if any(p[4] for p in points if p[1] is not None) else None,
-                hovertemplate="%{text}<br>best accuracy %{y:.1%}<extra></extra>",
+    for index, name, colour, symbol, axis, fmt in ((1, "best answer accuracy", METRIC_COLORS["answer_accuracy"], "circle", "y", ".1%"),
+                                                   (2, "best completion loss", METRIC_COLORS["completion_loss"], "diamond", "y2", ".4f")):
+        for hollow in (False, True):
+            chosen = [(x, p) for x, p in zip(xs, points) if p[index] is not None and bool(p[4]) == hollow]
+            if not chosen:
+                continue
+            intervals = [p[5] if index == 1 else None for _, p in chosen]  # Wilson 95% of the best accuracy
+            fig.add_trace(
+                go.Scatter(
+                    x=[x for x, _ in chosen],
+                    y=[p[index] for _, p in chosen],
+                    mode="markers" if hollow else "markers+lines",
+                    name=f"{name} (differs: left off the line)" if hollow else name,
+                    yaxis=axis,
+                    marker={"size": 10, "symbol": f"{symbol}-open" if hollow else symbol, "color": colour},
+                    line={"color": colour, "width": 1, "dash": "dot"},
+                    text=[f"{p[3]} (PLW {p[0]:g})" + (f"; differs: {p[4]}" if p[4] else "") for _, p in chosen],
+                    error_y={
+                        "type": "data",
+                        "array": [ci[1] - p[index] if ci else 0 for ci, (_, p) in zip(intervals, chosen)],
+                        "arrayminus": [p[index] - ci[0] if ci else 0 for ci, (_, p) in zip(intervals, chosen)],
+                    } if any(intervals) else None,
+                    hovertemplate=f"%{{text}}<br>{name} %{{y:{fmt}}}<extra></extra>",
+                )
             )
-        )
-    if any(p[2] is not None for p in points):
-        fig.add_trace(
-            go.Scatter(
-                x=[x for x, p in zip(xs, points) if p[2] is not None],
-                y=[p[2] for p in points if p[2] is not None],
-                mode="markers+lines",
-                name="best completion loss",
-                yaxis="y2",
-                marker={"size": 10, "symbol": "diamond", "color": METRIC_COLORS["completion_loss"]},
-                line={"color": METRIC_COLORS["completion_loss"], "width": 1, "dash": "dot"},
-                text=[f"{p[3]} (PLW {p[0]:g})" for p in points if p[2] is not None],
-                hovertemplate="%{text}<br>best completion loss %{y:.4f}<extra></extra>",
-            )
-        )
     ticks = sorted({zero, *[x for x in xs if x != zero], *[v for v in (1e-3, 1e-2, 1e-1, 1.0) if v > zero]})
     fig.update_layout(
         template=PLOT_TEMPLATE,
@@ -522,5 +535,89 @@ def remedies_figure(points: dict[str, dict], x: str = "kl_to_base", height: int 
         yaxis={"title": "validation accuracy, adapter on", "tickformat": ".0%", "range": [0, 1]},
         legend={"orientation": "v", "x": 1.02, "y": 1},
         margin={"l": 60, "r": 20, "t": 50, "b": 50},
+    )
+    return fig
+
+
+def sweep_figure(rows: Sequence[dict], height: int = 420) -> go.Figure:
+    """A PLW sweep (`lab.sweep` rows): best answer accuracy (seeds' mean with a 95% interval) and best
+    answer loss against PLW, the step each run reached its best accuracy, and the quadratic fit of
+    accuracy against PLW when there are 4 or more PLW values. Runs that did not finish or ran another
+    number of steps are drawn hollow and left out of the means and the fit."""
+    from plotly.subplots import make_subplots
+
+    from .sweep import points
+
+    acc, loss = points(rows, "best_answer_accuracy"), points(rows, "best_answer_loss")
+    if not acc["runs"] and not loss["runs"]:
+        return empty_figure("Sweep runs appear here as they finish", height)
+    every = [r["plw"] for r in acc["runs"] + loss["runs"]]
+    zero = plw_zero_position(every)
+    at = lambda plw: plw if plw > 0 else zero
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08, subplot_titles=(
+        "best answer accuracy", "best answer loss", "step of the best accuracy (convergence)"))
+    colours = {"best_answer_accuracy": METRIC_COLORS["answer_accuracy"],
+               "best_answer_loss": METRIC_COLORS.get("answer_loss", METRIC_COLORS["completion_loss"])}
+    for col, summary in ((1, acc), (2, loss)):
+        metric, colour = summary["metric"], colours[summary["metric"]]
+        share = metric == "best_answer_accuracy"
+        fmt = ".1%" if share else ".4f"
+        kept = [r for r in summary["runs"] if not r["excluded"]]
+        odd = [r for r in summary["runs"] if r["excluded"]]
+        for group, hollow in ((kept, False), (odd, True)):
+            if not group:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[at(r["plw"]) for r in group], y=[r[metric] for r in group], mode="markers",
+                name=("runs left out (" + "; ".join(sorted({r["excluded"] for r in group})) + ")") if hollow else "one run (seed)",
+                legendgroup="odd" if hollow else "runs", showlegend=col == 1 or hollow,
+                marker={"size": 7, "color": colour, "opacity": 0.45 if not hollow else 1,
+                        "symbol": "circle-open" if hollow else "circle"},
+                text=[f"PLW {r['plw']:g}, seed {r['seed']}, {r['status']}, {r['steps']} steps" for r in group],
+                hovertemplate=f"%{{text}}<br>%{{y:{fmt}}}<extra></extra>"), row=1, col=col)
+        means = summary["means"]
+        if means:
+            with_ci = [m["low"] is not None for m in means]
+            fig.add_trace(go.Scatter(
+                x=[at(m["plw"]) for m in means], y=[m["mean"] for m in means], mode="lines+markers",
+                name="mean over seeds (95% t interval)", legendgroup="mean", showlegend=col == 1,
+                line={"color": colour, "width": 2}, marker={"size": 10, "color": colour},
+                error_y={"type": "data", "symmetric": False,
+                         "array": [m["high"] - m["mean"] if ok else 0 for m, ok in zip(means, with_ci)],
+                         "arrayminus": [m["mean"] - m["low"] if ok else 0 for m, ok in zip(means, with_ci)]},
+                text=[f"PLW {m['plw']:g}: mean of {m['n']} seed(s)" + ("" if ok else ", no interval from one seed")
+                      for m, ok in zip(means, with_ci)],
+                hovertemplate=f"%{{text}}<br>%{{y:{fmt}}}<extra></extra>"), row=1, col=col)
+        fit = summary["fit"]
+        if fit:
+            lo, hi = min(every), max(every)
+            xs = [lo + (hi - lo) * k / 60 for k in range(61)]
+            fig.add_trace(go.Scatter(
+                x=[at(x) for x in xs], y=[fit["a"] + fit["b"] * x + fit["c"] * x * x for x in xs], mode="lines",
+                name=f"quadratic fit (R\u00b2 {fit['r2']:.2f})", showlegend=True,
+                line={"color": colour, "dash": "dash", "width": 1.5},
+                hovertemplate=f"fit: {fit['a']:.3g} + {fit['b']:.3g}\u00b7PLW + {fit['c']:.3g}\u00b7PLW\u00b2<extra></extra>"),
+                row=1, col=col)
+    for metric, symbol in (("best_answer_accuracy_step", "circle"), ("best_answer_loss_step", "diamond")):
+        group = [r for r in rows if r.get(metric) is not None]
+        if group:
+            fig.add_trace(go.Scatter(
+                x=[at(r["plw"]) for r in group], y=[r[metric] for r in group], mode="markers",
+                name="step of best " + ("accuracy" if "accuracy" in metric else "answer loss"),
+                marker={"size": 8, "symbol": symbol, "color": colours["best_answer_accuracy" if "accuracy" in metric else "best_answer_loss"]},
+                text=[f"PLW {r['plw']:g}, seed {r['seed']}, of {r['steps']} steps" for r in group],
+                hovertemplate="%{text}<br>best at step %{y}<extra></extra>"), row=1, col=3)
+    ticks = sorted({zero, *[at(p) for p in every], *[v for v in (1e-2, 1e-1, 1.0) if v > zero]})
+    for col in (1, 2, 3):
+        fig.update_xaxes(type="log", tickvals=ticks, ticktext=["0" if t == zero else f"{t:g}" for t in ticks],
+                         title_text="PLW (log; 0 at the left)", row=1, col=col)
+    fig.update_yaxes(tickformat=".0%", range=[0, 1.02], row=1, col=1)
+    fig.update_yaxes(title_text="cross-entropy (nats)", row=1, col=2)
+    fig.update_yaxes(title_text="optimiser step", rangemode="tozero", row=1, col=3)
+    steps = acc["steps"] or loss["steps"]
+    fig.update_layout(
+        template=PLOT_TEMPLATE, height=height,
+        title={"text": f"PLW sweep: {len(rows)} runs" + (f", {steps} steps each" if steps else ""), "font": {"size": 14}},
+        legend={"orientation": "h", "y": -0.28}, margin={"l": 55, "r": 20, "t": 60, "b": 40},
     )
     return fig

@@ -6,7 +6,10 @@
     lab eval runs/<run>                 # validation metrics, adapter on and off
     lab compare runs/<run>              # generations, answers and forgetting probe, on vs off
     lab probe runs/<run>                # a linear probe on the frozen base model, beside the adapter
+    lab sweep --plws 0,0.1,1 --seeds 0,1  # a PLW x seed grid on one split: runs/sweep-*/sweep.csv
     lab config > my.yaml                # every setting with its default; edit, then --config my.yaml
+    lab memory --presets                # the memory a run needs, and the model presets' sizes
+    lab push runs/<run> --repo you/name # adapter, model card and config to the Hugging Face hub
 
 Multi-GPU: `accelerate launch -m lab train ...` (DDP, FSDP or DeepSpeed as accelerate is configured).
 
@@ -115,12 +118,13 @@ def colour_tokens(tokenizer, enc, plw: float, colour: bool = True) -> str:
     return "".join(out)
 
 
-def token_table(tokenizer, enc, plw: float) -> str:
-    """One row a token: position, id, text, label (the target it is trained on) and weight."""
+def token_table(tokenizer, enc, plw: float, completion_weight: float = 1.0) -> str:
+    """One row a token: position, id, text, label (the target it is trained on) and weight
+    (PLW and the completion weight lambda_r, times the data's record and message weights)."""
     from .tokens_view import token_weight_values
 
     rows = [f"{'pos':>4} {'id':>6}  {'token':<18} {'label':>6} {'weight':>6}"]
-    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw)
+    weights = token_weight_values(enc.prompt_mask, enc.completion_mask, plw, completion_weight, getattr(enc, "data_weight", None))
     for i, (token_id, weight) in enumerate(zip(enc.input_ids, weights)):
         # Position i's label is token i itself as the target predicted from position i-1; -100 when unweighted.
         label = token_id if weight > 0 else -100
@@ -142,6 +146,11 @@ def print_event(event, stream=None) -> None:
             print(f"{YELLOW}data: {note}{RESET}", file=stream)
         for note in event.skipped[:5]:
             print(f"{YELLOW}skipped: {note}{RESET}", file=stream)
+        cut = event.truncation or {}
+        if cut:
+            print(f"max_length {cut['max_length']}: {cut['examples_cut']} of {cut['examples']} examples cut "
+                  f"({cut['tokens_cut']} tokens, {cut['prompt_share_cut']:.1%} of prompt tokens), "
+                  f"{cut['examples_skipped']} skipped", file=stream)
     elif kind == "advice":
         print(f"{YELLOW}note: {event.message}{RESET}", file=stream)
     elif kind == "step":
@@ -280,6 +289,10 @@ def cmd_train(args) -> int:
             cfg = build_config(args)
             # Bad data or a model that cannot load ends here with exit code 2, before a run folder exists.
             check_model(cfg.model)
+            if is_main_process():
+                from .memory import describe
+
+                print(describe(cfg))
             result = train(cfg, subscribers=subscribers, stop=stop, examples=load_examples(cfg.data))
     finally:
         for sig, old in previous.items():
@@ -399,10 +412,10 @@ def cmd_probe(args) -> int:
 
 def cmd_inspect(args) -> int:
     from .data import DataError, load_examples
-    from .masks import encode, encode_all
+    from .masks import encode_fitted
     from .models import load_tokenizer
     from .packing import packing_efficiency
-    from .stats import label_counts, length_stats
+    from .stats import label_counts, length_stats, truncation_message
 
     cfg = build_config(args)
     tokenizer = load_tokenizer(cfg.model)
@@ -410,37 +423,129 @@ def cmd_inspect(args) -> int:
     plw = cfg.train.prompt_loss_weight
     colour = colour_wanted(sys.stdout) or args.colour
     set_colour(colour)
-    encoded, skipped = encode_all(tokenizer, examples, cfg.data.max_length, cfg.data.train_eos)
+    d = cfg.data
+    fitted = encode_fitted(tokenizer, examples, d.max_length, d.max_length_cap, d.train_eos)
+    encoded, skipped, cut = fitted.encoded, fitted.skipped, fitted.truncation
     if not encoded:
         raise DataError(
-            f"none of the {len(examples)} examples fits into data.max_length={cfg.data.max_length}"
+            f"none of the {len(examples)} examples fits into data.max_length={fitted.max_length}"
             + (f" (first: {skipped[0]})" if skipped else "") + "; raise data.max_length or shorten the completions"
         )
     s = length_stats(encoded).summary()
     print(
-        f"{len(encoded)} examples ({len(skipped)} skipped as too long): prompt tokens mean {s['prompt_tokens']['mean']:.1f}, "
-        f"completion tokens mean {s['completion_tokens']['mean']:.1f}, generation ratio Rg mean {s['rg_mean']:.4g}, "
+        f"{len(encoded)} examples ({len(skipped)} skipped as too long): prompt tokens mean {s['prompt_tokens']['mean']:.1f} "
+        f"as written, completion tokens mean {s['completion_tokens']['mean']:.1f}, generation ratio Rg mean {s['rg_mean']:.4g}, "
         f"geometric mean {s['rg_geomean']:.4g}; label balance {label_counts(examples) or 'n/a'}"
     )
     for note in examples.report.lines():
         print(f"{YELLOW}data: {note}{RESET}")
-    packing = packing_efficiency([len(e) for e in encoded], cfg.data.max_length, cfg.train.batch_size)
+    print(
+        f"max_length {fitted.max_length}{' (auto)' if not d.max_length else ''}: {cut['examples_cut']} examples cut, "
+        f"{cut['tokens_cut']} tokens, {cut['prompt_share_cut']:.1%} of prompt tokens; {cut['examples_skipped']} skipped; "
+        f"longest example {cut['longest']} tokens"
+    )
+    warning = truncation_message(cut)
+    if warning:
+        print(f"{YELLOW}warning: {warning}{RESET}")
+    packing = packing_efficiency([len(e) for e in encoded], fitted.max_length, cfg.train.batch_size)
     print(f"packing efficiency at batch {cfg.train.batch_size}: padded {packing['padded']:.0%} real tokens, packed {packing['packed']:.0%}\n")
+    by_index = {e.example.source_index: e for e in encoded}
     for example in examples[: args.n]:
-        enc = encode(tokenizer, example, cfg.data.max_length, cfg.data.train_eos)
+        enc = by_index.get(example.source_index)
+        if enc is None:
+            print(f"{BOLD}example {example.source_index}{RESET}: skipped, too long for max_length {fitted.max_length}\n")
+            continue
         print(f"{BOLD}example {example.source_index}{RESET}: {enc.n_prompt} prompt + {enc.n_completion} completion tokens"
-              f"{f', {enc.truncated} cut from the left' if enc.truncated else ''}; PLW {plw:g}; end-of-turn trained: {cfg.data.train_eos}")
+              f"{f', {enc.truncated} cut from the left' if enc.truncated else ''}; PLW {plw:g}; end-of-turn trained: {d.train_eos}")
         print(colour_tokens(tokenizer, enc, plw, colour))
         if args.table:
-            print(token_table(tokenizer, enc, plw))
+            print(token_table(tokenizer, enc, plw, cfg.train.completion_loss_weight))
         print()
     return 0
+
+
+def _numbers(text: str, kind, flag: str) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected a comma list of numbers, got {text!r}") from None
+
+
+def print_sweep_row(row: dict, stream=None) -> None:
+    low, high = row.get("answer_accuracy_ci_low"), row.get("answer_accuracy_ci_high")
+    accuracy = metric("answer_accuracy").format_with_interval(
+        {"answer_accuracy": row["best_answer_accuracy"], "answer_accuracy_ci": [low, high] if low is not None else None})
+    print(
+        f"{BOLD}PLW {row['plw']:g} seed {row['seed']}{RESET}: {row['status']} after {row['steps']} steps; best answer accuracy "
+        f"{accuracy} at step {row['best_answer_accuracy_step']}, best answer loss "
+        f"{metric('answer_loss').format(row['best_answer_loss'])} at step {row['best_answer_loss_step']}",
+        file=stream or sys.stdout,
+    )
+
+
+def cmd_sweep(args) -> int:
+    from .config import field_specs
+    from .sweep import points, run_sweep
+
+    cfg = build_config(args)
+    presets = next(f for f in field_specs("train") if f["name"] == "prompt_loss_weight")["presets"]
+    plws = _numbers(args.plws, float, "--plws") if args.plws else list(presets)
+    seeds = _numbers(args.seeds, int, "--seeds")
+    bad = [p for p in plws if not 0 <= p <= 1]
+    if bad or not plws or not seeds:
+        raise ConfigError(f"--plws takes values in [0, 1] (got {bad or 'none'}) and --seeds at least one seed")
+    print(f"sweep: PLW {', '.join(f'{p:g}' for p in plws)} x seeds {', '.join(map(str, seeds))} = {len(plws) * len(seeds)} runs "
+          f"of {cfg.train.max_steps} steps on one split (data.split_seed {cfg.data.split_seed})")
+    notes = lambda event: print_event(event) if event.kind in ("advice", "failed") else None
+    folder = run_sweep(cfg, plws, seeds, args.name, subscribers=[notes], on_run=print_sweep_row)
+    from .sweep import read_csv
+
+    rows = read_csv(folder)
+    acc = points(rows)
+    for m in acc["means"]:
+        interval = f" (95% t interval {m['low']:.1%} to {m['high']:.1%})" if m["low"] is not None else " (one seed: no interval)"
+        print(f"PLW {m['plw']:<5g} mean best answer accuracy {m['mean']:.1%} over {m['n']} seed(s){interval}")
+    left_out = [r for r in acc["runs"] if r["excluded"]]
+    for r in left_out:
+        print(f"{YELLOW}left out of the means: PLW {r['plw']:g} seed {r['seed']} ({r['excluded']}){RESET}")
+    if acc["fit"]:
+        f = acc["fit"]
+        print(f"quadratic fit: accuracy = {f['a']:.3f} + {f['b']:.3f} PLW + {f['c']:.3f} PLW^2 (R^2 {f['r2']:.2f})")
+    print(f"\nsweep folder: {folder} (sweep.csv)")
+    return 1 if any(r["status"] == "failed" for r in rows) else 0
 
 
 def cmd_config(args) -> int:
     import yaml
 
     print(yaml.safe_dump(build_config(args).to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_memory(args) -> int:
+    from .memory import count, describe, estimate, gib
+    from .models import ModelError
+    from .presets import PRESETS
+
+    cfg = build_config(args)
+    print(describe(cfg, args.device))
+    if args.presets:
+        print(f"\n{'model':<38}{'parameters':>12}{'to train (' + (args.device or 'cuda') + ')':>22}")
+        for preset in PRESETS:
+            try:
+                e = estimate(cfg.override({"model.name": preset.hub_id}), device=args.device or "cuda")
+            except ModelError as exc:  # e.g. lora.layers naming a layer a smaller preset lacks
+                print(f"{preset.hub_id:<38}{'':>12}  {exc}")
+                continue
+            gated = "  (gated: needs HF_TOKEN)" if preset.gated else ""
+            print(f"{preset.hub_id:<38}{count(e.parameters):>12}{gib(e.total):>22}{gated}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .card import push
+
+    print(f"pushed {args.run} to {push(args.run, args.repo, private=args.private)}")
     return 0
 
 
@@ -462,9 +567,19 @@ EXAMPLES = {
   lab inspect -n 2 --plw 0.1 --table      # two examples token by token, with label and weight per token
   lab inspect --data my.csv --model tiny-random -n 1
   NO_COLOR=1 lab inspect -n 1             # completion tokens in [brackets] instead of colour""",
+    "sweep": """examples:
+  lab sweep --plws 0,0.01,0.1,1 --seeds 0,1,2 --max-steps 40   # 12 runs on one validation split
+  lab sweep --model tiny-random --plws 0,1 --seeds 0 --name smoke""",
     "config": """examples:
   lab config > my.yaml                    # every setting with its default
   lab config --plw 0.5 --set lora.r=16    # see what the overrides change""",
+    "memory": """examples:
+  lab memory --model Qwen/Qwen2.5-1.5B-Instruct --set train.batch_size=4 --device cuda
+  lab memory --presets                    # every preset's size and the memory a run of this config needs
+  lab memory --config configs/race-plw-1b-24gb.yaml""",
+    "push": """examples:
+  HF_TOKEN=hf_... lab push runs/<run> --repo your-name/smollm2-plw0-race
+  lab push runs/<run> --repo your-name/adapter --private""",
 }
 
 
@@ -513,10 +628,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", action="store_true", help="also print one row per token: id, label, weight")
     p.add_argument("--colour", action="store_true", help="colour even when not writing to a terminal")
     p.set_defaults(func=cmd_inspect)
+    p = command("sweep", "train a grid of PLW values x seeds on one split; write sweep.csv")
+    _config_args(p)
+    p.add_argument("--plws", help="comma list of PLW values (default: the PLW presets 0, 0.01, 0.1, 0.5, 1)")
+    p.add_argument("--seeds", default="0,1", help="comma list of train.seed values (LoRA initialisation and data order)")
+    p.add_argument("--name", default="", help="name of the sweep folder under train.output_dir")
+    p.set_defaults(func=cmd_sweep)
     p = command("config", "print the full config (defaults plus overrides) as YAML")
     _config_args(p)
     p.set_defaults(func=cmd_config)
+    p = command("memory", "estimate the memory a training run needs, from the model's config alone")
+    _config_args(p)
+    p.add_argument("--device", choices=("cuda", "cpu"), help="estimate for this device (default: where the run would train)")
+    p.add_argument("--presets", action="store_true", help="also list the model presets with their size and memory")
+    p.set_defaults(func=cmd_memory)
+    p = command("push", "upload a run's adapter, model card and config to the Hugging Face hub")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--repo", required=True, help="hub model repository, e.g. your-name/smollm2-plw0-race")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.set_defaults(func=cmd_push)
     args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    from .card import ShareError
     from .data import DataError
     from .models import ModelError
     from .runs import ResumeError
@@ -527,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
         print(f"\n{red}interrupted; `lab train --resume RUN_DIR` continues from the last checkpoint{reset}", file=sys.stderr)
         return 130
-    except (ConfigError, DataError, ModelError, ResumeError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, ModelError, ResumeError, ShareError, FileNotFoundError) as exc:
         red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
         print(f"{red}error: {exc}{reset}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import warnings
 
 import torch
@@ -64,6 +65,17 @@ def _peft_wrapped(module) -> bool:
 def output_layer(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     head = unwrap(model).get_output_embeddings()
     return head.weight, getattr(head, "bias", None)
+
+
+def logit_softcap(model) -> float | None:
+    """The soft cap a model puts on its logits after the output layer (Gemma 2: cap * tanh(z / cap)),
+    so the lab's scoring from hidden states gives the model's own numbers; None for plain logits."""
+    config = text_config(model)
+    other = [k for k in LOGIT_TRANSFORMS if k != "final_logit_softcapping" and getattr(config, k, None)]
+    if other:
+        raise NotImplementedError(f"{model_type(model)} transforms its logits after the output layer ({', '.join(other)}); "
+                                  "the lab cannot score it from hidden states")
+    return getattr(config, "final_logit_softcapping", None) or None
 
 
 def hidden_loss_blocker(model) -> str:
@@ -283,3 +295,21 @@ def launcher_problem() -> str:
             "`CUDA_VISIBLE_DEVICES= accelerate launch --multi_gpu --num_processes N -m lab train ...` instead"
         )
     return ""
+
+
+def write_trainer_checkpoint(trainer, folder) -> None:
+    """The Trainer's own checkpoint (adapter, optimiser, scheduler, scaler, RNG and trainer state),
+    which `Trainer.train(resume_from_checkpoint=folder)` reads back, written into `folder`.
+
+    The Trainer has no public way to write its checkpoint to a folder of our choosing; its private
+    `_save_checkpoint` is the one writer whose files its resume code is sure to read back."""
+    # `_save_checkpoint` writes to <output_dir>/checkpoint-<step>; point it at a staging folder.
+    staging = folder.parent / f"{folder.name}-staging"
+    original = trainer.args.output_dir
+    trainer.args.output_dir = str(staging)
+    try:
+        trainer._save_checkpoint(trainer.model, trial=None)
+        (staging / f"checkpoint-{trainer.state.global_step}").rename(folder)
+    finally:
+        trainer.args.output_dir = original
+        shutil.rmtree(staging, ignore_errors=True)

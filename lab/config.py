@@ -53,6 +53,13 @@ class ModelConfig:
         "Weight dtype: 'auto' is bfloat16 on CUDA devices that support it, float32 elsewhere.",
         choices=("auto", "float32", "bfloat16", "float16"),
     )
+    quantization: str = _f(
+        "none",
+        "Load the frozen base weights quantised through bitsandbytes (QLoRA): '4bit' is NF4 with double "
+        "quantisation and bfloat16 compute, '8bit' is LLM.int8(); the LoRA weights stay in float32. Needs a "
+        "CUDA GPU and `pip install plw-lab[gpu]`; 'none' keeps the weights in model.dtype.",
+        choices=("none", "8bit", "4bit"),
+    )
 
 
 @dataclass
@@ -80,7 +87,7 @@ class DataConfig:
     val_size: float = _f(
         0.2,
         "Validation split: a fraction of the examples (below 1) or a number of examples (1 or more). "
-        "The split is deterministic given the seed.",
+        "The split is deterministic given data.split_seed.",
         min=0.0,
     )
     val_max: int = _f(
@@ -89,10 +96,12 @@ class DataConfig:
         min=0,
     )
     max_length: int = _f(
-        256,
-        "Longest tokenised example. Longer prompts are cut from the left so the whole completion is kept; "
-        "an example whose completion alone does not fit is skipped and reported.",
-        min=8,
+        0,
+        "Longest tokenised example; 0 (auto) fits the data: the longest example, up to data.max_length_cap "
+        "and the model's context. Longer prompts are cut from the left of the user turn (the template head "
+        "and the whole reply stay); what is cut is reported when the data loads and when a run starts. An "
+        "example whose template head and reply alone do not fit is skipped; a value no example fits is an error.",
+        min=0,
     )
     train_eos: bool = _f(
         True,
@@ -149,6 +158,30 @@ class DataConfig:
         "examples of each answer as the rarest has, 'upsample' repeats the rarer ones up to the commonest. "
         "Validation is never balanced.",
         choices=("none", "downsample", "upsample"),
+    )
+    group_by: str = _f(
+        "",
+        "Examples sharing a group key fall on one side of the validation split only, so validation never "
+        "sees a passage it was trained on. A record field name (e.g. 'passage_id'), '' for auto (the "
+        "passage, 'context' or 'article', of multiple-choice data; no groups for other formats) or 'none'.",
+    )
+    val_source: str = _f(
+        "",
+        "A separate validation set, in any form data.source accepts ('' splits data.source instead). When "
+        "set, every training record is trained on and data.val_size is ignored; data.val_max still caps it.",
+    )
+    max_length_cap: int = _f(
+        1024,
+        "Token budget of data.max_length 0 (auto): the longest example it will fit. Memory and time per "
+        "example grow with it; longer examples are cut, and the cut is reported.",
+        min=16,
+    )
+    split_seed: int = _f(
+        0,
+        "Seed of the train/validation split alone, so runs with different train.seed values (adapter "
+        "initialisation, data order) are compared on the same validation examples.",
+        min=0,
+        max=2**32 - 1,
     )
 
 
@@ -226,7 +259,8 @@ class TrainConfig:
     )
     patience: int = _f(0, "Stop after this many evaluations without improvement (0: never stop early).", min=0)
     restore_best: bool = _f(True, "At the end, keep the adapter from the best evaluation rather than the last step.")
-    seed: int = _f(0, "Seed for the split, the shuffling and the adapter initialisation.", min=0, max=2**32 - 1)
+    seed: int = _f(0, "Seed for the adapter initialisation and the order of the training examples (the split has "
+                   "data.split_seed).", min=0, max=2**32 - 1)
     output_dir: str = _f("runs", "Folder that receives one sub-folder per run.")
     run_name: str = _f("", "Name of the run folder (empty: a name from the time and PLW).")
     cache_frozen_layers: bool = _f(
@@ -287,6 +321,12 @@ class TrainConfig:
         "Recompute each adapted layer's activations in the backward pass instead of keeping them (non-reentrant "
         "checkpointing): less memory for long sequences and big batches, at the cost of a second forward pass "
         "through the adapted layers. Works with LoRA, the frozen-layer cache and packing.",
+    )
+    report_to: str = _f(
+        "none",
+        "Also log the run to an experiment tracker: 'tensorboard' (needs tensorboard or tensorboardX), "
+        "'trackio' or 'wandb', each when installed. The training loss and every validation metric are logged.",
+        choices=("none", "tensorboard", "trackio", "wandb"),
     )
 
 

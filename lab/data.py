@@ -7,6 +7,7 @@ are written in the completion (so accuracy can be read from their log-probabilit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -354,12 +355,15 @@ def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None =
             if i in problems:
                 raise problems[i]
             example = _CONVERTERS[fmt](record, cfg, labels)
+            group = _group_key(record, fmt, cfg.group_by)
             if record.get("weight") is not None:
                 example.weight = data_weight(record["weight"])
         except DataError as exc:
             _fail_or_skip(cfg, report, i, exc)
             continue
         example.source_index = i
+        if group is not None:
+            example.meta["group"] = group
         if cfg.system_prompt:
             example.messages.insert(0, {"role": "system", "content": cfg.system_prompt})
         key = json.dumps([example.messages, example.choices, example.answer_index, example.weight], sort_keys=True)
@@ -371,6 +375,23 @@ def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None =
     if not examples:
         raise DataError(f"all {len(records)} records were skipped; first: record {report.skipped[0][0]}: {report.skipped[0][1]}")
     return examples
+
+
+def _group_key(record: dict, fmt: str, group_by: str) -> str | None:
+    """The key that keeps related records on one side of the split (`data.group_by`); None: its own group."""
+    if group_by == "none":
+        return None
+    if group_by:
+        if record.get(group_by) is None:
+            raise DataError(
+                f"no field {group_by!r} to group by (data.group_by); it has "
+                f"{', '.join(sorted(record))}. Name another field, '' for auto or 'none'"
+            )
+        return str(record[group_by])
+    if fmt == "multiple_choice":  # several questions about one passage: the passage is the group
+        passage = record.get("context") or record.get("article")
+        return str(passage) if passage else None
+    return None
 
 
 def _fail_or_skip(cfg: DataConfig, report: DataReport, index: int, exc: DataError) -> None:
@@ -514,14 +535,33 @@ _CONVERTERS = {
 }
 
 
-def load_examples(cfg: DataConfig) -> Examples:
+def load_examples(cfg: DataConfig, labels: list[str] | None = None) -> Examples:
+    """Examples of `cfg.source`; `labels` fixes the label order of classification data (the training set's)."""
     records, info = read_records(cfg)
     if cfg.format == "auto" and info.get("format"):
-        cfg = DataConfig(**{**cfg.__dict__, "format": info["format"]})
+        cfg = dataclasses.replace(cfg, format=info["format"])
     try:
-        return to_examples(records, cfg, info.get("labels"))
+        return to_examples(records, cfg, labels or info.get("labels"))
     except DataError as exc:
         raise DataError(f"{cfg.source}: {exc}") from None
+
+
+def load_validation(cfg: DataConfig, train_examples: list[Example]) -> list[Example]:
+    """The examples of `data.val_source`, with the training set's label letters for classification data."""
+    labels = _labels_of(train_examples)
+    val_cfg = dataclasses.replace(cfg, source=cfg.val_source, limit=0)
+    try:
+        return load_examples(val_cfg, labels)
+    except DataError as exc:
+        raise DataError(f"data.val_source: {exc}") from None
+
+
+def _labels_of(examples: list[Example]) -> list[str] | None:
+    """Classification labels in the order of their answer letters, read back from the examples."""
+    by_index = {e.answer_index: e.meta["label"] for e in examples if "label" in e.meta and e.answer_index is not None}
+    if not by_index or not examples[0].choices:
+        return None
+    return [by_index.get(i, f"label {i}") for i in range(len(examples[0].choices))]
 
 
 def split_sizes(n: int, val_size: float, val_max: int = 0) -> tuple[int, int]:
@@ -531,11 +571,91 @@ def split_sizes(n: int, val_size: float, val_max: int = 0) -> tuple[int, int]:
     return n - n_val, n_val
 
 
+def group_of(example, position: int):
+    """An example's group key (`meta["group"]`); an example without one is a group of its own."""
+    meta = getattr(example, "meta", None) or {}
+    return meta.get("group", ("record", position))
+
+
 def split(examples: list, val_size: float, seed: int, val_max: int = 0) -> tuple[list, list]:
-    """A deterministic shuffle-and-cut into train and validation lists."""
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
+    """A deterministic shuffle-and-cut into train and validation lists that never splits a group.
+
+    Groups (examples sharing `meta["group"]`, e.g. questions about one passage) are shuffled and
+    whole groups fill the validation side up to its size; a group that would overfill it stays in
+    training. Without groups this is a plain shuffle of the examples, cut at the validation size.
+    """
     n_val = split_sizes(len(examples), val_size, val_max)[1]
-    val = [examples[i] for i in sorted(order[:n_val])]
-    train = [examples[i] for i in order[n_val:]]
+    groups: dict = {}
+    for i, example in enumerate(examples):
+        groups.setdefault(group_of(example, i), []).append(i)
+    members = list(groups.values())
+    if n_val > 0 and len(members) < 2:
+        raise DataError(
+            f"all {len(examples)} examples share one group (data.group_by), so no validation split can keep "
+            "groups apart; choose another data.group_by, 'none', or a separate data.val_source"
+        )
+    random.Random(seed).shuffle(members)
+    val_positions: list[int] = []
+    train_positions: list[int] = []
+    for group in members:
+        (val_positions if len(val_positions) + len(group) <= n_val else train_positions).extend(group)
+    if n_val > 0 and not val_positions:  # every group is larger than the validation size: take the first
+        val_positions = members[0]
+        train_positions = [i for group in members[1:] for i in group]
+    val = [examples[i] for i in sorted(val_positions)]
+    train = [examples[i] for i in train_positions]
     return train, val
+
+
+def make_split(examples: list[Example], cfg: DataConfig) -> tuple[list[Example], list[Example], dict]:
+    """Train and validation examples as `cfg` asks (a grouped split, or `val_source`), and the record
+    that `split.json` keeps so anyone can rebuild them with `rebuild_split`."""
+    if cfg.val_source.strip():
+        train, val = list(examples), load_validation(cfg, examples)
+        if cfg.val_max and len(val) > cfg.val_max:
+            _, val = split(val, cfg.val_max, cfg.split_seed)
+    else:
+        train, val = split(examples, cfg.val_size, cfg.split_seed, cfg.val_max)
+    return train, val, split_record(train, val, cfg)
+
+
+def split_record(train: list[Example], val: list[Example], cfg: DataConfig) -> dict:
+    """What rebuilds a split: where the examples came from, how they were grouped, and which went where."""
+    train_groups = {group_of(e, ("train", i)) for i, e in enumerate(train)}
+    val_groups = {group_of(e, ("val", i)) for i, e in enumerate(val)}
+    return {
+        "source": cfg.source,
+        "val_source": cfg.val_source,
+        "limit": cfg.limit,
+        "group_by": cfg.group_by or "auto",
+        "split_seed": cfg.split_seed,
+        "val_size": cfg.val_size,
+        "val_max": cfg.val_max,
+        "train_groups": len(train_groups),
+        "val_groups": len(val_groups),
+        #: Groups on both sides; 0 unless a separate val_source repeats training passages.
+        "shared_groups": len(train_groups & val_groups),
+        #: Record numbers in the source (validation: in val_source when it is set).
+        "train": [e.source_index for e in train],
+        "val": [e.source_index for e in val],
+    }
+
+
+def write_split(path: str | Path, record: dict) -> None:
+    Path(path).write_text(json.dumps(record, indent=1))
+
+
+def rebuild_split(cfg: DataConfig, record: dict | str | Path) -> tuple[list[Example], list[Example]]:
+    """The train and validation examples of a `split.json` (a path or its dict), read from `cfg`'s data."""
+    if not isinstance(record, dict):
+        record = json.loads(Path(record).read_text())
+    examples = load_examples(cfg)
+    pool = load_validation(cfg, examples) if record.get("val_source") else examples
+    by_index = {e.source_index: e for e in examples}
+    val_by_index = {e.source_index: e for e in pool}
+    missing = [i for i in record["train"] if i not in by_index] + [i for i in record["val"] if i not in val_by_index]
+    if missing:
+        raise DataError(
+            f"split.json names records {missing[:5]} that {cfg.source} does not have; it was written for other data"
+        )
+    return [by_index[i] for i in record["train"]], [val_by_index[i] for i in record["val"]]

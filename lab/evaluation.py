@@ -26,8 +26,9 @@ import torch.distributed as dist
 from . import scores
 from .collate import collate
 from .diversity import answer_entropy, text_diversity
+from .compat import logit_softcap
 from .forward import SharedHead, final_hidden, output_layer
-from .loss import token_ce, token_ce_kl
+from .loss import head_logits, token_ce, token_ce_kl
 from .masks import Encoded, prompt_text
 
 
@@ -152,6 +153,7 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
     kl_sums = torch.zeros(2, dtype=torch.float64, device=device)
     with_kl = base_states is not None and losses and hasattr(model, "disable_adapter")
     weight, bias = output_layer(model)
+    cap = logit_softcap(model)
     # prompt ce/n, completion ce/n/hits, answer ce/n
     sums = torch.zeros(7, dtype=torch.float64, device=device)
     scored = []
@@ -169,11 +171,11 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
                 targets = tensors["input_ids"][:, 1:]
                 if with_kl:
                     base = _base_states(model, batch, tensors, base_states, prefix)
-                    ce, hit, kl = token_ce_kl(hidden[:, :-1], base[:, :-1], weight, targets, chunk_size, bias)
+                    ce, hit, kl = token_ce_kl(hidden[:, :-1], base[:, :-1], weight, targets, chunk_size, bias, cap)
                     valid = tensors["attention_mask"][:, 1:].bool()
                     kl_sums += torch.stack([kl[valid].sum().double(), valid.sum().double()])
                 else:
-                    ce, hit = token_ce(hidden[:, :-1], weight, targets, chunk_size, bias)
+                    ce, hit = token_ce(hidden[:, :-1], weight, targets, chunk_size, bias, cap)
                 prompt = tensors["prompt_mask"][:, 1:].bool()
                 completion = tensors["completion_mask"][:, 1:].bool()
                 answer = _answer_tensor(batch, completion.shape, device) & completion
@@ -189,7 +191,7 @@ def evaluate(model, encoded: list[Encoded], pad_id: int, batch_size: int = 8, ch
                 if e.answer_position is None:
                     continue
                 choices = e.example.choices
-                logits = torch.nn.functional.linear(hidden[row, e.answer_position - 1], weight, bias).float()
+                logits = head_logits(hidden[row, e.answer_position - 1], weight, bias, cap)
                 logprobs = torch.log_softmax(logits, -1)[e.choice_ids]
                 result = {
                     "index": e.example.source_index,
@@ -380,9 +382,10 @@ def token_losses(model, enc: Encoded, chunk_size: int = 1024) -> list[float | No
     device = device_of(model)
     ids = torch.tensor([enc.input_ids], device=device)
     weight, bias = output_layer(model)
+    cap = logit_softcap(model)
     with eval_mode(model):
         hidden = final_hidden(model, ids, torch.ones_like(ids))
-        ce, _ = token_ce(hidden[:, :-1], weight, ids[:, 1:], chunk_size, bias)
+        ce, _ = token_ce(hidden[:, :-1], weight, ids[:, 1:], chunk_size, bias, cap)
     return [None] + ce[0].tolist()
 
 
@@ -390,13 +393,14 @@ def perplexity(model, tokenizer, texts: list[str], batch_size: int = 8, chunk_si
     """exp(mean token cross-entropy) over plain texts: the forgetting probe."""
     device = device_of(model)
     weight, bias = output_layer(model)
+    cap = logit_softcap(model)
     total, count = 0.0, 0
     with eval_mode(model):
         for batch in _batches(texts, batch_size):
             enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=True)
             ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
             hidden = final_hidden(model, ids, mask)
-            ce, _ = token_ce(hidden[:, :-1], weight, ids[:, 1:], chunk_size, bias)
+            ce, _ = token_ce(hidden[:, :-1], weight, ids[:, 1:], chunk_size, bias, cap)
             valid = mask[:, 1:].bool()
             total += float(ce[valid].sum())
             count += int(valid.sum())
@@ -479,9 +483,10 @@ def choice_logprobs(model, tokenizer, prompt: str, choices) -> dict[str, float]:
     device = device_of(model)
     ids = torch.tensor([prompt_ids], device=device)
     weight, bias = output_layer(model)
+    cap = logit_softcap(model)
     with eval_mode(model):
         hidden = final_hidden(model, ids, torch.ones_like(ids))
-        logits = torch.nn.functional.linear(hidden[0, -1], weight, bias).float()
+        logits = head_logits(hidden[0, -1], weight, bias, cap)
         logprobs = torch.log_softmax(logits, -1)
     return {c: float(logprobs[i]) for c, i in zip(choices, choice_ids)}
 

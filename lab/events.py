@@ -44,6 +44,8 @@ class Started(Event):
     #: Whether this run continues an earlier one in the same folder from its checkpoint at `from_step`.
     resumed: bool = False
     from_step: int = 0
+    #: What data.max_length cuts (`lab.stats.truncation_report`): examples and tokens cut, shares lost.
+    truncation: dict = field(default_factory=dict)
 
 
 @dataclass

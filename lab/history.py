@@ -61,6 +61,10 @@ class History:
         elif kind == "started":
             if event_field(event, "resumed", False):
                 self._retrain_after(int(event_field(event, "from_step", 0) or 0))
+            elif self.steps or self.evals:
+                # Another run in the same stream (a sweep) gets its own curves.
+                fresh = History()
+                self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k not in ("n_events", "began")})
             self.status = "running"
             self.total_steps = int(event_field(event, "total_steps", 0) or 0)
             self.run_dir = str(event_field(event, "run_dir", ""))

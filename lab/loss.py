@@ -135,12 +135,19 @@ def weighted_ce(
 
 
 @torch.no_grad()
+def head_logits(hidden: torch.Tensor, head_weight: torch.Tensor, head_bias: torch.Tensor | None = None, softcap: float | None = None) -> torch.Tensor:
+    """Float logits of the output layer, soft-capped as the model caps them (`lab.compat.logit_softcap`)."""
+    logits = F.linear(hidden, head_weight, head_bias).float()
+    return softcap * torch.tanh(logits / softcap) if softcap else logits
+
+
 def token_ce(
     hidden: torch.Tensor,
     head_weight: torch.Tensor,
     targets: torch.Tensor,
     chunk_size: int = 1024,
     head_bias: torch.Tensor | None = None,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-position cross-entropy and whether the arg-max token is the target, chunked; for evaluation."""
     flat_h = hidden.reshape(-1, hidden.shape[-1])
@@ -148,7 +155,7 @@ def token_ce(
     ce = torch.empty(flat_y.shape, dtype=torch.float32, device=hidden.device)
     hit = torch.empty(flat_y.shape, dtype=torch.bool, device=hidden.device)
     for start in range(0, flat_h.shape[0], chunk_size):
-        logits = F.linear(flat_h[start : start + chunk_size], head_weight, head_bias).float()
+        logits = head_logits(flat_h[start : start + chunk_size], head_weight, head_bias, softcap)
         y = flat_y[start : start + chunk_size]
         ce[start : start + chunk_size] = F.cross_entropy(logits, y.clamp_min(0), reduction="none")
         hit[start : start + chunk_size] = logits.argmax(-1) == y
@@ -242,6 +249,7 @@ def token_ce_kl(
     targets: torch.Tensor,
     chunk_size: int = 1024,
     head_bias: torch.Tensor | None = None,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`token_ce` plus the per-position KL(p || p_base), from one set of adapted logits per chunk; for evaluation."""
     flat_h = hidden.reshape(-1, hidden.shape[-1])
@@ -251,12 +259,12 @@ def token_ce_kl(
     hit = torch.empty(flat_y.shape, dtype=torch.bool, device=hidden.device)
     kl = torch.empty(flat_y.shape, dtype=torch.float32, device=hidden.device)
     for start in range(0, flat_h.shape[0], chunk_size):
-        logits = F.linear(flat_h[start : start + chunk_size], head_weight, head_bias).float()
+        logits = head_logits(flat_h[start : start + chunk_size], head_weight, head_bias, softcap)
         y = flat_y[start : start + chunk_size]
         log_p = torch.log_softmax(logits, -1)
         ce[start : start + chunk_size] = -log_p.gather(1, y.clamp_min(0)[:, None]).squeeze(1)
         hit[start : start + chunk_size] = logits.argmax(-1) == y
-        log_base = torch.log_softmax(F.linear(flat_g[start : start + chunk_size], head_weight, head_bias).float(), -1)
+        log_base = torch.log_softmax(head_logits(flat_g[start : start + chunk_size], head_weight, head_bias, softcap), -1)
         # KL is never negative; rounding can make a near-zero sum dip below 0.
         kl[start : start + chunk_size] = (log_p.exp() * (log_p - log_base)).sum(-1).clamp_min_(0.0)
     return ce.view(targets.shape), hit.view(targets.shape), kl.view(targets.shape)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .data import Example
+from .data import DataError, Example
 
 # Used only for tokenizers that ship without a chat template (base models).
 PLAIN_TEMPLATE = (
@@ -27,7 +27,11 @@ class TemplateError(ValueError):
 
 
 class TooLongError(ValueError):
-    """The completion alone does not fit into max_length."""
+    """The template head and the reply do not fit into max_length; `required` is the length that would."""
+
+    def __init__(self, message: str, required: int = 0):
+        super().__init__(message)
+        self.required = required
 
 
 @dataclass
@@ -47,6 +51,14 @@ class Encoded:
     choice_ids: list[int] = field(default_factory=list)
     #: Tokens cut from the left of the prompt to fit max_length.
     truncated: int = 0
+    #: Prompt and completion tokens before any cut (the example as written).
+    raw_prompt: int = 0
+    raw_completion: int = 0
+    #: The shortest max_length that keeps this example's template head and replies: every token
+    #: outside the text a cut may take (the user content).
+    min_length: int = 0
+    #: `((start, end), earliest)`: token range a cut takes from the left, and where it may start instead.
+    cuttable: tuple = ()
     #: Each token's weight from the data (the record's `weight` times its message's); empty: all 1.
     data_weight: list[float] = field(default_factory=list)
     #: 1 for the tokens of the answer itself (the candidate as written in the last reply, e.g. "A"), found
@@ -129,15 +141,17 @@ def encode(tokenizer, example: Example, max_length: int, train_eos: bool = True)
     ids, offsets = _tokenize(tokenizer, text)
     completion = [int(any(s < ce and e > cs for cs, ce in spans)) for s, e in offsets]
     enc = Encoded(ids, [1 - c for c in completion], completion, offsets, text, example)
+    enc.raw_completion = sum(completion)
+    enc.raw_prompt = len(ids) - enc.raw_completion
     enc.data_weight = _data_weights(example, text, spans, offsets)
     enc.answer_mask = [0] * len(ids)
     if example.choices:
         _locate_answer(tokenizer, enc, contents[-1])
         start, end = contents[-1]
         enc.answer_mask = [int(c and s < end and e > start) for c, (s, e) in zip(completion, offsets)]
-    if len(ids) > max_length:
-        _truncate_prompt(enc, len(ids) - max_length, spans[-1][0])
-    return enc
+    enc.cuttable = _cuttable(enc, spans[-1][0])
+    enc.min_length = len(ids) - (enc.cuttable[0][1] - enc.cuttable[1])
+    return fit(enc, max_length)
 
 
 def _data_weights(example: Example, text: str, spans: list[tuple[int, int]], offsets) -> list[float]:
@@ -186,34 +200,59 @@ def _locate_answer(tokenizer, enc: Encoded, content: tuple[int, int]) -> None:
     enc.answer_position, enc.choice_ids = position, ids
 
 
-def _truncate_prompt(enc: Encoded, excess: int, last_reply_start: int) -> None:
-    """Cut `excess` tokens from the left of the text before the last reply, keeping the template's head.
+def _cuttable(enc: Encoded, last_reply_start: int) -> tuple[tuple[int, int], int]:
+    """Token range `(start, end)` of the last user turn's content, which a cut takes from the left,
+    and an earlier start (the first non-system message's content) for when that turn is too short.
 
-    The head (system prompt, first role marker) stays so the model still sees a well-formed
-    conversation; the cut falls on the oldest prompt content.
+    Everything outside stays: the template head (system turn, role markers) before, and the
+    markers and the reply after, so the model still sees a well-formed conversation.
     """
+    messages = enc.example.messages
     first_reply_token = next(i for i, (s, e) in enumerate(enc.offsets) if e > last_reply_start)
-    last_user = max((i for i, m in enumerate(enc.example.messages[:-1]) if m["role"] != "assistant"), default=None)
-    head = 0
-    if last_user is not None:
-        content = enc.example.messages[last_user]["content"]
-        content_start = enc.text.rfind(content, 0, last_reply_start)
-        if content_start >= 0:
-            head = next(i for i, (s, e) in enumerate(enc.offsets) if e > content_start)
-    if first_reply_token - head < excess:
-        head = 0  # the user turn alone is too short to absorb the cut: cut from the very start
-    if first_reply_token - head < excess:
+    spans, cursor = [], 0
+    for m in messages:
+        found = enc.text.find(m["content"], cursor) if m["content"] else -1
+        spans.append(None if found < 0 else (found, found + len(m["content"])))
+        cursor = found + len(m["content"]) if found >= 0 else cursor
+    last = len(messages) - 1 - [m["role"] for m in messages][::-1].index("assistant")
+    last_user = max((i for i in range(last) if messages[i]["role"] != "assistant"), default=None)
+    if last_user is None or spans[last_user] is None:
+        return (first_reply_token, first_reply_token), first_reply_token
+    first = next(i for i in range(last_user + 1) if messages[i]["role"] != "system" or i == last_user)
+    token_at = lambda char: next(i for i, (s, e) in enumerate(enc.offsets) if e > char)
+    start, content_end = token_at(spans[last_user][0]), spans[last_user][1]
+    end = next((i for i, (s, e) in enumerate(enc.offsets) if s >= content_end), first_reply_token)
+    earliest = token_at(spans[first][0]) if spans[first] is not None else start
+    return (start, min(end, first_reply_token)), earliest
+
+
+def _truncate_prompt(enc: Encoded, excess: int) -> None:
+    """Cut `excess` tokens from the left of the last user turn's content (from the oldest message's
+    content when that turn is too short), keeping the template head, the role markers and the replies."""
+    (start, end), earliest = enc.cuttable
+    if end - start < excess:
+        start = earliest
+    if end - start < excess:
         raise TooLongError(
-            f"example {enc.example.source_index}: the last reply needs {len(enc) - first_reply_token} tokens, "
-            f"more than max_length allows; raise data.max_length"
+            f"example {enc.example.source_index}: its template head and reply need {enc.min_length} tokens, "
+            f"more than max_length {len(enc) - excess}; raise data.max_length to at least {enc.min_length}",
+            enc.min_length,
         )
-    cut = slice(head, head + excess)
+    cut = slice(start, start + excess)
     for name in ("input_ids", "prompt_mask", "completion_mask", "offsets", "answer_mask", "data_weight"):
         values = getattr(enc, name)
         del values[cut]
     if enc.answer_position is not None:
         enc.answer_position -= excess
-    enc.truncated = excess
+    enc.truncated += excess
+    enc.cuttable = ((start, end - excess), min(earliest, start))
+
+
+def fit(enc: Encoded, max_length: int) -> Encoded:
+    """Cut `enc` in place to `max_length` tokens (0: no limit); `TooLongError` when its head and reply cannot fit."""
+    if max_length and len(enc) > max_length:
+        _truncate_prompt(enc, len(enc) - max_length)
+    return enc
 
 
 def encode_all(tokenizer, examples: list[Example], max_length: int, train_eos: bool = True) -> tuple[list[Encoded], list[str]]:
@@ -233,3 +272,61 @@ def encode_all(tokenizer, examples: list[Example], max_length: int, train_eos: b
             continue
         encoded.append(enc)
     return encoded, skipped
+
+
+def model_context(tokenizer) -> int | None:
+    """The longest sequence the tokenizer's model takes, when it states one (many say 1e30: unknown)."""
+    n = getattr(tokenizer, "model_max_length", None)
+    return int(n) if isinstance(n, int) and 0 < n < 10**7 else None
+
+
+def auto_max_length(raw_lengths: list[int], cap: int, context: int | None = None) -> int:
+    """`data.max_length` 0: the longest example rounded up to a multiple of 8, at most `cap` and the model's context."""
+    longest = max(raw_lengths, default=8)
+    return min(-(-longest // 8) * 8, cap, context or cap)
+
+
+@dataclass
+class Fitted:
+    """Examples encoded to one max_length, with what the length cut (`lab.stats.truncation_report`)."""
+
+    encoded: list[Encoded]
+    skipped: list[str]
+    max_length: int
+    truncation: dict
+    #: Index in the input list of each encoded example.
+    positions: list[int]
+
+
+def encode_fitted(tokenizer, examples: list[Example], max_length: int, cap: int, train_eos: bool = True) -> Fitted:
+    """Encode at full length, choose max_length (0: `auto_max_length`), count what it cuts, then cut.
+
+    A max_length that leaves no example its template head and reply is a `DataError` naming the
+    smallest value that works, instead of a run on prompts erased down to nothing.
+    """
+    from .stats import truncation_report
+
+    raw, kept, skipped = [], [], []
+    for position, example in enumerate(examples):
+        enc = encode(tokenizer, example, 0, train_eos)
+        if enc.n_completion == 0:
+            skipped.append(f"example {example.source_index}: no completion tokens")
+            continue
+        raw.append(enc)
+        kept.append(position)
+    length = max_length or auto_max_length([len(e) for e in raw], cap, model_context(tokenizer))
+    if raw and all(e.min_length > length for e in raw):
+        raise DataError(
+            f"data.max_length {length} is too small for the template head plus the answer: the smallest value "
+            f"that keeps every example is {max(e.min_length for e in raw)} (the shortest needs "
+            f"{min(e.min_length for e in raw)}); raise data.max_length or set it to 0 (auto)"
+        )
+    report = truncation_report(raw, length)
+    encoded, positions = [], []
+    for enc, position in zip(raw, kept):
+        try:
+            encoded.append(fit(enc, length))
+            positions.append(position)
+        except TooLongError as exc:
+            skipped.append(str(exc))
+    return Fitted(encoded, skipped, length, report, positions)

@@ -21,7 +21,7 @@ import random
 from collections import Counter
 
 from .config import DataConfig, LabConfig
-from .data import DataError, Example, load_examples, split
+from .data import DataError, Example, load_examples, make_split, split
 
 #: The source tag of general-text replay examples.
 REPLAY_SOURCE = "replay:general-text"
@@ -141,8 +141,12 @@ def _read_source(cfg: DataConfig, source: str) -> list[Example]:
     return load_examples(dataclasses.replace(cfg, source=source, format="auto", column_map={}))
 
 
-def training_split(cfg: LabConfig, examples: list[Example] | None = None) -> tuple[list[Example], list[Example]]:
-    """Train and validation examples as the data settings and `train.class_weighted_loss` describe."""
+def training_split(cfg: LabConfig, examples: list[Example] | None = None, split_record: dict | None = None) -> tuple[list[Example], list[Example]]:
+    """Train and validation examples as the data settings and `train.class_weighted_loss` describe.
+
+    `split_record`, when given, receives the record of data.source's own split (`lab.data.make_split`:
+    grouped, or data.val_source) that the run writes to split.json.
+    """
     d, seed = cfg.data, cfg.train.seed
     main = load_examples(d) if examples is None else examples
     sources = [d.source] + [s for s in d.mix if s != d.source]
@@ -152,7 +156,12 @@ def training_split(cfg: LabConfig, examples: list[Example] | None = None) -> tup
         items = main if source == d.source else _read_source(d, source)
         if mixing:
             items = _tagged(items, source)
-        train_k, val_k = split(items, d.val_size, seed, d.val_max)
+        if source == d.source:  # the split has its own seed, so train.seed never moves the validation set
+            train_k, val_k, record = make_split(items, d)
+            if split_record is not None:
+                split_record.update(record)
+        else:
+            train_k, val_k = split(items, d.val_size, d.split_seed, d.val_max)
         if any(answer_key(e) is not None for e in train_k):
             train_k = balance(train_k, d.balance, seed)
         train_parts[source], val = train_k, val + val_k

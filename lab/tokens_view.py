@@ -135,8 +135,14 @@ def _pieces(enc) -> list[tuple[int, str, int]]:
     return out
 
 
+def _answer_mask(enc) -> list[int]:
+    """The example's answer mask; empty for encodings made without one (free-form, or built by hand)."""
+    return getattr(enc, "answer_mask", None) or []
+
+
 def _is_answer(enc, i: int) -> bool:
-    return i < len(enc.answer_mask) and bool(enc.answer_mask[i])
+    mask = _answer_mask(enc)
+    return i < len(mask) and bool(mask[i])
 
 
 ANSWER_ATTR = ' data-answer="1"'
@@ -232,7 +238,7 @@ def token_html(
             f"{f'; the data weights this record {enc.example.weight:g}' if data_weight else ''}.</div>"
         )
     return (
-        f"<style>{TOKEN_CSS}</style>{_legend_weights(plw, any(enc.answer_mask), completion_weight, bool(data_weight))}"
+        f"<style>{TOKEN_CSS}</style>{_legend_weights(plw, any(_answer_mask(enc)), completion_weight, bool(data_weight))}"
         f'<div class="plw-tokens" data-mode="weights" data-plw="{plw:g}">{"".join(parts)}</div>{foot}'
     )
 
@@ -317,7 +323,7 @@ def token_loss_html(
             f'title="{html.escape(title, quote=True)}" data-label="{label}" data-loss="{fmt(value)}"'
             f'{ANSWER_ATTR if answer else ""}>{_display(text)}</span>'
         )
-    has_answer = any(enc.answer_mask)
+    has_answer = any(_answer_mask(enc))
     answer_legend = ANSWER_LEGEND if has_answer else ""
     if mode == "diff":
         legend = (
@@ -346,13 +352,13 @@ def token_loss_html(
     if single:
         foot = (f'<div class="plw-summary">mean completion loss <b>{mean(enc.completion_mask, on):.3f}</b>; '
                 f"mean prompt loss {mean(enc.prompt_mask, on):.3f} (the first token, never predicted, left out)"
-                + (f"; answer loss <b>{mean(enc.answer_mask, on):.3f}</b>" if has_answer else "") + "</div>")
+                + (f"; answer loss <b>{mean(_answer_mask(enc), on):.3f}</b>" if has_answer else "") + "</div>")
     else:
         foot = (
             '<div class="plw-summary">mean completion loss: adapter on '
             f"<b>{mean(enc.completion_mask, on):.3f}</b>, off <b>{mean(enc.completion_mask, off):.3f}</b>; "
             f"mean prompt loss: on {mean(enc.prompt_mask, on):.3f}, off {mean(enc.prompt_mask, off):.3f}"
-            + (f"; answer loss: on <b>{mean(enc.answer_mask, on):.3f}</b>, off <b>{mean(enc.answer_mask, off):.3f}</b>" if has_answer else "")
+            + (f"; answer loss: on <b>{mean(_answer_mask(enc), on):.3f}</b>, off <b>{mean(_answer_mask(enc), off):.3f}</b>" if has_answer else "")
             + "</div>"
         )
     return (

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from . import advice, compat, evaluation
+from . import advice, card, compat, evaluation, memory, tracking
 from .collate import Collator, EncodedDataset
 from .config import ConfigError, LabConfig, layer_indices
-from .data import DataError, Example, Examples, load_examples
+from .data import DataError, Example, Examples, load_examples, write_split
 from .mixing import training_split
 from .events import (
     Advice,
@@ -58,8 +58,8 @@ from .loss import (
     weighted_kl,
     weighted_kl_from_logits,
 )
-from .masks import Encoded, encode_all
-from .models import attach_lora, load_model, load_tokenizer, lora_factors, num_layers, pick_device
+from .masks import Encoded, encode_fitted
+from .models import ModelError, attach_lora, check_quantization, compute_dtype, load_model, load_tokenizer, lora_factors, num_layers, pick_device
 from .prefix import FrozenPrefix
 from .packing import PackingCollator, attention_kind, model_kwargs, num_tokens
 from .metrics import best_of, metric, stopping_metric
@@ -75,6 +75,7 @@ from .runs import (
     replace_folder,
     write_json,
 )
+from .stats import truncation_message
 
 #: Files the lab adds to a checkpoint folder beside the Trainer's own.
 LAB_STATE, BEST_STATE = "lab_state.json", "lab_best_adapter.safetensors"
@@ -110,22 +111,38 @@ class Prepared:
     skipped: list[str]
     #: What conversion left out of the records (`DataReport.to_dict`); empty for examples built by hand.
     data_report: dict = field(default_factory=dict)
+    #: Which records went where (`lab.data.split_record`), written to the run's split.json.
+    split: dict = field(default_factory=dict)
+    #: What max_length cuts (`lab.stats.truncation_report`), over train and validation together.
+    truncation: dict = field(default_factory=dict)
+    #: Warnings for the run's start: what is cut, validation groups seen in training.
+    notes: list[str] = field(default_factory=list)
 
 
 def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) -> Prepared:
     """Read, split and encode the data; raise a `DataError` when nothing trainable is left."""
     examples = load_examples(cfg.data) if examples is None else examples
-    train_ex, val_ex = training_split(cfg, examples)
-    train, skipped = encode_all(tokenizer, train_ex, cfg.data.max_length, cfg.data.train_eos)
-    val, skipped_val = encode_all(tokenizer, val_ex, cfg.data.max_length, cfg.data.train_eos)
+    record: dict = {}
+    train_ex, val_ex = training_split(cfg, examples, record)
+    d = cfg.data
+    fitted = encode_fitted(tokenizer, train_ex + val_ex, d.max_length, d.max_length_cap, d.train_eos)
+    train = [e for e, i in zip(fitted.encoded, fitted.positions) if i < len(train_ex)]
+    val = [e for e, i in zip(fitted.encoded, fitted.positions) if i >= len(train_ex)]
+    skipped = fitted.skipped
     if not train:
         raise DataError(
             f"no valid training examples out of {len(train_ex)}" + (f"; first problem: {skipped[0]}" if skipped else "")
         )
     if not val:
         raise DataError("no validation examples: raise data.val_size or add data")
+    notes = [note for note in (truncation_message(fitted.truncation),) if note]
+    if record["shared_groups"]:
+        notes.append(
+            f"{record['shared_groups']} validation groups (data.group_by {record['group_by']}) also occur in training: "
+            "validation measures memorised passages there"
+        )
     report = examples.report.to_dict() if isinstance(examples, Examples) else {}
-    return Prepared(train, val, skipped + skipped_val, report)
+    return Prepared(train, val, skipped, report, record, fitted.truncation, notes)
 
 
 class PLWTrainer(Trainer):
@@ -344,12 +361,13 @@ class RunContext:
         value = metrics.get(name)
         if name != "none" and value is not None and value == value:
             improved = metric(name).better(value, self.best_value)
-            if improved:
-                self.best_value, self.best_step = value, step
-                self.best_state = adapter_state(self.model)
-                self.save_or_advise("best_adapter", step)
         event = Eval(step=step, epoch=epoch, metrics=metrics, is_best=improved, seconds=time.perf_counter() - started)
+        # Recorded before the best adapter is saved: its model card reads this evaluation.
         self.evals = [e for e in self.evals if e.step != step] + [event]
+        if improved:
+            self.best_value, self.best_step = value, step
+            self.best_state = adapter_state(self.model)
+            self.save_or_advise("best_adapter", step)
         self.emit(event)
         warning = self.collapse.check(metrics, step)
         if warning:
@@ -364,7 +382,12 @@ class RunContext:
         """Swap in `run_dir/name` holding the model's adapter (and whatever `write` adds); emit the checkpoint event."""
         if not self.is_main:
             return
-        path = replace_folder(self.run_dir, name, write or self.model.save_pretrained)
+        def write_with_card(folder: Path) -> None:
+            (write or self.model.save_pretrained)(folder)
+            card.write(folder, self.cfg, name, step, self.kept_step(step) if name == "adapter" else step, self.stopping_metric,
+                       self.best_value, self.evals, len(self.data.train), len(self.data.val))
+
+        path = replace_folder(self.run_dir, name, write_with_card)
         self.saved[name] = step
         self.emit(CheckpointSaved(step=step, path=str(path), label={"adapter": "final"}.get(name, name.removesuffix("_adapter"))))
 
@@ -381,14 +404,14 @@ class RunContext:
         step = trainer.state.global_step
         if not self.is_main or self.last_checkpoint[0] == step:
             return False
-        if not all(torch.isfinite(p).all() for p in adapter_state(self.model).values()):
+        if not all(torch.isfinite(p).all() for p in self.model.parameters() if p.requires_grad):
             self.emit(Advice(message=f"the adapter at step {step} is not finite; last_adapter/ keeps step {self.saved.get('last_adapter')}", step=step))
             return False
         resumable = trainer.args.world_size == 1  # FSDP/DeepSpeed checkpoints need every process; one process only
 
         def write(folder: Path) -> None:
             if resumable:
-                write_trainer_checkpoint(trainer, folder)
+                compat.write_trainer_checkpoint(trainer, folder)
                 write_json(folder / LAB_STATE, self.resume_state(trainer))
                 if self.best_state is not None:
                     from safetensors.torch import save_file
@@ -484,21 +507,6 @@ class RunContext:
         }
 
 
-def write_trainer_checkpoint(trainer, folder: Path) -> None:
-    """The Trainer's own checkpoint (adapter, optimiser, scheduler, scaler, RNG and trainer state),
-    which `Trainer.train(resume_from_checkpoint=folder)` reads back, written into `folder`."""
-    # `_save_checkpoint` writes to <output_dir>/checkpoint-<step>; point it at a staging folder.
-    staging = folder.parent / f"{folder.name}-staging"
-    original = trainer.args.output_dir
-    trainer.args.output_dir = str(staging)
-    try:
-        trainer._save_checkpoint(trainer.model, trial=None)
-        (staging / f"checkpoint-{trainer.state.global_step}").rename(folder)
-    finally:
-        trainer.args.output_dir = original
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def adapter_state(model) -> dict:
     return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
 
@@ -581,6 +589,7 @@ def train(
     cfg.validate()
     if compat.launcher_problem():
         raise ConfigError(compat.launcher_problem())
+    preflight(cfg)
     is_main = is_main_process()
     if resume_from is not None:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # checkpoints with optimiser state are written by one process only
@@ -597,6 +606,8 @@ def train(
     run.is_main = is_main
     if run.is_main:
         bus.subscribe(JsonlLog(run_dir / "events.jsonl"))
+        if cfg.train.report_to != "none":
+            bus.subscribe(tracking.Tracker(cfg, run_dir))
     for callback in subscribers:
         bus.subscribe(callback)
     trainer = None
@@ -605,13 +616,15 @@ def train(
         device = pick_device(cfg.model.device)
         run.tokenizer = tokenizer = load_tokenizer(cfg.model)
         run.data = data = prepare(cfg, tokenizer, examples)
+        if run.is_main:
+            write_split(run_dir / "split.json", data.split)
         torch.manual_seed(cfg.train.seed)
         base = load_model(cfg.model, device)
         compat.use_fast_attention(base, device, cfg.train.packing)
         run.model = model = attach_lora(base, cfg.lora)
         if cfg.train.gradient_checkpointing:
             compat.enable_checkpointing(model)
-        args = training_arguments(cfg, run_dir, device, base.dtype)
+        args = training_arguments(cfg, run_dir, device, compute_dtype(cfg.model, device))
         steps = total_steps(cfg, len(data.train), args.world_size)
         from_step = 0
         if checkpoint is not None:
@@ -638,10 +651,11 @@ def train(
                 skipped=data.skipped, early_stopping_metric=run.stopping_metric, data_report=data.data_report,
                 resumed=checkpoint is not None, from_step=from_step, paths=run_paths(cfg, model, trainer),
                 world_size=args.world_size, global_batch=cfg.train.batch_size * cfg.train.grad_accum * args.world_size,
+                truncation=data.truncation,
             )
         )
         if checkpoint is None:
-            for note in advice.before_training(cfg, len(data.train), steps, has_answers=any(e.n_answer for e in data.val)):
+            for note in [*data.notes, *advice.before_training(cfg, len(data.train), steps, has_answers=any(e.n_answer for e in data.val))]:
                 run.emit(Advice(message=note))
             run.evaluate(0, 0.0)  # step 0 is the base model: LoRA starts as a zero update
         else:
@@ -663,8 +677,10 @@ def train(
         if kept != step:
             load_adapter_state(model, run.best_state)
         if kept == 0 and step > 0:
+            # A run the user stopped early may simply not have trained long enough; the remedy is for runs that ended by themselves.
+            remedy = "" if run.stop.is_set() else "; lower train.learning_rate, or turn train.restore_best off to keep the last step"
             run.emit(Advice(message="the best evaluation was step 0, before any training, so the kept adapter is the base model "
-                                    "(a no-op); lower train.learning_rate, or turn train.restore_best off to keep the last step", step=step))
+                                    f"(a no-op){remedy}", step=step))
         run.save_adapter("adapter", kept)
         comparison = None
         if compare and not run.stop.is_set():
@@ -684,6 +700,8 @@ def train(
         return TrainResult(run_dir, status, summary, model, tokenizer, data, comparison)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            error = out_of_memory_message(cfg, exc)
         step = trainer.state.global_step if trainer is not None else run.resumed_from or 0
         summary = run.summary("failed", step, error)
         if run.is_main and (run_dir / "config.yaml").exists():  # never recreate a deleted run folder
@@ -776,6 +794,24 @@ def compare_adapter(run: RunContext) -> dict:
     if run.is_main:
         write_json(run.run_dir / "compare.json", result)
     return result
+
+
+def preflight(cfg: LabConfig) -> None:
+    """What the machine must offer for `cfg` (quantisation, the tracker), checked before the run folder exists."""
+    check_quantization(cfg.model)
+    tracking.check(cfg.train.report_to)
+
+
+def out_of_memory_message(cfg: LabConfig, exc: BaseException) -> str:
+    """A CUDA out-of-memory error as what the run needed and what to lower."""
+    first_line = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+    try:
+        estimate = memory.estimate(cfg, device="cuda")
+    except ModelError:  # a hub model whose config is not readable here; the advice still holds
+        return (f"The GPU ran out of memory ({first_line}). Lower train.batch_size (raise train.grad_accum to keep "
+                "the optimiser batch), data.max_length or train.chunk_size, or set model.quantization: 4bit.")
+    return (f"The GPU ran out of memory ({first_line}). {estimate.describe()} "
+            f"To fit, lower: {estimate.what_to_lower()}. The run folder keeps the config, the events and the last adapter.")
 
 
 def is_main_process() -> bool:

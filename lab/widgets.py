@@ -162,6 +162,14 @@ class LiveCurves:
 # -- plain helpers the notebooks share ----------------------------------------------------------
 
 
+def shown_curves(title: str = "") -> LiveCurves:
+    """A `LiveCurves` already displayed in the notebook, e.g. one per run of a sweep:
+    `run_sweep(..., watch=lambda plw, seed: [shown_curves(f"PLW {plw:g}")])`."""
+    curves = LiveCurves(title)
+    display(curves)
+    return curves
+
+
 def batch_frame(tokenizer, batch: dict, row: int = 0, plw: float = 0.0):
     """One row of a collated batch, token by token: what the model reads and what it is trained on.
 

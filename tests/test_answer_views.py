@@ -135,7 +135,7 @@ def test_notebook_live_curves_draw_the_accuracy_interval():
     curves = LiveCurves("ci")
     for event in [ev.Started(run_dir="r", config={}, n_train=8, n_val=48, total_steps=8), *_history_events()]:
         curves(event)
-    acc = next(t for t in curves.figure.data if t.name == "val answer accuracy")
+    acc = next(t for t in curves.figures["accuracy"].data if t.name == "val answer accuracy")
     assert acc.error_y.array[-1] == pytest.approx(0.74785 - 0.625, abs=1e-4)
 
 

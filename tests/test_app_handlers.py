@@ -160,6 +160,8 @@ def test_the_first_action_on_a_run_says_it_is_loading_the_model(app, monkeypatch
     monkeypatch.setattr(compare.ctx, "find_run", lambda name: SimpleNamespace(path=compare.ctx.runs_path / name))
     monkeypatch.setattr(compare.ctx.models, "is_loaded", lambda path: False)
     monkeypatch.setattr(compare.ctx.models, "get", lambda path: "the model")
+    (app.plw_runs_dir / "run-a").mkdir()
+    LabConfig().save(app.plw_runs_dir / "run-a" / "config.yaml")
     assert compare._load("run-a", lambda fraction, desc: notes.append(desc)) == "the model"
     assert notes == ["loading run-a's model and adapter (once per run)"]
     monkeypatch.setattr(compare.ctx.models, "is_loaded", lambda path: True)

@@ -104,7 +104,7 @@ def _fail_midway(monkeypatch, when):
     """Make the Trainer's checkpoint writer fail with a full disk after it wrote the adapter."""
     import lab.training as training_module
 
-    real = training_module.write_trainer_checkpoint
+    real = training_module.compat.write_trainer_checkpoint
     calls = {"n": 0}
 
     def write(trainer, folder):
@@ -115,7 +115,7 @@ def _fail_midway(monkeypatch, when):
             raise OSError(errno.ENOSPC, "No space left on device")
         real(trainer, folder)
 
-    monkeypatch.setattr(training_module, "write_trainer_checkpoint", write)
+    monkeypatch.setattr(training_module.compat, "write_trainer_checkpoint", write)
     return calls
 
 

@@ -1,6 +1,7 @@
 """Training through the Trainer: accumulation is exact, events flow, stops and failures keep the run."""
 
 import json
+import re
 import threading
 
 import pytest
@@ -181,7 +182,9 @@ def test_a_set_with_nothing_trainable_is_refused_clearly(tmp_path):
     too_long = [Example([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "word " * 400}], source_index=i) for i in range(5)]
     result = train(_cfg(tmp_path, **{"data.max_length": 32}), examples=too_long)
     assert result.status == "failed"
-    assert "no valid training examples" in result.summary["error"] and "max_length" in result.summary["error"]
+    # Not one example keeps its template head and reply at 32 tokens: the error names the length that works.
+    assert "data.max_length 32 is too small for the template head plus the answer" in result.summary["error"]
+    assert re.search(r"the smallest value that keeps every example is \d+", result.summary["error"])
     assert (result.run_dir / "config.yaml").exists()
 
 

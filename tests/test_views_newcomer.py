@@ -16,7 +16,7 @@ def fake_encoded(n_prompt: int, n_completion: int):
     return SimpleNamespace(
         input_ids=list(range(100, 100 + n)), prompt_mask=[1] * n_prompt + [0] * n_completion,
         completion_mask=[0] * n_prompt + [1] * n_completion, offsets=[(i, i + 1) for i in range(n)], text=text,
-        truncated=0, n_prompt=n_prompt, n_completion=n_completion, answer_mask=[0] * n, answer_position=None,
+        truncated=0, n_prompt=n_prompt, n_completion=n_completion, answer_mask=[0] * n,
     )
 
 

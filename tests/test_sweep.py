@@ -1,0 +1,137 @@
+"""PLW sweeps: `lab sweep` on the tiny model, sweep.csv, means with intervals, the quadratic fit, odd runs."""
+
+import json
+import re
+from types import SimpleNamespace
+
+import pytest
+
+from lab.charts import plw_sweep_figure, sweep_figure
+from lab.metrics import best_of
+from lab.runs import list_runs, load_run
+from lab.sweep import COLUMNS, list_sweeps, odd_runs, points, quadratic_fit, read_csv, summarise, t95
+
+
+def _row(plw, seed, acc, status="finished", steps=40, loss=1.0):
+    return {"plw": plw, "seed": seed, "status": status, "steps": steps, "n_val": 48, "best_answer_accuracy": acc,
+            "best_answer_accuracy_step": 20, "answer_accuracy_ci_low": None, "answer_accuracy_ci_high": None,
+            "best_answer_loss": loss, "best_answer_loss_step": 30, "run": f"plw{plw}-seed{seed}"}
+
+
+def test_lab_sweep_runs_a_plw_by_seed_grid_on_one_split(tmp_path, capsys):
+    from lab.cli import main
+
+    code = main(["sweep", "--model", "tiny-random", "--plws", "0,1", "--seeds", "0,1", "--name", "grid",
+                 "--output-dir", str(tmp_path), "--max-steps", "2", "--set", "train.eval_interval=1",
+                 "--set", "data.limit=16", "--set", "data.val_size=6", "--set", "eval.generations=0",
+                 "--set", "eval.probe_texts=0"])
+    out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # without the terminal colours
+    assert code == 0, out
+    folder = tmp_path / "grid"
+    rows = read_csv(folder)
+    assert list(json.loads(json.dumps(rows[0]))) == list(COLUMNS)
+    assert [(r["plw"], r["seed"], r["status"], r["steps"]) for r in rows] == [
+        (0.0, 0, "finished", 2), (0.0, 1, "finished", 2), (1.0, 0, "finished", 2), (1.0, 1, "finished", 2)]
+    runs = [load_run(r["run"]) for r in rows]
+    # One split for every run: the seeds vary the adapter and the data order only.
+    splits = [json.loads((run.path / "split.json").read_text()) for run in runs]
+    assert all(s["val"] == splits[0]["val"] and s["train"] == splits[0]["train"] for s in splits)
+    assert [run.config.train.seed for run in runs] == [0, 1, 0, 1]
+    for row, run in zip(rows, runs):
+        best = best_of(run.evals, ["answer_accuracy"])["answer_accuracy"]  # the oracle: the registry's own rule
+        assert (row["best_answer_accuracy"], row["best_answer_accuracy_step"]) == (best["value"], best["step"])
+        loss = best_of(run.evals, ["answer_loss"])["answer_loss"]
+        assert (row["best_answer_loss"], row["best_answer_loss_step"]) == (pytest.approx(loss["value"]), loss["step"])
+        at_best = next(e for e in run.evals if e.step == best["step"]).metrics["answer_accuracy_ci"]
+        assert [row["answer_accuracy_ci_low"], row["answer_accuracy_ci_high"]] == pytest.approx(at_best)
+    # Different seeds start from different adapters: their last validation losses differ at the same PLW.
+    last = [run.evals[-1].metrics["completion_loss"] for run in runs]
+    assert last[0] != last[1] and last[2] != last[3]
+    assert "PLW 0 seed 1: finished after 2 steps" in out and f"sweep folder: {folder}" in out
+    assert (folder / "sweep_config.yaml").exists() and list_sweeps(tmp_path) == [folder]
+    assert [run.name for run in list_runs(tmp_path)] == []  # the sweep folder is not mistaken for a run
+
+
+def test_a_bad_grid_exits_with_a_clear_message(capsys):
+    from lab.cli import main
+
+    assert main(["sweep", "--plws", "0,2", "--model", "tiny-random"]) == 2
+    assert "--plws takes values in [0, 1]" in capsys.readouterr().err
+
+
+def test_means_over_seeds_carry_a_t_interval():
+    s = summarise([0.5, 0.6, 0.7])
+    # mean 0.6, sample sd 0.1, half-width t(0.975, 2) x 0.1 / sqrt(3) = 4.303 x 0.057735 = 0.24843
+    assert s["mean"] == pytest.approx(0.6) and s["sd"] == pytest.approx(0.1)
+    assert (s["low"], s["high"]) == (pytest.approx(0.6 - 0.24843, abs=1e-5), pytest.approx(0.6 + 0.24843, abs=1e-5))
+    assert summarise([0.55])["low"] is None  # one seed: no interval
+    assert t95(1) == 12.706 and t95(30) == pytest.approx(2.042, abs=0.002)
+
+
+def test_stopped_runs_and_runs_of_another_length_are_left_out_of_the_means():
+    rows = [_row(0.0, 0, 0.5), _row(0.0, 1, 0.7), _row(0.0, 2, 0.9, status="stopped", steps=10),
+            _row(1.0, 0, 0.4), _row(1.0, 1, 0.3, steps=20)]
+    summary = points(rows)
+    assert summary["steps"] == 40
+    assert {m["plw"]: (m["n"], round(m["mean"], 6)) for m in summary["means"]} == {0.0: (2, 0.6), 1.0: (1, 0.4)}
+    reasons = {(r["plw"], r["seed"]): r["excluded"] for r in summary["runs"] if r["excluded"]}
+    assert reasons == {(0.0, 2): "status stopped", (1.0, 1): "20 steps, not 40"}
+
+
+def test_the_quadratic_fit_needs_four_plw_values_and_recovers_a_parabola():
+    xs = [0.0, 0.01, 0.1, 0.5, 1.0]
+    ys = [0.5 + 0.2 * x - 0.3 * x * x for x in xs]
+    fit = quadratic_fit(xs, ys)
+    assert (fit["a"], fit["b"], fit["c"]) == (pytest.approx(0.5), pytest.approx(0.2), pytest.approx(-0.3))
+    assert fit["r2"] == pytest.approx(1.0)
+    assert quadratic_fit([0.0, 0.1, 1.0, 1.0], [0.5, 0.6, 0.4, 0.45]) is None  # 3 distinct PLWs
+    rows = [_row(x, 0, y) for x, y in zip(xs, ys)]
+    assert points(rows)["fit"]["c"] == pytest.approx(-0.3)
+
+
+def test_the_sweep_figure_draws_means_left_out_runs_convergence_and_the_fit():
+    rows = [_row(p, s, 0.5 + p / 4 + s / 50, loss=1.5 - p / 2) for p in (0.0, 0.01, 0.1, 1.0) for s in (0, 1)]
+    rows.append(_row(0.1, 2, 0.9, status="stopped", steps=10))
+    fig = sweep_figure(rows)
+    names = [t.name for t in fig.data]
+    assert "mean over seeds (95% t interval)" in names
+    assert any(n.startswith("runs left out (status stopped") for n in names)
+    assert sum(n.startswith("quadratic fit") for n in names) == 2  # accuracy and answer loss
+    assert {"step of best accuracy", "step of best answer loss"} <= set(names)
+    assert list(fig.layout.yaxis.range) == [0, 1.02]
+    mean = next(t for t in fig.data if t.name == "mean over seeds (95% t interval)")
+    assert list(mean.y) == pytest.approx([0.51, 0.5125, 0.535, 0.76])  # the stopped run is not in PLW 0.1's mean
+
+
+def test_the_runs_tab_plw_plot_marks_runs_that_differ():
+    def run(name, plw, steps, status):
+        config = {"data": {"source": "builtin:reading-mc", "limit": 0, "val_size": 0.2, "val_source": "", "split_seed": 0},
+                  "train": {"prompt_loss_weight": plw, "max_steps": 40}}
+        best = {"answer_accuracy": {"value": 0.5, "step": steps}, "completion_loss": {"value": 1.0, "step": steps}}
+        return SimpleNamespace(name=name, config=config, summary={"status": status, "steps": steps, "best": best}, events=[])
+
+    runs = [run("a", 0.0, 40, "finished"), run("b", 0.1, 40, "finished"), run("c", 1.0, 10, "stopped")]
+    assert odd_runs(runs) == {"c": "steps 10, status stopped"}
+    fig = plw_sweep_figure(runs)
+    hollow = [t for t in fig.data if "differs" in t.name]
+    assert hollow and all("open" in t.marker.symbol for t in hollow)
+    assert all("c (PLW 1)" not in (t.text or ()) for t in fig.data if "differs" not in t.name)
+
+
+def test_the_app_runs_a_sweep_as_its_one_training_job(tmp_path):
+    from lab.app_jobs import JobBusy, JobRegistry
+    from lab.config import LabConfig
+    from lab.history import History
+
+    cfg = LabConfig().override({"model.name": "tiny-random", "train.output_dir": str(tmp_path), "train.max_steps": 1,
+                                "data.limit": 12, "data.val_size": 4, "eval.generations": 0, "eval.probe_texts": 0})
+    registry = JobRegistry()
+    job = registry.start(cfg, sweep=([0.0], [0, 1]))
+    with pytest.raises(JobBusy):
+        registry.start(cfg)  # one job at a time, a sweep included
+    job.thread.join(timeout=600)
+    rows = read_csv(job.sweep_dir)
+    assert [(r["plw"], r["seed"], r["status"]) for r in rows] == [(0.0, 0, "finished"), (0.0, 1, "finished")]
+    # Watchers of the job see the current run's curves, not the two runs strung together.
+    history = History.from_events(job.events_since(0))
+    assert history.run_dir.endswith("plw0-seed1") and [e["step"] for e in history.evals] == [0, 1]
