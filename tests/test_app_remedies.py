@@ -54,7 +54,8 @@ def test_the_compare_tab_runs_the_frozen_feature_probe(app, tmp_path):
     assert train(cfg).status == "finished"
     compare = app.plw_tabs["compare"]
     out = compare.on_probe({compare.run: "mc"}, progress_=lambda *a, **k: None)
-    table = out[compare.probe_table]
+    table = out[compare.probe_table]["value"]  # the table is hidden until it has rows
+    assert out[compare.probe_table]["visible"] is True
     assert list(table["model"])[:2] == ["frozen base + logistic regression, mean-pooled prompt",
                                         "frozen base + logistic regression, last prompt token"]
     assert "adapter on (fine-tuned)" in list(table["model"])
