@@ -238,7 +238,8 @@ def estimate(cfg: LabConfig, arch: Architecture | None = None, device: str | Non
     stored_layers = arch.layers - adapted[0]  # backward runs through every layer above the lowest adapted one
 
     t = cfg.train
-    tokens = t.batch_size * cfg.data.max_length
+    # data.max_length 0 (auto) fits the data but never exceeds data.max_length_cap: an upper bound.
+    tokens = t.batch_size * (cfg.data.max_length or cfg.data.max_length_cap)
     h, q, kv, i = arch.hidden, arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim, arch.intermediate
     targets_per_layer = len(arch.linear_shapes()) if list(cfg.lora.target_modules) == ["all-linear"] else len(cfg.lora.target_modules)
     # Per token and layer: both norms' input and output (4h), the attention's q, k, v and output

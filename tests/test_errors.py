@@ -114,7 +114,8 @@ def test_output_dir_that_is_a_file(tmp_path, data_file, capsys):
 def test_inspect_when_nothing_fits(data_file, capsys):
     fails_cleanly(
         capsys, ["inspect", "--model", "tiny-random", "--data", str(data_file), "--set", "data.max_length=16"],
-        "none of the 6 examples fits into data.max_length=16", "raise data.max_length",
+        "data.max_length 16 is too small for the template head plus the answer: the smallest value that keeps every example is",
+        "raise data.max_length or set it to 0 (auto)",
     )
 
 

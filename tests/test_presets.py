@@ -72,7 +72,7 @@ def test_lab_memory_prints_the_estimate_and_the_presets(capsys):
     assert main(["memory", "--presets", "--device", "cuda", "--set", "train.batch_size=4"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Memory estimate (cuda, bfloat16): about ")
-    assert "1,024 tokens a micro-batch" in out  # batch 4 x max_length 256
+    assert "4,096 tokens a micro-batch" in out  # batch 4 x max_length 1,024 (auto: at most data.max_length_cap)
     rows = {line.split()[0]: line for line in out.splitlines() if "/" in line.split(" ")[0]}
     assert set(rows) == {p.hub_id for p in PRESETS}
     assert "1.2B" in rows["meta-llama/Llama-3.2-1B-Instruct"] and "gated: needs HF_TOKEN" in rows["meta-llama/Llama-3.2-1B-Instruct"]
