@@ -177,7 +177,7 @@ def test_a_failed_load_keeps_the_data_and_opens_the_column_mapping(page, tmp_pat
     open_tab(page, "Data")
     upload(page, long)
     click(page, "#load-file")
-    wait_text(page, "#data-msg", "fits into")
+    wait_text(page, "#data-msg", "too small")
     message = text(page, "#data-msg")
     assert '"Max length"' in message and "max_length" not in message and "is still loaded" in message
     assert text(page, "#data-stats") == before
