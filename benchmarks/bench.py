@@ -359,7 +359,8 @@ def bench_vs_trl(report: Report, full: bool, workdir: str) -> None:
 
 def _losses_by_plw(model, batch, plws, mode):
     """The engine's weighted loss of one batch at several PLWs, from one forward pass (no gradient)."""
-    from lab.forward import final_hidden, output_layer
+    from lab.compat import output_layer
+    from lab.forward import final_hidden
     from lab.loss import normalizer, shift_for_targets, token_weights, weighted_ce
     from lab.packing import model_kwargs
 

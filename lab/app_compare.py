@@ -11,7 +11,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .app_common import AppContext, SharedComponents, frame, message_html
-from .app_jobs import LoadedRun, error_text
+from .app_jobs import error_text
 from .charts import answer_distribution_figure, empty_figure, logprob_figure
 from .data import offered_choices
 from .masks import prompt_text, render
@@ -190,10 +190,10 @@ class CompareTab:
             loaded = self._load(run_name, progress_)
             with loaded.lock:
                 from .probe import frozen_feature_probe
-                from .training import prepare
+                from .training import prepare_for_run
 
                 progress_(0.3, desc="reading the base model's features of the training and validation prompts")
-                data = prepare(loaded.config, loaded.tokenizer)
+                data = prepare_for_run(loaded.config, loaded.path, loaded.tokenizer)
                 result = frozen_feature_probe(loaded.model, data.train, data.val, loaded.tokenizer.pad_token_id,
                                               loaded.config.eval.batch_size, loaded.config.train.seed)
                 rows = probe_rows(result, loaded.comparison)

@@ -42,6 +42,8 @@ STATS_LIMIT = 2000
 VIEW_LIMIT = 200
 #: A visitor's loaded data is freed this long after its last change, and an hour after the page closes.
 STATE_TTL_SECONDS = 6 * 3600
+#: lambda_r: the token view and the statistics read it from the Train tab beside the PLW slider.
+COMPLETION_WEIGHT = "train.completion_loss_weight"
 UPLOAD_TYPES = [".jsonl", ".json", ".csv", ".parquet", ".ndjson"]
 #: Lab fields a column can be mapped to, by format.
 MAPPABLE = {
@@ -170,7 +172,17 @@ class DataTab:
 
     def token_inputs(self) -> set:
         shared = self.shared
-        return {shared.data_state, self.example_idx, self.colour_by, shared.plw, shared.run_choice}
+        return {shared.data_state, self.example_idx, self.colour_by, shared.plw, shared.run_choice, *self.weight_controls()}
+
+    def weight_controls(self) -> list:
+        """The Train tab's lambda_r (train.completion_loss_weight), which the token view and statistics state beside PLW."""
+        control = self.shared.settings.get(COMPLETION_WEIGHT)
+        return [control] if control is not None else []
+
+    def completion_weight(self, values: dict) -> float:
+        controls = self.weight_controls()
+        value = values.get(controls[0]) if controls else None
+        return float(value) if value is not None else 1.0
 
     def wire(self) -> None:
         """Loading reads the Train tab's model and data settings; the loss views use the Compare tab's run."""
@@ -184,7 +196,8 @@ class DataTab:
             (self.load_hub_btn, self.on_load_hub, [self.hub_id, self.hub_config, self.hub_split]),
         ):
             self.after_load(btn.click(fn, self.load_inputs(*inputs), self.load_outputs, concurrency_limit=4))
-        shared.plw.change(self.on_plw, tokens_in, {self.token_view, self.stats_md},
+        for weight in (shared.plw, *self.weight_controls()):
+            weight.change(self.on_plw, tokens_in, {self.token_view, self.stats_md},
                           show_progress="hidden", trigger_mode="always_last", concurrency_limit=None)
         self.example_idx.change(self.render_tokens, tokens_in, self.token_view,
                                 show_progress="hidden", trigger_mode="always_last")
@@ -295,7 +308,8 @@ class DataTab:
         return {
             self.shared.data_state: dv,
             self.msg: message_html(note, "info" if warning else "ok"),
-            self.stats_md: stats_markdown(stats, values[self.shared.plw], len(skipped), len(examples), dv.packing),
+            self.stats_md: stats_markdown(stats, values[self.shared.plw], len(skipped), len(examples), dv.packing,
+                                          self.completion_weight(values)),
             self.rg_plot: rg_histogram(stats.rg),
             self.len_plot: length_histogram(stats, max_length=fitted.max_length),
             self.label_plot: label_balance_figure(label_counts(examples), after=balanced_counts(label_counts(examples), dcfg.balance) if dcfg.balance != "none" else None, after_label=f"after {dcfg.balance}"),
@@ -348,11 +362,11 @@ class DataTab:
         enc = dv.encoded[indices[i]]
         tokenizer = self.ctx.models.tokenizer(dv.model_name, dv.chat_template)
         special = set(tokenizer.all_special_ids)
+        weights = token_html(enc, float(plw_value), special_ids=special, completion_weight=self.completion_weight(values))
         if mode == "loss weight" or not mode:
-            return token_html(enc, float(plw_value), special_ids=special)
+            return weights
         if not run_name:
-            return message_html("Choose a trained run in the Compare tab to colour tokens by loss.", "info") + \
-                token_html(enc, float(plw_value), special_ids=special)
+            return message_html("Choose a trained run in the Compare tab to colour tokens by loss.", "info") + weights
         try:
             loaded = self.ctx.models.get(self.ctx.find_run(run_name).path)
             enc2 = enc
@@ -369,5 +383,6 @@ class DataTab:
         dv: DataView | None = values[self.shared.data_state]
         out = {self.token_view: self.render_tokens(values)}
         if dv is not None and dv.encoded:
-            out[self.stats_md] = stats_markdown(dv.stats, float(values[self.shared.plw]), dv.n_skipped, dv.total, dv.packing)
+            out[self.stats_md] = stats_markdown(dv.stats, float(values[self.shared.plw]), dv.n_skipped, dv.total, dv.packing,
+                                                self.completion_weight(values))
         return out

@@ -201,9 +201,9 @@ class LoadedRun:
     def validation(self) -> list:
         """The run's encoded validation set, prepared on first use (call it under `lock`)."""
         if self.val is None:
-            from .training import prepare
+            from .training import prepare_for_run
 
-            self.val = prepare(self.config, self.tokenizer).val
+            self.val = prepare_for_run(self.config, self.path, self.tokenizer).val
         return self.val
 
     def per_token_losses(self, enc) -> tuple[list, list]:

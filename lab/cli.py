@@ -315,7 +315,7 @@ def _load_run_model(run_dir: str, which: str = ""):
     from .evaluation import device_of
     from .models import load_adapter, load_model, load_tokenizer
     from .runs import load_run
-    from .training import prepare
+    from .training import prepare_for_run
 
     run = load_run(run_dir)
     found = run.adapter(which)
@@ -325,7 +325,7 @@ def _load_run_model(run_dir: str, which: str = ""):
     print(f"adapter: {folder} (step {step if step is not None else 'unknown'})")
     tokenizer = load_tokenizer(run.config.model)
     model = load_adapter(load_model(run.config.model), folder)
-    data = prepare(run.config, tokenizer)
+    data = prepare_for_run(run.config, run.path, tokenizer)
     return run, model, tokenizer, data, device_of(model)
 
 
@@ -386,14 +386,14 @@ def cmd_probe(args) -> int:
     from .probe import frozen_feature_probe
     from .runs import load_run, write_json
     from .text_views import probe_rows
-    from .training import prepare
+    from .training import prepare_for_run
 
     run = load_run(args.run)
     if run.config is None:
         raise FileNotFoundError(f"{args.run}: no readable run config (config.yaml)")
     tokenizer = load_tokenizer(run.config.model)
     model = load_model(run.config.model)
-    data = prepare(run.config, tokenizer)
+    data = prepare_for_run(run.config, run.path, tokenizer)
     print(f"{BOLD}{run.name}{RESET}: probing the frozen base model on {len(data.train)} training and "
           f"{len(data.val)} validation examples ({device_of(model).type})")
     result = frozen_feature_probe(model, data.train, data.val, tokenizer.pad_token_id, run.config.eval.batch_size, run.config.train.seed)

@@ -8,6 +8,7 @@ are written in the completion (so accuracy can be read from their log-probabilit
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -638,7 +639,15 @@ def split_record(train: list[Example], val: list[Example], cfg: DataConfig) -> d
         #: Record numbers in the source (validation: in val_source when it is set).
         "train": [e.source_index for e in train],
         "val": [e.source_index for e in val],
+        #: A hash of each side's content, so a file edited since the run is noticed even where its record numbers match.
+        "fingerprint": {"train": examples_fingerprint(train), "val": examples_fingerprint(val)},
     }
+
+
+def examples_fingerprint(examples: list[Example]) -> str:
+    """SHA-256 of the examples' messages and answers, in order."""
+    content = [[e.messages, list(e.choices), e.answer_index, e.weight] for e in examples]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def write_split(path: str | Path, record: dict) -> None:

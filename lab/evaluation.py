@@ -26,8 +26,8 @@ import torch.distributed as dist
 from . import scores
 from .collate import collate
 from .diversity import answer_entropy, text_diversity
-from .compat import logit_softcap
-from .forward import SharedHead, final_hidden, output_layer
+from .compat import logit_softcap, output_layer
+from .forward import SharedHead, final_hidden
 from .loss import head_logits, token_ce, token_ce_kl
 from .masks import Encoded, prompt_text
 

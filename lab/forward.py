@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from . import compat
-from .compat import output_layer  # noqa: F401  (the lab's modules import it from here)
 
 
 def supports_hidden_loss(model) -> bool:

@@ -28,11 +28,13 @@ DASH = "\u2013"
 # -- data -------------------------------------------------------------------------------------
 
 
-def stats_markdown(stats: LengthStats, plw: float, skipped: int = 0, total: int | None = None, packing: dict | None = None) -> str:
-    """`packing` is `lab.packing.packing_efficiency(...)` for the chosen batch size and max length."""
+def stats_markdown(stats: LengthStats, plw: float, skipped: int = 0, total: int | None = None, packing: dict | None = None,
+                   completion_weight: float = 1.0) -> str:
+    """`packing` is `lab.packing.packing_efficiency(...)` for the chosen batch size and max length;
+    `completion_weight` is lambda_r (`train.completion_loss_weight`)."""
     s = stats.summary()
     p, c = s["prompt_tokens"], s["completion_tokens"]
-    share = completion_weight_share(s["total_prompt"], s["total_completion"], plw)
+    share = completion_weight_share(s["total_prompt"], s["total_completion"], plw, completion_weight)
     scope = f" (statistics over the first {stats.n} of {total})" if total and total > stats.n else ""
     lines = [
         f"**{stats.n} examples**{scope}" + (f", {skipped} skipped (too long or empty)" if skipped else ""),
@@ -45,7 +47,7 @@ def stats_markdown(stats: LengthStats, plw: float, skipped: int = 0, total: int 
         f"Generation ratio R<sub>g</sub> = completion / prompt tokens: mean **{s['rg_mean']:.4g}**, "
         f"geometric mean **{s['rg_geomean']:.4g}**, median {s['rg_median']:.4g}.",
         "",
-        f"At PLW **{plw:g}** the completion tokens carry **{share:.1%}** of the total loss weight "
+        f"At PLW **{plw:g}**{f' and completion weight λ<sub>r</sub> **{completion_weight:g}**' if completion_weight != 1 else ''} the completion tokens carry **{share:.1%}** of the total loss weight "
         f"({s['total_completion']} completion vs {s['total_prompt']} prompt tokens).",
     ]
     if s["tokens_cut"]:

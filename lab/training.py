@@ -47,7 +47,8 @@ from .events import (
     Step,
     Stopped,
 )
-from .forward import final_hidden, logits_at, output_layer, supports_hidden_loss
+from .compat import output_layer
+from .forward import final_hidden, logits_at, supports_hidden_loss
 from .loss import (
     lora_update_sq_norm,
     normalizer,
@@ -66,9 +67,7 @@ from .metrics import best_of, metric, stopping_metric
 from .runs import (
     ResumeError,
     RunFolderGone,
-    checkpoint_step,
     clear_running,
-    complete_folder,
     load_run,
     mark_running,
     new_run_dir,
@@ -143,6 +142,25 @@ def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) ->
         )
     report = examples.report.to_dict() if isinstance(examples, Examples) else {}
     return Prepared(train, val, skipped, report, record, fitted.truncation, notes)
+
+
+def prepare_for_run(cfg: LabConfig, run_dir: Path, tokenizer) -> Prepared:
+    """A finished run's data, checked against the split.json it wrote, so that evaluating, comparing or
+    probing it later never scores other validation examples than the run did (a data file edited since
+    the run would otherwise split differently without a word)."""
+    data = prepare(cfg, tokenizer)
+    path = Path(run_dir) / "split.json"
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        for side in ("train", "val"):
+            changed = recorded.get(side) is not None and recorded[side] != data.split.get(side)
+            recorded_hash = (recorded.get("fingerprint") or {}).get(side)
+            if changed or (recorded_hash and recorded_hash != data.split["fingerprint"][side]):
+                raise DataError(
+                    f"{Path(run_dir).name}: the data no longer splits as the run's split.json records (its {side} examples "
+                    f"differ): {cfg.data.source} changed since the run; restore it, or train a new run on it"
+                )
+    return data
 
 
 class PLWTrainer(Trainer):

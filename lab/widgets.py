@@ -27,8 +27,8 @@ from IPython.display import display
 
 from .charts import accuracy_figure, loss_figure, predicted_distribution_figure
 from .config import TrainConfig
-from .history import History, stopping_points  # noqa: F401  (notebooks import it from here)
-from .text_views import progress_html, remedy_verdicts, run_point, run_report  # noqa: F401  (notebooks import them from here)
+from .history import History
+from .text_views import progress_html
 from .tokens_view import token_html
 
 #: The PLW values the config suggests, as buttons beside the slider.

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lab import evaluation
 from lab import events as ev
 from lab.config import DataConfig, LabConfig
-from lab.data import Example, to_examples
+from lab.data import to_examples
 from lab.evaluation import answer_metrics, evaluate, format_vs_task, generate_answers, paired_answers, parse_answer
 from lab.masks import encode, encode_all
 from lab.training import train

@@ -62,3 +62,26 @@ def test_the_compare_tab_runs_the_frozen_feature_probe(app, tmp_path):
     assert all("[" in cell for cell in table["val answer accuracy"])  # every accuracy with its interval
     message = compare.on_probe({compare.run: "../.."}, progress_=lambda *a, **k: None)[compare.msg]
     assert "no run named" in message
+
+
+def test_the_data_tab_weighs_completion_tokens_by_the_train_tabs_lambda_r(app, tmp_path):
+    """The token view and the statistics state lambda_r beside PLW, so what the page shows is what the run trains on."""
+    data = app.plw_tabs["data"]
+    shared = data.shared
+    path = tmp_path / "sums.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Add {i} and {i + 1}.", "completion": str(2 * i + 1)}) + "\n" for i in range(8)))
+    loaded = data.on_load_file({c: c.value for c in data.load_inputs(data.upload)} | {data.upload: str(path)})
+    values = {c: c.value for c in data.token_inputs()} | {shared.data_state: loaded[shared.data_state], shared.plw: 0.0,
+                                                          data.colour_by: "loss weight"}
+    lam = shared.settings["train.completion_loss_weight"]
+    assert lam in data.token_inputs()
+    plain = data.on_plw({**values, lam: 1.0})
+    halved = data.on_plw({**values, lam: 0.5})
+    assert "weight = λ<sub>r</sub> = 0.5" in halved[data.token_view]
+    assert "weight = λ<sub>r</sub> = 1" in plain[data.token_view]
+    # At PLW 0 the completion carries all the weight whatever lambda_r; at PLW 0.5 lambda_r 0.5 halves its share's odds.
+    assert "λ<sub>r</sub>" not in plain[data.stats_md] and "λ<sub>r</sub> **0.5**" in halved[data.stats_md]
+    both = data.on_plw({**values, shared.plw: 0.5, lam: 0.5})[data.stats_md]
+    one = data.on_plw({**values, shared.plw: 0.5, lam: 1.0})[data.stats_md]
+    share = lambda text: float(text.split("the completion tokens carry **")[1].split("%")[0])  # noqa: E731
+    assert share(both) < share(one)

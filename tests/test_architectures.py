@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM
 from lab import compat
 from lab.collate import collate
 from lab.config import LoraConfig
-from lab.forward import SharedHead, final_hidden, output_layer
+from lab.compat import output_layer
+from lab.forward import SharedHead, final_hidden
 from lab.loss import normalizer, shift_for_targets, token_weights, weighted_ce
 from lab.masks import Encoded
 from lab.models import attach_lora

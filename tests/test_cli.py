@@ -41,6 +41,17 @@ def test_train_then_eval_and_compare_a_run(data_file, tmp_path, capsys):
     assert "adapter on" in capsys.readouterr().out
     assert main(["compare", str(run)]) == 0
     assert "forgetting probe perplexity" in capsys.readouterr().out
+    # The run reads its own copy of the file, so editing the original changes nothing; data that changed anyway
+    # (the copy edited, a hub dataset's new revision) no longer matches split.json, and eval refuses to score
+    # other validation examples than the run did.
+    data_file.write_text("")
+    assert main(["eval", str(run)]) == 0
+    capsys.readouterr()
+    copy = run / "data" / data_file.name
+    copy.write_text("\n".join(copy.read_text().splitlines()[::-1]) + "\n")
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "no longer splits as the run's split.json records" in err and "Traceback" not in err
 
 
 def test_bad_setting_exits_with_a_clear_message(capsys):

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lab.forward import final_hidden, output_layer
+from lab.compat import output_layer
+from lab.forward import final_hidden
 from lab.loss import normalizer, shift_for_targets, token_weights, weighted_ce, weighted_ce_from_logits
 
 

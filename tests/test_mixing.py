@@ -4,7 +4,6 @@ import math
 from collections import Counter
 
 import pytest
-import torch
 
 from lab.builtin import general_text
 from lab.config import ConfigError, LabConfig

@@ -175,7 +175,7 @@ def test_batch_frame_labels_and_weights_follow_the_masks(tokenizer):
 
 
 def test_stopping_points_pick_each_metric_best_step():
-    from lab.widgets import stopping_points
+    from lab.history import stopping_points
 
     evals = [{"step": s, "metrics": {"full_loss": f, "completion_loss": c, "answer_accuracy": a}}
              for s, f, c, a in ((0, 2.0, 3.0, 0.3), (5, 1.9, 1.0, 0.6), (10, 2.5, 0.8, 0.5), (15, 3.0, 0.9, 0.7))]

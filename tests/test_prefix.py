@@ -1,7 +1,7 @@
 """The frozen-layer cache and the shared head change nothing but the work done."""
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from lab.config import LoraConfig, layer_indices
 from lab.forward import SharedHead, final_hidden

@@ -145,13 +145,13 @@ def test_real_race_passages_stay_on_one_side():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("B3DB") is None, reason="the bbb set needs the qc-B3DB package")
-def test_the_bbb_demo_config_gives_1200_balanced_molecules_to_train_and_200_to_validate():
+def test_the_bbb_demo_config_gives_400_balanced_molecules_to_train_and_160_to_validate():
     import collections
 
     cfg = LabConfig.load(Path(__file__).resolve().parents[1] / "configs" / "bbb-demo.yaml")
     assert cfg.data.source == "builtin:bbb" and cfg.model.name == "embedded"
     examples = load_examples(cfg.data)
     train, val, record = make_split(examples, cfg.data)
-    assert (len(train), len(val)) == (1200, 200)
-    assert collections.Counter(e.meta["label"] for e in examples) == {"BBB+": 700, "BBB-": 700}
+    assert (len(train), len(val)) == (400, 160)
+    assert collections.Counter(e.meta["label"] for e in examples) == {"BBB+": 280, "BBB-": 280}
     assert not set(record["train"]) & set(record["val"])

@@ -177,7 +177,7 @@ def test_early_stopping_restores_the_best_adapter(tmp_path):
 
 
 def test_a_set_with_nothing_trainable_is_refused_clearly(tmp_path):
-    from lab.data import DataError, Example
+    from lab.data import Example
 
     too_long = [Example([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "word " * 400}], source_index=i) for i in range(5)]
     result = train(_cfg(tmp_path, **{"data.max_length": 32}), examples=too_long)

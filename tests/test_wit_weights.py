@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 from lab.collate import Collator, collate
 from lab.config import LabConfig
 from lab.data import DataError, Example, to_examples
-from lab.loss import normalizer, shift_for_targets, token_weights
+from lab.loss import normalizer, token_weights
 from lab.masks import encode, encode_all
 from lab.models import attach_lora
 from lab.packing import collate_packed

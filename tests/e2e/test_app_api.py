@@ -3,49 +3,19 @@ never reads a folder on the server, whatever the visitor types."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
+
+from e2e_support import app_server
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 180
 gradio_client = pytest.importorskip("gradio_client")
 
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
-    """`python app.py` with the tiny model on a free port of 127.0.0.1, as in test_app_browser.py."""
-    tmp = tmp_path_factory.mktemp("api")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py", "--model", "tiny-random", "--runs-dir", str(tmp / "runs"), "--port", str(port)],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-    address = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + START_TIMEOUT
-    while True:
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"the app did not start:\n{(tmp / 'server.log').read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(address, timeout=2):
-                break
-        except OSError:
-            time.sleep(0.5)
-    yield address
-    proc.terminate()
-    proc.wait(timeout=15)
-    log.close()
+    with app_server(tmp_path_factory.mktemp("api")) as (address, *_):
+        yield address
 
 
 def _by_label(endpoint: dict, label: str) -> str:

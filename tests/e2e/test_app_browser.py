@@ -9,163 +9,28 @@ saved as a screenshot under artifacts/screenshots/.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from e2e_support import SHOTS, UI_TIMEOUT, choose, click, close_toasts, new_page, open_tab, progress, set_number, upload
+
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SHOTS = ROOT / "artifacts" / "screenshots"
 #: What the tests in this module hand on to the next ones (they run in order on one page).
 CHOSEN: dict[str, str] = {}
-START_TIMEOUT = 180  # seconds for the app process to answer
-UI_TIMEOUT = 60_000  # milliseconds for anything the page has to do
-
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); skipping the browser tests", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`python app.py` on 127.0.0.1 and a free port, with the tiny model and a temporary runs folder."""
-    tmp = tmp_path_factory.mktemp("app")
-    runs = tmp / "runs"
-    port = _free_port()
-    log_path = tmp / "server.log"
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",  # a hub id fails at once instead of retrying the network
-        "HF_DATASETS_OFFLINE": "1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "PYTHONUNBUFFERED": "1",
-    }
-    cmd = [sys.executable, "app.py", "--model", "tiny-random", "--runs-dir", str(runs), "--port", str(port),
-           # small enough that a CPU evaluates in a blink: 160 records, 32 of them for validation
-           "--set", "data.limit=160", "--set", "eval.probe_texts=2", "--set", "eval.generations=2",
-           "--set", "eval.max_new_tokens=8"]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + START_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"the app exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"the app did not answer within {START_TIMEOUT}s:\n{log_path.read_text()[-4000:]}")
-        time.sleep(0.5)
-
-    class Server:
-        pass
-
-    s = Server()
-    s.url, s.runs, s.proc, s.log = url, runs, proc, log_path
-    yield s
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
 def page(browser, server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(UI_TIMEOUT)
-    pg = context.new_page()
-    pg.goto(server.url)
-    pg.wait_for_selector("#tab-data")
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    context, pg = new_page(browser, server.url)
     yield pg
     context.close()
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def close_toasts(page) -> None:
-    """Dismiss warning toasts so they never sit on top of a button we are about to press."""
-    for button in page.locator("[data-testid=toast-close]").all():
-        try:
-            button.click(timeout=1000)
-        except Exception:
-            pass
-
-
-def click(page, selector: str) -> None:
-    close_toasts(page)
-    page.locator(selector).click()
-
-
-def open_tab(page, name: str) -> None:
-    close_toasts(page)
-    page.get_by_role("tab", name=name, exact=True).first.click()
-
-
-def set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Tab")
-
-
-def choose(page, elem_id: str, option: str) -> None:
-    """Pick an option of a Gradio dropdown."""
-    close_toasts(page)
-    box = page.locator(f"#{elem_id} input")
-    box.click()
-    listbox = box.get_attribute("aria-controls")
-    page.locator(f"[id='{listbox}'] [role=option][aria-label='{option}']").click()
-    page.wait_for_function(
-        "([id, v]) => document.querySelector(`#${id} input`)?.value === v", arg=[elem_id, option]
-    )
-
-
-def upload(page, path: Path) -> None:
-    """Put a file into the upload box, clearing the one already there."""
-    clear = page.locator("#upload button[aria-label=Clear]")
-    if clear.count():
-        clear.first.click()
-    page.locator("#upload input[type=file]").set_input_files(str(path))
-    page.wait_for_selector(f"#upload td.filename[aria-label='{path.name}']")
 
 
 def screenshot(page, name: str) -> Path:
@@ -193,13 +58,6 @@ def wait_plot(page, elem_id: str, condition: str = "true", timeout: int = UI_TIM
         " return eval(cond); }",
         arg=[elem_id, condition],
         timeout=timeout,
-    )
-
-
-def progress(page) -> dict:
-    return page.evaluate(
-        "() => { const p = document.querySelector('#progress .plw-progress');"
-        " return p ? {status: p.dataset.status, step: Number(p.dataset.step)} : null; }"
     )
 
 
@@ -290,11 +148,7 @@ def test_plw_slider_recolours_tokens(page):
 
 def test_training_streams_charts_to_every_visitor_and_stops(page, browser, server):
     # a second visitor opens the app before the job exists
-    other = browser.new_context(viewport={"width": 1200, "height": 900})
-    visitor = other.new_page()
-    visitor.set_default_timeout(UI_TIMEOUT)
-    visitor.goto(server.url)
-    visitor.wait_for_selector("#tab-data")
+    other, visitor = new_page(browser, server.url)
     visitor.get_by_role("tab", name="Train", exact=True).click()
     assert progress(visitor)["status"] == "idle"
 

@@ -14,37 +14,16 @@ import pytest
 
 from lab.config import LabConfig
 from lab.data import split_sizes
-from test_app_browser import (  # noqa: F401  (fixtures and helpers shared with the main browser test)
-    SHOTS,
-    UI_TIMEOUT,
-    browser,
-    choose,
-    click,
-    close_toasts,
-    open_tab,
-    progress,
-    server,
-    set_number,
-    upload,
-)
+
+from e2e_support import SHOTS, UI_TIMEOUT, choose, click, close_toasts, new_page, open_tab, progress, set_number, upload
 
 pytestmark = pytest.mark.e2e
-LIMIT = 160  # the server's data.limit (see test_app_browser.server)
-
-
-def new_page(browser, server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(UI_TIMEOUT)
-    pg = context.new_page()
-    pg.goto(server.url)
-    pg.wait_for_selector("#tab-data")
-    return context, pg
+LIMIT = 160  # the server's data.limit (see the `server` fixture in conftest.py)
 
 
 @pytest.fixture(scope="module")
 def page(browser, server):
-    context, pg = new_page(browser, server)
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    context, pg = new_page(browser, server.url)
     pg.wait_for_function("() => document.querySelector('#load-builtin')?.disabled === false")
     yield pg
     context.close()
@@ -108,7 +87,7 @@ def test_a_run_belongs_to_its_visitor_and_shows_its_settings_and_phases(page, br
                            arg=elapsed, timeout=10_000)
 
     # a second visitor sees the watched run's settings (not their own PLW 0) and why Start is off
-    context, other = new_page(browser, server)
+    context, other = new_page(browser, server.url)
     try:
         open_tab(other, "Train")
         other.wait_for_function("() => document.querySelector('#progress .plw-progress')?.dataset.status === 'running'")
@@ -142,7 +121,7 @@ def test_a_deleted_run_is_not_shown_on_a_fresh_visit(page, browser, server):
     page.locator("#confirm-delete input").check()
     click(page, "#delete-btn")
     wait_text(page, "#runs-msg", f"Deleted {run_dir.name}")
-    context, fresh = new_page(browser, server)
+    context, fresh = new_page(browser, server.url)
     try:
         open_tab(fresh, "Train")
         time.sleep(1.5)  # the page-load events have run

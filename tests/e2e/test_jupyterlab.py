@@ -11,30 +11,30 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from e2e_support import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, serving
+
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "01_masks_and_weights.ipynb"
 START_TIMEOUT = 120  # seconds for JupyterLab to answer
 RUN_TIMEOUT = 240_000  # milliseconds for every cell to run in tiny mode
 
 pytest.importorskip("jupyterlab")
-from test_app_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, sync_api  # noqa: E402  (skips without Chromium)
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); skipping the browser tests", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
 def lab_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("jupyterlab")
     shutil.copy(NOTEBOOK, folder / NOTEBOOK.name)
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     env = {**os.environ, "PLW_LAB_NOTEBOOK_MODE": "tiny", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "JUPYTER_CONFIG_DIR": str(folder / ".jupyter"), "JUPYTER_RUNTIME_DIR": str(folder / ".runtime")}
@@ -49,30 +49,10 @@ def lab_server(tmp_path_factory):
            "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers and CI often run as root
         cmd.append("--allow-root")
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + START_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"jupyter lab exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"jupyter lab did not answer within {START_TIMEOUT}s:\n{log_path.read_text()[-4000:]}")
-        time.sleep(0.5)
-    yield {"url": f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", "folder": folder, "log": log_path}
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    with serving(cmd, f"{base}/api/status?token={token}", log_path, cwd=folder, env=env, what="jupyter lab",
+                 timeout=START_TIMEOUT):
+        yield {"url": f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", "folder": folder, "log": log_path}
 
 
 def test_notebook_01_runs_in_jupyterlab_with_its_token_widget_and_live_charts(lab_server):
