@@ -142,3 +142,17 @@ def progress(page) -> dict:
         "() => { const p = document.querySelector('#progress .plw-progress');"
         " return p ? {status: p.dataset.status, step: Number(p.dataset.step)} : null; }"
     )
+
+
+def train_briefly(page, timeout: int = 180_000) -> str:
+    """Start a 2-step run at PLW 0 from the Train tab, evaluating every step; return the status it ends with."""
+    open_tab(page, "Train")
+    click(page, "#plw-preset-0")
+    set_number(page, "cfg-train-max-steps", 2)
+    set_number(page, "cfg-train-eval-interval", 1)
+    click(page, "#start")
+    page.wait_for_function(
+        "() => ['finished', 'failed'].includes(document.querySelector('#progress .plw-progress')?.dataset.status)",
+        timeout=timeout,
+    )
+    return progress(page)["status"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_support import SHOTS, UI_TIMEOUT, choose, click, close_toasts, new_page, open_tab, progress, set_number, upload
+from e2e_support import SHOTS, UI_TIMEOUT, choose, click, close_toasts, new_page, open_tab, progress, set_number, train_briefly, upload
 
 pytestmark = pytest.mark.e2e
 
@@ -259,16 +259,7 @@ def test_token_view_colours_by_loss_after_training(page):
 
 
 def test_a_second_run_at_plw_0_finishes(page, server):
-    open_tab(page, "Train")
-    click(page, "#plw-preset-0")
-    set_number(page, "cfg-train-max-steps", 2)
-    set_number(page, "cfg-train-eval-interval", 1)
-    click(page, "#start")
-    page.wait_for_function(
-        "() => ['finished', 'failed'].includes(document.querySelector('#progress .plw-progress')?.dataset.status)",
-        timeout=120_000,
-    )
-    assert progress(page)["status"] == "finished", page.locator("#train-msg").inner_text()
+    assert train_briefly(page, timeout=120_000) == "finished", page.locator("#train-msg").inner_text()
     assert "Finished" in page.locator("#train-msg").inner_text()
     runs = sorted(p.parent.name for p in server.runs.glob("*/summary.json"))
     assert len(runs) == 2 and any("plw0" in r and "plw0.1" not in r for r in runs)

@@ -15,7 +15,7 @@ import pytest
 from lab.config import LabConfig
 from lab.data import split_sizes
 
-from e2e_support import SHOTS, UI_TIMEOUT, choose, click, close_toasts, new_page, open_tab, progress, set_number, upload
+from e2e_support import SHOTS, UI_TIMEOUT, choose, click, close_toasts, new_page, open_tab, progress, set_number, train_briefly, upload
 
 pytestmark = pytest.mark.e2e
 LIMIT = 160  # the server's data.limit (see the `server` fixture in conftest.py)
@@ -166,13 +166,7 @@ def test_a_failed_load_keeps_the_data_and_opens_the_column_mapping(page, tmp_pat
 
 
 def test_a_finished_run_shows_its_saved_comparison_and_free_form_prompts_get_no_answer_chart(page, server):
-    open_tab(page, "Train")
-    click(page, "#plw-preset-0")
-    set_number(page, "cfg-train-max-steps", 2)
-    set_number(page, "cfg-train-eval-interval", 1)
-    click(page, "#start")
-    page.wait_for_function("() => document.querySelector('#progress .plw-progress')?.dataset.status === 'finished'",
-                           timeout=180_000)
+    assert train_briefly(page) == "finished", text(page, "#train-msg")
     for plot in ("loss-plot", "acc-plot", "dist-plot"):  # the chart's own title names it; no panel label repeats it
         assert not page.locator(f"#{plot} [data-testid=block-label]").first.is_visible()
     open_tab(page, "Compare")
