@@ -381,3 +381,32 @@ def test_only_the_app_modules_import_gradio():
     lab_dir = Path(__file__).resolve().parents[1] / "lab"
     importers = [p.name for p in sorted(lab_dir.glob("*.py")) if re.search(r"^\s*(import|from)\s+gradio", p.read_text(), re.M)]
     assert importers and all(name.startswith("app") for name in importers), importers
+
+
+def _remedy_run(right: int, n: int, probe_on: float, steps: int = 12):
+    """A finished run as notebook 03 reads it: `right` of `n` validation answers right (the first ones)."""
+    from types import SimpleNamespace
+
+    from lab.scores import wilson
+
+    examples = [{"index": i, "answer": "A", "predicted": "A" if i < right else "B"} for i in range(n)]
+    on = {"answer_accuracy": right / n, "answer_accuracy_ci": list(wilson(right, n)), "predicted": {"A": right, "B": n - right},
+          "answer_entropy": 1.0, "kl_to_base": 0.5, "examples": examples}
+    comparison = {"on": {"metrics": on, "probe_perplexity": probe_on}, "off": {"metrics": {}, "probe_perplexity": 40.0}}
+    return SimpleNamespace(summary={"steps": steps, "adapter_step": steps}, comparison=comparison)
+
+
+def test_remedy_reports_test_paired_answers_and_name_a_wrecked_probe_as_a_factor():
+    from lab.text_views import remedy_verdicts, run_report
+
+    hard = _remedy_run(right=10, n=40, probe_on=40.0 * 3_712_006)  # perplexity a few million times the base's
+    cure = _remedy_run(right=30, n=40, probe_on=44.0)  # 20 more right, none fewer: McNemar p = 2 x 0.5^20
+    row = run_report(cure, reference=hard)
+    assert row["accuracy on [95% CI]"] == "75% [60%\u201386%]"
+    assert row["probe ppl"] == "44 (+10%)" and run_report(hard)["probe ppl"] == "1.485e+08 (\u00d73.71e+06)"
+    assert row["accuracy vs reference"].startswith("+50 pts, p=0.00 (significant")
+    (line,) = remedy_verdicts({"too hard": hard, "cure": cure}, reference="too hard")
+    assert "0 examples lost, 20 gained" in line and "a real difference" in line and "+10% vs \u00d73.71e+06" in line
+    same = _remedy_run(right=11, n=40, probe_on=40.0)
+    (line,) = remedy_verdicts({"too hard": hard, "same": same}, reference="too hard")
+    assert "not beyond noise" in line
