@@ -231,11 +231,13 @@ def _pct(value, signed: bool = False) -> str:
     return "\u2013" if value is None or value != value else f"{value:+.0%}" if signed else f"{value:.0%}"
 
 
-def _change(value) -> str:
+def relative_change(value) -> str:
     """A relative change such as a perplexity's: a percentage, or a factor once it is tenfold or more
     (a wrecked model's perplexity can grow a millionfold, which no one reads as a percentage)."""
     if value is None or value != value:
         return "\u2013"
+    if abs(value) < 0.005:
+        return "\u00b10%"  # "-0%" for a change of -0.1% reads as a sign error
     return f"\u00d7{value + 1:,.3g}" if value + 1 >= 10 else f"{value:+.0%}"
 
 
@@ -254,7 +256,7 @@ def run_report(result, reference=None) -> dict:
         "predicted (on)": " \u00b7 ".join(f"{k} {v}" for k, v in point["predicted"].items()),
         "answer entropy": "\u2013" if point["answer_entropy"] is None else f"{point['answer_entropy']:.2f} bits",
         "KL to base": "\u2013" if point["kl_to_base"] is None else f"{point['kl_to_base']:.3f}",
-        "probe ppl": "\u2013" if point["probe_ppl"] is None else f"{point['probe_ppl']:.4g} ({_change(point['probe_ppl_change'])})",
+        "probe ppl": "\u2013" if point["probe_ppl"] is None else f"{point['probe_ppl']:.4g} ({relative_change(point['probe_ppl_change'])})",
         "steps (kept)": f"{point['steps']} ({point['adapter_step']})",
     }
     if reference is not None and reference is not result:
@@ -289,7 +291,7 @@ def remedy_verdicts(results: dict, reference: str) -> list[str]:
         if point["kl_to_base"] is not None and ref["kl_to_base"] is not None:
             parts.append(f"KL to base {point['kl_to_base']:.3f} vs {ref['kl_to_base']:.3f};")
         if point["probe_ppl_change"] is not None and ref["probe_ppl_change"] is not None:
-            parts.append(f"probe perplexity {_change(point['probe_ppl_change'])} vs {_change(ref['probe_ppl_change'])} (no interval: "
+            parts.append(f"probe perplexity {relative_change(point['probe_ppl_change'])} vs {relative_change(ref['probe_ppl_change'])} (no interval: "
                          "one fixed set of passages).")
         lines.append(" ".join(parts))
     return lines

@@ -409,4 +409,4 @@ def test_remedy_reports_test_paired_answers_and_name_a_wrecked_probe_as_a_factor
     assert "0 examples lost, 20 gained" in line and "a real difference" in line and "+10% vs \u00d73.71e+06" in line
     same = _remedy_run(right=11, n=40, probe_on=40.0)
     (line,) = remedy_verdicts({"too hard": hard, "same": same}, reference="too hard")
-    assert "not beyond noise" in line
+    assert "not beyond noise" in line and "probe perplexity \u00b10% vs" in line
