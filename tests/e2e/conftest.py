@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_support import CHROMIUM, CHROMIUM_ARGS, app_server
+from .e2e_support import CHROMIUM, CHROMIUM_ARGS, app_server
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_support import SHOTS, UI_TIMEOUT, choose, click, close_toasts, new_page, open_tab, progress, set_number, train_briefly, upload
+from .e2e_support import SHOTS, UI_TIMEOUT, choose, click, close_toasts, new_page, open_tab, progress, set_number, train_briefly, upload
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ import pytest
 from lab.config import LabConfig
 from lab.data import split_sizes
 
-from e2e_support import SHOTS, UI_TIMEOUT, choose, click, close_toasts, new_page, open_tab, progress, set_number, train_briefly, upload
+from .e2e_support import SHOTS, UI_TIMEOUT, choose, click, close_toasts, new_page, open_tab, progress, set_number, train_briefly, upload
 
 pytestmark = pytest.mark.e2e
 LIMIT = 160  # the server's data.limit (see the `server` fixture in conftest.py)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_support import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, serving
+from .e2e_support import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, serving
 
 pytestmark = pytest.mark.e2e
 
