@@ -42,6 +42,9 @@ class Example:
     choices: tuple[str, ...] = ()
     #: Index into `choices` of the right answer.
     answer_index: int | None = None
+    #: What each choice stands for ("BBB+", "the sea"), where the data says: a generated answer that
+    #: names an option by its text instead of its letter still names that option.
+    option_texts: tuple[str, ...] = ()
     #: Position of the record in the source, for error messages and the UI.
     source_index: int = 0
     meta: dict = field(default_factory=dict)
@@ -508,6 +511,7 @@ def _multiple_choice(r: dict, cfg: DataConfig, _labels) -> Example:
         [{"role": "user", "content": prompt.strip()}, {"role": "assistant", "content": choices[index]}],
         choices=choices,
         answer_index=index,
+        option_texts=tuple(str(o).strip() for o in options),
     )
 
 
@@ -524,6 +528,7 @@ def _classification(r: dict, cfg: DataConfig, labels) -> Example:
         [{"role": "user", "content": prompt.strip()}, {"role": "assistant", "content": choices[index]}],
         choices=choices,
         answer_index=index,
+        option_texts=tuple(labels),
         meta={"label": label},
     )
 

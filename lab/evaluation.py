@@ -276,19 +276,25 @@ def answer_metrics(examples: list[dict]) -> dict:
     return metrics
 
 
-def parse_answer(text: str, choices) -> str | None:
+def parse_answer(text: str, choices, option_texts=()) -> str | None:
     """The candidate a generated text answers with, or None when it names none.
 
     The text must start with a candidate (after blanks, "**", "(" or an "Answer:"/"The answer is"
-    lead-in) followed by nothing or a non-alphanumeric character, so "Apple" is not "A".
+    lead-in) followed by nothing or a non-alphanumeric character, so "Apple" is not "A". Failing
+    that, a text that starts with one option's own words (`option_texts`, "BBB+" for "(A) BBB+")
+    answers that option: it ignored the asked format, not the question.
     """
     stripped = text.strip()
     cleaned = re.sub(r"^(?:the\s+)?(?:correct\s+)?(?:answer|option)(?:\s+is)?\s*[:\-]?\s*", "", stripped, flags=re.I)
-    for candidate_text in (stripped, cleaned, cleaned.lstrip("*([ '\"")):
-        for choice in sorted(choices, key=len, reverse=True):
-            rest = candidate_text[len(choice):]
-            if candidate_text.startswith(choice) and not (rest[:1].isalnum()):
-                return choice
+    texts = (stripped, cleaned, cleaned.lstrip("*([ '\""))
+    named = dict(zip(choices, choices))
+    by_words = {words: choice for choice, words in zip(choices, option_texts) if words}
+    for lookup in (named, by_words):
+        for candidate_text in texts:
+            for key in sorted(lookup, key=len, reverse=True):
+                rest = candidate_text[len(key):]
+                if candidate_text.startswith(key) and not (rest[:1].isalnum()):
+                    return lookup[key]
     return None
 
 
@@ -305,7 +311,7 @@ def generate_answers(model, tokenizer, encoded: list[Encoded], max_new_tokens: i
     texts = _generate_ids(model, tokenizer, [e.input_ids[: e.answer_mask.index(1)] for e in items], max_new_tokens, batch_size)
     per_example = []
     for e, text in zip(items, texts):
-        per_example.append({"index": e.example.source_index, "answer": e.example.answer, "generated": text, "parsed": parse_answer(text, e.example.choices)})
+        per_example.append({"index": e.example.source_index, "answer": e.example.answer, "generated": text, "parsed": parse_answer(text, e.example.choices, e.example.option_texts)})
     right = sum(ex["parsed"] == ex["answer"] for ex in per_example)
     n = len(per_example)
     return {

@@ -134,6 +134,17 @@ def test_parse_answer(text, expected):
     assert parse_answer(text, ("A", "B", "C", "D")) == expected
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [("BBB+", "A"), ("BBB-\nThe molecule is polar.", "B"), ("The answer is BBB-.", "B"), ("B", "B"), ("(A) BBB-", "A"),
+     ("BBB", None), ("BBB+x", None), ("bbb+", None)],
+)
+def test_parse_answer_reads_an_option_named_by_its_text(text, expected):
+    """The base model asked for a letter often writes the option itself ("BBB+"): that names option A, while a letter,
+    when there is one, wins and a near miss names nothing."""
+    assert parse_answer(text, ("A", "B"), ("BBB+", "BBB-")) == expected
+
+
 def test_generated_accuracy_counts_unparseable_answers_as_wrong(tokenizer, monkeypatch):
     encoded, _ = encode_all(tokenizer, to_examples(mc_records(4), DataConfig()), 256)
     answers = [e.example.answer for e in encoded]
