@@ -172,17 +172,12 @@ class DataTab:
 
     def token_inputs(self) -> set:
         shared = self.shared
-        return {shared.data_state, self.example_idx, self.colour_by, shared.plw, shared.run_choice, *self.weight_controls()}
-
-    def weight_controls(self) -> list:
-        """The Train tab's lambda_r (train.completion_loss_weight), which the token view and statistics state beside PLW."""
-        control = self.shared.settings.get(COMPLETION_WEIGHT)
-        return [control] if control is not None else []
+        return {shared.data_state, self.example_idx, self.colour_by, shared.plw, shared.run_choice,
+                shared.settings[COMPLETION_WEIGHT]}
 
     def completion_weight(self, values: dict) -> float:
-        controls = self.weight_controls()
-        value = values.get(controls[0]) if controls else None
-        return float(value) if value is not None else 1.0
+        """The Train tab's lambda_r, which the token view and the statistics state beside PLW."""
+        return float(values[self.shared.settings[COMPLETION_WEIGHT]])
 
     def wire(self) -> None:
         """Loading reads the Train tab's model and data settings; the loss views use the Compare tab's run."""
@@ -196,7 +191,7 @@ class DataTab:
             (self.load_hub_btn, self.on_load_hub, [self.hub_id, self.hub_config, self.hub_split]),
         ):
             self.after_load(btn.click(fn, self.load_inputs(*inputs), self.load_outputs, concurrency_limit=4))
-        for weight in (shared.plw, *self.weight_controls()):
+        for weight in (shared.plw, shared.settings[COMPLETION_WEIGHT]):
             weight.change(self.on_plw, tokens_in, {self.token_view, self.stats_md},
                           show_progress="hidden", trigger_mode="always_last", concurrency_limit=None)
         self.example_idx.change(self.render_tokens, tokens_in, self.token_view,

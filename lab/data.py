@@ -659,10 +659,14 @@ def write_split(path: str | Path, record: dict) -> None:
     Path(path).write_text(json.dumps(record, indent=1))
 
 
+def read_split(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
 def rebuild_split(cfg: DataConfig, record: dict | str | Path) -> tuple[list[Example], list[Example]]:
     """The train and validation examples of a `split.json` (a path or its dict), read from `cfg`'s data."""
     if not isinstance(record, dict):
-        record = json.loads(Path(record).read_text())
+        record = read_split(record)
     examples = load_examples(cfg)
     pool = load_validation(cfg, examples) if record.get("val_source") else examples
     by_index = {e.source_index: e for e in examples}

@@ -32,7 +32,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from . import advice, card, compat, evaluation, memory, tracking
 from .collate import Collator, EncodedDataset
 from .config import ConfigError, LabConfig, layer_indices
-from .data import DataError, Example, Examples, load_examples, write_split
+from .data import DataError, Example, Examples, load_examples, read_split, write_split
 from .mixing import training_split
 from .events import (
     Advice,
@@ -151,7 +151,7 @@ def prepare_for_run(cfg: LabConfig, run_dir: Path, tokenizer) -> Prepared:
     data = prepare(cfg, tokenizer)
     path = Path(run_dir) / "split.json"
     if path.exists():
-        recorded = json.loads(path.read_text())
+        recorded = read_split(path)
         for side in ("train", "val"):
             changed = recorded.get(side) is not None and recorded[side] != data.split.get(side)
             recorded_hash = (recorded.get("fingerprint") or {}).get(side)

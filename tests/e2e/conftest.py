@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -26,10 +27,4 @@ def server(tmp_path_factory):
     for validation, two probe passages, two short generations."""
     with app_server(tmp_path_factory.mktemp("app"), "--set", "data.limit=160", "--set", "eval.probe_texts=2",
                     "--set", "eval.generations=2", "--set", "eval.max_new_tokens=8") as (url, runs, proc, log):
-
-        class Server:
-            pass
-
-        s = Server()
-        s.url, s.runs, s.proc, s.log = url, runs, proc, log
-        yield s
+        yield SimpleNamespace(url=url, runs=runs, proc=proc, log=log)
