@@ -25,7 +25,7 @@ round and reports ratios (with the median-of-rounds and CPU-time ratios as cross
 ratios hold when other jobs share the machine; absolute numbers move with the load. Everything
 runs with torch's default threads, as the app and CLI do; on a busy machine `--threads 1` keeps
 timings steadier (two threads on shared cores mostly wait for each other), and both sides of a
-comparison always get the same count. Throughput comparisons leave the lab's frozen-layer cache (`lab.prefix`) off,
+comparison always get the same count. Throughput comparisons leave the lab's frozen-layer cache (`plw_lab.core.prefix`) off,
 since their rounds repeat the same batches.
 """
 
@@ -52,16 +52,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
+from bench_data import RACE, default_examples, race_examples, reading_mc, short_instructions, to_trl_records  # noqa: E402
 from transformers import PrinterCallback, TrainerCallback  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from bench_data import RACE, default_examples, race_examples, reading_mc, short_instructions, to_trl_records  # noqa: E402
-from lab.collate import EncodedDataset  # noqa: E402
-from lab.config import LabConfig  # noqa: E402
-from lab.masks import encode_all  # noqa: E402
-from lab.models import attach_lora, embedded_model_dir  # noqa: E402
-from lab.packing import packing_efficiency  # noqa: E402
-from lab.training import PLWTrainer, make_collator, training_arguments  # noqa: E402
+from plw_lab.core.collate import EncodedDataset  # noqa: E402
+from plw_lab.core.config import LabConfig  # noqa: E402
+from plw_lab.core.masks import encode_all  # noqa: E402
+from plw_lab.core.models import attach_lora, embedded_model_dir  # noqa: E402
+from plw_lab.core.packing import packing_efficiency  # noqa: E402
+from plw_lab.core.training import PLWTrainer, make_collator, training_arguments  # noqa: E402
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -93,14 +93,24 @@ class Report:
         self.rows.append(row)
         mark = {True: "PASS", False: "FAIL", None: "----"}[row.ok]
         ratio = "" if row.ratio is None else f"  ratio {row.ratio:.2f}"
-        print(f"  -> [{mark}] {row.what}: {row.measured}{ratio}  (target {row.target or '-'}){'  ' + row.note if row.note else ''}", flush=True)
+        print(
+            f"  -> [{mark}] {row.what}: {row.measured}{ratio}  (target {row.target or '-'}){'  ' + row.note if row.note else ''}",
+            flush=True,
+        )
 
     def table(self) -> str:
         head = ("#", "comparison", "measured", "ratio", "target", "result")
         lines = [head]
         for r in self.rows:
             lines.append(
-                (r.section, r.what, r.measured, "" if r.ratio is None else f"{r.ratio:.2f}x", r.target, {True: "PASS", False: "FAIL", None: "-"}[r.ok])
+                (
+                    r.section,
+                    r.what,
+                    r.measured,
+                    "" if r.ratio is None else f"{r.ratio:.2f}x",
+                    r.target,
+                    {True: "PASS", False: "FAIL", None: "-"}[r.ok],
+                )
             )
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
         out = []
@@ -231,7 +241,13 @@ def interleave(sides: list[Side], rounds: int, steps: int, seed: int = 0) -> Non
     for r in range(rounds):
         for side in sides:
             side.run(steps, seed)
-        print(f"  round {r + 1}: " + ", ".join(f"{s.name} {sum(x[0] for x in s.rounds[-1]) / sum(x[1] for x in s.rounds[-1]):.0f} tok/s" for s in sides), flush=True)
+        print(
+            f"  round {r + 1}: "
+            + ", ".join(
+                f"{s.name} {sum(x[0] for x in s.rounds[-1]) / sum(x[1] for x in s.rounds[-1]):.0f} tok/s" for s in sides
+            ),
+            flush=True,
+        )
 
 
 def ratio_note(a: Side, b: Side) -> str:
@@ -251,7 +267,9 @@ class RecordingPLWTrainer(PLWTrainer):
         return loss
 
 
-def lab_side(name, cfg, model, tokenizer, encoded, workdir, restore=None, device=torch.device("cpu"), dtype=torch.float32) -> Side:
+def lab_side(
+    name, cfg, model, tokenizer, encoded, workdir, restore=None, device=torch.device("cpu"), dtype=torch.float32
+) -> Side:
     meter, timer = MeteredCollator(make_collator(cfg, tokenizer, model)), StepTimer()
     trainer = RecordingPLWTrainer(
         model=model,
@@ -296,8 +314,11 @@ def bench_vs_trl(report: Report, full: bool, workdir: str) -> None:
     encoded = encoded[:n]
     examples = [e.example for e in encoded]
     lengths = [len(e) for e in encoded]
-    print(f"  data: {source}; {len(encoded)} examples, {min(lengths)}-{max(lengths)} tokens (mean {statistics.mean(lengths):.0f}); "
-          f"batch {cfg.train.batch_size}, max_length {cfg.data.max_length}, LoRA r={cfg.lora.r} {cfg.lora.layers} {len(cfg.lora.target_modules)} modules", flush=True)
+    print(
+        f"  data: {source}; {len(encoded)} examples, {min(lengths)}-{max(lengths)} tokens (mean {statistics.mean(lengths):.0f}); "
+        f"batch {cfg.train.batch_size}, max_length {cfg.data.max_length}, LoRA r={cfg.lora.r} {cfg.lora.layers} {len(cfg.lora.target_modules)} modules",
+        flush=True,
+    )
 
     sides = []
     torch.manual_seed(0)
@@ -334,7 +355,12 @@ def bench_vs_trl(report: Report, full: bool, workdir: str) -> None:
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    trl_trainer = SFTTrainer(model=trl_model, args=args, train_dataset=datasets.Dataset.from_list(to_trl_records(examples)), processing_class=tokenizer)
+    trl_trainer = SFTTrainer(
+        model=trl_model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(to_trl_records(examples)),
+        processing_class=tokenizer,
+    )
     trl_trainer.remove_callback(PrinterCallback)
     meter, timer = MeteredCollator(trl_trainer.data_collator), StepTimer()
     trl_trainer.data_collator = meter
@@ -348,7 +374,15 @@ def bench_vs_trl(report: Report, full: bool, workdir: str) -> None:
         ratio = side.tokens_per_second / trl_tps
         ok = ratio > bar if bar > 1 else ratio >= bar
         report.add(
-            Row("1", f"train tok/s, {side.name} vs TRL", f"{side.tokens_per_second:.0f} vs {trl_tps:.0f} tok/s", ratio, target, ok, note=ratio_note(side, sides[-1]))
+            Row(
+                "1",
+                f"train tok/s, {side.name} vs TRL",
+                f"{side.tokens_per_second:.0f} vs {trl_tps:.0f} tok/s",
+                ratio,
+                target,
+                ok,
+                note=ratio_note(side, sides[-1]),
+            )
         )
     del sides, trl_trainer, lab_model, trl_model
     gc.collect()
@@ -359,10 +393,10 @@ def bench_vs_trl(report: Report, full: bool, workdir: str) -> None:
 
 def _losses_by_plw(model, batch, plws, mode):
     """The engine's weighted loss of one batch at several PLWs, from one forward pass (no gradient)."""
-    from lab.compat import output_layer
-    from lab.forward import final_hidden
-    from lab.loss import normalizer, shift_for_targets, token_weights, weighted_ce
-    from lab.packing import model_kwargs
+    from plw_lab.core.compat import output_layer
+    from plw_lab.core.forward import final_hidden
+    from plw_lab.core.loss import normalizer, shift_for_targets, token_weights, weighted_ce
+    from plw_lab.core.packing import model_kwargs
 
     weight, bias = output_layer(model)
     with torch.no_grad():
@@ -370,7 +404,9 @@ def _losses_by_plw(model, batch, plws, mode):
         out = {}
         for plw in plws:
             w = shift_for_targets(token_weights(batch["prompt_mask"], batch["completion_mask"], plw))
-            out[plw] = float(weighted_ce(hidden[:, :-1], weight, batch["input_ids"][:, 1:], w, 1024, bias) / normalizer(w, mode))
+            out[plw] = float(
+                weighted_ce(hidden[:, :-1], weight, batch["input_ids"][:, 1:], w, 1024, bias) / normalizer(w, mode)
+            )
     return out
 
 
@@ -383,7 +419,14 @@ def bench_packing(report: Report, full: bool, workdir: str) -> None:
     default_enc, _ = encode_all(tokenizer, default_ex, cfg.data.max_length, cfg.data.train_eos)
     d_eff = packing_efficiency([len(e) for e in default_enc], cfg.data.max_length, cfg.train.batch_size)
     report.add(
-        Row("2", f"non-padding share, default data ({default_source})", f"padded {d_eff['padded']:.0%}, packed {d_eff['packed']:.0%}", d_eff["speedup"], "report", None)
+        Row(
+            "2",
+            f"non-padding share, default data ({default_source})",
+            f"padded {d_eff['padded']:.0%}, packed {d_eff['packed']:.0%}",
+            d_eff["speedup"],
+            "report",
+            None,
+        )
     )
     n_long = 8 if full else 4
     race = race_examples(n_long, seed=0)
@@ -400,8 +443,11 @@ def bench_packing(report: Report, full: bool, workdir: str) -> None:
     encoded, _ = encode_all(tokenizer, mixed, cfg.data.max_length, cfg.data.train_eos)
     lengths = [len(e) for e in encoded]
     eff = packing_efficiency(lengths, cfg.data.max_length, cfg.train.batch_size)
-    print(f"  data: {len(encoded)} examples ({long_name} 1 : 3 short), {min(lengths)}-{max(lengths)} tokens; "
-          f"non-padding share padded {eff['padded']:.0%}, packed {eff['packed']:.0%} (expected speed-up {eff['speedup']:.2f}x in computed slots)", flush=True)
+    print(
+        f"  data: {len(encoded)} examples ({long_name} 1 : 3 short), {min(lengths)}-{max(lengths)} tokens; "
+        f"non-padding share padded {eff['padded']:.0%}, packed {eff['packed']:.0%} (expected speed-up {eff['speedup']:.2f}x in computed slots)",
+        flush=True,
+    )
     torch.manual_seed(0)
     model = attach_lora(load_base(), cfg.lora)
     restore = adapter_snapshot(model)
@@ -410,7 +456,9 @@ def bench_packing(report: Report, full: bool, workdir: str) -> None:
         padded = lab_side("padded", c, model, tokenizer, encoded, workdir, restore)
         packed = lab_side("packed", c.override({"train.packing": True}), model, tokenizer, encoded, workdir, restore)
         # every round is one epoch over the whole mixed set: the gain of the set, not of one lucky batch
-        interleave([padded, packed], rounds=3 if full else 2, steps=math.ceil(len(encoded) / cfg.train.batch_size), seed=0)
+        interleave(
+            [padded, packed], rounds=3 if full else 2, steps=math.ceil(len(encoded) / cfg.train.batch_size), seed=0
+        )
         a, b = padded.trainer.recorded, packed.trainer.recorded
         diff = max(abs(x - y) / max(abs(x), 1e-8) for x, y in zip(a, b))
         ratio = packed.tokens_per_second / padded.tokens_per_second
@@ -426,7 +474,16 @@ def bench_packing(report: Report, full: bool, workdir: str) -> None:
                 f"{eff['padded']:.0%} -> {eff['packed']:.0%} ({eff['speedup']:.2f}x fewer slots); {ratio_note(packed, padded)}",
             )
         )
-        report.add(Row("2", f"same training loss, packed vs padded (PLW {plw:g})", f"max rel diff {diff:.1e} over {len(a)} steps", None, "identical", diff <= 1e-5))
+        report.add(
+            Row(
+                "2",
+                f"same training loss, packed vs padded (PLW {plw:g})",
+                f"max rel diff {diff:.1e} over {len(a)} steps",
+                None,
+                "identical",
+                diff <= 1e-5,
+            )
+        )
     # The weighted loss itself at other PLWs, on the first micro-batch: one forward per layout.
     first = encoded[: cfg.train.batch_size]
     plws = (0.0, 0.1, 1.0)
@@ -434,7 +491,9 @@ def bench_packing(report: Report, full: bool, workdir: str) -> None:
     by_layout = {}
     for packing in (False, True):
         c = cfg.override({"train.packing": packing})
-        by_layout[packing] = _losses_by_plw(model, make_collator(c, tokenizer, model)(first), plws, c.train.loss_normalization)
+        by_layout[packing] = _losses_by_plw(
+            model, make_collator(c, tokenizer, model)(first), plws, c.train.loss_normalization
+        )
     diffs = {p: abs(by_layout[True][p] - by_layout[False][p]) / abs(by_layout[False][p]) for p in plws}
     report.add(
         Row(
@@ -462,7 +521,7 @@ def memory_probe(mode: str, batch: int, length: int, hidden: int, vocab: int) ->
     """Run in a fresh process: peak RSS above the inputs of one forward+backward of the loss."""
     import torch.nn.functional as F
 
-    from lab.loss import weighted_ce, weighted_ce_from_logits
+    from plw_lab.core.loss import weighted_ce, weighted_ce_from_logits
 
     g = torch.Generator().manual_seed(0)
     h = torch.randn(batch, length, hidden, generator=g).requires_grad_(True)
@@ -479,7 +538,12 @@ def memory_probe(mode: str, batch: int, length: int, hidden: int, vocab: int) ->
         loss = weighted_ce(h, head, y, w) / w.sum()
     loss.backward()
     seconds = time.perf_counter() - t
-    return {"peak_mb": _rss_mb("VmHWM") - base, "seconds": seconds, "loss": float(loss), "grad_norm": float(h.grad.norm())}
+    return {
+        "peak_mb": _rss_mb("VmHWM") - base,
+        "seconds": seconds,
+        "loss": float(loss),
+        "grad_norm": float(h.grad.norm()),
+    }
 
 
 def _mem_available_mb() -> float:
@@ -493,7 +557,9 @@ def bench_memory(report: Report, full: bool, workdir: str) -> None:
     need = 3.2 * logits_mb
     if _mem_available_mb() < need + 2048:
         length = 512
-        print(f"  only {_mem_available_mb():.0f} MB available (the naive path needs ~{need:.0f} MB): measuring 8 x {length} instead")
+        print(
+            f"  only {_mem_available_mb():.0f} MB available (the naive path needs ~{need:.0f} MB): measuring 8 x {length} instead"
+        )
     results = {}
     for mode in ("lab", "naive"):
         code = (
@@ -508,7 +574,10 @@ def bench_memory(report: Report, full: bool, workdir: str) -> None:
             report.add(Row("3", f"loss memory ({mode})", f"probe failed (rc {proc.returncode})", ok=False))
             return
         results[mode] = json.loads(line[7:])
-        print(f"  {mode}: peak +{results[mode]['peak_mb']:.0f} MB, {results[mode]['seconds']:.1f}s, loss {results[mode]['loss']:.6f}", flush=True)
+        print(
+            f"  {mode}: peak +{results[mode]['peak_mb']:.0f} MB, {results[mode]['seconds']:.1f}s, loss {results[mode]['loss']:.6f}",
+            flush=True,
+        )
     ratio = results["lab"]["peak_mb"] / results["naive"]["peak_mb"]
     same = abs(results["lab"]["loss"] - results["naive"]["loss"]) <= 1e-4 * abs(results["naive"]["loss"])
     report.add(
@@ -541,11 +610,11 @@ def _generated_choice(text: str, choices) -> str | None:
 
 def bench_eval(report: Report, full: bool, workdir: str) -> None:
     section("4. evaluation: candidate log-probs (one forward pass) vs greedy generation")
-    from lab import evaluation
-    from lab.config import layer_indices
-    from lab.models import num_layers
-    from lab.prefix import FrozenPrefix
-    from lab.training import prepare
+    from plw_lab.core import evaluation
+    from plw_lab.core.config import layer_indices
+    from plw_lab.core.models import num_layers
+    from plw_lab.core.prefix import FrozenPrefix
+    from plw_lab.core.training import prepare
 
     cfg = LabConfig()
     tokenizer = load_tokenizer()
@@ -556,13 +625,18 @@ def bench_eval(report: Report, full: bool, workdir: str) -> None:
     torch.manual_seed(0)
     model = attach_lora(load_base(), cfg.lora).eval()  # a fresh adapter: the model of the step-0 evaluation
     bs = cfg.eval.batch_size
-    print(f"  data: {source}, {len(val)} validation examples (mean {statistics.mean(len(e) for e in val):.0f} tokens); "
-          f"embedded model with a fresh adapter; batch {bs}", flush=True)
+    print(
+        f"  data: {source}, {len(val)} validation examples (mean {statistics.mean(len(e) for e in val):.0f} tokens); "
+        f"embedded model with a fresh adapter; batch {bs}",
+        flush=True,
+    )
     prefix = FrozenPrefix.for_model(model, layer_indices(cfg.lora.layers, num_layers(model.get_base_model())))
 
     def scoring(cache=None):
         # Answers only: the output layer runs at the one position where the candidates differ.
-        return evaluation.evaluate(model, val, tokenizer.pad_token_id, bs, cfg.train.chunk_size, details=True, prefix=cache, losses=False)
+        return evaluation.evaluate(
+            model, val, tokenizer.pad_token_id, bs, cfg.train.chunk_size, details=True, prefix=cache, losses=False
+        )
 
     def generating(max_new):
         return evaluation.generate(model, tokenizer, val, max_new, bs)
@@ -570,7 +644,11 @@ def bench_eval(report: Report, full: bool, workdir: str) -> None:
     scoring()  # warm-up (one-time kernel setup)
     if prefix is not None:
         scoring(prefix)  # fills the frozen-layer cache, as the step-0 evaluation of a run does
-    variants = [("score", scoring), ("gen", lambda: generating(cfg.eval.max_new_tokens)), ("gen1", lambda: generating(1))]
+    variants = [
+        ("score", scoring),
+        ("gen", lambda: generating(cfg.eval.max_new_tokens)),
+        ("gen1", lambda: generating(1)),
+    ]
     if prefix is not None:
         variants.insert(1, ("score_cached", lambda: scoring(prefix)))
     times = {k: [] for k, _ in variants}
@@ -617,7 +695,7 @@ def bench_eval(report: Report, full: bool, workdir: str) -> None:
                 r2,
                 ">= 3x",
                 r2 >= 3.0,
-                note=f"lab.prefix.FrozenPrefix reuses layers below {cfg.lora.layers}; vs 1-token generation {best['gen1'] / best['score_cached']:.2f}x; "
+                note=f"plw_lab.core.prefix.FrozenPrefix reuses layers below {cfg.lora.layers}; vs 1-token generation {best['gen1'] / best['score_cached']:.2f}x; "
                 f"same answers and log-probs as the plain pass: {out['score_cached']['examples'] == out['score']['examples']}",
             )
         )
@@ -665,11 +743,14 @@ def bench_default_run(report: Report, full: bool, workdir: str, limit: float = 6
     section("5. the app's default run: train(LabConfig()) with evaluations")
     import threading
 
-    from lab.training import train
+    from plw_lab.core.training import train
 
     cfg = LabConfig().override({"train.output_dir": str(Path(workdir) / "runs")})  # only where it writes differs
-    print(f"  {cfg.data.source}, {cfg.train.epochs:g} epoch(s), max_steps {cfg.train.max_steps}, batch {cfg.train.batch_size}, eval every "
-          f"{cfg.train.eval_interval} steps, packing {cfg.train.packing}; stopped if still running after {limit:.0f} s", flush=True)
+    print(
+        f"  {cfg.data.source}, {cfg.train.epochs:g} epoch(s), max_steps {cfg.train.max_steps}, batch {cfg.train.batch_size}, eval every "
+        f"{cfg.train.eval_interval} steps, packing {cfg.train.packing}; stopped if still running after {limit:.0f} s",
+        flush=True,
+    )
     stop = threading.Event()
     timer = threading.Timer(limit, stop.set)
     timer.daemon = True
@@ -685,7 +766,14 @@ def bench_default_run(report: Report, full: bool, workdir: str, limit: float = 6
     if result.status != "finished":
         why = "hit the bench's time limit" if stop.is_set() else s.get("error", "")[:80]
         report.add(
-            Row("5", "default run wall time", f"{result.status} after {seconds:.0f} s at step {clock.steps}/{clock.total_steps} ({why})", None, "<= 180 s", False)
+            Row(
+                "5",
+                "default run wall time",
+                f"{result.status} after {seconds:.0f} s at step {clock.steps}/{clock.total_steps} ({why})",
+                None,
+                "<= 180 s",
+                False,
+            )
         )
         return
     first = (s.get("first_eval") or {}).get("answer_accuracy", float("nan"))
@@ -723,24 +811,53 @@ def bench_default_run(report: Report, full: bool, workdir: str, limit: float = 6
 
 def bench_live_views(report: Report, full: bool, workdir: str) -> None:
     section("7. live views: one refresh of the Train tab's progress and charts")
-    from lab import events as ev
-    from lab.charts import accuracy_figure, loss_figure, predicted_distribution_figure
-    from lab.history import History
-    from lab.text_views import progress_html
+    from plw_lab.core import events as ev
+    from plw_lab.views.charts import accuracy_figure, loss_figure, predicted_distribution_figure
+    from plw_lab.views.history import History
+    from plw_lab.views.text_views import progress_html
 
     steps = 1000
     log = [ev.Started(run_dir=workdir, config={}, n_train=8 * steps, n_val=48, total_steps=steps)]
     for step in range(1, steps + 1):
-        log.append(ev.Step(step=step, epoch=step / 100, learning_rate=1e-3, train_loss=2.0 / step ** 0.5, grad_norm=1.0,
-                           tokens_per_second=500.0, tokens_seen=800 * step, elapsed=float(step), total_steps=steps))
+        log.append(
+            ev.Step(
+                step=step,
+                epoch=step / 100,
+                learning_rate=1e-3,
+                train_loss=2.0 / step**0.5,
+                grad_norm=1.0,
+                tokens_per_second=500.0,
+                tokens_seen=800 * step,
+                elapsed=float(step),
+                total_steps=steps,
+            )
+        )
         if step % 20 == 0:
-            log.append(ev.Eval(step=step, epoch=step / 100, metrics={
-                "prompt_loss": 3.9, "completion_loss": 1.0 / step ** 0.3, "full_loss": 3.8, "answer_accuracy": min(0.9, step / 1000),
-                "token_accuracy": 0.5, "predicted": {"A": 20, "B": 28}, "answers": {"A": 24, "B": 24}, "majority_baseline": 0.5}))
+            log.append(
+                ev.Eval(
+                    step=step,
+                    epoch=step / 100,
+                    metrics={
+                        "prompt_loss": 3.9,
+                        "completion_loss": 1.0 / step**0.3,
+                        "full_loss": 3.8,
+                        "answer_accuracy": min(0.9, step / 1000),
+                        "token_accuracy": 0.5,
+                        "predicted": {"A": 20, "B": 28},
+                        "answers": {"A": 24, "B": 24},
+                        "majority_baseline": 0.5,
+                    },
+                )
+            )
     history = History.from_events(log)
 
     def refresh():
-        return progress_html(history, ""), loss_figure(history), accuracy_figure(history), predicted_distribution_figure(history)
+        return (
+            progress_html(history, ""),
+            loss_figure(history),
+            accuracy_figure(history),
+            predicted_distribution_figure(history),
+        )
 
     refresh()  # plotly builds its validators on first use
     times = []
@@ -749,25 +866,51 @@ def bench_live_views(report: Report, full: bool, workdir: str) -> None:
         out = refresh()
         times.append(time.perf_counter() - t)
     payload = sum(len(fig.to_json()) for fig in out[1:])
-    report.add(Row("7", f"live view refresh, {steps}-step run with {steps // 20} evaluations",
-                   f"{1000 * statistics.median(times):.0f} ms (median of 10), {payload / 1000:.0f} kB of figures", None, "report", None,
-                   note="the app refreshes at most every 0.8 s and only when new events arrived"))
+    report.add(
+        Row(
+            "7",
+            f"live view refresh, {steps}-step run with {steps // 20} evaluations",
+            f"{1000 * statistics.median(times):.0f} ms (median of 10), {payload / 1000:.0f} kB of figures",
+            None,
+            "report",
+            None,
+            note="the app refreshes at most every 0.8 s and only when new events arrived",
+        )
+    )
 
 
 # -- 6. GPU ----------------------------------------------------------------------------------------
 
 
 def _arch(hub_id: str) -> dict:
-    from lab.presets import find_preset
+    from plw_lab.core.presets import find_preset
 
     return dict(find_preset(hub_id).config)
 
 
 #: The embedded model's architecture and a 0.5B one, from the model presets (random weights).
-GPU_ARCHS = (("SmolLM2-135M arch", _arch("HuggingFaceTB/SmolLM2-135M-Instruct")), ("Qwen2.5-0.5B arch", _arch("Qwen/Qwen2.5-0.5B-Instruct")))
-TINY_ARCH = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
-             "head_dim": 16, "vocab_size": 1000}
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+GPU_ARCHS = (
+    ("SmolLM2-135M arch", _arch("HuggingFaceTB/SmolLM2-135M-Instruct")),
+    ("Qwen2.5-0.5B arch", _arch("Qwen/Qwen2.5-0.5B-Instruct")),
+)
+TINY_ARCH = {
+    "num_hidden_layers": 2,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "vocab_size": 1000,
+}
+PEAK_BF16 = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "H800": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 125e12,
+    "L4": 121e12,
+}
 
 
 def _random_model_dir(spec: dict, folder: Path, dtype) -> Path:
@@ -787,8 +930,11 @@ def _id_tokenizer():
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"<pad>": 0, "<eos>": 1}, unk_token="<pad>")),
-                                   pad_token="<pad>", eos_token="<eos>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(WordLevel({"<pad>": 0, "<eos>": 1}, unk_token="<pad>")),
+        pad_token="<pad>",
+        eos_token="<eos>",
+    )
 
 
 def _useful_flops(config, seq_lens: list[int], kept: int, lowest_adapted: int) -> float:
@@ -819,8 +965,8 @@ def _flops_per_token(side: Side, config, lowest: int) -> float:
 
 def _gpu_examples(n: int, max_length: int, vocab: int, seed: int = 0) -> list:
     """Mixed lengths: a quarter long (half to all of max_length), the rest short; completions 10% of each."""
-    from lab.data import Example
-    from lab.masks import Encoded
+    from plw_lab.core.data import Example
+    from plw_lab.core.masks import Encoded
 
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -829,7 +975,16 @@ def _gpu_examples(n: int, max_length: int, vocab: int, seed: int = 0) -> list:
         length = int(torch.randint(lo, hi, (1,), generator=g))
         completion = max(2, length // 10)
         ids = torch.randint(2, vocab, (length,), generator=g).tolist()
-        out.append(Encoded(ids, [1] * (length - completion) + [0] * completion, [0] * (length - completion) + [1] * completion, [], "", Example([])))
+        out.append(
+            Encoded(
+                ids,
+                [1] * (length - completion) + [0] * completion,
+                [0] * (length - completion) + [1] * completion,
+                [],
+                "",
+                Example([]),
+            )
+        )
     return out
 
 
@@ -839,14 +994,33 @@ def _trl_side(name, model, tokenizer, encoded, cfg, workdir, on_gpu: bool, dtype
 
     t = cfg.train
     args = SFTConfig(
-        output_dir=str(Path(workdir) / name), per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
-        max_steps=1, logging_steps=1, save_strategy="no", report_to=[], seed=t.seed, data_seed=t.seed, use_cpu=not on_gpu,
-        bf16=dtype == torch.bfloat16, gradient_checkpointing=False, completion_only_loss=True, max_length=cfg.data.max_length,
-        packing=packing, padding_free=packing, dataloader_num_workers=0, disable_tqdm=True,
+        output_dir=str(Path(workdir) / name),
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        max_steps=1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=t.seed,
+        data_seed=t.seed,
+        use_cpu=not on_gpu,
+        bf16=dtype == torch.bfloat16,
+        gradient_checkpointing=False,
+        completion_only_loss=True,
+        max_length=cfg.data.max_length,
+        packing=packing,
+        padding_free=packing,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
     )
     records = [{"input_ids": list(e.input_ids), "completion_mask": list(e.completion_mask)} for e in encoded]
-    trainer = SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(records), processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=datasets.Dataset.from_list(records), processing_class=tokenizer
+    )
     trainer.remove_callback(PrinterCallback)
     meter, timer = MeteredCollator(trainer.data_collator), StepTimer()
     trainer.data_collator = meter
@@ -859,12 +1033,22 @@ def bench_gpu(report: Report, full: bool, workdir: str, device: str = "cuda") ->
     and packed, PLW 0.1, the same random-weight model, LoRA, batches and lengths on both sides."""
     section("6. GPU: LoRA SFT tokens/s and MFU, lab vs TRL, bf16 and QLoRA, packing on/off")
     if device == "cuda" and not torch.cuda.is_available():
-        report.add(Row("6", "GPU throughput / MFU", "skipped: no CUDA device in this session", None, "report only", None, note="run `python benchmarks/bench.py --gpu` on a GPU machine"))
+        report.add(
+            Row(
+                "6",
+                "GPU throughput / MFU",
+                "skipped: no CUDA device in this session",
+                None,
+                "report only",
+                None,
+                note="run `python benchmarks/bench.py --gpu` on a GPU machine",
+            )
+        )
         return
     import importlib.util
 
-    from lab.config import ModelConfig, layer_indices
-    from lab.models import compute_dtype, load_model
+    from plw_lab.core.config import layer_indices
+    from plw_lab.core.models import compute_dtype, load_model
 
     dev = torch.device(device)
     on_gpu = dev.type == "cuda"
@@ -876,7 +1060,10 @@ def bench_gpu(report: Report, full: bool, workdir: str, device: str = "cuda") ->
     # and TRL's padding-free packing is exact too; without it only the lab packs (block-diagonal 4D mask).
     flash = on_gpu and importlib.util.find_spec("flash_attn") is not None
     attn = "flash_attention_2" if flash else "sdpa"
-    print(f"  device {name}, dtype {dtype}, attention {attn}, QLoRA {'yes' if qlora else 'no (needs CUDA and bitsandbytes)'}", flush=True)
+    print(
+        f"  device {name}, dtype {dtype}, attention {attn}, QLoRA {'yes' if qlora else 'no (needs CUDA and bitsandbytes)'}",
+        flush=True,
+    )
     batch_size, max_length = (16, 2048) if on_gpu else (4, 64)
     rounds, steps = (3 if full else 2, 5 if full else 3) if on_gpu else (1, 1)
     tokenizer = _id_tokenizer()
@@ -889,11 +1076,18 @@ def bench_gpu(report: Report, full: bool, workdir: str, device: str = "cuda") ->
             if quant == "4bit" and not qlora:
                 report.add(Row("6", label, "skipped: QLoRA needs a CUDA GPU and bitsandbytes", None, "report", None))
                 continue
-            cfg = LabConfig().override({
-                "model.name": str(folder), "model.device": device, "model.dtype": str(dtype).removeprefix("torch."),
-                "model.quantization": quant, "train.prompt_loss_weight": 0.1, "train.batch_size": batch_size,
-                "data.max_length": max_length, "train.cache_frozen_layers": False,
-            })
+            cfg = LabConfig().override(
+                {
+                    "model.name": str(folder),
+                    "model.device": device,
+                    "model.dtype": str(dtype).removeprefix("torch."),
+                    "model.quantization": quant,
+                    "train.prompt_loss_weight": 0.1,
+                    "train.batch_size": batch_size,
+                    "data.max_length": max_length,
+                    "train.cache_frozen_layers": False,
+                }
+            )
             train_dtype = compute_dtype(cfg.model, dev)
 
             def adapted_model():
@@ -904,13 +1098,42 @@ def bench_gpu(report: Report, full: bool, workdir: str, device: str = "cuda") ->
 
             lab_model = adapted_model()
             restore = adapter_snapshot(lab_model)
-            sides = [lab_side(f"lab {'packed' if p else 'padded'}", cfg.override({"train.packing": p}), lab_model, tokenizer,
-                              encoded, workdir, restore, dev, train_dtype) for p in (False, True)]
+            sides = [
+                lab_side(
+                    f"lab {'packed' if p else 'padded'}",
+                    cfg.override({"train.packing": p}),
+                    lab_model,
+                    tokenizer,
+                    encoded,
+                    workdir,
+                    restore,
+                    dev,
+                    train_dtype,
+                )
+                for p in (False, True)
+            ]
             trl_model = adapted_model()
             trl_restore = adapter_snapshot(trl_model)
-            sides.append(_trl_side("trl padded", trl_model, tokenizer, encoded, cfg, workdir, on_gpu, train_dtype, False, trl_restore))
+            sides.append(
+                _trl_side(
+                    "trl padded", trl_model, tokenizer, encoded, cfg, workdir, on_gpu, train_dtype, False, trl_restore
+                )
+            )
             if flash:
-                sides.append(_trl_side("trl packed", trl_model, tokenizer, encoded, cfg, workdir, on_gpu, train_dtype, True, trl_restore))
+                sides.append(
+                    _trl_side(
+                        "trl packed",
+                        trl_model,
+                        tokenizer,
+                        encoded,
+                        cfg,
+                        workdir,
+                        on_gpu,
+                        train_dtype,
+                        True,
+                        trl_restore,
+                    )
+                )
             interleave(sides, rounds=rounds, steps=steps)
             lowest = (layer_indices(cfg.lora.layers, lab_model.config.num_hidden_layers) or [0])[0]
             trl_by_layout = {s.name.split()[1]: s for s in sides if s.name.startswith("trl")}
@@ -920,17 +1143,26 @@ def bench_gpu(report: Report, full: bool, workdir: str, device: str = "cuda") ->
                 mfu = flops_per_second / peak if peak else None
                 trl = trl_by_layout.get(layout) or trl_by_layout["padded"]
                 ratio = side.tokens_per_second / trl.tokens_per_second
-                measured = (f"{side.tokens_per_second:,.0f} vs TRL {trl.name.split()[1]} {trl.tokens_per_second:,.0f} tok/s, "
-                            f"{flops_per_second / 1e12:.3g} useful TFLOP/s")
+                measured = (
+                    f"{side.tokens_per_second:,.0f} vs TRL {trl.name.split()[1]} {trl.tokens_per_second:,.0f} tok/s, "
+                    f"{flops_per_second / 1e12:.3g} useful TFLOP/s"
+                )
                 if mfu is not None:
                     measured += f", MFU {mfu:.1%}"
                 bf16_packed = layout == "packed" and quant == "none" and on_gpu
-                report.add(Row(
-                    "6", f"{label}, lab {layout}, bs {batch_size}, <= {max_length} tokens, PLW 0.1", measured, ratio,
-                    ">= 1.0x TRL" + (", MFU >= 30%" if bf16_packed else ""),
-                    (ratio >= 1.0 and (mfu is None or not bf16_packed or mfu >= 0.30)) if on_gpu else None,
-                    note="" if mfu is not None else ("MFU needs a known GPU peak" if on_gpu else "CPU smoke test: figures mean nothing"),
-                ))
+                report.add(
+                    Row(
+                        "6",
+                        f"{label}, lab {layout}, bs {batch_size}, <= {max_length} tokens, PLW 0.1",
+                        measured,
+                        ratio,
+                        ">= 1.0x TRL" + (", MFU >= 30%" if bf16_packed else ""),
+                        (ratio >= 1.0 and (mfu is None or not bf16_packed or mfu >= 0.30)) if on_gpu else None,
+                        note=""
+                        if mfu is not None
+                        else ("MFU needs a known GPU peak" if on_gpu else "CPU smoke test: figures mean nothing"),
+                    )
+                )
             del sides, lab_model, trl_model
             gc.collect()
             if on_gpu:
@@ -940,17 +1172,36 @@ def bench_gpu(report: Report, full: bool, workdir: str, device: str = "cuda") ->
 # -- main ------------------------------------------------------------------------------------------
 
 
-SECTIONS = {"1": bench_vs_trl, "2": bench_packing, "3": bench_memory, "4": bench_eval, "5": bench_default_run, "6": bench_gpu, "7": bench_live_views}
+SECTIONS = {
+    "1": bench_vs_trl,
+    "2": bench_packing,
+    "3": bench_memory,
+    "4": bench_eval,
+    "5": bench_default_run,
+    "6": bench_gpu,
+    "7": bench_live_views,
+}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="more steps, rounds and examples")
     parser.add_argument("--only", default="", help="comma list of sections to run, e.g. 1,3")
-    parser.add_argument("--gpu", action="store_true", help="run section 6 (GPU) only; without --gpu it still runs last, or prints a note when there is no GPU")
-    parser.add_argument("--gpu-smoke", action="store_true", help="run section 6's code on the CPU with tiny models (checks the script)")
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="run section 6 (GPU) only; without --gpu it still runs last, or prints a note when there is no GPU",
+    )
+    parser.add_argument(
+        "--gpu-smoke", action="store_true", help="run section 6's code on the CPU with tiny models (checks the script)"
+    )
     parser.add_argument("--json", help="also write the rows to this JSON file")
-    parser.add_argument("--default-run-limit", type=float, default=600.0, help="stop section 5's run after this many seconds (reported as a failure)")
+    parser.add_argument(
+        "--default-run-limit",
+        type=float,
+        default=600.0,
+        help="stop section 5's run after this many seconds (reported as a failure)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -961,12 +1212,17 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     # A GPU machine may not have the embedded model (it does not travel): --gpu runs section 6 alone.
-    chosen = [s.strip() for s in args.only.split(",") if s.strip()] or (["6"] if args.gpu or args.gpu_smoke else ["1", "2", "3", "4", "5", "7", "6"])
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()] or (
+        ["6"] if args.gpu or args.gpu_smoke else ["1", "2", "3", "4", "5", "7", "6"]
+    )
     report = Report()
     default_threads = torch.get_num_threads()
     args.threads = args.threads or default_threads
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s) for comparisons ({default_threads} for the default run), mode {'full' if args.full else 'quick'}; sections {','.join(chosen)}", flush=True)
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s) for comparisons ({default_threads} for the default run), mode {'full' if args.full else 'quick'}; sections {','.join(chosen)}",
+        flush=True,
+    )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="plw-bench-") as workdir:
         for key in chosen:

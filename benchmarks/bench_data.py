@@ -7,8 +7,8 @@ import json
 import random
 from pathlib import Path
 
-from lab.config import DataConfig, LabConfig
-from lab.data import Example, load_examples, race_record, to_examples
+from plw_lab.core.config import DataConfig, LabConfig
+from plw_lab.core.data import Example, load_examples, race_record, to_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 RACE = ROOT.parent / "shared" / "data" / "race_cube_1000.jsonl"
@@ -23,7 +23,9 @@ def race_examples(n: int, seed: int = 0) -> list[Example] | None:
     return to_examples(rows[:n], DataConfig(format="multiple_choice"))
 
 
-_WORDS = "apple river stone cloud garden window silver morning candle forest bridge letter orange music paper winter".split()
+_WORDS = (
+    "apple river stone cloud garden window silver morning candle forest bridge letter orange music paper winter".split()
+)
 
 
 def short_instructions(n: int, seed: int = 0) -> list[Example]:
@@ -44,7 +46,9 @@ def short_instructions(n: int, seed: int = 0) -> list[Example]:
         else:
             a, b = rng.randint(2, 12), rng.randint(2, 12)
             prompt, completion = f"Multiply {a} by {b} and answer with the number only.", str(a * b)
-        out.append(Example([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], source_index=i))
+        out.append(
+            Example([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], source_index=i)
+        )
     return out
 
 
@@ -62,7 +66,10 @@ def reading_mc(n: int, seed: int = 0) -> list[Example]:
         places = rng.sample(_PLACES, 4)
         things = rng.sample(_THINGS, 4)
         facts = [f"{p} went to {pl} with {t}." for p, pl, t in zip(people, places, things)]
-        filler = [f"The weather near {rng.choice(_PLACES)} was {rng.choice(['calm', 'windy', 'grey', 'bright'])} that day." for _ in range(rng.randint(0, 10))]
+        filler = [
+            f"The weather near {rng.choice(_PLACES)} was {rng.choice(['calm', 'windy', 'grey', 'bright'])} that day."
+            for _ in range(rng.randint(0, 10))
+        ]
         passage = facts + filler
         rng.shuffle(passage)
         k = rng.randrange(4)

@@ -12,21 +12,21 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest
 import torch
 
-from lab.data import Example
+from plw_lab.core.data import Example
 
 
 @pytest.fixture(scope="session")
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from lab.models import embedded_tokenizer_dir
+    from plw_lab.core.models import embedded_tokenizer_dir
 
     return AutoTokenizer.from_pretrained(embedded_tokenizer_dir())
 
 
 @pytest.fixture(scope="session")
 def tiny_dir():
-    from lab.models import tiny_model_dir
+    from plw_lab.core.models import tiny_model_dir
 
     return tiny_model_dir()
 
@@ -45,7 +45,12 @@ def sum_examples(n: int, seed: int = 0) -> list[Example]:
     out = []
     for i in range(n):
         a, b = rng.randint(1, 99), rng.randint(1, 99)
-        out.append(Example([{"role": "user", "content": f"Add {a} and {b}."}, {"role": "assistant", "content": str(a + b)}], source_index=i))
+        out.append(
+            Example(
+                [{"role": "user", "content": f"Add {a} and {b}."}, {"role": "assistant", "content": str(a + b)}],
+                source_index=i,
+            )
+        )
     return out
 
 
@@ -56,5 +61,12 @@ def mc_records(n: int, seed: int = 0) -> list[dict]:
     for _ in range(n):
         answer = rng.randrange(3)
         options = rng.sample(colours, 3)
-        out.append({"context": f"The car is {options[answer]}.", "question": "What colour is the car?", "options": options, "answer": "ABC"[answer]})
+        out.append(
+            {
+                "context": f"The car is {options[answer]}.",
+                "question": "What colour is the car?",
+                "options": options,
+                "answer": "ABC"[answer],
+            }
+        )
     return out

@@ -7,16 +7,22 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from lab import evaluation
-from lab import events as ev
-from lab.config import DataConfig, LabConfig
-from lab.data import to_examples
-from lab.evaluation import answer_metrics, evaluate, format_vs_task, generate_answers, paired_answers, parse_answer
-from lab.masks import encode, encode_all
-from lab.training import train
-
 from conftest import mc_records, sum_examples
+
+from plw_lab.core import evaluation
+from plw_lab.core import events as ev
+from plw_lab.core.config import DataConfig, LabConfig
+from plw_lab.core.data import to_examples
+from plw_lab.core.evaluation import (
+    answer_metrics,
+    evaluate,
+    format_vs_task,
+    generate_answers,
+    paired_answers,
+    parse_answer,
+)
+from plw_lab.core.masks import encode, encode_all
+from plw_lab.core.training import train
 
 
 def _decode(tokenizer, enc, mask):
@@ -33,7 +39,10 @@ def test_the_answer_mask_is_the_letter_and_the_rest_of_the_completion_is_format(
     assert _decode(tokenizer, enc, rest) == "<|im_end|>"
     assert enc.answer_mask.index(1) == enc.answer_position  # the letter is where the candidates part ways
     wrapped = encode(tokenizer, to_examples(mc_records(1), DataConfig(answer_format="({letter})"))[0], 256)
-    assert wrapped.example.answer.startswith("(") and _decode(tokenizer, wrapped, wrapped.answer_mask) == wrapped.example.answer
+    assert (
+        wrapped.example.answer.startswith("(")
+        and _decode(tokenizer, wrapped, wrapped.answer_mask) == wrapped.example.answer
+    )
 
 
 def test_free_form_data_has_no_answer_tokens_and_truncation_keeps_the_mask_aligned(tokenizer):
@@ -127,8 +136,18 @@ def test_binary_classification_metrics_by_hand():
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("B", "B"), (" C<|im_end|>", "C"), ("\nD. the sea", "D"), ("(A)", "A"), ("The answer is B.", "B"),
-     ("Answer: C", "C"), ("**D**", "D"), ("Apple", None), ("I think so", None), ("", None)],
+    [
+        ("B", "B"),
+        (" C<|im_end|>", "C"),
+        ("\nD. the sea", "D"),
+        ("(A)", "A"),
+        ("The answer is B.", "B"),
+        ("Answer: C", "C"),
+        ("**D**", "D"),
+        ("Apple", None),
+        ("I think so", None),
+        ("", None),
+    ],
 )
 def test_parse_answer(text, expected):
     assert parse_answer(text, ("A", "B", "C", "D")) == expected
@@ -136,8 +155,16 @@ def test_parse_answer(text, expected):
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("BBB+", "A"), ("BBB-\nThe molecule is polar.", "B"), ("The answer is BBB-.", "B"), ("B", "B"), ("(A) BBB-", "A"),
-     ("BBB", None), ("BBB+x", None), ("bbb+", None)],
+    [
+        ("BBB+", "A"),
+        ("BBB-\nThe molecule is polar.", "B"),
+        ("The answer is BBB-.", "B"),
+        ("B", "B"),
+        ("(A) BBB-", "A"),
+        ("BBB", None),
+        ("BBB+x", None),
+        ("bbb+", None),
+    ],
 )
 def test_parse_answer_reads_an_option_named_by_its_text(text, expected):
     """The base model asked for a letter often writes the option itself ("BBB+"): that names option A, while a letter,
@@ -170,7 +197,9 @@ def test_generation_starts_where_scoring_reads_the_answer(tokenizer, tiny_model)
 
 
 def test_paired_answers_and_the_format_task_split():
-    off = [{"index": i, "answer": "A", "predicted": "A" if i < 4 else "B", "parsed": None if i else "A"} for i in range(12)]
+    off = [
+        {"index": i, "answer": "A", "predicted": "A" if i < 4 else "B", "parsed": None if i else "A"} for i in range(12)
+    ]
     on = [{"index": i, "answer": "A", "predicted": "A" if i < 12 else "B", "parsed": "A"} for i in range(12)]
     result = paired_answers(off, on)
     # 8 examples right only with the adapter on, none only off: p = 2 / 2^8
@@ -179,10 +208,22 @@ def test_paired_answers_and_the_format_task_split():
     assert paired_answers(off, on, "parsed")["second_only"] == 11
     with pytest.raises(ValueError, match="same validation examples"):
         paired_answers(off, on[:5])
-    m_off = {"answer_accuracy": 4 / 12, "answer_accuracy_generated": 1 / 12, "candidate_mass": 0.2, "unparseable": 11,
-             "n_examples": 12, "answers": {"A": 12}}
-    m_on = {"answer_accuracy": 1.0, "answer_accuracy_generated": 1.0, "candidate_mass": 0.9, "unparseable": 0,
-            "n_examples": 12, "answers": {"A": 12}}
+    m_off = {
+        "answer_accuracy": 4 / 12,
+        "answer_accuracy_generated": 1 / 12,
+        "candidate_mass": 0.2,
+        "unparseable": 11,
+        "n_examples": 12,
+        "answers": {"A": 12},
+    }
+    m_on = {
+        "answer_accuracy": 1.0,
+        "answer_accuracy_generated": 1.0,
+        "candidate_mass": 0.9,
+        "unparseable": 0,
+        "n_examples": 12,
+        "answers": {"A": 12},
+    }
     split = format_vs_task(m_on, m_off)
     assert split["generated_gain"] == pytest.approx(11 / 12) and split["task_gain"] == pytest.approx(8 / 12)
     assert split["format_gain"] == pytest.approx(3 / 12) and split["parse_rate"] == [pytest.approx(1 / 12), 1.0]
@@ -194,11 +235,20 @@ def test_paired_answers_and_the_format_task_split():
 
 
 def test_a_multiple_choice_run_reports_answer_metrics_and_stops_on_answer_loss(tmp_path):
-    cfg = LabConfig().override({
-        "model.name": "tiny-random", "train.output_dir": str(tmp_path / "runs"), "train.batch_size": 4,
-        "train.max_steps": 4, "train.eval_interval": 1, "lora.layers": "all", "eval.generations": 1,
-        "eval.max_new_tokens": 2, "eval.probe_texts": 1, "eval.answer_tokens": 2,
-    })
+    cfg = LabConfig().override(
+        {
+            "model.name": "tiny-random",
+            "train.output_dir": str(tmp_path / "runs"),
+            "train.batch_size": 4,
+            "train.max_steps": 4,
+            "train.eval_interval": 1,
+            "lora.layers": "all",
+            "eval.generations": 1,
+            "eval.max_new_tokens": 2,
+            "eval.probe_texts": 1,
+            "eval.answer_tokens": 2,
+        }
+    )
     seen = []
     result = train(cfg, subscribers=[seen.append], examples=to_examples(mc_records(30), DataConfig()))
     assert result.status == "finished", result.summary
@@ -207,7 +257,9 @@ def test_a_multiple_choice_run_reports_answer_metrics_and_stops_on_answer_loss(t
     evals = [e for e in seen if isinstance(e, ev.Eval)]
     assert [e.step for e in evals] == [0, 1, 2, 3, 4]
     for e in evals:
-        assert {"answer_loss", "format_loss", "answer_accuracy", "answer_accuracy_ci", "candidate_mass"} <= set(e.metrics)
+        assert {"answer_loss", "format_loss", "answer_accuracy", "answer_accuracy_ci", "candidate_mass"} <= set(
+            e.metrics
+        )
     # generation, the expensive part, only at the first and the last evaluation
     assert [e.step for e in evals if "answer_accuracy_generated" in e.metrics] == [0, 4]
     summary = json.loads((result.run_dir / "summary.json").read_text())

@@ -5,32 +5,49 @@ import re
 from types import SimpleNamespace
 
 import pytest
-
-from lab import charts, text_views, tokens_view
-from lab import events as ev
-from lab.cli import print_comparison, print_event
-from lab.config import DataConfig, LabConfig
-from lab.data import to_examples
-from lab.history import History
-from lab.masks import encode
-from lab.metrics import best_of, metric, stopping_metric
-
 from conftest import mc_records
+
+from plw_lab.cli import print_comparison, print_event
+from plw_lab.core import events as ev
+from plw_lab.core.config import DataConfig, LabConfig
+from plw_lab.core.data import to_examples
+from plw_lab.core.masks import encode
+from plw_lab.core.metrics import best_of, metric, stopping_metric
+from plw_lab.views import charts, text_views, tokens_view
+from plw_lab.views.history import History
 
 
 def _metrics(acc, right, n=48, **extra):
-    from lab.scores import wilson
+    from plw_lab.core.scores import wilson
 
-    return {"completion_loss": 1.0, "answer_loss": 2.0 - acc, "format_loss": 0.1, "answer_accuracy": acc,
-            "answer_accuracy_ci": list(wilson(right, n)), "majority_baseline": 0.27, "chance": 0.25,
-            "candidate_mass": 0.3 + acc / 2, "predicted": {"A": 12, "B": 12, "C": 12, "D": 12}} | extra
+    return {
+        "completion_loss": 1.0,
+        "answer_loss": 2.0 - acc,
+        "format_loss": 0.1,
+        "answer_accuracy": acc,
+        "answer_accuracy_ci": list(wilson(right, n)),
+        "majority_baseline": 0.27,
+        "chance": 0.25,
+        "candidate_mass": 0.3 + acc / 2,
+        "predicted": {"A": 12, "B": 12, "C": 12, "D": 12},
+    } | extra
 
 
 def _history():
-    from lab.scores import wilson
+    from plw_lab.core.scores import wilson
 
     evals = [
-        ev.Eval(step=0, epoch=0, metrics=_metrics(0.25, 12, answer_accuracy_generated=0.5, answer_accuracy_generated_ci=list(wilson(24, 48)), unparseable=3)),
+        ev.Eval(
+            step=0,
+            epoch=0,
+            metrics=_metrics(
+                0.25,
+                12,
+                answer_accuracy_generated=0.5,
+                answer_accuracy_generated_ci=list(wilson(24, 48)),
+                unparseable=3,
+            ),
+        ),
         ev.Eval(step=4, epoch=0.5, metrics=_metrics(0.5, 24)),
         ev.Eval(step=8, epoch=1, metrics=_metrics(0.625, 30)),
     ]
@@ -70,7 +87,9 @@ def test_best_values_and_the_runs_table_carry_the_interval():
     best = best_of(evals)
     assert best["answer_accuracy"]["ci"][0] == pytest.approx(0.48363, abs=1e-4)
     assert best["answer_loss"] == {"value": 2.0 - 0.625, "step": 4, "epoch": 0}
-    run = SimpleNamespace(name="r", config=LabConfig(), summary={"best": best, "steps": 4}, events=evals, evals=evals, status="finished")
+    run = SimpleNamespace(
+        name="r", config=LabConfig(), summary={"best": best, "steps": 4}, events=evals, evals=evals, status="finished"
+    )
     row = text_views.runs_rows([run])[0]
     assert row["best accuracy @ step"] == "62.5% [48.4\u201374.8%] @ 4"
     assert row["best answer loss @ step"] == "1.3750 @ 4"
@@ -78,8 +97,23 @@ def test_best_values_and_the_runs_table_carry_the_interval():
 
 def test_comparison_rows_state_intervals_the_paired_verdict_and_format_vs_task():
     off, on = _metrics(0.25, 12), _metrics(0.625, 30)
-    paired = {"answer_accuracy": {"n": 48, "first_only": 2, "second_only": 20, "p_value": 0.0001, "verdict": "significant at 5%"}}
-    split = {"generated_gain": 0.5, "task_gain": 0.375, "format_gain": 0.125, "candidate_mass": [0.2, 0.9], "parse_rate": [0.5, 1.0], "text": "t"}
+    paired = {
+        "answer_accuracy": {
+            "n": 48,
+            "first_only": 2,
+            "second_only": 20,
+            "p_value": 0.0001,
+            "verdict": "significant at 5%",
+        }
+    }
+    split = {
+        "generated_gain": 0.5,
+        "task_gain": 0.375,
+        "format_gain": 0.125,
+        "candidate_mass": [0.2, 0.9],
+        "parse_rate": [0.5, 1.0],
+        "text": "t",
+    }
     rows = {r["metric"]: r for r in text_views.metrics_comparison_rows(on, off, paired=paired, split=split)}
     acc = rows["val answer accuracy"]
     assert acc["adapter on"] == "62.5% [48.4\u201374.8%]" and acc["change"] == "+37.5 pts"
@@ -92,13 +126,28 @@ def test_comparison_rows_state_intervals_the_paired_verdict_and_format_vs_task()
 def test_cli_prints_accuracy_with_its_interval_and_the_verdict():
     out = io.StringIO()
     print_event(ev.Eval(step=8, epoch=1, metrics=_metrics(0.625, 30)), out)
-    print_event(ev.Started(run_dir="r", config={}, n_train=1, n_val=48, total_steps=8, early_stopping_metric="answer_loss"), out)
+    print_event(
+        ev.Started(run_dir="r", config={}, n_train=1, n_val=48, total_steps=8, early_stopping_metric="answer_loss"), out
+    )
     text = out.getvalue()
-    assert "answer_accuracy 62.5% [48.4\u201374.8%]" in text and "chance 25.0%" in text and "best adapter by answer_loss" in text
+    assert (
+        "answer_accuracy 62.5% [48.4\u201374.8%]" in text
+        and "chance 25.0%" in text
+        and "best adapter by answer_loss" in text
+    )
     out = io.StringIO()
     comparison = {
-        "off": {"metrics": _metrics(0.25, 12), "generations": []}, "on": {"metrics": _metrics(0.625, 30), "generations": []},
-        "paired": {"answer_accuracy": {"n": 48, "first_only": 2, "second_only": 20, "p_value": 0.0001, "verdict": "significant at 5%"}},
+        "off": {"metrics": _metrics(0.25, 12), "generations": []},
+        "on": {"metrics": _metrics(0.625, 30), "generations": []},
+        "paired": {
+            "answer_accuracy": {
+                "n": 48,
+                "first_only": 2,
+                "second_only": 20,
+                "p_value": 0.0001,
+                "verdict": "significant at 5%",
+            }
+        },
         "format_vs_task": {"text": "Generated accuracy 50% -> 100% (+50%): +38% is task and +12% is format."},
     }
     print_comparison(comparison, out)
@@ -130,7 +179,7 @@ def test_auto_early_stopping_follows_the_data():
 
 
 def test_notebook_live_curves_draw_the_accuracy_interval():
-    from lab.widgets import LiveCurves
+    from plw_lab.notebook.widgets import LiveCurves
 
     curves = LiveCurves("ci")
     for event in [ev.Started(run_dir="r", config={}, n_train=8, n_val=48, total_steps=8), *_history_events()]:
@@ -140,6 +189,9 @@ def test_notebook_live_curves_draw_the_accuracy_interval():
 
 
 def _history_events():
-    from lab.scores import wilson
+    from plw_lab.core.scores import wilson
 
-    return [ev.Eval(step=s, epoch=0, metrics=_metrics(a, r) | {"answer_accuracy_ci": list(wilson(r, 48))}) for s, a, r in ((0, 0.25, 12), (8, 0.625, 30))]
+    return [
+        ev.Eval(step=s, epoch=0, metrics=_metrics(a, r) | {"answer_accuracy_ci": list(wilson(r, 48))})
+        for s, a, r in ((0, 0.25, 12), (8, 0.625, 30))
+    ]

@@ -12,12 +12,12 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
-from lab.app import build_app  # noqa: E402
-from lab.app_common import page_message, spec_index  # noqa: E402
-from lab.app_jobs import JobRegistry, TrainingJob, error_text  # noqa: E402
-from lab.config import LabConfig  # noqa: E402
-from lab.data import DataError, split_sizes  # noqa: E402
-from lab.events import Started  # noqa: E402
+from plw_lab.app.common import page_message, spec_index  # noqa: E402
+from plw_lab.app.jobs import JobRegistry, TrainingJob, error_text  # noqa: E402
+from plw_lab.app.main import build_app  # noqa: E402
+from plw_lab.core.config import LabConfig  # noqa: E402
+from plw_lab.core.data import DataError, split_sizes  # noqa: E402
+from plw_lab.core.events import Started  # noqa: E402
 
 LIMIT = 60
 
@@ -98,7 +98,7 @@ def test_the_next_run_line_counts_the_split(app, loaded):
 
 
 def test_split_sizes_match_the_split():
-    from lab.data import split
+    from plw_lab.core.data import split
 
     for n, val_size, val_max in ((100, 0.1, 0), (100, 0.25, 20), (7, 3, 0), (2, 0.9, 0)):
         train, val = split(list(range(n)), val_size, seed=1, val_max=val_max)
@@ -135,17 +135,21 @@ def test_a_deleted_runs_job_is_forgotten(app, tmp_path):
 
 def test_messages_use_the_page_words():
     specs = spec_index()
-    assert page_message("raise data.max_length or lower train.learning_rate", specs) == \
-        'raise "Max length" or lower "Learning rate"'
-    assert page_message("map columns with data.column_map in my data.jsonl", specs) == \
-        'map columns with the "Column mapping" section (Data tab) in my data.jsonl'
+    assert (
+        page_message("raise data.max_length or lower train.learning_rate", specs)
+        == 'raise "Max length" or lower "Learning rate"'
+    )
+    assert (
+        page_message("map columns with data.column_map in my data.jsonl", specs)
+        == 'map columns with the "Column mapping" section (Data tab) in my data.jsonl'
+    )
     assert error_text(ValueError("choose a run first")) == "choose a run first"
     assert error_text(DataError("bad record")) == "bad record"
     assert error_text(KeyError("x")) == "KeyError: 'x'"
 
 
 def test_only_a_prompt_that_lists_options_gets_answer_log_probabilities():
-    from lab.data import offered_choices
+    from plw_lab.core.data import offered_choices
 
     assert offered_choices("Which colour is the sky? A. blue B. green", ["A", "B", "C", "D"]) == ["A", "B"]
     assert offered_choices("Q?\nA. one\nB. two\nC. three\nD. four", ["A", "B", "C", "D"]) == ["A", "B", "C", "D"]

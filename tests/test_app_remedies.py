@@ -4,15 +4,21 @@ a visitor may mix only built-in sets and hub datasets, and the Compare tab runs 
 import json
 
 import pytest
-
-from lab.app import build_app
-from lab.config import ConfigError, LabConfig
-from lab.training import train
-
 from conftest import mc_records
 
-CFG = {"model.name": "tiny-random", "train.batch_size": 4, "train.max_steps": 1, "train.eval_interval": 100,
-       "lora.layers": "all", "eval.generations": 0, "eval.probe_texts": 0}
+from plw_lab.app.main import build_app
+from plw_lab.core.config import ConfigError, LabConfig
+from plw_lab.core.training import train
+
+CFG = {
+    "model.name": "tiny-random",
+    "train.batch_size": 4,
+    "train.max_steps": 1,
+    "train.eval_interval": 100,
+    "lora.layers": "all",
+    "eval.generations": 0,
+    "eval.probe_texts": 0,
+}
 
 
 @pytest.fixture
@@ -22,8 +28,17 @@ def app(tmp_path):
 
 def test_remedy_settings_are_controls_and_data_mix_is_typed_as_json(app):
     shared = app.plw_tabs["train"].shared
-    for key in ("train.kl_weight", "train.l2_to_base", "train.completion_loss_weight", "train.class_weighted_loss",
-                "data.mix", "data.mix_temperature", "data.replay", "data.balance", "eval.kl_to_base"):
+    for key in (
+        "train.kl_weight",
+        "train.l2_to_base",
+        "train.completion_loss_weight",
+        "train.class_weighted_loss",
+        "data.mix",
+        "data.mix_temperature",
+        "data.replay",
+        "data.balance",
+        "eval.kl_to_base",
+    ):
         assert key in shared.settings, key
     assert shared.settings["data.mix"].value == "{}"
 
@@ -50,14 +65,18 @@ def test_a_visitor_mixes_built_in_sets_but_never_a_server_file(app):
 def test_the_compare_tab_runs_the_frozen_feature_probe(app, tmp_path):
     data = tmp_path / "mc.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in mc_records(24)))
-    cfg = LabConfig().override({**CFG, "data.source": str(data), "train.output_dir": str(tmp_path / "runs"), "train.run_name": "mc"})
+    cfg = LabConfig().override(
+        {**CFG, "data.source": str(data), "train.output_dir": str(tmp_path / "runs"), "train.run_name": "mc"}
+    )
     assert train(cfg).status == "finished"
     compare = app.plw_tabs["compare"]
     out = compare.on_probe({compare.run: "mc"}, progress_=lambda *a, **k: None)
     table = out[compare.probe_table]["value"]  # the table is hidden until it has rows
     assert out[compare.probe_table]["visible"] is True
-    assert list(table["model"])[:2] == ["frozen base + logistic regression, mean-pooled prompt",
-                                        "frozen base + logistic regression, last prompt token"]
+    assert list(table["model"])[:2] == [
+        "frozen base + logistic regression, mean-pooled prompt",
+        "frozen base + logistic regression, last prompt token",
+    ]
     assert "adapter on (fine-tuned)" in list(table["model"])
     assert all("[" in cell for cell in table["val answer accuracy"])  # every accuracy with its interval
     message = compare.on_probe({compare.run: "../.."}, progress_=lambda *a, **k: None)[compare.msg]
@@ -69,10 +88,15 @@ def test_the_data_tab_weighs_completion_tokens_by_the_train_tabs_lambda_r(app, t
     data = app.plw_tabs["data"]
     shared = data.shared
     path = tmp_path / "sums.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Add {i} and {i + 1}.", "completion": str(2 * i + 1)}) + "\n" for i in range(8)))
+    path.write_text(
+        "".join(json.dumps({"prompt": f"Add {i} and {i + 1}.", "completion": str(2 * i + 1)}) + "\n" for i in range(8))
+    )
     loaded = data.on_load_file({c: c.value for c in data.load_inputs(data.upload)} | {data.upload: str(path)})
-    values = {c: c.value for c in data.token_inputs()} | {shared.data_state: loaded[shared.data_state], shared.plw: 0.0,
-                                                          data.colour_by: "loss weight"}
+    values = {c: c.value for c in data.token_inputs()} | {
+        shared.data_state: loaded[shared.data_state],
+        shared.plw: 0.0,
+        data.colour_by: "loss weight",
+    }
     lam = shared.settings["train.completion_loss_weight"]
     assert lam in data.token_inputs()
     plain = data.on_plw({**values, lam: 1.0})

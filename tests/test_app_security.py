@@ -7,17 +7,24 @@ import threading
 import time
 
 import pytest
-
-from lab.app import build_app
-from lab.app_data import STATE_TTL_SECONDS, VIEW_LIMIT
-from lab.app_jobs import JobRegistry, RunModels, hide_paths
-from lab.config import ConfigError, LabConfig
-from lab.runs import delete_run, load_run
-
 from conftest import sum_examples
 
-CFG = {"model.name": "tiny-random", "train.batch_size": 4, "train.max_steps": 2, "train.eval_interval": 100,
-       "lora.layers": "all", "eval.generations": 0, "eval.probe_texts": 0, "data.val_size": 4}
+from plw_lab.app.data import STATE_TTL_SECONDS, VIEW_LIMIT
+from plw_lab.app.jobs import JobRegistry, RunModels, hide_paths
+from plw_lab.app.main import build_app
+from plw_lab.core.config import ConfigError, LabConfig
+from plw_lab.core.runs import delete_run, load_run
+
+CFG = {
+    "model.name": "tiny-random",
+    "train.batch_size": 4,
+    "train.max_steps": 2,
+    "train.eval_interval": 100,
+    "lora.layers": "all",
+    "eval.generations": 0,
+    "eval.probe_texts": 0,
+    "data.val_size": 4,
+}
 
 
 @pytest.fixture
@@ -33,7 +40,9 @@ def _wait(job, timeout=120):
 
 
 def _data_file(path, n):
-    path.write_text("".join(json.dumps({"prompt": f"Add {i} and {i + 1}.", "completion": str(2 * i + 1)}) + "\n" for i in range(n)))
+    path.write_text(
+        "".join(json.dumps({"prompt": f"Add {i} and {i + 1}.", "completion": str(2 * i + 1)}) + "\n" for i in range(n))
+    )
     return path
 
 
@@ -97,13 +106,17 @@ def test_a_visitors_data_state_is_bounded_and_expires(app, tmp_path):
     assert dv.total == 600 and len(dv.encoded) == VIEW_LIMIT and not hasattr(dv, "examples")
     assert len(dv.stats.prompt) == 600  # the statistics cover the whole set, kept as numbers
     # The PLW slider redraws the statistics from what the state keeps.
-    values = _values(data.token_inputs()) | {data.shared.data_state: dv, data.shared.plw: 0.5, data.colour_by: "loss weight"}
+    values = _values(data.token_inputs()) | {
+        data.shared.data_state: dv,
+        data.shared.plw: 0.5,
+        data.colour_by: "loss weight",
+    }
     assert "600" in data.on_plw(values)[data.stats_md]
     assert data.shared.data_state.time_to_live == STATE_TTL_SECONDS
 
 
 def test_a_run_cannot_be_deleted_while_it_starts(app, monkeypatch):
-    import lab.training as training_module
+    import plw_lab.core.training as training_module
 
     release = threading.Event()
     real = training_module.load_tokenizer
@@ -114,7 +127,9 @@ def test_a_run_cannot_be_deleted_while_it_starts(app, monkeypatch):
 
     monkeypatch.setattr(training_module, "load_tokenizer", slow_tokenizer)
     registry = app.plw_registry
-    job = registry.start(app.plw_tabs["train"].ctx.base.override({"train.run_name": "starting"}), examples=sum_examples(16))
+    job = registry.start(
+        app.plw_tabs["train"].ctx.base.override({"train.run_name": "starting"}), examples=sum_examples(16)
+    )
     deadline = time.time() + 30
     while job.run_path is None and time.time() < deadline:
         time.sleep(0.02)
@@ -134,7 +149,9 @@ def test_a_run_cannot_be_deleted_while_it_starts(app, monkeypatch):
 
 def test_the_runs_tab_resumes_a_stopped_run(app):
     registry = app.plw_registry
-    cfg = app.plw_tabs["train"].ctx.base.override({"train.run_name": "halted", "train.max_steps": 4, "train.save_interval_steps": 1})
+    cfg = app.plw_tabs["train"].ctx.base.override(
+        {"train.run_name": "halted", "train.max_steps": 4, "train.save_interval_steps": 1}
+    )
     job = registry.start(cfg)
 
     def stop_after_first_step():

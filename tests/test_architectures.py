@@ -1,6 +1,6 @@
 """Every architecture the lab's fast paths accept, proven on a tiny random model of that family.
 
-For each of `lab.compat.PROVEN_DECODERS`: the frozen-layer cache gives the uncached loss and
+For each of `plw_lab.core.compat.PROVEN_DECODERS`: the frozen-layer cache gives the uncached loss and
 gradients, the shared head gives the plain forward's hidden states, packed rows give each
 example's own logits, and the lab's hidden-state loss equals the model's own `labels=` loss.
 Sliding-window families get a window shorter than the sequences, so the layer types stay
@@ -12,16 +12,16 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-from lab import compat
-from lab.collate import collate
-from lab.config import LoraConfig
-from lab.compat import output_layer
-from lab.forward import SharedHead, final_hidden
-from lab.loss import normalizer, shift_for_targets, token_weights, weighted_ce
-from lab.masks import Encoded
-from lab.models import attach_lora
-from lab.packing import collate_packed
-from lab.prefix import FrozenPrefix
+from plw_lab.core import compat
+from plw_lab.core.collate import collate
+from plw_lab.core.compat import output_layer
+from plw_lab.core.config import LoraConfig
+from plw_lab.core.forward import SharedHead, final_hidden
+from plw_lab.core.loss import normalizer, shift_for_targets, token_weights, weighted_ce
+from plw_lab.core.masks import Encoded
+from plw_lab.core.models import attach_lora
+from plw_lab.core.packing import collate_packed
+from plw_lab.core.prefix import FrozenPrefix
 
 WINDOW = 9  # shorter than the longer test sequences, longer than the shared-head ones
 
@@ -32,7 +32,10 @@ ARCHITECTURES = {
     "mistral": ("MistralConfig", {"sliding_window": WINDOW}),
     "gemma3_text": (
         "Gemma3TextConfig",
-        {"sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]},
+        {
+            "sliding_window": WINDOW,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        },
     ),
     "phi3": ("Phi3Config", {}),
     "olmo2": ("Olmo2Config", {}),
@@ -47,9 +50,18 @@ def test_every_proven_architecture_is_tested():
 def _model(tokenizer, arch, impl="sdpa", lora=True):
     name, extra = ARCHITECTURES[arch]
     config = getattr(transformers, name)(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=impl, dtype=torch.float32)
@@ -123,7 +135,9 @@ def test_a_shared_head_gives_the_plain_forward(tokenizer, arch):
         torch.testing.assert_close(final_hidden(model, ids, mask, head=head)[real], full[real], rtol=1e-5, atol=1e-5)
         prefix = FrozenPrefix.for_model(model, [2, 3])
         for _ in range(2):
-            torch.testing.assert_close(final_hidden(model, ids, mask, prefix=prefix, head=head)[real], full[real], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                final_hidden(model, ids, mask, prefix=prefix, head=head)[real], full[real], rtol=1e-5, atol=1e-5
+            )
 
 
 def test_no_shared_head_longer_than_a_sliding_window(tokenizer):
@@ -137,7 +151,16 @@ def _encoded(ids, mask):
     out = []
     for row, n in zip(ids, mask.sum(1).tolist()):
         tokens = row[:n].tolist()
-        out.append(Encoded(input_ids=tokens, prompt_mask=[1] * 2 + [0] * (n - 2), completion_mask=[0] * 2 + [1] * (n - 2), offsets=[], text="", example=None))
+        out.append(
+            Encoded(
+                input_ids=tokens,
+                prompt_mask=[1] * 2 + [0] * (n - 2),
+                completion_mask=[0] * 2 + [1] * (n - 2),
+                offsets=[],
+                text="",
+                example=None,
+            )
+        )
     return out
 
 
@@ -152,13 +175,23 @@ def test_packed_rows_give_each_examples_own_logits(tokenizer, arch, impl, kind):
     assert packed["input_ids"].shape[0] < len(batch)
     with torch.no_grad():
         alone = [model(input_ids=torch.tensor([e.input_ids]), use_cache=False).logits[0] for e in batch]
-        logits = model(input_ids=packed["input_ids"], attention_mask=packed["attention_mask"], position_ids=packed["position_ids"], use_cache=False).logits
+        logits = model(
+            input_ids=packed["input_ids"],
+            attention_mask=packed["attention_mask"],
+            position_ids=packed["position_ids"],
+            use_cache=False,
+        ).logits
         padded = collate(batch, tokenizer.pad_token_id)
-        padded_logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"], use_cache=False).logits
+        padded_logits = model(
+            input_ids=padded["input_ids"], attention_mask=padded["attention_mask"], use_cache=False
+        ).logits
     found = 0
     for r, c in (packed["position_ids"] == 0).nonzero().tolist():
         for e, want in zip(batch, alone):
-            if packed["input_ids"][r, c : c + len(e)].tolist() == e.input_ids and c + len(e) <= packed["input_ids"].shape[1]:
+            if (
+                packed["input_ids"][r, c : c + len(e)].tolist() == e.input_ids
+                and c + len(e) <= packed["input_ids"].shape[1]
+            ):
                 assert (logits[r, c : c + len(e)] - want).abs().max().item() <= 1e-4, (arch, impl, len(e))
                 found += 1
                 break
@@ -172,24 +205,34 @@ def test_packed_rows_give_each_examples_own_logits(tokenizer, arch, impl, kind):
 
 @pytest.mark.parametrize("target", ["lm_head", "embed_tokens"])
 def test_lora_on_the_output_layer_or_the_embeddings_is_refused(tokenizer, target):
-    from lab.config import ConfigError
+    from plw_lab.core.config import ConfigError
 
     model = _model(tokenizer, "llama", lora=False)
-    with pytest.raises(ConfigError, match=f"lora.target_modules includes {target}.*not the embeddings or the output layer"):
+    with pytest.raises(
+        ConfigError, match=f"lora.target_modules includes {target}.*not the embeddings or the output layer"
+    ):
         attach_lora(model, LoraConfig(layers="all", target_modules=["q_proj", target]))
 
 
 def test_all_linear_adapts_every_linear_layer_of_the_chosen_layers_but_not_the_head(tokenizer):
-    model = attach_lora(_model(tokenizer, "phi3", lora=False), LoraConfig(layers="top:1", target_modules=["all-linear"]))
+    model = attach_lora(
+        _model(tokenizer, "phi3", lora=False), LoraConfig(layers="top:1", target_modules=["all-linear"])
+    )
     adapted = {n.split(".lora_A")[0] for n, _ in model.named_parameters() if ".lora_A." in n}
-    assert adapted == {f"base_model.model.model.layers.3.{m}" for m in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")}
+    assert adapted == {
+        f"base_model.model.model.layers.3.{m}"
+        for m in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
+    }
 
 
 def test_target_names_the_model_lacks_are_refused_not_skipped(tokenizer):
-    from lab.config import ConfigError
+    from plw_lab.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="no linear layer of this model is called q_proj, v_proj .*qkv_proj"):
-        attach_lora(_model(tokenizer, "phi3", lora=False), LoraConfig(layers="all", target_modules=["q_proj", "v_proj", "o_proj"]))
+        attach_lora(
+            _model(tokenizer, "phi3", lora=False),
+            LoraConfig(layers="all", target_modules=["q_proj", "v_proj", "o_proj"]),
+        )
 
 
 def test_a_head_adapter_sends_the_loss_through_the_logits():
@@ -205,8 +248,8 @@ def test_a_head_adapter_sends_the_loss_through_the_logits():
 def test_an_unproven_architecture_runs_the_plain_path_and_says_why(tokenizer):
     from types import SimpleNamespace
 
-    from lab.config import LabConfig
-    from lab.training import run_paths
+    from plw_lab.core.config import LabConfig
+    from plw_lab.core.training import run_paths
 
     model = _model(tokenizer, "llama")
     model.get_base_model().config.model_type = "olmo3"
@@ -223,14 +266,19 @@ def test_an_unproven_architecture_runs_the_plain_path_and_says_why(tokenizer):
 def test_a_run_says_its_paths_processes_and_global_batch(tmp_path):
     from conftest import sum_examples
 
-    from lab import events as ev
-    from lab.config import LabConfig
-    from lab.training import train
+    from plw_lab.core import events as ev
+    from plw_lab.core.config import LabConfig
+    from plw_lab.core.training import train
 
     cfg = LabConfig().override(
         {
-            "model.name": "tiny-random", "train.output_dir": str(tmp_path / "runs"), "train.batch_size": 3,
-            "train.grad_accum": 2, "train.max_steps": 2, "train.eval_interval": 2, "lora.layers": "top:1",
+            "model.name": "tiny-random",
+            "train.output_dir": str(tmp_path / "runs"),
+            "train.batch_size": 3,
+            "train.grad_accum": 2,
+            "train.max_steps": 2,
+            "train.eval_interval": 2,
+            "lora.layers": "top:1",
             "train.gradient_checkpointing": True,
         }
     )

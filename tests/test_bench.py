@@ -14,8 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_benchmark_script_runs_and_reports_every_chosen_section(tmp_path):
     out = tmp_path / "rows.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--gpu-smoke", "--only", "6,7", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--gpu-smoke", "--only", "6,7", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(out.read_text())
     assert {r["section"] for r in rows} == {"6", "7"}

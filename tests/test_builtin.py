@@ -3,8 +3,8 @@ import importlib.util
 
 import pytest
 
-from lab import builtin
-from lab.builtin import BUILTIN_SETS, general_text, load_builtin
+from plw_lab.core import builtin
+from plw_lab.core.builtin import BUILTIN_SETS, general_text, load_builtin
 
 SHAPES = {
     "multiple_choice": {"context", "question", "options", "answer"},
@@ -99,8 +99,8 @@ def test_bbb_missing_package(monkeypatch):
 
 
 def test_import_has_no_side_effects(monkeypatch):
-    import importlib
     import builtins as py
+    import importlib
 
     def no_open(*a, **k):
         raise AssertionError("builtin.py opened a file at import")

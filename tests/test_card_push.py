@@ -6,18 +6,29 @@ import json
 import pytest
 import yaml
 
-from lab.card import CONFIG_NAME, ShareError, push, stage_upload, write
-from lab.cli import lab_version, main
-from lab.config import LabConfig
+from plw_lab import __version__
+from plw_lab.cli import main
+from plw_lab.core.card import CONFIG_NAME, ShareError, push, stage_upload, write
+from plw_lab.core.config import LabConfig
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from lab.training import train
+    from plw_lab.core.training import train
 
-    cfg = LabConfig().override({"model.name": "tiny-random", "data.limit": 30, "train.max_steps": 2, "train.eval_interval": 1,
-                                "train.output_dir": str(tmp_path_factory.mktemp("runs")), "train.run_name": "shared",
-                                "eval.generations": 0, "eval.probe_texts": 0, "train.prompt_loss_weight": 0.1})
+    cfg = LabConfig().override(
+        {
+            "model.name": "tiny-random",
+            "data.limit": 30,
+            "train.max_steps": 2,
+            "train.eval_interval": 1,
+            "train.output_dir": str(tmp_path_factory.mktemp("runs")),
+            "train.run_name": "shared",
+            "eval.generations": 0,
+            "eval.probe_texts": 0,
+            "train.prompt_loss_weight": 0.1,
+        }
+    )
     result = train(cfg)
     assert result.status == "finished", result.summary
     return result.run_dir
@@ -31,38 +42,58 @@ def test_every_adapter_folder_has_a_card_and_names_its_base_model(run_dir):
         card = (run_dir / name / "README.md").read_text()
         assert card.startswith("---\nbase_model: tiny-random\nlibrary_name: peft\n")
         assert "prompt-loss weight (PLW): 0.1, normalised by `sum_weights`" in card
-        assert "- data: `builtin:reading-mc`: " in card and f"{summary['n_train']} training and {summary['n_val']} validation examples" in card
-        assert "- LoRA: r 8, alpha 16, dropout 0, modules q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, layers `top:8`" in card
-        assert f"Trained with PLW Lab {lab_version()}:" in card and lab_version()[0].isdigit()
+        assert (
+            "- data: `builtin:reading-mc`: " in card
+            and f"{summary['n_train']} training and {summary['n_val']} validation examples" in card
+        )
+        assert (
+            "- LoRA: r 8, alpha 16, dropout 0, modules q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, layers `top:8`"
+            in card
+        )
+        assert f"Trained with PLW Lab {__version__}:" in card and __version__[0].isdigit()
     kept = summary["adapter_step"]
     final = (run_dir / "adapter" / "README.md").read_text()
     assert f"- steps: 2; this folder keeps step {kept}: " in final
-    assert "- steps: 2; this folder keeps step 2: the last optimiser step" in (run_dir / "last_adapter" / "README.md").read_text()
+    assert (
+        "- steps: 2; this folder keeps step 2: the last optimiser step"
+        in (run_dir / "last_adapter" / "README.md").read_text()
+    )
     # The validation table: base model and kept step, each accuracy with its Wilson interval, from the registry.
-    from lab.metrics import METRICS
+    from plw_lab.core.metrics import METRICS
 
-    evals = {json.loads(line)["step"]: json.loads(line)["metrics"] for line in (run_dir / "events.jsonl").read_text().splitlines()
-             if json.loads(line)["type"] == "eval"}
+    evals = {
+        json.loads(line)["step"]: json.loads(line)["metrics"]
+        for line in (run_dir / "events.jsonl").read_text().splitlines()
+        if json.loads(line)["type"] == "eval"
+    }
     accuracy = METRICS["answer_accuracy"]
     row = f"| val answer accuracy | {accuracy.format_with_interval(evals[0])} | {accuracy.format_with_interval(evals[kept])} |"
     assert row in final and "% [" in row  # "62.5% [48.3–74.8%]"
-    assert f"| val completion loss | {evals[0]['completion_loss']:.4f} | {evals[kept]['completion_loss']:.4f} |" in final
+    assert (
+        f"| val completion loss | {evals[0]['completion_loss']:.4f} | {evals[kept]['completion_loss']:.4f} |" in final
+    )
     stopping = METRICS[summary["early_stopping_metric"]]
     if kept == 2:
         assert f"this folder keeps step 2: the last step, which is also the best {stopping.label}\n" in final
     else:
         best = summary["best"][stopping.name]["value"]
-        assert f"this folder keeps step {kept}: the best {stopping.label} of the evaluations ({stopping.format(best)})\n" in final
+        assert (
+            f"this folder keeps step {kept}: the best {stopping.label} of the evaluations ({stopping.format(best)})\n"
+            in final
+        )
 
 
 def test_the_embedded_model_is_named_by_its_hub_id_with_the_gguf_note(tmp_path, tiny_model):
-    from lab.config import LoraConfig
-    from lab.models import attach_lora
+    from plw_lab.core.config import LoraConfig
+    from plw_lab.core.models import attach_lora
 
     folder = tmp_path / "adapter"
     attach_lora(tiny_model, LoraConfig(layers="all")).save_pretrained(folder)
     write(folder, LabConfig(), "adapter", 0, 0, "answer_loss", None, [], 10, 2)
-    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (
+        json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+        == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
     card = (folder / "README.md").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
     assert "trained this adapter on the weights dequantised from the Q4_1 GGUF" in card
@@ -101,7 +132,9 @@ def test_push_uploads_the_staged_folder(run_dir, monkeypatch):
         def upload_folder(self, folder_path, repo_id, **kwargs):
             from pathlib import Path
 
-            calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir()), kwargs["commit_message"]))
+            calls.append(
+                ("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir()), kwargs["commit_message"])
+            )
 
     monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
     assert push(run_dir, "someone/tiny-plw", token="hf_test") == "https://huggingface.co/someone/tiny-plw"
@@ -117,11 +150,17 @@ def test_push_offline_or_without_a_token_fails_clearly_with_exit_2(run_dir, monk
     assert main(["push", str(run_dir), "--repo", "someone/tiny-plw"]) == 2
     assert "no Hugging Face token: set HF_TOKEN" in capsys.readouterr().err
     # With a token but offline (the tests run with HF_HUB_OFFLINE=1): the hub's reason and what pushing needs.
-    with pytest.raises(ShareError, match="could not push to someone/tiny-plw: .*offline mode is enabled.*needs internet access"):
+    with pytest.raises(
+        ShareError, match="could not push to someone/tiny-plw: .*offline mode is enabled.*needs internet access"
+    ):
         push(run_dir, "someone/tiny-plw", token="hf_test")
 
 
 def test_the_card_header_is_valid_yaml(run_dir):
     header = yaml.safe_load((run_dir / "adapter" / "README.md").read_text().split("---\n")[1])
-    assert header == {"base_model": "tiny-random", "library_name": "peft", "pipeline_tag": "text-generation",
-                      "tags": ["lora", "sft", "prompt-loss-weight", "plw-lab"]}
+    assert header == {
+        "base_model": "tiny-random",
+        "library_name": "peft",
+        "pipeline_tag": "text-generation",
+        "tags": ["lora", "sft", "prompt-loss-weight", "plw-lab"],
+    }

@@ -3,21 +3,42 @@
 import json
 
 import pytest
-
-from lab.cli import main
-
 from conftest import sum_examples
+
+from plw_lab.cli import main
 
 
 @pytest.fixture
 def data_file(tmp_path):
     path = tmp_path / "sums.jsonl"
-    path.write_text("\n".join(json.dumps({"prompt": e.messages[0]["content"], "completion": e.messages[1]["content"]}) for e in sum_examples(20)))
+    path.write_text(
+        "\n".join(
+            json.dumps({"prompt": e.messages[0]["content"], "completion": e.messages[1]["content"]})
+            for e in sum_examples(20)
+        )
+    )
     return path
 
 
 def test_inspect_prints_tokens_with_labels_and_weights(data_file, capsys):
-    assert main(["inspect", "--model", "tiny-random", "--data", str(data_file), "-n", "1", "--plw", "0.1", "--table", "--colour"]) == 0
+    assert (
+        main(
+            [
+                "inspect",
+                "--model",
+                "tiny-random",
+                "--data",
+                str(data_file),
+                "-n",
+                "1",
+                "--plw",
+                "0.1",
+                "--table",
+                "--colour",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "packing efficiency at batch 8: padded" in out and "generation ratio Rg mean" in out
     assert "\033[1m\033[32m" in out and "\033[36m" in out  # completion bold green; prompt cyan at PLW > 0
@@ -29,10 +50,27 @@ def test_inspect_prints_tokens_with_labels_and_weights(data_file, capsys):
 
 
 def test_train_then_eval_and_compare_a_run(data_file, tmp_path, capsys):
-    code = main([
-        "train", "--model", "tiny-random", "--data", str(data_file), "--max-steps", "2", "--output-dir", str(tmp_path / "runs"),
-        "--set", "train.run_name=cli", "--set", "train.batch_size=4", "--set", "eval.generations=1", "--set", "eval.probe_texts=1",
-    ])
+    code = main(
+        [
+            "train",
+            "--model",
+            "tiny-random",
+            "--data",
+            str(data_file),
+            "--max-steps",
+            "2",
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--set",
+            "train.run_name=cli",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "eval.generations=1",
+            "--set",
+            "eval.probe_texts=1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "eval step    0" in out and "finished at step 2" in out and "adapter off" in out

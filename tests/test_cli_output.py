@@ -8,11 +8,10 @@ import json
 import re
 
 import pytest
-
-from lab import cli
-from lab.cli import main
-
 from conftest import sum_examples
+
+from plw_lab import __version__
+from plw_lab.cli import main
 
 ESC = "\033["
 
@@ -27,8 +26,12 @@ class Terminal(io.StringIO):
 @pytest.fixture
 def data_file(tmp_path):
     path = tmp_path / "sums.jsonl"
-    path.write_text("\n".join(json.dumps({"prompt": e.messages[0]["content"], "completion": e.messages[1]["content"]})
-                              for e in sum_examples(20)))
+    path.write_text(
+        "\n".join(
+            json.dumps({"prompt": e.messages[0]["content"], "completion": e.messages[1]["content"]})
+            for e in sum_examples(20)
+        )
+    )
     return path
 
 
@@ -62,8 +65,8 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0
-    assert capsys.readouterr().out.strip() == f"lab {cli.lab_version()}"
-    assert re.fullmatch(r"\d+\.\d+\.\d+.*", cli.lab_version())
+    assert capsys.readouterr().out.strip() == f"lab {__version__}"
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", __version__)
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "compare", "inspect", "config"])
@@ -78,22 +81,68 @@ def test_every_help_shows_examples(command, capsys):
 def test_train_shows_its_phases_then_eval_prints_a_table(data_file, tmp_path, monkeypatch, capsys):
     bar = Terminal()
     monkeypatch.setattr("sys.stderr", bar)
-    code = main(["train", "--model", "tiny-random", "--data", str(data_file), "--max-steps", "2",
-                 "--output-dir", str(tmp_path / "runs"), "--set", "train.run_name=bar", "--set", "train.batch_size=4",
-                 "--set", "train.eval_interval=1", "--set", "eval.generations=1", "--set", "eval.probe_texts=1"])
+    code = main(
+        [
+            "train",
+            "--model",
+            "tiny-random",
+            "--data",
+            str(data_file),
+            "--max-steps",
+            "2",
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--set",
+            "train.run_name=bar",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "train.eval_interval=1",
+            "--set",
+            "eval.generations=1",
+            "--set",
+            "eval.probe_texts=1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     drawn = bar.getvalue()
-    for phase in ("loading the model and the data", "evaluating the base model (step 0)", "evaluating at step 1",
-                  "comparing adapter on and off", "finished"):
+    for phase in (
+        "loading the model and the data",
+        "evaluating the base model (step 0)",
+        "evaluating at step 1",
+        "comparing adapter on and off",
+        "finished",
+    ):
         assert phase in drawn, phase
     assert "2/2 steps" in drawn and "ETA" in drawn and "elapsed" in drawn
     assert "finished at step 2" in out  # the events are still printed, above the bar
 
     monkeypatch.setattr("sys.stderr", io.StringIO())  # not a terminal: phases become lines, no bar
-    assert main(["train", "--model", "tiny-random", "--data", str(data_file), "--max-steps", "1",
-                 "--output-dir", str(tmp_path / "runs"), "--set", "train.run_name=log", "--set", "train.batch_size=4",
-                 "--set", "eval.generations=0", "--set", "eval.probe_texts=0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "tiny-random",
+                "--data",
+                str(data_file),
+                "--max-steps",
+                "1",
+                "--output-dir",
+                str(tmp_path / "runs"),
+                "--set",
+                "train.run_name=log",
+                "--set",
+                "train.batch_size=4",
+                "--set",
+                "eval.generations=0",
+                "--set",
+                "eval.probe_texts=0",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "\u2026 evaluating the base model (step 0)" in out and "\u2026 comparing adapter on and off" in out
 

@@ -1,6 +1,6 @@
 """Collapse to one answer, judged against the true answers at every evaluation (the base model too)."""
 
-from lab.advice import CollapseWatch, collapse, collapsed_answer
+from plw_lab.core.advice import CollapseWatch, collapse, collapsed_answer
 
 
 def _metrics(predicted: dict, answers: dict) -> dict:
@@ -38,7 +38,9 @@ def test_the_base_model_answering_a_29_of_30_times_is_flagged_at_step_0():
 
 def test_a_balanced_prediction_is_not_flagged():
     assert collapsed_answer(_metrics({"A": 13, "B": 12, "C": 11, "D": 12}, TRUTH)) is None
-    assert CollapseWatch().check(_metrics({"A": 30, "B": 6, "C": 6, "D": 6}, TRUTH), 0) is None  # 62%: skewed, not collapsed
+    assert (
+        CollapseWatch().check(_metrics({"A": 30, "B": 6, "C": 6, "D": 6}, TRUTH), 0) is None
+    )  # 62%: skewed, not collapsed
 
 
 def test_a_true_majority_predicted_at_its_true_share_is_not_flagged():
@@ -56,8 +58,8 @@ def test_a_handful_of_examples_is_not_enough_evidence():
 
 
 def test_stopping_on_completion_loss_of_letter_answers_is_questioned():
-    from lab.advice import before_training
-    from lab.config import LabConfig
+    from plw_lab.core.advice import before_training
+    from plw_lab.core.config import LabConfig
 
     cfg = LabConfig().override({"train.early_stopping_metric": "completion_loss"})
     assert any("mostly measures learning to stop" in n for n in before_training(cfg, 1000, 40, has_answers=True))

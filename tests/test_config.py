@@ -2,7 +2,7 @@
 
 import pytest
 
-from lab.config import ConfigError, LabConfig, field_specs, layer_indices
+from plw_lab.core.config import ConfigError, LabConfig, field_specs, layer_indices
 
 
 def test_defaults_are_valid_and_documented():
@@ -15,7 +15,13 @@ def test_defaults_are_valid_and_documented():
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_round_trip_through_a_file(tmp_path, suffix):
-    cfg = LabConfig().override({"train.prompt_loss_weight": 0.01, "lora.target_modules": ["q_proj", "v_proj"], "data.column_map": {"prompt": "q"}})
+    cfg = LabConfig().override(
+        {
+            "train.prompt_loss_weight": 0.01,
+            "lora.target_modules": ["q_proj", "v_proj"],
+            "data.column_map": {"prompt": "q"},
+        }
+    )
     assert LabConfig.load(cfg.save(tmp_path / f"c{suffix}")) == cfg
 
 
@@ -30,7 +36,11 @@ def test_round_trip_through_a_file(tmp_path, suffix):
         ("train.batch_size", "eight", "cannot read 'eight' as int"),
         ("lora.layers", "top:x", "'top:N' needs a positive whole N"),
         ("train.prompt_weight", "0.1", "unknown setting 'train.prompt_weight'"),
-        ("model.chat_template", "{% for m in messages %}{{ m }}", "model.chat_template: not a valid Jinja template (line 1"),
+        (
+            "model.chat_template",
+            "{% for m in messages %}{{ m }}",
+            "model.chat_template: not a valid Jinja template (line 1",
+        ),
     ],
 )
 def test_bad_settings_name_the_setting(key, value, message):

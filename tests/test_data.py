@@ -3,11 +3,19 @@
 import json
 
 import pytest
-
-from lab.config import DataConfig
-from lab.data import DataError, check_hub_id, detect_format, load_examples, read_file, read_records, split, to_examples
-
 from conftest import mc_records
+
+from plw_lab.core.config import DataConfig
+from plw_lab.core.data import (
+    DataError,
+    check_hub_id,
+    detect_format,
+    load_examples,
+    read_file,
+    read_records,
+    split,
+    to_examples,
+)
 
 
 def _write_jsonl(path, records):
@@ -22,7 +30,9 @@ def test_formats_are_detected_and_converted(tmp_path):
     mc = to_examples(mc_records(1), cfg)[0]
     assert mc.choices == ("A", "B", "C") and mc.messages[-1]["content"] == mc.answer
     assert "A. " in mc.messages[0]["content"] and "Question: What colour" in mc.messages[0]["content"]
-    cls = to_examples([{"text": "CCO", "label": "BBB+"}, {"text": "C", "label": "BBB-"}], DataConfig(answer_format="({letter})"))
+    cls = to_examples(
+        [{"text": "CCO", "label": "BBB+"}, {"text": "C", "label": "BBB-"}], DataConfig(answer_format="({letter})")
+    )
     assert cls[0].choices == ("(A)", "(B)") and cls[0].answer == "(A)" and cls[1].answer == "(B)"
     assert "(A) BBB+ (B) BBB-" in cls[0].messages[0]["content"]
     assert detect_format([{"messages": []}]) == "chat"
@@ -36,7 +46,10 @@ def test_jsonl_csv_and_parquet_files_give_the_same_examples(tmp_path):
     _write_jsonl(tmp_path / "d.jsonl", records)
     (tmp_path / "d.csv").write_text("prompt,completion\n" + "\n".join(f"p{i},c{i}" for i in range(3)), encoding="utf-8")
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "d.parquet")
-    got = [[e.messages for e in load_examples(DataConfig(source=str(tmp_path / f"d.{ext}")))] for ext in ("jsonl", "csv", "parquet")]
+    got = [
+        [e.messages for e in load_examples(DataConfig(source=str(tmp_path / f"d.{ext}")))]
+        for ext in ("jsonl", "csv", "parquet")
+    ]
     assert got[0] == got[1] == got[2] and len(got[0]) == 3
 
 
@@ -114,7 +127,10 @@ def test_split_is_deterministic_by_seed_and_disjoint():
     assert len(split(items, 0.5, seed=0, val_max=5)[1]) == 5  # large sets keep evaluations quick
 
 
-@pytest.mark.parametrize("dataset_id", ["/etc", "../..", "secret", "secret/s.csv", "secret/sub", "a/../b", "owner/loader.py", "~/x", "a/b/c", ""])
+@pytest.mark.parametrize(
+    "dataset_id",
+    ["/etc", "../..", "secret", "secret/s.csv", "secret/sub", "a/../b", "owner/loader.py", "~/x", "a/b/c", ""],
+)
 def test_the_app_reads_only_hub_ids_never_server_folders(tmp_path, monkeypatch, dataset_id):
     """The app's hub box must not reach `datasets.load_dataset` with anything that names a local path."""
     (tmp_path / "secret" / "sub").mkdir(parents=True)
@@ -131,7 +147,9 @@ def test_hub_ids_pass_the_check_and_the_cli_may_still_name_local_datasets(tmp_pa
     import datasets
 
     seen = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda path, *a, **k: seen.append(path) or [{"prompt": "p", "completion": "c"}])
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda path, *a, **k: seen.append(path) or [{"prompt": "p", "completion": "c"}]
+    )
     assert check_hub_id(" ehovy/race ") == "ehovy/race"
     read_records(DataConfig(source="hf:someone/sums"), hub_ids_only=True)
     (tmp_path / "mine").mkdir()

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from lab.cli import main
-from lab.config import DataConfig, LabConfig
-from lab.data import DataError, detect_format, load_examples, split, to_examples
-from lab.events import read_events
-from lab.masks import encode
+from plw_lab.cli import main
+from plw_lab.core.config import DataConfig, LabConfig
+from plw_lab.core.data import DataError, detect_format, load_examples, split, to_examples
+from plw_lab.core.events import read_events
+from plw_lab.core.masks import encode
 
 
 def completion_text(tokenizer, enc) -> str:
@@ -40,7 +40,10 @@ def test_conversational_halves_must_both_be_message_lists():
     with pytest.raises(DataError, match="record 0: in conversational prompt/completion data both"):
         to_examples([{"prompt": "Hi", "completion": [{"role": "assistant", "content": "Hello"}]}], DataConfig())
     with pytest.raises(DataError, match="'completion' must hold the assistant's reply"):
-        to_examples([{"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "user", "content": "x"}]}], DataConfig())
+        to_examples(
+            [{"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "user", "content": "x"}]}],
+            DataConfig(),
+        )
     with pytest.raises(DataError, match="'prompt' must be text or a list"):
         to_examples([{"prompt": {"text": "Hi"}, "completion": "Hello"}], DataConfig())
 
@@ -118,7 +121,9 @@ def test_ragged_csv_rows_are_named(tmp_path, row, message):
 def test_the_format_comes_from_most_records_and_the_odd_one_is_named():
     records = [{"prompt": "only a prompt"}] + [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(4)]
     assert detect_format(records) == "prompt_completion"
-    with pytest.raises(DataError, match=r"record 0: missing field\(s\) completion for format prompt_completion \(it has prompt\)"):
+    with pytest.raises(
+        DataError, match=r"record 0: missing field\(s\) completion for format prompt_completion \(it has prompt\)"
+    ):
         to_examples(records, DataConfig())
     with pytest.raises(DataError, match=r"fields \['a', 'b'\] of the first 2 record"):
         detect_format([{"a": 1}, {"b": 2}])
@@ -128,7 +133,12 @@ def test_the_format_comes_from_most_records_and_the_odd_one_is_named():
 
 
 def test_on_error_skip_leaves_bad_records_out_and_says_why():
-    records = [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": " "}, {"prompt": "e"}, {"prompt": "f", "completion": "g"}]
+    records = [
+        {"prompt": "a", "completion": "b"},
+        {"prompt": "c", "completion": " "},
+        {"prompt": "e"},
+        {"prompt": "f", "completion": "g"},
+    ]
     with pytest.raises(DataError, match="record 1: empty completion"):
         to_examples(records, DataConfig())
     examples = to_examples(records, DataConfig(on_error="skip"))
@@ -146,15 +156,21 @@ def test_on_error_skip_leaves_bad_records_out_and_says_why():
 
 def test_unreadable_lines_are_bad_records_that_can_be_skipped(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"prompt": "a", "completion": "b"}\n\n{"prompt": "c", \n[1, 2]\n{"prompt": "e", "completion": "f"}\n')
+    path.write_text(
+        '{"prompt": "a", "completion": "b"}\n\n{"prompt": "c", \n[1, 2]\n{"prompt": "e", "completion": "f"}\n'
+    )
     with pytest.raises(DataError, match=r"record 1: line 3: invalid JSON"):
         load_examples(DataConfig(source=str(path)))
     examples = load_examples(DataConfig(source=str(path), on_error="skip"))
     assert [e.source_index for e in examples] == [0, 3]
-    assert examples.report.skipped == [(1, "line 3: invalid JSON (Expecting property name enclosed in double quotes)"),
-                                       (2, "expected an object with named fields, got list")]
+    assert examples.report.skipped == [
+        (1, "line 3: invalid JSON (Expecting property name enclosed in double quotes)"),
+        (2, "expected an object with named fields, got list"),
+    ]
     path.write_text("not json\n{oops\n")
-    with pytest.raises(DataError, match=r"none of the first 2 record\(s\) could be read; record 0: line 1: invalid JSON"):
+    with pytest.raises(
+        DataError, match=r"none of the first 2 record\(s\) could be read; record 0: line 1: invalid JSON"
+    ):
         load_examples(DataConfig(source=str(path), on_error="skip"))
 
 
@@ -190,8 +206,25 @@ def test_inspect_and_the_started_event_report_duplicates_and_skips(tmp_path, cap
     out = capsys.readouterr().out
     assert "1 exact duplicate record(s) of 14 left out" in out and "record 12 repeats 0" in out
     assert "1 bad record(s) of 14 skipped (data.on_error=skip): record 13: empty completion" in out
-    assert main(["train", *common, "--max-steps", "1", "--output-dir", str(tmp_path / "runs"),
-                 "--set", "eval.generations=0", "--set", "eval.probe_texts=0", "--set", "data.val_size=3"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--max-steps",
+                "1",
+                "--output-dir",
+                str(tmp_path / "runs"),
+                "--set",
+                "eval.generations=0",
+                "--set",
+                "eval.probe_texts=0",
+                "--set",
+                "data.val_size=3",
+            ]
+        )
+        == 0
+    )
     assert "data: 1 exact duplicate record(s)" in capsys.readouterr().out
     events = read_events(next((tmp_path / "runs").iterdir()) / "events.jsonl")
     started = next(e for e in events if e.kind == "started")

@@ -6,26 +6,55 @@ import subprocess
 import sys
 
 import pytest
-
-from lab.events import Step, read_events
-
 from conftest import sum_examples
+
+from plw_lab.core.events import Step, read_events
 
 pytestmark = pytest.mark.slow
 
 
 def _run(tmp_path, name, processes, batch):
     args = [
-        "--model", "tiny-random", "--data", str(tmp_path / "data.jsonl"), "--max-steps", "3",
-        "--output-dir", str(tmp_path / "runs"),
-        "--set", f"train.batch_size={batch}", "--set", "train.eval_interval=2", "--set", "train.prompt_loss_weight=0.1",
-        "--set", "eval.probe_texts=0", "--set", "eval.generations=0", "--set", "lora.layers=all", "--set", f"train.run_name={name}",
+        "--model",
+        "tiny-random",
+        "--data",
+        str(tmp_path / "data.jsonl"),
+        "--max-steps",
+        "3",
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--set",
+        f"train.batch_size={batch}",
+        "--set",
+        "train.eval_interval=2",
+        "--set",
+        "train.prompt_loss_weight=0.1",
+        "--set",
+        "eval.probe_texts=0",
+        "--set",
+        "eval.generations=0",
+        "--set",
+        "lora.layers=all",
+        "--set",
+        f"train.run_name={name}",
     ]
     if processes == 1:
-        cmd = [sys.executable, "-m", "lab", "train", *args]
+        cmd = [sys.executable, "-m", "plw_lab", "train", *args]
     else:
         launcher = shutil.which("accelerate")
-        cmd = [launcher, "launch", "--multi_gpu", "--num_processes", str(processes), "--main_process_port", "29561", "-m", "lab", "train", *args]
+        cmd = [
+            launcher,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--main_process_port",
+            "29561",
+            "-m",
+            "plw_lab",
+            "train",
+            *args,
+        ]
     env = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     import os
 
@@ -57,8 +86,22 @@ def test_a_cpu_launch_that_would_start_one_process_fails_with_the_command_that_w
 
     if shutil.which("accelerate") is None:
         pytest.skip("accelerate's launcher is not on PATH")
-    cmd = [shutil.which("accelerate"), "launch", "--cpu", "--num_processes", "2", "--main_process_port", "29562",
-           "-m", "lab", "train", "--model", "tiny-random", "--output-dir", str(tmp_path / "runs")]
+    cmd = [
+        shutil.which("accelerate"),
+        "launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "29562",
+        "-m",
+        "plw_lab",
+        "train",
+        "--model",
+        "tiny-random",
+        "--output-dir",
+        str(tmp_path / "runs"),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert done.returncode != 0
     assert "starts only one process" in done.stdout + done.stderr

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from lab.diversity import answer_entropy, distinct_n, text_diversity
-from lab.metrics import METRICS
+from plw_lab.core.diversity import answer_entropy, distinct_n, text_diversity
+from plw_lab.core.metrics import METRICS
 
 
 def test_distinct_n_on_hand_written_texts():
@@ -37,21 +37,21 @@ def test_new_metrics_are_registered():
 
 
 def _val(tokenizer):
-    from lab.config import DataConfig
-    from lab.data import to_examples
-    from lab.masks import encode_all
-
     from conftest import mc_records
+
+    from plw_lab.core.config import DataConfig
+    from plw_lab.core.data import to_examples
+    from plw_lab.core.masks import encode_all
 
     encoded, _ = encode_all(tokenizer, to_examples(mc_records(6), DataConfig()), 128)
     return encoded
 
 
 def test_evaluation_reports_answer_entropy_and_kl_to_base_against_a_naive_oracle(tokenizer, tiny_model):
-    from lab.config import LabConfig
-    from lab.evaluation import adapter, evaluate
-    from lab.loss import weighted_kl_from_logits
-    from lab.models import attach_lora, lora_factors
+    from plw_lab.core.config import LabConfig
+    from plw_lab.core.evaluation import adapter, evaluate
+    from plw_lab.core.loss import weighted_kl_from_logits
+    from plw_lab.core.models import attach_lora, lora_factors
 
     model = attach_lora(tiny_model, LabConfig().override({"lora.layers": "all"}).lora)
     encoded = _val(tokenizer)
@@ -82,9 +82,9 @@ def test_evaluation_reports_answer_entropy_and_kl_to_base_against_a_naive_oracle
 
 
 def test_comparison_reports_the_diversity_of_generations_on_and_off(tokenizer, tiny_model):
-    from lab.config import LabConfig
-    from lab.evaluation import compare
-    from lab.models import attach_lora
+    from plw_lab.core.config import LabConfig
+    from plw_lab.core.evaluation import compare
+    from plw_lab.core.models import attach_lora
 
     model = attach_lora(tiny_model, LabConfig().lora)
     encoded = _val(tokenizer)

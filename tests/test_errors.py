@@ -1,6 +1,6 @@
 """Bad input ends the CLI with exit code 2 and one message that names the setting and the fix.
 
-Every case goes through `lab.cli.main` as a user would meet it, and checks that no traceback
+Every case goes through `plw_lab.cli.main` as a user would meet it, and checks that no traceback
 reaches the terminal.
 """
 
@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from lab import advice
-from lab.cli import main
-from lab.config import ConfigError, LabConfig
+from plw_lab.cli import main
+from plw_lab.core import advice
+from plw_lab.core.config import ConfigError, LabConfig
 
 
 def fails_cleanly(capsys, argv: list[str], *fragments: str) -> str:
@@ -34,7 +34,10 @@ def fails_cleanly(capsys, argv: list[str], *fragments: str) -> str:
         (f"train.seed={2**32}", ("train.seed must be at most 4294967295",)),
         ("train.batch_size=1.9", ("train.batch_size must be a whole number; got 1.9",)),
         ("data.mc_template={bogus} {options}", ("data.mc_template names {bogus}", "{context}, {question}, {options}")),
-        ("data.classification_template={text} {labels}", ("data.classification_template names {labels}", "{text}, {options}")),
+        (
+            "data.classification_template={text} {labels}",
+            ("data.classification_template names {labels}", "{text}, {options}"),
+        ),
         ("data.answer_format=({answer})", ("data.answer_format names {answer}", "it may use {letter}")),
         ("data.answer_format={letter", ("data.answer_format: not a valid template",)),
         ("data.on_error=ignore", ("data.on_error must be one of fail, skip",)),
@@ -106,14 +109,17 @@ def test_output_dir_that_is_a_file(tmp_path, data_file, capsys):
     taken = tmp_path / "runs"
     taken.write_text("not a folder")
     fails_cleanly(
-        capsys, ["train", "--model", "tiny-random", "--data", str(data_file), "--output-dir", str(taken)],
-        "train.output_dir", "is a file, not a folder",
+        capsys,
+        ["train", "--model", "tiny-random", "--data", str(data_file), "--output-dir", str(taken)],
+        "train.output_dir",
+        "is a file, not a folder",
     )
 
 
 def test_inspect_when_nothing_fits(data_file, capsys):
     fails_cleanly(
-        capsys, ["inspect", "--model", "tiny-random", "--data", str(data_file), "--set", "data.max_length=16"],
+        capsys,
+        ["inspect", "--model", "tiny-random", "--data", str(data_file), "--set", "data.max_length=16"],
         "data.max_length 16 is too small for the template head plus the answer: the smallest value that keeps every example is",
         "raise data.max_length or set it to 0 (auto)",
     )
@@ -124,23 +130,31 @@ def test_a_folder_that_is_not_a_model(tmp_path, data_file, capsys):
     folder.mkdir()
     (folder / "adapter_config.json").write_text("{}")
     fails_cleanly(
-        capsys, ["inspect", "--model", str(folder), "--data", str(data_file)],
-        "is a folder without config.json", "LoRA adapter",
+        capsys,
+        ["inspect", "--model", str(folder), "--data", str(data_file)],
+        "is a folder without config.json",
+        "LoRA adapter",
     )
 
 
 def test_an_unknown_hub_model_offline_fails_at_once(data_file, capsys, monkeypatch):
     # conftest sets HF_HUB_OFFLINE=1
-    fails_cleanly(capsys, ["inspect", "--model", "someone/no-such-model", "--data", str(data_file)], "it is not in the local cache and HF_HUB_OFFLINE is set")
+    fails_cleanly(
+        capsys,
+        ["inspect", "--model", "someone/no-such-model", "--data", str(data_file)],
+        "it is not in the local cache and HF_HUB_OFFLINE is set",
+    )
     # With the variable unset and no network, the hub client would retry for most of a minute.
     from huggingface_hub import constants
 
-    import lab.models
+    import plw_lab.core.models
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(lab.models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(plw_lab.core.models, "_hub_reachable", lambda timeout=3.0: False)
     started = time.perf_counter()
-    fails_cleanly(capsys, ["inspect", "--model", "someone/no-such-model", "--data", str(data_file)], "cannot be reached")
+    fails_cleanly(
+        capsys, ["inspect", "--model", "someone/no-such-model", "--data", str(data_file)], "cannot be reached"
+    )
     assert time.perf_counter() - started < 20
 
 
@@ -157,13 +171,15 @@ def test_train_refuses_bad_data_and_models_before_a_run_folder_exists(tmp_path, 
     bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": null, "completion": "c"}\n')
     runs = tmp_path / "runs"
     fails_cleanly(
-        capsys, ["train", "--model", "tiny-random", "--data", str(bad), "--output-dir", str(runs)],
+        capsys,
+        ["train", "--model", "tiny-random", "--data", str(bad), "--output-dir", str(runs)],
         f"{bad}: record 1: field(s) prompt empty (null",
     )
     not_a_model = tmp_path / "empty"
     not_a_model.mkdir()
     fails_cleanly(
-        capsys, ["train", "--model", str(not_a_model), "--data", str(data_file), "--output-dir", str(runs)],
+        capsys,
+        ["train", "--model", str(not_a_model), "--data", str(data_file), "--output-dir", str(runs)],
         "is a folder without config.json",
     )
     assert not runs.exists()

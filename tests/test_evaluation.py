@@ -3,14 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
-from lab.config import DataConfig, LoraConfig
-from lab.data import to_examples
-from lab.evaluation import adapter, evaluate, evaluate_answers, generate, perplexity, token_losses
-from lab.masks import encode_all
-from lab.models import attach_lora
-
 from conftest import mc_records, sum_examples
+
+from plw_lab.core.config import DataConfig, LoraConfig
+from plw_lab.core.data import to_examples
+from plw_lab.core.evaluation import adapter, evaluate, evaluate_answers, generate, perplexity, token_losses
+from plw_lab.core.masks import encode_all
+from plw_lab.core.models import attach_lora
 
 
 def _oracle(model, encoded):

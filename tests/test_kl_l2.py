@@ -4,17 +4,16 @@ import math
 
 import pytest
 import torch
+from conftest import sum_examples
 from transformers import AutoModelForCausalLM
 
-from lab.collate import Collator, collate
-from lab.config import ConfigError, LabConfig
-from lab.evaluation import adapter
-from lab.loss import lora_update_sq_norm, token_ce_kl, weighted_kl, weighted_kl_from_logits
-from lab.masks import encode_all
-from lab.models import attach_lora, lora_factors
-from lab.training import PLWTrainer, training_arguments
-
-from conftest import sum_examples
+from plw_lab.core.collate import Collator, collate
+from plw_lab.core.config import ConfigError, LabConfig
+from plw_lab.core.evaluation import adapter
+from plw_lab.core.loss import lora_update_sq_norm, token_ce_kl, weighted_kl, weighted_kl_from_logits
+from plw_lab.core.masks import encode_all
+from plw_lab.core.models import attach_lora, lora_factors
+from plw_lab.core.training import PLWTrainer, training_arguments
 
 
 def test_kl_of_a_two_token_vocabulary_by_hand():
@@ -52,12 +51,18 @@ def test_chunked_kl_value_and_gradients_match_the_full_logits(chunk):
 
 
 def _trainer(tmp_path, tokenizer, tiny_dir, **overrides):
-    cfg = LabConfig().override({"model.name": "tiny-random", "train.output_dir": str(tmp_path), "lora.layers": "all", **overrides})
+    cfg = LabConfig().override(
+        {"model.name": "tiny-random", "train.output_dir": str(tmp_path), "lora.layers": "all", **overrides}
+    )
     torch.manual_seed(0)
     model = attach_lora(AutoModelForCausalLM.from_pretrained(tiny_dir), cfg.lora)
     encoded, _ = encode_all(tokenizer, sum_examples(4), 64)
-    trainer = PLWTrainer(model=model, args=training_arguments(cfg, tmp_path / "t", torch.device("cpu"), torch.float32),
-                         data_collator=Collator(tokenizer.pad_token_id), lab_config=cfg)
+    trainer = PLWTrainer(
+        model=model,
+        args=training_arguments(cfg, tmp_path / "t", torch.device("cpu"), torch.float32),
+        data_collator=Collator(tokenizer.pad_token_id),
+        lab_config=cfg,
+    )
     return trainer, model, collate(encoded, tokenizer.pad_token_id)
 
 
@@ -72,10 +77,18 @@ def test_beta_zero_is_the_plain_loss_and_beta_adds_the_kl_of_a_naive_two_pass_or
     plain, model, batch = _trainer(tmp_path, tokenizer, tiny_dir, **{"train.prompt_loss_weight": 0.1})
     _perturb_adapter(model)
     beta = 0.5
-    with_kl = PLWTrainer(model=model, args=plain.args, data_collator=plain.data_collator,
-                         lab_config=plain.lab.override({"train.kl_weight": beta}))
-    zero_kl = PLWTrainer(model=model, args=plain.args, data_collator=plain.data_collator,
-                         lab_config=plain.lab.override({"train.kl_weight": 0.0}))
+    with_kl = PLWTrainer(
+        model=model,
+        args=plain.args,
+        data_collator=plain.data_collator,
+        lab_config=plain.lab.override({"train.kl_weight": beta}),
+    )
+    zero_kl = PLWTrainer(
+        model=model,
+        args=plain.args,
+        data_collator=plain.data_collator,
+        lab_config=plain.lab.override({"train.kl_weight": 0.0}),
+    )
     loss_plain = plain.compute_loss(model, batch)
     assert torch.equal(zero_kl.compute_loss(model, batch), loss_plain)
 
@@ -98,8 +111,12 @@ def test_beta_zero_is_the_plain_loss_and_beta_adds_the_kl_of_a_naive_two_pass_or
 
 def test_kl_to_the_base_is_zero_for_a_fresh_adapter(tmp_path, tokenizer, tiny_dir):
     plain, model, batch = _trainer(tmp_path, tokenizer, tiny_dir)
-    with_kl = PLWTrainer(model=model, args=plain.args, data_collator=plain.data_collator,
-                         lab_config=plain.lab.override({"train.kl_weight": 2.0}))
+    with_kl = PLWTrainer(
+        model=model,
+        args=plain.args,
+        data_collator=plain.data_collator,
+        lab_config=plain.lab.override({"train.kl_weight": 2.0}),
+    )
     # LoRA starts as a zero update, so the adapted model is the base model and the KL term vanishes.
     assert with_kl.compute_loss(model, batch).item() == pytest.approx(plain.compute_loss(model, batch).item(), abs=1e-6)
 
@@ -139,14 +156,24 @@ def test_trainer_adds_l2_times_the_peft_update_norm(tmp_path, tokenizer, tiny_di
     plain, model, batch = _trainer(tmp_path, tokenizer, tiny_dir)
     _perturb_adapter(model)
     lam = 0.3
-    with_l2 = PLWTrainer(model=model, args=plain.args, data_collator=plain.data_collator,
-                         lab_config=plain.lab.override({"train.l2_to_base": lam}))
+    with_l2 = PLWTrainer(
+        model=model,
+        args=plain.args,
+        data_collator=plain.data_collator,
+        lab_config=plain.lab.override({"train.l2_to_base": lam}),
+    )
     # Oracle: PEFT's own delta weight of every LoRA layer.
-    deltas = [m.get_delta_weight("default") for m in model.modules() if hasattr(m, "get_delta_weight") and hasattr(m, "lora_A")]
+    deltas = [
+        m.get_delta_weight("default")
+        for m in model.modules()
+        if hasattr(m, "get_delta_weight") and hasattr(m, "lora_A")
+    ]
     assert deltas
     norm = sum((d.float() ** 2).sum() for d in deltas).item()
     assert norm > 0
-    assert with_l2.compute_loss(model, batch).item() == pytest.approx(plain.compute_loss(model, batch).item() + lam * norm, rel=1e-5)
+    assert with_l2.compute_loss(model, batch).item() == pytest.approx(
+        plain.compute_loss(model, batch).item() + lam * norm, rel=1e-5
+    )
 
 
 def test_lora_update_norm_needs_lora_layers():

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lab.compat import output_layer
-from lab.forward import final_hidden
-from lab.loss import normalizer, shift_for_targets, token_weights, weighted_ce, weighted_ce_from_logits
+from plw_lab.core.compat import output_layer
+from plw_lab.core.forward import final_hidden
+from plw_lab.core.loss import normalizer, shift_for_targets, token_weights, weighted_ce, weighted_ce_from_logits
 
 
 def test_token_weights_are_plw_on_prompt_and_one_on_completion():

@@ -1,12 +1,11 @@
 """Masks found token-exactly on the real SmolLM2 chat template."""
 
 import pytest
-
-from lab.config import DataConfig
-from lab.data import Example, to_examples
-from lab.masks import TooLongError, encode, encode_all
-
 from conftest import mc_records
+
+from plw_lab.core.config import DataConfig
+from plw_lab.core.data import Example, to_examples
+from plw_lab.core.masks import TooLongError, encode, encode_all
 
 
 def _decode(tokenizer, enc, mask):
@@ -56,7 +55,10 @@ def test_a_token_merged_across_the_boundary_counts_as_completion(tokenizer):
     merged = [i for i, (s, e) in enumerate(enc.offsets) if s < len("The capital of France is Par") < e]
     assert merged, "the tokenizer should merge 'Paris' across the boundary"
     assert enc.completion_mask[merged[0]] == 1
-    separate = tok("The capital of France is Par", add_special_tokens=False)["input_ids"] + tok("is", add_special_tokens=False)["input_ids"]
+    separate = (
+        tok("The capital of France is Par", add_special_tokens=False)["input_ids"]
+        + tok("is", add_special_tokens=False)["input_ids"]
+    )
     assert separate != enc.input_ids  # the naive concatenation is a different sequence
 
 

@@ -1,4 +1,4 @@
-"""The memory estimate (lab/memory.py): hand-computed for a tiny config, exact parameter counts against
+"""The memory estimate (plw_lab/core/memory.py): hand-computed for a tiny config, exact parameter counts against
 models built on the meta device, LoRA counts against peft, and the out-of-memory message of a run."""
 
 import json
@@ -6,14 +6,25 @@ import json
 import pytest
 import torch
 
-from lab.config import LabConfig
-from lab.memory import NF4_BYTES, Architecture, architecture, estimate
-from lab.presets import PRESETS
+from plw_lab.core.config import LabConfig
+from plw_lab.core.memory import NF4_BYTES, Architecture, architecture, estimate
+from plw_lab.core.presets import PRESETS
 
 # hidden 8, MLP 16, 3 layers, 2 query heads and 1 key/value head of size 4, vocabulary 10, tied head.
-TINY = dict(model_type="llama", hidden_size=8, intermediate_size=16, num_hidden_layers=3, num_attention_heads=2,
-            num_key_value_heads=1, head_dim=4, vocab_size=10, tie_word_embeddings=True,
-            pad_token_id=0, bos_token_id=1, eos_token_id=2)
+TINY = dict(
+    model_type="llama",
+    hidden_size=8,
+    intermediate_size=16,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=4,
+    vocab_size=10,
+    tie_word_embeddings=True,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 
 
 def _meta_parameter_count(spec: dict) -> int:
@@ -26,8 +37,15 @@ def _meta_parameter_count(spec: dict) -> int:
 
 
 def tiny_config(**overrides) -> LabConfig:
-    values = {"lora.r": 2, "lora.target_modules": ["q_proj", "v_proj"], "lora.layers": "top:2", "train.batch_size": 2,
-              "data.max_length": 8, "train.chunk_size": 16, "model.dtype": "float32"}
+    values = {
+        "lora.r": 2,
+        "lora.target_modules": ["q_proj", "v_proj"],
+        "lora.layers": "top:2",
+        "train.batch_size": 2,
+        "data.max_length": 8,
+        "train.chunk_size": 16,
+        "model.dtype": "float32",
+    }
     return LabConfig().override({**values, **overrides})
 
 
@@ -62,16 +80,25 @@ def test_parameter_counts_equal_the_model_built_from_the_config(preset):
     assert Architecture.from_config(preset.config).parameters == _meta_parameter_count(preset.config)
 
 
-@pytest.mark.parametrize("model_type,extra", [("qwen2", {}), ("qwen3", {}), ("mistral", {}), ("gemma2", {}), ("phi3", {}),
-                                              ("llama", {"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": False})])
+@pytest.mark.parametrize(
+    "model_type,extra",
+    [
+        ("qwen2", {}),
+        ("qwen3", {}),
+        ("mistral", {}),
+        ("gemma2", {}),
+        ("phi3", {}),
+        ("llama", {"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": False}),
+    ],
+)
 def test_parameter_counts_of_each_family(model_type, extra):
     spec = {**TINY, "model_type": model_type, **extra}
     assert Architecture.from_config(spec).parameters == _meta_parameter_count(spec)
 
 
 def test_lora_parameters_equal_peft(tiny_model):
-    from lab.config import LoraConfig
-    from lab.models import attach_lora
+    from plw_lab.core.config import LoraConfig
+    from plw_lab.core.models import attach_lora
 
     arch = Architecture.from_config(tiny_model.config)
     assert arch.parameters == sum(p.numel() for p in tiny_model.parameters())
@@ -94,7 +121,7 @@ def test_the_embedded_config_counts_its_135m_parameters():
 
     from safetensors import safe_open
 
-    from lab.models import embedded_model_dir
+    from plw_lab.core.models import embedded_model_dir
 
     folder = embedded_model_dir()
     config = json.loads((folder / "config.json").read_text())
@@ -107,8 +134,8 @@ def test_the_embedded_config_counts_its_135m_parameters():
 
 
 def test_an_unknown_offline_hub_model_says_why_there_is_no_estimate():
-    from lab.memory import describe
-    from lab.models import ModelError
+    from plw_lab.core.memory import describe
+    from plw_lab.core.models import ModelError
 
     with pytest.raises(ModelError, match="no memory estimate for 'nobody/no-such-model'"):
         architecture("nobody/no-such-model")
@@ -116,14 +143,22 @@ def test_an_unknown_offline_hub_model_says_why_there_is_no_estimate():
 
 
 def test_a_cuda_out_of_memory_error_becomes_the_estimate_and_what_to_lower(tmp_path, monkeypatch):
-    from lab.training import PLWTrainer, train
+    from plw_lab.core.training import PLWTrainer, train
 
     def out_of_memory(self, *args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(PLWTrainer, "compute_loss", out_of_memory)
-    cfg = LabConfig().override({"model.name": "tiny-random", "data.limit": 24, "train.max_steps": 2,
-                                "train.output_dir": str(tmp_path), "eval.generations": 0, "eval.probe_texts": 0})
+    cfg = LabConfig().override(
+        {
+            "model.name": "tiny-random",
+            "data.limit": 24,
+            "train.max_steps": 2,
+            "train.output_dir": str(tmp_path),
+            "eval.generations": 0,
+            "eval.probe_texts": 0,
+        }
+    )
     result = train(cfg)
     assert result.status == "failed"
     error = result.summary["error"]
@@ -140,8 +175,14 @@ def test_a_cuda_out_of_memory_error_becomes_the_estimate_and_what_to_lower(tmp_p
 
 
 def test_what_to_lower_names_the_largest_parts_first():
-    cfg = LabConfig().override({"model.name": "Qwen/Qwen2.5-1.5B-Instruct", "train.batch_size": 2,
-                                "data.max_length": 1024, "lora.layers": "all"})
+    cfg = LabConfig().override(
+        {
+            "model.name": "Qwen/Qwen2.5-1.5B-Instruct",
+            "train.batch_size": 2,
+            "data.max_length": 1024,
+            "lora.layers": "all",
+        }
+    )
     e = estimate(cfg, device="cuda")
     assert e.activations > e.weights > e.loss_chunk > e.adapter
     tips = e.what_to_lower()
@@ -152,6 +193,11 @@ def test_what_to_lower_names_the_largest_parts_first():
 
 def test_gradient_checkpointing_counts_only_layer_inputs():
     plain = estimate(tiny_config(), Architecture.from_config(TINY), device="cpu")
-    checkpointed = estimate(tiny_config(**{"train.gradient_checkpointing": True}), Architecture.from_config(TINY), device="cpu")
+    checkpointed = estimate(
+        tiny_config(**{"train.gradient_checkpointing": True}), Architecture.from_config(TINY), device="cpu"
+    )
     assert checkpointed.total == plain.total - plain.activations + 16 * 156 * 4
-    assert "with gradient checkpointing" not in checkpointed.describe() and "without gradient checkpointing" in checkpointed.describe()
+    assert (
+        "with gradient checkpointing" not in checkpointed.describe()
+        and "without gradient checkpointing" in checkpointed.describe()
+    )

@@ -4,11 +4,12 @@ import math
 from collections import Counter
 
 import pytest
+from conftest import sum_examples
 
-from lab.builtin import general_text
-from lab.config import ConfigError, LabConfig
-from lab.data import DataError, Example
-from lab.mixing import (
+from plw_lab.core.builtin import general_text
+from plw_lab.core.config import ConfigError, LabConfig
+from plw_lab.core.data import DataError, Example
+from plw_lab.core.mixing import (
     REPLAY_SOURCE,
     balance,
     balanced_counts,
@@ -17,8 +18,6 @@ from lab.mixing import (
     source_shares,
     training_split,
 )
-
-from conftest import sum_examples
 
 
 def test_shares_from_ratios_and_from_temperature_by_hand():
@@ -49,8 +48,15 @@ def _labelled(counts: dict[str, int]) -> list[Example]:
     out = []
     for label, n in counts.items():
         index = "AB".index(label)
-        out += [Example([{"role": "user", "content": f"{label}{i}"}, {"role": "assistant", "content": label}], choices=("A", "B"),
-                        answer_index=index, source_index=len(out)) for i in range(n)]
+        out += [
+            Example(
+                [{"role": "user", "content": f"{label}{i}"}, {"role": "assistant", "content": label}],
+                choices=("A", "B"),
+                answer_index=index,
+                source_index=len(out),
+            )
+            for i in range(n)
+        ]
     return out
 
 
@@ -74,15 +80,25 @@ def test_class_weights_give_each_answer_the_same_total_weight():
     weighted = class_weighted(_labelled({"A": 6, "B": 2}))
     # n / (k n_c): A 8 / (2 x 6) = 2/3, B 8 / (2 x 2) = 2; totals 4 and 4.
     assert [e.weight for e in weighted] == pytest.approx([2 / 3] * 6 + [2.0] * 2)
-    assert sum(e.weight for e in weighted if e.answer == "A") == pytest.approx(sum(e.weight for e in weighted if e.answer == "B"))
+    assert sum(e.weight for e in weighted if e.answer == "A") == pytest.approx(
+        sum(e.weight for e in weighted if e.answer == "B")
+    )
 
 
 def _cfg(**overrides):
-    return LabConfig().override({"model.name": "tiny-random", "data.source": "builtin:bbb", "data.limit": 40, "data.val_size": 0.25, **overrides})
+    return LabConfig().override(
+        {
+            "model.name": "tiny-random",
+            "data.source": "builtin:bbb",
+            "data.limit": 40,
+            "data.val_size": 0.25,
+            **overrides,
+        }
+    )
 
 
 def test_without_remedies_the_split_is_the_plain_one():
-    from lab.data import load_examples, split
+    from plw_lab.core.data import load_examples, split
 
     cfg = _cfg()
     examples = load_examples(cfg.data)
@@ -133,8 +149,8 @@ def test_bad_mix_settings_are_refused_clearly():
 
 
 def test_validation_reports_each_source(tokenizer, tiny_model):
-    from lab.evaluation import evaluate
-    from lab.masks import encode_all
+    from plw_lab.core.evaluation import evaluate
+    from plw_lab.core.masks import encode_all
 
     cfg = _cfg(**{"data.mix": {"builtin:reading-mc": 1}, "data.limit": 8, "data.val_size": 0.5})
     _, val = training_split(cfg)
@@ -143,7 +159,9 @@ def test_validation_reports_each_source(tokenizer, tiny_model):
     per = metrics["per_source"]
     assert set(per) == {"builtin:bbb", "builtin:reading-mc"}
     for source, entry in per.items():
-        alone = evaluate(tiny_model, [e for e in encoded if e.example.meta["source"] == source], tokenizer.pad_token_id, batch_size=3)
+        alone = evaluate(
+            tiny_model, [e for e in encoded if e.example.meta["source"] == source], tokenizer.pad_token_id, batch_size=3
+        )
         assert entry["n_examples"] == alone["n_examples"] == 4
         assert entry["completion_loss"] == pytest.approx(alone["completion_loss"], rel=1e-5)
         assert entry["prompt_loss"] == pytest.approx(alone["prompt_loss"], rel=1e-5)
@@ -151,8 +169,10 @@ def test_validation_reports_each_source(tokenizer, tiny_model):
 
 
 def test_label_balance_chart_shows_before_and_after():
-    from lab.charts import label_balance_figure
+    from plw_lab.views.charts import label_balance_figure
 
-    fig = label_balance_figure({"A": 6, "B": 2}, after=balanced_counts({"A": 6, "B": 2}, "upsample"), after_label="after upsample")
+    fig = label_balance_figure(
+        {"A": 6, "B": 2}, after=balanced_counts({"A": 6, "B": 2}, "upsample"), after_label="after upsample"
+    )
     assert [list(t.y) for t in fig.data] == [[6, 2], [6, 6]]
     assert "after upsample: majority 50%" in fig.layout.title.text

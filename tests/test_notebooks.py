@@ -39,7 +39,9 @@ def test_notebook_runs_top_to_bottom_in_tiny_mode(path, tmp_path, monkeypatch):
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError, with the cell and its traceback, if any cell fails
-    errors = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if o.get("output_type") == "error"]
+    errors = [
+        o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if o.get("output_type") == "error"
+    ]
     assert not errors
     assert all(cell.execution_count for cell in nb.cells if cell.cell_type == "code" and cell.source.strip())
     # A run folder directly under runs/, or inside a sweep's folder (notebook 02's PLW x seed sweep).
@@ -68,32 +70,65 @@ def test_notebook_is_a_thin_client_with_goals_exercises_and_one_mode_switch(path
     code = _code(nb)
     for source in code:
         tree = ast.parse(source)
-        defined = [n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))]
-        assert not defined, f"define {defined} in lab/, not in the notebook"
+        defined = [
+            n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+        ]
+        assert not defined, f"define {defined} in plw_lab/, not in the notebook"
     switches = [s for s in code if "PLW_LAB_NOTEBOOK_MODE" in s]
     assert len(switches) == 1 and '"tiny"' in switches[0] and '"full"' in switches[0]
 
 
 def test_only_lab_widgets_imports_ipywidgets():
-    importers = [p.name for p in (ROOT / "lab").glob("*.py") if re.search(r"^\s*(import|from)\s+ipywidgets", p.read_text(), re.M)]
-    assert importers == ["widgets.py"]
+    importers = [
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "plw_lab").rglob("*.py")
+        if re.search(r"^\s*(import|from)\s+ipywidgets", p.read_text(), re.M)
+    ]
+    assert importers == ["plw_lab/notebook/widgets.py"]
 
 
-# -- the helpers the notebooks call (lab/widgets.py), without a kernel ---------------------------
+# -- the helpers the notebooks call (plw_lab/notebook/widgets.py), without a kernel ---------------------------
 
 
 def test_live_curves_update_the_figure_widget_from_events():
-    from lab import events as ev
-    from lab.widgets import LiveCurves
+    from plw_lab.core import events as ev
+    from plw_lab.notebook.widgets import LiveCurves
 
     curves = LiveCurves("test")
-    metrics = lambda acc, cl, fl: {"prompt_loss": 2.0, "completion_loss": cl, "full_loss": fl, "answer_accuracy": acc,
-                                   "majority_baseline": 0.5, "predicted": {"A": 3, "B": 1}, "answers": {"A": 2, "B": 2}}
+    metrics = lambda acc, cl, fl: {
+        "prompt_loss": 2.0,
+        "completion_loss": cl,
+        "full_loss": fl,
+        "answer_accuracy": acc,
+        "majority_baseline": 0.5,
+        "predicted": {"A": 3, "B": 1},
+        "answers": {"A": 2, "B": 2},
+    }
     stream = [
         ev.Started(run_dir="r", config={}, n_train=8, n_val=4, total_steps=4),
         ev.Eval(step=0, epoch=0.0, metrics=metrics(0.5, 3.0, 2.1)),
-        ev.Step(step=1, epoch=0.5, learning_rate=1e-3, train_loss=2.5, grad_norm=1.0, tokens_per_second=100.0, tokens_seen=80, elapsed=1.0, total_steps=4),
-        ev.Step(step=2, epoch=1.0, learning_rate=1e-3, train_loss=1.5, grad_norm=1.0, tokens_per_second=100.0, tokens_seen=160, elapsed=2.0, total_steps=4),
+        ev.Step(
+            step=1,
+            epoch=0.5,
+            learning_rate=1e-3,
+            train_loss=2.5,
+            grad_norm=1.0,
+            tokens_per_second=100.0,
+            tokens_seen=80,
+            elapsed=1.0,
+            total_steps=4,
+        ),
+        ev.Step(
+            step=2,
+            epoch=1.0,
+            learning_rate=1e-3,
+            train_loss=1.5,
+            grad_norm=1.0,
+            tokens_per_second=100.0,
+            tokens_seen=160,
+            elapsed=2.0,
+            total_steps=4,
+        ),
         ev.Eval(step=2, epoch=1.0, metrics=metrics(0.75, 1.0, 2.0)),
         ev.Advice(message="predictions collapsed", step=2),
         ev.Eval(step=4, epoch=2.0, metrics=metrics(0.5, 1.2, 2.3)),
@@ -102,10 +137,13 @@ def test_live_curves_update_the_figure_widget_from_events():
     for event in stream:
         curves(event)
     # the Train tab's figures, drawn from the same history
-    from lab import charts
+    from plw_lab.views import charts
 
-    for name, draw in (("loss", charts.loss_figure), ("accuracy", charts.accuracy_figure),
-                       ("predicted", charts.predicted_distribution_figure)):
+    for name, draw in (
+        ("loss", charts.loss_figure),
+        ("accuracy", charts.accuracy_figure),
+        ("predicted", charts.predicted_distribution_figure),
+    ):
         expected = draw(curves.history)
         assert [t.name for t in curves.figures[name].data] == [t.name for t in expected.data]
         assert curves.figures[name].layout.title.text == expected.layout.title.text
@@ -124,8 +162,8 @@ def test_live_curves_update_the_figure_widget_from_events():
 def test_live_curves_fall_back_to_a_redrawn_figure_without_anywidget(monkeypatch):
     import plotly.graph_objects as go
 
-    from lab import events as ev
-    from lab.widgets import LiveCurves
+    from plw_lab.core import events as ev
+    from plw_lab.notebook.widgets import LiveCurves
 
     def no_anywidget(*args, **kwargs):
         raise ImportError("Please install anywidget to use the FigureWidget class")
@@ -134,7 +172,19 @@ def test_live_curves_fall_back_to_a_redrawn_figure_without_anywidget(monkeypatch
     with pytest.warns(UserWarning, match="anywidget"):
         curves = LiveCurves("fallback")
     curves(ev.Started(run_dir="r", config={}, n_train=8, n_val=4, total_steps=2))
-    curves(ev.Step(step=1, epoch=0.5, learning_rate=1e-3, train_loss=2.5, grad_norm=1.0, tokens_per_second=100.0, tokens_seen=80, elapsed=1.0, total_steps=2))
+    curves(
+        ev.Step(
+            step=1,
+            epoch=0.5,
+            learning_rate=1e-3,
+            train_loss=2.5,
+            grad_norm=1.0,
+            tokens_per_second=100.0,
+            tokens_seen=80,
+            elapsed=1.0,
+            total_steps=2,
+        )
+    )
     curves(ev.Eval(step=1, epoch=0.5, metrics={"completion_loss": 1.0, "prompt_loss": 2.0, "full_loss": 1.9}))
     trace = {t.name: t for t in curves.figure.data}
     assert list(trace["train loss (weighted)"].y) == [2.5] and list(trace["val completion loss"].y) == [1.0]
@@ -142,11 +192,13 @@ def test_live_curves_fall_back_to_a_redrawn_figure_without_anywidget(monkeypatch
 
 
 def test_token_view_recolours_when_the_plw_slider_moves(tokenizer):
-    from lab.data import Example
-    from lab.masks import encode
-    from lab.widgets import token_view
+    from plw_lab.core.data import Example
+    from plw_lab.core.masks import encode
+    from plw_lab.notebook.widgets import token_view
 
-    enc = encode(tokenizer, Example([{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}]), 64)
+    enc = encode(
+        tokenizer, Example([{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}]), 64
+    )
     view = token_view([enc, enc], plw=0.0, tokenizer=tokenizer)
     assert 'data-plw="0"' in view.html.value
     view.plw.value = 0.5
@@ -157,13 +209,15 @@ def test_token_view_recolours_when_the_plw_slider_moves(tokenizer):
 
 
 def test_batch_frame_labels_and_weights_follow_the_masks(tokenizer):
-    from lab.collate import collate
-    from lab.data import Example
-    from lab.masks import encode
-    from lab.widgets import batch_frame
+    from plw_lab.core.collate import collate
+    from plw_lab.core.data import Example
+    from plw_lab.core.masks import encode
+    from plw_lab.notebook.widgets import batch_frame
 
-    encs = [encode(tokenizer, Example([{"role": "user", "content": q}, {"role": "assistant", "content": a}]), 64)
-            for q, a in (("Add 2 and 3.", "5"), ("Add 20 and 30, please, and explain.", "50"))]
+    encs = [
+        encode(tokenizer, Example([{"role": "user", "content": q}, {"role": "assistant", "content": a}]), 64)
+        for q, a in (("Add 2 and 3.", "5"), ("Add 20 and 30, please, and explain.", "50"))
+    ]
     batch = collate(encs, tokenizer.pad_token_id)
     table = batch_frame(tokenizer, batch, row=0, plw=0.1)
     assert len(table) == batch["input_ids"].shape[1]
@@ -175,10 +229,12 @@ def test_batch_frame_labels_and_weights_follow_the_masks(tokenizer):
 
 
 def test_stopping_points_pick_each_metric_best_step():
-    from lab.history import stopping_points
+    from plw_lab.views.history import stopping_points
 
-    evals = [{"step": s, "metrics": {"full_loss": f, "completion_loss": c, "answer_accuracy": a}}
-             for s, f, c, a in ((0, 2.0, 3.0, 0.3), (5, 1.9, 1.0, 0.6), (10, 2.5, 0.8, 0.5), (15, 3.0, 0.9, 0.7))]
+    evals = [
+        {"step": s, "metrics": {"full_loss": f, "completion_loss": c, "answer_accuracy": a}}
+        for s, f, c, a in ((0, 2.0, 3.0, 0.3), (5, 1.9, 1.0, 0.6), (10, 2.5, 0.8, 0.5), (15, 3.0, 0.9, 0.7))
+    ]
     picks = {row["stop on"]: (row["step"], row["answer_accuracy"]) for row in stopping_points(evals)}
     assert picks == {"full_loss": (5, 0.6), "completion_loss": (10, 0.5), "answer_accuracy": (15, 0.7)}
 

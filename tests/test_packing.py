@@ -5,27 +5,32 @@ import random
 
 import pytest
 import torch
+from conftest import mc_records, sum_examples
 from transformers import AutoModelForCausalLM
 
-from lab import events as ev
-from lab.collate import collate
-from lab.config import LabConfig
-from lab.data import DataConfig, to_examples
-from lab.forward import final_hidden
-from lab.masks import encode_all
-from lab.models import attach_lora
-from lab.packing import attention_kind, best_fit_decreasing, collate_packed, packing_efficiency
-from lab.training import PLWTrainer, make_collator, train, training_arguments
-
-from conftest import mc_records, sum_examples
+from plw_lab.core import events as ev
+from plw_lab.core.collate import collate
+from plw_lab.core.config import LabConfig
+from plw_lab.core.data import DataConfig, to_examples
+from plw_lab.core.forward import final_hidden
+from plw_lab.core.masks import encode_all
+from plw_lab.core.models import attach_lora
+from plw_lab.core.packing import attention_kind, best_fit_decreasing, collate_packed, packing_efficiency
+from plw_lab.core.training import PLWTrainer, make_collator, train, training_arguments
 
 
 @pytest.fixture(scope="module")
 def mixed(tokenizer):
     """Short arithmetic and longer multiple-choice examples: lengths that differ a lot."""
+
     def passage(repeats):
         sentence = "The car is parked by the old mill near the river. "
-        return {"context": sentence * repeats, "question": "Where is the car?", "options": ["mill", "bank"], "answer": "A"}
+        return {
+            "context": sentence * repeats,
+            "question": "Where is the car?",
+            "options": ["mill", "bank"],
+            "answer": "A",
+        }
 
     short = sum_examples(6) + to_examples(mc_records(3) + [passage(2)], DataConfig(format="multiple_choice"))
     random.Random(0).shuffle(short)
@@ -66,12 +71,18 @@ def test_packed_layout_restarts_positions_and_zeroes_every_boundary(mixed):
     found = []
     for r, c in starts:
         ids = packed["input_ids"][r, c:].tolist()
-        match = [e for e in batch if ids[: len(e)] == e.input_ids and packed["position_ids"][r, c + len(e) - 1] == len(e) - 1]
+        match = [
+            e for e in batch if ids[: len(e)] == e.input_ids and packed["position_ids"][r, c + len(e) - 1] == len(e) - 1
+        ]
         if match:
             found.append(id(match[0]))
             e = match[0]
             # The example's first token carries no weight (the boundary position predicts it), the rest keep theirs.
-            assert packed["prompt_mask"][r, c] == 0 and packed["completion_mask"][r, c] == 0 and packed["labels"][r, c] == -100
+            assert (
+                packed["prompt_mask"][r, c] == 0
+                and packed["completion_mask"][r, c] == 0
+                and packed["labels"][r, c] == -100
+            )
             assert packed["prompt_mask"][r, c + 1 : c + len(e)].tolist() == e.prompt_mask[1:]
             assert packed["completion_mask"][r, c + 1 : c + len(e)].tolist() == e.completion_mask[1:]
     assert sorted(found) == sorted(map(id, batch))
@@ -103,7 +114,12 @@ def test_float_mask_for_eager_and_flat_layout_for_flash(mixed, tiny_dir):
 
 def _packed_logits_by_example(model, batch, packed):
     """Each example's logits cut out of the packed rows, in batch order."""
-    logits = model(input_ids=packed["input_ids"], attention_mask=packed.get("attention_mask"), position_ids=packed["position_ids"], use_cache=False).logits
+    logits = model(
+        input_ids=packed["input_ids"],
+        attention_mask=packed.get("attention_mask"),
+        position_ids=packed["position_ids"],
+        use_cache=False,
+    ).logits
     out = {}
     for r, c in (packed["position_ids"] == 0).nonzero().tolist():
         ids = packed["input_ids"][r, c:].tolist()
@@ -114,14 +130,18 @@ def _packed_logits_by_example(model, batch, packed):
     return [out[i] for i in range(len(batch))]
 
 
-@pytest.mark.parametrize("impl,kind", [("sdpa", "bool"), ("sdpa", "float"), ("eager", "float"), ("sdpa", "flat"), ("eager", "flat")])
+@pytest.mark.parametrize(
+    "impl,kind", [("sdpa", "bool"), ("sdpa", "float"), ("eager", "float"), ("sdpa", "flat"), ("eager", "flat")]
+)
 def test_packed_logits_equal_unpacked_logits(mixed, tiny_dir, impl, kind):
     model = _model(tiny_dir, impl)
     batch = mixed[:8]
     with torch.no_grad():
         alone = [model(input_ids=torch.tensor([e.input_ids]), use_cache=False).logits[0] for e in batch]
         padded = collate(batch, 0)
-        padded_logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"], use_cache=False).logits
+        padded_logits = model(
+            input_ids=padded["input_ids"], attention_mask=padded["attention_mask"], use_cache=False
+        ).logits
         packed = _packed_logits_by_example(model, batch, collate_packed(batch, 0, kind=kind))
     for i, e in enumerate(batch):
         assert (packed[i] - alone[i]).abs().max().item() <= 1e-4, (impl, kind, i)
@@ -267,7 +287,7 @@ def test_a_packed_run_trains_and_counts_real_tokens(tmp_path, tiny_dir):
 
 
 def test_sdpa_stays_on_a_cpu_and_for_padded_batches(tiny_dir, monkeypatch):
-    from lab import compat
+    from plw_lab.core import compat
 
     monkeypatch.setattr(compat, "flash_implementation", lambda: "flash_attention_2")  # as if installed
     model = _model(tiny_dir, "sdpa")
@@ -278,14 +298,14 @@ def test_sdpa_stays_on_a_cpu_and_for_padded_batches(tiny_dir, monkeypatch):
 
 
 def _flash_on_cuda():
-    from lab import compat
+    from plw_lab.core import compat
 
     return torch.cuda.is_available() and compat.flash_implementation() is not None
 
 
 @pytest.mark.skipif(not _flash_on_cuda(), reason="flash-attention varlen needs CUDA and flash-attn or kernels")
 def test_flash_varlen_rows_without_padding_equal_unpacked_on_cuda(mixed, tiny_dir):
-    from lab import compat
+    from plw_lab.core import compat
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.bfloat16).cuda().eval()
@@ -294,8 +314,13 @@ def test_flash_varlen_rows_without_padding_equal_unpacked_on_cuda(mixed, tiny_di
     batch = mixed[:8]
     packed = {k: v.cuda() for k, v in collate_packed(batch, 0, kind="flat").items()}
     with torch.no_grad():
-        alone = [model(input_ids=torch.tensor([e.input_ids], device="cuda"), use_cache=False).logits[0].float() for e in batch]
-        logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0].float()
+        alone = [
+            model(input_ids=torch.tensor([e.input_ids], device="cuda"), use_cache=False).logits[0].float()
+            for e in batch
+        ]
+        logits = (
+            model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0].float()
+        )
     at = 0
     for e, want in zip(batch, alone):  # 'flat' keeps batch order
         assert (logits[at : at + len(e)] - want).abs().max().item() <= 5e-2

@@ -3,16 +3,23 @@
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lab.config import LoraConfig, layer_indices
-from lab.forward import SharedHead, final_hidden
-from lab.models import attach_lora
-from lab.prefix import FrozenPrefix
+from plw_lab.core.config import LoraConfig, layer_indices
+from plw_lab.core.forward import SharedHead, final_hidden
+from plw_lab.core.models import attach_lora
+from plw_lab.core.prefix import FrozenPrefix
 
 
 def _model(tokenizer):
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     return attach_lora(LlamaForCausalLM(config), LoraConfig(layers="top:2", target_modules=["q_proj", "v_proj"]))
 
 
@@ -87,12 +94,16 @@ def test_a_shared_head_runs_once_and_changes_no_hidden_state(tokenizer):
         head = SharedHead.build(model, [row[: int(n)].tolist() for row, n in zip(ids, mask.sum(1))])
         assert head is not None and head.length == 5
         for _ in range(2):  # the head's cache is not consumed by a batch
-            torch.testing.assert_close(final_hidden(model, ids, mask, head=head)[real], full[real], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                final_hidden(model, ids, mask, head=head)[real], full[real], rtol=1e-5, atol=1e-5
+            )
         for _ in range(2):  # frozen-layer cache: filled, then read
             got = final_hidden(model, ids, mask, prefix=prefix, head=head)
             torch.testing.assert_close(got[real], full[real], rtol=1e-5, atol=1e-5)
         # what the cache keeps is whole: training reads it without a head
-        torch.testing.assert_close(final_hidden(model, ids, mask, prefix=prefix)[real], full[real], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            final_hidden(model, ids, mask, prefix=prefix)[real], full[real], rtol=1e-5, atol=1e-5
+        )
     assert prefix.misses == 3 and prefix.hits == 6
 
 
@@ -105,7 +116,7 @@ def test_a_shared_head_leaves_every_sequence_a_token_of_its_own(tokenizer):
 
 
 def test_gradient_checkpointing_changes_no_gradient_with_or_without_the_cache(tokenizer):
-    from lab import compat
+    from plw_lab.core import compat
 
     model = _trained(_model(tokenizer))
     model.train()

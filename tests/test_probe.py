@@ -5,18 +5,21 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
-from lab.data import DataError, Example
-
 from conftest import mc_records
+
+from plw_lab.core.data import DataError, Example
 
 
 def _val_item(answer: str) -> SimpleNamespace:
-    return SimpleNamespace(example=Example([], choices=("A", "B"), answer_index="AB".index(answer), meta={"label": {"A": "yes", "B": "no"}[answer]}))
+    return SimpleNamespace(
+        example=Example(
+            [], choices=("A", "B"), answer_index="AB".index(answer), meta={"label": {"A": "yes", "B": "no"}[answer]}
+        )
+    )
 
 
 def test_the_probe_separates_a_linearly_separable_toy_set():
-    from lab.probe import fit_and_score
+    from plw_lab.core.probe import fit_and_score
 
     rng = np.random.default_rng(0)
     # Class A where x0 + x1 > 0, with a margin; the other 6 dimensions are noise.
@@ -35,7 +38,7 @@ def test_the_probe_separates_a_linearly_separable_toy_set():
 
 
 def test_noise_features_score_near_chance_not_perfect():
-    from lab.probe import fit_and_score
+    from plw_lab.core.probe import fit_and_score
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(200, 8))
@@ -45,18 +48,18 @@ def test_noise_features_score_near_chance_not_perfect():
 
 
 def test_one_answer_in_training_is_refused():
-    from lab.probe import fit_and_score
+    from plw_lab.core.probe import fit_and_score
 
     with pytest.raises(DataError, match="two different answers"):
         fit_and_score(np.zeros((3, 2)), ["A"] * 3, np.zeros((1, 2)), [_val_item("A")])
 
 
 def test_probe_features_of_a_real_model_and_split(tokenizer, tiny_model):
-    from lab.config import DataConfig, LabConfig
-    from lab.data import to_examples
-    from lab.masks import encode_all
-    from lab.models import attach_lora
-    from lab.probe import frozen_feature_probe, prompt_features
+    from plw_lab.core.config import DataConfig, LabConfig
+    from plw_lab.core.data import to_examples
+    from plw_lab.core.masks import encode_all
+    from plw_lab.core.models import attach_lora
+    from plw_lab.core.probe import frozen_feature_probe, prompt_features
 
     encoded, _ = encode_all(tokenizer, to_examples(mc_records(20), DataConfig()), 128)
     model = attach_lora(tiny_model, LabConfig().lora)
@@ -78,12 +81,31 @@ def test_probe_features_of_a_real_model_and_split(tokenizer, tiny_model):
 
 
 def test_cli_probe_prints_the_probe_beside_the_adapter(tmp_path, capsys):
-    from lab.cli import main
+    from plw_lab.cli import main
 
     data = tmp_path / "mc.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in mc_records(24)))
-    code = main(["train", "--model", "tiny-random", "--data", str(data), "--max-steps", "1", "--output-dir", str(tmp_path / "runs"),
-                 "--set", "train.run_name=p", "--set", "train.batch_size=4", "--set", "eval.generations=1", "--set", "eval.probe_texts=1"])
+    code = main(
+        [
+            "train",
+            "--model",
+            "tiny-random",
+            "--data",
+            str(data),
+            "--max-steps",
+            "1",
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--set",
+            "train.run_name=p",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "eval.generations=1",
+            "--set",
+            "eval.probe_texts=1",
+        ]
+    )
     assert code == 0, capsys.readouterr().out
     capsys.readouterr()
     assert main(["probe", str(tmp_path / "runs" / "p")]) == 0

@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
-from lab import events as ev
-from lab import text_views
-from lab.history import History
+from plw_lab.core import events as ev
+from plw_lab.views import text_views
+from plw_lab.views.history import History
 
 
 def _run_to_step(step: int) -> list:
     """A 10-step run evaluated every 5 steps: loading at t=100, started at 110, a 4 s base-model
     evaluation ending at 114, then one optimiser step every 2 s."""
-    out = [ev.Phase(name="loading", time=100.0),
-           ev.Started(run_dir="runs/x", config={"train": {"eval_interval": 5}}, n_train=20, n_val=4, total_steps=10, time=110.0),
-           ev.Phase(name="evaluating", step=0, time=110.0),
-           ev.Eval(step=0, epoch=0.0, metrics={"completion_loss": 2.0}, seconds=4.0, time=114.0)]
+    out = [
+        ev.Phase(name="loading", time=100.0),
+        ev.Started(
+            run_dir="runs/x", config={"train": {"eval_interval": 5}}, n_train=20, n_val=4, total_steps=10, time=110.0
+        ),
+        ev.Phase(name="evaluating", step=0, time=110.0),
+        ev.Eval(step=0, epoch=0.0, metrics={"completion_loss": 2.0}, seconds=4.0, time=114.0),
+    ]
     for s in range(1, step + 1):
-        out.append(ev.Step(step=s, epoch=s / 10, learning_rate=1e-3, train_loss=1.0, grad_norm=None, tokens_per_second=50.0,
-                           tokens_seen=10 * s, elapsed=14.0 + 2 * s, total_steps=10, time=114.0 + 2 * s))
+        out.append(
+            ev.Step(
+                step=s,
+                epoch=s / 10,
+                learning_rate=1e-3,
+                train_loss=1.0,
+                grad_norm=None,
+                tokens_per_second=50.0,
+                tokens_seen=10 * s,
+                elapsed=14.0 + 2 * s,
+                total_steps=10,
+                time=114.0 + 2 * s,
+            )
+        )
     return out
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.cli import main
-from lab.config import LabConfig
+from plw_lab.cli import main
+from plw_lab.core.config import LabConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 LAB_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("accelerate-"))
@@ -22,8 +22,13 @@ def header(path: Path) -> str:
 
 def test_the_recipes_are_there():
     names = {p.name for p in CONFIGS.glob("*.yaml")}
-    assert {"race-plw-1b-24gb.yaml", "space-cpu.yaml", "accelerate-ddp.yaml", "accelerate-fsdp.yaml",
-            "accelerate-deepspeed.yaml"} <= names
+    assert {
+        "race-plw-1b-24gb.yaml",
+        "space-cpu.yaml",
+        "accelerate-ddp.yaml",
+        "accelerate-fsdp.yaml",
+        "accelerate-deepspeed.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", LAB_CONFIGS, ids=lambda p: p.name)
@@ -40,12 +45,12 @@ def test_each_accelerate_config_is_valid_and_says_how_to_launch(path):
 
     config = ClusterConfig.from_yaml_file(str(path))
     assert config.num_processes >= 2 and config.mixed_precision == "bf16"
-    assert f"accelerate launch --config_file configs/{path.name} -m lab train" in header(path)
+    assert f"accelerate launch --config_file configs/{path.name} -m plw_lab train" in header(path)
 
 
 def test_the_race_recipe_fits_one_24_gb_gpu():
-    from lab.memory import Architecture, estimate
-    from lab.presets import find_preset
+    from plw_lab.core.memory import Architecture, estimate
+    from plw_lab.core.presets import find_preset
 
     cfg = LabConfig.load(CONFIGS / "race-plw-1b-24gb.yaml")
     assert cfg.data.source == "hf:ehovy/race" and cfg.train.eval_interval <= 50

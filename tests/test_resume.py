@@ -7,14 +7,13 @@ import threading
 
 import pytest
 import torch
+from conftest import sum_examples
 from safetensors.torch import load_file
 
-from lab import events as ev
-from lab.config import LabConfig
-from lab.runs import complete_folder, load_run, replace_folder
-from lab.training import resume, train
-
-from conftest import sum_examples
+from plw_lab.core import events as ev
+from plw_lab.core.config import LabConfig
+from plw_lab.core.runs import complete_folder, load_run, replace_folder
+from plw_lab.core.training import resume, train
 
 
 def _cfg(tmp_path, name, **overrides):
@@ -67,7 +66,10 @@ def test_a_run_stopped_after_step_3_and_resumed_ends_like_an_uninterrupted_run(t
     assert len(started) == 1 and started[0].resumed and started[0].from_step == 3
     assert [e.step for e in seen if isinstance(e, ev.Step)] == [4, 5, 6, 7, 8]
 
-    losses = {r.run_dir.name: [e.train_loss for e in load_run(r.run_dir).events if isinstance(e, ev.Step)] for r in (whole, resumed)}
+    losses = {
+        r.run_dir.name: [e.train_loss for e in load_run(r.run_dir).events if isinstance(e, ev.Step)]
+        for r in (whole, resumed)
+    }
     assert len(losses["split"]) == 8  # the steps of both attempts, once each
     assert losses["split"] == pytest.approx(losses["whole"], rel=1e-5)
     a, b = _weights(whole.run_dir / "adapter"), _weights(resumed.run_dir / "adapter")
@@ -83,7 +85,7 @@ def test_a_run_stopped_after_step_3_and_resumed_ends_like_an_uninterrupted_run(t
 
 
 def test_a_finished_run_cannot_be_resumed(tmp_path):
-    from lab.runs import ResumeError
+    from plw_lab.core.runs import ResumeError
 
     done = train(_cfg(tmp_path, "done", **{"train.max_steps": 1}), examples=sum_examples(12), compare=False)
     with pytest.raises(ResumeError, match="finished"):
@@ -102,7 +104,7 @@ def test_checkpoints_come_every_n_steps_and_last_adapter_stays_recent(tmp_path):
 
 def _fail_midway(monkeypatch, when):
     """Make the Trainer's checkpoint writer fail with a full disk after it wrote the adapter."""
-    import lab.training as training_module
+    import plw_lab.core.training as training_module
 
     real = training_module.compat.write_trainer_checkpoint
     calls = {"n": 0}
@@ -136,16 +138,18 @@ def test_a_full_disk_keeps_the_previous_checkpoint_whole_and_training_goes_on(tm
 
 
 def test_a_full_disk_at_the_final_save_never_names_a_missing_adapter(tmp_path, monkeypatch):
-    import lab.training as training_module
+    import plw_lab.core.training as training_module
 
     real = training_module.RunContext.save_adapter
 
     def save(self, name, step, write=None):
         if name == "adapter":
+
             def partial(folder):
                 folder.mkdir()
                 (folder / "adapter_config.json").write_text("{")
                 raise OSError(errno.ENOSPC, "No space left on device")
+
             return real(self, name, step, partial)
         return real(self, name, step, write)
 
@@ -174,7 +178,7 @@ def test_a_swap_cut_between_its_two_renames_keeps_the_complete_folder(tmp_path):
 
 
 def test_early_stopping_that_keeps_step_0_says_so(tmp_path, monkeypatch):
-    import lab.training as training_module
+    import plw_lab.core.training as training_module
 
     real = training_module.evaluation.evaluate
     calls = []
@@ -185,7 +189,11 @@ def test_early_stopping_that_keeps_step_0_says_so(tmp_path, monkeypatch):
         return {**metrics, "completion_loss": float(len(calls))}
 
     monkeypatch.setattr(training_module.evaluation, "evaluate", worse_every_time)
-    cfg = _cfg(tmp_path, "zero", **{"train.max_steps": 30, "train.eval_interval": 1, "train.patience": 2, "train.restore_best": True})
+    cfg = _cfg(
+        tmp_path,
+        "zero",
+        **{"train.max_steps": 30, "train.eval_interval": 1, "train.patience": 2, "train.restore_best": True},
+    )
     seen = []
     result = train(cfg, subscribers=[seen.append], examples=sum_examples(24), compare=False)
     assert result.status == "stopped" and result.summary["steps"] == 2
@@ -204,21 +212,39 @@ def test_a_deleted_run_folder_is_never_recreated(tmp_path):
 
     event_dir = {}
     cfg = _cfg(tmp_path, "gone", **{"train.save_interval_steps": 3})
-    result = train(cfg, subscribers=[delete_on_step_2], examples=sum_examples(24), compare=False,
-                   on_run_dir=lambda path: event_dir.update(path=path))
+    result = train(
+        cfg,
+        subscribers=[delete_on_step_2],
+        examples=sum_examples(24),
+        compare=False,
+        on_run_dir=lambda path: event_dir.update(path=path),
+    )
     assert event_dir["path"] == result.run_dir
     assert result.status == "failed" and "deleted" in result.summary["error"]
     assert not result.run_dir.exists()
 
 
 def test_eval_and_compare_say_which_adapter_and_step_they_use(tmp_path, capsys):
-    from lab.cli import main
+    from plw_lab.cli import main
 
     data = tmp_path / "sums.jsonl"  # a file, so eval and compare read the same small set back
-    data.write_text("".join(json.dumps({"prompt": e.messages[0]["content"], "completion": e.messages[1]["content"]}) + "\n"
-                            for e in sum_examples(24)))
-    cfg = _cfg(tmp_path, "pick", **{"train.max_steps": 4, "train.eval_interval": 2, "lora.dropout": 0.0, "train.restore_best": True,
-                                    "data.source": str(data)})
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": e.messages[0]["content"], "completion": e.messages[1]["content"]}) + "\n"
+            for e in sum_examples(24)
+        )
+    )
+    cfg = _cfg(
+        tmp_path,
+        "pick",
+        **{
+            "train.max_steps": 4,
+            "train.eval_interval": 2,
+            "lora.dropout": 0.0,
+            "train.restore_best": True,
+            "data.source": str(data),
+        },
+    )
     result = train(cfg)  # with the comparison, as `lab train` leaves it
     summary = result.summary
     assert summary["adapter"] == "adapter"

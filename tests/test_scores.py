@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from lab import scores
+from plw_lab.core import scores
 
 
 def test_wilson_interval_by_hand():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.runs import load_run
+from plw_lab.core.runs import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
@@ -19,22 +19,57 @@ TIMEOUT = 120
 
 def _data(tmp_path):
     path = tmp_path / "data.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Add {i} and {i + 1}.", "completion": str(2 * i + 1)}) + "\n" for i in range(40)))
+    path.write_text(
+        "".join(json.dumps({"prompt": f"Add {i} and {i + 1}.", "completion": str(2 * i + 1)}) + "\n" for i in range(40))
+    )
     return path
 
 
 def _lab(*args):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lab", *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "plw_lab", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _start(tmp_path, name):
     # Many steps, so the run is still training whenever the signal comes.
-    return _lab("train", "--model", "tiny-random", "--data", str(_data(tmp_path)), "--output-dir", str(tmp_path / "runs"),
-                "--max-steps", "5000", "--set", f"train.run_name={name}", "--set", "train.batch_size=2",
-                "--set", "train.eval_interval=1000", "--set", "train.save_interval_steps=3", "--set", "lora.layers=all",
-                "--set", "eval.generations=0", "--set", "eval.probe_texts=0")
+    return _lab(
+        "train",
+        "--model",
+        "tiny-random",
+        "--data",
+        str(_data(tmp_path)),
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--max-steps",
+        "5000",
+        "--set",
+        f"train.run_name={name}",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.eval_interval=1000",
+        "--set",
+        "train.save_interval_steps=3",
+        "--set",
+        "lora.layers=all",
+        "--set",
+        "eval.generations=0",
+        "--set",
+        "eval.probe_texts=0",
+    )
 
 
 def _wait_for(proc, log: Path, test, what):
@@ -69,7 +104,9 @@ def test_sigterm_and_ctrl_c_stop_like_the_stop_button(tmp_path, sig, code):
     assert run.events[-1].kind == "stopped" and run.events[-1].step == run.summary["steps"] > 0
     # The stop saved the step it reached, whole and resumable.
     assert run.checkpoint() == run_dir / "last_adapter"
-    assert json.loads((run_dir / "last_adapter" / "trainer_state.json").read_text())["global_step"] == run.summary["steps"]
+    assert (
+        json.loads((run_dir / "last_adapter" / "trainer_state.json").read_text())["global_step"] == run.summary["steps"]
+    )
     assert run.summary["adapter"] == "adapter" and (run_dir / "adapter" / "adapter_model.safetensors").exists()
 
 
@@ -86,16 +123,25 @@ def test_a_run_killed_without_warning_is_interrupted_and_resumes(tmp_path):
 
     # Resume it, then stop the resumed run with SIGTERM once it has trained past the checkpoint.
     resumed = _lab("train", "--resume", str(run_dir))
-    events = _wait_for(resumed, run_dir / "events.jsonl",
-                       lambda evs: any(e["type"] == "started" and e.get("resumed") for e in evs)
-                       and evs[-1]["type"] == "step" and evs[-1]["step"] > checkpoint + 1, "a resumed step")
+    events = _wait_for(
+        resumed,
+        run_dir / "events.jsonl",
+        lambda evs: (
+            any(e["type"] == "started" and e.get("resumed") for e in evs)
+            and evs[-1]["type"] == "step"
+            and evs[-1]["step"] > checkpoint + 1
+        ),
+        "a resumed step",
+    )
     started = [e for e in events if e["type"] == "started"]
     assert len(started) == 2 and started[1]["from_step"] == checkpoint
     resumed.send_signal(signal.SIGTERM)
     out, err = resumed.communicate(timeout=TIMEOUT)
     assert resumed.returncode == 143, err[-3000:]
     run = load_run(run_dir)
-    assert run.status == "stopped" and run.summary["resumed_from"] == checkpoint and run.summary["steps"] > checkpoint + 1
+    assert (
+        run.status == "stopped" and run.summary["resumed_from"] == checkpoint and run.summary["steps"] > checkpoint + 1
+    )
     steps = [e.step for e in run.events if e.kind == "step"]
     assert steps == list(range(1, run.summary["steps"] + 1))  # each step once, the lost ones retrained
 
@@ -110,8 +156,8 @@ def test_signal_handlers_are_installed_only_from_the_main_thread():
     """The app trains in a thread: asking there changes no handler (Python allows them only in the main thread)."""
     import threading
 
-    from lab.cli import stop_on_signals
-    from lab.training import StopRequest
+    from plw_lab.cli import stop_on_signals
+    from plw_lab.core.training import StopRequest
 
     before = signal.getsignal(signal.SIGTERM)
     result = {}

@@ -5,24 +5,35 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-from lab.compat import logit_softcap
-from lab.data import Example
-from lab.evaluation import evaluate
-from lab.masks import encode_all
+from plw_lab.core.compat import logit_softcap
+from plw_lab.core.data import Example
+from plw_lab.core.evaluation import evaluate
+from plw_lab.core.masks import encode_all
 
 
 def test_gemma2_validation_loss_equals_the_models_own_soft_capped_loss(tokenizer):
     config = transformers.Gemma2Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, final_logit_softcapping=0.5,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        final_logit_softcapping=0.5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32).eval()
     with torch.no_grad():  # large logits, so the cap (0.5) really bends them
         model.lm_head.weight.mul_(50)
     assert logit_softcap(model) == 0.5
-    example = Example([{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sea."}])
+    example = Example(
+        [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sea."}]
+    )
     enc = encode_all(tokenizer, [example], 128)[0][0]
     metrics = evaluate(model, [enc], tokenizer.pad_token_id)
     ids = torch.tensor([enc.input_ids])
@@ -31,7 +42,13 @@ def test_gemma2_validation_loss_equals_the_models_own_soft_capped_loss(tokenizer
         own = model(input_ids=ids, labels=labels).loss.item()
     assert abs(metrics["completion_loss"] - own) < 1e-4
     with torch.no_grad():
-        uncapped = torch.nn.functional.cross_entropy(
-            (model.model(input_ids=ids).last_hidden_state @ model.lm_head.weight.T)[0, :-1], ids[0, 1:], reduction="none"
-        )[torch.tensor(enc.completion_mask[1:]).bool()].mean().item()
+        uncapped = (
+            torch.nn.functional.cross_entropy(
+                (model.model(input_ids=ids).last_hidden_state @ model.lm_head.weight.T)[0, :-1],
+                ids[0, 1:],
+                reduction="none",
+            )[torch.tensor(enc.completion_mask[1:]).bool()]
+            .mean()
+            .item()
+        )
     assert abs(uncapped - own) > 0.1  # without the cap the lab would report another number

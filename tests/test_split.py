@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from lab.config import DataConfig, LabConfig
-from lab.data import DataError, group_of, load_examples, make_split, rebuild_split, split, to_examples, write_split
+from plw_lab.core.config import DataConfig, LabConfig
+from plw_lab.core.data import (
+    DataError,
+    group_of,
+    load_examples,
+    make_split,
+    rebuild_split,
+    split,
+    to_examples,
+    write_split,
+)
 
 RACE = Path("/work/shared/data/race_cube_1000.jsonl")
 
@@ -19,8 +28,14 @@ def race_like(passages: int, questions: int) -> list[dict]:
     for p in range(passages):
         article = f"Passage {p}. " + " ".join(f"Sentence {s} of passage {p}." for s in range(5))
         for q in range(questions):
-            records.append({"article": article, "question": f"Question {q} about passage {p}?",
-                            "options": ["one", "two", "three", "four"], "answer": "ABCD"[(p + q) % 4]})
+            records.append(
+                {
+                    "article": article,
+                    "question": f"Question {q} about passage {p}?",
+                    "options": ["one", "two", "three", "four"],
+                    "answer": "ABCD"[(p + q) % 4],
+                }
+            )
     return records
 
 
@@ -96,7 +111,7 @@ def test_a_separate_validation_file_is_used_whole_with_the_training_label_letter
 
 
 def test_a_validation_file_sharing_passages_with_training_is_reported(tmp_path, tokenizer):
-    from lab.training import prepare
+    from plw_lab.core.training import prepare
 
     train_file = _write_jsonl(tmp_path / "train.jsonl", race_like(6, 2))
     val_file = _write_jsonl(tmp_path / "val.jsonl", race_like(6, 2)[:4])  # passages 0 and 1 again
@@ -107,7 +122,7 @@ def test_a_validation_file_sharing_passages_with_training_is_reported(tmp_path, 
 
 
 def test_split_json_rebuilds_the_same_examples(tmp_path, tokenizer):
-    from lab.training import prepare
+    from plw_lab.core.training import prepare
 
     source = _write_jsonl(tmp_path / "race.jsonl", race_like(12, 3))
     cfg = LabConfig().override({"data.source": str(source), "data.val_size": 6, "data.split_seed": 4})
@@ -126,7 +141,7 @@ def test_split_json_rebuilds_the_same_examples(tmp_path, tokenizer):
 
 
 def test_the_split_depends_on_split_seed_not_on_the_training_seed(tmp_path, tokenizer):
-    from lab.training import prepare
+    from plw_lab.core.training import prepare
 
     source = _write_jsonl(tmp_path / "race.jsonl", race_like(12, 2))
     base = LabConfig().override({"data.source": str(source), "data.val_size": 6})

@@ -6,32 +6,70 @@ from types import SimpleNamespace
 
 import pytest
 
-from lab.charts import plw_sweep_figure, sweep_figure
-from lab.metrics import best_of
-from lab.runs import list_runs, load_run
-from lab.sweep import COLUMNS, list_sweeps, odd_runs, points, quadratic_fit, read_csv, summarise, t95
+from plw_lab.core.metrics import best_of
+from plw_lab.core.runs import list_runs, load_run
+from plw_lab.core.sweep import COLUMNS, list_sweeps, odd_runs, points, quadratic_fit, read_csv, summarise, t95
+from plw_lab.views.charts import plw_sweep_figure, sweep_figure
 
 
 def _row(plw, seed, acc, status="finished", steps=40, loss=1.0):
-    return {"plw": plw, "seed": seed, "status": status, "steps": steps, "n_val": 48, "best_answer_accuracy": acc,
-            "best_answer_accuracy_step": 20, "answer_accuracy_ci_low": None, "answer_accuracy_ci_high": None,
-            "best_answer_loss": loss, "best_answer_loss_step": 30, "run": f"plw{plw}-seed{seed}"}
+    return {
+        "plw": plw,
+        "seed": seed,
+        "status": status,
+        "steps": steps,
+        "n_val": 48,
+        "best_answer_accuracy": acc,
+        "best_answer_accuracy_step": 20,
+        "answer_accuracy_ci_low": None,
+        "answer_accuracy_ci_high": None,
+        "best_answer_loss": loss,
+        "best_answer_loss_step": 30,
+        "run": f"plw{plw}-seed{seed}",
+    }
 
 
 def test_lab_sweep_runs_a_plw_by_seed_grid_on_one_split(tmp_path, capsys):
-    from lab.cli import main
+    from plw_lab.cli import main
 
-    code = main(["sweep", "--model", "tiny-random", "--plws", "0,1", "--seeds", "0,1", "--name", "grid",
-                 "--output-dir", str(tmp_path), "--max-steps", "2", "--set", "train.eval_interval=1",
-                 "--set", "data.limit=16", "--set", "data.val_size=6", "--set", "eval.generations=0",
-                 "--set", "eval.probe_texts=0"])
+    code = main(
+        [
+            "sweep",
+            "--model",
+            "tiny-random",
+            "--plws",
+            "0,1",
+            "--seeds",
+            "0,1",
+            "--name",
+            "grid",
+            "--output-dir",
+            str(tmp_path),
+            "--max-steps",
+            "2",
+            "--set",
+            "train.eval_interval=1",
+            "--set",
+            "data.limit=16",
+            "--set",
+            "data.val_size=6",
+            "--set",
+            "eval.generations=0",
+            "--set",
+            "eval.probe_texts=0",
+        ]
+    )
     out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # without the terminal colours
     assert code == 0, out
     folder = tmp_path / "grid"
     rows = read_csv(folder)
     assert list(json.loads(json.dumps(rows[0]))) == list(COLUMNS)
     assert [(r["plw"], r["seed"], r["status"], r["steps"]) for r in rows] == [
-        (0.0, 0, "finished", 2), (0.0, 1, "finished", 2), (1.0, 0, "finished", 2), (1.0, 1, "finished", 2)]
+        (0.0, 0, "finished", 2),
+        (0.0, 1, "finished", 2),
+        (1.0, 0, "finished", 2),
+        (1.0, 1, "finished", 2),
+    ]
     runs = [load_run(r["run"]) for r in rows]
     # One split for every run: the seeds vary the adapter and the data order only.
     splits = [json.loads((run.path / "split.json").read_text()) for run in runs]
@@ -53,7 +91,7 @@ def test_lab_sweep_runs_a_plw_by_seed_grid_on_one_split(tmp_path, capsys):
 
 
 def test_a_bad_grid_exits_with_a_clear_message(capsys):
-    from lab.cli import main
+    from plw_lab.cli import main
 
     assert main(["sweep", "--plws", "0,2", "--model", "tiny-random"]) == 2
     assert "--plws takes values in [0, 1]" in capsys.readouterr().err
@@ -69,8 +107,13 @@ def test_means_over_seeds_carry_a_t_interval():
 
 
 def test_stopped_runs_and_runs_of_another_length_are_left_out_of_the_means():
-    rows = [_row(0.0, 0, 0.5), _row(0.0, 1, 0.7), _row(0.0, 2, 0.9, status="stopped", steps=10),
-            _row(1.0, 0, 0.4), _row(1.0, 1, 0.3, steps=20)]
+    rows = [
+        _row(0.0, 0, 0.5),
+        _row(0.0, 1, 0.7),
+        _row(0.0, 2, 0.9, status="stopped", steps=10),
+        _row(1.0, 0, 0.4),
+        _row(1.0, 1, 0.3, steps=20),
+    ]
     summary = points(rows)
     assert summary["steps"] == 40
     assert {m["plw"]: (m["n"], round(m["mean"], 6)) for m in summary["means"]} == {0.0: (2, 0.6), 1.0: (1, 0.4)}
@@ -105,10 +148,14 @@ def test_the_sweep_figure_draws_means_left_out_runs_convergence_and_the_fit():
 
 def test_the_runs_tab_plw_plot_marks_runs_that_differ():
     def run(name, plw, steps, status):
-        config = {"data": {"source": "builtin:reading-mc", "limit": 0, "val_size": 0.2, "val_source": "", "split_seed": 0},
-                  "train": {"prompt_loss_weight": plw, "max_steps": 40}}
+        config = {
+            "data": {"source": "builtin:reading-mc", "limit": 0, "val_size": 0.2, "val_source": "", "split_seed": 0},
+            "train": {"prompt_loss_weight": plw, "max_steps": 40},
+        }
         best = {"answer_accuracy": {"value": 0.5, "step": steps}, "completion_loss": {"value": 1.0, "step": steps}}
-        return SimpleNamespace(name=name, config=config, summary={"status": status, "steps": steps, "best": best}, events=[])
+        return SimpleNamespace(
+            name=name, config=config, summary={"status": status, "steps": steps, "best": best}, events=[]
+        )
 
     runs = [run("a", 0.0, 40, "finished"), run("b", 0.1, 40, "finished"), run("c", 1.0, 10, "stopped")]
     assert odd_runs(runs) == {"c": "steps 10, status stopped"}
@@ -119,12 +166,21 @@ def test_the_runs_tab_plw_plot_marks_runs_that_differ():
 
 
 def test_the_app_runs_a_sweep_as_its_one_training_job(tmp_path):
-    from lab.app_jobs import JobBusy, JobRegistry
-    from lab.config import LabConfig
-    from lab.history import History
+    from plw_lab.app.jobs import JobBusy, JobRegistry
+    from plw_lab.core.config import LabConfig
+    from plw_lab.views.history import History
 
-    cfg = LabConfig().override({"model.name": "tiny-random", "train.output_dir": str(tmp_path), "train.max_steps": 1,
-                                "data.limit": 12, "data.val_size": 4, "eval.generations": 0, "eval.probe_texts": 0})
+    cfg = LabConfig().override(
+        {
+            "model.name": "tiny-random",
+            "train.output_dir": str(tmp_path),
+            "train.max_steps": 1,
+            "data.limit": 12,
+            "data.val_size": 4,
+            "eval.generations": 0,
+            "eval.probe_texts": 0,
+        }
+    )
     registry = JobRegistry()
     job = registry.start(cfg, sweep=([0.0], [0, 1]))
     with pytest.raises(JobBusy):

@@ -10,10 +10,10 @@ import types
 
 import pytest
 
-from lab import tracking
-from lab.config import ConfigError, LabConfig
-from lab.events import Eval, Finished, Started, Step
-from lab.metrics import METRICS
+from plw_lab.core import tracking
+from plw_lab.core.config import ConfigError, LabConfig
+from plw_lab.core.events import Eval, Finished, Started, Step
+from plw_lab.core.metrics import METRICS
 
 
 def fake_module(monkeypatch, name: str, **attributes) -> types.ModuleType:
@@ -26,11 +26,15 @@ def fake_module(monkeypatch, name: str, **attributes) -> types.ModuleType:
 
 
 def test_a_tracker_that_is_not_installed_is_refused_before_the_run_folder(tmp_path, monkeypatch):
-    from lab.training import train
+    from plw_lab.core.training import train
 
     real = tracking.importlib.util.find_spec
-    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    cfg = LabConfig().override({"model.name": "tiny-random", "train.report_to": "wandb", "train.output_dir": str(tmp_path / "runs")})
+    monkeypatch.setattr(
+        tracking.importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    cfg = LabConfig().override(
+        {"model.name": "tiny-random", "train.report_to": "wandb", "train.output_dir": str(tmp_path / "runs")}
+    )
     with pytest.raises(ConfigError, match=r"train.report_to: wandb is not installed here \(pip install wandb\)"):
         train(cfg)
     assert not (tmp_path / "runs").exists()
@@ -53,17 +57,37 @@ def test_tensorboard_gets_train_and_every_eval_scalar(tmp_path, monkeypatch):
             self.closed = True
 
     real = tracking.importlib.util.find_spec
-    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    monkeypatch.setattr(
+        tracking.importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a)
+    )
     fake_module(monkeypatch, "tensorboardX", SummaryWriter=SummaryWriter)
     cfg = LabConfig().override({"train.report_to": "tensorboard"})
     tracker = tracking.Tracker(cfg, tmp_path / "run")
-    metrics = {"prompt_loss": 3.5, "completion_loss": 1.25, "full_loss": 3.0, "token_accuracy": 0.5, "answer_accuracy": 0.75,
-               "majority_baseline": 0.25, "n_examples": 8, "predicted": {"A": 6, "B": 2}, "answer_accuracy_ci": [0.4, 0.9]}
+    metrics = {
+        "prompt_loss": 3.5,
+        "completion_loss": 1.25,
+        "full_loss": 3.0,
+        "token_accuracy": 0.5,
+        "answer_accuracy": 0.75,
+        "majority_baseline": 0.25,
+        "n_examples": 8,
+        "predicted": {"A": 6, "B": 2},
+        "answer_accuracy_ci": [0.4, 0.9],
+    }
     for event in (
         Started(run_dir=str(tmp_path / "run"), config={}, n_train=8, n_val=8, total_steps=1),
         Eval(step=0, epoch=0.0, metrics=metrics),
-        Step(step=1, epoch=1.0, learning_rate=1e-3, train_loss=2.5, grad_norm=None, tokens_per_second=100.0, tokens_seen=80,
-             elapsed=1.0, total_steps=1),
+        Step(
+            step=1,
+            epoch=1.0,
+            learning_rate=1e-3,
+            train_loss=2.5,
+            grad_norm=None,
+            tokens_per_second=100.0,
+            tokens_seen=80,
+            elapsed=1.0,
+            total_steps=1,
+        ),
         Eval(step=1, epoch=1.0, metrics={**metrics, "completion_loss": float("nan")}),
         Finished(step=1, summary={}),
     ):
@@ -71,24 +95,48 @@ def test_tensorboard_gets_train_and_every_eval_scalar(tmp_path, monkeypatch):
     (writer,) = writers
     assert writer.log_dir == str(tmp_path / "run" / "tensorboard") and writer.closed
     assert writer.scalars == [
-        ("eval/prompt_loss", 3.5, 0), ("eval/completion_loss", 1.25, 0), ("eval/full_loss", 3.0, 0),
-        ("eval/token_accuracy", 0.5, 0), ("eval/answer_accuracy", 0.75, 0), ("eval/majority_baseline", 0.25, 0),
-        ("train/loss", 2.5, 1), ("train/learning_rate", 1e-3, 1), ("train/tokens_per_second", 100.0, 1),
+        ("eval/prompt_loss", 3.5, 0),
+        ("eval/completion_loss", 1.25, 0),
+        ("eval/full_loss", 3.0, 0),
+        ("eval/token_accuracy", 0.5, 0),
+        ("eval/answer_accuracy", 0.75, 0),
+        ("eval/majority_baseline", 0.25, 0),
+        ("train/loss", 2.5, 1),
+        ("train/learning_rate", 1e-3, 1),
+        ("train/tokens_per_second", 100.0, 1),
         # NaN (a metric with nothing to measure) is left out rather than drawn as a gap in every chart.
-        ("eval/prompt_loss", 3.5, 1), ("eval/full_loss", 3.0, 1), ("eval/token_accuracy", 0.5, 1),
-        ("eval/answer_accuracy", 0.75, 1), ("eval/majority_baseline", 0.25, 1),
+        ("eval/prompt_loss", 3.5, 1),
+        ("eval/full_loss", 3.0, 1),
+        ("eval/token_accuracy", 0.5, 1),
+        ("eval/answer_accuracy", 0.75, 1),
+        ("eval/majority_baseline", 0.25, 1),
     ]
 
 
 def test_a_training_run_logs_every_evaluation_to_trackio(tmp_path, monkeypatch):
-    from lab.training import train
+    from plw_lab.core.training import train
 
     calls = []
-    fake_module(monkeypatch, "trackio", init=lambda **kw: calls.append(("init", kw)),
-                log=lambda values, step: calls.append(("log", step, values)), finish=lambda: calls.append(("finish",)))
-    cfg = LabConfig().override({"model.name": "tiny-random", "data.limit": 24, "train.max_steps": 2, "train.eval_interval": 1,
-                                "train.report_to": "trackio", "train.output_dir": str(tmp_path), "train.run_name": "tracked",
-                                "eval.generations": 0, "eval.probe_texts": 0})
+    fake_module(
+        monkeypatch,
+        "trackio",
+        init=lambda **kw: calls.append(("init", kw)),
+        log=lambda values, step: calls.append(("log", step, values)),
+        finish=lambda: calls.append(("finish",)),
+    )
+    cfg = LabConfig().override(
+        {
+            "model.name": "tiny-random",
+            "data.limit": 24,
+            "train.max_steps": 2,
+            "train.eval_interval": 1,
+            "train.report_to": "trackio",
+            "train.output_dir": str(tmp_path),
+            "train.run_name": "tracked",
+            "eval.generations": 0,
+            "eval.probe_texts": 0,
+        }
+    )
     result = train(cfg)
     assert result.status == "finished"
     assert calls[0] == ("init", {"project": "plw-lab", "name": "tracked", "config": result_config(result)})
@@ -99,8 +147,11 @@ def test_a_training_run_logs_every_evaluation_to_trackio(tmp_path, monkeypatch):
     # Every registry metric of every evaluation, as the run's own event log has it.
     events = [json.loads(line) for line in (result.run_dir / "events.jsonl").read_text().splitlines()]
     for event in (e for e in events if e["type"] == "eval"):
-        expected = {f"eval/{name}": value for name, value in event["metrics"].items()
-                    if name in METRICS and isinstance(value, (int, float)) and value == value}
+        expected = {
+            f"eval/{name}": value
+            for name, value in event["metrics"].items()
+            if name in METRICS and isinstance(value, (int, float)) and value == value
+        }
         assert {"eval/answer_accuracy", "eval/completion_loss", "eval/prompt_loss"} <= set(expected)
         assert evals[event["step"]] == pytest.approx(expected), event["step"]
     assert [step for _, step, values in logged if "train/loss" in values] == [1, 2]

@@ -6,18 +6,17 @@ import threading
 
 import pytest
 import torch
+from conftest import sum_examples
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from lab import events as ev
-from lab.collate import Collator, EncodedDataset
-from lab.config import LabConfig, layer_indices
-from lab.masks import encode_all
-from lab.models import attach_lora, load_adapter
-from lab.prefix import FrozenPrefix
-from lab.runs import load_run
-from lab.training import PLWTrainer, train, training_arguments
-
-from conftest import sum_examples
+from plw_lab.core import events as ev
+from plw_lab.core.collate import Collator, EncodedDataset
+from plw_lab.core.config import LabConfig, layer_indices
+from plw_lab.core.masks import encode_all
+from plw_lab.core.models import attach_lora, load_adapter
+from plw_lab.core.prefix import FrozenPrefix
+from plw_lab.core.runs import load_run
+from plw_lab.core.training import PLWTrainer, train, training_arguments
 
 
 def _cfg(tmp_path, **overrides):
@@ -46,8 +45,21 @@ class _GradCapture(TrainerCallback):
             self.grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
 
-def _first_step_grads(tmp_path, tokenizer, tiny_dir, encoded, plw, batch, accum, mode="sum_weights", layers="all", cache=False):
-    cfg = _cfg(tmp_path, **{"train.prompt_loss_weight": plw, "train.batch_size": batch, "train.grad_accum": accum, "train.max_steps": 1, "train.max_grad_norm": 0.0, "train.loss_normalization": mode, "lora.layers": layers})
+def _first_step_grads(
+    tmp_path, tokenizer, tiny_dir, encoded, plw, batch, accum, mode="sum_weights", layers="all", cache=False
+):
+    cfg = _cfg(
+        tmp_path,
+        **{
+            "train.prompt_loss_weight": plw,
+            "train.batch_size": batch,
+            "train.grad_accum": accum,
+            "train.max_steps": 1,
+            "train.max_grad_norm": 0.0,
+            "train.loss_normalization": mode,
+            "lora.layers": layers,
+        },
+    )
     torch.manual_seed(0)
     model = attach_lora(AutoModelForCausalLM.from_pretrained(tiny_dir), cfg.lora)
     capture = _GradCapture(model)
@@ -99,7 +111,9 @@ def test_a_run_emits_typed_events_logs_them_and_saves_a_loadable_adapter(tmp_pat
     result = train(_cfg(tmp_path), subscribers=[seen.append], examples=sum_examples(24))
     assert result.status == "finished", result.summary
     kinds = [e.kind for e in seen]
-    assert kinds[:2] == ["phase", "started"] and kinds[-1] == "finished"  # "loading" comes before the data counts are known
+    assert (
+        kinds[:2] == ["phase", "started"] and kinds[-1] == "finished"
+    )  # "loading" comes before the data counts are known
     steps = [e for e in seen if isinstance(e, ev.Step)]
     assert [s.step for s in steps] == [1, 2, 3, 4]
     assert all(s.tokens_per_second > 0 and s.learning_rate >= 0 for s in steps)
@@ -127,7 +141,12 @@ def test_stop_is_honoured_within_one_step_and_keeps_a_loadable_adapter(tmp_path,
             stop.set()
 
     seen = []
-    result = train(_cfg(tmp_path, **{"train.max_steps": 50}), subscribers=[stop_after_two, seen.append], stop=stop, examples=sum_examples(24))
+    result = train(
+        _cfg(tmp_path, **{"train.max_steps": 50}),
+        subscribers=[stop_after_two, seen.append],
+        stop=stop,
+        examples=sum_examples(24),
+    )
     assert result.status == "stopped"
     assert max(e.step for e in seen if isinstance(e, ev.Step)) == 2
     assert isinstance(seen[-1], ev.Stopped)
@@ -137,7 +156,7 @@ def test_stop_is_honoured_within_one_step_and_keeps_a_loadable_adapter(tmp_path,
 
 
 def test_nan_loss_fails_clearly_and_keeps_config_events_and_last_adapter(tmp_path, monkeypatch):
-    import lab.training as training_module
+    import plw_lab.core.training as training_module
 
     held = {}
 
@@ -155,7 +174,11 @@ def test_nan_loss_fails_clearly_and_keeps_config_events_and_last_adapter(tmp_pat
 
     monkeypatch.setattr(training_module, "attach_lora", attach_and_keep)
     seen = []
-    result = train(_cfg(tmp_path, **{"train.max_steps": 6, "train.eval_interval": 100}), subscribers=[diverge_after_step_two, seen.append], examples=sum_examples(24))
+    result = train(
+        _cfg(tmp_path, **{"train.max_steps": 6, "train.eval_interval": 100}),
+        subscribers=[diverge_after_step_two, seen.append],
+        examples=sum_examples(24),
+    )
     assert result.status == "failed"
     assert "NonFiniteLossError" in result.summary["error"] and "learning_rate" in result.summary["error"]
     assert isinstance(seen[-1], ev.Failed) and seen[-1].step == 2
@@ -166,7 +189,16 @@ def test_nan_loss_fails_clearly_and_keeps_config_events_and_last_adapter(tmp_pat
 
 def test_early_stopping_restores_the_best_adapter(tmp_path):
     # A huge learning rate makes completion loss worse after the first evaluations.
-    cfg = _cfg(tmp_path, **{"train.max_steps": 30, "train.eval_interval": 1, "train.patience": 2, "train.learning_rate": 0.5, "train.warmup_ratio": 0.0})
+    cfg = _cfg(
+        tmp_path,
+        **{
+            "train.max_steps": 30,
+            "train.eval_interval": 1,
+            "train.patience": 2,
+            "train.learning_rate": 0.5,
+            "train.warmup_ratio": 0.0,
+        },
+    )
     seen = []
     result = train(cfg, subscribers=[seen.append], examples=sum_examples(24), compare=False)
     evals = [e for e in seen if isinstance(e, ev.Eval)]
@@ -177,9 +209,12 @@ def test_early_stopping_restores_the_best_adapter(tmp_path):
 
 
 def test_a_set_with_nothing_trainable_is_refused_clearly(tmp_path):
-    from lab.data import Example
+    from plw_lab.core.data import Example
 
-    too_long = [Example([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "word " * 400}], source_index=i) for i in range(5)]
+    too_long = [
+        Example([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "word " * 400}], source_index=i)
+        for i in range(5)
+    ]
     result = train(_cfg(tmp_path, **{"data.max_length": 32}), examples=too_long)
     assert result.status == "failed"
     # Not one example keeps its template head and reply at 32 tokens: the error names the length that works.
@@ -189,11 +224,13 @@ def test_a_set_with_nothing_trainable_is_refused_clearly(tmp_path):
 
 
 def test_a_run_keeps_a_copy_of_its_data_file(tmp_path):
-    from lab.data import load_examples
+    from plw_lab.core.data import load_examples
 
     upload = tmp_path / "upload" / "mine.jsonl"  # like a browser upload: a temporary file that will vanish
     upload.parent.mkdir()
-    upload.write_text("".join(json.dumps({"prompt": f"{i} plus {i}?", "completion": str(2 * i)}) + "\n" for i in range(12)))
+    upload.write_text(
+        "".join(json.dumps({"prompt": f"{i} plus {i}?", "completion": str(2 * i)}) + "\n" for i in range(12))
+    )
     result = train(_cfg(tmp_path, **{"data.source": str(upload), "train.max_steps": 1}), compare=False)
     assert result.status == "finished", result.summary
     upload.unlink()

@@ -1,18 +1,19 @@
 """Truncation is never silent: raw lengths, what max_length cuts, auto max_length, and too-small lengths."""
 
 import pytest
-
-from lab.config import DataConfig, LabConfig
-from lab.data import DataError, Example, to_examples
-from lab.masks import auto_max_length, encode, encode_fitted
-from lab.stats import length_stats, truncation_message, truncation_report
-
 from conftest import mc_records
+
+from plw_lab.core.config import DataConfig, LabConfig
+from plw_lab.core.data import DataError, Example, to_examples
+from plw_lab.core.masks import auto_max_length, encode, encode_fitted
+from plw_lab.core.stats import length_stats, truncation_message, truncation_report
 
 
 def _long(i: int, words: int) -> Example:
     passage = " ".join(f"word{k}" for k in range(words))
-    return Example([{"role": "user", "content": passage + " Question?"}, {"role": "assistant", "content": "Yes."}], source_index=i)
+    return Example(
+        [{"role": "user", "content": passage + " Question?"}, {"role": "assistant", "content": "Yes."}], source_index=i
+    )
 
 
 def test_the_report_counts_examples_tokens_and_prompt_share_cut(tokenizer):
@@ -61,8 +62,11 @@ def test_auto_keeps_every_example_whole(tokenizer):
 
 def test_a_max_length_too_small_for_the_template_head_and_answer_names_the_smallest_that_works(tokenizer):
     examples = to_examples(mc_records(6), DataConfig())
-    with pytest.raises(DataError, match=r"data.max_length 8 is too small for the template head plus the answer: "
-                                        r"the smallest value that keeps every example is (\d+)") as info:
+    with pytest.raises(
+        DataError,
+        match=r"data.max_length 8 is too small for the template head plus the answer: "
+        r"the smallest value that keeps every example is (\d+)",
+    ) as info:
         encode_fitted(tokenizer, examples, 8, 1024)
     smallest = int(info.value.args[0].split("keeps every example is ")[1].split(" ")[0])
     fitted = encode_fitted(tokenizer, examples, smallest, 1024)
@@ -77,8 +81,14 @@ def test_a_max_length_too_small_for_the_template_head_and_answer_names_the_small
 
 def test_a_multi_turn_cut_takes_the_oldest_turns_and_keeps_the_template_head(tokenizer):
     long = " ".join(f"word{k}" for k in range(80))
-    ex = Example([{"role": "user", "content": long}, {"role": "assistant", "content": "Noted."},
-                  {"role": "user", "content": "And?"}, {"role": "assistant", "content": "Done."}])
+    ex = Example(
+        [
+            {"role": "user", "content": long},
+            {"role": "assistant", "content": "Noted."},
+            {"role": "user", "content": "And?"},
+            {"role": "assistant", "content": "Done."},
+        ]
+    )
     raw = len(encode(tokenizer, ex, 0))
     enc = encode(tokenizer, ex, raw - 40)  # more than the short last user turn can give
     text = tokenizer.decode(enc.input_ids)
@@ -87,12 +97,21 @@ def test_a_multi_turn_cut_takes_the_oldest_turns_and_keeps_the_template_head(tok
 
 
 def test_a_run_warns_and_its_started_event_carries_the_counts(tmp_path):
-    from lab import events as ev
-    from lab.training import train
+    from plw_lab.core import events as ev
+    from plw_lab.core.training import train
 
     examples = [_long(i, 30 + 10 * i) for i in range(8)]
-    cfg = LabConfig().override({"model.name": "tiny-random", "train.max_steps": 1, "train.output_dir": str(tmp_path),
-                                "data.max_length": 70, "data.val_size": 2, "eval.generations": 0, "eval.probe_texts": 0})
+    cfg = LabConfig().override(
+        {
+            "model.name": "tiny-random",
+            "train.max_steps": 1,
+            "train.output_dir": str(tmp_path),
+            "data.max_length": 70,
+            "data.val_size": 2,
+            "eval.generations": 0,
+            "eval.probe_texts": 0,
+        }
+    )
     seen = []
     result = train(cfg, subscribers=[seen.append], examples=examples, compare=False)
     assert result.status == "finished"
@@ -105,9 +124,11 @@ def test_a_run_warns_and_its_started_event_carries_the_counts(tmp_path):
 
 
 def test_inspect_reports_what_max_length_cuts(capsys):
-    from lab.cli import main
+    from plw_lab.cli import main
 
-    code = main(["inspect", "-n", "0", "--data", "builtin:reading-mc", "--set", "data.limit=12", "--set", "data.max_length=60"])
+    code = main(
+        ["inspect", "-n", "0", "--data", "builtin:reading-mc", "--set", "data.limit=12", "--set", "data.max_length=60"]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "max_length 60 cuts 12 of 12 examples (100.0%)" in out

@@ -9,13 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from lab import charts, text_views, tokens_view
-from lab import events as ev
-from lab.config import LabConfig, field_specs
-from lab.data import Example
-from lab.history import History
-from lab.masks import Encoded
-from lab.stats import LengthStats, geometric_mean, label_counts, length_stats
+from plw_lab.core import events as ev
+from plw_lab.core.config import LabConfig, field_specs
+from plw_lab.core.data import Example
+from plw_lab.core.masks import Encoded
+from plw_lab.core.stats import LengthStats, geometric_mean, label_counts, length_stats
+from plw_lab.views import charts, text_views, tokens_view
+from plw_lab.views.history import History
 
 
 def _encoded(truncated: int = 0) -> Encoded:
@@ -68,7 +68,9 @@ def test_token_html_has_one_span_per_token_with_title_and_weight():
     spans = _spans(out)
     assert len(spans) == len(enc.input_ids)
     first = spans[0]
-    assert "id 1" in _attr(first, "title") and "prompt" in _attr(first, "title") and "weight 0 " in _attr(first, "title")
+    assert (
+        "id 1" in _attr(first, "title") and "prompt" in _attr(first, "title") and "weight 0 " in _attr(first, "title")
+    )
     assert "weight 0.1" in _attr(spans[1], "title")  # the first token is never a target; the next prompt tokens are
     completion = spans[6]
     assert _attr(completion, "data-label") == "completion"
@@ -110,7 +112,11 @@ def test_weight_alpha_is_square_root_scaled_and_clamped():
     assert tokens_view.weight_alpha(1) == pytest.approx(tokens_view.MAX_ALPHA)
     assert tokens_view.weight_alpha(0.01) == pytest.approx(tokens_view.MAX_ALPHA * 0.1, abs=1e-3)
     assert tokens_view.weight_alpha(2) == tokens_view.weight_alpha(1)
-    assert tokens_view.token_weight_values([1, 1, 0], [0, 0, 1], 0.25) == [0, 0.25, 1]  # the first token is never a target
+    assert tokens_view.token_weight_values([1, 1, 0], [0, 0, 1], 0.25) == [
+        0,
+        0.25,
+        1,
+    ]  # the first token is never a target
 
 
 def test_completion_weight_share():
@@ -220,12 +226,30 @@ def _events(with_accuracy=True):
     out.append(ev.Advice(message="only 10 training examples"))
     losses = {0: (2.0, 3.0, 0.2), 2: (1.9, 1.0, 0.6), 4: (2.1, 1.5, 0.4)}
     for step in range(1, 5):
-        out.append(ev.Step(step=step, epoch=step / 4, learning_rate=1e-3, train_loss=3.0 - step * 0.1, grad_norm=1.0,
-                           tokens_per_second=100.0, tokens_seen=100 * step, elapsed=float(step), total_steps=4))
+        out.append(
+            ev.Step(
+                step=step,
+                epoch=step / 4,
+                learning_rate=1e-3,
+                train_loss=3.0 - step * 0.1,
+                grad_norm=1.0,
+                tokens_per_second=100.0,
+                tokens_seen=100 * step,
+                elapsed=float(step),
+                total_steps=4,
+            )
+        )
     for step, (prompt, completion, acc) in sorted(losses.items()):
         metrics = {"prompt_loss": prompt, "completion_loss": completion, "full_loss": (prompt + completion) / 2}
         if with_accuracy:
-            metrics.update({"answer_accuracy": acc, "majority_baseline": 0.5, "predicted": {"A": 3, "B": 2}, "answers": {"A": 2, "B": 3}})
+            metrics.update(
+                {
+                    "answer_accuracy": acc,
+                    "majority_baseline": 0.5,
+                    "predicted": {"A": 3, "B": 2},
+                    "answers": {"A": 2, "B": 3},
+                }
+            )
         out.append(ev.Eval(step=step, epoch=step / 4, metrics=metrics, is_best=step == 2))
         if step:
             out.append(ev.Advice(message="predictions collapsed", step=step))
@@ -244,7 +268,11 @@ def test_history_and_loss_figure_marks_the_best_step():
     for label in ("val prompt loss", "val completion loss", "val full-sequence loss"):
         assert label in names
     stars = [t for t in fig.data if t.mode == "markers"]
-    assert {t.name for t in stars} == {"best val prompt loss", "best val completion loss", "best val full-sequence loss"}
+    assert {t.name for t in stars} == {
+        "best val prompt loss",
+        "best val completion loss",
+        "best val full-sequence loss",
+    }
     best_completion = next(t for t in stars if t.name == "best val completion loss")
     assert list(best_completion.x) == [2] and list(best_completion.y) == [1.0]
     # the frame spans the whole run so curves grow into it
@@ -295,20 +323,31 @@ def test_logprob_and_answer_distribution_figures():
     assert list(fig.data[1].y) == [-0.1, -3.0]
     assert list(fig.data[0].x)[0] == "A \u2713"
     assert not charts.logprob_figure([], None, None).data
-    dist = charts.answer_distribution_figure({"adapter off": {"A": 5}, "adapter on": {"A": 2, "B": 3}}, {"A": 2, "B": 3})
+    dist = charts.answer_distribution_figure(
+        {"adapter off": {"A": 5}, "adapter on": {"A": 2, "B": 3}}, {"A": 2, "B": 3}
+    )
     assert [t.name for t in dist.data] == ["adapter off", "adapter on", "true answers"]
     assert list(dist.data[0].y) == [5, 0]
 
 
 def test_metrics_comparison_rows_and_generations():
-    rows = text_views.metrics_comparison_rows({"completion_loss": 1.0, "answer_accuracy": 0.8}, {"completion_loss": 2.0, "answer_accuracy": 0.5},
-                                         probe_on=12.0, probe_off=10.0)
-    assert rows[0] == {"metric": "val completion loss", "adapter off": "2.0000", "adapter on": "1.0000", "change": "-1.0000"}
+    rows = text_views.metrics_comparison_rows(
+        {"completion_loss": 1.0, "answer_accuracy": 0.8},
+        {"completion_loss": 2.0, "answer_accuracy": 0.5},
+        probe_on=12.0,
+        probe_off=10.0,
+    )
+    assert rows[0] == {
+        "metric": "val completion loss",
+        "adapter off": "2.0000",
+        "adapter on": "1.0000",
+        "change": "-1.0000",
+    }
     assert rows[-1]["metric"].startswith("forgetting probe") and rows[-1]["change"] == "+2.0000"
     out = text_views.generations_html([{"prompt": "p", "reference": "A", "off": "<script>x</script>", "on": "\n\n\n"}])
     assert "<script>" not in out and "&lt;script&gt;" in out
     assert "no visible text" in out
-    assert text_views.show_generation("") .startswith("(empty")
+    assert text_views.show_generation("").startswith("(empty")
     assert text_views.show_generation("a\n\n\n\nb") == "a\n\nb"
 
 
@@ -317,10 +356,19 @@ def test_metrics_comparison_rows_and_generations():
 
 def _run(name, plw, acc, loss, status="finished"):
     cfg = LabConfig().override({"train.prompt_loss_weight": plw, "data.source": "/tmp/upload/abc/my.jsonl"})
-    evals = [ev.Eval(step=0, epoch=0, metrics={"completion_loss": loss + 1, "answer_accuracy": acc / 2}),
-             ev.Eval(step=5, epoch=1, metrics={"completion_loss": loss, "answer_accuracy": acc})]
-    summary = {"status": status, "steps": 5, "elapsed_seconds": 65,
-               "best": {"completion_loss": {"value": loss, "step": 5, "epoch": 1}, "answer_accuracy": {"value": acc, "step": 5, "epoch": 1}}}
+    evals = [
+        ev.Eval(step=0, epoch=0, metrics={"completion_loss": loss + 1, "answer_accuracy": acc / 2}),
+        ev.Eval(step=5, epoch=1, metrics={"completion_loss": loss, "answer_accuracy": acc}),
+    ]
+    summary = {
+        "status": status,
+        "steps": 5,
+        "elapsed_seconds": 65,
+        "best": {
+            "completion_loss": {"value": loss, "step": 5, "epoch": 1},
+            "answer_accuracy": {"value": acc, "step": 5, "epoch": 1},
+        },
+    }
     return SimpleNamespace(name=name, config=cfg, summary=summary, events=evals, evals=evals, status=status)
 
 
@@ -372,32 +420,42 @@ def test_settings_help_lists_every_field():
 
 
 def test_views_do_not_import_a_ui_toolkit():
-    code = "import sys, lab.charts, lab.history, lab.text_views, lab.tokens_view; bad = [m for m in ('gradio', 'torch') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    code = "import sys, plw_lab.views.charts, plw_lab.views.history, plw_lab.views.text_views, plw_lab.views.tokens_view; bad = [m for m in ('gradio', 'torch') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_only_the_app_modules_import_gradio():
-    lab_dir = Path(__file__).resolve().parents[1] / "lab"
-    importers = [p.name for p in sorted(lab_dir.glob("*.py")) if re.search(r"^\s*(import|from)\s+gradio", p.read_text(), re.M)]
-    assert importers and all(name.startswith("app") for name in importers), importers
+    lab_dir = Path(__file__).resolve().parents[1] / "plw_lab"
+    importers = [
+        p.relative_to(lab_dir).parts[0]
+        for p in sorted(lab_dir.rglob("*.py"))
+        if re.search(r"^\s*(import|from)\s+gradio", p.read_text(), re.M)
+    ]
+    assert importers and set(importers) == {"app"}, importers
 
 
 def _remedy_run(right: int, n: int, probe_on: float, steps: int = 12):
     """A finished run as notebook 03 reads it: `right` of `n` validation answers right (the first ones)."""
     from types import SimpleNamespace
 
-    from lab.scores import wilson
+    from plw_lab.core.scores import wilson
 
     examples = [{"index": i, "answer": "A", "predicted": "A" if i < right else "B"} for i in range(n)]
-    on = {"answer_accuracy": right / n, "answer_accuracy_ci": list(wilson(right, n)), "predicted": {"A": right, "B": n - right},
-          "answer_entropy": 1.0, "kl_to_base": 0.5, "examples": examples}
+    on = {
+        "answer_accuracy": right / n,
+        "answer_accuracy_ci": list(wilson(right, n)),
+        "predicted": {"A": right, "B": n - right},
+        "answer_entropy": 1.0,
+        "kl_to_base": 0.5,
+        "examples": examples,
+    }
     comparison = {"on": {"metrics": on, "probe_perplexity": probe_on}, "off": {"metrics": {}, "probe_perplexity": 40.0}}
     return SimpleNamespace(summary={"steps": steps, "adapter_step": steps}, comparison=comparison)
 
 
 def test_remedy_reports_test_paired_answers_and_name_a_wrecked_probe_as_a_factor():
-    from lab.text_views import remedy_verdicts, run_report
+    from plw_lab.views.text_views import remedy_verdicts, run_report
 
     hard = _remedy_run(right=10, n=40, probe_on=40.0 * 3_712_006)  # perplexity a few million times the base's
     cure = _remedy_run(right=30, n=40, probe_on=44.0)  # 20 more right, none fewer: McNemar p = 2 x 0.5^20

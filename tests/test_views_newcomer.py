@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from types import SimpleNamespace
 
-from lab import tokens_view
+from plw_lab.views import tokens_view
 
 
 def fake_encoded(n_prompt: int, n_completion: int):
@@ -14,9 +14,15 @@ def fake_encoded(n_prompt: int, n_completion: int):
     n = n_prompt + n_completion
     text = "p" * n_prompt + "c" * n_completion
     return SimpleNamespace(
-        input_ids=list(range(100, 100 + n)), prompt_mask=[1] * n_prompt + [0] * n_completion,
-        completion_mask=[0] * n_prompt + [1] * n_completion, offsets=[(i, i + 1) for i in range(n)], text=text,
-        truncated=0, n_prompt=n_prompt, n_completion=n_completion, answer_mask=[0] * n,
+        input_ids=list(range(100, 100 + n)),
+        prompt_mask=[1] * n_prompt + [0] * n_completion,
+        completion_mask=[0] * n_prompt + [1] * n_completion,
+        offsets=[(i, i + 1) for i in range(n)],
+        text=text,
+        truncated=0,
+        n_prompt=n_prompt,
+        n_completion=n_completion,
+        answer_mask=[0] * n,
     )
 
 
@@ -68,8 +74,8 @@ def test_text_on_saturated_blue_turns_white():
 
 
 def test_a_two_token_completion_bar_is_not_squashed_against_the_axis():
-    from lab import charts
-    from lab.stats import length_stats
+    from plw_lab.core.stats import length_stats
+    from plw_lab.views import charts
 
     stats = length_stats([fake_encoded(n, 2) for n in (40, 50, 60)])
     low, high = charts.length_histogram(stats).layout.xaxis.range
@@ -77,7 +83,7 @@ def test_a_two_token_completion_bar_is_not_squashed_against_the_axis():
 
 
 def test_the_predicted_answers_chart_has_no_axis_title_under_its_legend():
-    from lab import charts
+    from plw_lab.views import charts
 
     fig = charts.answer_distribution_figure({"adapter on": {"A": 3, "B": 1}}, {"A": 2, "B": 2})
     assert not fig.layout.xaxis.title.text and fig.layout.legend.orientation == "h"

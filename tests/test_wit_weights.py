@@ -2,18 +2,17 @@
 
 import pytest
 import torch
+from conftest import sum_examples
 from transformers import AutoModelForCausalLM
 
-from lab.collate import Collator, collate
-from lab.config import LabConfig
-from lab.data import DataError, Example, to_examples
-from lab.loss import normalizer, token_weights
-from lab.masks import encode, encode_all
-from lab.models import attach_lora
-from lab.packing import collate_packed
-from lab.training import PLWTrainer, training_arguments
-
-from conftest import sum_examples
+from plw_lab.core.collate import Collator, collate
+from plw_lab.core.config import LabConfig
+from plw_lab.core.data import DataError, Example, to_examples
+from plw_lab.core.loss import normalizer, token_weights
+from plw_lab.core.masks import encode, encode_all
+from plw_lab.core.models import attach_lora
+from plw_lab.core.packing import collate_packed
+from plw_lab.core.training import PLWTrainer, training_arguments
 
 
 def test_wit_weights_by_hand():
@@ -39,8 +38,12 @@ def _model_and_batch(tokenizer, tiny_dir, examples):
 
 def _loss(tmp_path, model, tokenizer, batch, **overrides):
     cfg = LabConfig().override({"model.name": "tiny-random", "train.output_dir": str(tmp_path), **overrides})
-    trainer = PLWTrainer(model=model, args=training_arguments(cfg, tmp_path / "t", torch.device("cpu"), torch.float32),
-                         data_collator=Collator(tokenizer.pad_token_id), lab_config=cfg)
+    trainer = PLWTrainer(
+        model=model,
+        args=training_arguments(cfg, tmp_path / "t", torch.device("cpu"), torch.float32),
+        data_collator=Collator(tokenizer.pad_token_id),
+        lab_config=cfg,
+    )
     return trainer.compute_loss(model, batch)
 
 
@@ -50,25 +53,52 @@ def _labels_loss(model, batch, mask):
 
 
 @pytest.mark.parametrize("mode", ["sum_weights", "count_nonzero"])
-def test_lambda_p_0_lambda_r_1_is_completion_only_and_both_1_the_full_sequence_loss(tmp_path, tokenizer, tiny_dir, mode):
+def test_lambda_p_0_lambda_r_1_is_completion_only_and_both_1_the_full_sequence_loss(
+    tmp_path, tokenizer, tiny_dir, mode
+):
     model, _, batch = _model_and_batch(tokenizer, tiny_dir, sum_examples(4))
     completion_only = _labels_loss(model, batch, batch["completion_mask"])
     full = _labels_loss(model, batch, batch["attention_mask"])
     base = {"train.loss_normalization": mode}
-    got = _loss(tmp_path, model, tokenizer, batch, **base, **{"train.prompt_loss_weight": 0.0, "train.completion_loss_weight": 1.0})
+    got = _loss(
+        tmp_path,
+        model,
+        tokenizer,
+        batch,
+        **base,
+        **{"train.prompt_loss_weight": 0.0, "train.completion_loss_weight": 1.0},
+    )
     assert got.item() == pytest.approx(completion_only.item(), rel=1e-5)
-    got = _loss(tmp_path, model, tokenizer, batch, **base, **{"train.prompt_loss_weight": 1.0, "train.completion_loss_weight": 1.0})
+    got = _loss(
+        tmp_path,
+        model,
+        tokenizer,
+        batch,
+        **base,
+        **{"train.prompt_loss_weight": 1.0, "train.completion_loss_weight": 1.0},
+    )
     assert got.item() == pytest.approx(full.item(), rel=1e-5)
 
 
 def test_lambda_r_scales_completion_tokens_under_count_normalisation(tmp_path, tokenizer, tiny_dir):
     model, _, batch = _model_and_batch(tokenizer, tiny_dir, sum_examples(4))
     # With the prompt at weight 0 and count normalisation, lambda_r scales the completion-only loss.
-    half = _loss(tmp_path, model, tokenizer, batch, **{"train.prompt_loss_weight": 0.0, "train.completion_loss_weight": 0.5,
-                                                     "train.loss_normalization": "count_nonzero"})
+    half = _loss(
+        tmp_path,
+        model,
+        tokenizer,
+        batch,
+        **{
+            "train.prompt_loss_weight": 0.0,
+            "train.completion_loss_weight": 0.5,
+            "train.loss_normalization": "count_nonzero",
+        },
+    )
     assert half.item() == pytest.approx(0.5 * _labels_loss(model, batch, batch["completion_mask"]).item(), rel=1e-5)
     # Prompt only: lambda_r 0 and PLW 1 trains the prompt tokens alone.
-    prompt_only = _loss(tmp_path, model, tokenizer, batch, **{"train.prompt_loss_weight": 1.0, "train.completion_loss_weight": 0.0})
+    prompt_only = _loss(
+        tmp_path, model, tokenizer, batch, **{"train.prompt_loss_weight": 1.0, "train.completion_loss_weight": 0.0}
+    )
     assert prompt_only.item() == pytest.approx(_labels_loss(model, batch, batch["prompt_mask"]).item(), rel=1e-5)
 
 
@@ -88,7 +118,9 @@ def _chat(weight=None, user_weight=None, reply_weight=None):
 
 def test_data_weights_all_one_leave_the_loss_unchanged(tmp_path, tokenizer, tiny_dir):
     plain = sum_examples(4)
-    weighted = [Example([{**m, "weight": 1.0} for m in e.messages], source_index=e.source_index, weight=1.0) for e in plain]
+    weighted = [
+        Example([{**m, "weight": 1.0} for m in e.messages], source_index=e.source_index, weight=1.0) for e in plain
+    ]
     model, encoded, batch = _model_and_batch(tokenizer, tiny_dir, plain)
     _, encoded_w, batch_w = _model_and_batch(tokenizer, tiny_dir, weighted)
     assert all(e.data_weights() == [1.0] * len(e) for e in encoded_w)
@@ -100,7 +132,7 @@ def test_data_weights_all_one_leave_the_loss_unchanged(tmp_path, tokenizer, tiny
 
 
 def test_record_and_message_weights_reach_their_tokens(tokenizer):
-    from lab.config import DataConfig
+    from plw_lab.core.config import DataConfig
 
     examples = to_examples([_chat(weight=2.0, user_weight=0.5, reply_weight=0.0), _chat()], DataConfig())
     assert examples[0].weight == 2.0 and examples[1].weight == 1.0
@@ -119,12 +151,17 @@ def test_record_and_message_weights_reach_their_tokens(tokenizer):
 
 
 def test_data_weights_survive_collation_packing_and_truncation(tokenizer):
-    from lab.config import DataConfig
+    from plw_lab.core.config import DataConfig
 
-    long_chat = {"messages": [{"role": "user", "content": "word " * 80}, {"role": "assistant", "content": "ok"}], "weight": 0.5}
+    long_chat = {
+        "messages": [{"role": "user", "content": "word " * 80}, {"role": "assistant", "content": "ok"}],
+        "weight": 0.5,
+    }
     examples = to_examples([_chat(weight=3.0), _chat(), long_chat], DataConfig())
     encoded = [encode(tokenizer, e, 40) for e in examples]
-    assert encoded[2].truncated and len(encoded[2].data_weight) == len(encoded[2]) and set(encoded[2].data_weight) == {0.5}
+    assert (
+        encoded[2].truncated and len(encoded[2].data_weight) == len(encoded[2]) and set(encoded[2].data_weight) == {0.5}
+    )
     batch = collate(encoded, tokenizer.pad_token_id)
     assert batch["data_weight"][0, : len(encoded[0])].unique().tolist() == [3.0]
     assert batch["data_weight"][1].unique().tolist() == [1.0]
@@ -134,7 +171,7 @@ def test_data_weights_survive_collation_packing_and_truncation(tokenizer):
 
 @pytest.mark.parametrize("bad", ["heavy", -1, float("nan")])
 def test_a_bad_weight_names_the_record(bad):
-    from lab.config import DataConfig
+    from plw_lab.core.config import DataConfig
 
     with pytest.raises(DataError, match="record 1: 'weight'"):
         to_examples([_chat(), _chat(weight=bad)], DataConfig())
@@ -143,11 +180,13 @@ def test_a_bad_weight_names_the_record(bad):
 
 
 def test_statistics_count_the_examples_the_data_weights(tokenizer):
-    from lab.config import DataConfig
-    from lab.stats import length_stats
-    from lab.text_views import stats_markdown
+    from plw_lab.core.config import DataConfig
+    from plw_lab.core.stats import length_stats
+    from plw_lab.views.text_views import stats_markdown
 
-    encoded, _ = encode_all(tokenizer, to_examples([_chat(weight=2.0), _chat(reply_weight=0.5), _chat()], DataConfig()), 64)
+    encoded, _ = encode_all(
+        tokenizer, to_examples([_chat(weight=2.0), _chat(reply_weight=0.5), _chat()], DataConfig()), 64
+    )
     s = length_stats(encoded).summary()
     # Each reply is "5" plus its end-of-turn token: 2 completion tokens, weighted 2x2 + 0.5x2 + 1x2.
     assert s["total_completion"] == 6 and s["total_weighted_completion"] == pytest.approx(7.0)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from .e2e_support import CHROMIUM, CHROMIUM_ARGS, app_server
+from e2e.e2e_support import CHROMIUM, CHROMIUM_ARGS, app_server
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +25,15 @@ def browser():
 def server(tmp_path_factory):
     """The app on the tiny model, small enough that a CPU evaluates in a blink: 160 records, 32 of them
     for validation, two probe passages, two short generations."""
-    with app_server(tmp_path_factory.mktemp("app"), "--set", "data.limit=160", "--set", "eval.probe_texts=2",
-                    "--set", "eval.generations=2", "--set", "eval.max_new_tokens=8") as (url, runs, proc, log):
+    with app_server(
+        tmp_path_factory.mktemp("app"),
+        "--set",
+        "data.limit=160",
+        "--set",
+        "eval.probe_texts=2",
+        "--set",
+        "eval.generations=2",
+        "--set",
+        "eval.max_new_tokens=8",
+    ) as (url, runs, proc, log):
         yield SimpleNamespace(url=url, runs=runs, proc=proc, log=log)

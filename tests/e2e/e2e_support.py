@@ -28,8 +28,12 @@ CHROMIUM_ARGS = [
 START_TIMEOUT = 180  # seconds for a server process to answer
 UI_TIMEOUT = 60_000  # milliseconds for anything the page has to do
 #: The hub client fails at once instead of retrying the network; no analytics calls from Gradio.
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-               "PYTHONUNBUFFERED": "1"}
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "PYTHONUNBUFFERED": "1",
+}
 
 
 def free_port() -> int:
@@ -39,8 +43,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(cmd: list[str], ready_url: str, log_path: Path, *, cwd: Path, env: dict, what: str,
-            timeout: float = START_TIMEOUT):
+def serving(
+    cmd: list[str], ready_url: str, log_path: Path, *, cwd: Path, env: dict, what: str, timeout: float = START_TIMEOUT
+):
     """Run `cmd` until `ready_url` answers 200, yield the process, then stop it; a process that exits
     or never answers fails the test with the end of its log."""
     with open(log_path, "w") as log:
@@ -123,9 +128,7 @@ def choose(page, elem_id: str, option: str) -> None:
     box.click()
     listbox = box.get_attribute("aria-controls")
     page.locator(f"[id='{listbox}'] [role=option][aria-label='{option}']").click()
-    page.wait_for_function(
-        "([id, v]) => document.querySelector(`#${id} input`)?.value === v", arg=[elem_id, option]
-    )
+    page.wait_for_function("([id, v]) => document.querySelector(`#${id} input`)?.value === v", arg=[elem_id, option])
 
 
 def upload(page, path: Path) -> None:

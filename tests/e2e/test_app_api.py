@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .e2e_support import app_server
+from e2e.e2e_support import app_server
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from .e2e_support import SHOTS, UI_TIMEOUT, choose, click, close_toasts, new_page, open_tab, progress, set_number, train_briefly, upload
+from e2e.e2e_support import (
+    SHOTS,
+    UI_TIMEOUT,
+    choose,
+    click,
+    close_toasts,
+    new_page,
+    open_tab,
+    progress,
+    set_number,
+    train_briefly,
+    upload,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -66,9 +78,7 @@ def token_plw(page) -> str | None:
 
 
 def wait_token_plw(page, value: str) -> None:
-    page.wait_for_function(
-        "(v) => document.querySelector('#token-view .plw-tokens')?.dataset.plw === v", arg=value
-    )
+    page.wait_for_function("(v) => document.querySelector('#token-view .plw-tokens')?.dataset.plw === v", arg=value)
 
 
 def prompt_token(page, index: int = 3):
@@ -79,8 +89,8 @@ def prompt_token(page, index: int = 3):
 
 
 def test_data_tab_loads_a_builtin_set(page):
-    from lab.builtin import BUILTIN_SETS
-    from lab.config import LabConfig
+    from plw_lab.core.builtin import BUILTIN_SETS
+    from plw_lab.core.config import LabConfig
 
     default = LabConfig().data.source.removeprefix("builtin:")
     # a set with answers (accuracy and log-probabilities later on), other than the one the page opens with
@@ -169,15 +179,21 @@ def test_training_streams_charts_to_every_visitor_and_stops(page, browser, serve
     first_points = plot_data(page, "loss-plot")["data"][0]["n"]
     # the charts keep growing as events arrive
     wait_plot(page, "loss-plot", f"data[0].x.length > {first_points}")
-    wait_plot(page, "loss-plot", "data.some(t => (t.name || '').startsWith('val completion'))"
-              " && data.some(t => (t.name || '').startsWith('best '))")
+    wait_plot(
+        page,
+        "loss-plot",
+        "data.some(t => (t.name || '').startsWith('val completion'))"
+        " && data.some(t => (t.name || '').startsWith('best '))",
+    )
     wait_plot(page, "acc-plot", "data.some(t => t.name === 'majority-class baseline')")
     assert page.locator("#start").is_disabled()
 
     # the second visitor notices the job by itself and watches it; a reload re-attaches
     try:
         visitor.wait_for_selector("#job-badge [data-status=running]")
-        visitor.wait_for_function("() => document.querySelector('#progress .plw-progress')?.dataset.status === 'running'")
+        visitor.wait_for_function(
+            "() => document.querySelector('#progress .plw-progress')?.dataset.status === 'running'"
+        )
         assert visitor.locator("#start").is_disabled()
         step_seen = progress(visitor)["step"]
         visitor.wait_for_function(
@@ -186,7 +202,9 @@ def test_training_streams_charts_to_every_visitor_and_stops(page, browser, serve
         visitor.reload()
         visitor.wait_for_selector("#job-badge [data-status=running]")
         visitor.get_by_role("tab", name="Train", exact=True).click()
-        visitor.wait_for_function("() => document.querySelector('#progress .plw-progress')?.dataset.status === 'running'")
+        visitor.wait_for_function(
+            "() => document.querySelector('#progress .plw-progress')?.dataset.status === 'running'"
+        )
         wait_plot(visitor, "loss-plot", "data[0].x.length >= 2")
     finally:
         other.close()
@@ -197,8 +215,9 @@ def test_training_streams_charts_to_every_visitor_and_stops(page, browser, serve
     wait_plot(page, "loss-plot", "data.filter(t => (t.name || '').startsWith('val')).every(t => t.x.length >= 3)")
     screenshot(page, "03-train-running")
     click(page, "#stop")
-    page.wait_for_function("() => document.querySelector('#progress .plw-progress')?.dataset.status === 'stopped'",
-                           timeout=120_000)
+    page.wait_for_function(
+        "() => document.querySelector('#progress .plw-progress')?.dataset.status === 'stopped'", timeout=120_000
+    )
     assert "stopped by the user" in page.locator("#progress").inner_text()
     page.wait_for_function("() => document.querySelector('button#start')?.disabled === false")
     summaries = list(server.runs.glob("*/summary.json"))
@@ -215,9 +234,7 @@ def test_training_streams_charts_to_every_visitor_and_stops(page, browser, serve
 def test_compare_shows_adapter_on_and_off_side_by_side(page, server):
     open_tab(page, "Compare")
     run_name = next(server.runs.glob("*/summary.json")).parent.name
-    page.wait_for_function(
-        "(n) => document.querySelector('#compare-run input')?.value === n", arg=run_name
-    )
+    page.wait_for_function("(n) => document.querySelector('#compare-run input')?.value === n", arg=run_name)
     click(page, "#compare-btn")
     page.wait_for_selector("#compare-gens table")
     page.wait_for_function("() => document.querySelector('#compare-msg .plw-msg-ok') !== null")
@@ -264,13 +281,16 @@ def test_a_second_run_at_plw_0_finishes(page, server):
     runs = sorted(p.parent.name for p in server.runs.glob("*/summary.json"))
     assert len(runs) == 2 and any("plw0" in r and "plw0.1" not in r for r in runs)
     # the finished run compared itself: the Compare tab shows it at once
-    finished = next(p.parent for p in server.runs.glob("*/summary.json") if json.loads(p.read_text())["status"] == "finished")
+    finished = next(
+        p.parent for p in server.runs.glob("*/summary.json") if json.loads(p.read_text())["status"] == "finished"
+    )
     assert (finished / "compare.json").exists()
     open_tab(page, "Compare")
     page.wait_for_function("(n) => document.querySelector('#compare-run input')?.value === n", arg=finished.name)
     click(page, "#compare-btn")
-    page.wait_for_function("(n) => (document.querySelector('#compare-msg')?.innerText || '').includes(n + ': PLW 0,')",
-                           arg=finished.name)
+    page.wait_for_function(
+        "(n) => (document.querySelector('#compare-msg')?.innerText || '').includes(n + ': PLW 0,')", arg=finished.name
+    )
 
 
 def test_runs_tab_overlays_zips_and_deletes_runs(page, server):
@@ -286,8 +306,12 @@ def test_runs_tab_overlays_zips_and_deletes_runs(page, server):
     wait_plot(page, "overlay-plot", "data.length === 2")
     # PLW 0 sits on the log axis at a small value labelled 0; the stopped run differs from the finished
     # one, so it is drawn hollow, off the line
-    wait_plot(page, "sweep-plot", "layout.xaxis.type === 'log' && layout.xaxis.ticktext.includes('0')"
-              " && data.some(t => t.name.includes('differs') && t.marker.symbol.endsWith('-open') && t.x.length === 1)")
+    wait_plot(
+        page,
+        "sweep-plot",
+        "layout.xaxis.type === 'log' && layout.xaxis.ticktext.includes('0')"
+        " && data.some(t => t.name.includes('differs') && t.marker.symbol.endsWith('-open') && t.x.length === 1)",
+    )
     choose(page, "overlay-metric", "val answer accuracy")
     wait_plot(page, "overlay-plot", "layout.yaxis.title.text === 'val answer accuracy'")
     choose(page, "overlay-metric", "val completion loss")
@@ -299,14 +323,18 @@ def test_runs_tab_overlays_zips_and_deletes_runs(page, server):
     screenshot(page, "06-runs")
 
     # delete the stopped run: refused without the confirmation, done with it
-    stopped = next(p.parent.name for p in server.runs.glob("*/summary.json") if json.loads(p.read_text())["status"] == "stopped")
+    stopped = next(
+        p.parent.name for p in server.runs.glob("*/summary.json") if json.loads(p.read_text())["status"] == "stopped"
+    )
     choose(page, "run-pick", stopped)
     click(page, "#delete-btn")
     page.wait_for_function("() => (document.querySelector('#runs-msg')?.innerText || '').includes('confirm')")
     assert (server.runs / stopped).exists()
     page.locator("#confirm-delete input").check()
     click(page, "#delete-btn")
-    page.wait_for_function("(n) => (document.querySelector('#runs-msg')?.innerText || '').includes('Deleted ' + n)", arg=stopped)
+    page.wait_for_function(
+        "(n) => (document.querySelector('#runs-msg')?.innerText || '').includes('Deleted ' + n)", arg=stopped
+    )
     assert not (server.runs / stopped).exists()
     page.wait_for_function("(n) => !(document.querySelector('#runs-table')?.innerText || '').includes(n)", arg=stopped)
 
@@ -327,7 +355,9 @@ def test_bad_input_shows_clear_messages_and_the_app_keeps_working(page, server, 
     renamed.write_text("instruction,output\n" + "".join(f"Add {i} and {i}.,{2 * i}\n" for i in range(12)))
     upload(page, renamed)
     click(page, "#load-file")
-    page.wait_for_function("() => (document.querySelector('#data-msg')?.innerText || '').includes('cannot tell the format')")
+    page.wait_for_function(
+        "() => (document.querySelector('#data-msg')?.innerText || '').includes('cannot tell the format')"
+    )
     assert "instruction" in page.locator("#data-msg").inner_text()
     page.wait_for_selector("#map-prompt")  # the failed load opened the Column mapping section
     choose(page, "map-prompt", "instruction")
@@ -347,7 +377,9 @@ def test_bad_input_shows_clear_messages_and_the_app_keeps_working(page, server, 
     open_tab(page, "Train")
     set_number(page, "cfg-train-batch-size", 0)
     click(page, "#start")
-    page.wait_for_function("() => (document.querySelector('#train-msg')?.innerText || '').includes('\"Train batch size\"')")
+    page.wait_for_function(
+        "() => (document.querySelector('#train-msg')?.innerText || '').includes('\"Train batch size\"')"
+    )
     assert "at least 1" in page.locator("#train-msg").inner_text()
     set_number(page, "cfg-train-batch-size", 4)
 
@@ -358,8 +390,9 @@ def test_bad_input_shows_clear_messages_and_the_app_keeps_working(page, server, 
     model_box.press("Enter")
     page.locator("body").click(position={"x": 5, "y": 5})
     click(page, "#start")
-    page.wait_for_function("() => document.querySelector('#progress .plw-progress')?.dataset.status === 'failed'",
-                           timeout=120_000)
+    page.wait_for_function(
+        "() => document.querySelector('#progress .plw-progress')?.dataset.status === 'failed'", timeout=120_000
+    )
     assert "no-such-model-folder" in page.locator("#train-msg").inner_text()
     assert "failed" in page.locator("#train-msg").inner_text()
     choose(page, "cfg-model-name", "tiny-random")
@@ -376,11 +409,15 @@ def test_bad_input_shows_clear_messages_and_the_app_keeps_working(page, server, 
 def test_uploads_over_the_size_limit_are_refused(server):
     """The app caps uploads (50 MB by default); the server refuses a bigger file before the lab sees it."""
     boundary = "plwlabboundary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.jsonl\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.jsonl"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     body = head + b"0" * (50 * 1024 * 1024 + 1024) + f"\r\n--{boundary}--\r\n".encode()
     request = urllib.request.Request(
-        server.url + "gradio_api/upload?upload_id=e2e-size-limit", data=body, method="POST",
+        server.url + "gradio_api/upload?upload_id=e2e-size-limit",
+        data=body,
+        method="POST",
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     with pytest.raises(urllib.error.HTTPError) as info:

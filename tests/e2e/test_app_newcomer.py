@@ -12,10 +12,21 @@ import time
 
 import pytest
 
-from lab.config import LabConfig
-from lab.data import split_sizes
-
-from .e2e_support import SHOTS, UI_TIMEOUT, choose, click, close_toasts, new_page, open_tab, progress, set_number, train_briefly, upload
+from e2e.e2e_support import (
+    SHOTS,
+    UI_TIMEOUT,
+    choose,
+    click,
+    close_toasts,
+    new_page,
+    open_tab,
+    progress,
+    set_number,
+    train_briefly,
+    upload,
+)
+from plw_lab.core.config import LabConfig
+from plw_lab.core.data import split_sizes
 
 pytestmark = pytest.mark.e2e
 LIMIT = 160  # the server's data.limit (see the `server` fixture in conftest.py)
@@ -35,8 +46,11 @@ def text(page, selector: str) -> str:
 
 def wait_text(page, selector: str, needle: str, timeout: int = UI_TIMEOUT) -> None:
     try:
-        page.wait_for_function("([s, n]) => (document.querySelector(s)?.innerText || '').includes(n)",
-                               arg=[selector, needle], timeout=timeout)
+        page.wait_for_function(
+            "([s, n]) => (document.querySelector(s)?.innerText || '').includes(n)",
+            arg=[selector, needle],
+            timeout=timeout,
+        )
     except Exception:
         raise AssertionError(f"{needle!r} never appeared in {selector}, which reads {text(page, selector)!r}") from None
 
@@ -74,17 +88,23 @@ def test_a_run_belongs_to_its_visitor_and_shows_its_settings_and_phases(page, br
     record_statuses(page)
     click(page, "#start")
     # the base model's evaluation is a phase of its own, named while it runs or just after
-    page.wait_for_function("() => ['evaluating', 'training'].includes(document.querySelector('#progress .plw-progress')?.dataset.phase)",
-                           timeout=120_000)
-    page.wait_for_function("() => Number(document.querySelector('#progress .plw-progress')?.dataset.step || 0) >= 1",
-                           timeout=120_000)
+    page.wait_for_function(
+        "() => ['evaluating', 'training'].includes(document.querySelector('#progress .plw-progress')?.dataset.phase)",
+        timeout=120_000,
+    )
+    page.wait_for_function(
+        "() => Number(document.querySelector('#progress .plw-progress')?.dataset.step || 0) >= 1", timeout=120_000
+    )
     watched = text(page, "#watched-run")
     assert "PLW 1" in watched and "400 steps" in watched and "train /" in watched and "LoRA r" in watched
     assert "plw1" in watched  # the run folder's name
     # the clock ticks between events
     elapsed = page.locator("#progress").inner_text().split("elapsed ")[1].split(" ")[0]
-    page.wait_for_function("(e) => !(document.querySelector('#progress')?.innerText || '').includes('elapsed ' + e + ' ')",
-                           arg=elapsed, timeout=10_000)
+    page.wait_for_function(
+        "(e) => !(document.querySelector('#progress')?.innerText || '').includes('elapsed ' + e + ' ')",
+        arg=elapsed,
+        timeout=10_000,
+    )
 
     # a second visitor sees the watched run's settings (not their own PLW 0) and why Start is off
     context, other = new_page(browser, server.url)
@@ -106,11 +126,12 @@ def test_a_run_belongs_to_its_visitor_and_shows_its_settings_and_phases(page, br
     page.wait_for_function("() => document.querySelector('button#stop')?.disabled === false")
     record_statuses(page)
     click(page, "#stop")
-    page.wait_for_function("() => document.querySelector('#progress .plw-progress')?.dataset.status === 'stopped'",
-                           timeout=120_000)
+    page.wait_for_function(
+        "() => document.querySelector('#progress .plw-progress')?.dataset.status === 'stopped'", timeout=120_000
+    )
     statuses = page.evaluate("() => window.plwStatuses")
     assert "stopping" in statuses, statuses
-    assert "running" not in statuses[statuses.index("stopping"):], statuses
+    assert "running" not in statuses[statuses.index("stopping") :], statuses
 
 
 def test_a_deleted_run_is_not_shown_on_a_fresh_visit(page, browser, server):
@@ -190,7 +211,9 @@ def test_cosmetics_a_newcomer_noticed(page):
     # the 0.01 preset shows its whole label
     preset = page.locator("#plw-preset-0_01")
     assert preset.inner_text().strip() == "0.01"
-    assert page.evaluate("() => { const b = document.querySelector('#plw-preset-0_01'); return b.scrollWidth <= b.clientWidth + 1; }")
+    assert page.evaluate(
+        "() => { const b = document.querySelector('#plw-preset-0_01'); return b.scrollWidth <= b.clientWidth + 1; }"
+    )
     # a typed PLW of 5 becomes 1, in the box and in the views
     set_number(page, "plw", 5)
     page.wait_for_function("() => document.querySelector('#plw input[type=number]')?.value === '1'")
@@ -201,7 +224,9 @@ def test_cosmetics_a_newcomer_noticed(page):
     # help texts: the model's in full, the learning rate's agreeing with its default
     open_tab(page, "Train")
     assert "Hugging Face model id" in text(page, "#cfg-model-name")
-    assert "1e-4 to 1e-3" not in text(page, "#cfg-train-learning-rate") and "2e-3" in text(page, "#cfg-train-learning-rate")
+    assert "1e-4 to 1e-3" not in text(page, "#cfg-train-learning-rate") and "2e-3" in text(
+        page, "#cfg-train-learning-rate"
+    )
     # table headers never break inside a word
     open_tab(page, "Runs")
     click(page, "#runs-refresh")

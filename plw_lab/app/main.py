@@ -1,0 +1,169 @@
+"""The PLW Lab web app: Data, Train, Compare and Runs tabs over the lab engine.
+
+`build_app()` returns a Gradio Blocks app and has no side effects until it is launched. The
+process keeps one `JobRegistry` (one training job at a time; every visitor can watch it, and a
+reloaded page re-attaches to it) and one `RunModels` cache (the model of the run being compared,
+shared by visitors and used under a lock). Everything a visitor loads (their data, the run they
+compare) lives in `gr.State`, so visitors never see each other's choices.
+
+This module assembles the page: the header, the PLW bar every tab uses, the four tabs (each built
+and wired by its own module: `app_data`, `app_train`, `app_compare`, `app_runs`) and what runs on
+page load.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+from pathlib import Path
+
+import gradio as gr
+
+from plw_lab.app.common import AppContext, SharedComponents, first_sentence, spec_index
+from plw_lab.app.compare import CompareTab
+from plw_lab.app.data import STATE_TTL_SECONDS, DataTab
+from plw_lab.app.jobs import JobRegistry, RunModels
+from plw_lab.app.runs import RunsTab
+from plw_lab.app.train import TrainTab
+from plw_lab.core.config import LabConfig
+from plw_lab.core.models import weights_note
+
+#: Largest file a visitor may upload (Gradio rejects bigger ones before they reach the lab).
+MAX_UPLOAD = "50mb"
+
+CSS = """
+#plw-header h1{margin:0;font-size:1.6em}
+#plw-header p{margin:2px 0 0;color:#4b5563}
+#plw-bar{border:1px solid #fed7aa;background:#fff7ed;border-radius:10px;padding:6px 10px;align-items:center}
+#plw-presets button{min-width:3.4em;padding:0 6px;white-space:nowrap;overflow:visible;text-overflow:clip}
+#runs-table th *,#preview th *,#compare-table th *{word-break:normal!important;overflow-wrap:normal!important;hyphens:none}
+.plw-msg-error{border:1px solid #fecaca;background:#fef2f2;color:#991b1b;border-radius:8px;padding:8px 12px;white-space:pre-wrap}
+.plw-msg-ok{border:1px solid #bbf7d0;background:#f0fdf4;color:#166534;border-radius:8px;padding:8px 12px}
+.plw-msg-info{border:1px solid #bfdbfe;background:#eff6ff;color:#1e3a8a;border-radius:8px;padding:8px 12px}
+.plw-advice{border:1px solid #fde68a;background:#fffbeb;color:#92400e;border-radius:8px;padding:8px 12px;font-size:13px}
+.plw-advice ul{margin:4px 0 0 18px;padding:0}
+.plw-badge{display:inline-block;border-radius:999px;padding:2px 10px;font-size:12px;font-weight:600}
+.plw-progress-msg{margin-top:6px;font-size:13px;color:#374151;white-space:pre-wrap}
+.plw-run{font-size:12px;color:#6b7280;font-family:ui-monospace,monospace}
+.plw-side-title{font-weight:600;margin-bottom:4px}
+"""
+
+
+def _theme():
+    return gr.themes.Soft(
+        primary_hue="orange",
+        secondary_hue="blue",
+        neutral_hue="slate",
+        # local fonts only: the app must render without reaching a font CDN
+        font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"],
+        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
+    )
+
+
+def build_app(
+    config: LabConfig | None = None,
+    runs_dir: str | Path | None = None,
+    title: str = "PLW Lab",
+    allow_remote_code: bool = False,
+) -> gr.Blocks:
+    """The lab's Gradio app. `config` gives the starting values (defaults: `LabConfig()`); `runs_dir`
+    is where runs are written and listed (default: the config's `train.output_dir`). Unless
+    `allow_remote_code`, no run whose config sets `model.trust_remote_code` trains or loads here."""
+    base = config or LabConfig()
+    runs_path = Path(runs_dir or base.train.output_dir).expanduser().resolve()
+    base = base.override({"train.output_dir": str(runs_path)})
+    registry = JobRegistry(allow_remote_code)
+    registry.check_remote_code(base, "the starting config")
+    try:
+        from plw_lab.core import builtin as builtin_sets
+    except Exception:  # the built-in sets are optional for the app; files still work
+        builtin_sets = None
+    ctx = AppContext(base, runs_path, spec_index(), registry, RunModels(registry), builtin_sets)
+
+    with gr.Blocks(title=title, analytics_enabled=False, fill_width=True) as demo:
+        data_state = gr.State(None, time_to_live=STATE_TTL_SECONDS)
+        seen_job = gr.State(None)
+        job_timer = gr.Timer(3.0)
+
+        with gr.Row(elem_id="plw-header"):
+            gr.Markdown(
+                f"# {html.escape(title)}\n"
+                "Supervised fine-tuning where the **prompt-loss weight** is a knob you can see: each token's loss "
+                "weight is PLW \u00d7 prompt_mask + completion_mask.\n\n"
+                f"<small>Starting model: {html.escape(weights_note(base.model.name))}.</small>",
+            )
+            job_badge = gr.HTML("", elem_id="job-badge")
+
+        plw_spec = ctx.specs["train.prompt_loss_weight"]
+        with gr.Row(elem_id="plw-bar"):
+            plw = gr.Slider(
+                minimum=plw_spec.get("min", 0.0),
+                maximum=plw_spec.get("max", 1.0),
+                value=base.train.prompt_loss_weight,
+                step=0.001,
+                label="Prompt-loss weight (PLW)",
+                info=first_sentence(plw_spec["help"], 200),
+                elem_id="plw",
+                scale=4,
+            )
+            with gr.Column(scale=2, min_width=260):
+                gr.Markdown("Presets")
+                with gr.Row(elem_id="plw-presets"):
+                    for value in plw_spec.get("presets", (0.0, 0.01, 0.1, 0.5, 1.0)):
+                        button = gr.Button(f"{value:g}", size="sm", elem_id=f"plw-preset-{value:g}".replace(".", "_"))
+                        button.click(lambda v=value: v, None, plw, show_progress="hidden")
+            _clamp_typed_values(plw)
+
+        visitor = gr.BrowserState(None, storage_key="plw-lab-visitor")
+        shared = SharedComponents(
+            plw=plw, data_state=data_state, seen_job=seen_job, job_timer=job_timer, job_badge=job_badge, visitor=visitor
+        )
+        with gr.Tabs(elem_id="tabs"):
+            data, train, compare = DataTab(ctx, shared), TrainTab(ctx, shared), CompareTab(ctx, shared)
+            runs = RunsTab(ctx, shared)  # after Compare: it fills the Compare tab's run list
+
+        # Events cross tabs through `shared` (the Data tab's token view uses the Compare tab's run,
+        # Start reads the Data tab's options, a finished job refreshes the run lists), so each tab
+        # is wired once every tab has registered its part.
+        for tab in (data, train, compare, runs):
+            tab.wire()
+        for tab in (runs, train, data):  # the run lists first, the default data set last
+            tab.wire_page_load(demo)
+
+    demo.queue(default_concurrency_limit=4)
+    demo.plw_registry = registry  # for tests and embedding: the process's job registry
+    demo.plw_runs_dir = runs_path
+    demo.plw_tabs = {
+        "data": data,
+        "train": train,
+        "compare": compare,
+        "runs": runs,
+    }  # for tests: handlers without a browser
+    _set_launch_defaults(demo)
+    return demo
+
+
+def _clamp_typed_values(slider: gr.Slider) -> None:
+    """A number typed outside the slider's range (PLW 5) is clamped, in every handler and in the box
+    itself, so the box and the views agree (Gradio would refuse the value and leave the views behind)."""
+    low, high = slider.minimum, slider.maximum
+    slider.preprocess = lambda value: value if value is None else min(max(float(value), low), high)
+    slider.change(
+        None, slider, slider, js=f"(v) => Math.min(Math.max(Number(v) || 0, {low}), {high})", show_progress="hidden"
+    )
+
+
+def _set_launch_defaults(demo: gr.Blocks) -> None:
+    """Make `demo.launch()` safe by default: bind to 127.0.0.1, cap uploads, use the lab's theme and CSS."""
+    original = demo.launch
+
+    @functools.wraps(original)
+    def launch(*args, **kwargs):
+        kwargs.setdefault("server_name", "127.0.0.1")
+        kwargs.setdefault("max_file_size", MAX_UPLOAD)
+        kwargs.setdefault("css", CSS)
+        kwargs.setdefault("theme", _theme())
+        kwargs.setdefault("footer_links", ["gradio"])
+        return original(*args, **kwargs)
+
+    demo.launch = launch

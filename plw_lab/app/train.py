@@ -1,0 +1,409 @@
+"""The app's Train tab: every setting as a control, Start and Stop, and the run's live charts.
+
+The controls are built from `plw_lab.core.config.field_specs`: defaults, bounds, choices and help texts
+all come from the config dataclasses. A run trains in the process's one `TrainingJob`; every page
+that watches it (any visitor, or the same visitor after a reload) streams its events into the
+progress bar and the charts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from plw_lab.app.common import (
+    AppContext,
+    SharedComponents,
+    coerce_control,
+    config_value,
+    make_control,
+    message_html,
+    page_message,
+)
+from plw_lab.app.data import DATA_OPTIONS, DataView
+from plw_lab.app.jobs import JobBusy, TrainingJob, hide_paths
+from plw_lab.core import memory
+from plw_lab.core.config import ConfigError, LabConfig, field_specs
+from plw_lab.core.data import DataError, check_hub_id, split_sizes
+from plw_lab.views.charts import accuracy_figure, loss_figure, predicted_distribution_figure
+from plw_lab.views.history import History
+from plw_lab.views.text_views import SEP, progress_html, run_settings_html, settings_help_markdown
+
+POLL_SECONDS = 0.5
+#: The settings the memory estimate depends on (plw_lab/core/memory.py).
+MEMORY_SETTINGS = {
+    "model.name",
+    "model.device",
+    "model.dtype",
+    "model.quantization",
+    "train.batch_size",
+    "data.max_length",
+    "train.chunk_size",
+    "lora.r",
+    "lora.target_modules",
+    "lora.layers",
+    "train.gradient_checkpointing",
+}
+
+# Settings that are not a plain control in the Train tab: the PLW slider is its own bar, the data
+# source is chosen in the Data tab, the output folder is fixed by whoever launched the app, and a
+# web page never turns on remote code execution.
+SPECIAL = {
+    "train.prompt_loss_weight",
+    "data.source",
+    "data.format",
+    "data.column_map",
+    "data.hf_config",
+    "data.hf_split",
+}
+HIDDEN = {"train.output_dir", "model.trust_remote_code"}
+#: The settings the next run's summary line reads (with PLW and the visitor's data).
+NEXT_RUN_KEYS = ("data.val_size", "data.val_max")
+TRAIN_LAYOUT = {
+    "Essentials": [
+        "model.name",
+        "train.loss_normalization",
+        "train.learning_rate",
+        "train.epochs",
+        "train.max_steps",
+        "train.batch_size",
+        "train.grad_accum",
+        "data.max_length",
+        "train.eval_interval",
+    ],
+    "Early stopping": ["train.early_stopping_metric", "train.patience", "train.restore_best"],
+    "LoRA": ["lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "lora.layers"],
+    "Remedies for forgetting and collapse": [
+        "train.kl_weight",
+        "train.l2_to_base",
+        "data.replay",
+        "data.mix",
+        "data.mix_temperature",
+        "train.completion_loss_weight",
+        "train.class_weighted_loss",
+    ],
+}
+
+
+def advice_html(items: list[str]) -> str:
+    if not items:
+        return ""
+    lis = "".join(f"<li>{html.escape(a)}</li>" for a in items)
+    return f'<div class="plw-advice"><b>Advice</b><ul>{lis}</ul></div>'
+
+
+def badge_html(job: TrainingJob | None, history: History | None = None) -> str:
+    """The header's badge: the step of the job that is training, or nothing."""
+    if job is None or not job.running:
+        return ""
+    step = (history.last_step or {}).get("step", 0) if history else 0
+    total = history.total_steps if history else 0
+    return (
+        f'<span class="plw-badge" style="background:#dbeafe;color:#1e40af" data-status="running">'
+        f"\u25cf training: step {step}/{total or '?'}</span>"
+    )
+
+
+OTHER_VISITOR = "A run started by another visitor is training; you can watch it here. Start opens again when it ends."
+STOPPING = "Stopping after the current optimiser step; the adapter so far is kept."
+
+
+def watched_html(history: History, job: TrainingJob | None) -> str:
+    """What the watched run is: its folder, status, data and settings (not the controls' values)."""
+    if job is None:
+        return '<div class="plw-watched" data-run="">No run yet: the charts fill in once you press Start.</div>'
+    started = history.started or {}
+    config = started.get("config") or job.cfg.to_dict()
+    name = Path(history.run_dir or job.run_dir).name or "(folder not created yet)"
+    return (
+        f'<div class="plw-watched" data-run="{html.escape(name)}"><span class="plw-run">{html.escape(name)}</span>'
+        f"{run_settings_html(config, started.get('n_train'), started.get('n_val'))}</div>"
+    )
+
+
+class TrainTab:
+    """The Train tab's components and handlers; `wire` connects them once every tab exists."""
+
+    def __init__(self, ctx: AppContext, shared: SharedComponents) -> None:
+        self.ctx, self.shared = ctx, shared
+        base, specs = ctx.base, ctx.specs
+        with gr.Tab("Train", id="train", elem_id="tab-train"):
+            with gr.Row():
+                with gr.Column(scale=1, min_width=340, elem_id="next-run-settings"):
+                    gr.Markdown("### Settings for the next run")
+                    self.next_run = gr.HTML("", elem_id="next-run")
+                    self.controls: dict[str, Any] = {}
+                    placed = set(SPECIAL) | set(HIDDEN) | set(DATA_OPTIONS)
+                    for group, keys in TRAIN_LAYOUT.items():
+                        with gr.Accordion(group, open=group == "Essentials"):
+                            for key in keys:
+                                self.controls[key] = make_control(key, specs[key], config_value(base, key))
+                                placed.add(key)
+                    rest = [k for k in specs if k not in placed]
+                    with gr.Accordion("Advanced", open=False):
+                        for section, heading in (
+                            ("train", "Training"),
+                            ("model", "Model"),
+                            ("lora", "LoRA"),
+                            ("eval", "Evaluation and comparison"),
+                            ("data", "Data"),
+                        ):
+                            keys = [k for k in rest if specs[k]["section"] == section]
+                            if keys:
+                                gr.Markdown(f"**{heading}**")
+                            for key in keys:
+                                self.controls[key] = make_control(key, specs[key], config_value(base, key))
+                    with gr.Accordion("All settings explained", open=False):
+                        gr.Markdown(
+                            settings_help_markdown(
+                                {s: field_specs(s) for s in ("model", "data", "lora", "train", "eval")}
+                            )
+                        )
+                    self.memory_note = gr.Markdown(memory.describe(base), elem_id="memory-estimate")
+                with gr.Column(scale=2, elem_id="watched-column"):
+                    with gr.Row():
+                        self.start_btn = gr.Button("Start training", variant="primary", elem_id="start")
+                        self.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", interactive=False)
+                    self.msg = gr.HTML("", elem_id="train-msg")
+                    gr.Markdown("### Watched run")
+                    self.watched = gr.HTML(watched_html(History(), None), elem_id="watched-run")
+                    self.progress = gr.HTML(progress_html(History()), elem_id="progress")
+                    self.advice_box = gr.HTML("", elem_id="advice")
+                    self.loss_plot = gr.Plot(
+                        loss_figure(History()), label="Loss", elem_id="loss-plot", show_label=False
+                    )
+                    with gr.Row():
+                        self.acc_plot = gr.Plot(
+                            accuracy_figure(History()), label="Accuracy", elem_id="acc-plot", show_label=False
+                        )
+                        self.dist_plot = gr.Plot(
+                            predicted_distribution_figure(History()),
+                            label="Predicted answers",
+                            elem_id="dist-plot",
+                            show_label=False,
+                        )
+
+        shared.settings.update(self.controls)
+        #: What the next run's summary line reads.
+        self.next_inputs = {
+            shared.plw,
+            shared.data_state,
+            *(shared.settings[k] for k in NEXT_RUN_KEYS if k in shared.settings),
+        }
+        shared.after_data_load.append((self.next_run_html, self.next_inputs, self.next_run))
+        #: The charts: changed only when new events arrive (the progress line changes every second).
+        self.chart_outputs = {self.advice_box, self.loss_plot, self.acc_plot, self.dist_plot}
+        self.watch_outputs = {
+            self.progress,
+            self.watched,
+            self.msg,
+            self.start_btn,
+            self.stop_btn,
+            shared.job_badge,
+            *self.chart_outputs,
+        }
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def wire(self) -> None:
+        """Start trains on the visitor's data with every setting; a job that ends refreshes the run lists."""
+        shared = self.shared
+        self.start_btn.click(
+            self.on_start,
+            {shared.seen_job, shared.visitor, shared.plw, shared.data_state, *shared.settings.values()},
+            {self.msg, shared.seen_job},
+            concurrency_limit=4,
+        )
+        lists = shared.run_lists
+        shared.seen_job.change(
+            self.watch, {shared.visitor}, self.watch_outputs, concurrency_limit=None, show_progress="hidden"
+        ).then(lists.after_job, lists.inputs, lists.outputs)
+        shared.job_timer.tick(
+            self.running_job_id, shared.seen_job, shared.seen_job, show_progress="hidden", concurrency_limit=None
+        )
+        self.stop_btn.click(self.on_stop, {shared.visitor}, {self.msg, self.stop_btn}, concurrency_limit=None)
+        for control in self.next_inputs - {shared.data_state}:
+            control.change(self.next_run_html, self.next_inputs, self.next_run, show_progress="hidden")
+        sizing = [key for key in self.controls if key in MEMORY_SETTINGS]
+        for key in sizing:
+            self.controls[key].change(
+                self.on_sizing, [self.controls[k] for k in sizing], self.memory_note, show_progress="hidden"
+            )
+
+    def wire_page_load(self, demo: gr.Blocks) -> None:
+        # The visitor's token first: what the watcher shows (Start, Stop) depends on whose run it is.
+        demo.load(self.visitor_token, self.shared.visitor, self.shared.visitor).then(
+            self.current_job_id, None, self.shared.seen_job
+        )
+
+    # -- handlers ----------------------------------------------------------------------------------
+
+    def next_run_html(self, values: dict) -> str:
+        """The next run's data with its train/validation split and its PLW, from what this visitor has loaded."""
+        shared = self.shared
+        dv: DataView | None = values[shared.data_state]
+        settings = shared.setting_values(values)
+        plw_line = f"PLW <b>{float(values[shared.plw]):g}</b> (the bar above)"
+        if dv is None:
+            return f'<div class="plw-next-run">data: none loaded yet (Data tab){SEP}{plw_line}</div>'
+        n_train, n_val = split_sizes(
+            dv.total,
+            float(settings.get("data.val_size", dv.data["val_size"])),
+            int(settings.get("data.val_max", dv.data.get("val_max", 0)) or 0),
+        )
+        return (
+            f'<div class="plw-next-run">data: <b>{html.escape(dv.shown_source())}</b>, {n_train:,} train / {n_val:,} validation'
+            f"{SEP}{plw_line}</div>"
+        )
+
+    def build_config(self, values: dict) -> LabConfig:
+        """The run's config: PLW, every setting's control and the data the visitor loaded."""
+        shared, specs = self.shared, self.ctx.specs
+        overrides: dict[str, Any] = {"train.prompt_loss_weight": float(values[shared.plw])}
+        for key, value in shared.setting_values(values).items():
+            overrides[key] = coerce_control(key, specs[key], value)
+        dv: DataView | None = values.get(shared.data_state)
+        if dv is not None:
+            for name in ("source", "format", "column_map", "hf_config", "hf_split"):
+                overrides[f"data.{name}"] = dv.data[name]
+        overrides["train.output_dir"] = str(self.ctx.runs_path)
+        for source in overrides.get("data.mix") or {}:
+            # A visitor may mix built-in sets and hub datasets, never a file or folder on this server.
+            if not source.startswith(("builtin:", "hf:")):
+                raise ConfigError(
+                    f"data.mix: {source!r} is neither a built-in set ('builtin:NAME') nor a hub dataset ('hf:owner/name')"
+                )
+            if source.startswith("hf:"):
+                check_hub_id(source.removeprefix("hf:"))
+        return self.ctx.base.override(overrides)
+
+    def render_progress(self, history: History, job: TrainingJob | None, visitor: str | None) -> dict:
+        """The parts that change every second: status, phase, ETA, elapsed time, buttons."""
+        running = job is not None and job.running
+        note = ""
+        view = history
+        if running and job.stop.is_set():
+            view, note = dataclasses.replace(history, status="stopping"), STOPPING
+        elif running and history.status == "idle":
+            view = dataclasses.replace(history, status="starting")
+        mine = job is not None and (job.owner is None or job.owner == visitor)
+        if running and not mine:
+            note = (note + "\n" if note else "") + OTHER_VISITOR
+        return {
+            self.progress: progress_html(view, note),
+            self.start_btn: gr.update(interactive=not running),
+            self.stop_btn: gr.update(interactive=running and mine and not job.stop.is_set()),
+            self.shared.job_badge: badge_html(job, history),
+        }
+
+    def render_job(self, history: History, job: TrainingJob | None, visitor: str | None) -> dict:
+        error = ""
+        if history.status == "failed":
+            error = message_html(f"The run failed: {hide_paths(history.end_message)}")
+        elif history.status == "stopped":
+            error = message_html(
+                f"Stopped at step {(history.last_step or {}).get('step', 0)}: {history.end_message}", "info"
+            )
+        elif history.status == "finished":
+            error = message_html(f"Finished: {Path(history.run_dir).name}", "ok")
+        return {
+            **self.render_progress(history, job, visitor),
+            self.watched: watched_html(history, job),
+            self.advice_box: advice_html(history.advice),
+            self.loss_plot: loss_figure(history),
+            self.acc_plot: accuracy_figure(history),
+            self.dist_plot: predicted_distribution_figure(history),
+            self.msg: error,
+        }
+
+    def watch(self, values: dict):
+        """Stream the current job's events into the charts until it ends (any visitor, any time); the
+        progress line is redrawn every second so the elapsed time and the phase's own bar move."""
+        visitor = values[self.shared.visitor]
+        job = self.ctx.registry.current
+        if job is None:
+            yield self.render_job(History(), None, visitor)
+            return
+        history = History()
+        cursor = 0
+        first = True
+        last_charts = last_progress = 0.0
+        while True:
+            new = job.events_since(cursor)
+            cursor += len(new)
+            known = set(history.advice_steps)
+            history.extend(new)
+            if not first:  # toasts only for advice that arrives while watching, once per message
+                for message in history.advice_steps:
+                    if message not in known:
+                        gr.Warning(message)
+            finished = not job.running and cursor >= job.n_events()
+            now = time.time()
+            if first or finished or (new and now - last_charts >= 0.8):
+                yield self.render_job(history, job, visitor)
+                last_charts = last_progress = now
+                first = False
+            elif now - last_progress >= 1.0:
+                yield self.render_progress(history, job, visitor)
+                last_progress = now
+            if finished:
+                return
+            time.sleep(POLL_SECONDS)
+
+    def on_start(self, values: dict):
+        shared, registry = self.shared, self.ctx.registry
+        seen = values[shared.seen_job]
+        try:
+            job = registry.start(self.build_config(values), owner=values[shared.visitor])
+        except JobBusy as exc:
+            gr.Warning(str(exc))
+            running = registry.running()
+            return {self.msg: message_html(str(exc), "info"), shared.seen_job: running.id if running else seen}
+        except (ConfigError, DataError, ValueError) as exc:
+            text = page_message(str(exc), self.ctx.specs)
+            gr.Warning(text)
+            return {self.msg: message_html(f"Cannot start: {text}")}
+        return {self.msg: message_html("Training started.", "info"), shared.seen_job: job.id}
+
+    def on_sizing(self, *values):
+        """The memory line for the settings as they stand (before Start)."""
+        sizing = [key for key in self.controls if key in MEMORY_SETTINGS]
+        try:
+            cfg = self.ctx.base.override({k: coerce_control(k, self.ctx.specs[k], v) for k, v in zip(sizing, values)})
+        except ConfigError as exc:
+            return f"Memory estimate: not available until the settings are valid ({exc})."
+        return memory.describe(cfg)
+
+    @staticmethod
+    def visitor_token(token):
+        """This browser's visitor token, made on its first visit (kept in the browser across reloads)."""
+        return token or uuid.uuid4().hex
+
+    def current_job_id(self):
+        """On page load: the latest job, running or not, so a reload re-attaches to it; a finished
+        job whose run folder has since been deleted is not shown."""
+        job = self.ctx.registry.current
+        if job is None or (not job.running and job.run_dir and not Path(job.run_dir).exists()):
+            return None
+        return job.id
+
+    def running_job_id(self, seen):
+        """On each timer tick: a job that started since this page last looked."""
+        job = self.ctx.registry.running()
+        return job.id if job is not None else seen
+
+    def on_stop(self, values: dict):
+        try:
+            stopping = self.ctx.registry.stop(values[self.shared.visitor])
+        except PermissionError as exc:
+            gr.Warning(str(exc))
+            return {self.msg: message_html(str(exc), "info")}
+        if stopping:
+            return {self.msg: message_html(STOPPING, "info"), self.stop_btn: gr.update(interactive=False)}
+        return {self.msg: message_html("No training job is running.", "info")}

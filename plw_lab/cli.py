@@ -1,0 +1,763 @@
+"""`lab`: train, evaluate, compare and inspect from the terminal.
+
+    lab train --plw 0.1 --set train.max_steps=60
+    lab train --resume runs/<run>       # continue a stopped, interrupted or failed run from its checkpoint
+    lab inspect -n 2                    # tokens coloured by weight, with labels
+    lab eval runs/<run>                 # validation metrics, adapter on and off
+    lab compare runs/<run>              # generations, answers and forgetting probe, on vs off
+    lab probe runs/<run>                # a linear probe on the frozen base model, beside the adapter
+    lab sweep --plws 0,0.1,1 --seeds 0,1  # a PLW x seed grid on one split: runs/sweep-*/sweep.csv
+    lab config > my.yaml                # every setting with its default; edit, then --config my.yaml
+    lab memory --presets                # the memory a run needs, and the model presets' sizes
+    lab push runs/<run> --repo you/name # adapter, model card and config to the Hugging Face hub
+
+Multi-GPU: `accelerate launch -m plw_lab train ...` (DDP, FSDP or DeepSpeed as accelerate is configured).
+
+SIGTERM and Ctrl-C stop `lab train` like the app's Stop button: the current optimiser step
+finishes, the adapter and checkpoint are saved, summary.json says `stopped`, and the exit code is
+128 + the signal number (143 for SIGTERM, 130 for Ctrl-C). A second Ctrl-C quits at once; the run
+then resumes from its last periodic checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+from plw_lab.core.config import ConfigError, LabConfig, parse_overrides
+from plw_lab.core.metrics import RANKED, metric
+from plw_lab.core.metrics import label as metric_label
+from plw_lab.core.version import __version__
+
+# Shortcut flags for the settings changed most often; everything else goes through --set.
+SHORTCUTS = {
+    "model": "model.name",
+    "data": "data.source",
+    "plw": "train.prompt_loss_weight",
+    "max_steps": "train.max_steps",
+    "epochs": "train.epochs",
+    "lr": "train.learning_rate",
+    "output_dir": "train.output_dir",
+}
+
+
+SHORTCUT_FLAGS = {f"--{flag.replace('_', '-')}" for flag in SHORTCUTS}
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """`--lr -1e-3` as `--lr=-1e-3`.
+
+    argparse takes a value such as '-1e-3' for an unknown flag and stops with "expected one
+    argument"; joined, the value reaches the config, whose range check says what is allowed.
+    """
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in SHORTCUT_FLAGS and arg.startswith("-") and _is_number(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML or JSON config file (see `lab config`)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override any setting"
+    )
+    for flag, key in SHORTCUTS.items():
+        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, help=f"shortcut for --set {key}=...")
+
+
+def build_config(args) -> LabConfig:
+    cfg = LabConfig.load(args.config) if args.config else LabConfig()
+    overrides = parse_overrides(args.set)
+    for flag, key in SHORTCUTS.items():
+        if getattr(args, flag, None) is not None:
+            overrides[key] = getattr(args, flag)
+    return cfg.override(overrides) if overrides else cfg
+
+
+# -- printing ---------------------------------------------------------------------------------
+
+ANSI = {
+    "RESET": "\033[0m",
+    "DIM": "\033[2m",
+    "BOLD": "\033[1m",
+    "GREEN": "\033[32m",
+    "CYAN": "\033[36m",
+    "YELLOW": "\033[33m",
+    "RED": "\033[31m",
+}
+RESET = DIM = BOLD = GREEN = CYAN = YELLOW = RED = ""  # set by `set_colour`; empty means plain text
+
+
+def colour_wanted(stream) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set to anything (https://no-color.org)."""
+    return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
+
+
+def set_colour(enabled: bool) -> None:
+    """Turn the escape codes every print uses on or off."""
+    globals().update({name: code if enabled else "" for name, code in ANSI.items()})
+
+
+def colour_tokens(tokenizer, enc, plw: float, colour: bool = True) -> str:
+    """The example's text token by token: completion in green, prompt dimmed unless PLW > 0."""
+    out = []
+    for token_id, prompt, completion in zip(enc.input_ids, enc.prompt_mask, enc.completion_mask):
+        piece = tokenizer.decode([token_id]).replace("\n", "↵\n")
+        if not colour or not RESET:
+            out.append(f"[{piece}]" if completion else piece)
+        elif completion:
+            out.append(f"{BOLD}{GREEN}{piece}{RESET}")
+        else:
+            out.append(f"{CYAN}{piece}{RESET}" if plw > 0 else f"{DIM}{piece}{RESET}")
+    return "".join(out)
+
+
+def token_table(tokenizer, enc, plw: float, completion_weight: float = 1.0) -> str:
+    """One row a token: position, id, text, label (the target it is trained on) and weight
+    (PLW and the completion weight lambda_r, times the data's record and message weights)."""
+    from plw_lab.views.tokens_view import token_weight_values
+
+    rows = [f"{'pos':>4} {'id':>6}  {'token':<18} {'label':>6} {'weight':>6}"]
+    weights = token_weight_values(
+        enc.prompt_mask, enc.completion_mask, plw, completion_weight, getattr(enc, "data_weight", None)
+    )
+    for i, (token_id, weight) in enumerate(zip(enc.input_ids, weights)):
+        # Position i's label is token i itself as the target predicted from position i-1; -100 when unweighted.
+        label = token_id if weight > 0 else -100
+        rows.append(f"{i:>4} {token_id:>6}  {tokenizer.decode([token_id])!r:<18} {label:>6} {weight:>6.3g}")
+    return "\n".join(rows)
+
+
+def print_event(event, stream=None) -> None:
+    stream = stream or sys.stdout
+    kind = event.kind
+    if kind == "started":
+        stopping = (
+            f", best adapter by {event.early_stopping_metric}" if getattr(event, "early_stopping_metric", "") else ""
+        )
+        print(
+            f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps{stopping}",
+            file=stream,
+        )
+        processes = f"{event.world_size} process" + ("es" if event.world_size > 1 else "")
+        print(f"{processes}, {event.global_batch} examples per optimiser step", file=stream)
+        for name, path in event.paths.items():
+            print(f"  {name}: {path}", file=stream)
+        for note in event.data_report.get("notes", []):
+            print(f"{YELLOW}data: {note}{RESET}", file=stream)
+        for note in event.skipped[:5]:
+            print(f"{YELLOW}skipped: {note}{RESET}", file=stream)
+        cut = event.truncation or {}
+        if cut:
+            print(
+                f"max_length {cut['max_length']}: {cut['examples_cut']} of {cut['examples']} examples cut "
+                f"({cut['tokens_cut']} tokens, {cut['prompt_share_cut']:.1%} of prompt tokens), "
+                f"{cut['examples_skipped']} skipped",
+                file=stream,
+            )
+    elif kind == "advice":
+        print(f"{YELLOW}note: {event.message}{RESET}", file=stream)
+    elif kind == "step":
+        print(
+            f"step {event.step:>4}/{event.total_steps}  loss {event.train_loss:.4f}  lr {event.learning_rate:.2e}  "
+            f"{event.tokens_per_second:,.0f} tok/s",
+            file=stream,
+        )
+    elif kind == "eval":
+        m = event.metrics
+        shown = [
+            f"{name} {metric(name).format_with_interval(m)}"
+            for name in (*RANKED, "unparseable", "majority_baseline", "chance")
+            if m.get(name) is not None
+        ]
+        if m.get("predicted"):
+            shown.append(f"predicted {m['predicted']}")
+        print(
+            f"{BOLD}eval step {event.step:>4}{RESET}  " + "  ".join(shown) + ("  *best*" if event.is_best else ""),
+            file=stream,
+        )
+    elif kind in ("finished", "stopped"):
+        print(
+            f"{GREEN}{kind} at step {event.step}{RESET}" + (f": {event.reason}" if kind == "stopped" else ""),
+            file=stream,
+        )
+    elif kind == "failed":
+        print(f"{RED}failed at step {event.step}: {event.error}{RESET}", file=stream)
+
+
+class ProgressBar:
+    """A tqdm bar over a run's steps on stderr, naming the phase (loading, evaluating step N,
+    training, final evaluation, comparing) with its elapsed time and the ETA evaluations included;
+    every event is printed above it. Where the stream is not a terminal (a log file) there is no
+    bar: each new phase is printed as a line instead."""
+
+    def __init__(self, printer=None, stream=None) -> None:
+        from tqdm import tqdm
+
+        from plw_lab.views.history import History
+
+        self.stream = stream or sys.stderr
+        self.printer = printer or print_event
+        self.history = History()
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bar = tqdm(
+            total=0,
+            file=self.stream,
+            unit="step",
+            dynamic_ncols=True,
+            leave=True,
+            disable=not self.live,
+            bar_format="{desc}: {bar} {n_fmt}/{total_fmt} steps{postfix}",
+        )
+
+    def __call__(self, event) -> None:
+        self.history.add(event)
+        if self.live:
+            with self.bar.external_write_mode():
+                self.printer(event)
+            self.refresh()
+        else:
+            self.printer(event)
+            if event.kind == "phase":
+                print(f"{DIM}\u2026 {self.history.phase_progress(time.time())[0]}{RESET}", file=sys.stdout)
+
+    def refresh(self, now: float | None = None) -> None:
+        from plw_lab.views.text_views import format_duration
+
+        now = time.time() if now is None else now
+        history, bar = self.history, self.bar
+        if history.total_steps and bar.total != history.total_steps:
+            bar.total = history.total_steps
+        step = int((history.last_step or {}).get("step") or 0)
+        if step != bar.n:
+            bar.n = step
+        what, _ = history.phase_progress(now)
+        bar.set_description_str(history.status if history.done else (what or "starting"), refresh=False)
+        eta = history.eta(now)
+        postfix = f" | elapsed {format_duration(history.elapsed(now))}"
+        if not history.done:
+            postfix += f" | ETA {format_duration(eta)}" if eta is not None else ""
+        bar.set_postfix_str(postfix.lstrip(" |"), refresh=False)
+        bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def print_comparison(comparison: dict, stream=None) -> None:
+    stream = stream or sys.stdout
+    on, off = comparison["on"], comparison["off"]
+    print(f"{'':28}{'adapter off':>22}{'adapter on':>22}", file=stream)
+    for key in (*RANKED, "unparseable", "majority_baseline", "chance"):
+        a, b = off["metrics"].get(key), on["metrics"].get(key)
+        if a is not None or b is not None:
+            m = metric(key)
+            print(
+                f"{key:28}{m.format_with_interval(off['metrics']):>22}{m.format_with_interval(on['metrics']):>22}",
+                file=stream,
+            )
+    if off.get("probe_perplexity") is not None:
+        print(
+            f"{'forgetting probe perplexity':28}{off['probe_perplexity']:>22.2f}{on['probe_perplexity']:>22.2f}",
+            file=stream,
+        )
+    if "predicted" in off["metrics"]:
+        print(
+            f"{'predicted answers':28}{json.dumps(off['metrics']['predicted']):>22} {json.dumps(on['metrics']['predicted'])}",
+            file=stream,
+        )
+    for key, test in (comparison.get("paired") or {}).items():
+        print(
+            f"{BOLD}{key}, adapter off vs on{RESET} (exact McNemar on the same {test['n']} examples): right only off "
+            f"{test['first_only']}, right only on {test['second_only']}, p = {test['p_value']:.3g}: {test['verdict']}",
+            file=stream,
+        )
+    if comparison.get("format_vs_task"):
+        print(comparison["format_vs_task"]["text"], file=stream)
+    for i, example in enumerate(comparison.get("examples", [])):
+        print(f"\n{BOLD}example {i}{RESET} (reference: {example['reference']!r})", file=stream)
+        print(f"  off: {off['generations'][i]!r}\n  on:  {on['generations'][i]!r}", file=stream)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def stop_on_signals(stop) -> dict:
+    """SIGTERM and the first Ctrl-C ask `stop` (a `StopRequest`) to stop the run after the current
+    step; a second Ctrl-C raises KeyboardInterrupt at once. Returns the previous handlers. Signal
+    handlers exist only in the main thread, so elsewhere (an app's training thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.signal = signum
+        stop.request(f"stopped by {name}")
+        print(
+            f"\n{YELLOW}{name}: stopping after the current optimiser step and saving"
+            f"{' (Ctrl-C again quits at once)' if signum == signal.SIGINT else ''}{RESET}",
+            file=sys.stderr,
+        )
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def cmd_train(args) -> int:
+    from plw_lab.core.data import load_examples
+    from plw_lab.core.models import check_model
+    from plw_lab.core.training import StopRequest, is_main_process, resume, train
+
+    stop = StopRequest()
+    if args.resume and (args.config or args.set or any(getattr(args, flag, None) is not None for flag in SHORTCUTS)):
+        raise ConfigError(
+            "--resume continues a run with its own config.yaml; leave out --config, --set and the shortcut flags"
+        )
+    bar = ProgressBar() if is_main_process() and not args.no_progress else None
+    previous = stop_on_signals(stop)
+    try:
+        subscribers = [bar or print_event]
+        if args.resume:
+            result = resume(args.resume, subscribers=subscribers, stop=stop)
+        else:
+            cfg = build_config(args)
+            # Bad data or a model that cannot load ends here with exit code 2, before a run folder exists.
+            check_model(cfg.model)
+            if is_main_process():
+                from plw_lab.core.memory import describe
+
+                print(describe(cfg))
+            result = train(cfg, subscribers=subscribers, stop=stop, examples=load_examples(cfg.data))
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        if bar is not None:
+            bar.close()
+    if is_main_process():  # under `accelerate launch` every process gets here; one report is enough
+        if result.comparison:
+            print()
+            print_comparison(result.comparison)
+        print(f"\nrun folder: {result.run_dir}")
+        if result.status in ("stopped", "failed"):
+            print(f"resume with: lab train --resume {result.run_dir}")
+    if result.status == "failed":
+        return 1
+    return 128 + stop.signal if stop.signal else 0
+
+
+def _load_run_model(run_dir: str, which: str = ""):
+    from plw_lab.core.evaluation import device_of
+    from plw_lab.core.models import load_adapter, load_model, load_tokenizer
+    from plw_lab.core.runs import load_run
+    from plw_lab.core.training import prepare_for_run
+
+    run = load_run(run_dir)
+    found = run.adapter(which)
+    if run.config is None or found is None:
+        raise SystemExit(f"{run_dir}: the run has no readable config or no saved {which + ' ' if which else ''}adapter")
+    folder, step = found
+    print(f"adapter: {folder} (step {step if step is not None else 'unknown'})")
+    tokenizer = load_tokenizer(run.config.model)
+    model = load_adapter(load_model(run.config.model), folder)
+    data = prepare_for_run(run.config, run.path, tokenizer)
+    return run, model, tokenizer, data, device_of(model)
+
+
+def cmd_eval(args) -> int:
+    from plw_lab.core.evaluation import adapter, evaluate
+
+    run, model, tokenizer, data, _ = _load_run_model(args.run, args.adapter)
+    measured = {}
+    for label, enabled in (("off", False), ("on", True)):
+        with adapter(model, enabled):
+            measured[label] = evaluate(
+                model, data.val, tokenizer.pad_token_id, run.config.eval.batch_size, run.config.train.chunk_size
+            )
+    print(f"{BOLD}{run.name}{RESET}: {len(data.val)} validation examples")
+    print(metrics_table(measured["off"], measured["on"]))
+    return 0
+
+
+def metrics_table(off: dict, on: dict) -> str:
+    """Validation metrics with the adapter off and on, one row a metric, in the registry's labels and formats
+    (accuracies with their 95% interval)."""
+    rows = [
+        (metric_label(name), metric(name).format_with_interval(off), metric(name).format_with_interval(on))
+        for name in (*RANKED, "unparseable", "majority_baseline", "chance")
+        if off.get(name) is not None
+    ]
+    for key in ("predicted", "answers"):
+        if off.get(key):
+            rows.append((key.replace("_", " "), json.dumps(off[key]), json.dumps(on.get(key))))
+    width = max([len("metric")] + [len(r[0]) for r in rows])
+    cols = [max([len("adapter off")] + [len(r[1]) for r in rows]), max([len("adapter on")] + [len(r[2]) for r in rows])]
+    lines = [
+        f"{'metric':<{width}}  {'adapter off':>{cols[0]}}  {'adapter on':>{cols[1]}}",
+        f"{'-' * width}  {'-' * cols[0]}  {'-' * cols[1]}",
+    ]
+    lines += [f"{a:<{width}}  {b:>{cols[0]}}  {c:>{cols[1]}}" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def cmd_compare(args) -> int:
+    from plw_lab.core.builtin import general_text
+    from plw_lab.core.evaluation import compare
+    from plw_lab.core.runs import load_run
+
+    run = load_run(args.run)
+    kept = run.summary.get("adapter")
+    # compare.json was made with the adapter the summary keeps; another choice is recomputed.
+    reuse = not args.recompute and (not args.adapter or run.adapter(args.adapter) == run.adapter())
+    comparison = run.comparison() if reuse else None
+    if comparison is not None:
+        step = run.summary.get("adapter_step")
+        print(
+            f"adapter: {run.path / kept if kept else 'the one kept at the end of training'} (step {step}; from compare.json)"
+        )
+    else:
+        run, model, tokenizer, data, _ = _load_run_model(args.run, args.adapter)
+        e = run.config.eval
+        comparison = compare(
+            model,
+            tokenizer,
+            data.val,
+            general_text()[: e.probe_texts],
+            e.generations,
+            e.max_new_tokens,
+            e.batch_size,
+            run.config.train.chunk_size,
+        )
+    print_comparison(comparison)
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from plw_lab.core.evaluation import device_of
+    from plw_lab.core.models import load_model, load_tokenizer
+    from plw_lab.core.probe import frozen_feature_probe
+    from plw_lab.core.runs import load_run, write_json
+    from plw_lab.core.training import prepare_for_run
+    from plw_lab.views.text_views import probe_rows
+
+    run = load_run(args.run)
+    if run.config is None:
+        raise FileNotFoundError(f"{args.run}: no readable run config (config.yaml)")
+    tokenizer = load_tokenizer(run.config.model)
+    model = load_model(run.config.model)
+    data = prepare_for_run(run.config, run.path, tokenizer)
+    print(
+        f"{BOLD}{run.name}{RESET}: probing the frozen base model on {len(data.train)} training and "
+        f"{len(data.val)} validation examples ({device_of(model).type})"
+    )
+    result = frozen_feature_probe(
+        model, data.train, data.val, tokenizer.pad_token_id, run.config.eval.batch_size, run.config.train.seed
+    )
+    write_json(run.path / "probe.json", result)
+    rows = probe_rows(result, run.comparison())
+    columns = list(rows[0])
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    print("  ".join(f"{c:<{w}}" for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(f"{str(r.get(c, '')):<{w}}" for c, w in zip(columns, widths)))
+    if run.comparison() is None:
+        print("(the run has no compare.json: `lab compare` adds the adapter's rows)")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from plw_lab.core.data import DataError, load_examples
+    from plw_lab.core.masks import encode_fitted
+    from plw_lab.core.models import load_tokenizer
+    from plw_lab.core.packing import packing_efficiency
+    from plw_lab.core.stats import label_counts, length_stats, truncation_message
+
+    cfg = build_config(args)
+    tokenizer = load_tokenizer(cfg.model)
+    examples = load_examples(cfg.data)
+    plw = cfg.train.prompt_loss_weight
+    colour = colour_wanted(sys.stdout) or args.colour
+    set_colour(colour)
+    d = cfg.data
+    fitted = encode_fitted(tokenizer, examples, d.max_length, d.max_length_cap, d.train_eos)
+    encoded, skipped, cut = fitted.encoded, fitted.skipped, fitted.truncation
+    if not encoded:
+        raise DataError(
+            f"none of the {len(examples)} examples fits into data.max_length={fitted.max_length}"
+            + (f" (first: {skipped[0]})" if skipped else "")
+            + "; raise data.max_length or shorten the completions"
+        )
+    s = length_stats(encoded).summary()
+    print(
+        f"{len(encoded)} examples ({len(skipped)} skipped as too long): prompt tokens mean {s['prompt_tokens']['mean']:.1f} "
+        f"as written, completion tokens mean {s['completion_tokens']['mean']:.1f}, generation ratio Rg mean {s['rg_mean']:.4g}, "
+        f"geometric mean {s['rg_geomean']:.4g}; label balance {label_counts(examples) or 'n/a'}"
+    )
+    for note in examples.report.lines():
+        print(f"{YELLOW}data: {note}{RESET}")
+    print(
+        f"max_length {fitted.max_length}{' (auto)' if not d.max_length else ''}: {cut['examples_cut']} examples cut, "
+        f"{cut['tokens_cut']} tokens, {cut['prompt_share_cut']:.1%} of prompt tokens; {cut['examples_skipped']} skipped; "
+        f"longest example {cut['longest']} tokens"
+    )
+    warning = truncation_message(cut)
+    if warning:
+        print(f"{YELLOW}warning: {warning}{RESET}")
+    packing = packing_efficiency([len(e) for e in encoded], fitted.max_length, cfg.train.batch_size)
+    print(
+        f"packing efficiency at batch {cfg.train.batch_size}: padded {packing['padded']:.0%} real tokens, packed {packing['packed']:.0%}\n"
+    )
+    by_index = {e.example.source_index: e for e in encoded}
+    for example in examples[: args.n]:
+        enc = by_index.get(example.source_index)
+        if enc is None:
+            print(
+                f"{BOLD}example {example.source_index}{RESET}: skipped, too long for max_length {fitted.max_length}\n"
+            )
+            continue
+        print(
+            f"{BOLD}example {example.source_index}{RESET}: {enc.n_prompt} prompt + {enc.n_completion} completion tokens"
+            f"{f', {enc.truncated} cut from the left' if enc.truncated else ''}; PLW {plw:g}; end-of-turn trained: {d.train_eos}"
+        )
+        print(colour_tokens(tokenizer, enc, plw, colour))
+        if args.table:
+            print(token_table(tokenizer, enc, plw, cfg.train.completion_loss_weight))
+        print()
+    return 0
+
+
+def _numbers(text: str, kind, flag: str) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected a comma list of numbers, got {text!r}") from None
+
+
+def print_sweep_row(row: dict, stream=None) -> None:
+    low, high = row.get("answer_accuracy_ci_low"), row.get("answer_accuracy_ci_high")
+    accuracy = metric("answer_accuracy").format_with_interval(
+        {"answer_accuracy": row["best_answer_accuracy"], "answer_accuracy_ci": [low, high] if low is not None else None}
+    )
+    print(
+        f"{BOLD}PLW {row['plw']:g} seed {row['seed']}{RESET}: {row['status']} after {row['steps']} steps; best answer accuracy "
+        f"{accuracy} at step {row['best_answer_accuracy_step']}, best answer loss "
+        f"{metric('answer_loss').format(row['best_answer_loss'])} at step {row['best_answer_loss_step']}",
+        file=stream or sys.stdout,
+    )
+
+
+def cmd_sweep(args) -> int:
+    from plw_lab.core.config import field_specs
+    from plw_lab.core.sweep import points, run_sweep
+
+    cfg = build_config(args)
+    presets = next(f for f in field_specs("train") if f["name"] == "prompt_loss_weight")["presets"]
+    plws = _numbers(args.plws, float, "--plws") if args.plws else list(presets)
+    seeds = _numbers(args.seeds, int, "--seeds")
+    bad = [p for p in plws if not 0 <= p <= 1]
+    if bad or not plws or not seeds:
+        raise ConfigError(f"--plws takes values in [0, 1] (got {bad or 'none'}) and --seeds at least one seed")
+    print(
+        f"sweep: PLW {', '.join(f'{p:g}' for p in plws)} x seeds {', '.join(map(str, seeds))} = {len(plws) * len(seeds)} runs "
+        f"of {cfg.train.max_steps} steps on one split (data.split_seed {cfg.data.split_seed})"
+    )
+    notes = lambda event: print_event(event) if event.kind in ("advice", "failed") else None
+    folder = run_sweep(cfg, plws, seeds, args.name, subscribers=[notes], on_run=print_sweep_row)
+    from plw_lab.core.sweep import read_csv
+
+    rows = read_csv(folder)
+    acc = points(rows)
+    for m in acc["means"]:
+        interval = (
+            f" (95% t interval {m['low']:.1%} to {m['high']:.1%})"
+            if m["low"] is not None
+            else " (one seed: no interval)"
+        )
+        print(f"PLW {m['plw']:<5g} mean best answer accuracy {m['mean']:.1%} over {m['n']} seed(s){interval}")
+    left_out = [r for r in acc["runs"] if r["excluded"]]
+    for r in left_out:
+        print(f"{YELLOW}left out of the means: PLW {r['plw']:g} seed {r['seed']} ({r['excluded']}){RESET}")
+    if acc["fit"]:
+        f = acc["fit"]
+        print(f"quadratic fit: accuracy = {f['a']:.3f} + {f['b']:.3f} PLW + {f['c']:.3f} PLW^2 (R^2 {f['r2']:.2f})")
+    print(f"\nsweep folder: {folder} (sweep.csv)")
+    return 1 if any(r["status"] == "failed" for r in rows) else 0
+
+
+def cmd_config(args) -> int:
+    import yaml
+
+    print(yaml.safe_dump(build_config(args).to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_memory(args) -> int:
+    from plw_lab.core.memory import count, describe, estimate, gib
+    from plw_lab.core.models import ModelError
+    from plw_lab.core.presets import PRESETS
+
+    cfg = build_config(args)
+    print(describe(cfg, args.device))
+    if args.presets:
+        print(f"\n{'model':<38}{'parameters':>12}{'to train (' + (args.device or 'cuda') + ')':>22}")
+        for preset in PRESETS:
+            try:
+                e = estimate(cfg.override({"model.name": preset.hub_id}), device=args.device or "cuda")
+            except ModelError as exc:  # e.g. lora.layers naming a layer a smaller preset lacks
+                print(f"{preset.hub_id:<38}{'':>12}  {exc}")
+                continue
+            gated = "  (gated: needs HF_TOKEN)" if preset.gated else ""
+            print(f"{preset.hub_id:<38}{count(e.parameters):>12}{gib(e.total):>22}{gated}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from plw_lab.core.card import push
+
+    print(f"pushed {args.run} to {push(args.run, args.repo, private=args.private)}")
+    return 0
+
+
+#: Two or three examples per command, shown by `lab COMMAND --help`.
+EXAMPLES = {
+    "train": """examples:
+  lab train --plw 0.1 --set train.max_steps=60        # PLW 0.1 on the built-in set, 60 steps
+  lab train --data my.jsonl --model tiny-random --plw 0
+  lab train --config my.yaml --no-progress > log.txt   # events only, no progress bar""",
+    "eval": """examples:
+  lab eval runs/20260101-120000-plw0.1                # the metrics table, adapter off and on
+  lab eval "$(ls -d runs/* | tail -1)"                 # the newest run""",
+    "compare": """examples:
+  lab compare runs/<run>                  # reads the comparison saved when the run finished
+  lab compare runs/<run> --recompute      # evaluates again (e.g. after editing eval.* settings)""",
+    "probe": """examples:
+  lab probe runs/<run>                    # logistic regression on the frozen base model's features, same split""",
+    "inspect": """examples:
+  lab inspect -n 2 --plw 0.1 --table      # two examples token by token, with label and weight per token
+  lab inspect --data my.csv --model tiny-random -n 1
+  NO_COLOR=1 lab inspect -n 1             # completion tokens in [brackets] instead of colour""",
+    "sweep": """examples:
+  lab sweep --plws 0,0.01,0.1,1 --seeds 0,1,2 --max-steps 40   # 12 runs on one validation split
+  lab sweep --model tiny-random --plws 0,1 --seeds 0 --name smoke""",
+    "config": """examples:
+  lab config > my.yaml                    # every setting with its default
+  lab config --plw 0.5 --set lora.r=16    # see what the overrides change""",
+    "memory": """examples:
+  lab memory --model Qwen/Qwen2.5-1.5B-Instruct --set train.batch_size=4 --device cuda
+  lab memory --presets                    # every preset's size and the memory a run of this config needs
+  lab memory --config configs/race-plw-1b-24gb.yaml""",
+    "push": """examples:
+  HF_TOKEN=hf_... lab push runs/<run> --repo your-name/smollm2-plw0-race
+  lab push runs/<run> --repo your-name/adapter --private""",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    set_colour(colour_wanted(sys.stdout))
+    parser = argparse.ArgumentParser(
+        prog="lab",
+        description="PLW Lab: prompt-loss-weighted fine-tuning.",
+        epilog="examples:\n" + __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str):
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text[0].upper() + help_text[1:] + ".",
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = command("train", "train a LoRA adapter and compare it with the base model")
+    _config_args(p)
+    p.add_argument("--no-progress", action="store_true", help="print the events only, without the progress bar")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a stopped, interrupted or failed run from its last checkpoint"
+    )
+    p.set_defaults(func=cmd_train)
+    adapter_help = "which adapter: final (adapter/), best (best_adapter/) or last (last_adapter/); default: the one summary.json keeps"
+    p = command("eval", "validation metrics of a run, adapter on and off")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--adapter", choices=("final", "best", "last"), default="", help=adapter_help)
+    p.set_defaults(func=cmd_eval)
+    p = command("compare", "adapter on vs off: generations, answers, forgetting probe")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--adapter", choices=("final", "best", "last"), default="", help=adapter_help)
+    p.add_argument("--recompute", action="store_true", help="recompute instead of reading compare.json")
+    p.set_defaults(func=cmd_compare)
+    p = command("probe", "a frozen-feature probe: logistic regression on the base model's hidden states")
+    p.add_argument("run", help="run folder")
+    p.set_defaults(func=cmd_probe)
+    p = command("inspect", "show examples token by token with their masks and weights")
+    _config_args(p)
+    p.add_argument("-n", type=int, default=3, help="how many examples")
+    p.add_argument("--table", action="store_true", help="also print one row per token: id, label, weight")
+    p.add_argument("--colour", action="store_true", help="colour even when not writing to a terminal")
+    p.set_defaults(func=cmd_inspect)
+    p = command("sweep", "train a grid of PLW values x seeds on one split; write sweep.csv")
+    _config_args(p)
+    p.add_argument("--plws", help="comma list of PLW values (default: the PLW presets 0, 0.01, 0.1, 0.5, 1)")
+    p.add_argument(
+        "--seeds", default="0,1", help="comma list of train.seed values (LoRA initialisation and data order)"
+    )
+    p.add_argument("--name", default="", help="name of the sweep folder under train.output_dir")
+    p.set_defaults(func=cmd_sweep)
+    p = command("config", "print the full config (defaults plus overrides) as YAML")
+    _config_args(p)
+    p.set_defaults(func=cmd_config)
+    p = command("memory", "estimate the memory a training run needs, from the model's config alone")
+    _config_args(p)
+    p.add_argument(
+        "--device", choices=("cuda", "cpu"), help="estimate for this device (default: where the run would train)"
+    )
+    p.add_argument("--presets", action="store_true", help="also list the model presets with their size and memory")
+    p.set_defaults(func=cmd_memory)
+    p = command("push", "upload a run's adapter, model card and config to the Hugging Face hub")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--repo", required=True, help="hub model repository, e.g. your-name/smollm2-plw0-race")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.set_defaults(func=cmd_push)
+    args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    from plw_lab.core.card import ShareError
+    from plw_lab.core.data import DataError
+    from plw_lab.core.models import ModelError
+    from plw_lab.core.runs import ResumeError
+
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # a second Ctrl-C: the run keeps its last checkpoint
+        red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
+        print(
+            f"\n{red}interrupted; `lab train --resume RUN_DIR` continues from the last checkpoint{reset}",
+            file=sys.stderr,
+        )
+        return 130
+    except (ConfigError, DataError, ModelError, ResumeError, ShareError, FileNotFoundError) as exc:
+        red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
+        print(f"{red}error: {exc}{reset}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""The prompt-loss-weighted cross-entropy.
+
+Token t gets weight w_t = (PLW * prompt_mask_t + lambda_r * completion_mask_t) * d_t, where lambda_r
+is the completion weight of Weighted Instruction Tuning (1 unless set) and d_t the weight the data
+gives the token's record or message (1 unless set), and the loss of an optimiser
+step is sum(w * CE) / N, where N is the sum of the weights ("sum_weights") or the number of
+tokens with non-zero weight ("count_nonzero") over *all* micro-batches and processes of the
+step, so gradient accumulation and data parallelism give the update of one big batch.
+
+Nothing here holds the full batch x length x vocabulary logits: `weighted_ce` takes the final
+hidden states and the output-layer weight, drops positions whose weight is 0 (most of the
+sequence at PLW 0), and computes the logits a chunk of positions at a time, producing the exact
+gradient in the same pass (the fused linear cross-entropy trick).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NORMALIZATIONS = ("sum_weights", "count_nonzero")
+
+
+def token_weights(
+    prompt_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    plw: float,
+    completion_weight: float = 1.0,
+    data_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """PLW x prompt_mask + completion_weight x completion_mask, times the data's own weights when given."""
+    if not 0.0 <= plw <= 1.0:
+        raise ValueError(f"prompt_loss_weight must be in [0, 1], got {plw}")
+    if not 0.0 <= completion_weight <= 1.0:
+        raise ValueError(f"completion_loss_weight must be in [0, 1], got {completion_weight}")
+    weights = plw * prompt_mask.float() + completion_weight * completion_mask.float()
+    return weights if data_weight is None else weights * data_weight.float()
+
+
+def shift_for_targets(weights: torch.Tensor) -> torch.Tensor:
+    """Position t predicts token t+1, so it carries token t+1's weight; the last position predicts nothing."""
+    return weights[..., 1:]
+
+
+def normalizer(shifted_weights: torch.Tensor, mode: str = "sum_weights") -> torch.Tensor:
+    if mode == "sum_weights":
+        return shifted_weights.sum()
+    if mode == "count_nonzero":
+        return (shifted_weights > 0).sum().to(shifted_weights.dtype)
+    raise ValueError(f"loss normalisation must be one of {NORMALIZATIONS}, got {mode!r}")
+
+
+def weighted_ce_from_logits(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum(w * CE) from aligned logits (..., V), targets (...) and weights (...): the plain reference."""
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return (ce * weights.reshape(-1)).sum()
+
+
+def _gradient_buffers(hidden, weight, bias):
+    """Which of hidden, head weight and bias need gradients, and zeroed buffers for those that do."""
+    needs_h, needs_w = hidden.requires_grad, weight.requires_grad
+    needs_b = bias is not None and bias.requires_grad
+    grad_h = torch.empty_like(hidden) if needs_h else None
+    grad_w = torch.zeros_like(weight, dtype=torch.float32) if needs_w else None
+    grad_b = torch.zeros_like(bias, dtype=torch.float32) if needs_b else None
+    return needs_h, needs_w, needs_b, grad_h, grad_w, grad_b
+
+
+def _keep_gradients(ctx, hidden, weight, bias, grads) -> None:
+    ctx.save_for_backward(*(g for g in grads if g is not None))
+    ctx.which = tuple(g is not None for g in grads)
+    ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+
+
+def _kept_gradients(ctx, grad_out) -> list:
+    """The gradients formed in the forward pass, scaled by the incoming gradient: [hidden, weight, bias]."""
+    saved = iter(ctx.saved_tensors)
+    return [(next(saved) * grad_out).to(dtype) if needed else None for needed, dtype in zip(ctx.which, ctx.dtypes)]
+
+
+class _ChunkedLinearCE(torch.autograd.Function):
+    """sum_i w_i * CE(h_i @ W.T + b, y_i), with the gradient computed chunk by chunk in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, token_w, chunk_size):
+        needs_h, needs_w, needs_b, grad_h, grad_w, grad_b = _gradient_buffers(hidden, weight, bias)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk_size):
+            h = hidden[start : start + chunk_size]
+            y = targets[start : start + chunk_size]
+            w = token_w[start : start + chunk_size]
+            logits = F.linear(h, weight, bias).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += ((lse - logits.gather(1, y[:, None]).squeeze(1)) * w).sum()
+            if needs_h or needs_w or needs_b:
+                # d CE / d logits = softmax - onehot, scaled by the token weight; reuse the logits buffer.
+                grad_logits = logits.sub_(lse[:, None]).exp_()
+                grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
+                grad_logits.mul_(w[:, None])
+                if needs_h:
+                    grad_h[start : start + chunk_size] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+                if needs_w:
+                    grad_w += grad_logits.t() @ h.float()
+                if needs_b:
+                    grad_b += grad_logits.sum(0)
+        _keep_gradients(ctx, hidden, weight, bias, (grad_h, grad_w, grad_b))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w, grad_b = _kept_gradients(ctx, grad_out)
+        return grad_h, grad_w, grad_b, None, None, None
+
+
+def weighted_ce(
+    hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    chunk_size: int = 1024,
+    head_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """sum(w * CE) from aligned hidden states (..., H), targets (...) and weights (...).
+
+    Positions with weight 0 never reach the output layer. The result equals
+    `weighted_ce_from_logits(hidden @ W.T + b, targets, weights)`, gradient included.
+    """
+    keep = weights.reshape(-1) > 0
+    h = hidden.reshape(-1, hidden.shape[-1])[keep]
+    y = targets.reshape(-1)[keep]
+    w = weights.reshape(-1)[keep].float()
+    if h.shape[0] == 0:
+        return hidden.sum() * 0.0  # keeps the graph connected so every process still runs backward
+    return _ChunkedLinearCE.apply(h, head_weight, head_bias, y, w, chunk_size)
+
+
+@torch.no_grad()
+def head_logits(
+    hidden: torch.Tensor, head_weight: torch.Tensor, head_bias: torch.Tensor | None = None, softcap: float | None = None
+) -> torch.Tensor:
+    """Float logits of the output layer, soft-capped as the model caps them (`plw_lab.core.compat.logit_softcap`)."""
+    logits = F.linear(hidden, head_weight, head_bias).float()
+    return softcap * torch.tanh(logits / softcap) if softcap else logits
+
+
+def token_ce(
+    hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = 1024,
+    head_bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position cross-entropy and whether the arg-max token is the target, chunked; for evaluation."""
+    flat_h = hidden.reshape(-1, hidden.shape[-1])
+    flat_y = targets.reshape(-1)
+    ce = torch.empty(flat_y.shape, dtype=torch.float32, device=hidden.device)
+    hit = torch.empty(flat_y.shape, dtype=torch.bool, device=hidden.device)
+    for start in range(0, flat_h.shape[0], chunk_size):
+        logits = head_logits(flat_h[start : start + chunk_size], head_weight, head_bias, softcap)
+        y = flat_y[start : start + chunk_size]
+        ce[start : start + chunk_size] = F.cross_entropy(logits, y.clamp_min(0), reduction="none")
+        hit[start : start + chunk_size] = logits.argmax(-1) == y
+    return ce.view(targets.shape), hit.view(targets.shape)
+
+
+# -- regularisation toward the base model ---------------------------------------------------------
+
+
+def weighted_kl_from_logits(logits: torch.Tensor, base_logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum(w * KL(p || p_base)) from aligned logits (..., V): the plain reference, full logits and all.
+
+    p is the adapted model's next-token distribution, p_base the base model's (the adapter off):
+    KL(p || p_base) = sum_v p_v (log p_v - log p_base_v), the direction of the RLHF KL penalty.
+    """
+    log_p = torch.log_softmax(logits.float(), -1)
+    log_base = torch.log_softmax(base_logits.float(), -1)
+    kl = (log_p.exp() * (log_p - log_base)).sum(-1)
+    return (kl * weights).sum()
+
+
+class _ChunkedLinearKL(torch.autograd.Function):
+    """sum_i w_i * KL(softmax(h_i W.T + b) || softmax(g_i W.T + b)), gradients formed chunk by chunk.
+
+    g are the base model's hidden states and carry no gradient; the output layer is shared, so
+    when it is trained it also receives the gradient through the base logits.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, base_hidden, weight, bias, token_w, chunk_size):
+        needs_h, needs_w, needs_b, grad_h, grad_w, grad_b = _gradient_buffers(hidden, weight, bias)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk_size):
+            h = hidden[start : start + chunk_size]
+            g = base_hidden[start : start + chunk_size]
+            w = token_w[start : start + chunk_size, None]
+            log_p = torch.log_softmax(F.linear(h, weight, bias).float(), -1)
+            log_base = torch.log_softmax(F.linear(g, weight, bias).float(), -1)
+            p = log_p.exp()
+            diff = log_p.sub_(log_base)  # log p - log p_base, in the log_p buffer
+            kl = (p * diff).sum(-1, keepdim=True)
+            total += (kl * w).sum()
+            if not (needs_h or needs_w or needs_b):
+                continue
+            # d KL / d logits = p * (log p - log p_base - KL); through the base logits: p_base - p.
+            grad_logits = diff.sub_(kl).mul_(p).mul_(w)
+            if needs_h:
+                grad_h[start : start + chunk_size] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+            if needs_w or needs_b:
+                grad_base = log_base.exp_().sub_(p).mul_(w)
+            if needs_w:
+                grad_w += grad_logits.t() @ h.float() + grad_base.t() @ g.float()
+            if needs_b:
+                grad_b += grad_logits.sum(0) + grad_base.sum(0)
+        _keep_gradients(ctx, hidden, weight, bias, (grad_h, grad_w, grad_b))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w, grad_b = _kept_gradients(ctx, grad_out)
+        return grad_h, None, grad_w, grad_b, None, None
+
+
+def weighted_kl(
+    hidden: torch.Tensor,
+    base_hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    weights: torch.Tensor,
+    chunk_size: int = 1024,
+    head_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """sum(w * KL(p || p_base)) from aligned hidden states of the adapted and the base model (..., H).
+
+    Only positions with non-zero weight reach the output layer, a chunk at a time; the result
+    equals `weighted_kl_from_logits` on the full logits, gradient included.
+    """
+    keep = weights.reshape(-1) > 0
+    h = hidden.reshape(-1, hidden.shape[-1])[keep]
+    if h.shape[0] == 0:
+        return hidden.sum() * 0.0
+    g = base_hidden.reshape(-1, base_hidden.shape[-1])[keep].detach()
+    w = weights.reshape(-1)[keep].float()
+    return _ChunkedLinearKL.apply(h, g, head_weight, head_bias, w, chunk_size)
+
+
+@torch.no_grad()
+def token_ce_kl(
+    hidden: torch.Tensor,
+    base_hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = 1024,
+    head_bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`token_ce` plus the per-position KL(p || p_base), from one set of adapted logits per chunk; for evaluation."""
+    flat_h = hidden.reshape(-1, hidden.shape[-1])
+    flat_g = base_hidden.reshape(-1, base_hidden.shape[-1])
+    flat_y = targets.reshape(-1)
+    ce = torch.empty(flat_y.shape, dtype=torch.float32, device=hidden.device)
+    hit = torch.empty(flat_y.shape, dtype=torch.bool, device=hidden.device)
+    kl = torch.empty(flat_y.shape, dtype=torch.float32, device=hidden.device)
+    for start in range(0, flat_h.shape[0], chunk_size):
+        logits = head_logits(flat_h[start : start + chunk_size], head_weight, head_bias, softcap)
+        y = flat_y[start : start + chunk_size]
+        log_p = torch.log_softmax(logits, -1)
+        ce[start : start + chunk_size] = -log_p.gather(1, y.clamp_min(0)[:, None]).squeeze(1)
+        hit[start : start + chunk_size] = logits.argmax(-1) == y
+        log_base = torch.log_softmax(
+            head_logits(flat_g[start : start + chunk_size], head_weight, head_bias, softcap), -1
+        )
+        # KL is never negative; rounding can make a near-zero sum dip below 0.
+        kl[start : start + chunk_size] = (log_p.exp() * (log_p - log_base)).sum(-1).clamp_min_(0.0)
+    return ce.view(targets.shape), hit.view(targets.shape), kl.view(targets.shape)
+
+
+def lora_update_sq_norm(pairs) -> torch.Tensor:
+    """sum over adapted layers of ||s B A||_F^2, the squared size of each LoRA update delta W = s B A.
+
+    `pairs` yields (A (r, in), B (out, r), s). ||BA||_F^2 = <B^T B, A A^T>_F, so only r x r
+    matrices are formed, never the out x in update. Penalising it pulls the adapted model toward
+    the base weights; weight decay on A and B instead shrinks each factor, which also pulls on A
+    while B (and so the update) is still zero.
+    """
+    total = None
+    for a, b, scale in pairs:
+        term = (scale**2) * ((b.t() @ b) * (a @ a.t())).sum()
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("the model has no LoRA layers to penalise")
+    return total

@@ -1,0 +1,299 @@
+"""Run folders: what a run leaves on disk, and reading it back.
+
+    runs/<name>/
+        config.yaml      the LabConfig, written before anything else happens
+        data/            a copy of the data file the run read (uploads are temporary files)
+        events.jsonl     every event, one JSON object a line, flushed as it happens
+        running.json     which process trains it (gone when training ends; a dead process means interrupted)
+        adapter/         the adapter the run ends with (the best one when restore_best is on)
+        last_adapter/    the adapter of the last checkpoint, with what resuming needs (optimiser,
+                         scheduler, random-number and data-order state, trainer and lab state)
+        best_adapter/    the adapter of the best evaluation so far
+        compare.json     adapter on/off comparison after training
+        summary.json     status, steps, the adapter kept and its step, best metrics and when each was reached
+
+Every adapter folder is written under a temporary name and swapped in whole (`replace_folder`), so
+a crash or a full disk mid-write never leaves a partial folder where a complete one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from plw_lab.core.config import ConfigError, LabConfig
+from plw_lab.core.events import Eval, Event, Step, drop_superseded, event_field, event_kind, read_events
+from plw_lab.core.metrics import best_of
+
+#: Data files up to this size are copied into the run folder, so the run can be re-read after an
+#: upload's temporary file is gone; a bigger corpus stays where it is and the config points there.
+DATA_COPY_LIMIT = 100 * 2**20
+
+
+def new_run_dir(cfg: LabConfig) -> tuple[Path, LabConfig]:
+    """A fresh run folder holding the config (and a copy of a small data file), and that config."""
+    base = Path(cfg.train.output_dir)
+    name = cfg.train.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-plw{cfg.train.prompt_loss_weight:g}"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+    path = base / name
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = base / f"{name}-{suffix}"
+    if base.exists() and not base.is_dir():
+        raise ConfigError(f"train.output_dir {str(base)!r} is a file, not a folder; choose another folder for the runs")
+    try:
+        path.mkdir(parents=True)
+    except OSError as exc:  # a file on the way, no permission, a read-only disk
+        raise ConfigError(
+            f"train.output_dir {str(base)!r}: cannot create the run folder ({exc.strerror}); choose another folder"
+        ) from None
+    # Marked as running before config.yaml exists, so nothing can delete it as a finished run while it starts.
+    mark_running(path)
+    source = Path(cfg.data.source).expanduser()
+    if (
+        not cfg.data.source.startswith(("builtin:", "hf:"))
+        and source.is_file()
+        and source.stat().st_size <= DATA_COPY_LIMIT
+    ):
+        (path / "data").mkdir()
+        copy = shutil.copy2(source, path / "data" / source.name)
+        cfg = cfg.override({"data.source": str(Path(copy).resolve())})
+    cfg.save(path / "config.yaml")
+    return path, cfg
+
+
+# -- liveness: which process trains a run ----------------------------------------------------------
+
+LIVE_MARK = "running.json"
+#: Adapter folders and the label their checkpoint events carry; `Run.adapter` picks among them.
+ADAPTERS = {"final": "adapter", "best": "best_adapter", "last": "last_adapter"}
+
+
+class RunFolderGone(FileNotFoundError):
+    """The run folder (or its config.yaml) was deleted while the run was writing to it."""
+
+
+class ResumeError(ValueError):
+    """A run cannot be resumed; the message says why and what to do."""
+
+
+def _process_started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
+    except psutil.Error:
+        return None
+
+
+def mark_running(path: Path) -> None:
+    write_json(
+        path / LIVE_MARK,
+        {"pid": os.getpid(), "host": socket.gethostname(), "process_started": _process_started(os.getpid())},
+    )
+
+
+def clear_running(path: Path) -> None:
+    (path / LIVE_MARK).unlink(missing_ok=True)
+
+
+def is_live(path: Path) -> bool:
+    """Whether a live process trains the run in `path` (the pid in running.json, started when it says)."""
+    try:
+        mark = json.loads((path / LIVE_MARK).read_text())
+    except (OSError, ValueError):
+        return False
+    if mark.get("host") != socket.gethostname():
+        return True  # another machine's process cannot be checked from here
+    started = _process_started(int(mark.get("pid", -1)))
+    # A reused pid belongs to a process that started later than the one that wrote the mark.
+    return started is not None and abs(started - float(mark.get("process_started") or started)) < 1.0
+
+
+# -- folders swapped in whole ----------------------------------------------------------------------
+
+
+def complete_folder(run_dir: Path, name: str) -> Path | None:
+    """`run_dir/name`, or the previous complete copy when a crash hit between the two renames of a swap."""
+    for path in (run_dir / name, run_dir / f".{name}.old"):
+        if path.is_dir():
+            return path
+    return None
+
+
+def replace_folder(run_dir: Path, name: str, write: Callable[[Path], None]) -> Path:
+    """Have `write` fill a temporary folder, then swap it in for `run_dir/name`.
+
+    A crash or an error (a full disk) while writing removes only the temporary folder; the previous
+    folder stays complete. Raises `RunFolderGone` when the run folder was deleted, so a run never
+    recreates a folder without its config.yaml.
+    """
+    if not (run_dir / "config.yaml").exists():
+        raise RunFolderGone(
+            f"the run folder {run_dir.name} (or its config.yaml) was deleted while the run was writing to it"
+        )
+    final, tmp, old = run_dir / name, run_dir / f".{name}.tmp", run_dir / f".{name}.old"
+    if not final.exists() and old.exists():
+        old.rename(final)  # an earlier swap was cut between its renames: `old` is the complete one
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def checkpoint_step(folder: Path | None) -> int | None:
+    """The optimiser step of a resumable checkpoint folder (None: not one)."""
+    try:
+        return int(json.loads((folder / "trainer_state.json").read_text())["global_step"])
+    except (OSError, TypeError, ValueError, KeyError):
+        return None
+
+
+# The next three take a `Run` or any object with the same attributes.
+
+
+def run_config(run) -> dict:
+    """A run's config as a dict; when its config.yaml is unreadable (an older lab), the one its `started` event carries."""
+    cfg = getattr(run, "config", None)
+    if cfg is None:
+        for event in getattr(run, "events", []):
+            if event_kind(event) == "started":
+                return dict(event_field(event, "config", {}) or {})
+        return {}
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+
+
+def run_plw(run) -> float | None:
+    value = run_config(run).get("train", {}).get("prompt_loss_weight")
+    return None if value is None else float(value)
+
+
+def run_best(run) -> dict:
+    """Best value and step of each metric: from the summary, else from the run's evaluations."""
+    best = (getattr(run, "summary", None) or {}).get("best")
+    if best:
+        return best
+    return best_of(run.evals) if hasattr(run, "evals") else {}
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)  # atomic, so a reader never sees half a file
+
+
+@dataclass
+class Run:
+    path: Path
+    config: LabConfig | None
+    summary: dict
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def status(self) -> str:
+        """finished, stopped or failed (from summary.json); running while a live process trains it;
+        otherwise interrupted (killed without warning: resumable from its last checkpoint)."""
+        if "status" in self.summary:
+            return self.summary["status"]
+        return "running" if is_live(self.path) else "interrupted"
+
+    @property
+    def step(self) -> int:
+        """The last optimiser step the run reached."""
+        steps = [e.step for e in self.events if isinstance(e, Step)]
+        return int(self.summary.get("steps", max(steps, default=0)))
+
+    @property
+    def evals(self) -> list[Eval]:
+        return [e for e in self.events if isinstance(e, Eval)]
+
+    @property
+    def resumable(self) -> bool:
+        early = str(self.summary.get("stop_reason", "")).startswith("early stopping")
+        return self.status in ("stopped", "interrupted", "failed") and not early and self.checkpoint() is not None
+
+    def checkpoint(self) -> Path | None:
+        """The folder a resume starts from (last_adapter/ with its trainer state), if any."""
+        folder = complete_folder(self.path, "last_adapter")
+        return folder if checkpoint_step(folder) is not None else None
+
+    def adapter(self, which: str = "") -> tuple[Path, int | None] | None:
+        """The adapter folder and its step: `which` is final, best or last; '' is the one summary.json keeps."""
+        if which and which not in ADAPTERS:
+            raise ValueError(f"--adapter must be one of {', '.join(ADAPTERS)}; got {which!r}")
+        kept = self.summary.get("adapter")
+        if which:
+            names = [ADAPTERS[which]]
+        else:
+            names = ([kept] if kept else []) + [n for n in ("adapter", "best_adapter", "last_adapter") if n != kept]
+        for name in names:
+            folder = complete_folder(self.path, name)
+            if folder is not None and (folder / "adapter_config.json").exists():
+                return folder, self._adapter_step(name)
+        return None
+
+    def _adapter_step(self, name: str) -> int | None:
+        if name == self.summary.get("adapter"):
+            return self.summary.get("adapter_step")
+        label = next(k for k, v in ADAPTERS.items() if v == name)
+        saved = [e.step for e in self.events if event_kind(e) == "checkpoint" and event_field(e, "label") == label]
+        return saved[-1] if saved else None
+
+    def adapter_dir(self) -> Path | None:
+        found = self.adapter()
+        return found[0] if found else None
+
+    def comparison(self) -> dict | None:
+        path = self.path / "compare.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    if not (path / "config.yaml").exists():
+        raise FileNotFoundError(f"{path} is not a run folder (no config.yaml)")
+    try:
+        config = LabConfig.load(path / "config.yaml")
+    except Exception:  # a config from an older lab version still lets the run be browsed
+        config = None
+    summary_path = path / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return Run(path, config, summary, drop_superseded(read_events(path / "events.jsonl")))
+
+
+def list_runs(output_dir: str | Path) -> list[Run]:
+    base = Path(output_dir)
+    if not base.is_dir():
+        return []
+    runs = [load_run(p) for p in sorted(base.iterdir()) if (p / "config.yaml").exists()]
+    return sorted(runs, key=lambda r: r.path.stat().st_mtime, reverse=True)
+
+
+def delete_run(path: str | Path) -> None:
+    path = Path(path)
+    if not (path / "config.yaml").exists():
+        raise FileNotFoundError(f"{path.name} is not a run folder; refusing to delete it")
+    if is_live(path):
+        raise ValueError(f"{path.name} is still training; stop it first")
+    shutil.rmtree(path)

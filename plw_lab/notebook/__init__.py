@@ -1,0 +1,1 @@
+"""ipywidgets helpers for the teaching notebooks."""
