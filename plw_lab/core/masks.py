@@ -9,6 +9,10 @@ template adds special tokens or the tokenizer merges text across the boundary.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import weakref
 from dataclasses import dataclass, field
 
 from plw_lab.core.data import DataError, Example
@@ -131,16 +135,133 @@ def completion_spans(
     return text, spans, contents
 
 
-def _tokenize(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+def _check_fast(tokenizer) -> None:
     if not getattr(tokenizer, "is_fast", False):
         raise TemplateError("the lab needs a fast tokenizer (with offset mapping) to find masks")
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def _tokenize_many(tokenizer, texts: list[str], offsets: bool = True) -> tuple[list[list[int]], list]:
+    """Token ids (and offsets) of many texts from one call: the fast tokenizer's batch path gives each
+    text exactly the tokens a call of its own would, without the per-call overhead."""
+    _check_fast(tokenizer)
+    if not texts:
+        return [], []
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=offsets)
+    spans = [[tuple(o) for o in row] for row in enc["offset_mapping"]] if offsets else []
+    return [list(ids) for ids in enc["input_ids"]], spans
 
 
 def encode(tokenizer, example: Example, max_length: int, train_eos: bool = True) -> Encoded:
-    text, spans, contents = completion_spans(tokenizer, example.messages, train_eos)
-    ids, offsets = _tokenize(tokenizer, text)
+    return fit(encode_full(tokenizer, [example], train_eos)[0], max_length)
+
+
+def encode_full(tokenizer, examples: list[Example], train_eos: bool = True) -> list[Encoded]:
+    """Every example encoded at full length (no cut), the tokenizer called once for all the texts and
+    once for all the candidate variants; encodings met before with the same tokenizer and template
+    come from `_cache`. A template error is raised for the first example, in order, that has one."""
+    _check_fast(tokenizer)
+    store = _cache.store(tokenizer, train_eos)
+    keys = [_example_key(example) for example in examples]
+    todo = [i for i, key in enumerate(keys) if key not in store]
+    rendered: dict[int, tuple | TemplateError] = {}
+    for i in todo:
+        try:
+            rendered[i] = completion_spans(tokenizer, examples[i].messages, train_eos)
+        except TemplateError as exc:  # raised when its turn comes, so an earlier example's error wins
+            rendered[i] = exc
+    good = [i for i in todo if not isinstance(rendered[i], TemplateError)]
+    ids, offsets = _tokenize_many(tokenizer, [rendered[i][0] for i in good])
+    tokens = {i: (ids[n], offsets[n]) for n, i in enumerate(good)}
+    # Each candidate in the answer's place: where these part ways is the answer position. The text
+    # with the right answer in place is the text itself, whose tokens are known already.
+    variant_texts = {
+        (i, c): _with_answer(rendered[i], choice) for i in good for c, choice in enumerate(examples[i].choices)
+    }
+    fresh = [key for key, text in variant_texts.items() if text != rendered[key[0]][0]]
+    fresh_ids, _ = _tokenize_many(tokenizer, [variant_texts[key] for key in fresh], offsets=False)
+    known = dict(zip(fresh, fresh_ids))
+    variants = {i: [known.get((i, c), tokens[i][0]) for c in range(len(examples[i].choices))] for i in good}
+    out = []
+    for i, (example, key) in enumerate(zip(examples, keys)):
+        if i in rendered:
+            if isinstance(rendered[i], TemplateError):
+                raise rendered[i]
+            text, spans, contents = rendered[i]
+            store[key] = _build(example, text, spans, contents, *tokens[i], variants.get(i, []))
+        out.append(_copy_for(store[key], example))
+    _cache.trim()
+    return out
+
+
+class _EncodingCache:
+    """Full-length encodings by (tokenizer, template, train_eos) and example content, for one process.
+
+    The app's Data tab and the run it starts, or a run and its later evaluation, encode the same
+    examples with the same tokenizer; the second time costs a dictionary look-up. The tokenizer is
+    keyed by its serialised vocabulary, merges and normaliser (hashed once per tokenizer object)
+    and its chat template and end-of-turn token as they are now, so a template changed in place
+    is a different key. At most `limit` encodings are kept, the oldest tokenizer's dropped first.
+    """
+
+    def __init__(self, limit: int = 50_000):
+        self.limit = limit
+        self.stores: dict[tuple, dict] = {}
+        self.fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _fingerprint(self, tokenizer) -> str:
+        found = self.fingerprints.get(tokenizer)
+        if found is None:
+            serialised = tokenizer.backend_tokenizer.to_str()
+            found = self.fingerprints[tokenizer] = hashlib.sha256(serialised.encode()).hexdigest()
+        return found
+
+    def store(self, tokenizer, train_eos: bool) -> dict:
+        ensure_template(tokenizer)
+        key = (self._fingerprint(tokenizer), tokenizer.chat_template, tokenizer.eos_token, train_eos)
+        self.stores[key] = self.stores.pop(key, None) or {}  # the most recent last
+        return self.stores[key]
+
+    def trim(self) -> None:
+        while len(self.stores) > 1 and sum(map(len, self.stores.values())) > self.limit:
+            del self.stores[next(iter(self.stores))]
+        newest = next(reversed(self.stores.values()), {})
+        while len(newest) > self.limit:
+            del newest[next(iter(newest))]
+
+    def clear(self) -> None:
+        self.stores.clear()
+
+
+_cache = _EncodingCache()
+
+
+def _example_key(example: Example) -> str:
+    """What an encoding depends on: the messages, the candidates and the record's weight."""
+    return json.dumps([example.messages, list(example.choices), example.weight], sort_keys=True, default=repr)
+
+
+def _copy_for(enc: Encoded, example: Example) -> Encoded:
+    """A copy of a cached encoding for `example`, its lists its own (`fit` cuts them in place)."""
+    return dataclasses.replace(
+        enc,
+        input_ids=list(enc.input_ids),
+        prompt_mask=list(enc.prompt_mask),
+        completion_mask=list(enc.completion_mask),
+        offsets=list(enc.offsets),
+        example=example,
+        choice_ids=list(enc.choice_ids),
+        data_weight=list(enc.data_weight),
+        answer_mask=list(enc.answer_mask),
+    )
+
+
+def _with_answer(rendered: tuple, choice: str) -> str:
+    text, _spans, contents = rendered
+    start, end = contents[-1]
+    return text[:start] + choice + text[end:]
+
+
+def _build(example: Example, text: str, spans, contents, ids, offsets, variants: list[list[int]]) -> Encoded:
     completion = [int(any(s < ce and e > cs for cs, ce in spans)) for s, e in offsets]
     enc = Encoded(ids, [1 - c for c in completion], completion, offsets, text, example)
     enc.raw_completion = sum(completion)
@@ -148,12 +269,12 @@ def encode(tokenizer, example: Example, max_length: int, train_eos: bool = True)
     enc.data_weight = _data_weights(example, text, spans, offsets)
     enc.answer_mask = [0] * len(ids)
     if example.choices:
-        _locate_answer(tokenizer, enc, contents[-1])
         start, end = contents[-1]
+        enc.answer_position, enc.choice_ids = _answer_position(example.choices, variants, ids, offsets, start)
         enc.answer_mask = [int(c and s < end and e > start) for c, (s, e) in zip(completion, offsets)]
     enc.cuttable = _cuttable(enc, spans[-1][0])
     enc.min_length = len(ids) - (enc.cuttable[0][1] - enc.cuttable[1])
-    return fit(enc, max_length)
+    return enc
 
 
 def _data_weights(example: Example, text: str, spans: list[tuple[int, int]], offsets) -> list[float]:
@@ -186,20 +307,25 @@ def _data_weights(example: Example, text: str, spans: list[tuple[int, int]], off
     return weights
 
 
-def _locate_answer(tokenizer, enc: Encoded, content: tuple[int, int]) -> None:
-    """Find where the candidate answers part ways, by tokenising the text with each candidate in place."""
-    start, end = content
-    variants = [_tokenize(tokenizer, enc.text[:start] + c + enc.text[end:])[0] for c in enc.example.choices]
-    position = 0
+def _answer_position(choices, variants: list[list[int]], ids, offsets, answer_start: int) -> tuple[int, list[int]]:
+    """Where the token ids of the text with each candidate in place (`variants`) first differ, and each
+    candidate's id there.
+
+    The tokens ending before the answer's first character are the same in every variant as a rule,
+    so they are compared as whole slices first and the token-by-token search starts after them; a
+    tokenizer that merges across that point falls back to the search from the start.
+    """
+    head = next((n for n, (_s, e) in enumerate(offsets) if e > answer_start), len(ids))
+    position = head if all(v[:head] == ids[:head] for v in variants) else 0
     while all(position < len(v) for v in variants) and len({v[position] for v in variants}) == 1:
         position += 1
-    ids = [v[position] if position < len(v) else None for v in variants]
-    if None in ids or len(set(ids)) != len(ids):
+    at = [v[position] if position < len(v) else None for v in variants]
+    if None in at or len(set(at)) != len(at):
         raise TemplateError(
-            f"the candidate answers {enc.example.choices} do not differ at a single token; "
+            f"the candidate answers {choices} do not differ at a single token; "
             "choose an answer format whose candidates start with distinct tokens"
         )
-    enc.answer_position, enc.choice_ids = position, ids
+    return position, at
 
 
 def _cuttable(enc: Encoded, last_reply_start: int) -> tuple[tuple[int, int], int]:
@@ -262,9 +388,9 @@ def encode_all(
 ) -> tuple[list[Encoded], list[str]]:
     """Encode every example; examples that cannot fit are left out and described in the second list."""
     encoded, skipped = [], []
-    for example in examples:
+    for example, enc in zip(examples, encode_full(tokenizer, examples, train_eos)):
         try:
-            enc = encode(tokenizer, example, max_length, train_eos)
+            enc = fit(enc, max_length)
         except TooLongError as exc:
             skipped.append(str(exc))
             continue
@@ -311,8 +437,7 @@ def encode_fitted(tokenizer, examples: list[Example], max_length: int, cap: int,
     from plw_lab.core.stats import truncation_report
 
     raw, kept, skipped = [], [], []
-    for position, example in enumerate(examples):
-        enc = encode(tokenizer, example, 0, train_eos)
+    for position, (example, enc) in enumerate(zip(examples, encode_full(tokenizer, examples, train_eos))):
         if enc.n_completion == 0:
             skipped.append(f"example {example.source_index}: no completion tokens")
             continue
