@@ -28,7 +28,7 @@ from plw_lab.core.collate import collate
 from plw_lab.core.compat import logit_softcap, output_layer
 from plw_lab.core.diversity import answer_entropy, text_diversity
 from plw_lab.core.forward import SharedHead, final_hidden
-from plw_lab.core.loss import head_logits, token_ce, token_ce_kl
+from plw_lab.core.loss import base_top_k, head_logits, token_ce, token_ce_kl_top_k
 from plw_lab.core.masks import Encoded, prompt_text
 
 
@@ -105,7 +105,8 @@ def _answer_tensor(batch: list[Encoded], shape: torch.Size, device) -> torch.Ten
 
 
 class _PerSource:
-    """Losses per data source (`Example.meta["source"]`, set when data is mixed); answers come from the scored examples."""
+    """Losses per data source (`Example.meta["source"]`, set when data is mixed); answers come from the scored
+    examples."""
 
     def __init__(self, encoded: list[Encoded], device) -> None:
         tags = [(e.example.meta or {}).get("source") for e in encoded]
@@ -169,7 +170,9 @@ def evaluate(
     Batches are formed from examples of similar length (less padding) and the tokens that all
     examples start with run once (`plw_lab.core.forward.SharedHead`).
     With `base_states` (a dict kept across evaluations) a model with an adapter also reports
-    `kl_to_base`; the base model's final states are computed once per batch and kept there.
+    `kl_to_base`: the base model's distributions are computed at the first evaluation and kept
+    there compactly (`BASE_TOP_K` tokens per position), and the KL is read from the same logits as
+    the losses; it may fall short of the exact KL by at most the bound `token_ce_kl_top_k` states.
     """
     device = device_of(model)
     kl_sums = torch.zeros(2, dtype=torch.float64, device=device)
@@ -190,14 +193,19 @@ def evaluate(
             tensors = {key: v.to(device) for key, v in collate(batch, pad_id).items()}
             hidden = final_hidden(model, tensors["input_ids"], tensors["attention_mask"], prefix=prefix, head=head)
             if losses:
-                targets = tensors["input_ids"][:, 1:]
+                # Only positions with a real next token reach the output layer: padding has no loss.
+                valid = tensors["attention_mask"][:, 1:].bool()
+                states, targets = hidden[:, :-1][valid], tensors["input_ids"][:, 1:][valid]
+                ce = torch.zeros(valid.shape, dtype=torch.float32, device=device)
+                hit = torch.zeros(valid.shape, dtype=torch.bool, device=device)
                 if with_kl:
-                    base = _base_states(model, batch, tensors, base_states, prefix)
-                    ce, hit, kl = token_ce_kl(hidden[:, :-1], base[:, :-1], weight, targets, chunk_size, bias, cap)
-                    valid = tensors["attention_mask"][:, 1:].bool()
-                    kl_sums += torch.stack([kl[valid].sum().double(), valid.sum().double()])
+                    base = _base_top_k(model, batch, tensors, valid, base_states, prefix, chunk_size)
+                    ce[valid], hit[valid], kl, _bound = token_ce_kl_top_k(
+                        states, weight, targets, base, chunk_size, bias, cap
+                    )
+                    kl_sums += torch.stack([kl.sum().double(), valid.sum().double()])
                 else:
-                    ce, hit = token_ce(hidden[:, :-1], weight, targets, chunk_size, bias, cap)
+                    ce[valid], hit[valid] = token_ce(states, weight, targets, chunk_size, bias, cap)
                 prompt = tensors["prompt_mask"][:, 1:].bool()
                 completion = tensors["completion_mask"][:, 1:].bool()
                 answer = _answer_tensor(batch, completion.shape, device) & completion
@@ -252,15 +260,23 @@ def evaluate(
     return metrics
 
 
-def _base_states(model, batch: list[Encoded], tensors: dict, base_states: dict, prefix) -> torch.Tensor:
-    """The base model's final states (adapter off) for a batch, computed at the first evaluation only.
+#: Tokens of the base model's distribution kept per validation position for `kl_to_base`
+#: (`plw_lab.core.loss.BaseTopK`: 12 bytes each; the bound on what the rest leaves out is in `token_ce_kl_top_k`).
+BASE_TOP_K = 128
+
+
+def _base_top_k(model, batch: list[Encoded], tensors: dict, valid: torch.Tensor, base_states: dict, prefix, chunk_size):
+    """The base model's (adapter off) distributions at a batch's valid positions, computed at the first
+    evaluation only and kept as `BaseTopK`.
 
     Batches are the same at every evaluation (sorted by length), so they are keyed by their examples.
     """
     key = tuple(id(e.example) for e in batch)
     if key not in base_states:
+        weight, bias = output_layer(model)
         with adapter(model, False):
-            base_states[key] = final_hidden(model, tensors["input_ids"], tensors["attention_mask"], prefix=prefix)
+            hidden = final_hidden(model, tensors["input_ids"], tensors["attention_mask"], prefix=prefix)
+        base_states[key] = base_top_k(hidden[:, :-1][valid], weight, BASE_TOP_K, chunk_size, bias, logit_softcap(model))
     return base_states[key]
 
 
@@ -405,7 +421,8 @@ def format_vs_task(on: dict, off: dict) -> dict | None:
     n_off, n_on = max(sum((off.get("answers") or {}).values()), 1), max(sum((on.get("answers") or {}).values()), 1)
     parse_off, parse_on = 1 - off["unparseable"] / n_off, 1 - on["unparseable"] / n_on
     text = (
-        f"Generated accuracy {off['answer_accuracy_generated']:.0%} -> {on['answer_accuracy_generated']:.0%} ({generated:+.0%}): "
+        f"Generated accuracy {off['answer_accuracy_generated']:.0%} -> {on['answer_accuracy_generated']:.0%} "
+        f"({generated:+.0%}): "
         f"{task:+.0%} is task (scored accuracy {off['answer_accuracy']:.0%} -> {on['answer_accuracy']:.0%}) and "
         f"{generated - task:+.0%} is format (candidate mass {off['candidate_mass']:.0%} -> {on['candidate_mass']:.0%}, "
         f"parseable answers {parse_off:.0%} -> {parse_on:.0%})."

@@ -15,6 +15,8 @@ gradient in the same pass (the fused linear cross-entropy trick).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -243,35 +245,99 @@ def weighted_kl(
     return _ChunkedLinearKL.apply(h, g, head_weight, head_bias, w, chunk_size)
 
 
+@dataclass
+class BaseTopK:
+    """The base model's next-token distribution at a set of positions, kept in k + 2 numbers each.
+
+    An evaluation's `kl_to_base` needs the base model's distribution at every validation position,
+    and the base model never changes during a run: instead of recomputing its logits at every
+    evaluation (an output layer as large as the adapted one's), the run keeps its k most likely
+    tokens and their log-probabilities, the log of the mass of all other tokens together, and the
+    smallest log-probability of any token (`token_ce_kl_top_k` says what KL these give).
+    """
+
+    ids: torch.Tensor  # (n, k) the k most likely tokens
+    logprobs: torch.Tensor  # (n, k) their log-probabilities
+    log_rest: torch.Tensor  # (n,) log of the probability of every token outside the k
+    log_min: torch.Tensor  # (n,) the smallest log-probability over the vocabulary
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+
 @torch.no_grad()
-def token_ce_kl(
+def base_top_k(
     hidden: torch.Tensor,
-    base_hidden: torch.Tensor,
     head_weight: torch.Tensor,
-    targets: torch.Tensor,
+    k: int,
     chunk_size: int = 1024,
     head_bias: torch.Tensor | None = None,
     softcap: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`token_ce` plus the per-position KL(p || p_base), from one set of adapted logits per chunk; for evaluation."""
-    flat_h = hidden.reshape(-1, hidden.shape[-1])
-    flat_g = base_hidden.reshape(-1, base_hidden.shape[-1])
-    flat_y = targets.reshape(-1)
-    ce = torch.empty(flat_y.shape, dtype=torch.float32, device=hidden.device)
-    hit = torch.empty(flat_y.shape, dtype=torch.bool, device=hidden.device)
-    kl = torch.empty(flat_y.shape, dtype=torch.float32, device=hidden.device)
-    for start in range(0, flat_h.shape[0], chunk_size):
-        logits = head_logits(flat_h[start : start + chunk_size], head_weight, head_bias, softcap)
-        y = flat_y[start : start + chunk_size]
+) -> BaseTopK:
+    """`BaseTopK` of the distributions at the positions of `hidden` (n, H), computed a chunk at a time."""
+    k = min(k, head_weight.shape[0] - 1)  # at least one token outside, so the rest is a distribution
+    parts = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        log_q = torch.log_softmax(head_logits(hidden[start : start + chunk_size], head_weight, head_bias, softcap), -1)
+        top, ids = log_q.topk(k, -1)
+        log_min = log_q.min(-1).values
+        log_rest = torch.logsumexp(log_q.scatter_(1, ids, float("-inf")), -1)
+        parts.append((ids, top, log_rest, log_min))
+    if not parts:
+        empty = hidden.new_zeros((0, k), dtype=torch.float32)
+        return BaseTopK(empty.long(), empty, empty[:, 0], empty[:, 0])
+    return BaseTopK(*(torch.cat(column) for column in zip(*parts)))
+
+
+@torch.no_grad()
+def token_ce_kl_top_k(
+    hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    targets: torch.Tensor,
+    base: BaseTopK,
+    chunk_size: int = 1024,
+    head_bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-position cross-entropy, arg-max hit, KL(p || p_base) and its error bound, from one set of
+    adapted logits per chunk, for `hidden` (n, H) and `targets` (n,) at the positions of `base`.
+
+    The KL is that of the two distributions with every token outside the base's top k merged into
+    one outcome (p_rest, q_rest):
+
+        KL_k = sum_{v in top k} p_v log(p_v / q_v) + p_rest log(p_rest / q_rest)
+
+    Merging outcomes never raises a KL (the log-sum inequality), and what it loses is
+    p_rest * KL(p restricted to the rest || q restricted to the rest), at most
+    p_rest * log(q_rest / q_min) with q_min the base's smallest token probability. So per position
+
+        KL_k <= KL <= KL_k + p_rest * (log q_rest - log q_min),
+
+    the returned bound being that last term. It is 0 where the adapted model puts no mass outside
+    the base's top k, and small wherever the adapter has not moved mass into the base's tail.
+    """
+    n = hidden.shape[0]
+    ce = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    hit = torch.empty(n, dtype=torch.bool, device=hidden.device)
+    kl = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    bound = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    for start in range(0, n, chunk_size):
+        window = slice(start, start + chunk_size)
+        logits = head_logits(hidden[window], head_weight, head_bias, softcap)
+        y = targets[window]
+        hit[window] = logits.argmax(-1) == y
         log_p = torch.log_softmax(logits, -1)
-        ce[start : start + chunk_size] = -log_p.gather(1, y.clamp_min(0)[:, None]).squeeze(1)
-        hit[start : start + chunk_size] = logits.argmax(-1) == y
-        log_base = torch.log_softmax(
-            head_logits(flat_g[start : start + chunk_size], head_weight, head_bias, softcap), -1
-        )
+        ce[window] = -log_p.gather(1, y.clamp_min(0)[:, None]).squeeze(1)
+        ids = base.ids[window]
+        log_p_top = log_p.gather(1, ids)
+        inside = (log_p_top.exp() * (log_p_top - base.logprobs[window])).sum(-1)
+        log_p_rest = torch.logsumexp(log_p.scatter_(1, ids, float("-inf")), -1)
+        p_rest = log_p_rest.exp()
+        merged = torch.where(p_rest > 0, p_rest * (log_p_rest - base.log_rest[window]), 0.0)
         # KL is never negative; rounding can make a near-zero sum dip below 0.
-        kl[start : start + chunk_size] = (log_p.exp() * (log_p - log_base)).sum(-1).clamp_min_(0.0)
-    return ce.view(targets.shape), hit.view(targets.shape), kl.view(targets.shape)
+        kl[window] = (inside + merged).clamp_min_(0.0)
+        bound[window] = p_rest * (base.log_rest[window] - base.log_min[window]).clamp_min(0.0)
+    return ce, hit, kl, bound
 
 
 def lora_update_sq_norm(pairs) -> torch.Tensor:

@@ -1,0 +1,128 @@
+"""The evaluation that reuses the frozen-layer cache and keeps the base model's distributions compactly
+reports the metrics of the plain computation: every example run whole through the model with full
+logits, the base model's logits recomputed with the adapter off (the oracle below)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import mc_records
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from plw_lab.core import evaluation
+from plw_lab.core.config import DataConfig, LoraConfig, layer_indices
+from plw_lab.core.data import to_examples
+from plw_lab.core.loss import base_top_k, token_ce_kl_top_k
+from plw_lab.core.masks import encode_all
+from plw_lab.core.models import attach_lora
+from plw_lab.core.prefix import FrozenPrefix
+
+
+def _model(tokenizer):
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    model = attach_lora(LlamaForCausalLM(config), LoraConfig(layers="top:2", target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # an adapter as after training: a zero update would make the KL trivially 0
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return model.eval()
+
+
+def _oracle(model, encoded, k):
+    """Losses, answers, the exact mean KL(p || p_base) over every predicted token, and the bound of its top-k form."""
+    sums = dict.fromkeys(("p_ce", "p_n", "c_ce", "c_n", "hit", "a_ce", "a_n", "kl", "kl_n", "bound"), 0.0)
+    answers = []
+    for e in encoded:
+        ids = torch.tensor([e.input_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            with model.disable_adapter():
+                base_logits = model(input_ids=ids).logits[0, :-1].float()
+        log_p, log_q = torch.log_softmax(logits, -1), torch.log_softmax(base_logits, -1)
+        ce = F.cross_entropy(logits, ids[0, 1:], reduction="none")
+        prompt, completion, answer = (
+            torch.tensor(m[1:], dtype=torch.bool) for m in (e.prompt_mask, e.completion_mask, e.answer_mask)
+        )
+        answer &= completion
+        sums["p_ce"] += ce[prompt].sum().item()
+        sums["p_n"] += int(prompt.sum())
+        sums["c_ce"] += ce[completion].sum().item()
+        sums["c_n"] += int(completion.sum())
+        sums["hit"] += int((logits.argmax(-1) == ids[0, 1:])[completion].sum())
+        sums["a_ce"] += ce[answer].sum().item()
+        sums["a_n"] += int(answer.sum())
+        sums["kl"] += (log_p.exp() * (log_p - log_q)).sum(-1).sum().item()
+        sums["kl_n"] += len(ce)
+        top = log_q.topk(k, -1).indices
+        outside = torch.ones_like(log_q, dtype=torch.bool).scatter_(1, top, False)
+        p_rest = (log_p.exp() * outside).sum(-1)
+        q_rest = (log_q.exp() * outside).sum(-1)
+        sums["bound"] += (p_rest * (q_rest.log() - log_q.min(-1).values)).sum().item()
+        if e.answer_position is not None:
+            at = torch.log_softmax(logits[e.answer_position - 1], -1)[e.choice_ids]
+            answers.append(dict(zip(e.example.choices, at.tolist())))
+    metrics = {
+        "prompt_loss": sums["p_ce"] / sums["p_n"],
+        "completion_loss": sums["c_ce"] / sums["c_n"],
+        "full_loss": (sums["p_ce"] + sums["c_ce"]) / (sums["p_n"] + sums["c_n"]),
+        "token_accuracy": sums["hit"] / sums["c_n"],
+        "answer_loss": sums["a_ce"] / sums["a_n"],
+        "format_loss": (sums["c_ce"] - sums["a_ce"]) / (sums["c_n"] - sums["a_n"]),
+    }
+    return metrics, answers, sums["kl"] / sums["kl_n"], sums["bound"] / sums["kl_n"]
+
+
+@pytest.fixture
+def encoded(tokenizer):
+    records = mc_records(9, seed=4)
+    for i, r in enumerate(records):  # lengths differ, so batches are padded
+        r["context"] += " It was parked outside." * (i % 4)
+    return encode_all(tokenizer, to_examples(records, DataConfig()), 256)[0]
+
+
+@pytest.mark.parametrize("k", [evaluation.BASE_TOP_K, 3])
+def test_cached_compact_evaluation_gives_the_plain_metrics(tokenizer, encoded, monkeypatch, k):
+    monkeypatch.setattr(evaluation, "BASE_TOP_K", k)
+    model = _model(tokenizer)
+    want, answers, kl, bound = _oracle(model, encoded, k)
+    prefix = FrozenPrefix.for_model(model, layer_indices("top:2", 4))
+    base_states = {}
+    for _ in range(2):  # the first evaluation fills both caches, the second only reads them
+        got = evaluation.evaluate(
+            model, encoded, tokenizer.pad_token_id, 4, 64, details=True, prefix=prefix, base_states=base_states
+        )
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+        for ex, expected in zip(got["examples"], answers):
+            assert ex["logprobs"] == pytest.approx(expected, rel=1e-5, abs=1e-5)
+        # The top-k KL never exceeds the exact one and falls short of it by at most the stated bound.
+        assert kl - bound - 1e-5 <= got["kl_to_base"] <= kl + 1e-5
+    assert prefix.misses == len(encoded) and len(base_states) == 3  # frozen layers and base model: once
+    if k == 3:  # 3 of the vocabulary's tokens: the approximation really is one, and the bound covers it
+        assert kl - got["kl_to_base"] > 1e-3
+
+
+def test_top_k_kl_is_exact_when_only_one_token_lies_outside_and_zero_for_the_base_itself():
+    torch.manual_seed(1)
+    head = torch.randn(7, 5)
+    hidden, base_hidden = torch.randn(6, 5), torch.randn(6, 5)
+    targets = torch.randint(0, 7, (6,))
+    log_p, log_q = torch.log_softmax(hidden @ head.T, -1), torch.log_softmax(base_hidden @ head.T, -1)
+    exact = (log_p.exp() * (log_p - log_q)).sum(-1)
+    ce, hit, kl, bound = token_ce_kl_top_k(hidden, head, targets, base_top_k(base_hidden, head, 6), chunk_size=4)
+    torch.testing.assert_close(kl, exact, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bound, torch.zeros(6))  # the one token left is the least likely: no room for error
+    torch.testing.assert_close(ce, F.cross_entropy(hidden @ head.T, targets, reduction="none"))
+    assert hit.tolist() == ((hidden @ head.T).argmax(-1) == targets).tolist()
+    _, _, same, _ = token_ce_kl_top_k(base_hidden, head, targets, base_top_k(base_hidden, head, 2))
+    torch.testing.assert_close(same, torch.zeros(6), atol=1e-6, rtol=0)
+    _, _, coarse, bound = token_ce_kl_top_k(hidden, head, targets, base_top_k(base_hidden, head, 2))
+    assert (coarse <= exact + 1e-6).all() and (exact <= coarse + bound + 1e-6).all() and (bound > 0).all()
