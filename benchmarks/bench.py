@@ -25,8 +25,8 @@ round and reports ratios (with the median-of-rounds and CPU-time ratios as cross
 ratios hold when other jobs share the machine; absolute numbers move with the load. Everything
 runs with torch's default threads, as the app and CLI do; on a busy machine `--threads 1` keeps
 timings steadier (two threads on shared cores mostly wait for each other), and both sides of a
-comparison always get the same count. Throughput comparisons leave the lab's frozen-layer cache (`plw_lab.core.prefix`) off,
-since their rounds repeat the same batches.
+comparison always get the same count. Throughput comparisons leave the lab's frozen-layer cache
+(`plw_lab.core.prefix`) off, since their rounds repeat the same batches.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from plw_lab.core.collate import EncodedDataset  # noqa: E402
 from plw_lab.core.config import LabConfig  # noqa: E402
-from plw_lab.core.masks import encode_all  # noqa: E402
-from plw_lab.core.models import attach_lora, embedded_model_dir  # noqa: E402
+from plw_lab.core.masks import encode_fitted  # noqa: E402
+from plw_lab.core.models import attach_lora  # noqa: E402
 from plw_lab.core.packing import packing_efficiency  # noqa: E402
 from plw_lab.core.training import PLWTrainer, make_collator, training_arguments  # noqa: E402
 
@@ -90,13 +90,13 @@ class Report:
     rows: list[Row] = field(default_factory=list)
 
     def add(self, row: Row) -> None:
+        if OVERRIDES:  # a smoke run proves the code runs; its figures judge nothing
+            row.ok = None
         self.rows.append(row)
         mark = {True: "PASS", False: "FAIL", None: "----"}[row.ok]
         ratio = "" if row.ratio is None else f"  ratio {row.ratio:.2f}"
-        print(
-            f"  -> [{mark}] {row.what}: {row.measured}{ratio}  (target {row.target or '-'}){'  ' + row.note if row.note else ''}",
-            flush=True,
-        )
+        note = "  " + row.note if row.note else ""
+        print(f"  -> [{mark}] {row.what}: {row.measured}{ratio}  (target {row.target or '-'}){note}", flush=True)
 
     def table(self) -> str:
         head = ("#", "comparison", "measured", "ratio", "target", "result")
@@ -126,19 +126,45 @@ def section(title: str) -> None:
     print(f"\n== {title} ==", flush=True)
 
 
-def load_tokenizer():
-    from transformers import AutoTokenizer
+#: `--smoke`: every CPU section on the tiny random-weight model and a few examples, to prove the code
+#: runs (its figures mean nothing and no target is judged).
+SMOKE = {
+    "model.name": "tiny-random",
+    "data.limit": 60,
+    "data.val_max": 8,
+    "train.max_steps": 2,
+    "train.eval_interval": 1,
+    "eval.generations": 1,
+    "eval.max_new_tokens": 4,
+    "eval.answer_tokens": 2,
+    "eval.probe_texts": 2,
+}
+OVERRIDES: dict = {}
 
-    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+
+def lab_config() -> LabConfig:
+    """The lab's default config (the tiny model and a few examples under `--smoke`)."""
+    return LabConfig().override(OVERRIDES) if OVERRIDES else LabConfig()
+
+
+def load_tokenizer():
+    from plw_lab.core.models import load_tokenizer as lab_tokenizer
+
+    return lab_tokenizer(lab_config().model)
 
 
 def load_base(dtype=torch.float32):
-    from transformers import AutoModelForCausalLM
+    from plw_lab.core.models import load_model
 
-    return AutoModelForCausalLM.from_pretrained(embedded_model_dir(), dtype=dtype)
+    base = load_model(lab_config().model, torch.device("cpu"))
+    return base.to(dtype)
+
+
+def fitted_examples(cfg: LabConfig, tokenizer, examples):
+    """`examples` encoded at the length the lab fits them to (`data.max_length` 0 is auto)."""
+    d = cfg.data
+    fitted = encode_fitted(tokenizer, examples, d.max_length, d.max_length_cap, d.train_eos)
+    return fitted.encoded, fitted.max_length
 
 
 def fitting(encoded, max_length):
@@ -233,7 +259,8 @@ class Side:
 
 def interleave(sides: list[Side], rounds: int, steps: int, seed: int = 0) -> None:
     """A warm-up step per side, then `rounds` rounds of `steps` steps, the sides taking turns
-    on the same batches."""
+    on the same batches (one round under `--smoke`)."""
+    rounds = 1 if OVERRIDES else rounds
     for side in sides:
         t = time.perf_counter()
         side.run(1, seed, count=False)
@@ -267,9 +294,8 @@ class RecordingPLWTrainer(PLWTrainer):
         return loss
 
 
-def lab_side(
-    name, cfg, model, tokenizer, encoded, workdir, restore=None, device=torch.device("cpu"), dtype=torch.float32
-) -> Side:
+def lab_side(name, cfg, model, tokenizer, encoded, workdir, restore=None, device=None, dtype=torch.float32) -> Side:
+    device = device or torch.device("cpu")
     meter, timer = MeteredCollator(make_collator(cfg, tokenizer, model)), StepTimer()
     trainer = RecordingPLWTrainer(
         model=model,
@@ -305,18 +331,19 @@ def bench_vs_trl(report: Report, full: bool, workdir: str) -> None:
     except ImportError:
         report.add(Row("1", "lab vs TRL", "skipped: trl not installed", note="pip install trl"))
         return
-    cfg = LabConfig()
     tokenizer = load_tokenizer()
-    examples, source = default_examples(cfg)
-    encoded, _ = encode_all(tokenizer, examples, cfg.data.max_length, cfg.data.train_eos)
-    encoded = fitting(encoded, cfg.data.max_length)
+    examples, source = default_examples(lab_config())
+    encoded, max_length = fitted_examples(lab_config(), tokenizer, examples)
+    cfg = lab_config().override({"data.max_length": max_length})
+    encoded = fitting(encoded, max_length)
     n = cfg.train.batch_size * (8 if full else 4)
     encoded = encoded[:n]
     examples = [e.example for e in encoded]
     lengths = [len(e) for e in encoded]
     print(
-        f"  data: {source}; {len(encoded)} examples, {min(lengths)}-{max(lengths)} tokens (mean {statistics.mean(lengths):.0f}); "
-        f"batch {cfg.train.batch_size}, max_length {cfg.data.max_length}, LoRA r={cfg.lora.r} {cfg.lora.layers} {len(cfg.lora.target_modules)} modules",
+        f"  data: {source}; {len(encoded)} examples, {min(lengths)}-{max(lengths)} tokens "
+        f"(mean {statistics.mean(lengths):.0f}); batch {cfg.train.batch_size}, max_length {cfg.data.max_length} "
+        f"(fitted), LoRA r={cfg.lora.r} {cfg.lora.layers} {len(cfg.lora.target_modules)} modules",
         flush=True,
     )
 
@@ -349,7 +376,7 @@ def bench_vs_trl(report: Report, full: bool, workdir: str) -> None:
         bf16=False,  # TRL's default is bf16; the lab trains in float32 on CPU
         gradient_checkpointing=False,  # TRL's default is True; the lab does not checkpoint
         completion_only_loss=True,
-        max_length=cfg.data.max_length,
+        max_length=max_length,
         packing=False,
         padding_free=False,
         dataloader_num_workers=0,
@@ -370,9 +397,9 @@ def bench_vs_trl(report: Report, full: bool, workdir: str) -> None:
 
     interleave(sides, rounds=4 if full else 3, steps=2 if full else 1, seed=t.seed)
     trl_tps = sides[-1].tokens_per_second
-    for side, target, bar in ((sides[0], "> 1.2x", 1.2), (sides[1], ">= 1.0x", 1.0)):
+    for side, target, bar in ((sides[0], ">= 1.2x", 1.2), (sides[1], ">= 1.5x", 1.5)):
         ratio = side.tokens_per_second / trl_tps
-        ok = ratio > bar if bar > 1 else ratio >= bar
+        ok = ratio >= bar
         report.add(
             Row(
                 "1",
@@ -412,12 +439,11 @@ def _losses_by_plw(model, batch, plws, mode):
 
 def bench_packing(report: Report, full: bool, workdir: str) -> None:
     section("2. packing vs padding on a mixed-length set")
-    cfg = LabConfig()
     tokenizer = load_tokenizer()
     # What packing would do for the app's default data (the app and CLI show the same numbers).
-    default_ex, default_source = default_examples(cfg)
-    default_enc, _ = encode_all(tokenizer, default_ex, cfg.data.max_length, cfg.data.train_eos)
-    d_eff = packing_efficiency([len(e) for e in default_enc], cfg.data.max_length, cfg.train.batch_size)
+    default_ex, default_source = default_examples(lab_config())
+    default_enc, default_length = fitted_examples(lab_config(), tokenizer, default_ex)
+    d_eff = packing_efficiency([len(e) for e in default_enc], default_length, lab_config().train.batch_size)
     report.add(
         Row(
             "2",
@@ -440,12 +466,14 @@ def bench_packing(report: Report, full: bool, workdir: str) -> None:
     import random
 
     random.Random(0).shuffle(mixed)
-    encoded, _ = encode_all(tokenizer, mixed, cfg.data.max_length, cfg.data.train_eos)
+    encoded, max_length = fitted_examples(lab_config(), tokenizer, mixed)
+    cfg = lab_config().override({"data.max_length": max_length})
     lengths = [len(e) for e in encoded]
     eff = packing_efficiency(lengths, cfg.data.max_length, cfg.train.batch_size)
     print(
         f"  data: {len(encoded)} examples ({long_name} 1 : 3 short), {min(lengths)}-{max(lengths)} tokens; "
-        f"non-padding share padded {eff['padded']:.0%}, packed {eff['packed']:.0%} (expected speed-up {eff['speedup']:.2f}x in computed slots)",
+        f"non-padding share padded {eff['padded']:.0%}, packed {eff['packed']:.0%} "
+        f"(expected speed-up {eff['speedup']:.2f}x in computed slots)",
         flush=True,
     )
     torch.manual_seed(0)
@@ -470,8 +498,9 @@ def bench_packing(report: Report, full: bool, workdir: str) -> None:
                 ratio,
                 ">= 2x",
                 ratio >= 2.0,
-                note=f"{long_name} 1:3 short, batch {cfg.train.batch_size}, max_length {cfg.data.max_length}; non-padding share of the set "
-                f"{eff['padded']:.0%} -> {eff['packed']:.0%} ({eff['speedup']:.2f}x fewer slots); {ratio_note(packed, padded)}",
+                note=f"{long_name} 1:3 short, batch {cfg.train.batch_size}, max_length {cfg.data.max_length}; "
+                f"non-padding share of the set {eff['padded']:.0%} -> {eff['packed']:.0%} "
+                f"({eff['speedup']:.2f}x fewer slots); {ratio_note(packed, padded)}",
             )
         )
         report.add(
@@ -552,13 +581,14 @@ def _mem_available_mb() -> float:
 
 def bench_memory(report: Report, full: bool, workdir: str) -> None:
     section("3. peak memory of the loss: chunked (lab) vs naive float32 logits, forward+backward")
-    batch, length, hidden, vocab = 8, 2048, 576, 49152
+    batch, length, hidden, vocab = (2, 64, 32, 1000) if OVERRIDES else (8, 2048, 576, 49152)
     logits_mb = batch * length * vocab * 4 / 2**20
     need = 3.2 * logits_mb
     if _mem_available_mb() < need + 2048:
         length = 512
         print(
-            f"  only {_mem_available_mb():.0f} MB available (the naive path needs ~{need:.0f} MB): measuring 8 x {length} instead"
+            f"  only {_mem_available_mb():.0f} MB available (the naive path needs ~{need:.0f} MB): "
+            f"measuring 8 x {length} instead"
         )
     results = {}
     for mode in ("lab", "naive"):
@@ -571,11 +601,11 @@ def bench_memory(report: Report, full: bool, workdir: str) -> None:
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             print(proc.stdout[-2000:], proc.stderr[-2000:])
-            report.add(Row("3", f"loss memory ({mode})", f"probe failed (rc {proc.returncode})", ok=False))
-            return
+            raise RuntimeError(f"the {mode} loss memory probe failed (rc {proc.returncode})")
         results[mode] = json.loads(line[7:])
         print(
-            f"  {mode}: peak +{results[mode]['peak_mb']:.0f} MB, {results[mode]['seconds']:.1f}s, loss {results[mode]['loss']:.6f}",
+            f"  {mode}: peak +{results[mode]['peak_mb']:.0f} MB, {results[mode]['seconds']:.1f}s, "
+            f"loss {results[mode]['loss']:.6f}",
             flush=True,
         )
     ratio = results["lab"]["peak_mb"] / results["naive"]["peak_mb"]
@@ -616,7 +646,7 @@ def bench_eval(report: Report, full: bool, workdir: str) -> None:
     from plw_lab.core.prefix import FrozenPrefix
     from plw_lab.core.training import prepare
 
-    cfg = LabConfig()
+    cfg = lab_config()
     tokenizer = load_tokenizer()
     examples, source = default_examples(cfg)
     val = [e for e in prepare(cfg, tokenizer, examples).val if e.answer_position is not None]
@@ -680,7 +710,8 @@ def bench_eval(report: Report, full: bool, workdir: str) -> None:
             ">= 3x",
             ratio >= 3.0,
             note=f"answers-only scoring (evaluate(losses=False)); greedy generation cut to the answer token "
-            f"(max_new_tokens=1) takes {best['gen1']:.1f}s ({best['gen1'] / best['score']:.2f}x of scoring); greedy output e.g. {out['gen'][0][:40]!r}",
+            f"(max_new_tokens=1) takes {best['gen1']:.1f}s ({best['gen1'] / best['score']:.2f}x of scoring); "
+            f"greedy output e.g. {out['gen'][0][:40]!r}",
         )
     )
     if prefix is not None:
@@ -695,8 +726,9 @@ def bench_eval(report: Report, full: bool, workdir: str) -> None:
                 r2,
                 ">= 3x",
                 r2 >= 3.0,
-                note=f"plw_lab.core.prefix.FrozenPrefix reuses layers below {cfg.lora.layers}; vs 1-token generation {best['gen1'] / best['score_cached']:.2f}x; "
-                f"same answers and log-probs as the plain pass: {out['score_cached']['examples'] == out['score']['examples']}",
+                note=f"plw_lab.core.prefix.FrozenPrefix reuses layers below {cfg.lora.layers}; vs 1-token generation "
+                f"{best['gen1'] / best['score_cached']:.2f}x; same answers and log-probs as the plain pass: "
+                f"{out['score_cached']['examples'] == out['score']['examples']}",
             )
         )
     agree, valid = out["gen_agree"]
@@ -739,16 +771,17 @@ class _EventClock:
         self.last = now
 
 
-def bench_default_run(report: Report, full: bool, workdir: str, limit: float = 600.0) -> None:
-    section("5. the app's default run: train(LabConfig()) with evaluations")
+def default_run_probe(workdir: str, limit: float) -> dict:
+    """Run in a fresh process (so its peak memory is the run's own): `train()` of the default config."""
     import threading
 
     from plw_lab.core.training import train
 
-    cfg = LabConfig().override({"train.output_dir": str(Path(workdir) / "runs")})  # only where it writes differs
+    cfg = lab_config().override({"train.output_dir": str(Path(workdir) / "runs")})  # only where it writes differs
     print(
-        f"  {cfg.data.source}, {cfg.train.epochs:g} epoch(s), max_steps {cfg.train.max_steps}, batch {cfg.train.batch_size}, eval every "
-        f"{cfg.train.eval_interval} steps, packing {cfg.train.packing}; stopped if still running after {limit:.0f} s",
+        f"  {cfg.data.source}, {cfg.train.epochs:g} epoch(s), max_steps {cfg.train.max_steps}, "
+        f"batch {cfg.train.batch_size}, eval every {cfg.train.eval_interval} steps, packing {cfg.train.packing}; "
+        f"stopped if still running after {limit:.0f} s",
         flush=True,
     )
     stop = threading.Event()
@@ -761,47 +794,137 @@ def bench_default_run(report: Report, full: bool, workdir: str, limit: float = 6
         result = train(cfg, subscribers=[clock], stop=stop)
     finally:
         timer.cancel()
-    seconds = time.perf_counter() - t
     s = result.summary
-    if result.status != "finished":
-        why = "hit the bench's time limit" if stop.is_set() else s.get("error", "")[:80]
+    comparison = (result.comparison or {}).get
+    evals = [json.loads(line) for line in (result.run_dir / "events.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if e.get("type") == "eval"]
+    return {
+        "seconds": time.perf_counter() - t,
+        "status": result.status,
+        "why": "hit the bench's time limit" if stop.is_set() else s.get("error", "")[:80],
+        "steps": clock.steps,
+        "total_steps": clock.total_steps,
+        "n_train": s.get("n_train"),
+        "n_val": s.get("n_val"),
+        "before_start": clock.started - t,
+        "eval_seconds": clock.eval_seconds,
+        "compare_seconds": clock.compare_seconds,
+        "n_evals": len(evals),
+        "n_generated": sum("answer_accuracy_generated" in e["metrics"] for e in evals),
+        "first": (s.get("first_eval") or {}).get("answer_accuracy", float("nan")),
+        "final": (s.get("final_eval") or {}).get("answer_accuracy", float("nan")),
+        "off": ((comparison("off") or {}).get("metrics") or {}).get("answer_accuracy", float("nan")),
+        "on": ((comparison("on") or {}).get("metrics") or {}).get("answer_accuracy", float("nan")),
+        "peak_mb": _rss_mb("VmHWM"),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def bench_default_run(report: Report, full: bool, workdir: str, limit: float = 600.0) -> None:
+    section("5. the app's default run: train(LabConfig()) with evaluations, in a fresh process")
+    code = (
+        f"import json,sys; sys.path[:0]=[{str(ROOT)!r},{str(Path(__file__).parent)!r}]; import bench; "
+        f"bench.OVERRIDES.update({OVERRIDES!r}); "
+        f"print('RESULT', json.dumps(bench.default_run_probe({workdir!r}, {limit!r})))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
+    print("\n".join(line for line in proc.stdout.splitlines() if not line.startswith("RESULT ")), flush=True)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"the default run's process failed (rc {proc.returncode}): {proc.stderr.strip()[-300:]}")
+    r = json.loads(line[7:])
+    load = os.getloadavg()
+    if r["status"] != "finished":
         report.add(
             Row(
                 "5",
                 "default run wall time",
-                f"{result.status} after {seconds:.0f} s at step {clock.steps}/{clock.total_steps} ({why})",
+                f"{r['status']} after {r['seconds']:.0f} s at step {r['steps']}/{r['total_steps']} ({r['why']})",
                 None,
-                "<= 180 s",
+                "<= 120 s",
                 False,
+                note=f"load average {load[0]:.1f}",
             )
         )
         return
-    first = (s.get("first_eval") or {}).get("answer_accuracy", float("nan"))
-    final = (s.get("final_eval") or {}).get("answer_accuracy", float("nan"))
-    off = ((result.comparison or {}).get("off") or {}).get("metrics", {}).get("answer_accuracy", float("nan"))
-    on = ((result.comparison or {}).get("on") or {}).get("metrics", {}).get("answer_accuracy", float("nan"))
+    seconds, share = r["seconds"], r["eval_seconds"] / r["seconds"]
+    context = f"{r['threads']} threads, load average {load[0]:.1f} / {load[1]:.1f} (1 / 5 min) at the end"
     report.add(
         Row(
             "5",
-            "default run wall time (load, train, evals, compare)",
-            f"{seconds:.0f} s, {s['steps']} steps, {s['n_train']} train / {s['n_val']} val",
+            "default run wall time (load, encode, train, evals, compare)",
+            f"{seconds:.0f} s, {r['steps']} steps, {r['n_train']} train / {r['n_val']} val",
             None,
-            "<= 180 s",
-            seconds <= 180,
-            note=f"of which evaluations ~{clock.eval_seconds:.0f} s, final compare ~{clock.compare_seconds:.0f} s, before the first event (load, encode) "
-            f"{clock.started - t:.0f} s; {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end",
+            "<= 120 s",
+            seconds <= 120,
+            note=f"before the first event (load, encode) {r['before_start']:.0f} s; {context}",
         )
     )
-    delta = final - first
+    report.add(
+        Row(
+            "5",
+            "default run: evaluations' share of the wall time",
+            f"{share:.0%} ({r['eval_seconds']:.0f} s for {r['n_evals']} evaluations, generated answers at "
+            f"{r['n_generated']})",
+            None,
+            "<= 35%",
+            share <= 0.35 and r["n_evals"] >= 10 and r["n_generated"] >= 2,
+            note=f"final on/off comparison a further {r['compare_seconds']:.0f} s; {context}",
+        )
+    )
+    report.add(
+        Row(
+            "5",
+            "default run peak memory (whole process, RSS high-water mark)",
+            f"{r['peak_mb'] / 1024:.2f} GB",
+            None,
+            "<= 2.2 GB",
+            r["peak_mb"] <= 2.2 * 1024,
+        )
+    )
+    delta = r["final"] - r["first"]
     report.add(
         Row(
             "5",
             "default run answer accuracy, final vs step 0 (adapter off)",
-            f"{first:.1%} -> {final:.1%} ({100 * delta:+.1f} points)",
+            f"{r['first']:.1%} -> {r['final']:.1%} ({100 * delta:+.1f} points)",
             None,
             ">= +20 points",
             delta >= 0.20,
-            note=f"compare(): adapter on {on:.1%}, off {off:.1%}",
+            note=f"compare(): adapter on {r['on']:.1%}, off {r['off']:.1%}",
+        )
+    )
+
+
+# -- 8. encoding ----------------------------------------------------------------------------------------
+
+
+def bench_encode(report: Report, full: bool, workdir: str) -> None:
+    section("8. encoding the default data set (masks, answer positions) with the model's tokenizer")
+    from plw_lab.core import masks
+
+    cfg = lab_config()
+    tokenizer = load_tokenizer()
+    examples, source = default_examples(cfg)
+    d = cfg.data
+    masks._cache.clear()
+    t = time.perf_counter()
+    fitted = encode_fitted(tokenizer, examples, d.max_length, d.max_length_cap, d.train_eos)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    encode_fitted(tokenizer, examples, d.max_length, d.max_length_cap, d.train_eos)
+    again = time.perf_counter() - t
+    load = os.getloadavg()
+    report.add(
+        Row(
+            "8",
+            f"encode {source} ({len(examples)} examples)",
+            f"{first:.1f} s, {len(fitted.encoded)} encoded at max_length {fitted.max_length}",
+            None,
+            "< 5 s",
+            first < 5.0,
+            note=f"the same set again (the Data tab, then Train) {again:.2f} s from the encoding cache; "
+            f"load average {load[0]:.1f}",
         )
     )
 
@@ -1061,7 +1184,8 @@ def bench_gpu(report: Report, full: bool, workdir: str, device: str = "cuda") ->
     flash = on_gpu and importlib.util.find_spec("flash_attn") is not None
     attn = "flash_attention_2" if flash else "sdpa"
     print(
-        f"  device {name}, dtype {dtype}, attention {attn}, QLoRA {'yes' if qlora else 'no (needs CUDA and bitsandbytes)'}",
+        f"  device {name}, dtype {dtype}, attention {attn}, "
+        f"QLoRA {'yes' if qlora else 'no (needs CUDA and bitsandbytes)'}",
         flush=True,
     )
     batch_size, max_length = (16, 2048) if on_gpu else (4, 64)
@@ -1090,7 +1214,7 @@ def bench_gpu(report: Report, full: bool, workdir: str, device: str = "cuda") ->
             )
             train_dtype = compute_dtype(cfg.model, dev)
 
-            def adapted_model():
+            def adapted_model(cfg=cfg):
                 torch.manual_seed(0)
                 base = load_model(cfg.model, dev)
                 base.set_attn_implementation(attn)
@@ -1180,6 +1304,7 @@ SECTIONS = {
     "5": bench_default_run,
     "6": bench_gpu,
     "7": bench_live_views,
+    "8": bench_encode,
 }
 
 
@@ -1194,6 +1319,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--gpu-smoke", action="store_true", help="run section 6's code on the CPU with tiny models (checks the script)"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every CPU section (and section 6's code on the CPU) on the tiny random-weight model with a few examples: "
+        "proves the script runs (under 2 minutes); exits 1 when any section raises",
     )
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument(
@@ -1213,14 +1344,22 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     # A GPU machine may not have the embedded model (it does not travel): --gpu runs section 6 alone.
     chosen = [s.strip() for s in args.only.split(",") if s.strip()] or (
-        ["6"] if args.gpu or args.gpu_smoke else ["1", "2", "3", "4", "5", "7", "6"]
+        ["6"] if args.gpu or args.gpu_smoke else ["8", "5", "1", "2", "3", "4", "7", "6"]
     )
+    unknown = [key for key in chosen if key not in SECTIONS]
+    if unknown:
+        parser.error(f"--only: no section {', '.join(unknown)}; sections are {', '.join(sorted(SECTIONS))}")
+    if args.smoke:
+        OVERRIDES.update(SMOKE)
     report = Report()
     default_threads = torch.get_num_threads()
     args.threads = args.threads or default_threads
     torch.set_num_threads(args.threads)
+    mode = "smoke" if args.smoke else "full" if args.full else "quick"
     print(
-        f"torch {torch.__version__}, {args.threads} thread(s) for comparisons ({default_threads} for the default run), mode {'full' if args.full else 'quick'}; sections {','.join(chosen)}",
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}, commit {_commit()}, load average {_load()}; torch {torch.__version__}, "
+        f"{args.threads} thread(s) for comparisons ({default_threads} for the default run), mode {mode}; "
+        f"sections {','.join(chosen)}",
         flush=True,
     )
     started = time.perf_counter()
@@ -1230,7 +1369,7 @@ def main(argv=None) -> int:
             try:
                 torch.set_num_threads(default_threads if key == "5" else args.threads)
                 if key == "6":
-                    bench_gpu(report, args.full, workdir, "cpu" if args.gpu_smoke else "cuda")
+                    bench_gpu(report, args.full, workdir, "cpu" if args.gpu_smoke or args.smoke else "cuda")
                 elif key == "5":
                     bench_default_run(report, args.full, workdir, args.default_run_limit)
                 else:
@@ -1240,12 +1379,30 @@ def main(argv=None) -> int:
 
                 traceback.print_exc()
                 report.add(Row(key, f"section {key}", f"error: {type(exc).__name__}: {exc}"[:120], ok=False))
-            print(f"  ({time.perf_counter() - t:.0f}s)", flush=True)
-    print(f"\n== summary ({time.perf_counter() - started:.0f}s, {'full' if args.full else 'quick'} mode) ==")
+            print(f"  ({time.perf_counter() - t:.0f}s, load average {_load()})", flush=True)
+    print(
+        f"\n== summary ({time.perf_counter() - started:.0f}s, {mode} mode; {time.strftime('%Y-%m-%d %H:%M %Z')}, "
+        f"commit {_commit()}, load average {_load()}) =="
+    )
     print(report.table())
     if args.json:
         Path(args.json).write_text(json.dumps([r.__dict__ for r in report.rows], indent=2))
-    return 0
+    errors = [r for r in report.rows if r.measured.startswith("error")]
+    return 1 if errors else 0
+
+
+def _commit() -> str:
+    """The checked-out commit, marked when the working tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    return (head.stdout.strip() or "unknown") + (" (modified)" if dirty.stdout.strip() else "")
+
+
+def _load() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg()) + f" (1 / 5 / 15 min, {os.cpu_count()} CPUs)"
 
 
 if __name__ == "__main__":
