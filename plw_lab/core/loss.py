@@ -161,7 +161,9 @@ def token_ce(
     for start in range(0, flat_h.shape[0], chunk_size):
         logits = head_logits(flat_h[start : start + chunk_size], head_weight, head_bias, softcap)
         y = flat_y[start : start + chunk_size]
-        ce[start : start + chunk_size] = F.cross_entropy(logits, y.clamp_min(0), reduction="none")
+        # log-normaliser minus the target's logit: cross-entropy without writing a log-softmax
+        lse = torch.logsumexp(logits, -1)
+        ce[start : start + chunk_size] = lse - logits.gather(1, y.clamp_min(0)[:, None]).squeeze(1)
         hit[start : start + chunk_size] = logits.argmax(-1) == y
     return ce.view(targets.shape), hit.view(targets.shape)
 
@@ -253,13 +255,15 @@ class BaseTopK:
     and the base model never changes during a run: instead of recomputing its logits at every
     evaluation (an output layer as large as the adapted one's), the run keeps its k most likely
     tokens and their log-probabilities, the log of the mass of all other tokens together, and the
-    smallest log-probability of any token (`token_ce_kl_top_k` says what KL these give).
+    smallest log-probability of any token (`token_ce_kl_top_k` says what KL these give), plus the
+    base's final hidden states for the positions where that is not close enough.
     """
 
     ids: torch.Tensor  # (n, k) the k most likely tokens
     logprobs: torch.Tensor  # (n, k) their log-probabilities
     log_rest: torch.Tensor  # (n,) log of the probability of every token outside the k
     log_min: torch.Tensor  # (n,) the smallest log-probability over the vocabulary
+    hidden: torch.Tensor  # (n, H) the base model's final hidden states
 
     def __len__(self) -> int:
         return self.ids.shape[0]
@@ -285,8 +289,8 @@ def base_top_k(
         parts.append((ids, top, log_rest, log_min))
     if not parts:
         empty = hidden.new_zeros((0, k), dtype=torch.float32)
-        return BaseTopK(empty.long(), empty, empty[:, 0], empty[:, 0])
-    return BaseTopK(*(torch.cat(column) for column in zip(*parts)))
+        return BaseTopK(empty.long(), empty, empty[:, 0], empty[:, 0], hidden)
+    return BaseTopK(*(torch.cat(column) for column in zip(*parts)), hidden=hidden.detach())
 
 
 @torch.no_grad()
@@ -298,6 +302,7 @@ def token_ce_kl_top_k(
     chunk_size: int = 1024,
     head_bias: torch.Tensor | None = None,
     softcap: float | None = None,
+    tolerance: float = 1e-4,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-position cross-entropy, arg-max hit, KL(p || p_base) and its error bound, from one set of
     adapted logits per chunk, for `hidden` (n, H) and `targets` (n,) at the positions of `base`.
@@ -308,35 +313,53 @@ def token_ce_kl_top_k(
         KL_k = sum_{v in top k} p_v log(p_v / q_v) + p_rest log(p_rest / q_rest)
 
     Merging outcomes never raises a KL (the log-sum inequality), and what it loses is
-    p_rest * KL(p restricted to the rest || q restricted to the rest), at most
-    p_rest * log(q_rest / q_min) with q_min the base's smallest token probability. So per position
+    p_rest * KL(p~ || q~), p~ and q~ the two distributions restricted to the rest. That KL is at most
+    log(q_rest / q_min), q_min the base's smallest token probability, and at most (b - a)^2 / 8 when
+    log(p~ / q~) lies in [a, b] (Hoeffding's lemma under p~, as E_p~[q~ / p~] = 1). The logits differ
+    by W_v (h - g) at token v (a soft cap only narrows that), so b - a <= 2 R |h - g|, R the largest
+    row norm of the output layer W, h and g the adapted and base hidden states. So per position
 
-        KL_k <= KL <= KL_k + p_rest * (log q_rest - log q_min),
+        KL_k <= KL <= KL_k + p_rest * min(log q_rest - log q_min, (R |h - g|)^2 / 2),
 
-    the returned bound being that last term. It is 0 where the adapted model puts no mass outside
-    the base's top k, and small wherever the adapter has not moved mass into the base's tail.
+    the returned bound being that last term: 0 where the adapter leaves the final state unchanged
+    (a fresh adapter), and small wherever it moves it little or puts little mass outside the top k.
+    Where it exceeds `tolerance` (nats), the base's logits are recomputed from its hidden states
+    and that position's KL is exact (bound 0): every returned KL is within `tolerance` of the exact
+    one, at the cost of a second output layer only at the positions that need it.
     """
     n = hidden.shape[0]
     ce = torch.empty(n, dtype=torch.float32, device=hidden.device)
     hit = torch.empty(n, dtype=torch.bool, device=hidden.device)
     kl = torch.empty(n, dtype=torch.float32, device=hidden.device)
     bound = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    largest_row = head_weight.float().norm(dim=1).max()
     for start in range(0, n, chunk_size):
         window = slice(start, start + chunk_size)
         logits = head_logits(hidden[window], head_weight, head_bias, softcap)
         y = targets[window]
+        # Past the output layer, only two passes over the vocabulary (arg-max, log-normaliser); the
+        # rest reads k + 1 logits per position.
         hit[window] = logits.argmax(-1) == y
-        log_p = torch.log_softmax(logits, -1)
-        ce[window] = -log_p.gather(1, y.clamp_min(0)[:, None]).squeeze(1)
-        ids = base.ids[window]
-        log_p_top = log_p.gather(1, ids)
-        inside = (log_p_top.exp() * (log_p_top - base.logprobs[window])).sum(-1)
-        log_p_rest = torch.logsumexp(log_p.scatter_(1, ids, float("-inf")), -1)
-        p_rest = log_p_rest.exp()
-        merged = torch.where(p_rest > 0, p_rest * (log_p_rest - base.log_rest[window]), 0.0)
+        lse = torch.logsumexp(logits, -1, keepdim=True)
+        ce[window] = (lse - logits.gather(1, y.clamp_min(0)[:, None])).squeeze(1)
+        log_p_top = logits.gather(1, base.ids[window]) - lse
+        p_top = log_p_top.exp()
+        inside = (p_top * (log_p_top - base.logprobs[window])).sum(-1)
+        # The adapted mass outside the top k as 1 minus the mass inside, summed in float64: rounding
+        # leaves it off by about 1e-7, which moves a position's KL by under 1e-5.
+        p_rest = (1.0 - p_top.double().sum(-1)).clamp_min(0.0).float()
+        merged = torch.where(p_rest > 0, p_rest * (p_rest.log() - base.log_rest[window]), 0.0)
         # KL is never negative; rounding can make a near-zero sum dip below 0.
-        kl[window] = (inside + merged).clamp_min_(0.0)
-        bound[window] = p_rest * (base.log_rest[window] - base.log_min[window]).clamp_min(0.0)
+        part_kl = (inside + merged).clamp_min_(0.0)
+        moved = (largest_row * (hidden[window].float() - base.hidden[window].float()).norm(dim=-1)).square() / 2
+        part_bound = p_rest * torch.minimum((base.log_rest[window] - base.log_min[window]).clamp_min(0.0), moved)
+        redo = part_bound > tolerance
+        if redo.any():
+            log_q = torch.log_softmax(head_logits(base.hidden[window][redo], head_weight, head_bias, softcap), -1)
+            log_p = logits[redo] - lse[redo]
+            part_kl[redo] = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min_(0.0)
+            part_bound[redo] = 0.0
+        kl[window], bound[window] = part_kl, part_bound
     return ce, hit, kl, bound
 
 
