@@ -131,7 +131,7 @@ def colour_tokens(tokenizer, enc, plw: float, colour: bool = True) -> str:
 def token_table(tokenizer, enc, plw: float, completion_weight: float = 1.0) -> str:
     """One row a token: position, id, text, label (the target it is trained on) and weight
     (PLW and the completion weight lambda_r, times the data's record and message weights)."""
-    from plw_lab.views.tokens_view import token_weight_values
+    from plw_lab.core.weights import token_weight_values
 
     rows = [f"{'pos':>4} {'id':>6}  {'token':<18} {'label':>6} {'weight':>6}"]
     weights = token_weight_values(
@@ -362,35 +362,21 @@ def cmd_train(args) -> int:
     return 128 + stop.signal if stop.signal else 0
 
 
-def _load_run_model(run_dir: str, which: str = ""):
-    from plw_lab.core.evaluation import device_of
-    from plw_lab.core.models import load_adapter, load_model, load_tokenizer
-    from plw_lab.core.runs import load_run
-    from plw_lab.core.training import prepare_for_run
+def _load(run_dir: str, which: str = ""):
+    from plw_lab import api
 
-    run = load_run(run_dir)
-    found = run.adapter(which)
-    if run.config is None or found is None:
-        raise SystemExit(f"{run_dir}: the run has no readable config or no saved {which + ' ' if which else ''}adapter")
-    folder, step = found
-    print(f"adapter: {folder} (step {step if step is not None else 'unknown'})")
-    tokenizer = load_tokenizer(run.config.model)
-    model = load_adapter(load_model(run.config.model), folder)
-    data = prepare_for_run(run.config, run.path, tokenizer)
-    return run, model, tokenizer, data, device_of(model)
+    loaded = api.load_run(run_dir, which)
+    step = loaded.adapter_step if loaded.adapter_step is not None else "unknown"
+    print(f"adapter: {loaded.adapter_dir} (step {step})")
+    return loaded
 
 
 def cmd_eval(args) -> int:
-    from plw_lab.core.evaluation import adapter, evaluate
+    from plw_lab import api
 
-    run, model, tokenizer, data, _ = _load_run_model(args.run, args.adapter)
-    measured = {}
-    for label, enabled in (("off", False), ("on", True)):
-        with adapter(model, enabled):
-            measured[label] = evaluate(
-                model, data.val, tokenizer.pad_token_id, run.config.eval.batch_size, run.config.train.chunk_size
-            )
-    print(f"{BOLD}{run.name}{RESET}: {len(data.val)} validation examples")
+    loaded = _load(args.run, args.adapter)
+    measured = api.evaluate(loaded)
+    print(f"{BOLD}{loaded.run.name}{RESET}: {len(loaded.validation())} validation examples")
     print(metrics_table(measured["off"], measured["on"]))
     return 0
 
@@ -417,124 +403,89 @@ def metrics_table(off: dict, on: dict) -> str:
 
 
 def cmd_compare(args) -> int:
-    from plw_lab.core.builtin import general_text
-    from plw_lab.core.evaluation import compare
+    from plw_lab import api
     from plw_lab.core.runs import load_run
 
     run = load_run(args.run)
-    kept = run.summary.get("adapter")
-    # compare.json was made with the adapter the summary keeps; another choice is recomputed.
-    reuse = not args.recompute and (not args.adapter or run.adapter(args.adapter) == run.adapter())
-    comparison = run.comparison() if reuse else None
-    if comparison is not None:
+    saved = None if args.recompute or args.adapter and run.adapter(args.adapter) != run.adapter() else run.comparison()
+    if saved is not None:  # no model to load: compare.json was made with the adapter the summary keeps
+        kept = run.summary.get("adapter")
         step = run.summary.get("adapter_step")
-        print(
-            f"adapter: {run.path / kept if kept else 'the one kept at the end of training'} (step {step}; from compare.json)"
-        )
-    else:
-        run, model, tokenizer, data, _ = _load_run_model(args.run, args.adapter)
-        e = run.config.eval
-        comparison = compare(
-            model,
-            tokenizer,
-            data.val,
-            general_text()[: e.probe_texts],
-            e.generations,
-            e.max_new_tokens,
-            e.batch_size,
-            run.config.train.chunk_size,
-        )
-    print_comparison(comparison)
+        where = run.path / kept if kept else "the one kept at the end of training"
+        print(f"adapter: {where} (step {step}; from compare.json)")
+        print_comparison(saved)
+        return 0
+    print_comparison(api.compare(_load(args.run, args.adapter), recompute=True))
     return 0
 
 
 def cmd_probe(args) -> int:
-    from plw_lab.core.evaluation import device_of
-    from plw_lab.core.models import load_model, load_tokenizer
-    from plw_lab.core.probe import frozen_feature_probe
-    from plw_lab.core.runs import load_run, write_json
-    from plw_lab.core.training import prepare_for_run
+    from plw_lab import api
     from plw_lab.views.text_views import probe_rows
 
-    run = load_run(args.run)
-    if run.config is None:
-        raise FileNotFoundError(f"{args.run}: no readable run config (config.yaml)")
-    tokenizer = load_tokenizer(run.config.model)
-    model = load_model(run.config.model)
-    data = prepare_for_run(run.config, run.path, tokenizer)
+    loaded = _load(args.run)
+    data = loaded.prepared()
     print(
-        f"{BOLD}{run.name}{RESET}: probing the frozen base model on {len(data.train)} training and "
-        f"{len(data.val)} validation examples ({device_of(model).type})"
+        f"{BOLD}{loaded.run.name}{RESET}: probing the frozen base model on {len(data.train)} training and "
+        f"{len(data.val)} validation examples"
     )
-    result = frozen_feature_probe(
-        model, data.train, data.val, tokenizer.pad_token_id, run.config.eval.batch_size, run.config.train.seed
-    )
-    write_json(run.path / "probe.json", result)
-    rows = probe_rows(result, run.comparison())
+    rows = probe_rows(api.probe(loaded), loaded.comparison)
     columns = list(rows[0])
     widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
     print("  ".join(f"{c:<{w}}" for c, w in zip(columns, widths)))
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print("  ".join(f"{str(r.get(c, '')):<{w}}" for c, w in zip(columns, widths)))
-    if run.comparison() is None:
+    if loaded.comparison is None:
         print("(the run has no compare.json: `lab compare` adds the adapter's rows)")
     return 0
 
 
 def cmd_inspect(args) -> int:
-    from plw_lab.core.data import DataError, load_examples
-    from plw_lab.core.masks import encode_fitted
+    from plw_lab import api
     from plw_lab.core.models import load_tokenizer
-    from plw_lab.core.packing import packing_efficiency
-    from plw_lab.core.stats import label_counts, length_stats, truncation_message
+    from plw_lab.core.stats import truncation_message
 
     cfg = build_config(args)
     tokenizer = load_tokenizer(cfg.model)
-    examples = load_examples(cfg.data)
-    plw = cfg.train.prompt_loss_weight
+    report = api.data_report(cfg, tokenizer)
+    plw, d = cfg.train.prompt_loss_weight, cfg.data
     colour = colour_wanted(sys.stdout) or args.colour
     set_colour(colour)
-    d = cfg.data
-    fitted = encode_fitted(tokenizer, examples, d.max_length, d.max_length_cap, d.train_eos)
-    encoded, skipped, cut = fitted.encoded, fitted.skipped, fitted.truncation
-    if not encoded:
-        raise DataError(
-            f"none of the {len(examples)} examples fits into data.max_length={fitted.max_length}"
-            + (f" (first: {skipped[0]})" if skipped else "")
-            + "; raise data.max_length or shorten the completions"
-        )
-    s = length_stats(encoded).summary()
+    fitted, cut, s = report.fitted, report.fitted.truncation, report.stats.summary()
     print(
-        f"{len(encoded)} examples ({len(skipped)} skipped as too long): prompt tokens mean {s['prompt_tokens']['mean']:.1f} "
-        f"as written, completion tokens mean {s['completion_tokens']['mean']:.1f}, generation ratio Rg mean {s['rg_mean']:.4g}, "
-        f"geometric mean {s['rg_geomean']:.4g}; label balance {label_counts(examples) or 'n/a'}"
+        f"{len(fitted.encoded)} examples ({len(fitted.skipped)} skipped as too long): prompt tokens mean "
+        f"{s['prompt_tokens']['mean']:.1f} as written, completion tokens mean {s['completion_tokens']['mean']:.1f}, "
+        f"generation ratio Rg mean {s['rg_mean']:.4g}, geometric mean {s['rg_geomean']:.4g}; "
+        f"label balance {report.labels or 'n/a'}"
     )
-    for note in examples.report.lines():
+    for note in report.examples.report.lines():
         print(f"{YELLOW}data: {note}{RESET}")
     print(
         f"max_length {fitted.max_length}{' (auto)' if not d.max_length else ''}: {cut['examples_cut']} examples cut, "
-        f"{cut['tokens_cut']} tokens, {cut['prompt_share_cut']:.1%} of prompt tokens; {cut['examples_skipped']} skipped; "
-        f"longest example {cut['longest']} tokens"
+        f"{cut['tokens_cut']} tokens, {cut['prompt_share_cut']:.1%} of prompt tokens; "
+        f"{cut['examples_skipped']} skipped; longest example {cut['longest']} tokens"
     )
     warning = truncation_message(cut)
     if warning:
         print(f"{YELLOW}warning: {warning}{RESET}")
-    packing = packing_efficiency([len(e) for e in encoded], fitted.max_length, cfg.train.batch_size)
+    packing = report.packing
     print(
-        f"packing efficiency at batch {cfg.train.batch_size}: padded {packing['padded']:.0%} real tokens, packed {packing['packed']:.0%}\n"
+        f"packing efficiency at batch {cfg.train.batch_size}: padded {packing['padded']:.0%} real tokens, "
+        f"packed {packing['packed']:.0%}\n"
     )
-    by_index = {e.example.source_index: e for e in encoded}
-    for example in examples[: args.n]:
+    by_index = report.by_source_index()
+    for example in report.examples[: args.n]:
         enc = by_index.get(example.source_index)
         if enc is None:
             print(
                 f"{BOLD}example {example.source_index}{RESET}: skipped, too long for max_length {fitted.max_length}\n"
             )
             continue
+        cut_note = f", {enc.truncated} cut from the left" if enc.truncated else ""
         print(
-            f"{BOLD}example {example.source_index}{RESET}: {enc.n_prompt} prompt + {enc.n_completion} completion tokens"
-            f"{f', {enc.truncated} cut from the left' if enc.truncated else ''}; PLW {plw:g}; end-of-turn trained: {d.train_eos}"
+            f"{BOLD}example {example.source_index}{RESET}: {enc.n_prompt} prompt + {enc.n_completion} completion "
+            f"tokens{cut_note}; PLW {plw:g}; end-of-turn trained: {d.train_eos}"
         )
         print(colour_tokens(tokenizer, enc, plw, colour))
         if args.table:
@@ -551,16 +502,9 @@ def _numbers(text: str, kind, flag: str) -> list:
 
 
 def print_sweep_row(row: dict, stream=None) -> None:
-    low, high = row.get("answer_accuracy_ci_low"), row.get("answer_accuracy_ci_high")
-    accuracy = metric("answer_accuracy").format_with_interval(
-        {"answer_accuracy": row["best_answer_accuracy"], "answer_accuracy_ci": [low, high] if low is not None else None}
-    )
-    print(
-        f"{BOLD}PLW {row['plw']:g} seed {row['seed']}{RESET}: {row['status']} after {row['steps']} steps; best answer accuracy "
-        f"{accuracy} at step {row['best_answer_accuracy_step']}, best answer loss "
-        f"{metric('answer_loss').format(row['best_answer_loss'])} at step {row['best_answer_loss_step']}",
-        file=stream or sys.stdout,
-    )
+    from plw_lab.views.text_views import sweep_row_text
+
+    print(sweep_row_text(row), file=stream or sys.stdout)
 
 
 def cmd_sweep(args) -> int:

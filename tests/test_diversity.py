@@ -86,9 +86,10 @@ def test_comparison_reports_the_diversity_of_generations_on_and_off(tokenizer, t
     from plw_lab.core.evaluation import compare
     from plw_lab.core.models import attach_lora
 
-    model = attach_lora(tiny_model, LabConfig().lora)
+    cfg = LabConfig().override({"eval.generations": 3, "eval.max_new_tokens": 6, "eval.batch_size": 4})
+    model = attach_lora(tiny_model, cfg.lora)
     encoded = _val(tokenizer)
-    result = compare(model, tokenizer, encoded, [], n_generations=3, max_new_tokens=6, batch_size=4)
+    result = compare(model, tokenizer, encoded, cfg, probe_texts=[])
     for side in ("on", "off"):
         metrics, generations = result[side]["metrics"], result[side]["generations"]
         assert metrics["distinct_1"] == pytest.approx(distinct_n(generations, 1), nan_ok=True)

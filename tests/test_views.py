@@ -14,6 +14,7 @@ from plw_lab.core.config import LabConfig, field_specs
 from plw_lab.core.data import Example
 from plw_lab.core.masks import Encoded
 from plw_lab.core.stats import LengthStats, geometric_mean, label_counts, length_stats
+from plw_lab.core import weights
 from plw_lab.views import charts, text_views, tokens_view
 from plw_lab.views.history import History
 
@@ -112,7 +113,7 @@ def test_weight_alpha_is_square_root_scaled_and_clamped():
     assert tokens_view.weight_alpha(1) == pytest.approx(tokens_view.MAX_ALPHA)
     assert tokens_view.weight_alpha(0.01) == pytest.approx(tokens_view.MAX_ALPHA * 0.1, abs=1e-3)
     assert tokens_view.weight_alpha(2) == tokens_view.weight_alpha(1)
-    assert tokens_view.token_weight_values([1, 1, 0], [0, 0, 1], 0.25) == [
+    assert weights.token_weight_values([1, 1, 0], [0, 0, 1], 0.25) == [
         0,
         0.25,
         1,

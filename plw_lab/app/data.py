@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from plw_lab import api
 from plw_lab.app.common import (
     AppContext,
     SharedComponents,
@@ -27,10 +28,8 @@ from plw_lab.app.common import (
 from plw_lab.app.jobs import error_text
 from plw_lab.core.config import ConfigError, DataConfig
 from plw_lab.core.data import DataError, detect_format, read_records, to_examples
-from plw_lab.core.masks import encode, encode_fitted
-from plw_lab.core.mixing import balanced_counts
-from plw_lab.core.packing import packing_efficiency
-from plw_lab.core.stats import label_counts, length_stats, truncation_message
+from plw_lab.core.masks import encode
+from plw_lab.core.stats import truncation_message
 from plw_lab.views.charts import empty_figure, label_balance_figure, length_histogram, rg_histogram
 from plw_lab.views.text_views import preview_rows, stats_markdown
 from plw_lab.views.tokens_view import token_html, token_loss_html
@@ -312,9 +311,6 @@ class DataTab:
         labels = f" Labels: {', '.join(spec.labels)}." if getattr(spec, "labels", None) else ""
         return f"**{name}** ({spec.format.replace('_', ' ')}): {spec.description}{labels}"
 
-    def _packing(self, encoded, max_length) -> dict:
-        return packing_efficiency([len(e) for e in encoded], max_length, self.ctx.base.train.batch_size)
-
     def _data_config(self, source: str, values: dict, hf_cfg="", hf_split_="train") -> DataConfig:
         specs = self.ctx.specs
         column_map = {f: values[c] for f, c in self.mapping.items() if values[c] and values[c] != "(same name)"}
@@ -372,36 +368,27 @@ class DataTab:
         chat_template = str(settings.get("model.chat_template", self.ctx.base.model.chat_template) or "")
         try:
             tokenizer = self.ctx.models.tokenizer(model_name, chat_template)
-            fitted = encode_fitted(
-                tokenizer, examples[:STATS_LIMIT], dcfg.max_length, dcfg.max_length_cap, dcfg.train_eos
-            )
-            encoded, skipped = fitted.encoded, fitted.skipped
+            cfg = dataclasses.replace(self.ctx.base, data=dcfg)
+            report = api.data_report(cfg, tokenizer, examples, limit=STATS_LIMIT)
         except Exception as exc:
             return self.failed_load(error_text(exc), values, mapping_updates)
-        stats = length_stats(encoded)
+        fitted, skipped = report.fitted, report.fitted.skipped
         dv = DataView(
             data=dataclasses.asdict(dcfg),
             model_name=model_name,
             chat_template=chat_template,
-            encoded={e.example.source_index: e for e in encoded[:VIEW_LIMIT]},
+            encoded={e.example.source_index: e for e in fitted.encoded[:VIEW_LIMIT]},
             skipped=skipped[:5],
             n_skipped=len(skipped),
             total=len(examples),
             info=info,
             columns=columns,
             fmt=fmt_used,
-            stats=stats,
-            packing=self._packing(encoded, fitted.max_length),
+            stats=report.stats,
+            packing=report.packing,
             max_length=fitted.max_length,
             truncation=fitted.truncation,
         )
-        if not encoded:
-            return self.failed_load(
-                f"No example of {dv.shown_source()} fits into data.max_length ({fitted.max_length} tokens, "
-                "in the Train tab's Essentials)" + (f": {skipped[0]}" if skipped else ""),
-                values,
-                mapping_updates,
-            )
         note = f"Loaded {len(examples)} examples from {dv.shown_source()} as {fmt_used.replace('_', ' ')}."
         for line in examples.report.lines():
             note += f" {line[0].upper()}{line[1:]}."
@@ -416,14 +403,17 @@ class DataTab:
             self.shared.data_state: dv,
             self.msg: message_html(note, "info" if warning else "ok"),
             self.stats_md: stats_markdown(
-                stats, values[self.shared.plw], len(skipped), len(examples), dv.packing, self.completion_weight(values)
+                report.stats,
+                values[self.shared.plw],
+                len(skipped),
+                len(examples),
+                dv.packing,
+                self.completion_weight(values),
             ),
-            self.rg_plot: rg_histogram(stats.rg),
-            self.len_plot: length_histogram(stats, max_length=fitted.max_length),
+            self.rg_plot: rg_histogram(report.stats.rg),
+            self.len_plot: length_histogram(report.stats, max_length=fitted.max_length),
             self.label_plot: label_balance_figure(
-                label_counts(examples),
-                after=balanced_counts(label_counts(examples), dcfg.balance) if dcfg.balance != "none" else None,
-                after_label=f"after {dcfg.balance}",
+                report.labels, after=report.balanced, after_label=f"after {dcfg.balance}"
             ),
             self.example_idx: gr.update(
                 minimum=0,
@@ -495,7 +485,8 @@ class DataTab:
             enc2 = enc
             if (loaded.config.model.name, loaded.config.model.chat_template) != (dv.model_name, dv.chat_template):
                 enc2 = encode(loaded.tokenizer, enc.example, dv.max_length, dv.data.get("train_eos", True))
-            on, off = loaded.per_token_losses(enc2)
+            losses = api.per_token_losses(loaded, enc2)
+            on, off = losses["on"], losses["off"]
         except Exception as exc:
             return message_html(f"Cannot compute token losses with run {run_name}: {error_text(exc)}")
         loss_mode_value = {"loss: adapter on": "on", "loss: adapter off": "off"}.get(mode, "diff")

@@ -13,13 +13,15 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plw_lab import api
+from plw_lab.api import LoadedRun
 from plw_lab.core.config import ConfigError, LabConfig, ModelConfig
 from plw_lab.core.data import DataError
 from plw_lab.core.events import Failed, Started, drop_superseded, read_events
+from plw_lab.core.runs import load_run as read_run
 
 #: An absolute server path (not part of a URL): shown to visitors by its last component only.
 SERVER_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"(),:;]+/)+([^\s/'\"(),:;]*)")
@@ -37,7 +39,10 @@ def hide_paths(text: str) -> str:
 def error_text(exc: BaseException) -> str:
     """An exception as a visitor reads it: the lab's own errors and plain refusals by their message,
     anything unexpected with its type (it is a bug worth reporting); no server paths."""
-    if isinstance(exc, (ConfigError, DataError, ValueError, PermissionError)) or type(exc) is RuntimeError:
+    if (
+        isinstance(exc, (ConfigError, DataError, ValueError, PermissionError, FileNotFoundError))
+        or type(exc) is RuntimeError
+    ):
         return hide_paths(str(exc))
     return hide_paths(f"{type(exc).__name__}: {exc}")
 
@@ -57,8 +62,6 @@ class TrainingJob:
         owner: str | None = None,
         sweep: tuple | None = None,
     ):
-        from plw_lab.core.training import StopRequest
-
         self.id = uuid.uuid4().hex[:8]
         self.cfg = cfg
         self.owner = owner  # the visitor token of whoever started it; only they may stop it
@@ -67,7 +70,7 @@ class TrainingJob:
         self.sweep = sweep
         self.sweep_dir = ""
         self.resume_from = resume_from
-        self.stop = StopRequest()
+        self.stop = api.StopRequest()
         #: The run folder, known from the moment training creates it (before its first event).
         self.run_path: Path | None = resume_from
         # A resumed run's watchers see its whole history; its `started` event voids what it retrains.
@@ -84,19 +87,15 @@ class TrainingJob:
 
     def _run(self) -> None:
         try:
-            from plw_lab.core.training import train
-
             if self.sweep:
-                from plw_lab.core.sweep import run_sweep
-
                 plws, seeds = self.sweep
                 self.sweep_dir = str(
-                    run_sweep(
+                    api.sweep(
                         self.cfg, plws, seeds, subscribers=[self._collect], stop=self.stop, examples=self.examples
                     )
                 )
             else:
-                self.result = train(
+                self.result = api.train(
                     self.cfg,
                     subscribers=[self._collect],
                     stop=self.stop,
@@ -222,44 +221,6 @@ class JobRegistry:
         return job if job is not None and job.running else None
 
 
-@dataclass
-class LoadedRun:
-    """A run's model with its adapter, ready for comparisons (use it under `lock`)."""
-
-    path: Path
-    config: LabConfig
-    model: Any
-    tokenizer: Any
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    val: list | None = None
-    comparison: dict | None = None
-    token_losses: dict = field(default_factory=dict)
-
-    def validation(self) -> list:
-        """The run's encoded validation set, prepared on first use (call it under `lock`)."""
-        if self.val is None:
-            from plw_lab.core.training import prepare_for_run
-
-            self.val = prepare_for_run(self.config, self.path, self.tokenizer).val
-        return self.val
-
-    def per_token_losses(self, enc) -> tuple[list, list]:
-        """Per-token losses of one encoded example with the adapter on and off, cached by its tokens."""
-        from plw_lab.core.evaluation import adapter, token_losses
-
-        key = (tuple(enc.input_ids),)
-        with self.lock:
-            if key not in self.token_losses:
-                with adapter(self.model, True):
-                    on = token_losses(self.model, enc)
-                with adapter(self.model, False):
-                    off = token_losses(self.model, enc)
-                if len(self.token_losses) > 64:
-                    self.token_losses.clear()
-                self.token_losses[key] = (on, off)
-            return self.token_losses[key]
-
-
 class RunModels:
     """Keeps the model of one run loaded for the Compare tab; shared by visitors, loaded on demand."""
 
@@ -279,44 +240,29 @@ class RunModels:
             return self._tokenizers[key]
 
     def get(self, run_path: Path) -> LoadedRun:
-        from plw_lab.core.runs import load_run
-
         run_path = Path(run_path).resolve()
         with self._lock:
-            if self._loaded is not None and self._loaded.path == run_path:
+            if self._loaded is not None and self._loaded.path.resolve() == run_path:
                 return self._loaded
-            job = self.registry.current
             if self.registry.owns(run_path):
                 raise RuntimeError("this run is still training; compare it when it has finished or been stopped")
+            job = self.registry.current
             result = job.result if job is not None and not job.running else None
             if result is not None and result.model is not None and Path(result.run_dir).resolve() == run_path:
-                loaded = LoadedRun(run_path, job.cfg, result.model, result.tokenizer)
-                loaded.val = result.data.val if result.data else None
-                loaded.comparison = result.comparison
+                loaded = api.loaded_from_result(result, job.cfg)
             else:
-                from plw_lab.core.models import load_adapter, load_model, load_tokenizer, pick_device
-
-                run = load_run(run_path)
-                if run.config is None:
-                    raise RuntimeError(f"{run.name}: its config.yaml cannot be read by this version of the lab")
-                self.registry.check_remote_code(run.config, run.name)
-                adapter_dir = run.adapter_dir()
-                if adapter_dir is None:
-                    raise RuntimeError(f"{run.name} has no saved adapter (it may have failed before training started)")
-                device = pick_device(run.config.model.device)
-                base = load_model(run.config.model, device)
-                model = load_adapter(base, adapter_dir)
-                model.eval()
-                loaded = LoadedRun(run_path, run.config, model, load_tokenizer(run.config.model))
-                loaded.comparison = run.comparison()
+                config = read_run(run_path).config
+                if config is not None:
+                    self.registry.check_remote_code(config, run_path.name)
+                loaded = api.load_run(run_path)
             self._loaded = loaded
             return loaded
 
     def is_loaded(self, run_path: Path) -> bool:
         loaded = self._loaded
-        return loaded is not None and loaded.path == Path(run_path).resolve()
+        return loaded is not None and loaded.path.resolve() == Path(run_path).resolve()
 
     def forget(self, run_path: Path) -> None:
         with self._lock:
-            if self._loaded is not None and self._loaded.path == Path(run_path).resolve():
+            if self._loaded is not None and self._loaded.path.resolve() == Path(run_path).resolve():
                 self._loaded = None

@@ -109,7 +109,7 @@ def build_app(
             with gr.Column(scale=2, min_width=260):
                 gr.Markdown("Presets")
                 with gr.Row(elem_id="plw-presets"):
-                    for value in plw_spec.get("presets", (0.0, 0.01, 0.1, 0.5, 1.0)):
+                    for value in plw_spec["presets"]:
                         button = gr.Button(f"{value:g}", size="sm", elem_id=f"plw-preset-{value:g}".replace(".", "_"))
                         button.click(lambda v=value: v, None, plw, show_progress="hidden")
             _clamp_typed_values(plw)

@@ -925,17 +925,7 @@ def compare_adapter(run: RunContext) -> dict:
     by_step = {e.step: {**e.metrics, "examples": run.details[e.step]} for e in run.evals if e.step in run.details}
     known = {"off": by_step.get(0), "on": by_step.get(run.kept_step(run.last_eval_step))}
     result = evaluation.compare(
-        run.model,
-        run.tokenizer,
-        run.data.val,
-        probe,
-        cfg.eval.generations,
-        cfg.eval.max_new_tokens,
-        cfg.eval.batch_size,
-        cfg.train.chunk_size,
-        run.prefix,
-        known,
-        cfg.eval.answer_tokens,
+        run.model, run.tokenizer, run.data.val, cfg, probe_texts=probe, prefix=run.prefix, known=known
     )
     if run.is_main:
         write_json(run.run_dir / "compare.json", result)

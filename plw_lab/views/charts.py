@@ -2,7 +2,7 @@
 
 Every figure takes plain data (statistics, a `History`, comparison dicts, runs) and returns a
 `plotly.graph_objects.Figure` in the lab's colours, so the Gradio app and the notebooks draw the
-same charts. `METRIC_LABELS` and `METRIC_COLORS` name and colour each metric wherever it is shown.
+same charts. `METRIC_COLORS` colours and `plw_lab.core.metrics.label` names each metric wherever it is shown.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from collections.abc import Iterable, Sequence
 import plotly.graph_objects as go
 
 from plw_lab.core.metrics import METRICS
+from plw_lab.core.metrics import label as metric_label
 from plw_lab.core.runs import run_best, run_plw
 from plw_lab.core.stats import LengthStats, geometric_mean
 from plw_lab.views.history import History
 
-METRIC_LABELS = {name: m.label for name, m in METRICS.items()}
 METRIC_COLORS = {name: m.colour for name, m in METRICS.items()}
 PLOT_TEMPLATE = "plotly_white"
 
@@ -203,10 +203,10 @@ def _best_marker(fig: go.Figure, history: History, name: str) -> None:
                 "color": METRIC_COLORS.get(name, "#111"),
                 "line": {"color": "#111", "width": 1},
             },
-            name=f"best {METRIC_LABELS.get(name, name)}",
+            name=f"best {metric_label(name)}",
             legendgroup=name,
             showlegend=False,
-            hovertemplate=f"best {METRIC_LABELS.get(name, name)}: {value:.4g} at step {step}<extra></extra>",
+            hovertemplate=f"best {metric_label(name)}: {value:.4g} at step {step}<extra></extra>",
         )
     )
 
@@ -460,16 +460,16 @@ def overlay_figure(runs: Sequence, metric: str = "completion_loss", height: int 
             )
         )
     if not fig.data:
-        return empty_figure(f"The chosen runs have no {METRIC_LABELS.get(metric, metric)} values", height)
+        return empty_figure(f"The chosen runs have no {metric_label(metric)} values", height)
     fig.update_layout(
         template=PLOT_TEMPLATE,
         height=height,
-        title={"text": f"{METRIC_LABELS.get(metric, metric)} by run", "font": {"size": 14}},
+        title={"text": f"{metric_label(metric)} by run", "font": {"size": 14}},
         xaxis={"title": "optimiser step"},
         # Shares on a fixed 0-100% axis, so runs and charts compare at a glance and a jump of a few
         # examples does not fill the chart.
         yaxis={
-            "title": METRIC_LABELS.get(metric, metric),
+            "title": metric_label(metric),
             **({"tickformat": ".0%", "range": [0, 1.02]} if METRICS[metric].unit == "share" else {}),
         },
         legend={"orientation": "h", "y": -0.22},

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from plw_lab.core.events import event_field
 from plw_lab.core.metrics import METRICS, metric
+from plw_lab.core.metrics import label as metric_label
 from plw_lab.core.runs import run_best, run_config
 from plw_lab.core.stats import LengthStats
-from plw_lab.views.charts import METRIC_LABELS
 from plw_lab.views.history import History
 from plw_lab.views.tokens_view import completion_weight_share
 
@@ -433,7 +433,7 @@ def probe_rows(probe: dict, comparison: dict | None = None) -> list[dict]:
         row = {"model": name}
         for key in PROBE_METRICS:
             if any(key in m for _, m in sides):
-                row[METRIC_LABELS.get(key, key)] = metric(key).format_with_interval(metrics)
+                row[metric_label(key)] = metric(key).format_with_interval(metrics)
         rows.append(row)
     return rows
 
@@ -553,3 +553,17 @@ def settings_help_markdown(sections: dict[str, list[dict]]) -> str:
                 default = default[:39] + "\u2026"
             lines.append(f"| `{section}.{spec['name']}` | `{default}` | {bounds} | {help_text} |")
     return "\n".join(lines)
+
+
+def sweep_row_text(row: dict) -> str:
+    """One finished run of a sweep (a `sweep.csv` row) in a line: its status and best values, the
+    accuracy with its 95% interval."""
+    low, high = row.get("answer_accuracy_ci_low"), row.get("answer_accuracy_ci_high")
+    accuracy = metric("answer_accuracy").format_with_interval(
+        {"answer_accuracy": row["best_answer_accuracy"], "answer_accuracy_ci": [low, high] if low is not None else None}
+    )
+    return (
+        f"PLW {row['plw']:g} seed {row['seed']}: {row['status']} after {row['steps']} steps; best answer accuracy "
+        f"{accuracy} at step {row['best_answer_accuracy_step']}, best answer loss "
+        f"{metric('answer_loss').format(row['best_answer_loss'])} at step {row['best_answer_loss_step']}"
+    )

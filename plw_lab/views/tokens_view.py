@@ -5,8 +5,8 @@ the answer tokens of multiple-choice and classification data are outlined apart 
 of the completion (the end-of-turn token: format); the loss views colour each token by its
 cross-entropy with the adapter on, off, or the difference.
 Each function takes an `Encoded` and returns an HTML string with its own CSS and legend, so the
-Gradio app and the notebooks show the same picture. The weight rule itself
-(`token_weight_values`, `completion_weight_share`) lives here too, for every view that states it.
+Gradio app and the notebooks show the same picture. The weights come from the loss's own rule
+(`plw_lab.core.weights`); `completion_weight_share` states its consequence for every view.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Iterable, Sequence
+
+from plw_lab.core.weights import token_weight_values
 
 #: Prompt tokens (system, user turns, template tokens) and completion tokens (assistant replies).
 PROMPT_RGB = (37, 99, 235)  # blue
@@ -46,21 +48,6 @@ LIGHT_TEXT_ABOVE = 0.5
 def text_color(weight: float, is_completion: bool) -> str | None:
     """A light text colour where the background is saturated blue (high PLW); None keeps the default dark text."""
     return "#ffffff" if not is_completion and weight_alpha(weight) > LIGHT_TEXT_ABOVE else None
-
-
-def token_weight_values(
-    prompt_mask: Sequence[int],
-    completion_mask: Sequence[int],
-    plw: float,
-    completion_weight: float = 1.0,
-    data_weight: Sequence[float] | None = None,
-) -> list[float]:
-    """(PLW x prompt_mask + lambda_r x completion_mask) x data weight, token by token (the rule
-    `plw_lab.core.loss.token_weights` applies), with the first token at 0: nothing before it predicts it,
-    so it is never a target."""
-    data_weight = data_weight or [1.0] * len(prompt_mask)
-    weights = [(plw * p + completion_weight * c) * d for p, c, d in zip(prompt_mask, completion_mask, data_weight)]
-    return [0.0, *weights[1:]] if weights else weights
 
 
 #: A prompt longer than this many tokens before the completion is folded in the middle, so the
