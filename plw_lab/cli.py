@@ -117,7 +117,7 @@ def set_colour(enabled: bool) -> None:
 def colour_tokens(tokenizer, enc, plw: float, colour: bool = True) -> str:
     """The example's text token by token: completion in green, prompt dimmed unless PLW > 0."""
     out = []
-    for token_id, prompt, completion in zip(enc.input_ids, enc.prompt_mask, enc.completion_mask):
+    for token_id, completion in zip(enc.input_ids, enc.completion_mask):
         piece = tokenizer.decode([token_id]).replace("\n", "↵\n")
         if not colour or not RESET:
             out.append(f"[{piece}]" if completion else piece)

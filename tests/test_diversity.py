@@ -63,7 +63,7 @@ def test_evaluation_reports_answer_entropy_and_kl_to_base_against_a_naive_oracle
 
     torch.manual_seed(3)
     with torch.no_grad():
-        for a, b, _ in lora_factors(model):
+        for _a, b, _ in lora_factors(model):
             b.normal_(0, 0.3)
     moved = evaluate(model, encoded, tokenizer.pad_token_id, batch_size=4, base_states=states)
     # Oracle: full logits of each example alone, adapter on and off, every target position.

@@ -69,7 +69,7 @@ def _trainer(tmp_path, tokenizer, tiny_dir, **overrides):
 def _perturb_adapter(model):
     torch.manual_seed(1)
     with torch.no_grad():
-        for a, b, _ in lora_factors(model):
+        for _a, b, _ in lora_factors(model):
             b.normal_(0, 0.2)
 
 

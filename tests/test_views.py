@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 from plw_lab.core import events as ev
+from plw_lab.core import weights
 from plw_lab.core.config import LabConfig, field_specs
 from plw_lab.core.data import Example
 from plw_lab.core.masks import Encoded
 from plw_lab.core.stats import LengthStats, geometric_mean, label_counts, length_stats
-from plw_lab.core import weights
 from plw_lab.views import charts, text_views, tokens_view
 from plw_lab.views.history import History
 

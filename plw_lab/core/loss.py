@@ -16,9 +16,9 @@ gradient in the same pass (the fused linear cross-entropy trick).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from plw_lab.core.weights import check_weights, weight_rule
-import torch.nn.functional as F
 
 NORMALIZATIONS = ("sum_weights", "count_nonzero")
 

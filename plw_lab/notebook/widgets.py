@@ -92,7 +92,8 @@ def _figure_widget(fig: go.Figure):
         return go.FigureWidget(fig)
     except ImportError:
         warnings.warn(
-            "plotly's FigureWidget needs `pip install anywidget`; the curves are redrawn instead of live-updated"
+            "plotly's FigureWidget needs `pip install anywidget`; the curves are redrawn instead of live-updated",
+            stacklevel=2,
         )
         return _RedrawnFigure(fig)
 

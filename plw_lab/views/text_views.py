@@ -496,7 +496,7 @@ def runs_rows(runs: Sequence) -> list[dict]:
         best = run_best(run)
         summary = getattr(run, "summary", None) or {}
 
-        def best_of(name):
+        def best_of(name, best=best):
             b = best.get(name)
             if not b:
                 return "\u2013"
