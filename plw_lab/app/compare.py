@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from plw_lab.app.common import AppContext, SharedComponents, frame, message_html
+from plw_lab.app.common import AppContext, SharedComponents, frame, message_html, warn
 from plw_lab.app.jobs import error_text
 from plw_lab.core.data import offered_choices
 from plw_lab.core.masks import prompt_text, render
@@ -170,7 +170,8 @@ class CompareTab:
         """Refresh updates the run lists of this tab and the Runs tab together."""
         example_in = {self.run, self.val_idx, self.loss_mode}
         example_out = {self.gen_off, self.gen_on, self.lp_plot, self.val_tokens}
-        own_in, own_out = {self.run, self.own_prompt}, {self.own_off, self.own_on, self.own_lp}
+        # the message box too: a prompt that cannot be answered says why there
+        own_in, own_out = {self.run, self.own_prompt}, {self.own_off, self.own_on, self.own_lp, self.msg}
         shown = {self.msg, self.table, self.dist, self.gens, self.val_idx}
         self.compare_btn.click(self.on_compare, {self.run}, shown, concurrency_limit=2).then(
             self.on_val_example, example_in, example_out
@@ -230,7 +231,7 @@ class CompareTab:
                     else len(loaded.comparison["on"]["metrics"].get("examples", []))
                 )
         except Exception as exc:
-            gr.Warning(error_text(exc))
+            warn(error_text(exc))
             return {self.msg: message_html(error_text(exc))}
         plw_value = run_plw(ctx.find_run(run_name))
         note = f"{run_name}: PLW {plw_value:g}, {n_val} validation examples." if plw_value is not None else run_name
@@ -307,7 +308,7 @@ class CompareTab:
                 )
                 rows = probe_rows(result, loaded.comparison)
         except Exception as exc:
-            gr.Warning(error_text(exc))
+            warn(error_text(exc))
             return {self.msg: message_html(error_text(exc))}
         note = f"{run_name}: probe fitted on {result['n_train']} training examples, scored on {result['n_val']}."
         if loaded.comparison is None:
@@ -341,7 +342,7 @@ class CompareTab:
                             lps[side] = choice_logprobs(loaded.model, loaded.tokenizer, prompt, enc.example.choices)
             on, off = loaded.per_token_losses(enc)
         except Exception as exc:
-            gr.Warning(error_text(exc))
+            warn(error_text(exc))
             return {self.val_tokens: message_html(error_text(exc))}
         figure = logprob_figure(list(enc.example.choices), lps.get("on"), lps.get("off"), enc.example.answer)
         tokens = token_loss_html(
@@ -387,8 +388,8 @@ class CompareTab:
                         if choices:
                             lps[side] = choice_logprobs(loaded.model, loaded.tokenizer, prompt, choices)
         except Exception as exc:
-            gr.Warning(error_text(exc))
-            return {}
+            warn(error_text(exc))
+            return {self.msg: message_html(error_text(exc))}
         outputs = {self.own_off: show_generation(out["off"]), self.own_on: show_generation(out["on"])}
         if choices:
             outputs[self.own_lp] = gr.update(
