@@ -271,7 +271,7 @@ class TrainTab:
         for key, value in shared.setting_values(values).items():
             overrides[key] = coerce_control(key, specs[key], value)
         dv: DataView | None = values.get(shared.data_state)
-        if dv is not None:  # made by the Data tab's handlers (a server-side state), so its source is vetted
+        if dv is not None:  # a server-side state the Data tab made; its source counts as an upload only if it was one
             for name in ("source", "format", "column_map", "hf_config", "hf_split"):
                 overrides[f"data.{name}"] = dv.data[name]
         overrides["train.output_dir"] = str(self.ctx.runs_path)
