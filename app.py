@@ -4,6 +4,7 @@ python app.py                          # local only (127.0.0.1)
 python app.py --model tiny-random      # a fast random model, for trying the app out
 python app.py --host 0.0.0.0 --port 8080 --runs-dir /data/runs
 python app.py --share                  # a public Gradio link (explicit opt-in)
+python app.py --allow-local-paths      # a single-user app: settings may name this machine's files
 python app.py --set train.max_steps=50 --set lora.r=8
 """
 
@@ -42,6 +43,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="let runs whose config sets model.trust_remote_code run their model's own Python code "
         "(off: such runs are refused)",
     )
+    parser.add_argument(
+        "--allow-local-paths",
+        action="store_true",
+        help="let visitors name files and folders of this machine as data, validation data, mix sources or "
+        "model (off: only uploads, built-in sets and hub ids; turn it on only for an app that you alone use)",
+    )
     return parser.parse_args(argv)
 
 
@@ -57,7 +64,12 @@ def main(argv=None) -> None:
         config = LabConfig.load(args.config) if args.config else LabConfig()
         if overrides:
             config = config.override(overrides)
-        demo = build_app(config=config, runs_dir=args.runs_dir, allow_remote_code=args.allow_remote_code)
+        demo = build_app(
+            config=config,
+            runs_dir=args.runs_dir,
+            allow_remote_code=args.allow_remote_code,
+            allow_local_paths=args.allow_local_paths,
+        )
     except (ConfigError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from None
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=args.max_file_size)

@@ -17,7 +17,7 @@ import html
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import gradio as gr
 import pandas as pd
 
 from plw_lab.app.jobs import JobRegistry, RunModels
+from plw_lab.app.visitors import refuse_local_paths
 from plw_lab.core.config import ConfigError, LabConfig, field_specs
 from plw_lab.core.memory import Architecture, count, estimate, gib
 from plw_lab.core.presets import PRESETS
@@ -58,6 +59,16 @@ class AppContext:
     registry: JobRegistry
     models: RunModels
     builtin_sets: Any  # the `plw_lab.core.builtin` module, or None where it cannot be imported
+
+    def visitor_config(self, overrides: dict[str, Any], uploads: Collection[str] = ()) -> LabConfig:
+        """The starting config with a visitor's `overrides`: every handler that builds a config from
+        what a visitor sent comes through here, so no setting of theirs names a file or folder of this
+        server (unless the app was started with --allow-local-paths). `uploads`: the visitor's
+        uploaded files, the only local files `data.source` may name."""
+        cfg = self.base.override(overrides)
+        if not self.registry.allow_local_paths:
+            refuse_local_paths(cfg, self.base, uploads)
+        return cfg
 
     def list_runs(self) -> list[Run]:
         return list_runs(self.runs_path)
@@ -110,6 +121,12 @@ class SharedComponents:
     def setting_values(self, values: dict) -> dict[str, Any]:
         """The settings' values, by config key, out of a handler's input dict."""
         return {key: values[control] for key, control in self.settings.items() if control in values}
+
+
+def warn(text: str) -> None:
+    """A warning toast. Gradio renders a toast's text as HTML, so it is escaped: a column name such as
+    `<img src=x onerror=...>` from a visitor's file shows as text."""
+    gr.Warning(html.escape(text))
 
 
 def message_html(text: str, kind: str = "error") -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gradio as gr
 
 from plw_lab import api
-from plw_lab.app.common import AppContext, SharedComponents, frame, message_html
+from plw_lab.app.common import AppContext, SharedComponents, frame, message_html, warn
 from plw_lab.app.jobs import error_text
 from plw_lab.core.runs import run_plw
 from plw_lab.views.charts import answer_distribution_figure, empty_figure, logprob_figure
@@ -162,7 +162,8 @@ class CompareTab:
         """Refresh updates the run lists of this tab and the Runs tab together."""
         example_in = {self.run, self.val_idx, self.loss_mode}
         example_out = {self.gen_off, self.gen_on, self.lp_plot, self.val_tokens}
-        own_in, own_out = {self.run, self.own_prompt}, {self.own_off, self.own_on, self.own_lp}
+        # the message box too: a prompt that cannot be answered says why there
+        own_in, own_out = {self.run, self.own_prompt}, {self.own_off, self.own_on, self.own_lp, self.msg}
         shown = {self.msg, self.table, self.dist, self.gens, self.val_idx}
         self.compare_btn.click(self.on_compare, {self.run}, shown, concurrency_limit=2).then(
             self.on_val_example, example_in, example_out
@@ -199,7 +200,7 @@ class CompareTab:
             rows, dist, gens = comparison_outputs(comparison)
             n_val = len(comparison["on"]["metrics"].get("examples") or []) or len(loaded.validation())
         except Exception as exc:
-            gr.Warning(error_text(exc))
+            warn(error_text(exc))
             return {self.msg: message_html(error_text(exc))}
         plw_value = run_plw(ctx.find_run(run_name))
         note = f"{run_name}: PLW {plw_value:g}, {n_val} validation examples." if plw_value is not None else run_name
@@ -264,7 +265,7 @@ class CompareTab:
             result = api.probe(loaded)
             rows = probe_rows(result, loaded.comparison)
         except Exception as exc:
-            gr.Warning(error_text(exc))
+            warn(error_text(exc))
             return {self.msg: message_html(error_text(exc))}
         note = f"{run_name}: probe fitted on {result['n_train']} training examples, scored on {result['n_val']}."
         if loaded.comparison is None:
@@ -279,7 +280,7 @@ class CompareTab:
             loaded = self._load(run_name, progress_)
             enc, outputs = api.example_outputs(loaded, int(index or 0))
         except Exception as exc:
-            gr.Warning(error_text(exc))
+            warn(error_text(exc))
             return {self.val_tokens: message_html(error_text(exc))}
         lps, gens = outputs.logprobs, outputs.generations
         on, off = outputs.token_losses["on"], outputs.token_losses["off"]
@@ -305,10 +306,12 @@ class CompareTab:
         try:
             if not run_name:
                 raise ValueError("choose a run first")
+            if not (text or "").strip():  # before loading a model that would only answer nothing
+                raise ValueError("type a prompt first")
             outputs = api.prompt_outputs(self._load(run_name, progress_), text)
         except Exception as exc:
-            gr.Warning(error_text(exc))
-            return {self.own_off: error_text(exc), self.own_on: "", self.own_lp: gr.update(visible=False)}
+            warn(error_text(exc))
+            return {self.msg: message_html(error_text(exc))}
         lps = outputs.logprobs
         return {
             self.own_off: show_generation(outputs.generations["off"]),

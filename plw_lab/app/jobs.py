@@ -18,6 +18,7 @@ from typing import Any
 
 from plw_lab import api
 from plw_lab.api import LoadedRun
+from plw_lab.app.visitors import record_owner
 from plw_lab.core.config import ConfigError, LabConfig, ModelConfig
 from plw_lab.core.data import DataError
 from plw_lab.core.events import Failed, Started, drop_superseded, read_events
@@ -64,7 +65,9 @@ class TrainingJob:
     ):
         self.id = uuid.uuid4().hex[:8]
         self.cfg = cfg
-        self.owner = owner  # the visitor token of whoever started it; only they may stop it
+        #: The visitor token of whoever started it: only they may stop it, and its folders record it
+        #: (None: started outside the page, e.g. by a script; no visitor may stop it).
+        self.owner = owner
         self.examples = examples
         #: (PLW values, seeds): run a `plw_lab.core.sweep` grid instead of one run; `sweep_dir` is its folder.
         self.sweep = sweep
@@ -82,6 +85,10 @@ class TrainingJob:
         self.thread = threading.Thread(target=self._run, name=f"plw-train-{self.id}", daemon=True)
 
     def _collect(self, event) -> None:
+        if self.sweep and self.owner and isinstance(event, Started):
+            # A sweep's runs are known by their events alone; the sweep folder is the one that holds them.
+            record_owner(event.run_dir, self.owner)
+            record_owner(Path(event.run_dir).parent, self.owner)
         with self._lock:
             self.events.append(event)
 
@@ -110,6 +117,8 @@ class TrainingJob:
 
     def _set_run_path(self, path: Path) -> None:
         self.run_path = Path(path)
+        if self.owner:  # recorded as the folder appears, so its owner is known before its first event
+            record_owner(path, self.owner)
 
     def start(self) -> TrainingJob:
         self.thread.start()
@@ -144,11 +153,13 @@ class TrainingJob:
 class JobRegistry:
     """The process's training jobs: at most one runs at a time; the latest is kept for watchers."""
 
-    def __init__(self, allow_remote_code: bool = False) -> None:
+    def __init__(self, allow_remote_code: bool = False, allow_local_paths: bool = False) -> None:
         self._lock = threading.Lock()
         self.current: TrainingJob | None = None
         #: Whether the owner started the app allowing models' own code (`app.py --allow-remote-code`).
         self.allow_remote_code = allow_remote_code
+        #: Whether visitors may name the server's files and folders (`app.py --allow-local-paths`).
+        self.allow_local_paths = allow_local_paths
 
     def check_remote_code(self, cfg: LabConfig, what: str = "this run") -> None:
         if cfg.model.trust_remote_code and not self.allow_remote_code:
@@ -195,11 +206,14 @@ class JobRegistry:
         return job is not None and job.owns(path)
 
     def stop(self, visitor: str | None = None) -> bool:
-        """Ask the running job to stop after its current optimiser step; only its owner may."""
+        """Ask the running job to stop after its current optimiser step; only its owner may (a job
+        started outside the page, with no owner, is stopped where it was started)."""
         job = self.current
         if job is None or not job.running:
             return False
-        if job.owner is not None and job.owner != visitor:
+        if job.owner is None:
+            raise PermissionError("this run was not started by a visitor of this page; you can watch it, not stop it")
+        if job.owner != visitor:
             raise PermissionError("this run was started by another visitor; only they can stop it")
         job.stop.set()
         return True

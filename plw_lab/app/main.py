@@ -65,14 +65,17 @@ def build_app(
     runs_dir: str | Path | None = None,
     title: str = "PLW Lab",
     allow_remote_code: bool = False,
+    allow_local_paths: bool = False,
 ) -> gr.Blocks:
     """The lab's Gradio app. `config` gives the starting values (defaults: `LabConfig()`); `runs_dir`
     is where runs are written and listed (default: the config's `train.output_dir`). Unless
-    `allow_remote_code`, no run whose config sets `model.trust_remote_code` trains or loads here."""
+    `allow_remote_code`, no run whose config sets `model.trust_remote_code` trains or loads here.
+    Unless `allow_local_paths`, no setting a visitor sends names a file or folder of this machine
+    (only uploads, built-in sets and hub ids; the starting config's own values stay)."""
     base = config or LabConfig()
     runs_path = Path(runs_dir or base.train.output_dir).expanduser().resolve()
     base = base.override({"train.output_dir": str(runs_path)})
-    registry = JobRegistry(allow_remote_code)
+    registry = JobRegistry(allow_remote_code, allow_local_paths)
     registry.check_remote_code(base, "the starting config")
     try:
         from plw_lab.core import builtin as builtin_sets
