@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from plw_lab.core.events import event_field
 from plw_lab.core.metrics import METRICS, metric
+from plw_lab.core.metrics import label as metric_label
 from plw_lab.core.runs import run_best, run_config
 from plw_lab.core.stats import LengthStats
-from plw_lab.views.charts import METRIC_LABELS
 from plw_lab.views.history import History
 from plw_lab.views.tokens_view import completion_weight_share
 
@@ -433,7 +433,7 @@ def probe_rows(probe: dict, comparison: dict | None = None) -> list[dict]:
         row = {"model": name}
         for key in PROBE_METRICS:
             if any(key in m for _, m in sides):
-                row[METRIC_LABELS.get(key, key)] = metric(key).format_with_interval(metrics)
+                row[metric_label(key)] = metric(key).format_with_interval(metrics)
         rows.append(row)
     return rows
 
