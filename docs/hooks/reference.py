@@ -23,7 +23,7 @@ def _cell(text) -> str:
 
 
 def _default(value) -> str:
-    if value == "" or value == {} or value == []:
+    if value == "" or value == {} or value == [] or (isinstance(value, str) and "\n" in value):
         return f"`{value!r}`"
     if isinstance(value, (list, tuple)):
         return ", ".join(f"`{v}`" for v in value)
@@ -154,5 +154,3 @@ def on_files(files, config):
         else:
             os.environ["COLUMNS"] = previous
     return files
-
-
