@@ -74,3 +74,31 @@ def test_the_race_recipe_fits_one_24_gb_gpu():
 def test_the_space_recipe_runs_on_the_cpu():
     cfg = LabConfig.load("space-cpu")
     assert cfg.model.device == "cpu" and cfg.model.quantization == "none" and cfg.model.name == "embedded"
+
+
+def test_lab_app_starts_from_a_recipe_by_name(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("gradio")
+    from plw_lab.app import main as app_main
+
+    served = {}
+
+    class App:
+        def launch(self, **kwargs):
+            served["launch"] = kwargs
+
+    def build_app(config, runs_dir, allow_remote_code):
+        served.update(config=config, runs_dir=runs_dir)
+        return App()
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)  # a Space sets it to 0.0.0.0
+    monkeypatch.setattr(app_main, "build_app", build_app)
+    argv = ["app", "--config", "space-cpu", "--set", "train.max_steps=5", "--port", "7999", "--runs-dir", "r"]
+    assert main(argv) == 0
+    assert served["config"] == LabConfig.load("space-cpu").override({"train.max_steps": 5})
+    assert served["runs_dir"] == "r"
+    assert served["launch"]["server_port"] == 7999 and served["launch"]["server_name"] == "127.0.0.1"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["app", "--config", "space-cpuu"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: config file 'space-cpuu' does not exist")
