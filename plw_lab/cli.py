@@ -10,6 +10,7 @@
     lab config > my.yaml                # every setting with its default; edit, then --config my.yaml
     lab memory --presets                # the memory a run needs, and the model presets' sizes
     lab push runs/<run> --repo you/name # adapter, model card and config to the Hugging Face hub
+    lab app                             # the web app on http://127.0.0.1:7860 (pip install 'plw-lab[app]')
 
 Multi-GPU: `accelerate launch -m plw_lab train ...` (DDP, FSDP or DeepSpeed as accelerate is configured).
 
@@ -572,6 +573,22 @@ def cmd_memory(args) -> int:
     return 0
 
 
+#: What the app imports beyond the core install: the `[app]` extra.
+APP_PACKAGES = ("gradio", "plotly")
+
+
+def cmd_app(argv: list[str]) -> int:
+    try:
+        from plw_lab.app.main import main as serve
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in APP_PACKAGES:
+            raise
+        print(f"error: the app needs {exc.name}; install it with `pip install 'plw-lab[app]'`", file=sys.stderr)
+        return 2
+    serve(argv, prog="lab app")
+    return 0
+
+
 def cmd_push(args) -> int:
     from plw_lab.core.card import push
 
@@ -606,7 +623,10 @@ EXAMPLES = {
     "memory": """examples:
   lab memory --model Qwen/Qwen2.5-1.5B-Instruct --set train.batch_size=4 --device cuda
   lab memory --presets                    # every preset's size and the memory a run of this config needs
-  lab memory --config configs/race-plw-1b-24gb.yaml""",
+  lab memory --config race-plw-1b-24gb    # a recipe shipped with the lab, by name""",
+    "app": """examples:
+  lab app                                 # the lab in the browser on http://127.0.0.1:7860
+  lab app --model tiny-random --port 8080 # every option: lab app --help""",
     "push": """examples:
   HF_TOKEN=hf_... lab push runs/<run> --repo your-name/smollm2-plw0-race
   lab push runs/<run> --repo your-name/adapter --private""",
@@ -677,12 +697,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--presets", action="store_true", help="also list the model presets with their size and memory")
     p.set_defaults(func=cmd_memory)
+    # Listed here for `lab --help`; `lab app ...` is handed to the app's own parser before this one runs.
+    command("app", "serve the lab's web app (needs `pip install 'plw-lab[app]'`)")
     p = command("push", "upload a run's adapter, model card and config to the Hugging Face hub")
     p.add_argument("run", help="run folder")
     p.add_argument("--repo", required=True, help="hub model repository, e.g. your-name/smollm2-plw0-race")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.set_defaults(func=cmd_push)
-    args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["app"]:
+        return cmd_app(argv[1:])
+    args = parser.parse_args(_join_negative_values(argv))
     from plw_lab.core.card import ShareError
     from plw_lab.core.data import DataError
     from plw_lab.core.models import ModelError

@@ -20,7 +20,8 @@ ALLOWED = {
     "api": {"core", "api"},
     "app": {"core", "views", "api", "app"},
     "notebook": {"core", "views", "api", "notebook"},
-    "cli": {"core", "views", "api", "cli"},
+    # `lab app` starts the app: the one front door that launches another (the app never imports the CLI)
+    "cli": {"core", "views", "api", "cli", "app"},
 }
 #: UI toolkits only the front doors may load: core and views stay importable on a bare server.
 UI_TOOLKITS = {"gradio": {"app"}, "ipywidgets": {"notebook"}, "anywidget": {"notebook"}, "IPython": {"notebook"}}

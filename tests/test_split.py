@@ -163,7 +163,7 @@ def test_real_race_passages_stay_on_one_side():
 def test_the_bbb_demo_config_gives_400_balanced_molecules_to_train_and_160_to_validate():
     import collections
 
-    cfg = LabConfig.load(Path(__file__).resolve().parents[1] / "configs" / "bbb-demo.yaml")
+    cfg = LabConfig.load("bbb-demo")
     assert cfg.data.source == "builtin:bbb" and cfg.model.name == "embedded"
     examples = load_examples(cfg.data)
     train, val, record = make_split(examples, cfg.data)

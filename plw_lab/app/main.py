@@ -8,13 +8,16 @@ compare) lives in `gr.State`, so visitors never see each other's choices.
 
 This module assembles the page: the header, the PLW bar every tab uses, the four tabs (each built
 and wired by its own module: `app_data`, `app_train`, `app_compare`, `app_runs`) and what runs on
-page load.
+page load. `main(argv)` is the command line of `lab app` and of the Space's `app.py`.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import html
+import os
+import sys
 from pathlib import Path
 
 import gradio as gr
@@ -25,7 +28,7 @@ from plw_lab.app.data import STATE_TTL_SECONDS, DataTab
 from plw_lab.app.jobs import JobRegistry, RunModels
 from plw_lab.app.runs import RunsTab
 from plw_lab.app.train import TrainTab
-from plw_lab.core.config import LabConfig
+from plw_lab.core.config import ConfigError, LabConfig, parse_overrides
 from plw_lab.core.models import weights_note
 
 #: Largest file a visitor may upload (Gradio rejects bigger ones before they reach the lab).
@@ -170,3 +173,80 @@ def _set_launch_defaults(demo: gr.Blocks) -> None:
         return original(*args, **kwargs)
 
     demo.launch = launch
+
+
+USAGE = """examples:
+  lab app                                # local only (127.0.0.1:7860)
+  lab app --model tiny-random            # a fast random model, for trying the app out
+  lab app --host 0.0.0.0 --port 8080 --runs-dir runs/shared
+  lab app --share                        # a public Gradio link (explicit opt-in)
+  lab app --allow-local-paths            # a single-user app: settings may name this machine's files
+  lab app --config space-cpu --set train.max_steps=50
+(`python app.py` in a checkout takes the same options.)"""
+
+
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="PLW Lab: fine-tuning with a visible prompt-loss weight, in the browser.",
+        epilog=USAGE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # A Hugging Face Space sets GRADIO_SERVER_NAME=0.0.0.0; everywhere else the default stays local.
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="address to bind (default 127.0.0.1: this machine only)",
+    )
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    parser.add_argument("--share", action="store_true", help="also serve through a public Gradio share link")
+    parser.add_argument("--model", default=None, help="starting model: 'embedded' (default), 'tiny-random' or a folder")
+    parser.add_argument(
+        "--runs-dir", default=None, help="folder for run outputs (default: the config's train.output_dir)"
+    )
+    parser.add_argument(
+        "--config", default=None, help="a YAML/JSON lab config or a shipped recipe's name, giving the starting values"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a starting value, e.g. train.prompt_loss_weight=0.1 (repeatable)",
+    )
+    parser.add_argument("--max-file-size", default=MAX_UPLOAD, help=f"largest upload accepted (default {MAX_UPLOAD})")
+    parser.add_argument(
+        "--allow-remote-code",
+        action="store_true",
+        help="let runs whose config sets model.trust_remote_code run their model's own Python code "
+        "(off: such runs are refused)",
+    )
+    parser.add_argument(
+        "--allow-local-paths",
+        action="store_true",
+        help="let visitors name files and folders of this machine as data, validation data, mix sources or "
+        "model (off: only uploads, built-in sets and hub ids; turn it on only for an app that you alone use)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """Parse the command line, build the app and serve it until interrupted; bad settings exit with `error: ...`."""
+    args = parse_args(argv, prog)
+    try:
+        overrides = parse_overrides(args.set)
+        if args.model:
+            overrides["model.name"] = args.model
+        config = LabConfig.load(args.config) if args.config else LabConfig()
+        if overrides:
+            config = config.override(overrides)
+        demo = build_app(
+            config=config,
+            runs_dir=args.runs_dir,
+            allow_remote_code=args.allow_remote_code,
+            allow_local_paths=args.allow_local_paths,
+        )
+    except (ConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=args.max_file_size)

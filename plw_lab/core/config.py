@@ -427,9 +427,8 @@ class LabConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> LabConfig:
-        path = Path(path).expanduser()
-        if not path.exists():
-            raise ConfigError(f"config file {str(path)!r} does not exist; write one with `lab config > my.yaml`")
+        """Read a YAML or JSON config file, or a recipe shipped with the lab by its bare name ('bbb-demo')."""
+        path = _config_file(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} is a folder, not a YAML or JSON file")
         try:
@@ -467,6 +466,30 @@ class LabConfig:
                 raise ConfigError(f"unknown setting {key!r}; settings look like 'train.prompt_loss_weight'")
             data[section][name] = _coerce(value, data[section][name], key)
         return LabConfig.from_dict(data)
+
+
+#: Recipes shipped inside the package (`plw_lab/recipes/*.yaml`): `--config bbb-demo` works after `pip install`.
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def recipe_names() -> list[str]:
+    """The shipped lab recipes, by the bare name `LabConfig.load` accepts."""
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def _config_file(path: str | Path) -> Path:
+    """The file a --config value names: an existing path first, then a shipped recipe of that bare name."""
+    given = Path(path).expanduser()
+    if given.exists():
+        return given
+    if given.parent == Path(".") and given.suffix in ("", ".yaml"):
+        recipe = RECIPES / f"{given.stem}.yaml"
+        if recipe.is_file():
+            return recipe
+    raise ConfigError(
+        f"config file {str(given)!r} does not exist and is not a shipped recipe ({', '.join(recipe_names())}); "
+        "write one with `lab config > my.yaml`"
+    )
 
 
 def _check_mix(mix: dict) -> None:
