@@ -704,7 +704,7 @@ def train(
     run.is_main = is_main
     if run.is_main:
         bus.subscribe(JsonlLog(run_dir / "events.jsonl"))
-        if cfg.train.report_to != "none":
+        if cfg.train.report_to:
             bus.subscribe(tracking.Tracker(cfg, run_dir))
     for callback in subscribers:
         bus.subscribe(callback)
