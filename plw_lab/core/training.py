@@ -33,7 +33,7 @@ from plw_lab.core import advice, card, compat, evaluation, memory, tracking
 from plw_lab.core.collate import Collator, EncodedDataset
 from plw_lab.core.compat import output_layer
 from plw_lab.core.config import ConfigError, LabConfig, layer_indices
-from plw_lab.core.data import DataError, Example, Examples, load_examples, read_split, write_split
+from plw_lab.core.data import DataError, Example, Examples, as_examples, load_examples, read_split, write_split
 from plw_lab.core.events import (
     Advice,
     CheckpointSaved,
@@ -140,8 +140,12 @@ class Prepared:
 
 
 def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) -> Prepared:
-    """Read, split and encode the data; raise a `DataError` when nothing trainable is left."""
-    examples = load_examples(cfg.data) if examples is None else examples
+    """Read, split and encode the data; raise a `DataError` when nothing trainable is left.
+
+    `examples` replaces data.source: `Example`s, or records (a list of dicts, a `datasets.Dataset` or
+    `DatasetDict`) read as a data file's would be.
+    """
+    examples = load_examples(cfg.data) if examples is None else as_examples(examples, cfg.data)
     record: dict = {}
     train_ex, val_ex = training_split(cfg, examples, record)
     d = cfg.data
