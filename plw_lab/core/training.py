@@ -446,8 +446,9 @@ class RunContext:
         """The step whose adapter the run ends with: the best evaluation's when restoring it."""
         return self.best_step if self.cfg.train.restore_best and self.best_state is not None else last_step
 
-    def save_adapter(self, name: str, step: int, write=None) -> None:
-        """Swap in `run_dir/name` holding the model's adapter (and whatever `write` adds); emit the checkpoint event."""
+    def save_adapter(self, name: str, step: int, write=None, trained_steps: int | None = None) -> None:
+        """Swap in `run_dir/name` holding the model's adapter of `step` (and whatever `write` adds); emit the
+        checkpoint event. `trained_steps`: the steps the run has trained, where it is past `step` (the kept best)."""
         if not self.is_main:
             return
 
@@ -457,8 +458,8 @@ class RunContext:
                 folder,
                 self.cfg,
                 name,
+                step if trained_steps is None else trained_steps,
                 step,
-                self.kept_step(step) if name == "adapter" else step,
                 self.stopping_metric,
                 self.best_value,
                 self.evals,
@@ -808,7 +809,7 @@ def train(
                     step=step,
                 )
             )
-        run.save_adapter("adapter", kept)
+        run.save_adapter("adapter", kept, trained_steps=step)
         comparison = None
         if compare and not run.stop.is_set():
             run.emit(Phase(name="comparing", step=step))
