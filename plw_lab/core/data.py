@@ -321,7 +321,8 @@ def read_hub(dataset_id: str, config: str = "", split: str = "train") -> list[di
                 f"Could not load hub dataset {dataset_id!r} ({type(exc).__name__}: {exc}). Hub datasets need the "
                 "internet; offline, use a built-in set or a local file."
             ) from exc
-    records = dataset_records(ds, split, dataset_id)
+    # A Dataset gives its ClassLabel columns by name; any other iterable of rows is read as it comes.
+    records = dataset_records(ds, split, dataset_id) if isinstance(ds, datasets.Dataset) else list(ds)
     return [race_record(r) for r in records] if is_race else records
 
 
