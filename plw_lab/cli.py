@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 
-from plw_lab.core.config import ConfigError, LabConfig, parse_overrides
+from plw_lab.core.config import ConfigError, LabConfig, hf_names_help, parse_overrides
 from plw_lab.core.metrics import RANKED, metric
 from plw_lab.core.metrics import label as metric_label
 from plw_lab.core.version import __version__
@@ -619,7 +619,10 @@ EXAMPLES = {
   lab sweep --model tiny-random --plws 0,1 --seeds 0 --name smoke""",
     "config": """examples:
   lab config > my.yaml                    # every setting with its default
-  lab config --plw 0.5 --set lora.r=16    # see what the overrides change""",
+  lab config --plw 0.5 --set lora.r=16    # see what the overrides change
+  lab config --set per_device_train_batch_size=4 --config trl.yaml   # transformers/TRL names work too"""
+    + "\n\n"
+    + hf_names_help(),
     "memory": """examples:
   lab memory --model Qwen/Qwen2.5-1.5B-Instruct --set train.batch_size=4 --device cuda
   lab memory --presets                    # every preset's size and the memory a run of this config needs

@@ -142,7 +142,7 @@ def test_a_full_disk_at_the_final_save_never_names_a_missing_adapter(tmp_path, m
 
     real = training_module.RunContext.save_adapter
 
-    def save(self, name, step, write=None):
+    def save(self, name, step, write=None, **kwargs):
         if name == "adapter":
 
             def partial(folder):
@@ -150,8 +150,8 @@ def test_a_full_disk_at_the_final_save_never_names_a_missing_adapter(tmp_path, m
                 (folder / "adapter_config.json").write_text("{")
                 raise OSError(errno.ENOSPC, "No space left on device")
 
-            return real(self, name, step, partial)
-        return real(self, name, step, write)
+            return real(self, name, step, partial, **kwargs)
+        return real(self, name, step, write, **kwargs)
 
     monkeypatch.setattr(training_module.RunContext, "save_adapter", save)
     result = train(_cfg(tmp_path, "final", **{"train.restore_best": True}), examples=sum_examples(24), compare=False)

@@ -236,6 +236,15 @@ def make_control(key: str, spec: dict, value):
         return gr.Checkbox(value=value, label=label, info=info, elem_id=elem_id)
     if spec.get("choices"):
         return gr.Dropdown(choices=list(spec["choices"]), value=value, label=label, info=info, elem_id=elem_id)
+    if kind == "list" and spec.get("item_choices"):  # e.g. train.report_to: the trackers it may name
+        return gr.Dropdown(
+            choices=list(spec["item_choices"]),
+            value=list(value),
+            multiselect=True,
+            label=label,
+            info=info,
+            elem_id=elem_id,
+        )
     if kind == "list":
         choices = list(dict.fromkeys(list(spec["default"]) + list(value) + ["all-linear"]))
         return gr.Dropdown(

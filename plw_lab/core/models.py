@@ -19,6 +19,7 @@ import torch
 
 from plw_lab.core import compat
 from plw_lab.core.config import ConfigError, LoraConfig, ModelConfig, layer_indices
+from plw_lab.core.quiet import model_loading_bars
 
 EMBEDDED_NAME = "embedded"
 TINY_NAME = "tiny-random"
@@ -65,7 +66,8 @@ def embedded_tokenizer_dir() -> Path:
     if not _cache_ready(folder):
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(_embedded_gguf_dir(), gguf_file=EMBEDDED_GGUF)
+        with model_loading_bars():
+            tok = AutoTokenizer.from_pretrained(_embedded_gguf_dir(), gguf_file=EMBEDDED_GGUF)
         folder.mkdir(parents=True, exist_ok=True)
         tok.save_pretrained(folder)
         _write_marker(folder, {"source": EMBEDDED_GGUF})
@@ -80,7 +82,8 @@ def embedded_model_dir() -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     source = _embedded_gguf_dir()
-    quantised = AutoModelForCausalLM.from_pretrained(source, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
+    with model_loading_bars():
+        quantised = AutoModelForCausalLM.from_pretrained(source, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
     config = AutoConfig.from_pretrained(source, gguf_file=EMBEDDED_GGUF)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -248,13 +251,14 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None):
     quantised = cfg.quantization != "none"
     extra = {"quantization_config": _bnb_config(cfg), "device_map": {"": device.index or 0}} if quantised else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=compute_dtype(cfg, device),
-            trust_remote_code=cfg.trust_remote_code,
-            **_hub_options(cfg.name, path),
-            **extra,
-        )
+        with model_loading_bars():
+            model = AutoModelForCausalLM.from_pretrained(
+                path,
+                dtype=compute_dtype(cfg, device),
+                trust_remote_code=cfg.trust_remote_code,
+                **_hub_options(cfg.name, path),
+                **extra,
+            )
     except OSError as exc:
         raise _hub_error(cfg.name, exc) from exc
     if quantised:

@@ -33,7 +33,7 @@ from plw_lab.core import advice, card, compat, evaluation, memory, tracking
 from plw_lab.core.collate import Collator, EncodedDataset
 from plw_lab.core.compat import output_layer
 from plw_lab.core.config import ConfigError, LabConfig, layer_indices
-from plw_lab.core.data import DataError, Example, Examples, load_examples, read_split, write_split
+from plw_lab.core.data import DataError, Example, Examples, as_examples, load_examples, read_split, write_split
 from plw_lab.core.events import (
     Advice,
     CheckpointSaved,
@@ -140,8 +140,12 @@ class Prepared:
 
 
 def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) -> Prepared:
-    """Read, split and encode the data; raise a `DataError` when nothing trainable is left."""
-    examples = load_examples(cfg.data) if examples is None else examples
+    """Read, split and encode the data; raise a `DataError` when nothing trainable is left.
+
+    `examples` replaces data.source: `Example`s, or records (a list of dicts, a `datasets.Dataset` or
+    `DatasetDict`) read as a data file's would be.
+    """
+    examples = load_examples(cfg.data) if examples is None else as_examples(examples, cfg.data)
     record: dict = {}
     train_ex, val_ex = training_split(cfg, examples, record)
     d = cfg.data
@@ -442,8 +446,9 @@ class RunContext:
         """The step whose adapter the run ends with: the best evaluation's when restoring it."""
         return self.best_step if self.cfg.train.restore_best and self.best_state is not None else last_step
 
-    def save_adapter(self, name: str, step: int, write=None) -> None:
-        """Swap in `run_dir/name` holding the model's adapter (and whatever `write` adds); emit the checkpoint event."""
+    def save_adapter(self, name: str, step: int, write=None, trained_steps: int | None = None) -> None:
+        """Swap in `run_dir/name` holding the model's adapter of `step` (and whatever `write` adds); emit the
+        checkpoint event. `trained_steps`: the steps the run has trained, where it is past `step` (the kept best)."""
         if not self.is_main:
             return
 
@@ -453,8 +458,8 @@ class RunContext:
                 folder,
                 self.cfg,
                 name,
+                step if trained_steps is None else trained_steps,
                 step,
-                self.kept_step(step) if name == "adapter" else step,
                 self.stopping_metric,
                 self.best_value,
                 self.evals,
@@ -704,7 +709,7 @@ def train(
     run.is_main = is_main
     if run.is_main:
         bus.subscribe(JsonlLog(run_dir / "events.jsonl"))
-        if cfg.train.report_to != "none":
+        if cfg.train.report_to:
             bus.subscribe(tracking.Tracker(cfg, run_dir))
     for callback in subscribers:
         bus.subscribe(callback)
@@ -804,7 +809,7 @@ def train(
                     step=step,
                 )
             )
-        run.save_adapter("adapter", kept)
+        run.save_adapter("adapter", kept, trained_steps=step)
         comparison = None
         if compare and not run.stop.is_set():
             run.emit(Phase(name="comparing", step=step))
