@@ -22,6 +22,7 @@ then resumes from its last periodic checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -369,10 +370,9 @@ def _load_run_model(run_dir: str, which: str = ""):
     from plw_lab.core.training import prepare_for_run
 
     run = load_run(run_dir)
-    found = run.adapter(which)
-    if run.config is None or found is None:
-        raise SystemExit(f"{run_dir}: the run has no readable config or no saved {which + ' ' if which else ''}adapter")
-    folder, step = found
+    if run.config is None:
+        raise SystemExit(f"{run_dir}: the run's config.yaml was written by a lab this version cannot read")
+    folder, step = run.require_adapter(which)
     print(f"adapter: {folder} (step {step if step is not None else 'unknown'})")
     tokenizer = load_tokenizer(run.config.model)
     model = load_adapter(load_model(run.config.model), folder)
@@ -459,6 +459,7 @@ def cmd_probe(args) -> int:
     run = load_run(args.run)
     if run.config is None:
         raise FileNotFoundError(f"{args.run}: no readable run config (config.yaml)")
+    comparison = run.comparison()  # read before the probe's minutes, so a damaged file is named at once
     tokenizer = load_tokenizer(run.config.model)
     model = load_model(run.config.model)
     data = prepare_for_run(run.config, run.path, tokenizer)
@@ -470,16 +471,42 @@ def cmd_probe(args) -> int:
         model, data.train, data.val, tokenizer.pad_token_id, run.config.eval.batch_size, run.config.train.seed
     )
     write_json(run.path / "probe.json", result)
-    rows = probe_rows(result, run.comparison())
+    rows = probe_rows(result, comparison)
     columns = list(rows[0])
     widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
     print("  ".join(f"{c:<{w}}" for c, w in zip(columns, widths)))
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print("  ".join(f"{str(r.get(c, '')):<{w}}" for c, w in zip(columns, widths)))
-    if run.comparison() is None:
+    if comparison is None:
         print("(the run has no compare.json: `lab compare` adds the adapter's rows)")
     return 0
+
+
+#: Seconds of reading or encoding data before `lab inspect` says on stderr what it is doing.
+PROGRESS_DELAY = 1.0
+
+
+@contextlib.contextmanager
+def said_if_slow(text: str, stream=None):
+    """Print `text` on stderr if the block takes over PROGRESS_DELAY seconds (a step with no progress of its own)."""
+    timer = threading.Timer(PROGRESS_DELAY, lambda: print(text, file=stream or sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def with_progress(items, what: str, stream=None):
+    """`items`, with a progress bar on stderr once going through them takes over PROGRESS_DELAY seconds."""
+    from tqdm import tqdm
+
+    stream = stream or sys.stderr
+    # A log file gets a line every ten seconds, not the ten a second a terminal redraws in place.
+    every = 0.1 if getattr(stream, "isatty", lambda: False)() else 10.0
+    return tqdm(items, desc=what, unit="example", file=stream, delay=PROGRESS_DELAY, mininterval=every, leave=False)
 
 
 def cmd_inspect(args) -> int:
@@ -491,12 +518,16 @@ def cmd_inspect(args) -> int:
 
     cfg = build_config(args)
     tokenizer = load_tokenizer(cfg.model)
-    examples = load_examples(cfg.data)
+    with said_if_slow(f"reading {cfg.data.source} ..."):
+        examples = load_examples(cfg.data)
     plw = cfg.train.prompt_loss_weight
     colour = colour_wanted(sys.stdout) or args.colour
     set_colour(colour)
     d = cfg.data
-    fitted = encode_fitted(tokenizer, examples, d.max_length, d.max_length_cap, d.train_eos)
+    # Every example is encoded: the lengths, what max_length cuts and the auto max_length are over all of them.
+    fitted = encode_fitted(
+        tokenizer, with_progress(examples, "encoding examples"), d.max_length, d.max_length_cap, d.train_eos
+    )
     encoded, skipped, cut = fitted.encoded, fitted.skipped, fitted.truncation
     if not encoded:
         raise DataError(
@@ -742,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     from plw_lab.core.card import ShareError
     from plw_lab.core.data import DataError
     from plw_lab.core.models import ModelError
-    from plw_lab.core.runs import ResumeError
+    from plw_lab.core.runs import DamagedRunError, ResumeError
 
     try:
         return args.func(args)
@@ -753,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except (ConfigError, DataError, ModelError, ResumeError, ShareError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, ModelError, ResumeError, DamagedRunError, ShareError, FileNotFoundError) as exc:
         red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
         print(f"{red}error: {exc}{reset}", file=sys.stderr)
         return 2
