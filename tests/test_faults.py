@@ -438,3 +438,16 @@ def test_inspect_says_on_stderr_that_it_is_encoding(tmp_path, monkeypatch, capsy
     out, err = capsys.readouterr()
     assert "encoding examples" in err
     assert out.startswith("300 examples") and "encoding" not in out
+
+
+def test_a_run_whose_every_adapter_the_disk_refused_says_so(tmp_path, capsys):
+    run_dir, _ = new_run_dir(_cfg(tmp_path, "refused"))
+    (run_dir / runs_module.LIVE_MARK).unlink()
+    refused = "could not save last_adapter/ at step 0 (No space left on device); there is no last_adapter/ yet"
+    write_json(run_dir / "summary.json", {"status": "finished", "adapter": None, "write_failures": [refused]})
+    assert main(["eval", str(run_dir)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == (
+        f"error: refused has no adapter: the disk refused every one the run saved ({refused}); "
+        "free disk space and train it again"
+    )

@@ -397,6 +397,12 @@ class Run:
             return f"{self.name} has no {ADAPTERS[which]}/; it has {', '.join(others)}: choose another --adapter"
         if any(event_kind(e) == "checkpoint" for e in self.events):
             return f"{self.name}: its adapter folders were deleted; train the run again"
+        refused = [f for f in self.summary.get("write_failures") or [] if "adapter/" in f]
+        if refused:
+            return (
+                f"{self.name} has no adapter: the disk refused every one the run saved ({refused[0]}); "
+                "free disk space and train it again"
+            )
         if self.status == "running":
             return f"{self.name} is still starting and has saved no adapter yet; wait for its first checkpoint"
         phases = [event_field(e, "name") for e in self.events if event_kind(e) == "phase"]

@@ -553,7 +553,7 @@ class RunContext:
         consequence = "the run folder shows the run as interrupted" + (
             f", its adapter is {summary['adapter']}/ (step {summary['adapter_step']})" if summary.get("adapter") else ""
         )
-        if not self.write_or_advise("summary.json", summary, summary.get("steps", 0), consequence):
+        if self.is_main and not self.write_or_advise("summary.json", summary, summary.get("steps", 0), consequence):
             summary["write_failures"] = list(self.write_failures)
 
     def log_failed(self, reason: str) -> None:
