@@ -71,14 +71,18 @@ class DataReport:
         return {e.example.source_index: e for e in self.fitted.encoded}
 
 
-def data_report(cfg: LabConfig, tokenizer, examples: Examples | None = None, limit: int | None = None) -> DataReport:
-    """Read (unless `examples` are given) and encode `cfg.data`, at most `limit` examples encoded.
+def data_report(
+    cfg: LabConfig, tokenizer, examples: Examples | None = None, limit: int | None = None, progress=None
+) -> DataReport:
+    """Read (unless `examples` are given) and encode `cfg.data`, at most `limit` examples encoded;
+    `progress` may wrap the examples being encoded (a progress bar).
 
     Raises `DataError` when no example fits data.max_length, naming the first that does not."""
     d = cfg.data
     examples = load_examples(d) if examples is None else examples
+    chosen = examples[:limit] if limit else examples
     fitted = encode_fitted(
-        tokenizer, examples[:limit] if limit else examples, d.max_length, d.max_length_cap, d.train_eos
+        tokenizer, progress(chosen) if progress else chosen, d.max_length, d.max_length_cap, d.train_eos
     )
     if not fitted.encoded:
         first = f" (first: {fitted.skipped[0]})" if fitted.skipped else ""
@@ -143,17 +147,14 @@ class LoadedRun:
 
 def load_run(path: str | Path, adapter: str = "", device: str | None = None) -> LoadedRun:
     """A run folder with its model and adapter loaded: `adapter` is final, best or last (default: the
-    one summary.json keeps). Raises `FileNotFoundError` for a run with no readable config or adapter."""
+    one summary.json keeps). Raises `DamagedRunError` naming a damaged file, `NoAdapterError` saying
+    why a run has no adapter yet."""
     from plw_lab.core.models import load_adapter, load_model, load_tokenizer, pick_device
 
     run = read_run(path)
     if run.config is None:
-        raise FileNotFoundError(f"{run.name}: no readable run config (config.yaml)")
-    found = run.adapter(adapter)
-    if found is None:
-        what = f"{adapter} adapter" if adapter else "adapter"
-        raise FileNotFoundError(f"{run.name} has no saved {what} (it may have failed before training started)")
-    folder, step = found
+        raise FileNotFoundError(f"{run.name}: the run's config.yaml was written by a lab this version cannot read")
+    folder, step = run.require_adapter(adapter)
     model = load_adapter(load_model(run.config.model, pick_device(device or run.config.model.device)), folder)
     model.eval()
     # compare.json was made with the adapter the summary keeps; another adapter has no saved comparison.

@@ -23,6 +23,7 @@ then resumes from its last periodic checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -442,6 +443,32 @@ def cmd_probe(args) -> int:
     return 0
 
 
+#: Seconds of reading or encoding data before `lab inspect` says on stderr what it is doing.
+PROGRESS_DELAY = 1.0
+
+
+@contextlib.contextmanager
+def said_if_slow(text: str, stream=None):
+    """Print `text` on stderr if the block takes over PROGRESS_DELAY seconds (a step with no progress of its own)."""
+    timer = threading.Timer(PROGRESS_DELAY, lambda: print(text, file=stream or sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def with_progress(items, what: str, stream=None):
+    """`items`, with a progress bar on stderr once going through them takes over PROGRESS_DELAY seconds."""
+    from tqdm import tqdm
+
+    stream = stream or sys.stderr
+    # A log file gets a line every ten seconds, not the ten a second a terminal redraws in place.
+    every = 0.1 if getattr(stream, "isatty", lambda: False)() else 10.0
+    return tqdm(items, desc=what, unit="example", file=stream, delay=PROGRESS_DELAY, mininterval=every, leave=False)
+
+
 def cmd_inspect(args) -> int:
     from plw_lab import api
     from plw_lab.core.models import load_tokenizer
@@ -449,7 +476,12 @@ def cmd_inspect(args) -> int:
 
     cfg = build_config(args)
     tokenizer = load_tokenizer(cfg.model)
-    report = api.data_report(cfg, tokenizer)
+    from plw_lab.core.data import load_examples
+
+    with said_if_slow(f"reading {cfg.data.source} ..."):
+        examples = load_examples(cfg.data)
+    # Every example is encoded: the lengths, what max_length cuts and the auto max_length are over all of them.
+    report = api.data_report(cfg, tokenizer, examples, progress=lambda items: with_progress(items, "encoding examples"))
     plw, d = cfg.train.prompt_loss_weight, cfg.data
     colour = colour_wanted(sys.stdout) or args.colour
     set_colour(colour)
@@ -714,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
     from plw_lab.core.card import ShareError
     from plw_lab.core.data import DataError
     from plw_lab.core.models import ModelError
-    from plw_lab.core.runs import ResumeError
+    from plw_lab.core.runs import DamagedRunError, ResumeError
 
     try:
         return args.func(args)
@@ -725,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except (ConfigError, DataError, ModelError, ResumeError, ShareError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, ModelError, ResumeError, DamagedRunError, ShareError, FileNotFoundError) as exc:
         red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
         print(f"{red}error: {exc}{reset}", file=sys.stderr)
         return 2

@@ -33,7 +33,7 @@ from plw_lab.core import advice, card, compat, evaluation, memory, tracking
 from plw_lab.core.collate import Collator, EncodedDataset
 from plw_lab.core.compat import output_layer
 from plw_lab.core.config import ConfigError, LabConfig, layer_indices
-from plw_lab.core.data import DataError, Example, Examples, as_examples, load_examples, read_split, write_split
+from plw_lab.core.data import DataError, Example, Examples, as_examples, load_examples
 from plw_lab.core.events import (
     Advice,
     CheckpointSaved,
@@ -75,13 +75,17 @@ from plw_lab.core.models import (
 from plw_lab.core.packing import PackingCollator, attention_kind, model_kwargs, num_tokens
 from plw_lab.core.prefix import FrozenPrefix
 from plw_lab.core.runs import (
+    LIVE_MARK,
+    WRITE_ERRORS,
     ResumeError,
     RunFolderGone,
     clear_running,
     load_run,
     mark_running,
     new_run_dir,
+    read_run_json,
     replace_folder,
+    write_error_text,
     write_json,
 )
 from plw_lab.core.stats import truncation_message
@@ -174,9 +178,8 @@ def prepare_for_run(cfg: LabConfig, run_dir: Path, tokenizer) -> Prepared:
     probing it later never scores other validation examples than the run did (a data file edited since
     the run would otherwise split differently without a word)."""
     data = prepare(cfg, tokenizer)
-    path = Path(run_dir) / "split.json"
-    if path.exists():
-        recorded = read_split(path)
+    recorded = read_run_json(Path(run_dir) / "split.json")
+    if recorded is not None:
         for side in ("train", "val"):
             changed = recorded.get(side) is not None and recorded[side] != data.split.get(side)
             recorded_hash = (recorded.get("fingerprint") or {}).get(side)
@@ -383,6 +386,8 @@ class RunContext:
     resumed_from: int | None = None
     #: The base model's final states on the validation batches, for `kl_to_base` (see `evaluation.evaluate`).
     base_states: dict = field(default_factory=dict)
+    #: What the disk refused (an adapter, a checkpoint, a file), as told in the advice; the summary carries it.
+    write_failures: list = field(default_factory=list)
 
     def emit(self, event) -> None:
         if self.is_main:
@@ -489,11 +494,9 @@ class RunContext:
         if not self.is_main or self.last_checkpoint[0] == step:
             return False
         if not all(torch.isfinite(p).all() for p in self.model.parameters() if p.requires_grad):
+            kept = self.saved.get("last_adapter")
             self.emit(
-                Advice(
-                    message=f"the adapter at step {step} is not finite; last_adapter/ keeps step {self.saved.get('last_adapter')}",
-                    step=step,
-                )
+                Advice(message=f"the adapter at step {step} is not finite; last_adapter/ keeps step {kept}", step=step)
             )
             return False
         resumable = trainer.args.world_size == 1  # FSDP/DeepSpeed checkpoints need every process; one process only
@@ -509,25 +512,60 @@ class RunContext:
             else:
                 self.model.save_pretrained(folder)
 
-        if not self.save_or_advise("last_adapter", step, write):
-            return False
+        saved = self.save_or_advise("last_adapter", step, write)
+        # A refused checkpoint counts too: a full disk is tried again at the next interval, not at every step.
         self.last_checkpoint = (step, time.time())
-        return True
+        return saved
 
-    def save_or_advise(self, name: str, step: int, write=None) -> bool:
-        """`save_adapter`, but a full disk (any OSError) keeps the previous folder and becomes advice, not a failure."""
+    def save_or_advise(self, name: str, step: int, write=None, trained_steps: int | None = None) -> bool:
+        """`save_adapter`, but a failed write (a full disk) keeps the previous folder and becomes advice."""
         try:
-            self.save_adapter(name, step, write)
+            self.save_adapter(name, step, write, trained_steps)
             return True
         except RunFolderGone:
             raise
-        except OSError as exc:
+        except WRITE_ERRORS as exc:
             kept = self.saved.get(name)
-            keeps = f"{name}/ keeps step {kept}" if kept is not None else f"there is no {name}/ yet"
-            self.emit(
-                Advice(message=f"could not save {name}/ at step {step} ({exc.strerror or exc}); {keeps}", step=step)
+            if kept is not None:
+                keeps = f"{name}/ keeps step {kept}"
+            else:
+                other, other_step = self.kept_adapter()
+                keeps = f"there is no {name}/ yet" + (
+                    f"; the run keeps {other}/ (step {other_step})" if other else "; no adapter is saved yet"
+                )
+            self.advise_write_failure(f"could not save {name}/ at step {step} ({write_error_text(exc)}); {keeps}", step)
+            return False
+
+    def advise_write_failure(self, message: str, step: int = 0) -> None:
+        self.write_failures.append(message)
+        self.emit(Advice(message=message, step=step))
+
+    def write_or_advise(self, name: str, data: dict, step: int = 0, consequence: str = "") -> bool:
+        """Write the JSON file `run_dir/name` whole; a failed write (a full disk) becomes advice, not a failure."""
+        if not self.is_main:
+            return False
+        try:
+            write_json(self.run_dir / name, data)
+            return True
+        except WRITE_ERRORS as exc:
+            self.advise_write_failure(
+                f"could not write {name} ({write_error_text(exc)})" + (f"; {consequence}" if consequence else ""), step
             )
             return False
+
+    def write_summary(self, summary: dict) -> None:
+        """summary.json; when the disk refuses it, the summary the ending event carries says so."""
+        consequence = "the run folder shows the run as interrupted" + (
+            f", its adapter is {summary['adapter']}/ (step {summary['adapter_step']})" if summary.get("adapter") else ""
+        )
+        if self.is_main and not self.write_or_advise("summary.json", summary, summary.get("steps", 0), consequence):
+            summary["write_failures"] = list(self.write_failures)
+
+    def log_failed(self, reason: str) -> None:
+        """events.jsonl refused a line (`JsonlLog.on_error`): the other subscribers hear it."""
+        self.advise_write_failure(
+            f"could not append to events.jsonl ({reason}); the log misses events from here until the disk has room"
+        )
 
     def resume_state(self, trainer) -> dict:
         """What the lab itself needs to continue where it stopped (the Trainer saves its own state)."""
@@ -577,11 +615,13 @@ class RunContext:
         """The run's outcome. The answer-level metrics of the adapter it ends with sit at the top level
         (from the on/off comparison when there is one, which adds generated answers to a best step
         evaluated mid-run), the base model's under `first_eval`."""
-        kept = next((e.metrics for e in self.evals if e.step == self.kept_step(step)), None)
-        if comparison:
+        adapter, adapter_step = self.kept_adapter()
+        # The adapter on disk, which is the one in memory unless the disk refused to save that.
+        on_disk = adapter_step if adapter is not None else self.kept_step(step)
+        kept = next((e.metrics for e in self.evals if e.step == on_disk), None)
+        if comparison and on_disk == self.kept_step(step):
             kept = {k: v for k, v in comparison["on"]["metrics"].items() if k != "examples"}
         headline = {name: kept[name] for name in HEADLINE if kept and kept.get(name) is not None}
-        adapter, adapter_step = self.kept_adapter()
         return {
             "status": status,
             "steps": step,
@@ -600,6 +640,7 @@ class RunContext:
             "final_eval": self.evals[-1].metrics if self.evals else None,
             "n_train": len(self.data.train) if self.data else 0,
             "n_val": len(self.data.val) if self.data else 0,
+            "write_failures": list(self.write_failures),
         }
 
 
@@ -708,7 +749,7 @@ def train(
     run = RunContext(cfg, run_dir, bus, stop or StopRequest())
     run.is_main = is_main
     if run.is_main:
-        bus.subscribe(JsonlLog(run_dir / "events.jsonl"))
+        bus.subscribe(JsonlLog(run_dir / "events.jsonl", on_error=run.log_failed))
         if cfg.train.report_to:
             bus.subscribe(tracking.Tracker(cfg, run_dir))
     for callback in subscribers:
@@ -719,8 +760,9 @@ def train(
         device = pick_device(cfg.model.device)
         run.tokenizer = tokenizer = load_tokenizer(cfg.model)
         run.data = data = prepare(cfg, tokenizer, examples)
-        if run.is_main:
-            write_split(run_dir / "split.json", data.split)
+        run.write_or_advise(
+            "split.json", data.split, consequence="`lab eval` cannot check that the data still splits the same"
+        )
         torch.manual_seed(cfg.train.seed)
         base = load_model(cfg.model, device)
         compat.use_fast_attention(base, device, cfg.train.packing)
@@ -779,7 +821,7 @@ def train(
             trainer.tokens_seen = json.loads((checkpoint / LAB_STATE).read_text())["tokens_seen"]
             if run.best_state is not None:  # best_adapter/ may hold a later best the resumed run has not reached yet
                 load_adapter_state(model, run.best_state)
-                run.save_adapter("best_adapter", run.best_step)
+                run.save_or_advise("best_adapter", run.best_step)
         try:
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
         except Exception:
@@ -809,7 +851,7 @@ def train(
                     step=step,
                 )
             )
-        run.save_adapter("adapter", kept, trained_steps=step)
+        run.save_or_advise("adapter", kept, trained_steps=step)
         comparison = None
         if compare and not run.stop.is_set():
             run.emit(Phase(name="comparing", step=step))
@@ -819,8 +861,7 @@ def train(
         if stopped and not run.stop_reason:
             run.stop_reason = getattr(run.stop, "reason", "") or "stopped by the user"
         summary = run.summary(status, step, comparison=comparison)
-        if run.is_main:
-            write_json(run_dir / "summary.json", summary)
+        run.write_summary(summary)
         if stopped:
             run.emit(Stopped(step=step, reason=run.stop_reason, summary=summary))
         else:
@@ -833,11 +874,9 @@ def train(
         step = trainer.state.global_step if trainer is not None else run.resumed_from or 0
         summary = run.summary("failed", step, error)
         if run.is_main and (run_dir / "config.yaml").exists():  # never recreate a deleted run folder
-            try:
+            with contextlib.suppress(OSError):  # a full disk: the summary and the events say what happened
                 (run_dir / "traceback.txt").write_text(traceback.format_exc())
-                write_json(run_dir / "summary.json", summary)
-            except OSError:  # a full disk: the events say what happened, and no summary names a missing adapter
-                pass
+            run.write_summary(summary)
         run.emit(Failed(step=step, error=error, summary=summary))
         return TrainResult(run_dir, "failed", summary, run.model, run.tokenizer, run.data)
     finally:
@@ -858,7 +897,12 @@ def prepare_resume(run_dir: Path) -> tuple[Path, Path]:
             else "it has no checkpoint (last_adapter/)"
         )
         raise ResumeError(f"{run.name} cannot be resumed: {why}")
-    mark_running(run_dir)
+    try:
+        mark_running(run_dir)
+    except OSError as exc:
+        raise ResumeError(
+            f"{run.name}: cannot write {LIVE_MARK} ({write_error_text(exc)}); free disk space and resume again"
+        ) from None
     checkpoint = run.checkpoint()
     if checkpoint.name != "last_adapter":  # a swap cut between its renames: put the complete copy back
         checkpoint.rename(run_dir / "last_adapter")
@@ -932,8 +976,7 @@ def compare_adapter(run: RunContext) -> dict:
     result = evaluation.compare(
         run.model, run.tokenizer, run.data.val, cfg, probe_texts=probe, prefix=run.prefix, known=known
     )
-    if run.is_main:
-        write_json(run.run_dir / "compare.json", result)
+    run.write_or_advise("compare.json", result, run.last_eval_step or 0, "`lab compare` recomputes the comparison")
     return result
 
 
