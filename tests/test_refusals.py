@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from plw_lab.cli import main
+from plw_lab.core.runs import load_run
 
 
 def sums(n: int = 12) -> list[dict]:
@@ -67,6 +68,20 @@ CASES = {
         {"c.yaml": "train:\n  max_steps: " + huge_int() + "\n"},
         ["--config", "{tmp}/c.yaml"],
         ["c.yaml", "4300 digits"],
+    ),
+    # Nine short lines that expand to 10^9 values ("billion laughs").
+    "YAML config whose aliases multiply": (
+        {
+            "c.yaml": "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"{k}: &{k} [{', '.join([f'*{p}'] * 10)}]\n" for p, k in zip("abcdefgh", "bcdefghi"))
+        },
+        ["--config", "{tmp}/c.yaml"],
+        ["c.yaml", "more than 10000 values"],
+    ),
+    "YAML config that contains itself": (
+        {"c.yaml": "train: &t\n  max_steps: *t\n"},
+        ["--config", "{tmp}/c.yaml"],
+        ["c.yaml", "more than 10000 values"],
     ),
     "YAML config nested 5000 deep": ({"c.yaml": nested(5000)}, ["--config", "{tmp}/c.yaml"], ["c.yaml", "nested"]),
     "JSON config nested 100k deep": ({"c.json": nested(100_000)}, ["--config", "{tmp}/c.json"], ["c.json", "nested"]),
@@ -199,3 +214,29 @@ def refused(capsys, argv: list[str], fragments: list[str]) -> str:
     for fragment in fragments:
         assert fragment in err, err
     return err
+
+
+@pytest.mark.parametrize(
+    "fails_in, resumable",
+    [("RunContext.evaluate", False), ("PLWTrainer.compute_loss", True)],
+    ids=["before the first checkpoint", "after the step-0 checkpoint"],
+)
+def test_resume_with_is_offered_only_for_a_run_with_a_checkpoint(tmp_path, capsys, monkeypatch, fails_in, resumable):
+    import plw_lab.core.training as training
+
+    owner, method = fails_in.split(".")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("sentinel failure")
+
+    monkeypatch.setattr(getattr(training, owner), method, broken)
+    data = tmp_path / "sums.jsonl"
+    data.write_text(jsonl(sums()))
+    runs = tmp_path / "runs"
+    argv = ["train", "--model", "tiny-random", "--data", str(data), "--output-dir", str(runs), "--max-steps", "2"]
+    assert main([*argv, "--set", "eval.generations=0", "--set", "eval.probe_texts=0"]) == 1
+    out = capsys.readouterr().out
+    (run_dir,) = runs.iterdir()
+    assert "RuntimeError: sentinel failure" in out
+    assert ("resume with: lab train --resume" in out) == resumable
+    assert load_run(run_dir).resumable == resumable

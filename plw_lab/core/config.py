@@ -518,6 +518,8 @@ class LabConfig:
 
 #: How deep a config may nest: sections, settings, and the entries of a list or mapping setting.
 MAX_DEPTH = 4
+#: More values than any config holds; a bound on what the nesting check walks through.
+MAX_VALUES = 10_000
 NESTING = "a config holds sections of settings, and a setting a number, a text, or a flat list or mapping of them"
 
 
@@ -556,12 +558,16 @@ def value_problem(exc: ValueError) -> str:
 
 
 def _depth(value: Any) -> int:
-    """How many levels of lists and mappings `value` nests (a scalar is 0), without recursing."""
-    deepest, level = 0, [value]
+    """How many levels of lists and mappings `value` nests (a scalar is 0), without recursing. YAML aliases
+    can make a short file a huge or even circular structure, so past `MAX_VALUES` values it stops."""
+    deepest, level, seen = 0, [value], 0
     while level:
         nested = [v for item in level if isinstance(item, (list, dict)) for v in _children(item)]
         if any(isinstance(item, (list, dict)) for item in level):
             deepest += 1
+        seen += len(nested)
+        if seen > MAX_VALUES:
+            raise ConfigError(f"holds more than {MAX_VALUES} values (YAML aliases repeat them): {NESTING}")
         level = nested
     return deepest
 

@@ -713,7 +713,6 @@ class TrainResult:
 class Plan:
     """What a run needs, checked and loaded by `plan` before anything is written."""
 
-    cfg: LabConfig
     device: torch.device
     tokenizer: object
     data: Prepared
@@ -745,7 +744,7 @@ def plan(cfg: LabConfig, examples: list[Example] | None = None) -> Plan:
     model = attach_lora(base, cfg.lora)
     if cfg.train.gradient_checkpointing:
         compat.enable_checkpointing(model)
-    return Plan(cfg, device, tokenizer, data, base, model)
+    return Plan(device, tokenizer, data, base, model)
 
 
 def train(
