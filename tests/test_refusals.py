@@ -240,3 +240,29 @@ def test_resume_with_is_offered_only_for_a_run_with_a_checkpoint(tmp_path, capsy
     assert "RuntimeError: sentinel failure" in out
     assert ("resume with: lab train --resume" in out) == resumable
     assert load_run(run_dir).resumable == resumable
+
+
+def test_a_resume_refused_for_bad_data_leaves_the_run_as_it_was(tmp_path, capsys, monkeypatch):
+    import plw_lab.core.training as training
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("sentinel failure")
+
+    data = tmp_path / "sums.jsonl"
+    data.write_text(jsonl(sums()))
+    runs = tmp_path / "runs"
+    with monkeypatch.context() as patch:
+        patch.setattr(training.PLWTrainer, "compute_loss", broken)
+        argv = ["train", "--model", "tiny-random", "--data", str(data), "--output-dir", str(runs), "--max-steps", "2"]
+        assert main([*argv, "--set", "eval.generations=0", "--set", "eval.probe_texts=0"]) == 1
+    (run_dir,) = runs.iterdir()
+    before = {p.relative_to(run_dir): p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    (run_dir / "data" / "sums.jsonl").write_text('{"prompt": null, "completion": "3"}\n' + jsonl(sums()))
+    capsys.readouterr()
+    refused(capsys, ["train", "--resume", str(run_dir)], ["record 0", "field(s) prompt empty"])
+    after = {p.relative_to(run_dir): p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    assert after.keys() == before.keys()
+    assert {p: t for p, t in after.items() if p.parts[0] != "data"} == {
+        p: t for p, t in before.items() if p.parts[0] != "data"
+    }
+    assert load_run(run_dir).status == "failed" and load_run(run_dir).resumable

@@ -389,10 +389,10 @@ def _check_record(record: dict, fmt: str) -> None:
                 raise DataError(
                     f"'{key}' must be text or a number; got {type(record[key]).__name__} {shown(record[key])}"
                 )
-    for key, value in record.items():
-        problem = _text_problem(value)
+    for key in (*_REQUIRED[fmt], *_OPTIONAL.get(fmt, ())):
+        problem = _text_problem(record.get(key))
         if problem:
-            raise DataError(f"field {shown(key)} holds {problem}; fix the \\u escape or re-save the file as UTF-8")
+            raise DataError(f"field '{key}' holds {problem}; fix the \\u escape or re-save the file as UTF-8")
 
 
 def _text_problem(value) -> str:

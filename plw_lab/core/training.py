@@ -765,6 +765,7 @@ def train(
     folder as soon as it exists, so whoever started the job knows it.
     """
     is_main = is_main_process()
+    cfg.validate()  # before the output folder is looked up: its path may be too long to look up
     if resume_from is not None:
         if (
             int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -772,7 +773,7 @@ def train(
             raise ResumeError("--resume runs on one process; start it without accelerate launch")
         check_resumable(Path(resume_from))
     elif is_main:
-        check_output_dir(cfg)
+        check_output_dir(cfg)  # cheap, so before `plan` loads anything
     bus = EventBus()
     for callback in subscribers:
         bus.subscribe(callback)
