@@ -323,8 +323,8 @@ def stop_on_signals(stop) -> dict:
 
 
 def cmd_train(args) -> int:
-    from plw_lab.core.data import load_examples
     from plw_lab.core.models import check_model
+    from plw_lab.core.runs import load_run
     from plw_lab.core.training import StopRequest, is_main_process, resume, train
 
     stop = StopRequest()
@@ -333,6 +333,13 @@ def cmd_train(args) -> int:
             "--resume continues a run with its own config.yaml; leave out --config, --set and the shortcut flags"
         )
     bar = ProgressBar() if is_main_process() and not args.no_progress else None
+    from transformers.utils import logging as transformers_logging
+
+    # Like the lab's own bar, the weight-loading and download bars are for a terminal: a log file, or
+    # --no-progress, gets the events alone (and a refused run its one error line).
+    hub_bars = transformers_logging.is_progress_bar_enabled()
+    if hub_bars and (args.no_progress or not getattr(sys.stderr, "isatty", lambda: False)()):
+        transformers_logging.disable_progress_bar()
     previous = stop_on_signals(stop)
     try:
         subscribers = [bar or print_event]
@@ -340,24 +347,28 @@ def cmd_train(args) -> int:
             result = resume(args.resume, subscribers=subscribers, stop=stop)
         else:
             cfg = build_config(args)
-            # Bad data or a model that cannot load ends here with exit code 2, before a run folder exists.
+            # A model that cannot load ends here, before its memory is estimated; `train` refuses every
+            # other bad setting, record or template (exit code 2) before a run folder exists.
             check_model(cfg.model)
             if is_main_process():
                 from plw_lab.core.memory import describe
 
                 print(describe(cfg))
-            result = train(cfg, subscribers=subscribers, stop=stop, examples=load_examples(cfg.data))
+            result = train(cfg, subscribers=subscribers, stop=stop)
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
         if bar is not None:
             bar.close()
+        if hub_bars:
+            transformers_logging.enable_progress_bar()
     if is_main_process():  # under `accelerate launch` every process gets here; one report is enough
         if result.comparison:
             print()
             print_comparison(result.comparison)
         print(f"\nrun folder: {result.run_dir}")
-        if result.status in ("stopped", "failed"):
+        still_there = (result.run_dir / "config.yaml").exists()  # a run folder deleted while it trained is gone
+        if result.status in ("stopped", "failed") and still_there and load_run(result.run_dir).resumable:
             print(f"resume with: lab train --resume {result.run_dir}")
     if result.status == "failed":
         return 1
@@ -474,6 +485,8 @@ def cmd_inspect(args) -> int:
     from plw_lab.core.models import load_tokenizer
     from plw_lab.core.stats import truncation_message
 
+    if args.n < 0:
+        raise ConfigError(f"-n is how many examples to show, 0 or more; got {args.n}")
     cfg = build_config(args)
     tokenizer = load_tokenizer(cfg.model)
     from plw_lab.core.data import load_examples
@@ -759,7 +772,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ConfigError, DataError, ModelError, ResumeError, DamagedRunError, ShareError, FileNotFoundError) as exc:
         red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
-        print(f"{red}error: {exc}{reset}", file=sys.stderr)
+        # One line, even where the message quotes a multi-line cause (a hub error, a template's own text).
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"{red}error: {message}{reset}", file=sys.stderr)
         return 2
 
 

@@ -13,7 +13,7 @@ import gradio as gr
 import pytest
 from conftest import sum_examples
 
-from app import parse_args
+from plw_lab.app.main import parse_args
 from plw_lab.app.data import NOT_AN_UPLOAD, STATE_TTL_SECONDS, VIEW_LIMIT
 from plw_lab.app.jobs import JobRegistry, RunModels, hide_paths
 from plw_lab.app.main import build_app
@@ -164,13 +164,13 @@ def test_a_run_cannot_be_deleted_while_it_starts(app, monkeypatch):
     import plw_lab.core.training as training_module
 
     release = threading.Event()
-    real = training_module.load_tokenizer
+    real = training_module.training_arguments
 
-    def slow_tokenizer(cfg):  # holds the job before its first event, while its folder already exists
+    def slow_arguments(*args):  # holds the job after its folder exists, before its `started` event
         release.wait(60)
-        return real(cfg)
+        return real(*args)
 
-    monkeypatch.setattr(training_module, "load_tokenizer", slow_tokenizer)
+    monkeypatch.setattr(training_module, "training_arguments", slow_arguments)
     registry = app.plw_registry
     job = registry.start(
         app.plw_tabs["train"].ctx.base.override({"train.run_name": "starting"}),

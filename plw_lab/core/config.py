@@ -12,7 +12,9 @@ import difflib
 import json
 import math
 import os
+import reprlib
 import string
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,6 +25,40 @@ from plw_lab.core.metrics import STOPPING_METRICS
 
 class ConfigError(ValueError):
     """A setting is out of range or unknown; the message names the setting and the fix."""
+
+
+#: How much of a value or a path an error message quotes.
+SHOWN_CHARS = 200
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = SHOWN_CHARS
+_SHOWN.maxlevel = 3
+
+
+def shown(value: Any) -> str:
+    """`value` as an error message quotes it: its repr cut short, so a huge or deeply nested value
+    (a 100 kB field, an integer of 5000 digits) still makes one readable line."""
+    try:
+        return _SHOWN.repr(value)
+    except (ValueError, RecursionError):  # Python refuses to print integers of more than 4300 digits
+        return f"a {type(value).__name__} too large to print"
+
+
+def brief(text: str) -> str:
+    """`text` (a path, a source) as a message names it, its middle cut out when it is very long."""
+    if len(text) <= SHOWN_CHARS:
+        return text
+    half = SHOWN_CHARS // 2
+    return f"{text[:half]}...{text[-half:]} ({len(text)} characters)"
+
+
+def unicode_problem(text: str) -> str:
+    """'' for text that is valid Unicode, else where it is not: a lone surrogate such as \\ud800 (from a
+    JSON escape, or a file name that is not UTF-8) that no tokenizer or file can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"a lone surrogate ({text[exc.start]!r}) at character {exc.start}, which is not valid Unicode text"
+    return ""
 
 
 #: What an alias's converter returns when the value written under that name leaves the setting as it
@@ -402,8 +438,18 @@ class TrainConfig:
         min=0,
         max=2**32 - 1,
     )
-    output_dir: str = _f("runs", "Folder that receives one sub-folder per run.")
-    run_name: str = _f("", "Name of the run folder (empty: a name from the time and PLW).")
+    output_dir: str = _f(
+        "runs",
+        "Folder that receives one sub-folder per run. Each folder name in it holds at most 255 bytes (the "
+        "file system's limit) and the whole path at most 3000, leaving room for the runs' own files.",
+        max_path=3000,
+    )
+    run_name: str = _f(
+        "",
+        "Name of the run folder (empty: a name from the time and PLW); at most 200 characters, so a "
+        "'-2' for a name already taken still fits the file system's 255 bytes.",
+        max_chars=200,
+    )
     cache_frozen_layers: bool = _f(
         True,
         "When LoRA adapts only the top layers, compute the frozen layers below once per example and reuse "
@@ -526,10 +572,17 @@ class LabConfig:
                 "raise either"
             )
         _check_mix(self.data.mix)
+        _check_column_map(self.data.column_map)
+        _check_target_modules(self.lora.target_modules)
         _parse_layers(self.lora.layers)
         _check_template(self.model.chat_template)
         for name, allowed in TEMPLATE_FIELDS.items():
             _check_format_fields(f"data.{name}", getattr(self.data, name), allowed)
+        if "letter" not in _format_fields(self.data.answer_format):
+            raise ConfigError(
+                f"data.answer_format {self.data.answer_format!r} does not write {{letter}}, so every answer would read "
+                "the same; include it, e.g. '{letter}' or '({letter})'"
+            )
         return self
 
     # -- (de)serialisation ---------------------------------------------------------------------
@@ -548,7 +601,7 @@ class LabConfig:
         for key, value in data.items():
             if key in _SECTIONS and not isinstance(value, (dict, type(None))):
                 raise ConfigError(
-                    f"config section {key!r} must be a mapping of setting: value; got {type(value).__name__} {value!r}"
+                    f"config section {key!r} must be a mapping of setting: value; got {type(value).__name__} {shown(value)}"
                 )
             if key in _SECTIONS:
                 for name, item in (value or {}).items():
@@ -573,34 +626,24 @@ class LabConfig:
     @classmethod
     def load(cls, path: str | Path) -> LabConfig:
         """Read a YAML or JSON config file, or a recipe shipped with the lab by its bare name ('bbb-demo')."""
-        path = _config_file(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} is a folder, not a YAML or JSON file")
+        name = repr(brief(str(path)))
         try:
+            path = _config_file(path)
+            if not path.is_file():
+                raise ConfigError(f"config file {name} is a folder, not a YAML or JSON file")
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise ConfigError(
-                f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}); re-save it as UTF-8"
-            ) from None
-        if path.suffix == ".json":
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"config file {str(path)!r}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-        else:
-            import yaml
-
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                where = getattr(exc, "problem_mark", None)
-                line = f" at line {where.line + 1}" if where is not None else ""
-                problem = getattr(exc, "problem", None) or str(exc)
-                raise ConfigError(f"config file {str(path)!r}: invalid YAML{line}: {problem}") from None
+            raise ConfigError(f"config file {name} is not UTF-8 text (byte {exc.start}); re-save it as UTF-8") from None
+        except OSError as exc:  # a path too long for the file system, a folder without permission
+            raise ConfigError(f"config file {name} cannot be read ({exc.strerror or exc})") from None
+        try:
+            data = _parse(text, json_syntax=path.suffix == ".json")
+        except ConfigError as exc:
+            raise ConfigError(f"config file {name}: {exc}") from None
         try:
             return cls.from_dict({} if data is None else data)
         except ConfigError as exc:
-            raise ConfigError(f"config file {str(path)!r}: {exc}") from None
+            raise ConfigError(f"config file {name}: {exc}") from None
 
     def override(self, dotted: dict[str, Any]) -> LabConfig:
         """A copy with `{'train.prompt_loss_weight': 0.1, ...}` applied; values given as strings are parsed.
@@ -636,19 +679,108 @@ def _config_file(path: str | Path) -> Path:
         if recipe.is_file():
             return recipe
     raise ConfigError(
-        f"config file {str(given)!r} does not exist and is not a shipped recipe ({', '.join(recipe_names())}); "
-        "write one with `lab config > my.yaml`"
+        f"config file {brief(str(given))!r} does not exist and is not a shipped recipe "
+        f"({', '.join(recipe_names())}); write one with `lab config > my.yaml`"
     )
+
+
+#: How deep a config may nest: sections, settings, and the entries of a list or mapping setting.
+MAX_DEPTH = 4
+#: More values than any config holds; a bound on what the nesting check walks through.
+MAX_VALUES = 10_000
+NESTING = "a config holds sections of settings, and a setting a number, a text, or a flat list or mapping of them"
+
+
+def _parse(text: str, json_syntax: bool) -> Any:
+    """A config file's text as data; a `ConfigError` (without the file's name) for anything unreadable.
+
+    Python refuses integers of more than `sys.get_int_max_str_digits()` digits and both parsers
+    recurse once per nesting level, so a 5000-digit number or a list nested 100k deep are refused
+    here by name, never as a ValueError or RecursionError.
+    """
+    import yaml
+
+    try:
+        data = json.loads(text) if json_syntax else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"invalid YAML{line}: {problem}") from None
+    except ValueError as exc:  # valid syntax, but a value Python cannot build
+        raise ConfigError(value_problem(exc)) from None
+    except RecursionError:
+        raise ConfigError(f"nested too deeply to read: {NESTING}") from None
+    if _depth(data) > MAX_DEPTH:
+        raise ConfigError(f"nested {_depth(data)} levels deep: {NESTING}")
+    return data
+
+
+def value_problem(exc: ValueError) -> str:
+    """What a parser's ValueError (not a syntax error) means: mostly an integer too long for Python to read."""
+    if "integer string conversion" in str(exc):
+        return f"holds an integer of more than {sys.get_int_max_str_digits()} digits, which Python refuses to read"
+    return f"holds a value that cannot be read ({exc})"
+
+
+def _depth(value: Any) -> int:
+    """How many levels of lists and mappings `value` nests (a scalar is 0), without recursing. YAML aliases
+    can make a short file a huge or even circular structure, so past `MAX_VALUES` values it stops."""
+    deepest, level, seen = 0, [value], 0
+    while level:
+        nested = [v for item in level if isinstance(item, (list, dict)) for v in _children(item)]
+        if any(isinstance(item, (list, dict)) for item in level):
+            deepest += 1
+        seen += len(nested)
+        if seen > MAX_VALUES:
+            raise ConfigError(f"holds more than {MAX_VALUES} values (YAML aliases repeat them): {NESTING}")
+        level = nested
+    return deepest
+
+
+def _children(value: list | dict) -> list:
+    return list(value.values()) if isinstance(value, dict) else list(value)
 
 
 def _check_mix(mix: dict) -> None:
     for source, ratio in mix.items():
         if not isinstance(source, str) or not source.strip():
-            raise ConfigError(f"data.mix: each key must be a data source, got {source!r}")
+            raise ConfigError(f"data.mix: each key must be a data source, got {shown(source)}")
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 0 or ratio == float("inf"):
-            raise ConfigError(f"data.mix: the ratio of {source!r} must be a number of at least 0, got {ratio!r}")
+            raise ConfigError(
+                f"data.mix: the ratio of {shown(source)} must be a number of at least 0, got {shown(ratio)}"
+            )
     if mix and not any(ratio > 0 for ratio in mix.values()):
         raise ConfigError("data.mix: every ratio is 0; give at least one source a positive ratio")
+
+
+def _key(name: Any) -> str:
+    """A mapping key as a message names it: text as written, anything else (a number, a date) as its repr."""
+    return name if isinstance(name, str) else shown(name)
+
+
+def _check_column_map(column_map: dict) -> None:
+    for lab_field, column in column_map.items():
+        if not isinstance(lab_field, str) or not isinstance(column, str) or not lab_field or not column:
+            raise ConfigError(
+                f"data.column_map maps a lab field to one column of your file, both as text, e.g. "
+                f"{{'prompt': 'instruction'}}; got {shown(lab_field)}: {shown(column)}"
+            )
+
+
+def _check_target_modules(names: list) -> None:
+    if not names:
+        raise ConfigError(
+            "lora.target_modules is empty, so LoRA would adapt nothing; name linear layers such as "
+            "q_proj,v_proj, or use all-linear"
+        )
+    bad = [name for name in names if not isinstance(name, str) or not name.strip()]
+    if bad:
+        raise ConfigError(
+            f"lora.target_modules lists layer names as text, e.g. q_proj,v_proj or all-linear; got {shown(bad[0])}"
+        )
 
 
 def _check_template(template: str) -> None:
@@ -673,9 +805,14 @@ TEMPLATE_FIELDS = {
 }
 
 
+def _format_fields(template: str) -> list[str]:
+    """The fields a `str.format` template names; a `ValueError` when it is not one."""
+    return [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+
+
 def _check_format_fields(name: str, template: str, allowed: tuple[str, ...]) -> None:
     try:
-        named = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        named = _format_fields(template)
     except ValueError as exc:
         raise ConfigError(f"{name}: not a valid template ({exc}); write a literal brace as {{{{ or }}}}") from None
     bad = [field for field in named if field not in allowed]
@@ -831,18 +968,26 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ConfigError(f"expected SECTION.FIELD=VALUE, got {item!r}")
+            raise ConfigError(f"expected SECTION.FIELD=VALUE, got {shown(item)}")
         overrides[key.strip()] = value
     return overrides
+
+
+#: The file system's limit on one file or folder name, in bytes (NAME_MAX on Linux, macOS and Windows).
+NAME_MAX = 255
+#: Integers beyond 64 bits mean nothing to any setting, and overflow torch and the Trainer.
+INT_LIMIT = 2**63 - 1
 
 
 def _check_field(name: str, f: dataclasses.Field, value: Any) -> None:
     meta = f.metadata
     expected = type(f.default) if f.default is not dataclasses.MISSING else type(f.default_factory())
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
+        raise ConfigError(f"{name} is far too large ({shown(value)}); no setting takes a number beyond 2**63")
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ConfigError(f"{name} must be of type {expected.__name__}, got {value!r}")
+        raise ConfigError(f"{name} must be of type {expected.__name__}, got {shown(value)}")
     if value != value:  # NaN
         raise ConfigError(f"{name} is NaN")
     if isinstance(value, float) and math.isinf(value):
@@ -854,11 +999,33 @@ def _check_field(name: str, f: dataclasses.Field, value: Any) -> None:
                 f"{name} lists {', '.join(map(repr, bad))}; each entry must be one of {', '.join(meta['item_choices'])}"
             )
     if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{name} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, meta['choices']))}; got {shown(value)}")
     if "min" in meta and value < meta["min"]:
         raise ConfigError(f"{name} must be at least {meta['min']}; got {value!r}")
     if "max" in meta and value > meta["max"]:
         raise ConfigError(f"{name} must be at most {meta['max']}; got {value!r}")
+    if isinstance(value, str):
+        _check_text(name, value, meta)
+
+
+def _check_text(name: str, value: str, meta: dict) -> None:
+    problem = unicode_problem(value)
+    if problem:
+        raise ConfigError(f"{name} holds {problem}; write it as UTF-8 text")
+    if "max_chars" in meta and len(value) > meta["max_chars"]:
+        raise ConfigError(f"{name} is {len(value)} characters long; at most {meta['max_chars']} fit a folder name")
+    if "max_path" in meta:
+        too_long = [part for part in Path(value).parts if len(os.fsencode(part)) > NAME_MAX]
+        if too_long:
+            raise ConfigError(
+                f"{name}: the folder name {shown(too_long[0])} is {len(os.fsencode(too_long[0]))} bytes long; "
+                f"file systems take at most {NAME_MAX}: choose a shorter one"
+            )
+        if len(os.fsencode(value)) > meta["max_path"]:
+            raise ConfigError(
+                f"{name} is {len(os.fsencode(value))} bytes long; at most {meta['max_path']} leave room for the runs' "
+                "own folders and files: choose a shorter path"
+            )
 
 
 def _whole(value: float, key: str) -> int:
@@ -881,7 +1048,7 @@ def _from_file(key: str, f: dataclasses.Field, value: Any) -> Any:
         try:
             value = float(value)
         except ValueError:
-            raise ConfigError(f"{key}: cannot read {value!r} as a number") from None
+            raise ConfigError(f"{key}: cannot read {shown(value)} as a number") from None
     if expected is int and isinstance(value, float):
         return _whole(value, key)
     return value
@@ -898,26 +1065,44 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
                 return False
             raise ValueError
         if isinstance(current, (list, dict)):
-            return (
-                json.loads(value) if value.strip()[:1] in "[{" else [v.strip() for v in value.split(",") if v.strip()]
-            )
+            if not value.strip().startswith(("[", "{")):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            try:
+                return _parse(value, json_syntax=True)
+            except ConfigError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
         return _whole(float(value), key) if isinstance(current, int) else type(current)(value)
     except ConfigError:
         raise
     except ValueError:
-        raise ConfigError(f"{key}: cannot read {value!r} as {type(current).__name__}") from None
+        raise ConfigError(f"{key}: cannot read {shown(value)} as {type(current).__name__}") from None
+
+
+LAYERS_USAGE = "'all', 'top:N' (the last N layers) or a comma list of layer indices such as 0,1,2"
+
+
+def _small_whole(text: str) -> int | None:
+    """`text` as a whole number of at most nine digits, else None (so '²' or 5000 digits never reach `int`)."""
+    text = text.strip()
+    return int(text) if text.isdecimal() and len(text) <= 9 else None
 
 
 def _parse_layers(spec: str) -> str | tuple[int, ...]:
     spec = spec.strip()
-    if spec == "all" or spec.startswith("top:"):
-        if spec.startswith("top:") and not (spec[4:].isdigit() and int(spec[4:]) > 0):
-            raise ConfigError(f"lora.layers: 'top:N' needs a positive whole N; got {spec!r}")
+    if spec == "all":
         return spec
-    try:
-        return tuple(int(part) for part in spec.split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"lora.layers must be 'all', 'top:N' or a comma list of indices; got {spec!r}") from None
+    if spec.startswith("top:"):
+        count = _small_whole(spec[4:])
+        if count is None or count < 1:
+            raise ConfigError(f"lora.layers: 'top:N' needs a positive whole N; got {shown(spec)}")
+        return spec
+    parts = [part for part in spec.split(",") if part.strip()]
+    if not parts:
+        raise ConfigError(f"lora.layers is empty, so no layer would be adapted; use {LAYERS_USAGE}")
+    indices = [_small_whole(part) for part in parts]
+    if None in indices:
+        raise ConfigError(f"lora.layers must be {LAYERS_USAGE}; got {shown(spec)}")
+    return tuple(indices)
 
 
 def layer_indices(spec: str, num_layers: int) -> list[int] | None:
@@ -931,7 +1116,7 @@ def layer_indices(spec: str, num_layers: int) -> list[int] | None:
     bad = [i for i in parsed if not 0 <= i < num_layers]
     if bad:
         raise ConfigError(f"lora.layers: the model has layers 0..{num_layers - 1}; {bad} are out of range")
-    return sorted(parsed)
+    return sorted(set(parsed))
 
 
 def field_specs(section: str) -> list[dict]:

@@ -17,7 +17,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from plw_lab.core.config import DataConfig
+from plw_lab.core.config import DataConfig, brief, shown, unicode_problem, value_problem
 from plw_lab.core.quiet import dataset_bars
 
 FORMATS = ("prompt_completion", "chat", "multiple_choice", "classification")
@@ -152,7 +152,7 @@ def read_records(cfg: DataConfig, hub_ids_only: bool = False) -> tuple[list[dict
 
         name = source.removeprefix("builtin:")
         if name not in builtin.BUILTIN_SETS:
-            raise DataError(f"unknown built-in set {name!r}; choose one of {', '.join(builtin.BUILTIN_SETS)}")
+            raise DataError(f"unknown built-in set {shown(name)}; choose one of {', '.join(builtin.BUILTIN_SETS)}")
         spec = builtin.BUILTIN_SETS[name]
         records = builtin.load_builtin(name, n=cfg.limit or None, seed=0)
         info = {"format": spec.format, "labels": list(spec.labels), "description": spec.description}
@@ -164,55 +164,74 @@ def read_records(cfg: DataConfig, hub_ids_only: bool = False) -> tuple[list[dict
     if cfg.limit:
         records = records[: cfg.limit]
     if not records:
-        raise DataError(f"{source}: no records found")
+        raise DataError(f"{brief(source)}: no records found")
+    _check_columns(records, cfg.column_map, source)
     return [_rename(r, cfg.column_map) for r in records], info
+
+
+def _check_columns(records: list, column_map: dict, source: str) -> None:
+    """Refuse a `data.column_map` that names a column no record has: it would rename nothing, silently."""
+    if not column_map:
+        return
+    columns = {key for record in records if isinstance(record, dict) for key in record if isinstance(key, str)}
+    missing = [column for column in column_map.values() if column not in columns]
+    if missing:
+        raise DataError(
+            f"data.column_map names column(s) {', '.join(map(shown, missing))}, which {brief(source)} does not have; "
+            f"its columns are {', '.join(map(shown, sorted(columns))) or 'none'}"
+        )
 
 
 def read_file(path: str | Path, split: str = "train") -> list[dict]:
     """Records of a data file, or of a folder written by `datasets`' `save_to_disk` (its `split` when it
     holds a DatasetDict)."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.is_dir():
-        return _read_saved_dataset(path, split)
+    name = brief(str(path))
     suffix = path.suffix.lower()
-    if suffix == ".arrow":
-        return _read_arrow(path)
-    if suffix not in (".parquet", ".csv", ".json", ".jsonl", ".ndjson"):
-        raise DataError(
-            f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .parquet, .arrow "
-            "or a folder saved with datasets' save_to_disk"
-        )
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+    try:
+        if not path.exists():
+            raise DataError(f"{name}: no such file")
+        if path.is_dir():
+            return _read_saved_dataset(path, split)
+        if suffix == ".arrow":
+            return _read_arrow(path)
+        if suffix not in (".parquet", ".csv", ".json", ".jsonl", ".ndjson"):
+            raise DataError(
+                f"{name}: unsupported file type {shown(suffix)}; use .jsonl, .json, .csv, .parquet, .arrow "
+                "or a folder saved with datasets' save_to_disk"
+            )
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
 
-        try:
-            return pq.read_table(path).to_pylist()
-        except Exception as exc:  # pyarrow raises many types for a damaged file
-            raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
-    raw = path.read_bytes()
+            try:
+                return pq.read_table(path).to_pylist()
+            except Exception as exc:  # pyarrow raises many types for a damaged file
+                raise DataError(f"{name}: not a readable Parquet file ({exc})") from exc
+        raw = path.read_bytes()
+    except OSError as exc:  # a path too long for the file system, no permission
+        raise DataError(f"{name} cannot be read ({exc.strerror or exc})") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(
-            f"{path}: not valid UTF-8 at byte {exc.start} (line {line}); re-save the file as UTF-8"
+            f"{name}: not valid UTF-8 at byte {exc.start} (line {line}); re-save the file as UTF-8"
         ) from None
     if suffix == ".csv":
-        import csv
-        import io
-
-        return list(csv.DictReader(io.StringIO(text)))
+        return _read_csv(text, name)
     if suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+            raise DataError(f"{name}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        except ValueError as exc:
+            raise DataError(f"{name} {value_problem(exc)}") from None
+        except RecursionError:
+            raise DataError(f"{name}: {TOO_DEEP}") from None
         if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
             data = next(iter(data.values()))
         if not isinstance(data, list):
-            raise DataError(f"{path}: expected a list of records")
+            raise DataError(f"{name}: expected a list of records")
         return data
     records = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -222,7 +241,32 @@ def read_file(path: str | Path, split: str = "train") -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
             records.append(Unreadable(f"line {number}: invalid JSON ({exc.msg})"))
+        except ValueError as exc:
+            records.append(Unreadable(f"line {number} {value_problem(exc)}"))
+        except RecursionError:
+            records.append(Unreadable(f"line {number}: {TOO_DEEP}"))
     return records
+
+
+#: Why a record nested past the parser's recursion limit is refused.
+TOO_DEEP = "nested too deeply to read (a record holds text, numbers and lists of messages or options)"
+
+
+def _read_csv(text: str, name: str) -> list[dict]:
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(text))
+    try:
+        return list(reader)
+    except csv.Error as exc:
+        line = reader.reader.line_num  # the DictReader's own count stops at the last row it returned
+        if "field limit" in str(exc):
+            raise DataError(
+                f"{name}: line {line} has a field longer than {csv.field_size_limit()} characters, the "
+                "CSV reader's limit; save such long texts as .jsonl"
+            ) from None
+        raise DataError(f"{name}: line {line} is not valid CSV ({exc})") from None
 
 
 #: The files `datasets`' `save_to_disk` writes: a Dataset's, or a DatasetDict's index of its splits.
@@ -232,8 +276,8 @@ SAVED_DATASET_FILES = ("state.json", "dataset_dict.json")
 def _read_saved_dataset(path: Path, split: str) -> list[dict]:
     if not any((path / name).is_file() for name in SAVED_DATASET_FILES):
         raise DataError(
-            f"{path}: a folder, but not one written by datasets' save_to_disk (it has no "
-            f"{' or '.join(SAVED_DATASET_FILES)}); name a data file, or save the dataset with save_to_disk"
+            f"{brief(str(path))} is a folder, not a data file nor a dataset saved with datasets' save_to_disk "
+            f"(it has no {' or '.join(SAVED_DATASET_FILES)}); name a .jsonl, .json, .csv or .parquet file"
         )
     import datasets
 
@@ -241,8 +285,8 @@ def _read_saved_dataset(path: Path, split: str) -> list[dict]:
         try:
             saved = datasets.load_from_disk(str(path))
         except Exception as exc:  # datasets raises many kinds for a damaged or partly copied folder
-            raise DataError(f"{path}: not a readable saved dataset ({type(exc).__name__}: {exc})") from exc
-    return dataset_records(saved, split, str(path))
+            raise DataError(f"{brief(str(path))}: not a readable saved dataset ({type(exc).__name__}: {exc})") from exc
+    return dataset_records(saved, split, brief(str(path)))
 
 
 def _read_arrow(path: Path) -> list[dict]:
@@ -252,8 +296,10 @@ def _read_arrow(path: Path) -> list[dict]:
         try:
             dataset = datasets.Dataset.from_file(str(path))
         except Exception as exc:  # pyarrow raises many types for a damaged file, or one in another Arrow layout
-            raise DataError(f"{path}: not a readable Arrow file of a dataset ({type(exc).__name__}: {exc})") from exc
-    return dataset_records(dataset, "", str(path))
+            raise DataError(
+                f"{brief(str(path))}: not a readable Arrow file of a dataset ({type(exc).__name__}: {exc})"
+            ) from exc
+    return dataset_records(dataset, "", brief(str(path)))
 
 
 def dataset_records(dataset, split: str = "train", where: str = "the dataset") -> list[dict]:
@@ -441,7 +487,7 @@ def _check_record(record: dict, fmt: str) -> None:
     if None in record:
         extra = record[None]
         raise DataError(
-            f"the CSV row has {len(extra)} more value(s) than the header has columns ({extra!r}); "
+            f"the CSV row has {len(extra)} more value(s) than the header has columns ({shown(extra)}); "
             "quote text that contains commas"
         )
     fields = sorted(str(k) for k in _filled(record)) or ["no fields"]
@@ -462,6 +508,32 @@ def _check_record(record: dict, fmt: str) -> None:
         raise DataError(
             f"field(s) {', '.join(binary)} hold bytes, not text; decode them to text (UTF-8) before loading"
         )
+    if fmt == "classification":
+        for key in ("text", "label"):
+            if not isinstance(record[key], (str, int, float)):
+                raise DataError(
+                    f"'{key}' must be text or a number; got {type(record[key]).__name__} {shown(record[key])}"
+                )
+    for key in (*_REQUIRED[fmt], *_OPTIONAL.get(fmt, ())):
+        problem = _text_problem(record.get(key))
+        if problem:
+            raise DataError(f"field '{key}' holds {problem}; fix the \\u escape or re-save the file as UTF-8")
+
+
+def _text_problem(value) -> str:
+    """'' when every text inside `value` (a field, a list of messages) is valid Unicode, else what is wrong."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            problem = unicode_problem(item)
+            if problem:
+                return problem
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+    return ""
 
 
 def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None = None) -> Examples:
@@ -482,6 +554,11 @@ def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None =
         labels = sorted({str(r["label"]) for i, r in enumerate(records) if i not in problems})
     if fmt == "classification":
         letters(len(labels), "labels")  # a data set with too many labels fails as a whole, never record by record
+        if len(labels) == 1:
+            raise DataError(
+                f"every record has the label {shown(labels[0])}, and classification needs at least two to choose "
+                "between; add records of another label, or write the data as prompt/completion"
+            )
     examples, first_seen = Examples(report=report), {}
     for i, record in enumerate(records):
         try:
@@ -519,7 +596,7 @@ def _group_key(record: dict, fmt: str, group_by: str) -> str | None:
     if group_by:
         if record.get(group_by) is None:
             raise DataError(
-                f"no field {group_by!r} to group by (data.group_by); it has "
+                f"no field {shown(group_by)} to group by (data.group_by); it has "
                 f"{', '.join(sorted(record))}. Name another field, '' for auto or 'none'"
             )
         return str(record[group_by])
@@ -541,7 +618,9 @@ def _prompt_completion(r: dict, cfg: DataConfig, _labels) -> Example:
         return _conversational(prompt, completion)
     for name, value in (("prompt", prompt), ("completion", completion)):
         if isinstance(value, dict):
-            raise DataError(f"'{name}' must be text or a list of {{role, content}} messages; got an object {value!r}")
+            raise DataError(
+                f"'{name}' must be text or a list of {{role, content}} messages; got an object {shown(value)}"
+            )
     prompt, completion = str(prompt), str(completion)
     if not completion.strip():
         raise DataError("empty completion: every example needs something to train on")
@@ -572,7 +651,7 @@ def _check_messages(messages, name: str) -> None:
         raise DataError(f"'{name}' must be a list of {{role, content}} objects")
     for j, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise DataError(f"{name} message {j} must be {{'role': one of {ROLES}, 'content': text}}; got {m!r}")
+            raise DataError(f"{name} message {j} must be {{'role': one of {ROLES}, 'content': text}}; got {shown(m)}")
         if m.get("weight") is not None:
             try:
                 data_weight(m["weight"])
@@ -606,10 +685,10 @@ def data_weight(value) -> float:
     """A record's or message's `weight` field as a float in [0, inf), or a `DataError` saying what is wrong."""
     try:
         weight = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"'weight' must be a number (0 skips the record or message), got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"'weight' must be a number (0 skips the record or message), got {shown(value)}") from None
     if not weight >= 0 or weight == float("inf"):
-        raise DataError(f"'weight' must be a finite number of at least 0, got {value!r}")
+        raise DataError(f"'weight' must be a finite number of at least 0, got {shown(value)}")
     return weight
 
 
@@ -630,15 +709,15 @@ def _multiple_choice(r: dict, cfg: DataConfig, _labels) -> Example:
     elif isinstance(options, str):
         options = options.split("|")
     if not isinstance(options, (list, tuple)) or len(options) < 2:
-        raise DataError(f"'options' must list at least two options; got {options!r}")
+        raise DataError(f"'options' must list at least two options; got {shown(options)}")
     if any(o is None or isinstance(o, (bytes, bytearray, dict, list)) for o in options):
-        raise DataError(f"every option must be text; got {options!r}")
+        raise DataError(f"every option must be text; got {shown(options)}")
     answer = str(r["answer"]).strip().upper()
     valid = letters(len(options))
-    if answer.isdigit() and int(answer) < len(options):
+    if answer.isdecimal() and len(answer) <= 3 and int(answer) < len(options):
         answer = valid[int(answer)]
     if len(answer) != 1 or answer not in valid:
-        raise DataError(f"answer {r['answer']!r} is not among the option letters {', '.join(valid)}")
+        raise DataError(f"answer {shown(r['answer'])} is not among the option letters {', '.join(valid)}")
     lines = "\n".join(f"{c}. {o}" for c, o in zip(valid, options))
     prompt = cfg.mc_template.format(
         context=r.get("context") or r.get("article") or "", question=r["question"], options=lines
@@ -656,7 +735,7 @@ def _multiple_choice(r: dict, cfg: DataConfig, _labels) -> Example:
 def _classification(r: dict, cfg: DataConfig, labels) -> Example:
     label = str(r["label"])
     if label not in labels:
-        raise DataError(f"label {label!r} is not one of the labels {labels}")
+        raise DataError(f"label {shown(label)} is not one of the labels {labels}")
     valid = letters(len(labels), "labels")
     options = " ".join(f"({c}) {name}" for c, name in zip(valid, labels))
     prompt = cfg.classification_template.format(text=r["text"], options=options)
@@ -687,7 +766,7 @@ def load_examples(cfg: DataConfig, labels: list[str] | None = None) -> Examples:
     try:
         return to_examples(records, cfg, labels or info.get("labels"))
     except DataError as exc:
-        raise DataError(f"{cfg.source}: {exc}") from None
+        raise DataError(f"{brief(cfg.source)}: {exc}") from None
 
 
 def load_validation(cfg: DataConfig, train_examples: list[Example]) -> list[Example]:

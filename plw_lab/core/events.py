@@ -163,9 +163,11 @@ class EventBus:
         self._lock = threading.Lock()
         self.errors: list[str] = []
 
-    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[Event], None], first: bool = False) -> Callable[[], None]:
+        """`first`: called before the subscribers already there (the run's own log, so that whatever a
+        viewer does on an event, the event is already on disk)."""
         with self._lock:
-            self._subscribers.append(callback)
+            self._subscribers.insert(0 if first else len(self._subscribers), callback)
         return lambda: self._subscribers.remove(callback)
 
     def emit(self, event: Event) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from plw_lab.core.config import ConfigError, ModelConfig, unicode_problem
 from plw_lab.core.data import DataError, Example
 
 # Used only for tokenizers that ship without a chat template (base models).
@@ -92,8 +93,38 @@ def ensure_template(tokenizer) -> None:
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    from jinja2 import TemplateError as JinjaError
+
     ensure_template(tokenizer)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except JinjaError as exc:  # the template's own raise_exception(...), or an undefined name it uses
+        raise TemplateError(f"the chat template failed: {exc}") from None
+
+
+#: A conversation every usable template renders with both texts intact (`check_chat_template`).
+PROBE_CONVERSATION = (
+    {"role": "user", "content": "Which colour is the sky on a clear day?"},
+    {"role": "assistant", "content": "Blue."},
+)
+
+
+def check_chat_template(tokenizer, cfg: ModelConfig) -> None:
+    """Refuse a chat template the masks cannot be found in, before any data is encoded: one that
+    raises, or one that leaves out or rewrites the user's turn or the reply."""
+    setting = (
+        "model.chat_template" if cfg.chat_template else f"the chat template of {cfg.name} (model.chat_template '')"
+    )
+    fix = "set model.chat_template to 'plain' or to a template that writes out every message's content"
+    messages = [dict(m) for m in PROBE_CONVERSATION]
+    try:
+        text, _, _ = completion_spans(tokenizer, messages, train_eos=True)
+    except TemplateError as exc:
+        raise ConfigError(f"{setting}: {exc}; {fix}") from None
+    except Exception as exc:  # a template of the user's own may fail in any way Jinja code can
+        raise ConfigError(f"{setting} cannot render a conversation ({type(exc).__name__}: {exc}); {fix}") from None
+    if messages[0]["content"] not in text:
+        raise ConfigError(f"{setting} leaves out the user's turn, so the model would never see a prompt; {fix}")
 
 
 def prompt_text(tokenizer, example: Example) -> str:
@@ -139,6 +170,10 @@ def _tokenize(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
 
 
 def encode(tokenizer, example: Example, max_length: int, train_eos: bool = True) -> Encoded:
+    for j, message in enumerate(example.messages):
+        problem = unicode_problem(message["content"])
+        if problem:
+            raise DataError(f"example {example.source_index}: message {j} ({message['role']}) holds {problem}")
     text, spans, contents = completion_spans(tokenizer, example.messages, train_eos)
     ids, offsets = _tokenize(tokenizer, text)
     completion = [int(any(s < ce and e > cs for cs, ce in spans)) for s, e in offsets]
@@ -312,7 +347,13 @@ def encode_fitted(tokenizer, examples: list[Example], max_length: int, cap: int,
 
     raw, kept, skipped = [], [], []
     for position, example in enumerate(examples):
-        enc = encode(tokenizer, example, 0, train_eos)
+        try:
+            enc = encode(tokenizer, example, 0, train_eos)
+        except TemplateError as exc:  # the template cannot render this conversation (a role it refuses...)
+            raise DataError(
+                f"example {example.source_index}: {exc}; model.chat_template must render every conversation "
+                "of the data ('plain' does)"
+            ) from None
         if enc.n_completion == 0:
             skipped.append(f"example {example.source_index}: no completion tokens")
             continue

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from plw_lab.core import compat
-from plw_lab.core.config import ConfigError, LoraConfig, ModelConfig, layer_indices
+from plw_lab.core.config import ConfigError, LoraConfig, ModelConfig, brief, layer_indices
 from plw_lab.core.quiet import model_loading_bars
 
 EMBEDDED_NAME = "embedded"
@@ -138,7 +138,14 @@ def resolve_model_path(name: str) -> str:
     if name == TINY_NAME:
         return str(tiny_model_dir())
     folder = Path(name).expanduser()
-    if folder.is_dir():
+    try:
+        is_folder, exists = folder.is_dir(), folder.exists()
+    except OSError as exc:  # a name too long for the file system to look up
+        raise ModelError(
+            f"model.name {brief(name)!r} cannot be looked up ({exc.strerror or exc}); pass a model folder, "
+            "'embedded', 'tiny-random' or a hub id"
+        ) from None
+    if is_folder:
         if not (folder / "config.json").is_file():
             adapter = (
                 " (it holds a LoRA adapter: pass the base model here)"
@@ -150,10 +157,19 @@ def resolve_model_path(name: str) -> str:
                 "pass a folder written by save_pretrained, 'embedded', 'tiny-random' or a hub id"
             )
         return str(folder)
-    if folder.exists():
+    if exists:
         raise ModelError(f"model.name {name!r} is a file; pass the folder that holds the model's config.json")
     if name.startswith((".", "/", "~")):
         raise ModelError(f"model.name {name!r} looks like a folder but does not exist")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ModelError(
+            f"model.name {brief(name)!r} is neither a model folder here nor a hub id (owner/name: letters, digits, "
+            "'-', '_' and '.', at most 96 characters); pass a folder, 'embedded', 'tiny-random' or a hub id"
+        ) from None
     return name  # a hub id; `_hub_options` checks it can be loaded before transformers retries
 
 

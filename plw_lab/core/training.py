@@ -1,10 +1,12 @@
 """Prompt-loss-weighted LoRA training on transformers' Trainer, reported as typed events.
 
-The story of a run, top to bottom in `train`: write the config, read and encode the data, load
-the model and attach LoRA, train with `PLWTrainer` (our loss, normalised over the whole
+The story of a run, top to bottom in `train`: `plan` checks every setting, reads and encodes the
+data, loads the model and attaches LoRA, all before anything is written, so bad input is refused
+(a `ConfigError`, `DataError` or `ModelError`) with no run folder left behind. Only then is the
+run folder made and the config written; `PLWTrainer` trains (our loss, normalised over the whole
 optimiser step) while `EventCallback` evaluates, keeps the best adapter and honours stop
-requests, then compare the adapter on and off and write the summary. Whatever happens, the run
-folder keeps the config, the events and the last adapter.
+requests, then the adapter is compared on and off and the summary written. Whatever happens from
+there, the run folder keeps the config, the events and the last adapter.
 
 Checkpoints: every `train.save_interval_steps` steps or `train.save_interval_seconds` seconds, and
 when the run stops or fails, `last_adapter/` is replaced whole by the adapter plus what resuming
@@ -58,7 +60,7 @@ from plw_lab.core.loss import (
     weighted_kl,
     weighted_kl_from_logits,
 )
-from plw_lab.core.masks import Encoded, encode_fitted
+from plw_lab.core.masks import Encoded, check_chat_template, encode_fitted
 from plw_lab.core.metrics import best_of, metric, stopping_metric
 from plw_lab.core.mixing import training_split
 from plw_lab.core.models import (
@@ -162,7 +164,12 @@ def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) ->
             f"no valid training examples out of {len(train_ex)}" + (f"; first problem: {skipped[0]}" if skipped else "")
         )
     if not val:
-        raise DataError("no validation examples: raise data.val_size or add data")
+        raise DataError(f"no validation examples: {_too_few(cfg, examples, len(train_ex) + len(val_ex))}")
+    if not any(_trains(cfg, e) for e in train):
+        raise DataError(
+            "every training token has weight 0 (the records' or messages' 'weight' field is 0), so nothing would "
+            "be trained; give the records a positive weight, or leave the field out (weight 1)"
+        )
     notes = [note for note in (truncation_message(fitted.truncation),) if note]
     if record["shared_groups"]:
         notes.append(
@@ -171,6 +178,41 @@ def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) ->
         )
     report = examples.report.to_dict() if isinstance(examples, Examples) else {}
     return Prepared(train, val, skipped, report, record, fitted.truncation, notes)
+
+
+def _trains(cfg: LabConfig, encoded: Encoded) -> bool:
+    """Whether any target of `encoded` carries loss weight under `cfg` (PLW, lambda_r and the data's weights)."""
+    t = cfg.train
+    weights = token_weights(
+        torch.tensor(encoded.prompt_mask),
+        torch.tensor(encoded.completion_mask),
+        t.prompt_loss_weight,
+        t.completion_loss_weight,
+        torch.tensor(encoded.data_weights()),
+    )
+    return bool(shift_for_targets(weights).gt(0).any())
+
+
+def _too_few(cfg: LabConfig, examples: list[Example], n: int) -> str:
+    """Why the validation split came out empty, and the settings that fix it."""
+    d = cfg.data
+    if d.val_source.strip():
+        return f"data.val_source {d.val_source} gave none; name a data set with records in it"
+    if d.val_size == 0:
+        return "data.val_size is 0; set a fraction such as 0.2, a number of examples, or data.val_source"
+    report = examples.report if isinstance(examples, Examples) else None
+    if report and report.duplicates:
+        have = f"the {report.records} records hold {n} distinct example(s) ({len(report.duplicates)} exact duplicates)"
+    elif d.limit:
+        have = f"data.limit={d.limit} keeps {n} example(s)"
+    else:
+        have = f"{n} example(s)"
+    return (
+        f"{have}, too few to split at data.val_size={d.val_size:g}; a run needs examples to train on and to "
+        "validate on: add data, raise data.val_size"
+        + (" or data.limit" if d.limit else "")
+        + ", or name a data.val_source"
+    )
 
 
 def prepare_for_run(cfg: LabConfig, run_dir: Path, tokenizer) -> Prepared:
@@ -520,7 +562,7 @@ class RunContext:
     def save_or_advise(self, name: str, step: int, write=None, trained_steps: int | None = None) -> bool:
         """`save_adapter`, but a failed write (a full disk) keeps the previous folder and becomes advice."""
         try:
-            self.save_adapter(name, step, write, trained_steps)
+            self.save_adapter(name, step, write, trained_steps=trained_steps)
             return True
         except RunFolderGone:
             raise
@@ -713,6 +755,44 @@ class TrainResult:
     comparison: dict | None = None
 
 
+@dataclass
+class Plan:
+    """What a run needs, checked and loaded by `plan` before anything is written."""
+
+    device: torch.device
+    tokenizer: object
+    data: Prepared
+    #: The model as loaded, before LoRA wraps it (its layer count places the frozen-layer cache).
+    base: object
+    #: The base model with a fresh LoRA adapter.
+    model: object
+
+
+def plan(cfg: LabConfig, examples: list[Example] | None = None) -> Plan:
+    """Check everything that can be checked without training, cheapest first, and load what the run needs:
+    the settings, the machine (launcher, quantisation, tracker, device), the tokenizer and its chat template,
+    the data (read, split, encoded), then the model with LoRA on the target modules and layers it names.
+
+    Raises a `ConfigError`, `DataError` or `ModelError` naming the setting or record and the fix. Writes
+    nothing, so a refused run leaves no folder behind.
+    """
+    cfg.validate()
+    if compat.launcher_problem():
+        raise ConfigError(compat.launcher_problem())
+    preflight(cfg)
+    device = pick_device(cfg.model.device)
+    tokenizer = load_tokenizer(cfg.model)
+    check_chat_template(tokenizer, cfg.model)
+    data = prepare(cfg, tokenizer, examples)
+    torch.manual_seed(cfg.train.seed)
+    base = load_model(cfg.model, device)
+    compat.use_fast_attention(base, device, cfg.train.packing)
+    model = attach_lora(base, cfg.lora)
+    if cfg.train.gradient_checkpointing:
+        compat.enable_checkpointing(model)
+    return Plan(device, tokenizer, data, base, model)
+
+
 def train(
     cfg: LabConfig,
     subscribers=(),
@@ -724,51 +804,54 @@ def train(
 ) -> TrainResult:
     """Run one training job as `cfg` describes. Never loses the config, the events or the last adapter.
 
+    Bad input raises a `ConfigError`, `DataError`, `ModelError` or `ResumeError` from `plan`, before
+    the run folder exists; once it exists, every failure is a `failed` result with the folder kept.
     `resume_from` continues the stopped, interrupted or failed run in that folder from its last
     checkpoint (its config.yaml is the config; see `resume`). `on_run_dir` is called with the run
-    folder as soon as it exists, before anything can fail, so whoever started the job knows it.
+    folder as soon as it exists, so whoever started the job knows it.
     """
-    cfg.validate()
-    if compat.launcher_problem():
-        raise ConfigError(compat.launcher_problem())
-    preflight(cfg)
     is_main = is_main_process()
+    cfg.validate()  # before the output folder is looked up: its path may be too long to look up
     if resume_from is not None:
         if (
             int(os.environ.get("WORLD_SIZE", "1")) > 1
         ):  # checkpoints with optimiser state are written by one process only
             raise ResumeError("--resume runs on one process; start it without accelerate launch")
+        check_resumable(Path(resume_from))
+    elif is_main:
+        check_output_dir(cfg)  # cheap, so before `plan` loads anything
+    bus = EventBus()
+    for callback in subscribers:
+        bus.subscribe(callback)
+    loading = Phase(name="loading")
+    if is_main:
+        bus.emit(loading)
+    ready = plan(cfg, examples)
+    if resume_from is not None:
         run_dir, checkpoint = prepare_resume(Path(resume_from))
     else:
         # Only the main process writes the run folder; the others train into a scratch folder they never fill.
         run_dir, cfg = new_run_dir(cfg) if is_main else (Path(tempfile.mkdtemp(prefix="plw-lab-rank")), cfg)
+        # split.json names the data the run's config reads: the run folder's copy of a data file.
+        ready.data.split["source"] = cfg.data.source
         checkpoint = None
     if on_run_dir is not None:
         on_run_dir(run_dir)
-    bus = EventBus()
     run = RunContext(cfg, run_dir, bus, stop or StopRequest())
     run.is_main = is_main
-    if run.is_main:
-        bus.subscribe(JsonlLog(run_dir / "events.jsonl", on_error=run.log_failed))
-        if cfg.train.report_to:
-            bus.subscribe(tracking.Tracker(cfg, run_dir))
-    for callback in subscribers:
-        bus.subscribe(callback)
+    run.tokenizer, run.data, run.model = ready.tokenizer, ready.data, ready.model
+    tokenizer, data, model, base, device = ready.tokenizer, ready.data, ready.model, ready.base, ready.device
     trainer = None
     try:
-        run.emit(Phase(name="loading"))
-        device = pick_device(cfg.model.device)
-        run.tokenizer = tokenizer = load_tokenizer(cfg.model)
-        run.data = data = prepare(cfg, tokenizer, examples)
+        if run.is_main:
+            log = JsonlLog(run_dir / "events.jsonl", on_error=run.log_failed)
+            log(loading)  # the watchers saw it while `plan` loaded, before the folder existed
+            bus.subscribe(log, first=True)
+            if cfg.train.report_to:
+                bus.subscribe(tracking.Tracker(cfg, run_dir))
         run.write_or_advise(
             "split.json", data.split, consequence="`lab eval` cannot check that the data still splits the same"
         )
-        torch.manual_seed(cfg.train.seed)
-        base = load_model(cfg.model, device)
-        compat.use_fast_attention(base, device, cfg.train.packing)
-        run.model = model = attach_lora(base, cfg.lora)
-        if cfg.train.gradient_checkpointing:
-            compat.enable_checkpointing(model)
         args = training_arguments(cfg, run_dir, device, compute_dtype(cfg.model, device))
         steps = total_steps(cfg, len(data.train), args.world_size)
         from_step = 0
@@ -884,9 +967,8 @@ def train(
             clear_running(run_dir)
 
 
-def prepare_resume(run_dir: Path) -> tuple[Path, Path]:
-    """Check that the run in `run_dir` can be resumed, mark it running and clear the ending the
-    resume replaces; return the folder and its checkpoint."""
+def check_resumable(run_dir: Path):
+    """The run in `run_dir` when it can be resumed, else a `ResumeError` saying why; changes nothing."""
     run = load_run(run_dir)
     if run.status in ("running", "finished"):
         raise ResumeError(f"{run.name} is {run.status}; only a stopped, interrupted or failed run can be resumed")
@@ -897,6 +979,13 @@ def prepare_resume(run_dir: Path) -> tuple[Path, Path]:
             else "it has no checkpoint (last_adapter/)"
         )
         raise ResumeError(f"{run.name} cannot be resumed: {why}")
+    return run
+
+
+def prepare_resume(run_dir: Path) -> tuple[Path, Path]:
+    """Check again that the run in `run_dir` can be resumed (`plan` took a while), mark it running and
+    clear the ending the resume replaces; return the folder and its checkpoint."""
+    run = check_resumable(run_dir)
     try:
         mark_running(run_dir)
     except OSError as exc:
@@ -984,6 +1073,25 @@ def preflight(cfg: LabConfig) -> None:
     """What the machine must offer for `cfg` (quantisation, the tracker), checked before the run folder exists."""
     check_quantization(cfg.model)
     tracking.check(cfg.train.report_to)
+
+
+def check_output_dir(cfg: LabConfig) -> None:
+    """Refuse a `train.output_dir` that cannot receive a run folder (a file on its way, no permission to
+    write) before anything is loaded, rather than after the data and the model."""
+    base = Path(cfg.train.output_dir).expanduser()
+    name = repr(str(base))
+    try:
+        existing = next(folder for folder in (base, *base.parents) if folder.exists())
+    except OSError as exc:  # a folder on the way that may not be searched
+        raise ConfigError(
+            f"train.output_dir {name} cannot be looked up ({exc.strerror or exc}); choose another"
+        ) from None
+    if existing == base and not existing.is_dir():
+        raise ConfigError(f"train.output_dir {name} is a file, not a folder; choose another folder for the runs")
+    if not existing.is_dir():
+        raise ConfigError(f"train.output_dir {name} cannot be made: {str(existing)!r} is a file; choose another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"train.output_dir {name}: {str(existing)!r} is not writable here; choose another folder")
 
 
 def out_of_memory_message(cfg: LabConfig, exc: BaseException) -> str:
