@@ -13,10 +13,9 @@ import gradio as gr
 import pytest
 from conftest import sum_examples
 
-from plw_lab.app.main import parse_args
 from plw_lab.app.data import NOT_AN_UPLOAD, STATE_TTL_SECONDS, VIEW_LIMIT
 from plw_lab.app.jobs import JobRegistry, RunModels, hide_paths
-from plw_lab.app.main import build_app
+from plw_lab.app.main import build_app, parse_args
 from plw_lab.app.train import MEMORY_SETTINGS
 from plw_lab.app.visitors import MODEL_REFUSED, OUTPUT_DIR_REFUSED
 from plw_lab.core.config import ConfigError, LabConfig

@@ -872,10 +872,6 @@ def examples_fingerprint(examples: list[Example]) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def write_split(path: str | Path, record: dict) -> None:
-    Path(path).write_text(json.dumps(record, indent=1))
-
-
 def read_split(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
