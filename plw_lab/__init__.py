@@ -24,6 +24,7 @@ _API = {
     "prompt_outputs",
     "per_token_losses",
     "sweep",
+    "resume_sweep",
     "LoadedRun",
     "DataReport",
     "StopRequest",

@@ -22,6 +22,7 @@ from plw_lab.core.packing import packing_efficiency
 from plw_lab.core.runs import Run, write_json
 from plw_lab.core.runs import load_run as read_run
 from plw_lab.core.stats import LengthStats, label_counts, length_stats, truncation_message
+from plw_lab.core.sweep import resume_sweep
 from plw_lab.core.sweep import run_sweep as sweep
 from plw_lab.core.training import Prepared, StopRequest, TrainResult, prepare_for_run, resume, train
 
@@ -39,6 +40,7 @@ __all__ = [
     "probe",
     "prompt_outputs",
     "resume",
+    "resume_sweep",
     "sweep",
     "train",
 ]

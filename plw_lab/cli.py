@@ -553,24 +553,54 @@ def print_sweep_row(row: dict, stream=None) -> None:
     print(sweep_row_text(row), file=stream or sys.stdout)
 
 
-def cmd_sweep(args) -> int:
-    from plw_lab.core.config import field_specs
-    from plw_lab.core.sweep import points, run_sweep
+#: `lab sweep` flags for the sweep.* settings (each also settable with --set or in a config file).
+SWEEP_FLAGS = {
+    "backend": "sweep.backend",
+    "gpus_per_run": "sweep.gpus_per_run",
+    "cpus_per_run": "sweep.cpus_per_run",
+    "address": "sweep.address",
+    "prune": "sweep.prune",
+    "grace_steps": "sweep.grace_steps",
+}
 
-    cfg = build_config(args)
-    presets = next(f for f in field_specs("train") if f["name"] == "prompt_loss_weight")["presets"]
-    plws = _numbers(args.plws, float, "--plws") if args.plws else list(presets)
-    seeds = _numbers(args.seeds, int, "--seeds")
-    bad = [p for p in plws if not 0 <= p <= 1]
-    if bad or not plws or not seeds:
-        raise ConfigError(f"--plws takes values in [0, 1] (got {bad or 'none'}) and --seeds at least one seed")
-    print(
-        f"sweep: PLW {', '.join(f'{p:g}' for p in plws)} x seeds {', '.join(map(str, seeds))} = {len(plws) * len(seeds)} runs "
-        f"of {cfg.train.max_steps} steps on one split (data.split_seed {cfg.data.split_seed})"
-    )
-    notes = lambda event: print_event(event) if event.kind in ("advice", "failed") else None
-    folder = run_sweep(cfg, plws, seeds, args.name, subscribers=[notes], on_run=print_sweep_row)
-    from plw_lab.core.sweep import read_csv
+
+def cmd_sweep(args) -> int:
+    from plw_lab import api
+    from plw_lab.core.config import field_specs
+    from plw_lab.core.sweep import points
+    from plw_lab.core.sweep_table import read_csv
+
+    settings = {key: getattr(args, flag) for flag, key in SWEEP_FLAGS.items() if getattr(args, flag) is not None}
+    if args.resume:
+        grid_flags = [f"--{f}" for f in ("config", "set", "plws", "seeds", "name") if getattr(args, f)]
+        grid_flags += [f"--{flag.replace('_', '-')}" for flag in SHORTCUTS if getattr(args, flag, None) is not None]
+        if grid_flags:
+            raise ConfigError(
+                f"--resume finishes the sweep with its own grid and config; leave out {', '.join(grid_flags)} "
+                "(the sweep.* flags such as --backend may change)"
+            )
+        print(f"sweep: finishing the runs of {args.resume} that did not finish")
+        folder = api.resume_sweep(args.resume, settings, on_run=print_sweep_row)
+    else:
+        cfg = build_config(args)
+        cfg = cfg.override(settings) if settings else cfg
+        presets = next(f for f in field_specs("train") if f["name"] == "prompt_loss_weight")["presets"]
+        plws = _numbers(args.plws, float, "--plws") if args.plws else list(presets)
+        seeds = _numbers(args.seeds or DEFAULT_SEEDS, int, "--seeds")
+        bad = [p for p in plws if not 0 <= p <= 1]
+        if bad or not plws or not seeds:
+            raise ConfigError(f"--plws takes values in [0, 1] (got {bad or 'none'}) and --seeds at least one seed")
+        where = ""
+        if cfg.sweep.backend == "ray":
+            where = f" on Ray ({cfg.sweep.address})" if cfg.sweep.address else " on Ray"
+        print(
+            f"sweep: PLW {', '.join(f'{p:g}' for p in plws)} x seeds {', '.join(map(str, seeds))} = {len(plws) * len(seeds)} runs "
+            f"of {cfg.train.max_steps} steps on one split (data.split_seed {cfg.data.split_seed}){where}"
+        )
+        # Ray's workers print their runs' own messages; the local runs' notes are printed here.
+        notes = lambda event: print_event(event) if event.kind in ("advice", "failed") else None
+        subscribers = [notes] if cfg.sweep.backend == "local" else []
+        folder = api.sweep(cfg, plws, seeds, args.name, subscribers=subscribers, on_run=print_sweep_row)
 
     rows = read_csv(folder)
     acc = points(rows)
@@ -588,7 +618,13 @@ def cmd_sweep(args) -> int:
         f = acc["fit"]
         print(f"quadratic fit: accuracy = {f['a']:.3f} + {f['b']:.3f} PLW + {f['c']:.3f} PLW^2 (R^2 {f['r2']:.2f})")
     print(f"\nsweep folder: {folder} (sweep.csv)")
-    return 1 if any(r["status"] == "failed" for r in rows) else 0
+    unfinished = [r for r in rows if r["status"] in ("failed", "interrupted", "stopped")]
+    if unfinished:
+        print(f"{YELLOW}{len(unfinished)} run(s) did not finish; finish them with: lab sweep --resume {folder}{RESET}")
+    return 1 if any(r["status"] in ("failed", "interrupted") for r in rows) else 0
+
+
+DEFAULT_SEEDS = "0,1"
 
 
 def cmd_config(args) -> int:
@@ -661,7 +697,9 @@ EXAMPLES = {
   NO_COLOR=1 lab inspect -n 1             # completion tokens in [brackets] instead of colour""",
     "sweep": """examples:
   lab sweep --plws 0,0.01,0.1,1 --seeds 0,1,2 --max-steps 40   # 12 runs on one validation split
-  lab sweep --model tiny-random --plws 0,1 --seeds 0 --name smoke""",
+  lab sweep --model tiny-random --plws 0,1 --seeds 0 --name smoke
+  lab sweep --plws 0,0.01,0.1,1 --seeds 0,1,2 --backend ray --prune asha --grace-steps 10   # see docs/sweeps.md
+  lab sweep --resume runs/sweep-20260101-120000   # finish the runs that did not finish""",
     "config": """examples:
   lab config > my.yaml                    # every setting with its default
   lab config --plw 0.5 --set lora.r=16    # see what the overrides change
@@ -731,9 +769,20 @@ def main(argv: list[str] | None = None) -> int:
     _config_args(p)
     p.add_argument("--plws", help="comma list of PLW values (default: the PLW presets 0, 0.01, 0.1, 0.5, 1)")
     p.add_argument(
-        "--seeds", default="0,1", help="comma list of train.seed values (LoRA initialisation and data order)"
+        "--seeds", help=f"comma list of train.seed values (LoRA initialisation and data order; default {DEFAULT_SEEDS})"
     )
     p.add_argument("--name", default="", help="name of the sweep folder under train.output_dir")
+    p.add_argument(
+        "--resume", metavar="SWEEP_DIR", help="finish the runs of this sweep that did not finish (with either backend)"
+    )
+    p.add_argument("--backend", help="local (one run after another, the default) or ray (runs as Ray Tune trials)")
+    p.add_argument("--gpus-per-run", help="ray: GPUs each run reserves where the cluster has GPUs (default 1)")
+    p.add_argument("--cpus-per-run", help="ray: CPU cores each run reserves (default 1)")
+    p.add_argument(
+        "--address", help="ray: the cluster to join ('auto', 'ray://HOST:10001'; default: RAY_ADDRESS or a local Ray)"
+    )
+    p.add_argument("--prune", help="ray: 'asha' stops hopeless runs early on train.early_stopping_metric")
+    p.add_argument("--grace-steps", help="ray: steps every run trains before --prune may stop it (default 10)")
     p.set_defaults(func=cmd_sweep)
     p = command("config", "print the full config (defaults plus overrides) as YAML")
     _config_args(p)

@@ -20,7 +20,7 @@ from plw_lab.app.jobs import JobBusy, error_text
 from plw_lab.app.visitors import require_owner, visitor_token
 from plw_lab.core.card import ShareError, push
 from plw_lab.core.runs import delete_run
-from plw_lab.core.sweep import list_sweeps, read_csv
+from plw_lab.core.sweep_table import list_sweeps, read_csv
 from plw_lab.views.charts import overlay_figure, plw_sweep_figure, sweep_figure
 from plw_lab.views.text_views import runs_rows
 

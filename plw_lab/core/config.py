@@ -548,12 +548,63 @@ class EvalConfig:
 
 
 @dataclass
+class SweepConfig:
+    backend: str = _f(
+        "local",
+        "How `lab sweep` runs its PLW x seed grid: 'local' trains the runs one after another in this process; "
+        "'ray' makes each run a Ray Tune trial, spread over the GPUs of this machine or of a Ray cluster (needs "
+        '`pip install "plw-lab[ray]"`). Both write the same run folders and sweep.csv.',
+        choices=("local", "ray"),
+    )
+    gpus_per_run: float = _f(
+        1.0,
+        "GPUs each run reserves on the ray backend (0.5 puts two runs on one GPU). Ignored when the Ray cluster "
+        "has no GPUs when the sweep starts: the runs then train on CPUs.",
+        min=0.0,
+        max=64.0,
+    )
+    cpus_per_run: float = _f(
+        1.0,
+        "CPU cores each run reserves on the ray backend; Ray starts as many runs at once as the cores and GPUs allow.",
+        min=0.0,
+        max=1024.0,
+    )
+    address: str = _f(
+        "",
+        "The Ray cluster of the ray backend: '' joins the cluster RAY_ADDRESS names, or starts a Ray instance on "
+        "this machine when it is unset; 'auto' joins the cluster started on this machine with `ray start`; "
+        "'ray://HOST:10001' joins a remote one through Ray Client.",
+    )
+    prune: str = _f(
+        "none",
+        "Stop hopeless runs early (ray backend): 'asha' is asynchronous successive halving on each run's "
+        "train.early_stopping_metric, compared across the grid at grace_steps, grace_steps x reduction_factor, ...; "
+        "a pruned run is marked 'pruned' in sweep.csv and left out of the means. 'none' trains every run to the end.",
+        choices=("none", "asha"),
+    )
+    grace_steps: int = _f(
+        10,
+        "Optimiser steps every run trains before sweep.prune may stop it. Runs are compared at their evaluations "
+        "(every train.eval_interval steps), so the first comparison is the first evaluation at or after this step.",
+        min=1,
+    )
+    reduction_factor: int = _f(
+        2,
+        "ASHA's reduction factor: at each comparison a run goes on only if it is among the best 1/reduction_factor "
+        "of the runs that reached that step, and the next comparison is this many times later.",
+        min=2,
+        max=16,
+    )
+
+
+@dataclass
 class LabConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -823,7 +874,14 @@ def _check_format_fields(name: str, template: str, allowed: tuple[str, ...]) -> 
         )
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "lora": LoraConfig, "train": TrainConfig, "eval": EvalConfig}
+_SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "lora": LoraConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "sweep": SweepConfig,
+}
 
 
 # -- names: the lab's and transformers/TRL's ------------------------------------------------------

@@ -18,7 +18,8 @@ from plw_lab.core.models import load_model, load_tokenizer
 from plw_lab.core.probe import frozen_feature_probe
 from plw_lab.core.runs import load_run as read_run
 from plw_lab.core.stats import label_counts, length_stats
-from plw_lab.core.sweep import points, read_csv
+from plw_lab.core.sweep import points
+from plw_lab.core.sweep_table import read_csv
 from plw_lab.core.training import prepare
 from plw_lab.core.weights import token_weight_values
 from plw_lab.notebook.widgets import LiveCurves, answer_summary, batch_frame, shown_curves, token_view

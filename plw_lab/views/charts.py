@@ -639,8 +639,8 @@ def remedies_figure(points: dict[str, dict], x: str = "kl_to_base", height: int 
 def sweep_figure(rows: Sequence[dict], height: int = 420) -> go.Figure:
     """A PLW sweep (`plw_lab.core.sweep` rows): best answer accuracy (seeds' mean with a 95% interval) and best
     answer loss against PLW, the step each run reached its best accuracy, and the quadratic fit of
-    accuracy against PLW when there are 4 or more PLW values. Runs that did not finish or ran another
-    number of steps are drawn hollow and left out of the means and the fit."""
+    accuracy against PLW when there are 4 or more PLW values. Runs that did not finish, were pruned or ran
+    another number of steps are drawn hollow and left out of the means and the fit."""
     from plotly.subplots import make_subplots
 
     from plw_lab.core.sweep import points
@@ -686,7 +686,10 @@ def sweep_figure(rows: Sequence[dict], height: int = 420) -> go.Figure:
                         "opacity": 0.45 if not hollow else 1,
                         "symbol": "circle-open" if hollow else "circle",
                     },
-                    text=[f"PLW {r['plw']:g}, seed {r['seed']}, {r['status']}, {r['steps']} steps" for r in group],
+                    text=[
+                        f"PLW {r['plw']:g}, seed {r['seed']}, {r['excluded'] or r['status']}, {r['steps']} steps"
+                        for r in group
+                    ],
                     hovertemplate=f"%{{text}}<br>%{{y:{fmt}}}<extra></extra>",
                 ),
                 row=1,
@@ -737,6 +740,7 @@ def sweep_figure(rows: Sequence[dict], height: int = 420) -> go.Figure:
                 row=1,
                 col=col,
             )
+    left_out = {(r["plw"], r["seed"]) for r in acc["runs"] + loss["runs"] if r["excluded"]}
     for metric, symbol in (("best_answer_accuracy_step", "circle"), ("best_answer_loss_step", "diamond")):
         group = [r for r in rows if r.get(metric) is not None]
         if group:
@@ -748,7 +752,7 @@ def sweep_figure(rows: Sequence[dict], height: int = 420) -> go.Figure:
                     name="step of best " + ("accuracy" if "accuracy" in metric else "answer loss"),
                     marker={
                         "size": 8,
-                        "symbol": symbol,
+                        "symbol": [f"{symbol}-open" if (r["plw"], r["seed"]) in left_out else symbol for r in group],
                         "color": colours["best_answer_accuracy" if "accuracy" in metric else "best_answer_loss"],
                     },
                     text=[f"PLW {r['plw']:g}, seed {r['seed']}, of {r['steps']} steps" for r in group],

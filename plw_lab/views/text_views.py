@@ -560,10 +560,14 @@ def sweep_row_text(row: dict) -> str:
     accuracy with its 95% interval."""
     low, high = row.get("answer_accuracy_ci_low"), row.get("answer_accuracy_ci_high")
     accuracy = metric("answer_accuracy").format_with_interval(
-        {"answer_accuracy": row["best_answer_accuracy"], "answer_accuracy_ci": [low, high] if low is not None else None}
+        {
+            "answer_accuracy": row.get("best_answer_accuracy"),
+            "answer_accuracy_ci": [low, high] if low is not None else None,
+        }
     )
+    status = f"pruned at step {row['pruned_step']}" if row["status"] == "pruned" else row["status"]
     return (
-        f"PLW {row['plw']:g} seed {row['seed']}: {row['status']} after {row['steps']} steps; best answer accuracy "
-        f"{accuracy} at step {row['best_answer_accuracy_step']}, best answer loss "
-        f"{metric('answer_loss').format(row['best_answer_loss'])} at step {row['best_answer_loss_step']}"
+        f"PLW {row['plw']:g} seed {row['seed']}: {status} after {row.get('steps')} steps; best answer accuracy "
+        f"{accuracy} at step {row.get('best_answer_accuracy_step')}, best answer loss "
+        f"{metric('answer_loss').format(row.get('best_answer_loss'))} at step {row.get('best_answer_loss_step')}"
     )
