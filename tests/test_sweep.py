@@ -237,6 +237,15 @@ def test_sweep_settings_that_cannot_work_exit_2_before_any_run(tmp_path, capsys,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_sweep_whose_runs_would_be_refused_leaves_no_sweep_folder(tmp_path, capsys):
+    from plw_lab.cli import main
+
+    args = ["sweep", "--model", "tiny-random", "--output-dir", str(tmp_path), "--plws", "0,1", "--seeds", "0"]
+    assert main([*args, "--set", "lora.target_modules=q_proj,lm_head"]) == 2
+    assert "lm_head" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_resume_finishes_only_the_runs_a_stopped_local_sweep_did_not(tmp_path, capsys):
     from plw_lab.cli import main
     from plw_lab.core.config import LabConfig

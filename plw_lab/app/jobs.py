@@ -22,6 +22,8 @@ from plw_lab.app.visitors import record_owner
 from plw_lab.core.config import ConfigError, LabConfig, ModelConfig
 from plw_lab.core.data import DataError
 from plw_lab.core.events import Failed, Started, drop_superseded, read_events
+from plw_lab.core.models import ModelError
+from plw_lab.core.runs import ResumeError
 from plw_lab.core.runs import load_run as read_run
 
 #: An absolute server path (not part of a URL): shown to visitors by its last component only.
@@ -46,6 +48,10 @@ def error_text(exc: BaseException) -> str:
     ):
         return hide_paths(str(exc))
     return hide_paths(f"{type(exc).__name__}: {exc}")
+
+
+#: How `train` refuses bad input before anything is written: messages for the visitor, not the server log.
+REFUSALS = (ConfigError, DataError, ModelError, ResumeError)
 
 
 class JobBusy(RuntimeError):
@@ -113,7 +119,8 @@ class TrainingJob:
         except BaseException as exc:  # train() reports its own failures; this catches what escapes it
             self.error = error_text(exc)
             self._collect(Failed(step=0, error=self.error, summary={"status": "failed", "error": self.error}))
-            traceback.print_exc()
+            if not isinstance(exc, REFUSALS):  # a refused setting is the visitor's to fix, not a bug to log
+                traceback.print_exc()
 
     def _set_run_path(self, path: Path) -> None:
         self.run_path = Path(path)
@@ -184,7 +191,6 @@ class JobRegistry:
 
     def resume(self, run, owner: str | None = None) -> TrainingJob:
         """Continue a stopped, interrupted or failed `Run` from its last checkpoint, as this app's job."""
-        from plw_lab.core.runs import ResumeError
 
         if run.config is None:
             raise ResumeError(f"{run.name}: its config.yaml cannot be read by this version of the lab")

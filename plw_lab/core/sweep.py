@@ -105,8 +105,14 @@ def run_sweep(
     if not plws or not seeds:
         raise ValueError("a sweep needs at least one PLW value and one seed")
     check_sweep(cfg)
+    # Everything checkable is checked before the sweep folder exists, so a refused sweep leaves nothing.
     if cfg.sweep.backend == "ray":
-        ray_backend()  # before the folder exists: a missing Ray leaves nothing behind
+        ray_backend()
+        cfg.validate()  # the workers' machines may differ from this one: they check the rest themselves
+    else:
+        from plw_lab.core.training import plan
+
+        plan(new_cell(cfg, Path(cfg.train.output_dir), plws[0], seeds[0]).cfg, examples)
     base = Path(cfg.train.output_dir)
     folder = base / (name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
     suffix = 1
