@@ -191,7 +191,6 @@ class JobRegistry:
 
     def resume(self, run, owner: str | None = None) -> TrainingJob:
         """Continue a stopped, interrupted or failed `Run` from its last checkpoint, as this app's job."""
-
         if run.config is None:
             raise ResumeError(f"{run.name}: its config.yaml cannot be read by this version of the lab")
         if not run.resumable:
