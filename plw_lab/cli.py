@@ -154,7 +154,8 @@ def print_event(event, stream=None) -> None:
             f", best adapter by {event.early_stopping_metric}" if getattr(event, "early_stopping_metric", "") else ""
         )
         print(
-            f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps{stopping}",
+            f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, "
+            f"{event.total_steps} steps{stopping}",
             file=stream,
         )
         processes = f"{event.world_size} process" + ("es" if event.world_size > 1 else "")
@@ -281,7 +282,8 @@ def print_comparison(comparison: dict, stream=None) -> None:
         )
     if "predicted" in off["metrics"]:
         print(
-            f"{'predicted answers':28}{json.dumps(off['metrics']['predicted']):>22} {json.dumps(on['metrics']['predicted'])}",
+            f"{'predicted answers':28}{json.dumps(off['metrics']['predicted']):>22} "
+            f"{json.dumps(on['metrics']['predicted'])}",
             file=stream,
         )
     for key, test in (comparison.get("paired") or {}).items():
@@ -594,7 +596,8 @@ def cmd_sweep(args) -> int:
         if cfg.sweep.backend == "ray":
             where = f" on Ray ({cfg.sweep.address})" if cfg.sweep.address else " on Ray"
         print(
-            f"sweep: PLW {', '.join(f'{p:g}' for p in plws)} x seeds {', '.join(map(str, seeds))} = {len(plws) * len(seeds)} runs "
+            f"sweep: PLW {', '.join(f'{p:g}' for p in plws)} x seeds {', '.join(map(str, seeds))} "
+            f"= {len(plws) * len(seeds)} runs "
             f"of {cfg.train.max_steps} steps on one split (data.split_seed {cfg.data.split_seed}){where}"
         )
         # Ray's workers print their runs' own messages; the local runs' notes are printed here.
@@ -746,7 +749,10 @@ def main(argv: list[str] | None = None) -> int:
         "--resume", metavar="RUN_DIR", help="continue a stopped, interrupted or failed run from its last checkpoint"
     )
     p.set_defaults(func=cmd_train)
-    adapter_help = "which adapter: final (adapter/), best (best_adapter/) or last (last_adapter/); default: the one summary.json keeps"
+    adapter_help = (
+        "which adapter: final (adapter/), best (best_adapter/) or last (last_adapter/); "
+        "default: the one summary.json keeps"
+    )
     p = command("eval", "validation metrics of a run, adapter on and off")
     p.add_argument("run", help="run folder")
     p.add_argument("--adapter", choices=("final", "best", "last"), default="", help=adapter_help)

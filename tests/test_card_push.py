@@ -47,8 +47,8 @@ def test_every_adapter_folder_has_a_card_and_names_its_base_model(run_dir):
             and f"{summary['n_train']} training and {summary['n_val']} validation examples" in card
         )
         assert (
-            "- LoRA: r 8, alpha 16, dropout 0, modules q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, layers `top:8`"
-            in card
+            "- LoRA: r 8, alpha 16, dropout 0, "
+            "modules q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, layers `top:8`" in card
         )
         assert f"Trained with PLW Lab {__version__}:" in card and __version__[0].isdigit()
     kept = summary["adapter_step"]
@@ -67,7 +67,10 @@ def test_every_adapter_folder_has_a_card_and_names_its_base_model(run_dir):
         if json.loads(line)["type"] == "eval"
     }
     accuracy = METRICS["answer_accuracy"]
-    row = f"| val answer accuracy | {accuracy.format_with_interval(evals[0])} | {accuracy.format_with_interval(evals[kept])} |"
+    row = (
+        f"| val answer accuracy | {accuracy.format_with_interval(evals[0])} "
+        f"| {accuracy.format_with_interval(evals[kept])} |"
+    )
     assert row in final and "% [" in row  # "62.5% [48.3–74.8%]"
     assert (
         f"| val completion loss | {evals[0]['completion_loss']:.4f} | {evals[kept]['completion_loss']:.4f} |" in final

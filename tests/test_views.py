@@ -421,7 +421,10 @@ def test_settings_help_lists_every_field():
 
 
 def test_views_do_not_import_a_ui_toolkit():
-    code = "import sys, plw_lab.views.charts, plw_lab.views.history, plw_lab.views.text_views, plw_lab.views.tokens_view; bad = [m for m in ('gradio', 'torch') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    code = (
+        "import sys, plw_lab.views.charts, plw_lab.views.history, plw_lab.views.text_views, plw_lab.views.tokens_view; "
+        "bad = [m for m in ('gradio', 'torch') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

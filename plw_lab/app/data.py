@@ -174,7 +174,8 @@ class DataTab:
                         "Column mapping (when your column names differ)", open=False, elem_id="mapping"
                     ) as self.mapping_acc:
                         gr.Markdown(
-                            "Pick which of your columns holds each lab field; leave '(same name)' where the names already match."
+                            "Pick which of your columns holds each lab field; "
+                            "leave '(same name)' where the names already match."
                         )
                         self.mapping = {
                             f: gr.Dropdown(
@@ -241,7 +242,8 @@ class DataTab:
     # -- events ------------------------------------------------------------------------------------
 
     def load_inputs(self, *source_controls) -> set:
-        """A load reads its source's controls, the format, the mapping, PLW, every setting and the data already loaded."""
+        """A load reads its source's controls, the format, the mapping, PLW, every setting and the data already
+        loaded."""
         shared = self.shared
         return {
             *source_controls,

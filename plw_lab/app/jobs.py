@@ -35,7 +35,8 @@ REMOTE_CODE_REFUSED = (
 
 
 def hide_paths(text: str) -> str:
-    """`text` with every absolute server path cut to its last component (a visitor sees file names, not the server's folders)."""
+    """`text` with every absolute server path cut to its last component (a visitor sees file names, not the
+    server's folders)."""
     return SERVER_PATH.sub(lambda m: m.group(1) or "/", text)
 
 

@@ -39,8 +39,10 @@ CSS = """
 #plw-header p{margin:2px 0 0;color:#4b5563}
 #plw-bar{border:1px solid #fed7aa;background:#fff7ed;border-radius:10px;padding:6px 10px;align-items:center}
 #plw-presets button{min-width:3.4em;padding:0 6px;white-space:nowrap;overflow:visible;text-overflow:clip}
-#runs-table th *,#preview th *,#compare-table th *{word-break:normal!important;overflow-wrap:normal!important;hyphens:none}
-.plw-msg-error{border:1px solid #fecaca;background:#fef2f2;color:#991b1b;border-radius:8px;padding:8px 12px;white-space:pre-wrap}
+#runs-table th *,#preview th *,#compare-table th *{word-break:normal!important;overflow-wrap:normal!important;
+hyphens:none}
+.plw-msg-error{border:1px solid #fecaca;background:#fef2f2;color:#991b1b;border-radius:8px;padding:8px 12px;
+white-space:pre-wrap}
 .plw-msg-ok{border:1px solid #bbf7d0;background:#f0fdf4;color:#166534;border-radius:8px;padding:8px 12px}
 .plw-msg-info{border:1px solid #bfdbfe;background:#eff6ff;color:#1e3a8a;border-radius:8px;padding:8px 12px}
 .plw-advice{border:1px solid #fde68a;background:#fffbeb;color:#92400e;border-radius:8px;padding:8px 12px;font-size:13px}

@@ -74,9 +74,10 @@ class RunsTab:
                 base = ctx.base
                 gr.Markdown(
                     f"Trains one run per PLW value and seed with the app's base settings (data `{base.data.source}`, "
-                    f"model `{base.model.name}`, {base.train.max_steps} steps), on one validation split: the seeds vary "
-                    "the adapter initialisation and the data order only. Runs one after another as the app's training "
-                    "job (watch the current run in the Train tab, stop it there); the figure fills in as runs finish."
+                    f"model `{base.model.name}`, {base.train.max_steps} steps), on one validation split: the seeds "
+                    "vary the adapter initialisation and the data order only. Runs one after another as the app's "
+                    "training job (watch the current run in the Train tab, stop it there); the figure fills in as runs "
+                    "finish."
                 )
                 with gr.Row():
                     self.sweep_plws = gr.Textbox("0, 0.01, 0.1, 1", label="PLW values", elem_id="sweep-plws", scale=2)

@@ -260,7 +260,8 @@ class TrainTab:
             int(settings.get("data.val_max", dv.data.get("val_max", 0)) or 0),
         )
         return (
-            f'<div class="plw-next-run">data: <b>{html.escape(dv.shown_source())}</b>, {n_train:,} train / {n_val:,} validation'
+            f'<div class="plw-next-run">data: <b>{html.escape(dv.shown_source())}</b>, '
+            f"{n_train:,} train / {n_val:,} validation"
             f"{SEP}{plw_line}</div>"
         )
 

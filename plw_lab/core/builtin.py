@@ -346,7 +346,8 @@ _CHATS = (
         ),
         (
             "Make it a bit warmer.",
-            "Dear neighbour, thank you so much for looking after my garden. Coming home to happy plants was lovely. Coffee is on me!",
+            "Dear neighbour, thank you so much for looking after my garden. "
+            "Coming home to happy plants was lovely. Coffee is on me!",
         ),
     ),
     (

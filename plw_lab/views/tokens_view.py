@@ -225,12 +225,13 @@ def token_html(
         foot = (
             f'<div class="plw-summary">{len(enc.input_ids)} tokens: {n_p} prompt, {n_c} completion'
             f"{f', {enc.truncated} cut from the prompt' if enc.truncated else ''}. "
-            f"At PLW {plw:g}{f' and completion weight {completion_weight:g}' if completion_weight != 1 else ''} the completion "
-            f"carries <b>{share:.1%}</b> of this example's loss weight"
+            f"At PLW {plw:g}{f' and completion weight {completion_weight:g}' if completion_weight != 1 else ''} "
+            f"the completion carries <b>{share:.1%}</b> of this example's loss weight"
             f"{f'; the data weights this record {enc.example.weight:g}' if data_weight else ''}.</div>"
         )
     return (
-        f"<style>{TOKEN_CSS}</style>{_legend_weights(plw, any(_answer_mask(enc)), completion_weight, bool(data_weight))}"
+        f"<style>{TOKEN_CSS}</style>"
+        f"{_legend_weights(plw, any(_answer_mask(enc)), completion_weight, bool(data_weight))}"
         f'<div class="plw-tokens" data-mode="weights" data-plw="{plw:g}">{"".join(parts)}</div>{foot}'
     )
 
@@ -310,7 +311,8 @@ def token_loss_html(
 
         delta = None if on[i] is None or off[i] is None else on[i] - off[i]
         title = (
-            f"{_describe(text)} | id {enc.input_ids[i]} | {label}{' (answer)' if answer else ''} | weight {weights[i]:.4g} | "
+            f"{_describe(text)} | id {enc.input_ids[i]} | {label}{' (answer)' if answer else ''} | "
+            f"weight {weights[i]:.4g} | "
             + (f"loss {fmt(on[i])}" if single else f"loss on {fmt(on[i])} | off {fmt(off[i])} | \u0394 {fmt(delta)}")
         )
         parts.append(
@@ -334,7 +336,8 @@ def token_loss_html(
         grad = f"linear-gradient(90deg,{_loss_color(0, 1)},{_loss_color(1, 1)})"
         legend = (
             '<div class="plw-legend">'
-            f'<span>per-token loss{"" if single else f", adapter {mode}"}: 0<span class="grad" style="background:{grad}"></span>'
+            f"<span>per-token loss{'' if single else f', adapter {mode}'}: 0"
+            f'<span class="grad" style="background:{grad}"></span>'
             f"\u2265{vmax:.2f} nats</span>"
             '<span>underline: <b style="color:#ea580c">completion</b> / <b style="color:#2563eb">prompt</b></span>'
             f"{answer_legend}</div>"
@@ -357,7 +360,8 @@ def token_loss_html(
             f"<b>{mean(enc.completion_mask, on):.3f}</b>, off <b>{mean(enc.completion_mask, off):.3f}</b>; "
             f"mean prompt loss: on {mean(enc.prompt_mask, on):.3f}, off {mean(enc.prompt_mask, off):.3f}"
             + (
-                f"; answer loss: on <b>{mean(_answer_mask(enc), on):.3f}</b>, off <b>{mean(_answer_mask(enc), off):.3f}</b>"
+                f"; answer loss: on <b>{mean(_answer_mask(enc), on):.3f}</b>, "
+                f"off <b>{mean(_answer_mask(enc), off):.3f}</b>"
                 if has_answer
                 else ""
             )
