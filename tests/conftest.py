@@ -39,6 +39,43 @@ def tiny_model(tiny_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_dir)
 
 
+def tiny_decoder(tokenizer, config_class: str = "LlamaConfig", layers: int = 4, impl: str = "sdpa", **extra):
+    """A 64-wide random decoder of any architecture transformers has, on the real tokenizer's vocabulary."""
+    import transformers
+
+    config = getattr(transformers, config_class)(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config, attn_implementation=impl, dtype=torch.float32)
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    """Twenty prompt/completion sums as a JSONL file, the shape most users' own data has."""
+    import json
+
+    path = tmp_path / "sums.jsonl"
+    path.write_text(
+        "\n".join(
+            json.dumps({"prompt": e.messages[0]["content"], "completion": e.messages[1]["content"]})
+            for e in sum_examples(20)
+        )
+    )
+    return path
+
+
 def sum_examples(n: int, seed: int = 0) -> list[Example]:
     """Short arithmetic prompt/completion pairs: distinct lengths, quick to train on."""
     rng = random.Random(seed)

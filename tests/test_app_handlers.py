@@ -28,6 +28,12 @@ def app(tmp_path_factory):
     return build_app(LabConfig().override({"model.name": "tiny-random", "data.limit": LIMIT}), runs_dir=runs)
 
 
+@pytest.fixture(autouse=True)
+def uploads_in_tmp_path(tmp_path, monkeypatch):
+    """The files these tests load stand for uploads: Gradio's upload folder is the test's tmp_path."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+
+
 def values_for(inputs, **changes) -> dict:
     """Every input at the value the page starts with."""
     return {component: getattr(component, "value", None) for component in inputs}

@@ -83,8 +83,9 @@ def test_the_compare_tab_runs_the_frozen_feature_probe(app, tmp_path):
     assert "no run named" in message
 
 
-def test_the_data_tab_weighs_completion_tokens_by_the_train_tabs_lambda_r(app, tmp_path):
+def test_the_data_tab_weighs_completion_tokens_by_the_train_tabs_lambda_r(app, tmp_path, monkeypatch):
     """The token view and the statistics state lambda_r beside PLW, so what the page shows is what the run trains on."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # the file stands for an upload
     data = app.plw_tabs["data"]
     shared = data.shared
     path = tmp_path / "sums.jsonl"

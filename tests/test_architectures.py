@@ -9,8 +9,7 @@ aligned with the layers when the cache runs only part of the decoder.
 
 import pytest
 import torch
-import transformers
-from transformers import AutoModelForCausalLM
+from conftest import tiny_decoder
 
 from plw_lab.core import compat
 from plw_lab.core.collate import collate
@@ -49,22 +48,7 @@ def test_every_proven_architecture_is_tested():
 
 def _model(tokenizer, arch, impl="sdpa", lora=True):
     name, extra = ARCHITECTURES[arch]
-    config = getattr(transformers, name)(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **extra,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=impl, dtype=torch.float32)
+    model = tiny_decoder(tokenizer, name, impl=impl, **extra)
     assert compat.model_type(model) == arch
     if not lora:
         return model.eval()

@@ -47,8 +47,8 @@ def test_every_adapter_folder_has_a_card_and_names_its_base_model(run_dir):
             and f"{summary['n_train']} training and {summary['n_val']} validation examples" in card
         )
         assert (
-            "- LoRA: r 8, alpha 16, dropout 0, modules q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, layers `top:8`"
-            in card
+            "- LoRA: r 8, alpha 16, dropout 0, "
+            "modules q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, layers `top:8`" in card
         )
         assert f"Trained with PLW Lab {__version__}:" in card and __version__[0].isdigit()
     kept = summary["adapter_step"]
@@ -67,7 +67,10 @@ def test_every_adapter_folder_has_a_card_and_names_its_base_model(run_dir):
         if json.loads(line)["type"] == "eval"
     }
     accuracy = METRICS["answer_accuracy"]
-    row = f"| val answer accuracy | {accuracy.format_with_interval(evals[0])} | {accuracy.format_with_interval(evals[kept])} |"
+    row = (
+        f"| val answer accuracy | {accuracy.format_with_interval(evals[0])} "
+        f"| {accuracy.format_with_interval(evals[kept])} |"
+    )
     assert row in final and "% [" in row  # "62.5% [48.3–74.8%]"
     assert (
         f"| val completion loss | {evals[0]['completion_loss']:.4f} | {evals[kept]['completion_loss']:.4f} |" in final
@@ -78,7 +81,7 @@ def test_every_adapter_folder_has_a_card_and_names_its_base_model(run_dir):
     else:
         best = summary["best"][stopping.name]["value"]
         assert (
-            f"this folder keeps step {kept}: the best {stopping.label} of the evaluations ({stopping.format(best)})\n"
+            f"this folder keeps step {kept}: the best {stopping.label} of the evaluations ({stopping.format(best)})"
             in final
         )
 
@@ -161,6 +164,72 @@ def test_the_card_header_is_valid_yaml(run_dir):
     assert header == {
         "base_model": "tiny-random",
         "library_name": "peft",
+        "license": "apache-2.0",
         "pipeline_tag": "text-generation",
         "tags": ["lora", "sft", "prompt-loss-weight", "plw-lab"],
     }
+
+
+def test_the_card_header_parses_whatever_the_paths(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from plw_lab.core.card import render
+
+    odd = tmp_path / "model: v2 #1 'quoted' \"double\" - [x]"
+    odd.mkdir()
+    cfg = LabConfig().override({"model.name": str(odd), "data.source": "hf:someone/data: set"})
+    card = render(cfg, "adapter", 2, 2, "answer_loss", 1.5, [], 10, 2)
+    assert card.startswith("---\n")
+    header = yaml.safe_load(card.split("\n---\n")[0].removeprefix("---\n"))
+    assert header["base_model"] == str(odd)
+    assert header["datasets"] == ["someone/data: set"]
+    # A base model whose licence the lab does not know: the adapter's follows it, and the card says so.
+    assert (header["license"], header["license_name"]) == ("other", "base-model-license")
+    assert ModelCard(card).data.base_model == str(odd)  # the hub's own reader agrees
+    hub = render(
+        LabConfig().override({"model.name": "Qwen/Qwen2.5-0.5B-Instruct"}), "adapter", 1, 1, "none", None, [], 1, 1
+    )
+    assert ModelCard(hub).data.license_link == "https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct"
+    assert ModelCard(render(LabConfig(), "adapter", 1, 1, "none", None, [], 1, 1)).data.license == "apache-2.0"
+
+
+def test_a_card_keeping_an_earlier_step_says_both(tmp_path, monkeypatch):
+    from plw_lab.core import training
+    from plw_lab.core.metrics import METRICS, metric
+
+    class FirstIsBest:
+        """The stopping metric as if no evaluation after step 0 improved on it."""
+
+        def __init__(self, name):
+            self.real = metric(name)
+
+        def better(self, new, old):
+            return old is None
+
+    monkeypatch.setattr(training, "metric", FirstIsBest)
+    cfg = LabConfig().override(
+        {
+            "model.name": "tiny-random",
+            "data.limit": 24,
+            "train.max_steps": 2,
+            "train.eval_interval": 1,
+            "train.output_dir": str(tmp_path),
+            "eval.generations": 0,
+            "eval.probe_texts": 0,
+        }
+    )
+    result = training.train(cfg, compare=False)
+    summary = result.summary
+    assert (summary["steps"], summary["adapter_step"]) == (2, 0)
+    stopping = METRICS[summary["early_stopping_metric"]]
+    best = stopping.format(summary["first_eval"][stopping.name])  # the kept step's value
+    card = (result.run_dir / "adapter" / "README.md").read_text()
+    assert (
+        f"- steps: 2; this folder keeps step 0: the best {stopping.label} of the evaluations ({best}); step 0 is the "
+        "base model before any training, so this adapter changes nothing\n" in card
+    )
+    assert "| metric | base model (step 0) | this adapter (step 0) |" in card
+    assert (
+        "- steps: 2; this folder keeps step 2: the last optimiser step"
+        in (result.run_dir / "last_adapter" / "README.md").read_text()
+    )

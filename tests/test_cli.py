@@ -1,23 +1,6 @@
 """The CLI: inspect shows masks and weights, train writes a run that eval and compare read back."""
 
-import json
-
-import pytest
-from conftest import sum_examples
-
 from plw_lab.cli import main
-
-
-@pytest.fixture
-def data_file(tmp_path):
-    path = tmp_path / "sums.jsonl"
-    path.write_text(
-        "\n".join(
-            json.dumps({"prompt": e.messages[0]["content"], "completion": e.messages[1]["content"]})
-            for e in sum_examples(20)
-        )
-    )
-    return path
 
 
 def test_inspect_prints_tokens_with_labels_and_weights(data_file, capsys):

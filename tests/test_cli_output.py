@@ -4,11 +4,9 @@ a metrics table, its version and examples in every --help."""
 from __future__ import annotations
 
 import io
-import json
 import re
 
 import pytest
-from conftest import sum_examples
 
 from plw_lab import __version__
 from plw_lab.cli import main
@@ -21,18 +19,6 @@ class Terminal(io.StringIO):
 
     def isatty(self) -> bool:
         return True
-
-
-@pytest.fixture
-def data_file(tmp_path):
-    path = tmp_path / "sums.jsonl"
-    path.write_text(
-        "\n".join(
-            json.dumps({"prompt": e.messages[0]["content"], "completion": e.messages[1]["content"]})
-            for e in sum_examples(20)
-        )
-    )
-    return path
 
 
 def test_no_colour_codes_when_the_output_is_not_a_terminal(data_file, capsys):

@@ -7,7 +7,7 @@ import pytest
 
 from plw_lab.cli import main
 from plw_lab.core.config import DataConfig, LabConfig
-from plw_lab.core.data import DataError, detect_format, load_examples, split, to_examples
+from plw_lab.core.data import DataError, as_examples, detect_format, load_examples, split, to_examples
 from plw_lab.core.events import read_events
 from plw_lab.core.masks import encode
 
@@ -236,3 +236,128 @@ def test_inspect_and_the_started_event_report_duplicates_and_skips(tmp_path, cap
 def test_a_config_with_on_error_round_trips(tmp_path):
     cfg = LabConfig().override({"data.on_error": "skip"})
     assert LabConfig.load(cfg.save(tmp_path / "c.yaml")).data.on_error == "skip"
+
+
+# -- preference data is not SFT data ----------------------------------------------------------------
+
+PAIRED = [
+    {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
+    {"prompt": "Two plus two is", "chosen": " four.", "rejected": " five."},
+]
+#: TRL's unpaired preference format: each completion labelled desirable (true) or not (false).
+UNPAIRED = [
+    {"prompt": "The sky is", "completion": " blue.", "label": True},
+    {"prompt": "The sky is", "completion": " green.", "label": False},
+]
+
+
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        (PAIRED, "preference data (prompt/chosen/rejected) is not SFT data: SFT learns one reply per prompt"),
+        (
+            # the implicit-prompt conversational form: whole conversations under chosen and rejected
+            [
+                {
+                    "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+                    "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}],
+                }
+            ],
+            "preference data (prompt/chosen/rejected) is not SFT data",
+        ),
+        (UNPAIRED, "preference data (prompt/completion/label) is not SFT data: its label marks each completion"),
+    ],
+)
+def test_preference_data_is_refused_by_name(records, message):
+    for cfg in (DataConfig(), DataConfig(format="prompt_completion"), DataConfig(on_error="skip")):
+        with pytest.raises(DataError) as caught:
+            to_examples(records, cfg)
+        assert message in str(caught.value)
+
+
+def test_unpaired_preference_data_exits_2_before_a_run_folder(tmp_path, capsys):
+    path = tmp_path / "kto.csv"  # a CSV spells the labels as text
+    path.write_text("prompt,completion,label\nThe sky is,blue,True\nThe sky is,green,False\n")
+    runs = tmp_path / "runs"
+    assert main(["train", "--model", "tiny-random", "--data", str(path), "--output-dir", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {path}: preference data (prompt/completion/label) is not SFT data" in err
+    assert not runs.exists()
+
+
+def test_the_remedy_the_message_names_trains_on_the_chosen_replies():
+    examples = as_examples(PAIRED, DataConfig(column_map={"completion": "chosen"}))
+    assert [e.messages[-1]["content"] for e in examples] == [" blue.", " four."]
+    # A prompt/completion set whose label is not a yes/no flag is ordinary SFT data.
+    labelled = [{"prompt": "p", "completion": "c", "label": "topic-a"}, {"prompt": "q", "completion": "d", "label": 3}]
+    assert len(to_examples(labelled, DataConfig())) == 2
+
+
+# -- datasets: save_to_disk folders, .arrow files, Dataset objects ------------------------------------
+
+
+def sum_records(n: int) -> list[dict]:
+    return [{"prompt": f"Add {i} and {i + 1}.", "completion": str(2 * i + 1)} for i in range(n)]
+
+
+def test_a_save_to_disk_folder_and_an_arrow_file_are_read(tmp_path):
+    import datasets
+
+    records = sum_records(6)
+    datasets.Dataset.from_list(records).save_to_disk(str(tmp_path / "saved"))
+    assert [e.messages[-1]["content"] for e in load_examples(DataConfig(source=str(tmp_path / "saved")))] == [
+        r["completion"] for r in records
+    ]
+    (arrow,) = (tmp_path / "saved").glob("*.arrow")
+    assert len(load_examples(DataConfig(source=str(arrow)))) == 6
+    # A DatasetDict folder: data.hf_split picks the split, and a missing one names those there are.
+    splits = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(records), "test": datasets.Dataset.from_list(sum_records(2))}
+    )
+    splits.save_to_disk(str(tmp_path / "dict"))
+    assert len(load_examples(DataConfig(source=str(tmp_path / "dict")))) == 6
+    assert len(load_examples(DataConfig(source=str(tmp_path / "dict"), hf_split="test"))) == 2
+    with pytest.raises(DataError, match=r"is a DatasetDict without a 'validation' split; it has train, test"):
+        load_examples(DataConfig(source=str(tmp_path / "dict"), hf_split="validation"))
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DataError, match="a folder, but not one written by datasets' save_to_disk"):
+        load_examples(DataConfig(source=str(tmp_path / "plain")))
+
+
+def test_class_label_columns_give_their_names():
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["no", "yes"])})
+    dataset = datasets.Dataset.from_dict({"text": ["a", "b", "c"], "label": [1, 0, 1]}, features=features)
+    examples = as_examples(dataset, DataConfig())
+    assert [e.meta["label"] for e in examples] == ["yes", "no", "yes"]
+    assert "(A) no (B) yes" in examples[0].messages[0]["content"]
+
+
+def test_a_dataset_or_dataset_dict_is_taken_by_the_python_api(tokenizer):
+    import datasets
+
+    from plw_lab.core.training import prepare
+
+    cfg = LabConfig().override({"data.val_size": "2", "data.column_map": '{"completion": "answer"}'})
+    rows = [{"prompt": r["prompt"], "answer": r["completion"]} for r in sum_records(8)]
+    dataset = datasets.Dataset.from_list(rows)
+    prepared = prepare(cfg, tokenizer, dataset)
+    assert (len(prepared.train), len(prepared.val)) == (6, 2)
+    # The same rows as a list of dicts and as a DatasetDict's train split give the same split.
+    for same in (rows, datasets.DatasetDict({"train": dataset, "test": dataset.select([0])})):
+        assert prepare(cfg, tokenizer, same).split["fingerprint"] == prepared.split["fingerprint"]
+    with pytest.raises(DataError, match="preference data"):
+        prepare(cfg, tokenizer, datasets.Dataset.from_list(PAIRED))
+
+
+def test_a_save_to_disk_folder_trains(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list(sum_records(10)).save_to_disk(str(tmp_path / "saved"))
+    runs = tmp_path / "runs"
+    args = ["train", "--model", "tiny-random", "--data", str(tmp_path / "saved"), "--max-steps", "1"]
+    args += ["--output-dir", str(runs), "--set", "eval.generations=0", "--set", "eval.probe_texts=0"]
+    assert main(args) == 0
+    (run,) = runs.iterdir()
+    assert json.loads((run / "summary.json").read_text())["steps"] == 1

@@ -63,7 +63,7 @@ def test_evaluation_reports_answer_entropy_and_kl_to_base_against_a_naive_oracle
 
     torch.manual_seed(3)
     with torch.no_grad():
-        for a, b, _ in lora_factors(model):
+        for _a, b, _ in lora_factors(model):
             b.normal_(0, 0.3)
     moved = evaluate(model, encoded, tokenizer.pad_token_id, batch_size=4, base_states=states)
     # Oracle: full logits of each example alone, adapter on and off, every target position.
@@ -86,9 +86,10 @@ def test_comparison_reports_the_diversity_of_generations_on_and_off(tokenizer, t
     from plw_lab.core.evaluation import compare
     from plw_lab.core.models import attach_lora
 
-    model = attach_lora(tiny_model, LabConfig().lora)
+    cfg = LabConfig().override({"eval.generations": 3, "eval.max_new_tokens": 6, "eval.batch_size": 4})
+    model = attach_lora(tiny_model, cfg.lora)
     encoded = _val(tokenizer)
-    result = compare(model, tokenizer, encoded, [], n_generations=3, max_new_tokens=6, batch_size=4)
+    result = compare(model, tokenizer, encoded, cfg, probe_texts=[])
     for side in ("on", "off"):
         metrics, generations = result[side]["metrics"], result[side]["generations"]
         assert metrics["distinct_1"] == pytest.approx(distinct_n(generations, 1), nan_ok=True)

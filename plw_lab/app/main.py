@@ -8,13 +8,16 @@ compare) lives in `gr.State`, so visitors never see each other's choices.
 
 This module assembles the page: the header, the PLW bar every tab uses, the four tabs (each built
 and wired by its own module: `app_data`, `app_train`, `app_compare`, `app_runs`) and what runs on
-page load.
+page load. `main(argv)` is the command line of `lab app` and of the Space's `app.py`.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import html
+import os
+import sys
 from pathlib import Path
 
 import gradio as gr
@@ -25,7 +28,7 @@ from plw_lab.app.data import STATE_TTL_SECONDS, DataTab
 from plw_lab.app.jobs import JobRegistry, RunModels
 from plw_lab.app.runs import RunsTab
 from plw_lab.app.train import TrainTab
-from plw_lab.core.config import LabConfig
+from plw_lab.core.config import ConfigError, LabConfig, parse_overrides
 from plw_lab.core.models import weights_note
 
 #: Largest file a visitor may upload (Gradio rejects bigger ones before they reach the lab).
@@ -36,8 +39,10 @@ CSS = """
 #plw-header p{margin:2px 0 0;color:#4b5563}
 #plw-bar{border:1px solid #fed7aa;background:#fff7ed;border-radius:10px;padding:6px 10px;align-items:center}
 #plw-presets button{min-width:3.4em;padding:0 6px;white-space:nowrap;overflow:visible;text-overflow:clip}
-#runs-table th *,#preview th *,#compare-table th *{word-break:normal!important;overflow-wrap:normal!important;hyphens:none}
-.plw-msg-error{border:1px solid #fecaca;background:#fef2f2;color:#991b1b;border-radius:8px;padding:8px 12px;white-space:pre-wrap}
+#runs-table th *,#preview th *,#compare-table th *{word-break:normal!important;overflow-wrap:normal!important;
+hyphens:none}
+.plw-msg-error{border:1px solid #fecaca;background:#fef2f2;color:#991b1b;border-radius:8px;padding:8px 12px;
+white-space:pre-wrap}
 .plw-msg-ok{border:1px solid #bbf7d0;background:#f0fdf4;color:#166534;border-radius:8px;padding:8px 12px}
 .plw-msg-info{border:1px solid #bfdbfe;background:#eff6ff;color:#1e3a8a;border-radius:8px;padding:8px 12px}
 .plw-advice{border:1px solid #fde68a;background:#fffbeb;color:#92400e;border-radius:8px;padding:8px 12px;font-size:13px}
@@ -65,14 +70,17 @@ def build_app(
     runs_dir: str | Path | None = None,
     title: str = "PLW Lab",
     allow_remote_code: bool = False,
+    allow_local_paths: bool = False,
 ) -> gr.Blocks:
     """The lab's Gradio app. `config` gives the starting values (defaults: `LabConfig()`); `runs_dir`
     is where runs are written and listed (default: the config's `train.output_dir`). Unless
-    `allow_remote_code`, no run whose config sets `model.trust_remote_code` trains or loads here."""
+    `allow_remote_code`, no run whose config sets `model.trust_remote_code` trains or loads here.
+    Unless `allow_local_paths`, no setting a visitor sends names a file or folder of this machine
+    (only uploads, built-in sets and hub ids; the starting config's own values stay)."""
     base = config or LabConfig()
     runs_path = Path(runs_dir or base.train.output_dir).expanduser().resolve()
     base = base.override({"train.output_dir": str(runs_path)})
-    registry = JobRegistry(allow_remote_code)
+    registry = JobRegistry(allow_remote_code, allow_local_paths)
     registry.check_remote_code(base, "the starting config")
     try:
         from plw_lab.core import builtin as builtin_sets
@@ -109,7 +117,7 @@ def build_app(
             with gr.Column(scale=2, min_width=260):
                 gr.Markdown("Presets")
                 with gr.Row(elem_id="plw-presets"):
-                    for value in plw_spec.get("presets", (0.0, 0.01, 0.1, 0.5, 1.0)):
+                    for value in plw_spec["presets"]:
                         button = gr.Button(f"{value:g}", size="sm", elem_id=f"plw-preset-{value:g}".replace(".", "_"))
                         button.click(lambda v=value: v, None, plw, show_progress="hidden")
             _clamp_typed_values(plw)
@@ -167,3 +175,80 @@ def _set_launch_defaults(demo: gr.Blocks) -> None:
         return original(*args, **kwargs)
 
     demo.launch = launch
+
+
+USAGE = """examples:
+  lab app                                # local only (127.0.0.1:7860)
+  lab app --model tiny-random            # a fast random model, for trying the app out
+  lab app --host 0.0.0.0 --port 8080 --runs-dir runs/shared
+  lab app --share                        # a public Gradio link (explicit opt-in)
+  lab app --allow-local-paths            # a single-user app: settings may name this machine's files
+  lab app --config space-cpu --set train.max_steps=50
+(`python app.py` in a checkout takes the same options.)"""
+
+
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="PLW Lab: fine-tuning with a visible prompt-loss weight, in the browser.",
+        epilog=USAGE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # A Hugging Face Space sets GRADIO_SERVER_NAME=0.0.0.0; everywhere else the default stays local.
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="address to bind (default 127.0.0.1: this machine only)",
+    )
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    parser.add_argument("--share", action="store_true", help="also serve through a public Gradio share link")
+    parser.add_argument("--model", default=None, help="starting model: 'embedded' (default), 'tiny-random' or a folder")
+    parser.add_argument(
+        "--runs-dir", default=None, help="folder for run outputs (default: the config's train.output_dir)"
+    )
+    parser.add_argument(
+        "--config", default=None, help="a YAML/JSON lab config or a shipped recipe's name, giving the starting values"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a starting value, e.g. train.prompt_loss_weight=0.1 (repeatable)",
+    )
+    parser.add_argument("--max-file-size", default=MAX_UPLOAD, help=f"largest upload accepted (default {MAX_UPLOAD})")
+    parser.add_argument(
+        "--allow-remote-code",
+        action="store_true",
+        help="let runs whose config sets model.trust_remote_code run their model's own Python code "
+        "(off: such runs are refused)",
+    )
+    parser.add_argument(
+        "--allow-local-paths",
+        action="store_true",
+        help="let visitors name files and folders of this machine as data, validation data, mix sources or "
+        "model (off: only uploads, built-in sets and hub ids; turn it on only for an app that you alone use)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """Parse the command line, build the app and serve it until interrupted; bad settings exit with `error: ...`."""
+    args = parse_args(argv, prog)
+    try:
+        overrides = parse_overrides(args.set)
+        if args.model:
+            overrides["model.name"] = args.model
+        config = LabConfig.load(args.config) if args.config else LabConfig()
+        if overrides:
+            config = config.override(overrides)
+        demo = build_app(
+            config=config,
+            runs_dir=args.runs_dir,
+            allow_remote_code=args.allow_remote_code,
+            allow_local_paths=args.allow_local_paths,
+        )
+    except (ConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=args.max_file_size)

@@ -15,11 +15,12 @@ from pathlib import Path
 import gradio as gr
 from huggingface_hub import get_token as hub_token
 
-from plw_lab.app.common import AppContext, RunLists, SharedComponents, frame, message_html
+from plw_lab.app.common import AppContext, RunLists, SharedComponents, frame, message_html, warn
 from plw_lab.app.jobs import JobBusy, error_text
+from plw_lab.app.visitors import require_owner, visitor_token
 from plw_lab.core.card import ShareError, push
 from plw_lab.core.runs import delete_run
-from plw_lab.core.sweep import list_sweeps, read_csv
+from plw_lab.core.sweep_table import list_sweeps, read_csv
 from plw_lab.views.charts import overlay_figure, plw_sweep_figure, sweep_figure
 from plw_lab.views.text_views import runs_rows
 
@@ -73,9 +74,10 @@ class RunsTab:
                 base = ctx.base
                 gr.Markdown(
                     f"Trains one run per PLW value and seed with the app's base settings (data `{base.data.source}`, "
-                    f"model `{base.model.name}`, {base.train.max_steps} steps), on one validation split: the seeds vary "
-                    "the adapter initialisation and the data order only. Runs one after another as the app's training "
-                    "job (watch the current run in the Train tab, stop it there); the figure fills in as runs finish."
+                    f"model `{base.model.name}`, {base.train.max_steps} steps), on one validation split: the seeds "
+                    "vary the adapter initialisation and the data order only. Runs one after another as the app's "
+                    "training job (watch the current run in the Train tab, stop it there); the figure fills in as runs "
+                    "finish."
                 )
                 with gr.Row():
                     self.sweep_plws = gr.Textbox("0, 0.01, 0.1, 1", label="PLW values", elem_id="sweep-plws", scale=2)
@@ -118,8 +120,9 @@ class RunsTab:
     # -- events ------------------------------------------------------------------------------------
 
     def wire(self) -> None:
+        visitor = self.shared.visitor
         self.sweep_btn.click(
-            self.on_sweep, [self.sweep_plws, self.sweep_seeds], [self.sweep_msg, self.sweep_pick, self.sweep_figure]
+            self.on_sweep, {self.sweep_plws, self.sweep_seeds, visitor}, {self.sweep_msg, self.sweep_figure, visitor}
         )
         self.sweep_pick.change(self.on_sweep_pick, self.sweep_pick, self.sweep_figure)
         self.refresh_btn.click(self.sweep_choices, self.sweep_pick, [self.sweep_pick, self.sweep_figure])
@@ -132,10 +135,12 @@ class RunsTab:
         self.push_btn.click(self.on_push, [self.run_pick, self.push_repo], self.msg)
         # A resumed run becomes the job this page watches, so it streams into the Train tab.
         self.resume_btn.click(
-            self.on_resume, {self.run_pick, self.shared.visitor}, {self.msg, self.shared.seen_job}, concurrency_limit=4
+            self.on_resume, {self.run_pick, visitor}, {self.msg, self.shared.seen_job}, concurrency_limit=4
         )
         self.delete_btn.click(
-            self.on_delete, {self.confirm_delete, *self.inputs}, {self.msg, self.confirm_delete, *self.outputs}
+            self.on_delete,
+            {self.confirm_delete, visitor, *self.inputs},
+            {self.msg, self.confirm_delete, *self.outputs},
         )
 
     def wire_page_load(self, demo: gr.Blocks) -> None:
@@ -155,24 +160,26 @@ class RunsTab:
             return sweep_figure([])
         return sweep_figure(read_csv(self.ctx.runs_path / name))
 
-    def on_sweep(self, plws_text, seeds_text):
+    def on_sweep(self, values: dict):
+        """Start a sweep owned by this visitor (a caller without a token gets one with the answer)."""
+        visitor = visitor_token(values.get(self.shared.visitor))
         try:
-            plws = [float(v) for v in str(plws_text).replace(";", ",").split(",") if v.strip()]
-            seeds = [int(v) for v in str(seeds_text).replace(";", ",").split(",") if v.strip()]
+            plws = [float(v) for v in str(values[self.sweep_plws]).replace(";", ",").split(",") if v.strip()]
+            seeds = [int(v) for v in str(values[self.sweep_seeds]).replace(";", ",").split(",") if v.strip()]
             if not plws or not seeds or any(not 0 <= p <= 1 for p in plws):
                 raise ValueError("give PLW values in [0, 1] and at least one seed, as comma lists")
             cfg = self.ctx.base.override({"train.output_dir": str(self.ctx.runs_path)})
-            job = self.ctx.registry.start(cfg, sweep=(plws, seeds))
+            job = self.ctx.registry.start(cfg, owner=visitor, sweep=(plws, seeds))
         except (JobBusy, ValueError) as exc:
-            gr.Warning(error_text(exc))
-            return message_html(error_text(exc)), gr.update(), gr.update()
-        return (
-            message_html(
+            warn(error_text(exc))
+            return {self.sweep_msg: message_html(error_text(exc))}
+        return {
+            self.sweep_msg: message_html(
                 f"Sweep started: {len(plws) * len(seeds)} runs (job {job.id}). Refresh to see finished runs.", "info"
             ),
-            gr.update(),
-            sweep_figure([]),
-        )
+            self.sweep_figure: sweep_figure([]),
+            self.shared.visitor: visitor,
+        }
 
     # -- handlers ----------------------------------------------------------------------------------
 
@@ -240,7 +247,7 @@ class RunsTab:
                     if (run.path / extra).exists():
                         zf.write(run.path / extra, extra)
         except Exception as exc:
-            gr.Warning(error_text(exc))
+            warn(error_text(exc))
             return gr.update(visible=False), message_html(error_text(exc))
         return gr.update(value=str(target), visible=True), message_html(f"{target.name} is ready to download.", "ok")
 
@@ -251,7 +258,7 @@ class RunsTab:
             url = push(self.ctx.find_run(name).path, repo.strip())
         except Exception as exc:
             text = str(exc) if isinstance(exc, ShareError) else error_text(exc)
-            gr.Warning(text)
+            warn(text)
             return message_html(text)
         return message_html(f"Pushed {name} to {url}.", "ok")
 
@@ -261,13 +268,14 @@ class RunsTab:
             if not values[self.confirm_delete]:
                 raise ValueError("tick 'yes, delete it' to confirm")
             run = self.ctx.find_run(name)
+            require_owner(run.path, values.get(self.shared.visitor), "delete")
             if self.ctx.registry.owns(run.path):
                 raise ValueError("this run is still training; stop it first")
             self.ctx.models.forget(run.path)
             delete_run(run.path)  # refuses a run that any live process trains
             self.ctx.registry.forget(run.path)
         except Exception as exc:
-            gr.Warning(error_text(exc))
+            warn(error_text(exc))
             return {self.msg: message_html(error_text(exc))}
         compare_run = self.shared.run_choice
         refreshed = {**values, self.run_pick: None}
@@ -276,18 +284,18 @@ class RunsTab:
         return {self.msg: message_html(f"Deleted {name}.", "ok"), self.confirm_delete: False, **self.refresh(refreshed)}
 
     def on_resume(self, values: dict):
-        """Continue a stopped, interrupted or failed run from its last checkpoint; the Train tab shows it,
-        and the visitor who resumed it owns it (only they can stop it)."""
-        from plw_lab.app.jobs import JobBusy
-
-        name = values[self.run_pick]
+        """Continue a stopped, interrupted or failed run from its last checkpoint; the Train tab shows it.
+        Only the visitor who started the run may resume it."""
+        name, visitor = values[self.run_pick], values.get(self.shared.visitor)
         try:
-            job = self.ctx.registry.resume(self.ctx.find_run(name), owner=values[self.shared.visitor])
+            run = self.ctx.find_run(name)
+            require_owner(run.path, visitor, "resume")
+            job = self.ctx.registry.resume(run, owner=visitor)
         except JobBusy as exc:
-            gr.Warning(str(exc))
+            warn(str(exc))
             return {self.msg: message_html(str(exc), "info")}
         except Exception as exc:
-            gr.Warning(error_text(exc))
+            warn(error_text(exc))
             return {self.msg: message_html(error_text(exc))}
         return {
             self.msg: message_html(f"Resuming {name}; follow it in the Train tab.", "ok"),

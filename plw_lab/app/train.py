@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import html
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,14 @@ from plw_lab.app.common import (
     make_control,
     message_html,
     page_message,
+    warn,
 )
 from plw_lab.app.data import DATA_OPTIONS, DataView
 from plw_lab.app.jobs import JobBusy, TrainingJob, hide_paths
+from plw_lab.app.visitors import visitor_token
 from plw_lab.core import memory
 from plw_lab.core.config import ConfigError, LabConfig, field_specs
-from plw_lab.core.data import DataError, check_hub_id, split_sizes
+from plw_lab.core.data import DataError, split_sizes
 from plw_lab.views.charts import accuracy_figure, loss_figure, predicted_distribution_figure
 from plw_lab.views.history import History
 from plw_lab.views.text_views import SEP, progress_html, run_settings_html, settings_help_markdown
@@ -111,6 +112,7 @@ def badge_html(job: TrainingJob | None, history: History | None = None) -> str:
 
 
 OTHER_VISITOR = "A run started by another visitor is training; you can watch it here. Start opens again when it ends."
+OUTSIDE_THE_PAGE = "A run started outside this page is training; you can watch it here. Start opens again when it ends."
 STOPPING = "Stopping after the current optimiser step; the adapter so far is kept."
 
 
@@ -217,7 +219,7 @@ class TrainTab:
         self.start_btn.click(
             self.on_start,
             {shared.seen_job, shared.visitor, shared.plw, shared.data_state, *shared.settings.values()},
-            {self.msg, shared.seen_job},
+            {self.msg, shared.seen_job, shared.visitor},
             concurrency_limit=4,
         )
         lists = shared.run_lists
@@ -258,7 +260,8 @@ class TrainTab:
             int(settings.get("data.val_max", dv.data.get("val_max", 0)) or 0),
         )
         return (
-            f'<div class="plw-next-run">data: <b>{html.escape(dv.shown_source())}</b>, {n_train:,} train / {n_val:,} validation'
+            f'<div class="plw-next-run">data: <b>{html.escape(dv.shown_source())}</b>, '
+            f"{n_train:,} train / {n_val:,} validation"
             f"{SEP}{plw_line}</div>"
         )
 
@@ -269,19 +272,12 @@ class TrainTab:
         for key, value in shared.setting_values(values).items():
             overrides[key] = coerce_control(key, specs[key], value)
         dv: DataView | None = values.get(shared.data_state)
-        if dv is not None:
+        if dv is not None:  # a server-side state the Data tab made; its source counts as an upload only if it was one
             for name in ("source", "format", "column_map", "hf_config", "hf_split"):
                 overrides[f"data.{name}"] = dv.data[name]
         overrides["train.output_dir"] = str(self.ctx.runs_path)
-        for source in overrides.get("data.mix") or {}:
-            # A visitor may mix built-in sets and hub datasets, never a file or folder on this server.
-            if not source.startswith(("builtin:", "hf:")):
-                raise ConfigError(
-                    f"data.mix: {source!r} is neither a built-in set ('builtin:NAME') nor a hub dataset ('hf:owner/name')"
-                )
-            if source.startswith("hf:"):
-                check_hub_id(source.removeprefix("hf:"))
-        return self.ctx.base.override(overrides)
+        uploads = [dv.data["source"]] if dv is not None and dv.uploaded else []
+        return self.ctx.visitor_config(overrides, uploads)
 
     def render_progress(self, history: History, job: TrainingJob | None, visitor: str | None) -> dict:
         """The parts that change every second: status, phase, ETA, elapsed time, buttons."""
@@ -292,9 +288,9 @@ class TrainTab:
             view, note = dataclasses.replace(history, status="stopping"), STOPPING
         elif running and history.status == "idle":
             view = dataclasses.replace(history, status="starting")
-        mine = job is not None and (job.owner is None or job.owner == visitor)
+        mine = job is not None and job.owner is not None and job.owner == visitor
         if running and not mine:
-            note = (note + "\n" if note else "") + OTHER_VISITOR
+            note = (note + "\n" if note else "") + (OTHER_VISITOR if job.owner is not None else OUTSIDE_THE_PAGE)
         return {
             self.progress: progress_html(view, note),
             self.start_btn: gr.update(interactive=not running),
@@ -342,7 +338,7 @@ class TrainTab:
             if not first:  # toasts only for advice that arrives while watching, once per message
                 for message in history.advice_steps:
                     if message not in known:
-                        gr.Warning(message)
+                        warn(message)
             finished = not job.running and cursor >= job.n_events()
             now = time.time()
             if first or finished or (new and now - last_charts >= 0.8):
@@ -357,25 +353,32 @@ class TrainTab:
             time.sleep(POLL_SECONDS)
 
     def on_start(self, values: dict):
+        """Start a run owned by this visitor; a caller without a visitor token (an API client, a page
+        whose token has not arrived) gets one with the answer, so every run started here has an owner."""
         shared, registry = self.shared, self.ctx.registry
         seen = values[shared.seen_job]
+        visitor = visitor_token(values.get(shared.visitor))
         try:
-            job = registry.start(self.build_config(values), owner=values[shared.visitor])
+            job = registry.start(self.build_config(values), owner=visitor)
         except JobBusy as exc:
-            gr.Warning(str(exc))
+            warn(str(exc))
             running = registry.running()
             return {self.msg: message_html(str(exc), "info"), shared.seen_job: running.id if running else seen}
         except (ConfigError, DataError, ValueError) as exc:
             text = page_message(str(exc), self.ctx.specs)
-            gr.Warning(text)
+            warn(text)
             return {self.msg: message_html(f"Cannot start: {text}")}
-        return {self.msg: message_html("Training started.", "info"), shared.seen_job: job.id}
+        return {
+            self.msg: message_html("Training started.", "info"),
+            shared.seen_job: job.id,
+            shared.visitor: visitor,
+        }
 
     def on_sizing(self, *values):
         """The memory line for the settings as they stand (before Start)."""
         sizing = [key for key in self.controls if key in MEMORY_SETTINGS]
         try:
-            cfg = self.ctx.base.override({k: coerce_control(k, self.ctx.specs[k], v) for k, v in zip(sizing, values)})
+            cfg = self.ctx.visitor_config({k: coerce_control(k, self.ctx.specs[k], v) for k, v in zip(sizing, values)})
         except ConfigError as exc:
             return f"Memory estimate: not available until the settings are valid ({exc})."
         return memory.describe(cfg)
@@ -383,7 +386,7 @@ class TrainTab:
     @staticmethod
     def visitor_token(token):
         """This browser's visitor token, made on its first visit (kept in the browser across reloads)."""
-        return token or uuid.uuid4().hex
+        return visitor_token(token)
 
     def current_job_id(self):
         """On page load: the latest job, running or not, so a reload re-attaches to it; a finished
@@ -402,7 +405,7 @@ class TrainTab:
         try:
             stopping = self.ctx.registry.stop(values[self.shared.visitor])
         except PermissionError as exc:
-            gr.Warning(str(exc))
+            warn(str(exc))
             return {self.msg: message_html(str(exc), "info")}
         if stopping:
             return {self.msg: message_html(STOPPING, "info"), self.stop_btn: gr.update(interactive=False)}

@@ -26,16 +26,18 @@ def before_training(cfg: LabConfig, n_train: int, total_steps: int, has_answers:
         )
     if t.max_steps > 0 and t.epochs != 1.0:
         notes.append(
-            f"train.epochs={t.epochs:g} is ignored because train.max_steps={t.max_steps} is set; set max_steps to 0 to train by epochs."
+            f"train.epochs={t.epochs:g} is ignored because train.max_steps={t.max_steps} is set; "
+            "set max_steps to 0 to train by epochs."
         )
     if t.learning_rate == 0:
         notes.append(
-            "train.learning_rate is 0: the adapter never changes, so the run only measures the base model. Set a learning rate such as 2e-4."
+            "train.learning_rate is 0: the adapter never changes, so the run only measures the base model. "
+            "Set a learning rate such as 2e-4."
         )
     if t.max_steps == 0 and t.epochs == 0:
         notes.append(
-            f"train.epochs and train.max_steps are both 0: the run takes the minimum of {total_steps} optimiser step(s). "
-            "Set train.epochs (e.g. 1) or train.max_steps."
+            f"train.epochs and train.max_steps are both 0: the run takes the minimum of {total_steps} "
+            "optimiser step(s). Set train.epochs (e.g. 1) or train.max_steps."
         )
     if t.learning_rate > 3e-3:
         notes.append(
@@ -45,7 +47,8 @@ def before_training(cfg: LabConfig, n_train: int, total_steps: int, has_answers:
         notes.append(f"LoRA rank {cfg.lora.r} on {n_train} examples: a small rank (4-16) overfits less.")
     if t.early_stopping_metric == "full_loss":
         notes.append(
-            "early stopping on full-sequence loss: it is dominated by prompt tokens and can pick a far worse checkpoint than completion loss or accuracy."
+            "early stopping on full-sequence loss: it is dominated by prompt tokens and can pick a far worse "
+            "checkpoint than completion loss or accuracy."
         )
     if t.early_stopping_metric == "completion_loss" and has_answers:
         notes.append(

@@ -168,7 +168,7 @@ def _bbb(n: int | None, seed: int) -> list[dict]:
     path = Path(list(spec.submodule_search_locations)[0]) / "B3DB_classification.tsv"
     with open(path, newline="", encoding="utf-8") as f:
         rows = [(r["SMILES"], r["BBB+/BBB-"]) for r in csv.DictReader(f, delimiter="\t")]
-    by_label = {lab: sorted(s for s, l in rows if l == lab and s) for lab in _BBB_LABELS}
+    by_label = {lab: sorted(s for s, label in rows if label == lab and s) for lab in _BBB_LABELS}
     rng = random.Random(seed)
     for smiles in by_label.values():
         rng.shuffle(smiles)
@@ -346,7 +346,8 @@ _CHATS = (
         ),
         (
             "Make it a bit warmer.",
-            "Dear neighbour, thank you so much for looking after my garden. Coming home to happy plants was lovely. Coffee is on me!",
+            "Dear neighbour, thank you so much for looking after my garden. "
+            "Coming home to happy plants was lovely. Coffee is on me!",
         ),
     ),
     (

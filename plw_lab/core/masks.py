@@ -15,6 +15,7 @@ import json
 import weakref
 from dataclasses import dataclass, field
 
+from plw_lab.core.config import ConfigError, ModelConfig, unicode_problem
 from plw_lab.core.data import DataError, Example
 
 # Used only for tokenizers that ship without a chat template (base models).
@@ -96,8 +97,38 @@ def ensure_template(tokenizer) -> None:
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    from jinja2 import TemplateError as JinjaError
+
     ensure_template(tokenizer)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except JinjaError as exc:  # the template's own raise_exception(...), or an undefined name it uses
+        raise TemplateError(f"the chat template failed: {exc}") from None
+
+
+#: A conversation every usable template renders with both texts intact (`check_chat_template`).
+PROBE_CONVERSATION = (
+    {"role": "user", "content": "Which colour is the sky on a clear day?"},
+    {"role": "assistant", "content": "Blue."},
+)
+
+
+def check_chat_template(tokenizer, cfg: ModelConfig) -> None:
+    """Refuse a chat template the masks cannot be found in, before any data is encoded: one that
+    raises, or one that leaves out or rewrites the user's turn or the reply."""
+    setting = (
+        "model.chat_template" if cfg.chat_template else f"the chat template of {cfg.name} (model.chat_template '')"
+    )
+    fix = "set model.chat_template to 'plain' or to a template that writes out every message's content"
+    messages = [dict(m) for m in PROBE_CONVERSATION]
+    try:
+        text, _, _ = completion_spans(tokenizer, messages, train_eos=True)
+    except TemplateError as exc:
+        raise ConfigError(f"{setting}: {exc}; {fix}") from None
+    except Exception as exc:  # a template of the user's own may fail in any way Jinja code can
+        raise ConfigError(f"{setting} cannot render a conversation ({type(exc).__name__}: {exc}); {fix}") from None
+    if messages[0]["content"] not in text:
+        raise ConfigError(f"{setting} leaves out the user's turn, so the model would never see a prompt; {fix}")
 
 
 def prompt_text(tokenizer, example: Example) -> str:
@@ -163,13 +194,13 @@ def encode_full(tokenizer, examples: list[Example], train_eos: bool = True) -> l
     store = _cache.store(tokenizer, train_eos)
     keys = [_example_key(example) for example in examples]
     todo = [i for i, key in enumerate(keys) if key not in store]
-    rendered: dict[int, tuple | TemplateError] = {}
+    rendered: dict[int, tuple | ValueError] = {}
     for i in todo:
         try:
-            rendered[i] = completion_spans(tokenizer, examples[i].messages, train_eos)
-        except TemplateError as exc:  # raised when its turn comes, so an earlier example's error wins
+            rendered[i] = completion_spans(tokenizer, _valid_text(examples[i]).messages, train_eos)
+        except (TemplateError, DataError) as exc:  # raised when its turn comes, so an earlier example's error wins
             rendered[i] = exc
-    good = [i for i in todo if not isinstance(rendered[i], TemplateError)]
+    good = [i for i in todo if not isinstance(rendered[i], ValueError)]
     ids, offsets = _tokenize_many(tokenizer, [rendered[i][0] for i in good])
     tokens = {i: (ids[n], offsets[n]) for n, i in enumerate(good)}
     # Each candidate in the answer's place: where these part ways is the answer position. The text
@@ -185,12 +216,23 @@ def encode_full(tokenizer, examples: list[Example], train_eos: bool = True) -> l
     for i, (example, key) in enumerate(zip(examples, keys)):
         if i in rendered:
             if isinstance(rendered[i], TemplateError):
+                raise TemplateError(f"example {example.source_index}: {rendered[i]}")
+            if isinstance(rendered[i], DataError):
                 raise rendered[i]
             text, spans, contents = rendered[i]
             store[key] = _build(example, text, spans, contents, *tokens[i], variants.get(i, []))
         out.append(_copy_for(store[key], example))
     _cache.trim()
     return out
+
+
+def _valid_text(example: Example) -> Example:
+    """`example`, or a `DataError` naming the message that holds text no tokenizer can take."""
+    for j, message in enumerate(example.messages):
+        problem = unicode_problem(message["content"])
+        if problem:
+            raise DataError(f"example {example.source_index}: message {j} ({message['role']}) holds {problem}")
+    return example
 
 
 class _EncodingCache:
@@ -428,16 +470,34 @@ class Fitted:
     positions: list[int]
 
 
-def encode_fitted(tokenizer, examples: list[Example], max_length: int, cap: int, train_eos: bool = True) -> Fitted:
+#: Examples per batched tokenizer call in `encode_fitted`: what a progress bar counts.
+ENCODE_BATCH = 1024
+
+
+def encode_fitted(
+    tokenizer, examples: list[Example], max_length: int, cap: int, train_eos: bool = True, progress=None
+) -> Fitted:
     """Encode at full length, choose max_length (0: `auto_max_length`), count what it cuts, then cut.
 
     A max_length that leaves no example its template head and reply is a `DataError` naming the
-    smallest value that works, instead of a run on prompts erased down to nothing.
+    smallest value that works, instead of a run on prompts erased down to nothing. `progress` may
+    wrap the list of batches (of `ENCODE_BATCH` examples) as they are encoded (a progress bar).
     """
     from plw_lab.core.stats import truncation_report
 
     raw, kept, skipped = [], [], []
-    for position, (example, enc) in enumerate(zip(examples, encode_full(tokenizer, examples, train_eos))):
+    batches = [examples[start : start + ENCODE_BATCH] for start in range(0, len(examples), ENCODE_BATCH)]
+    try:
+        encoded = [
+            enc
+            for batch in (progress(batches) if progress else batches)
+            for enc in encode_full(tokenizer, batch, train_eos)
+        ]
+    except TemplateError as exc:  # the template cannot render this conversation (a role it refuses...)
+        raise DataError(
+            f"{exc}; model.chat_template must render every conversation of the data ('plain' does)"
+        ) from None
+    for position, (example, enc) in enumerate(zip(examples, encoded)):
         if enc.n_completion == 0:
             skipped.append(f"example {example.source_index}: no completion tokens")
             continue

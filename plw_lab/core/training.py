@@ -1,10 +1,12 @@
 """Prompt-loss-weighted LoRA training on transformers' Trainer, reported as typed events.
 
-The story of a run, top to bottom in `train`: write the config, read and encode the data, load
-the model and attach LoRA, train with `PLWTrainer` (our loss, normalised over the whole
+The story of a run, top to bottom in `train`: `plan` checks every setting, reads and encodes the
+data, loads the model and attaches LoRA, all before anything is written, so bad input is refused
+(a `ConfigError`, `DataError` or `ModelError`) with no run folder left behind. Only then is the
+run folder made and the config written; `PLWTrainer` trains (our loss, normalised over the whole
 optimiser step) while `EventCallback` evaluates, keeps the best adapter and honours stop
-requests, then compare the adapter on and off and write the summary. Whatever happens, the run
-folder keeps the config, the events and the last adapter.
+requests, then the adapter is compared on and off and the summary written. Whatever happens from
+there, the run folder keeps the config, the events and the last adapter.
 
 Checkpoints: every `train.save_interval_steps` steps or `train.save_interval_seconds` seconds, and
 when the run stops or fails, `last_adapter/` is replaced whole by the adapter plus what resuming
@@ -33,7 +35,7 @@ from plw_lab.core import advice, card, compat, evaluation, memory, tracking
 from plw_lab.core.collate import Collator, EncodedDataset
 from plw_lab.core.compat import output_layer
 from plw_lab.core.config import ConfigError, LabConfig, layer_indices
-from plw_lab.core.data import DataError, Example, Examples, load_examples, read_split, write_split
+from plw_lab.core.data import DataError, Example, Examples, as_examples, load_examples
 from plw_lab.core.events import (
     Advice,
     CheckpointSaved,
@@ -58,7 +60,7 @@ from plw_lab.core.loss import (
     weighted_kl,
     weighted_kl_from_logits,
 )
-from plw_lab.core.masks import Encoded, encode_fitted
+from plw_lab.core.masks import Encoded, check_chat_template, encode_fitted
 from plw_lab.core.metrics import best_of, metric, stopping_metric
 from plw_lab.core.mixing import training_split
 from plw_lab.core.models import (
@@ -75,13 +77,17 @@ from plw_lab.core.models import (
 from plw_lab.core.packing import PackingCollator, attention_kind, model_kwargs, num_tokens
 from plw_lab.core.prefix import FrozenPrefix
 from plw_lab.core.runs import (
+    LIVE_MARK,
+    WRITE_ERRORS,
     ResumeError,
     RunFolderGone,
     clear_running,
     load_run,
     mark_running,
     new_run_dir,
+    read_run_json,
     replace_folder,
+    write_error_text,
     write_json,
 )
 from plw_lab.core.stats import truncation_message
@@ -140,8 +146,12 @@ class Prepared:
 
 
 def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) -> Prepared:
-    """Read, split and encode the data; raise a `DataError` when nothing trainable is left."""
-    examples = load_examples(cfg.data) if examples is None else examples
+    """Read, split and encode the data; raise a `DataError` when nothing trainable is left.
+
+    `examples` replaces data.source: `Example`s, or records (a list of dicts, a `datasets.Dataset` or
+    `DatasetDict`) read as a data file's would be.
+    """
+    examples = load_examples(cfg.data) if examples is None else as_examples(examples, cfg.data)
     record: dict = {}
     train_ex, val_ex = training_split(cfg, examples, record)
     d = cfg.data
@@ -154,7 +164,12 @@ def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) ->
             f"no valid training examples out of {len(train_ex)}" + (f"; first problem: {skipped[0]}" if skipped else "")
         )
     if not val:
-        raise DataError("no validation examples: raise data.val_size or add data")
+        raise DataError(f"no validation examples: {_too_few(cfg, examples, len(train_ex) + len(val_ex))}")
+    if not any(_trains(cfg, e) for e in train):
+        raise DataError(
+            "every training token has weight 0 (the records' or messages' 'weight' field is 0), so nothing would "
+            "be trained; give the records a positive weight, or leave the field out (weight 1)"
+        )
     notes = [note for note in (truncation_message(fitted.truncation),) if note]
     if record["shared_groups"]:
         notes.append(
@@ -165,14 +180,48 @@ def prepare(cfg: LabConfig, tokenizer, examples: list[Example] | None = None) ->
     return Prepared(train, val, skipped, report, record, fitted.truncation, notes)
 
 
+def _trains(cfg: LabConfig, encoded: Encoded) -> bool:
+    """Whether any target of `encoded` carries loss weight under `cfg` (PLW, lambda_r and the data's weights)."""
+    t = cfg.train
+    weights = token_weights(
+        torch.tensor(encoded.prompt_mask),
+        torch.tensor(encoded.completion_mask),
+        t.prompt_loss_weight,
+        t.completion_loss_weight,
+        torch.tensor(encoded.data_weights()),
+    )
+    return bool(shift_for_targets(weights).gt(0).any())
+
+
+def _too_few(cfg: LabConfig, examples: list[Example], n: int) -> str:
+    """Why the validation split came out empty, and the settings that fix it."""
+    d = cfg.data
+    if d.val_source.strip():
+        return f"data.val_source {d.val_source} gave none; name a data set with records in it"
+    if d.val_size == 0:
+        return "data.val_size is 0; set a fraction such as 0.2, a number of examples, or data.val_source"
+    report = examples.report if isinstance(examples, Examples) else None
+    if report and report.duplicates:
+        have = f"the {report.records} records hold {n} distinct example(s) ({len(report.duplicates)} exact duplicates)"
+    elif d.limit:
+        have = f"data.limit={d.limit} keeps {n} example(s)"
+    else:
+        have = f"{n} example(s)"
+    return (
+        f"{have}, too few to split at data.val_size={d.val_size:g}; a run needs examples to train on and to "
+        "validate on: add data, raise data.val_size"
+        + (" or data.limit" if d.limit else "")
+        + ", or name a data.val_source"
+    )
+
+
 def prepare_for_run(cfg: LabConfig, run_dir: Path, tokenizer) -> Prepared:
     """A finished run's data, checked against the split.json it wrote, so that evaluating, comparing or
     probing it later never scores other validation examples than the run did (a data file edited since
     the run would otherwise split differently without a word)."""
     data = prepare(cfg, tokenizer)
-    path = Path(run_dir) / "split.json"
-    if path.exists():
-        recorded = read_split(path)
+    recorded = read_run_json(Path(run_dir) / "split.json")
+    if recorded is not None:
         for side in ("train", "val"):
             changed = recorded.get(side) is not None and recorded[side] != data.split.get(side)
             recorded_hash = (recorded.get("fingerprint") or {}).get(side)
@@ -379,6 +428,8 @@ class RunContext:
     resumed_from: int | None = None
     #: The base model's final states on the validation batches, for `kl_to_base` (see `evaluation.evaluate`).
     base_states: dict = field(default_factory=dict)
+    #: What the disk refused (an adapter, a checkpoint, a file), as told in the advice; the summary carries it.
+    write_failures: list = field(default_factory=list)
 
     def emit(self, event) -> None:
         if self.is_main:
@@ -442,8 +493,9 @@ class RunContext:
         """The step whose adapter the run ends with: the best evaluation's when restoring it."""
         return self.best_step if self.cfg.train.restore_best and self.best_state is not None else last_step
 
-    def save_adapter(self, name: str, step: int, write=None) -> None:
-        """Swap in `run_dir/name` holding the model's adapter (and whatever `write` adds); emit the checkpoint event."""
+    def save_adapter(self, name: str, step: int, write=None, trained_steps: int | None = None) -> None:
+        """Swap in `run_dir/name` holding the model's adapter of `step` (and whatever `write` adds); emit the
+        checkpoint event. `trained_steps`: the steps the run has trained, where it is past `step` (the kept best)."""
         if not self.is_main:
             return
 
@@ -453,8 +505,8 @@ class RunContext:
                 folder,
                 self.cfg,
                 name,
+                step if trained_steps is None else trained_steps,
                 step,
-                self.kept_step(step) if name == "adapter" else step,
                 self.stopping_metric,
                 self.best_value,
                 self.evals,
@@ -484,11 +536,9 @@ class RunContext:
         if not self.is_main or self.last_checkpoint[0] == step:
             return False
         if not all(torch.isfinite(p).all() for p in self.model.parameters() if p.requires_grad):
+            kept = self.saved.get("last_adapter")
             self.emit(
-                Advice(
-                    message=f"the adapter at step {step} is not finite; last_adapter/ keeps step {self.saved.get('last_adapter')}",
-                    step=step,
-                )
+                Advice(message=f"the adapter at step {step} is not finite; last_adapter/ keeps step {kept}", step=step)
             )
             return False
         resumable = trainer.args.world_size == 1  # FSDP/DeepSpeed checkpoints need every process; one process only
@@ -504,25 +554,60 @@ class RunContext:
             else:
                 self.model.save_pretrained(folder)
 
-        if not self.save_or_advise("last_adapter", step, write):
-            return False
+        saved = self.save_or_advise("last_adapter", step, write)
+        # A refused checkpoint counts too: a full disk is tried again at the next interval, not at every step.
         self.last_checkpoint = (step, time.time())
-        return True
+        return saved
 
-    def save_or_advise(self, name: str, step: int, write=None) -> bool:
-        """`save_adapter`, but a full disk (any OSError) keeps the previous folder and becomes advice, not a failure."""
+    def save_or_advise(self, name: str, step: int, write=None, trained_steps: int | None = None) -> bool:
+        """`save_adapter`, but a failed write (a full disk) keeps the previous folder and becomes advice."""
         try:
-            self.save_adapter(name, step, write)
+            self.save_adapter(name, step, write, trained_steps=trained_steps)
             return True
         except RunFolderGone:
             raise
-        except OSError as exc:
+        except WRITE_ERRORS as exc:
             kept = self.saved.get(name)
-            keeps = f"{name}/ keeps step {kept}" if kept is not None else f"there is no {name}/ yet"
-            self.emit(
-                Advice(message=f"could not save {name}/ at step {step} ({exc.strerror or exc}); {keeps}", step=step)
+            if kept is not None:
+                keeps = f"{name}/ keeps step {kept}"
+            else:
+                other, other_step = self.kept_adapter()
+                keeps = f"there is no {name}/ yet" + (
+                    f"; the run keeps {other}/ (step {other_step})" if other else "; no adapter is saved yet"
+                )
+            self.advise_write_failure(f"could not save {name}/ at step {step} ({write_error_text(exc)}); {keeps}", step)
+            return False
+
+    def advise_write_failure(self, message: str, step: int = 0) -> None:
+        self.write_failures.append(message)
+        self.emit(Advice(message=message, step=step))
+
+    def write_or_advise(self, name: str, data: dict, step: int = 0, consequence: str = "") -> bool:
+        """Write the JSON file `run_dir/name` whole; a failed write (a full disk) becomes advice, not a failure."""
+        if not self.is_main:
+            return False
+        try:
+            write_json(self.run_dir / name, data)
+            return True
+        except WRITE_ERRORS as exc:
+            self.advise_write_failure(
+                f"could not write {name} ({write_error_text(exc)})" + (f"; {consequence}" if consequence else ""), step
             )
             return False
+
+    def write_summary(self, summary: dict) -> None:
+        """summary.json; when the disk refuses it, the summary the ending event carries says so."""
+        consequence = "the run folder shows the run as interrupted" + (
+            f", its adapter is {summary['adapter']}/ (step {summary['adapter_step']})" if summary.get("adapter") else ""
+        )
+        if self.is_main and not self.write_or_advise("summary.json", summary, summary.get("steps", 0), consequence):
+            summary["write_failures"] = list(self.write_failures)
+
+    def log_failed(self, reason: str) -> None:
+        """events.jsonl refused a line (`JsonlLog.on_error`): the other subscribers hear it."""
+        self.advise_write_failure(
+            f"could not append to events.jsonl ({reason}); the log misses events from here until the disk has room"
+        )
 
     def resume_state(self, trainer) -> dict:
         """What the lab itself needs to continue where it stopped (the Trainer saves its own state)."""
@@ -572,11 +657,13 @@ class RunContext:
         """The run's outcome. The answer-level metrics of the adapter it ends with sit at the top level
         (from the on/off comparison when there is one, which adds generated answers to a best step
         evaluated mid-run), the base model's under `first_eval`."""
-        kept = next((e.metrics for e in self.evals if e.step == self.kept_step(step)), None)
-        if comparison:
+        adapter, adapter_step = self.kept_adapter()
+        # The adapter on disk, which is the one in memory unless the disk refused to save that.
+        on_disk = adapter_step if adapter is not None else self.kept_step(step)
+        kept = next((e.metrics for e in self.evals if e.step == on_disk), None)
+        if comparison and on_disk == self.kept_step(step):
             kept = {k: v for k, v in comparison["on"]["metrics"].items() if k != "examples"}
         headline = {name: kept[name] for name in HEADLINE if kept and kept.get(name) is not None}
-        adapter, adapter_step = self.kept_adapter()
         return {
             "status": status,
             "steps": step,
@@ -595,6 +682,7 @@ class RunContext:
             "final_eval": self.evals[-1].metrics if self.evals else None,
             "n_train": len(self.data.train) if self.data else 0,
             "n_val": len(self.data.val) if self.data else 0,
+            "write_failures": list(self.write_failures),
         }
 
 
@@ -667,6 +755,44 @@ class TrainResult:
     comparison: dict | None = None
 
 
+@dataclass
+class Plan:
+    """What a run needs, checked and loaded by `plan` before anything is written."""
+
+    device: torch.device
+    tokenizer: object
+    data: Prepared
+    #: The model as loaded, before LoRA wraps it (its layer count places the frozen-layer cache).
+    base: object
+    #: The base model with a fresh LoRA adapter.
+    model: object
+
+
+def plan(cfg: LabConfig, examples: list[Example] | None = None) -> Plan:
+    """Check everything that can be checked without training, cheapest first, and load what the run needs:
+    the settings, the machine (launcher, quantisation, tracker, device), the tokenizer and its chat template,
+    the data (read, split, encoded), then the model with LoRA on the target modules and layers it names.
+
+    Raises a `ConfigError`, `DataError` or `ModelError` naming the setting or record and the fix. Writes
+    nothing, so a refused run leaves no folder behind.
+    """
+    cfg.validate()
+    if compat.launcher_problem():
+        raise ConfigError(compat.launcher_problem())
+    preflight(cfg)
+    device = pick_device(cfg.model.device)
+    tokenizer = load_tokenizer(cfg.model)
+    check_chat_template(tokenizer, cfg.model)
+    data = prepare(cfg, tokenizer, examples)
+    torch.manual_seed(cfg.train.seed)
+    base = load_model(cfg.model, device)
+    compat.use_fast_attention(base, device, cfg.train.packing)
+    model = attach_lora(base, cfg.lora)
+    if cfg.train.gradient_checkpointing:
+        compat.enable_checkpointing(model)
+    return Plan(device, tokenizer, data, base, model)
+
+
 def train(
     cfg: LabConfig,
     subscribers=(),
@@ -678,50 +804,54 @@ def train(
 ) -> TrainResult:
     """Run one training job as `cfg` describes. Never loses the config, the events or the last adapter.
 
+    Bad input raises a `ConfigError`, `DataError`, `ModelError` or `ResumeError` from `plan`, before
+    the run folder exists; once it exists, every failure is a `failed` result with the folder kept.
     `resume_from` continues the stopped, interrupted or failed run in that folder from its last
     checkpoint (its config.yaml is the config; see `resume`). `on_run_dir` is called with the run
-    folder as soon as it exists, before anything can fail, so whoever started the job knows it.
+    folder as soon as it exists, so whoever started the job knows it.
     """
-    cfg.validate()
-    if compat.launcher_problem():
-        raise ConfigError(compat.launcher_problem())
-    preflight(cfg)
     is_main = is_main_process()
+    cfg.validate()  # before the output folder is looked up: its path may be too long to look up
     if resume_from is not None:
         if (
             int(os.environ.get("WORLD_SIZE", "1")) > 1
         ):  # checkpoints with optimiser state are written by one process only
             raise ResumeError("--resume runs on one process; start it without accelerate launch")
+        check_resumable(Path(resume_from))
+    elif is_main:
+        check_output_dir(cfg)  # cheap, so before `plan` loads anything
+    bus = EventBus()
+    for callback in subscribers:
+        bus.subscribe(callback)
+    loading = Phase(name="loading")
+    if is_main:
+        bus.emit(loading)
+    ready = plan(cfg, examples)
+    if resume_from is not None:
         run_dir, checkpoint = prepare_resume(Path(resume_from))
     else:
         # Only the main process writes the run folder; the others train into a scratch folder they never fill.
         run_dir, cfg = new_run_dir(cfg) if is_main else (Path(tempfile.mkdtemp(prefix="plw-lab-rank")), cfg)
+        # split.json names the data the run's config reads: the run folder's copy of a data file.
+        ready.data.split["source"] = cfg.data.source
         checkpoint = None
     if on_run_dir is not None:
         on_run_dir(run_dir)
-    bus = EventBus()
     run = RunContext(cfg, run_dir, bus, stop or StopRequest())
     run.is_main = is_main
-    if run.is_main:
-        bus.subscribe(JsonlLog(run_dir / "events.jsonl"))
-        if cfg.train.report_to != "none":
-            bus.subscribe(tracking.Tracker(cfg, run_dir))
-    for callback in subscribers:
-        bus.subscribe(callback)
+    run.tokenizer, run.data, run.model = ready.tokenizer, ready.data, ready.model
+    tokenizer, data, model, base, device = ready.tokenizer, ready.data, ready.model, ready.base, ready.device
     trainer = None
     try:
-        run.emit(Phase(name="loading"))
-        device = pick_device(cfg.model.device)
-        run.tokenizer = tokenizer = load_tokenizer(cfg.model)
-        run.data = data = prepare(cfg, tokenizer, examples)
         if run.is_main:
-            write_split(run_dir / "split.json", data.split)
-        torch.manual_seed(cfg.train.seed)
-        base = load_model(cfg.model, device)
-        compat.use_fast_attention(base, device, cfg.train.packing)
-        run.model = model = attach_lora(base, cfg.lora)
-        if cfg.train.gradient_checkpointing:
-            compat.enable_checkpointing(model)
+            log = JsonlLog(run_dir / "events.jsonl", on_error=run.log_failed)
+            log(loading)  # the watchers saw it while `plan` loaded, before the folder existed
+            bus.subscribe(log, first=True)
+            if cfg.train.report_to:
+                bus.subscribe(tracking.Tracker(cfg, run_dir))
+        run.write_or_advise(
+            "split.json", data.split, consequence="`lab eval` cannot check that the data still splits the same"
+        )
         args = training_arguments(cfg, run_dir, device, compute_dtype(cfg.model, device))
         steps = total_steps(cfg, len(data.train), args.world_size)
         from_step = 0
@@ -774,7 +904,7 @@ def train(
             trainer.tokens_seen = json.loads((checkpoint / LAB_STATE).read_text())["tokens_seen"]
             if run.best_state is not None:  # best_adapter/ may hold a later best the resumed run has not reached yet
                 load_adapter_state(model, run.best_state)
-                run.save_adapter("best_adapter", run.best_step)
+                run.save_or_advise("best_adapter", run.best_step)
         try:
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
         except Exception:
@@ -804,7 +934,7 @@ def train(
                     step=step,
                 )
             )
-        run.save_adapter("adapter", kept)
+        run.save_or_advise("adapter", kept, trained_steps=step)
         comparison = None
         if compare and not run.stop.is_set():
             run.emit(Phase(name="comparing", step=step))
@@ -814,8 +944,7 @@ def train(
         if stopped and not run.stop_reason:
             run.stop_reason = getattr(run.stop, "reason", "") or "stopped by the user"
         summary = run.summary(status, step, comparison=comparison)
-        if run.is_main:
-            write_json(run_dir / "summary.json", summary)
+        run.write_summary(summary)
         if stopped:
             run.emit(Stopped(step=step, reason=run.stop_reason, summary=summary))
         else:
@@ -828,11 +957,9 @@ def train(
         step = trainer.state.global_step if trainer is not None else run.resumed_from or 0
         summary = run.summary("failed", step, error)
         if run.is_main and (run_dir / "config.yaml").exists():  # never recreate a deleted run folder
-            try:
+            with contextlib.suppress(OSError):  # a full disk: the summary and the events say what happened
                 (run_dir / "traceback.txt").write_text(traceback.format_exc())
-                write_json(run_dir / "summary.json", summary)
-            except OSError:  # a full disk: the events say what happened, and no summary names a missing adapter
-                pass
+            run.write_summary(summary)
         run.emit(Failed(step=step, error=error, summary=summary))
         return TrainResult(run_dir, "failed", summary, run.model, run.tokenizer, run.data)
     finally:
@@ -840,9 +967,8 @@ def train(
             clear_running(run_dir)
 
 
-def prepare_resume(run_dir: Path) -> tuple[Path, Path]:
-    """Check that the run in `run_dir` can be resumed, mark it running and clear the ending the
-    resume replaces; return the folder and its checkpoint."""
+def check_resumable(run_dir: Path):
+    """The run in `run_dir` when it can be resumed, else a `ResumeError` saying why; changes nothing."""
     run = load_run(run_dir)
     if run.status in ("running", "finished"):
         raise ResumeError(f"{run.name} is {run.status}; only a stopped, interrupted or failed run can be resumed")
@@ -853,7 +979,19 @@ def prepare_resume(run_dir: Path) -> tuple[Path, Path]:
             else "it has no checkpoint (last_adapter/)"
         )
         raise ResumeError(f"{run.name} cannot be resumed: {why}")
-    mark_running(run_dir)
+    return run
+
+
+def prepare_resume(run_dir: Path) -> tuple[Path, Path]:
+    """Check again that the run in `run_dir` can be resumed (`plan` took a while), mark it running and
+    clear the ending the resume replaces; return the folder and its checkpoint."""
+    run = check_resumable(run_dir)
+    try:
+        mark_running(run_dir)
+    except OSError as exc:
+        raise ResumeError(
+            f"{run.name}: cannot write {LIVE_MARK} ({write_error_text(exc)}); free disk space and resume again"
+        ) from None
     checkpoint = run.checkpoint()
     if checkpoint.name != "last_adapter":  # a swap cut between its renames: put the complete copy back
         checkpoint.rename(run_dir / "last_adapter")
@@ -925,20 +1063,9 @@ def compare_adapter(run: RunContext) -> dict:
     by_step = {e.step: {**e.metrics, "examples": run.details[e.step]} for e in run.evals if e.step in run.details}
     known = {"off": by_step.get(0), "on": by_step.get(run.kept_step(run.last_eval_step))}
     result = evaluation.compare(
-        run.model,
-        run.tokenizer,
-        run.data.val,
-        probe,
-        cfg.eval.generations,
-        cfg.eval.max_new_tokens,
-        cfg.eval.batch_size,
-        cfg.train.chunk_size,
-        run.prefix,
-        known,
-        cfg.eval.answer_tokens,
+        run.model, run.tokenizer, run.data.val, cfg, probe_texts=probe, prefix=run.prefix, known=known
     )
-    if run.is_main:
-        write_json(run.run_dir / "compare.json", result)
+    run.write_or_advise("compare.json", result, run.last_eval_step or 0, "`lab compare` recomputes the comparison")
     return result
 
 
@@ -946,6 +1073,25 @@ def preflight(cfg: LabConfig) -> None:
     """What the machine must offer for `cfg` (quantisation, the tracker), checked before the run folder exists."""
     check_quantization(cfg.model)
     tracking.check(cfg.train.report_to)
+
+
+def check_output_dir(cfg: LabConfig) -> None:
+    """Refuse a `train.output_dir` that cannot receive a run folder (a file on its way, no permission to
+    write) before anything is loaded, rather than after the data and the model."""
+    base = Path(cfg.train.output_dir).expanduser()
+    name = repr(str(base))
+    try:
+        existing = next(folder for folder in (base, *base.parents) if folder.exists())
+    except OSError as exc:  # a folder on the way that may not be searched
+        raise ConfigError(
+            f"train.output_dir {name} cannot be looked up ({exc.strerror or exc}); choose another"
+        ) from None
+    if existing == base and not existing.is_dir():
+        raise ConfigError(f"train.output_dir {name} is a file, not a folder; choose another folder for the runs")
+    if not existing.is_dir():
+        raise ConfigError(f"train.output_dir {name} cannot be made: {str(existing)!r} is a file; choose another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"train.output_dir {name}: {str(existing)!r} is not writable here; choose another folder")
 
 
 def out_of_memory_message(cfg: LabConfig, exc: BaseException) -> str:

@@ -26,6 +26,7 @@ import plotly.graph_objects as go
 from IPython.display import display
 
 from plw_lab.core.config import TrainConfig
+from plw_lab.core.weights import token_weight_values
 from plw_lab.views.charts import accuracy_figure, loss_figure, predicted_distribution_figure
 from plw_lab.views.history import History
 from plw_lab.views.text_views import progress_html
@@ -91,7 +92,8 @@ def _figure_widget(fig: go.Figure):
         return go.FigureWidget(fig)
     except ImportError:
         warnings.warn(
-            "plotly's FigureWidget needs `pip install anywidget`; the curves are redrawn instead of live-updated"
+            "plotly's FigureWidget needs `pip install anywidget`; the curves are redrawn instead of live-updated",
+            stacklevel=2,
         )
         return _RedrawnFigure(fig)
 
@@ -184,21 +186,30 @@ def shown_curves(title: str = "") -> LiveCurves:
     return curves
 
 
-def batch_frame(tokenizer, batch: dict, row: int = 0, plw: float = 0.0):
+def batch_frame(tokenizer, batch: dict, row: int = 0, plw: float = 0.0, completion_weight: float = 1.0):
     """One row of a collated batch, token by token: what the model reads and what it is trained on.
 
     `label` is the token as a training target (-100, the usual "ignore" label, where its weight
-    is 0); `weight` is PLW x prompt_mask + completion_mask. Position t is trained to predict the
-    token at t+1, so a token's weight is applied to the prediction made one position before it.
+    is 0); `weight` is the loss's own rule (`plw_lab.core.weights`): PLW x prompt_mask + lambda_r x
+    completion_mask, times the data's weights. Position t is trained to predict the token at t+1, so a
+    token's weight is applied to the prediction made one position before it.
     """
     import pandas as pd
 
+    data_weight = batch.get("data_weight")
+    weights = token_weight_values(
+        batch["prompt_mask"][row].tolist(),
+        batch["completion_mask"][row].tolist(),
+        plw,
+        completion_weight,
+        data_weight[row].tolist() if data_weight is not None else None,
+    )
     rows = []
     for i in range(batch["input_ids"].shape[1]):
         token_id = int(batch["input_ids"][row, i])
         attended = int(batch["attention_mask"][row, i])
         p, c = int(batch["prompt_mask"][row, i]), int(batch["completion_mask"][row, i])
-        weight = plw * p + c if i > 0 else 0.0  # the first token is never predicted
+        weight = weights[i]
         rows.append(
             {
                 "position": i,

@@ -2,7 +2,7 @@
 
 Every figure takes plain data (statistics, a `History`, comparison dicts, runs) and returns a
 `plotly.graph_objects.Figure` in the lab's colours, so the Gradio app and the notebooks draw the
-same charts. `METRIC_LABELS` and `METRIC_COLORS` name and colour each metric wherever it is shown.
+same charts. `METRIC_COLORS` colours and `plw_lab.core.metrics.label` names each metric wherever it is shown.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from collections.abc import Iterable, Sequence
 import plotly.graph_objects as go
 
 from plw_lab.core.metrics import METRICS
+from plw_lab.core.metrics import label as metric_label
 from plw_lab.core.runs import run_best, run_plw
 from plw_lab.core.stats import LengthStats, geometric_mean
 from plw_lab.views.history import History
 
-METRIC_LABELS = {name: m.label for name, m in METRICS.items()}
 METRIC_COLORS = {name: m.colour for name, m in METRICS.items()}
 PLOT_TEMPLATE = "plotly_white"
 
@@ -70,7 +70,9 @@ def rg_histogram(rg: Sequence[float], bins: int = 30, height: int = 320) -> go.F
             name="examples",
             marker={"color": "rgba(234,88,12,0.75)", "line": {"color": "rgba(234,88,12,1)", "width": 1}},
             customdata=list(zip(edges, edges[1:])),
-            hovertemplate="R<sub>g</sub> %{customdata[0]:.3g} \u2013 %{customdata[1]:.3g}<br>%{y} examples<extra></extra>",
+            hovertemplate=(
+                "R<sub>g</sub> %{customdata[0]:.3g} \u2013 %{customdata[1]:.3g}<br>%{y} examples<extra></extra>"
+            ),
         )
     )
     mean = sum(values) / len(values)
@@ -203,10 +205,10 @@ def _best_marker(fig: go.Figure, history: History, name: str) -> None:
                 "color": METRIC_COLORS.get(name, "#111"),
                 "line": {"color": "#111", "width": 1},
             },
-            name=f"best {METRIC_LABELS.get(name, name)}",
+            name=f"best {metric_label(name)}",
             legendgroup=name,
             showlegend=False,
-            hovertemplate=f"best {METRIC_LABELS.get(name, name)}: {value:.4g} at step {step}<extra></extra>",
+            hovertemplate=f"best {metric_label(name)}: {value:.4g} at step {step}<extra></extra>",
         )
     )
 
@@ -220,7 +222,8 @@ def _metric_trace(
     marker: dict | None = None,
     **extra,
 ) -> go.Scatter | None:
-    """One validation metric's curve in its registry colour and format, with its 95% error bars if it has an interval."""
+    """One validation metric's curve in its registry colour and format, with its 95% error bars if it has an
+    interval."""
     xs, ys = history.metric_series(name)
     if not xs:
         return None
@@ -460,16 +463,16 @@ def overlay_figure(runs: Sequence, metric: str = "completion_loss", height: int 
             )
         )
     if not fig.data:
-        return empty_figure(f"The chosen runs have no {METRIC_LABELS.get(metric, metric)} values", height)
+        return empty_figure(f"The chosen runs have no {metric_label(metric)} values", height)
     fig.update_layout(
         template=PLOT_TEMPLATE,
         height=height,
-        title={"text": f"{METRIC_LABELS.get(metric, metric)} by run", "font": {"size": 14}},
+        title={"text": f"{metric_label(metric)} by run", "font": {"size": 14}},
         xaxis={"title": "optimiser step"},
         # Shares on a fixed 0-100% axis, so runs and charts compare at a glance and a jump of a few
         # examples does not fill the chart.
         yaxis={
-            "title": METRIC_LABELS.get(metric, metric),
+            "title": metric_label(metric),
             **({"tickformat": ".0%", "range": [0, 1.02]} if METRICS[metric].unit == "share" else {}),
         },
         legend={"orientation": "h", "y": -0.22},
@@ -639,8 +642,8 @@ def remedies_figure(points: dict[str, dict], x: str = "kl_to_base", height: int 
 def sweep_figure(rows: Sequence[dict], height: int = 420) -> go.Figure:
     """A PLW sweep (`plw_lab.core.sweep` rows): best answer accuracy (seeds' mean with a 95% interval) and best
     answer loss against PLW, the step each run reached its best accuracy, and the quadratic fit of
-    accuracy against PLW when there are 4 or more PLW values. Runs that did not finish or ran another
-    number of steps are drawn hollow and left out of the means and the fit."""
+    accuracy against PLW when there are 4 or more PLW values. Runs that did not finish, were pruned or ran
+    another number of steps are drawn hollow and left out of the means and the fit."""
     from plotly.subplots import make_subplots
 
     from plw_lab.core.sweep import points
@@ -686,7 +689,10 @@ def sweep_figure(rows: Sequence[dict], height: int = 420) -> go.Figure:
                         "opacity": 0.45 if not hollow else 1,
                         "symbol": "circle-open" if hollow else "circle",
                     },
-                    text=[f"PLW {r['plw']:g}, seed {r['seed']}, {r['status']}, {r['steps']} steps" for r in group],
+                    text=[
+                        f"PLW {r['plw']:g}, seed {r['seed']}, {r['excluded'] or r['status']}, {r['steps']} steps"
+                        for r in group
+                    ],
                     hovertemplate=f"%{{text}}<br>%{{y:{fmt}}}<extra></extra>",
                 ),
                 row=1,
@@ -732,11 +738,14 @@ def sweep_figure(rows: Sequence[dict], height: int = 420) -> go.Figure:
                     name=f"quadratic fit (R\u00b2 {fit['r2']:.2f})",
                     showlegend=True,
                     line={"color": colour, "dash": "dash", "width": 1.5},
-                    hovertemplate=f"fit: {fit['a']:.3g} + {fit['b']:.3g}\u00b7PLW + {fit['c']:.3g}\u00b7PLW\u00b2<extra></extra>",
+                    hovertemplate=(
+                        f"fit: {fit['a']:.3g} + {fit['b']:.3g}\u00b7PLW + {fit['c']:.3g}\u00b7PLW\u00b2<extra></extra>"
+                    ),
                 ),
                 row=1,
                 col=col,
             )
+    left_out = {(r["plw"], r["seed"]) for r in acc["runs"] + loss["runs"] if r["excluded"]}
     for metric, symbol in (("best_answer_accuracy_step", "circle"), ("best_answer_loss_step", "diamond")):
         group = [r for r in rows if r.get(metric) is not None]
         if group:
@@ -748,7 +757,7 @@ def sweep_figure(rows: Sequence[dict], height: int = 420) -> go.Figure:
                     name="step of best " + ("accuracy" if "accuracy" in metric else "answer loss"),
                     marker={
                         "size": 8,
-                        "symbol": symbol,
+                        "symbol": [f"{symbol}-open" if (r["plw"], r["seed"]) in left_out else symbol for r in group],
                         "color": colours["best_answer_accuracy" if "accuracy" in metric else "best_answer_loss"],
                     },
                     text=[f"PLW {r['plw']:g}, seed {r['seed']}, of {r['steps']} steps" for r in group],

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from plw_lab.core.events import event_field
 from plw_lab.core.metrics import METRICS, metric
+from plw_lab.core.metrics import label as metric_label
 from plw_lab.core.runs import run_best, run_config
 from plw_lab.core.stats import LengthStats
-from plw_lab.views.charts import METRIC_LABELS
 from plw_lab.views.history import History
 from plw_lab.views.tokens_view import completion_weight_share
 
@@ -52,7 +52,9 @@ def stats_markdown(
         f"Generation ratio R<sub>g</sub> = completion / prompt tokens: mean **{s['rg_mean']:.4g}**, "
         f"geometric mean **{s['rg_geomean']:.4g}**, median {s['rg_median']:.4g}.",
         "",
-        f"At PLW **{plw:g}**{f' and completion weight λ<sub>r</sub> **{completion_weight:g}**' if completion_weight != 1 else ''} the completion tokens carry **{share:.1%}** of the total loss weight "
+        f"At PLW **{plw:g}**"
+        f"{f' and completion weight λ<sub>r</sub> **{completion_weight:g}**' if completion_weight != 1 else ''}"
+        f" the completion tokens carry **{share:.1%}** of the total loss weight "
         f"({s['total_completion']} completion vs {s['total_prompt']} prompt tokens).",
     ]
     if s["tokens_cut"]:
@@ -72,8 +74,9 @@ def stats_markdown(
     if packing and packing.get("tokens"):
         lines += [
             "",
-            f"Packing efficiency (share of computed positions that are real tokens): padded **{packing['padded']:.0%}**, "
-            f"packed **{packing['packed']:.0%}** ({packing['speedup']:.2f}x fewer positions with `train.packing`).",
+            "Packing efficiency (share of computed positions that are real tokens): "
+            f"padded **{packing['padded']:.0%}**, packed **{packing['packed']:.0%}** "
+            f"({packing['speedup']:.2f}x fewer positions with `train.packing`).",
         ]
     return "\n".join(lines)
 
@@ -192,7 +195,8 @@ def progress_html(history: History, note: str = "", now: float | None = None) ->
         f'<div class="plw-progress" data-status="{history.status}" data-step="{step}" data-phase="{history.phase}" '
         f'style="border:1px solid {colour}33;background:{background};border-radius:8px;padding:10px 12px">'
         f'<div style="display:flex;justify-content:space-between;align-items:center;gap:8px;flex-wrap:wrap">'
-        f'<span style="font-weight:600;color:{colour};text-transform:uppercase;letter-spacing:.04em">{label}</span>{run}</div>'
+        f'<span style="font-weight:600;color:{colour};text-transform:uppercase;letter-spacing:.04em">{label}</span>'
+        f"{run}</div>"
         + _bar(fraction, colour, 10, "plw-steps-bar")
         + f'<div style="font-size:13px;color:#374151">{SEP.join(parts)}</div>{phase_row}{detail}</div>'
     )
@@ -213,7 +217,8 @@ def run_settings_html(config: dict, n_train: int | None = None, n_val: int | Non
         length,
         f"learning rate {t.get('learning_rate', 0):g}",
         f"batch {t.get('batch_size', '?')} \u00d7 {t.get('grad_accum', 1)}",
-        f"LoRA r {lora.get('r', '?')}, alpha {lora.get('alpha', '?')}, layers {html.escape(str(lora.get('layers', '')))}",
+        f"LoRA r {lora.get('r', '?')}, alpha {lora.get('alpha', '?')}, "
+        f"layers {html.escape(str(lora.get('layers', '')))}",
         f"model {html.escape(str(m.get('name', '')))}",
     ]
     return f'<div class="plw-run-data">{data}</div><div class="plw-run-settings">{SEP.join(settings)}</div>'
@@ -313,8 +318,8 @@ def remedy_verdicts(results: dict, reference: str) -> list[str]:
             parts.append(f"KL to base {point['kl_to_base']:.3f} vs {ref['kl_to_base']:.3f};")
         if point["probe_ppl_change"] is not None and ref["probe_ppl_change"] is not None:
             parts.append(
-                f"probe perplexity {relative_change(point['probe_ppl_change'])} vs {relative_change(ref['probe_ppl_change'])} (no interval: "
-                "one fixed set of passages)."
+                f"probe perplexity {relative_change(point['probe_ppl_change'])} "
+                f"vs {relative_change(ref['probe_ppl_change'])} (no interval: one fixed set of passages)."
             )
         lines.append(" ".join(parts))
     return lines
@@ -397,8 +402,12 @@ def metrics_comparison_rows(
         rows.append(
             {
                 "metric": "gain in generated accuracy: task vs format",
-                "adapter off": f"candidate mass {split['candidate_mass'][0]:.0%}, parseable {split['parse_rate'][0]:.0%}",
-                "adapter on": f"candidate mass {split['candidate_mass'][1]:.0%}, parseable {split['parse_rate'][1]:.0%}",
+                "adapter off": (
+                    f"candidate mass {split['candidate_mass'][0]:.0%}, parseable {split['parse_rate'][0]:.0%}"
+                ),
+                "adapter on": (
+                    f"candidate mass {split['candidate_mass'][1]:.0%}, parseable {split['parse_rate'][1]:.0%}"
+                ),
                 "change": f"task {split['task_gain'] * 100:+.1f} pts, format {split['format_gain'] * 100:+.1f} pts",
             }
         )
@@ -433,7 +442,7 @@ def probe_rows(probe: dict, comparison: dict | None = None) -> list[dict]:
         row = {"model": name}
         for key in PROBE_METRICS:
             if any(key in m for _, m in sides):
-                row[METRIC_LABELS.get(key, key)] = metric(key).format_with_interval(metrics)
+                row[metric_label(key)] = metric(key).format_with_interval(metrics)
         rows.append(row)
     return rows
 
@@ -496,7 +505,7 @@ def runs_rows(runs: Sequence) -> list[dict]:
         best = run_best(run)
         summary = getattr(run, "summary", None) or {}
 
-        def best_of(name):
+        def best_of(name, best=best):
             b = best.get(name)
             if not b:
                 return "\u2013"
@@ -553,3 +562,21 @@ def settings_help_markdown(sections: dict[str, list[dict]]) -> str:
                 default = default[:39] + "\u2026"
             lines.append(f"| `{section}.{spec['name']}` | `{default}` | {bounds} | {help_text} |")
     return "\n".join(lines)
+
+
+def sweep_row_text(row: dict) -> str:
+    """One finished run of a sweep (a `sweep.csv` row) in a line: its status and best values, the
+    accuracy with its 95% interval."""
+    low, high = row.get("answer_accuracy_ci_low"), row.get("answer_accuracy_ci_high")
+    accuracy = metric("answer_accuracy").format_with_interval(
+        {
+            "answer_accuracy": row.get("best_answer_accuracy"),
+            "answer_accuracy_ci": [low, high] if low is not None else None,
+        }
+    )
+    status = f"pruned at step {row['pruned_step']}" if row["status"] == "pruned" else row["status"]
+    return (
+        f"PLW {row['plw']:g} seed {row['seed']}: {status} after {row.get('steps')} steps; best answer accuracy "
+        f"{accuracy} at step {row.get('best_answer_accuracy_step')}, best answer loss "
+        f"{metric('answer_loss').format(row.get('best_answer_loss'))} at step {row.get('best_answer_loss_step')}"
+    )

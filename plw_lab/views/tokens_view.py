@@ -5,8 +5,8 @@ the answer tokens of multiple-choice and classification data are outlined apart 
 of the completion (the end-of-turn token: format); the loss views colour each token by its
 cross-entropy with the adapter on, off, or the difference.
 Each function takes an `Encoded` and returns an HTML string with its own CSS and legend, so the
-Gradio app and the notebooks show the same picture. The weight rule itself
-(`token_weight_values`, `completion_weight_share`) lives here too, for every view that states it.
+Gradio app and the notebooks show the same picture. The weights come from the loss's own rule
+(`plw_lab.core.weights`); `completion_weight_share` states its consequence for every view.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Iterable, Sequence
+
+from plw_lab.core.weights import token_weight_values
 
 #: Prompt tokens (system, user turns, template tokens) and completion tokens (assistant replies).
 PROMPT_RGB = (37, 99, 235)  # blue
@@ -46,21 +48,6 @@ LIGHT_TEXT_ABOVE = 0.5
 def text_color(weight: float, is_completion: bool) -> str | None:
     """A light text colour where the background is saturated blue (high PLW); None keeps the default dark text."""
     return "#ffffff" if not is_completion and weight_alpha(weight) > LIGHT_TEXT_ABOVE else None
-
-
-def token_weight_values(
-    prompt_mask: Sequence[int],
-    completion_mask: Sequence[int],
-    plw: float,
-    completion_weight: float = 1.0,
-    data_weight: Sequence[float] | None = None,
-) -> list[float]:
-    """(PLW x prompt_mask + lambda_r x completion_mask) x data weight, token by token (the rule
-    `plw_lab.core.loss.token_weights` applies), with the first token at 0: nothing before it predicts it,
-    so it is never a target."""
-    data_weight = data_weight or [1.0] * len(prompt_mask)
-    weights = [(plw * p + completion_weight * c) * d for p, c, d in zip(prompt_mask, completion_mask, data_weight)]
-    return [0.0, *weights[1:]] if weights else weights
 
 
 #: A prompt longer than this many tokens before the completion is folded in the middle, so the
@@ -238,12 +225,13 @@ def token_html(
         foot = (
             f'<div class="plw-summary">{len(enc.input_ids)} tokens: {n_p} prompt, {n_c} completion'
             f"{f', {enc.truncated} cut from the prompt' if enc.truncated else ''}. "
-            f"At PLW {plw:g}{f' and completion weight {completion_weight:g}' if completion_weight != 1 else ''} the completion "
-            f"carries <b>{share:.1%}</b> of this example's loss weight"
+            f"At PLW {plw:g}{f' and completion weight {completion_weight:g}' if completion_weight != 1 else ''} "
+            f"the completion carries <b>{share:.1%}</b> of this example's loss weight"
             f"{f'; the data weights this record {enc.example.weight:g}' if data_weight else ''}.</div>"
         )
     return (
-        f"<style>{TOKEN_CSS}</style>{_legend_weights(plw, any(_answer_mask(enc)), completion_weight, bool(data_weight))}"
+        f"<style>{TOKEN_CSS}</style>"
+        f"{_legend_weights(plw, any(_answer_mask(enc)), completion_weight, bool(data_weight))}"
         f'<div class="plw-tokens" data-mode="weights" data-plw="{plw:g}">{"".join(parts)}</div>{foot}'
     )
 
@@ -323,7 +311,8 @@ def token_loss_html(
 
         delta = None if on[i] is None or off[i] is None else on[i] - off[i]
         title = (
-            f"{_describe(text)} | id {enc.input_ids[i]} | {label}{' (answer)' if answer else ''} | weight {weights[i]:.4g} | "
+            f"{_describe(text)} | id {enc.input_ids[i]} | {label}{' (answer)' if answer else ''} | "
+            f"weight {weights[i]:.4g} | "
             + (f"loss {fmt(on[i])}" if single else f"loss on {fmt(on[i])} | off {fmt(off[i])} | \u0394 {fmt(delta)}")
         )
         parts.append(
@@ -347,7 +336,8 @@ def token_loss_html(
         grad = f"linear-gradient(90deg,{_loss_color(0, 1)},{_loss_color(1, 1)})"
         legend = (
             '<div class="plw-legend">'
-            f'<span>per-token loss{"" if single else f", adapter {mode}"}: 0<span class="grad" style="background:{grad}"></span>'
+            f"<span>per-token loss{'' if single else f', adapter {mode}'}: 0"
+            f'<span class="grad" style="background:{grad}"></span>'
             f"\u2265{vmax:.2f} nats</span>"
             '<span>underline: <b style="color:#ea580c">completion</b> / <b style="color:#2563eb">prompt</b></span>'
             f"{answer_legend}</div>"
@@ -370,7 +360,8 @@ def token_loss_html(
             f"<b>{mean(enc.completion_mask, on):.3f}</b>, off <b>{mean(enc.completion_mask, off):.3f}</b>; "
             f"mean prompt loss: on {mean(enc.prompt_mask, on):.3f}, off {mean(enc.prompt_mask, off):.3f}"
             + (
-                f"; answer loss: on <b>{mean(_answer_mask(enc), on):.3f}</b>, off <b>{mean(_answer_mask(enc), off):.3f}</b>"
+                f"; answer loss: on <b>{mean(_answer_mask(enc), on):.3f}</b>, "
+                f"off <b>{mean(_answer_mask(enc), off):.3f}</b>"
                 if has_answer
                 else ""
             )

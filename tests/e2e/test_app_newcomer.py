@@ -61,7 +61,8 @@ def record_statuses(page) -> None:
     page.evaluate("""() => { window.plwStatuses = []; const seen = () => {
         const p = document.querySelector('#progress .plw-progress'); const s = p && p.dataset.status;
         if (s && window.plwStatuses[window.plwStatuses.length - 1] !== s) window.plwStatuses.push(s); };
-        new MutationObserver(seen).observe(document.querySelector('#progress'), {subtree: true, childList: true, attributes: true}); }""")
+        new MutationObserver(seen).observe(document.querySelector('#progress'),
+            {subtree: true, childList: true, attributes: true}); }""")
 
 
 def test_the_train_tab_says_what_the_next_run_trains_on(page):

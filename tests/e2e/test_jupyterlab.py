@@ -100,7 +100,8 @@ def test_notebook_01_runs_in_jupyterlab_with_its_token_widget_and_live_charts(la
                 let run = 0, code = 0, errors = [];
                 for (let i = 0; i < cells.length; i++) { const c = cells.get(i); if (c.type !== 'code') continue;
                   code++; if (c.executionCount) run++;
-                  for (const o of c.outputs.toJSON()) if (o.output_type === 'error') errors.push(o.ename + ': ' + o.evalue); }
+                  for (const o of c.outputs.toJSON())
+                    if (o.output_type === 'error') errors.push(o.ename + ': ' + o.evalue); }
                 return {run, code, errors, idle: w.sessionContext.session.kernel.status === 'idle'}; }"""
             try:
                 page.wait_for_function(
