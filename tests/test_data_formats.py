@@ -320,7 +320,7 @@ def test_a_save_to_disk_folder_and_an_arrow_file_are_read(tmp_path):
     with pytest.raises(DataError, match=r"is a DatasetDict without a 'validation' split; it has train, test"):
         load_examples(DataConfig(source=str(tmp_path / "dict"), hf_split="validation"))
     (tmp_path / "plain").mkdir()
-    with pytest.raises(DataError, match="a folder, but not one written by datasets' save_to_disk"):
+    with pytest.raises(DataError, match="is a folder, not a data file nor a dataset saved with datasets' save_to_disk"):
         load_examples(DataConfig(source=str(tmp_path / "plain")))
 
 

@@ -52,7 +52,8 @@ def test_the_cli_and_the_engine_import_without_any_extra(tmp_path):
         import importlib, pkgutil
         import plw_lab.core
         for module in pkgutil.iter_modules(plw_lab.core.__path__):
-            importlib.import_module(f"plw_lab.core.{module.name}")
+            if module.name != "sweep_ray":  # the [ray] extra's backend, imported only when a sweep asks for it
+                importlib.import_module(f"plw_lab.core.{module.name}")
         # the views `lab` prints with (progress, tables, token colours); only charts need plotly
         import plw_lab.cli, plw_lab.views.history, plw_lab.views.text_views, plw_lab.views.tokens_view
         from plw_lab.cli import main
