@@ -21,8 +21,9 @@ browser:
 app: install-app
 	$(PYTHON) -m plw_lab app
 
+# Two workers, a test file each: most of the suite waits on subprocesses, browsers and kernels.
 test: install-dev browser
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile
 
 # The documentation site in site/ (mkdocs-material comes with the [dev] and [docs] extras).
 docs: install-dev

@@ -227,8 +227,9 @@ def prepare_for_run(cfg: LabConfig, run_dir: Path, tokenizer) -> Prepared:
             recorded_hash = (recorded.get("fingerprint") or {}).get(side)
             if changed or (recorded_hash and recorded_hash != data.split["fingerprint"][side]):
                 raise DataError(
-                    f"{Path(run_dir).name}: the data no longer splits as the run's split.json records (its {side} examples "
-                    f"differ): {cfg.data.source} changed since the run; restore it, or train a new run on it"
+                    f"{Path(run_dir).name}: the data no longer splits as the run's split.json records "
+                    f"(its {side} examples differ): {cfg.data.source} changed since the run; restore it, "
+                    "or train a new run on it"
                 )
     return data
 
@@ -921,7 +922,8 @@ def train(
         if kept != step:
             load_adapter_state(model, run.best_state)
         if kept == 0 and step > 0:
-            # A run the user stopped early may simply not have trained long enough; the remedy is for runs that ended by themselves.
+            # A run the user stopped early may simply not have trained long enough; the remedy is for runs
+            # that ended by themselves.
             remedy = (
                 ""
                 if run.stop.is_set()
@@ -929,8 +931,8 @@ def train(
             )
             run.emit(
                 Advice(
-                    message="the best evaluation was step 0, before any training, so the kept adapter is the base model "
-                    f"(a no-op){remedy}",
+                    message="the best evaluation was step 0, before any training, so the kept adapter is the "
+                    f"base model (a no-op){remedy}",
                     step=step,
                 )
             )

@@ -391,7 +391,8 @@ def test_bad_input_shows_clear_messages_and_the_app_keeps_working(page, server, 
     page.locator("body").click(position={"x": 5, "y": 5})
     click(page, "#start")
     page.wait_for_function(
-        "() => (document.querySelector('#train-msg')?.innerText || '').includes('loads no folder or file of the server')"
+        "() => (document.querySelector('#train-msg')?.innerText || '')"
+        ".includes('loads no folder or file of the server')"
     )
     assert "no-such-model-folder" not in page.locator("#train-msg").inner_text()
     choose(page, "cfg-model-name", "tiny-random")
