@@ -820,7 +820,13 @@ def main(argv: list[str] | None = None) -> int:
     from plw_lab.core.runs import DamagedRunError, ResumeError
 
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that left shows here, where it is handled, not in Python's exit
+        return code
+    except BrokenPipeError:  # `lab inspect | head` stopped reading: what it read was all it wanted
+        # Python would complain again when it flushes stdout at exit; point stdout at nothing first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:  # a second Ctrl-C: the run keeps its last checkpoint
         red, reset = (ANSI["RED"], ANSI["RESET"]) if colour_wanted(sys.stderr) else ("", "")
         print(

@@ -139,3 +139,16 @@ def test_train_shows_its_phases_then_eval_prints_a_table(data_file, tmp_path, mo
     assert re.match(r"metric\s+adapter off\s+adapter on$", lines[2])
     assert any(re.match(r"val completion loss\s+\d+\.\d{4}\s+\d+\.\d{4}$", line) for line in lines)
     assert "{" not in out  # no raw dicts
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(data_file):
+    """`lab inspect | head -0`: the reader has gone before the lab prints its first line."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "plw_lab", "inspect", "--model", "tiny-random", "--data", str(data_file), "-n", "3"]
+    lab = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lab.stdout.close()  # the lab takes seconds to load, so every line it prints meets a closed pipe
+    err = lab.stderr.read().decode()
+    assert lab.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err
