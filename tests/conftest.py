@@ -39,6 +39,39 @@ def tiny_model(tiny_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_dir)
 
 
+#: App settings for two-step runs on the tiny model: what the app's handler tests start.
+TINY_APP_SETTINGS = {
+    "model.name": "tiny-random",
+    "train.batch_size": 4,
+    "train.max_steps": 2,
+    "train.eval_interval": 100,
+    "lora.layers": "all",
+    "eval.generations": 0,
+    "eval.probe_texts": 0,
+    "data.val_size": 4,
+}
+
+
+def lora_llama(tokenizer):
+    """A 4-layer random Llama with LoRA on q/v of its top two layers (the frozen-layer cache's case)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from plw_lab.core.config import LoraConfig
+    from plw_lab.core.models import attach_lora
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    return attach_lora(LlamaForCausalLM(config), LoraConfig(layers="top:2", target_modules=["q_proj", "v_proj"]))
+
+
 def tiny_decoder(tokenizer, config_class: str = "LlamaConfig", layers: int = 4, impl: str = "sdpa", **extra):
     """A 64-wide random decoder of any architecture transformers has, on the real tokenizer's vocabulary."""
     import transformers

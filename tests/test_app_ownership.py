@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from conftest import TINY_APP_SETTINGS
 
 from plw_lab.app.jobs import TrainingJob
 from plw_lab.app.main import build_app
@@ -15,16 +16,7 @@ from plw_lab.core.runs import load_run
 from plw_lab.core.training import train
 from plw_lab.views.history import History
 
-CFG = {
-    "model.name": "tiny-random",
-    "train.batch_size": 4,
-    "train.max_steps": 2,
-    "train.eval_interval": 100,
-    "lora.layers": "all",
-    "eval.generations": 0,
-    "eval.probe_texts": 0,
-    "data.val_size": 4,
-}
+CFG = TINY_APP_SETTINGS
 ALICE, BOB = "a1" * 16, "b2" * 16
 
 

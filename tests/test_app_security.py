@@ -11,7 +11,7 @@ import time
 
 import gradio as gr
 import pytest
-from conftest import sum_examples
+from conftest import TINY_APP_SETTINGS, sum_examples
 
 from plw_lab.app.data import NOT_AN_UPLOAD, STATE_TTL_SECONDS, VIEW_LIMIT
 from plw_lab.app.jobs import JobRegistry, RunModels, hide_paths
@@ -21,16 +21,7 @@ from plw_lab.app.visitors import MODEL_REFUSED, OUTPUT_DIR_REFUSED
 from plw_lab.core.config import ConfigError, LabConfig
 from plw_lab.core.runs import delete_run, load_run
 
-CFG = {
-    "model.name": "tiny-random",
-    "train.batch_size": 4,
-    "train.max_steps": 2,
-    "train.eval_interval": 100,
-    "lora.layers": "all",
-    "eval.generations": 0,
-    "eval.probe_texts": 0,
-    "data.val_size": 4,
-}
+CFG = TINY_APP_SETTINGS
 
 
 #: What the server's private files hold: it must never reach a visitor.

@@ -5,30 +5,18 @@ logits, the base model's logits recomputed with the adapter off (the oracle belo
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import mc_records
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import lora_llama, mc_records
 
 from plw_lab.core import evaluation
-from plw_lab.core.config import DataConfig, LoraConfig, layer_indices
+from plw_lab.core.config import DataConfig, layer_indices
 from plw_lab.core.data import to_examples
 from plw_lab.core.loss import base_top_k, token_ce_kl_top_k
 from plw_lab.core.masks import encode_all
-from plw_lab.core.models import attach_lora
 from plw_lab.core.prefix import FrozenPrefix
 
 
 def _model(tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    model = attach_lora(LlamaForCausalLM(config), LoraConfig(layers="top:2", target_modules=["q_proj", "v_proj"]))
+    model = lora_llama(tokenizer)
     with torch.no_grad():  # an adapter as after training: a zero update would make the KL trivially 0
         for name, p in model.named_parameters():
             if "lora_B" in name:

@@ -1,26 +1,15 @@
 """The frozen-layer cache and the shared head change nothing but the work done."""
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import lora_llama
 
-from plw_lab.core.config import LoraConfig, layer_indices
+from plw_lab.core.config import layer_indices
 from plw_lab.core.forward import SharedHead, final_hidden
-from plw_lab.core.models import attach_lora
 from plw_lab.core.prefix import FrozenPrefix
 
 
 def _model(tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    return attach_lora(LlamaForCausalLM(config), LoraConfig(layers="top:2", target_modules=["q_proj", "v_proj"]))
+    return lora_llama(tokenizer)
 
 
 def _trained(model):
