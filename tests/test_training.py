@@ -242,3 +242,18 @@ def test_a_run_keeps_a_copy_of_its_data_file(tmp_path):
     run = load_run(result.run_dir)
     assert run.config.data.source == str((result.run_dir / "data" / "mine.jsonl").resolve())
     assert [e.messages for e in load_examples(run.config.data)][3][-1]["content"] == "6"
+
+
+def test_a_bfloat16_run_evaluates_after_training_like_float32(tmp_path):
+    """bfloat16 is what 'auto' picks on GPUs: the Trainer's mixed-precision wrapper hands back float32
+    states while the output layer stays bfloat16, and every evaluation after the first step must still run."""
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = _cfg(tmp_path / dtype, **{"model.dtype": dtype, "eval.kl_to_base": True})
+        result = train(cfg, examples=sum_examples(24))
+        assert result.status == "finished", result.summary
+        results[dtype] = [e for e in load_run(result.run_dir).evals if e.step > 0]
+    for full, half in zip(results["float32"], results["bfloat16"]):
+        assert half.metrics["kl_to_base"] > 0
+        for key in ("prompt_loss", "completion_loss", "kl_to_base"):
+            assert half.metrics[key] == pytest.approx(full.metrics[key], rel=0.05, abs=0.01), key

@@ -140,7 +140,9 @@ def head_logits(
     hidden: torch.Tensor, head_weight: torch.Tensor, head_bias: torch.Tensor | None = None, softcap: float | None = None
 ) -> torch.Tensor:
     """Float logits of the output layer, soft-capped as the model caps them (`plw_lab.core.compat.logit_softcap`)."""
-    logits = F.linear(hidden, head_weight, head_bias).float()
+    # Under bf16 mixed precision the final states can come back in float32 (the Trainer's autocast
+    # wrapper converts outputs) while the output layer stays in bfloat16.
+    logits = F.linear(hidden.to(head_weight.dtype), head_weight, head_bias).float()
     return softcap * torch.tanh(logits / softcap) if softcap else logits
 
 
