@@ -29,7 +29,7 @@ from plw_lab.core.compat import logit_softcap, output_layer
 from plw_lab.core.config import LabConfig
 from plw_lab.core.diversity import answer_entropy, text_diversity
 from plw_lab.core.forward import SharedHead, final_hidden
-from plw_lab.core.loss import base_top_k, head_logits, token_ce, token_ce_kl_top_k
+from plw_lab.core.loss import base_distributions, head_logits, token_ce, token_ce_kl
 from plw_lab.core.masks import Encoded, prompt_text
 
 
@@ -170,10 +170,12 @@ def evaluate(
     output layer runs at that one position instead of every position.
     Batches are formed from examples of similar length (less padding) and the tokens that all
     examples start with run once (`plw_lab.core.forward.SharedHead`).
+    The positions inside that shared head have the same state and next token in every example:
+    their losses are computed once and counted for every example.
     With `base_states` (a dict kept across evaluations) a model with an adapter also reports
-    `kl_to_base`: the base model's distributions are computed at the first evaluation and kept
-    there compactly (`BASE_TOP_K` tokens per position), and the KL is read from the same logits as
-    the losses, within 1e-4 nats per position of the exact KL (`token_ce_kl_top_k`).
+    `kl_to_base`, exactly: the base model's final states and log-normalisers are computed at the
+    first evaluation and kept there, and the KL is read from the same logits as the losses
+    (`plw_lab.core.loss.token_ce_kl`).
     """
     device = device_of(model)
     kl_sums = torch.zeros(2, dtype=torch.float64, device=device)
@@ -190,23 +192,40 @@ def evaluate(
     with eval_mode(model):
         # From the whole set, so every process agrees on the head and runs the same forward passes.
         head = SharedHead.build(model, [e.input_ids for e in items])
+        # Leading positions whose state and next token every example shares (those inside the head).
+        shared = head.length - 1 if head is not None and losses else 0
+        fresh_adapter = with_kl and _adapter_is_identity(model)
+        if shared:
+            head_ids = torch.tensor(items[0].input_ids[: shared + 1], device=device)
+            head_base = None
+            if with_kl:
+                head_states = head.states[-1][0, :shared] if fresh_adapter else None
+                head_base = _base_of(model, ("head",), head_ids[None], None, base_states, chunk_size, head_states)
+            head_ce, head_hit, head_kl = token_ce_kl(
+                head.states[-1][0, :shared], weight, head_ids[1:], head_base, chunk_size, bias, cap
+            )
         for batch in _batches(sorted(mine, key=len), batch_size):
             tensors = {key: v.to(device) for key, v in collate(batch, pad_id).items()}
             hidden = final_hidden(model, tensors["input_ids"], tensors["attention_mask"], prefix=prefix, head=head)
             if losses:
                 # Only positions with a real next token reach the output layer: padding has no loss.
                 valid = tensors["attention_mask"][:, 1:].bool()
-                states, targets = hidden[:, :-1][valid], tensors["input_ids"][:, 1:][valid]
+                own = valid.clone()
+                own[:, :shared] = False
+                states, targets = hidden[:, :-1][own], tensors["input_ids"][:, 1:][own]
+                base = None
+                if with_kl:
+                    key = tuple(id(e.example) for e in batch)  # batches are the same at every evaluation
+                    base_hidden = hidden[:, :-1][own] if fresh_adapter else None
+                    base = _base_of(model, key, tensors, own, base_states, chunk_size, base_hidden, prefix)
                 ce = torch.zeros(valid.shape, dtype=torch.float32, device=device)
                 hit = torch.zeros(valid.shape, dtype=torch.bool, device=device)
+                ce[own], hit[own], kl = token_ce_kl(states, weight, targets, base, chunk_size, bias, cap)
+                if shared:
+                    ce[:, :shared], hit[:, :shared] = head_ce, head_hit
                 if with_kl:
-                    base = _base_top_k(model, batch, tensors, hidden, valid, base_states, prefix, chunk_size)
-                    ce[valid], hit[valid], kl, _bound = token_ce_kl_top_k(
-                        states, weight, targets, base, chunk_size, bias, cap
-                    )
-                    kl_sums += torch.stack([kl.sum().double(), valid.sum().double()])
-                else:
-                    ce[valid], hit[valid] = token_ce(states, weight, targets, chunk_size, bias, cap)
+                    head_sum = head_kl.sum().double() * len(batch) if shared else 0.0
+                    kl_sums += torch.stack([kl.sum().double() + head_sum, valid.sum().double()])
                 prompt = tensors["prompt_mask"][:, 1:].bool()
                 completion = tensors["completion_mask"][:, 1:].bool()
                 answer = _answer_tensor(batch, completion.shape, device) & completion
@@ -261,25 +280,23 @@ def evaluate(
     return metrics
 
 
-#: Tokens of the base model's distribution kept per validation position for `kl_to_base`
-#: (`plw_lab.core.loss.BaseTopK`: 12 bytes each; where the bound on what the rest leaves out exceeds
-#: 1e-4 nats, `token_ce_kl_top_k` computes that position's KL exactly).
-BASE_TOP_K = 128
+def _base_of(model, key, tensors, own, base_states: dict, chunk_size: int, base_hidden=None, prefix=None):
+    """The base model's (adapter off) distributions at the `own` positions of a batch (`tensors`: a dict of
+    the batch's tensors, or the head's token ids), computed once per run and kept in `base_states` under `key`.
 
-
-def _base_top_k(model, batch: list[Encoded], tensors: dict, hidden, valid, base_states: dict, prefix, chunk_size):
-    """The base model's (adapter off) distributions at a batch's valid positions, computed at the first
-    evaluation only and kept as `BaseTopK`; from the adapted states `hidden` when the adapter is a no-op.
-
-    Batches are the same at every evaluation (sorted by length), so they are keyed by their examples.
+    `base_hidden` are the adapted states when the adapter is a no-op (as at the first evaluation):
+    then the base needs no forward pass of its own.
     """
-    key = tuple(id(e.example) for e in batch)
     if key not in base_states:
         weight, bias = output_layer(model)
-        if not _adapter_is_identity(model):
+        if base_hidden is None:
             with adapter(model, False):
-                hidden = final_hidden(model, tensors["input_ids"], tensors["attention_mask"], prefix=prefix)
-        base_states[key] = base_top_k(hidden[:, :-1][valid], weight, BASE_TOP_K, chunk_size, bias, logit_softcap(model))
+                if isinstance(tensors, dict):
+                    states = final_hidden(model, tensors["input_ids"], tensors["attention_mask"], prefix=prefix)
+                    base_hidden = states[:, :-1][own]
+                else:
+                    base_hidden = final_hidden(model, tensors)[0, :-1]
+        base_states[key] = base_distributions(base_hidden, weight, chunk_size, bias, logit_softcap(model))
     return base_states[key]
 
 

@@ -154,18 +154,12 @@ def token_ce(
     head_bias: torch.Tensor | None = None,
     softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position cross-entropy and whether the arg-max token is the target, chunked; for evaluation."""
+    """Per-position cross-entropy and whether the arg-max token is the target, chunked; for evaluation.
+
+    `hidden` may carry batch dimensions (..., H) with `targets` (...): the results have the targets' shape.
+    """
     flat_h = hidden.reshape(-1, hidden.shape[-1])
-    flat_y = targets.reshape(-1)
-    ce = torch.empty(flat_y.shape, dtype=torch.float32, device=hidden.device)
-    hit = torch.empty(flat_y.shape, dtype=torch.bool, device=hidden.device)
-    for start in range(0, flat_h.shape[0], chunk_size):
-        logits = head_logits(flat_h[start : start + chunk_size], head_weight, head_bias, softcap)
-        y = flat_y[start : start + chunk_size]
-        # log-normaliser minus the target's logit: cross-entropy without writing a log-softmax
-        lse = torch.logsumexp(logits, -1)
-        ce[start : start + chunk_size] = lse - logits.gather(1, y.clamp_min(0)[:, None]).squeeze(1)
-        hit[start : start + chunk_size] = logits.argmax(-1) == y
+    ce, hit, _ = token_ce_kl(flat_h, head_weight, targets.reshape(-1), None, chunk_size, head_bias, softcap)
     return ce.view(targets.shape), hit.view(targets.shape)
 
 
@@ -249,119 +243,83 @@ def weighted_kl(
 
 
 @dataclass
-class BaseTopK:
-    """The base model's next-token distribution at a set of positions, kept in k + 2 numbers each.
+class BaseDistributions:
+    """The base model's next-token distributions at a set of positions, as its final hidden states and
+    each distribution's log-normaliser.
 
     An evaluation's `kl_to_base` needs the base model's distribution at every validation position,
-    and the base model never changes during a run: instead of recomputing its logits at every
-    evaluation (an output layer as large as the adapted one's), the run keeps its k most likely
-    tokens and their log-probabilities, the log of the mass of all other tokens together, and the
-    smallest log-probability of any token (`token_ce_kl_top_k` says what KL these give), plus the
-    base's final hidden states for the positions where that is not close enough.
+    and the base model never changes during a run: its states and log-normalisers are computed at
+    the first evaluation and kept (H + 1 numbers per position); later evaluations apply the output
+    layer to the states and never normalise those logits again (`token_ce_kl`).
     """
 
-    ids: torch.Tensor  # (n, k) the k most likely tokens
-    logprobs: torch.Tensor  # (n, k) their log-probabilities
-    log_rest: torch.Tensor  # (n,) log of the probability of every token outside the k
-    log_min: torch.Tensor  # (n,) the smallest log-probability over the vocabulary
     hidden: torch.Tensor  # (n, H) the base model's final hidden states
+    log_normaliser: torch.Tensor  # (n,) logsumexp of the base logits at each position
 
     def __len__(self) -> int:
-        return self.ids.shape[0]
+        return self.hidden.shape[0]
 
 
 @torch.no_grad()
-def base_top_k(
+def base_distributions(
     hidden: torch.Tensor,
     head_weight: torch.Tensor,
-    k: int,
     chunk_size: int = 1024,
     head_bias: torch.Tensor | None = None,
     softcap: float | None = None,
-) -> BaseTopK:
-    """`BaseTopK` of the distributions at the positions of `hidden` (n, H), computed a chunk at a time."""
-    k = min(k, head_weight.shape[0] - 1)  # at least one token outside, so the rest is a distribution
-    parts = []
+) -> BaseDistributions:
+    """`BaseDistributions` of the base model's final states `hidden` (n, H), a chunk of logits at a time."""
+    lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_size):
-        log_q = torch.log_softmax(head_logits(hidden[start : start + chunk_size], head_weight, head_bias, softcap), -1)
-        top, ids = log_q.topk(k, -1)
-        log_min = log_q.min(-1).values
-        log_rest = torch.logsumexp(log_q.scatter_(1, ids, float("-inf")), -1)
-        parts.append((ids, top, log_rest, log_min))
-    if not parts:
-        empty = hidden.new_zeros((0, k), dtype=torch.float32)
-        return BaseTopK(empty.long(), empty, empty[:, 0], empty[:, 0], hidden)
-    return BaseTopK(*(torch.cat(column) for column in zip(*parts)), hidden=hidden.detach())
+        lse[start : start + chunk_size] = torch.logsumexp(
+            head_logits(hidden[start : start + chunk_size], head_weight, head_bias, softcap), -1
+        )
+    return BaseDistributions(hidden.detach(), lse)
 
 
 @torch.no_grad()
-def token_ce_kl_top_k(
+def token_ce_kl(
     hidden: torch.Tensor,
     head_weight: torch.Tensor,
     targets: torch.Tensor,
-    base: BaseTopK,
+    base: BaseDistributions | None = None,
     chunk_size: int = 1024,
     head_bias: torch.Tensor | None = None,
     softcap: float | None = None,
-    tolerance: float = 1e-4,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-position cross-entropy, arg-max hit, KL(p || p_base) and its error bound, from one set of
-    adapted logits per chunk, for `hidden` (n, H) and `targets` (n,) at the positions of `base`.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-position cross-entropy, arg-max hit and, with `base`, the exact KL(p || p_base), for `hidden`
+    (n, H) and `targets` (n,), from one pass over each chunk's logits; for evaluation.
 
-    The KL is that of the two distributions with every token outside the base's top k merged into
-    one outcome (p_rest, q_rest):
+    With l and m the adapted and the base logits, p = softmax(l) and Z_l, Z_m their log-normalisers,
 
-        KL_k = sum_{v in top k} p_v log(p_v / q_v) + p_rest log(p_rest / q_rest)
+        KL(p || p_base) = sum_v p_v (l_v - m_v) - (Z_l - Z_m),
 
-    Merging outcomes never raises a KL (the log-sum inequality), and what it loses is
-    p_rest * KL(p~ || q~), p~ and q~ the two distributions restricted to the rest. That KL is at most
-    log(q_rest / q_min), q_min the base's smallest token probability, and at most (b - a)^2 / 8 when
-    log(p~ / q~) lies in [a, b] (Hoeffding's lemma under p~, as E_p~[q~ / p~] = 1). The logits differ
-    by W_v (h - g) at token v (a soft cap only narrows that), so b - a <= 2 R |h - g|, R the largest
-    row norm of the output layer W, h and g the adapted and base hidden states. So per position
-
-        KL_k <= KL <= KL_k + p_rest * min(log q_rest - log q_min, (R |h - g|)^2 / 2),
-
-    the returned bound being that last term: 0 where the adapter leaves the final state unchanged
-    (a fresh adapter), and small wherever it moves it little or puts little mass outside the top k.
-    Where it exceeds `tolerance` (nats), the base's logits are recomputed from its hidden states
-    and that position's KL is exact (bound 0): every returned KL is within `tolerance` of the exact
-    one, at the cost of a second output layer only at the positions that need it.
+    so past the two matrix products a chunk costs a maximum, one exponential, one sum and one dot
+    product over the vocabulary: the base's log-normaliser is `base.log_normaliser`, and no
+    log-softmax is written. Each chunk holds two (chunk_size, V) float32 buffers at most.
     """
     n = hidden.shape[0]
     ce = torch.empty(n, dtype=torch.float32, device=hidden.device)
     hit = torch.empty(n, dtype=torch.bool, device=hidden.device)
-    kl = torch.empty(n, dtype=torch.float32, device=hidden.device)
-    bound = torch.empty(n, dtype=torch.float32, device=hidden.device)
-    largest_row = head_weight.float().norm(dim=1).max()
+    kl = torch.empty(n, dtype=torch.float32, device=hidden.device) if base is not None else None
     for start in range(0, n, chunk_size):
         window = slice(start, start + chunk_size)
         logits = head_logits(hidden[window], head_weight, head_bias, softcap)
-        y = targets[window]
-        # Past the output layer, only two passes over the vocabulary (arg-max, log-normaliser); the
-        # rest reads k + 1 logits per position.
-        hit[window] = logits.argmax(-1) == y
-        lse = torch.logsumexp(logits, -1, keepdim=True)
-        ce[window] = (lse - logits.gather(1, y.clamp_min(0)[:, None])).squeeze(1)
-        log_p_top = logits.gather(1, base.ids[window]) - lse
-        p_top = log_p_top.exp()
-        inside = (p_top * (log_p_top - base.logprobs[window])).sum(-1)
-        # The adapted mass outside the top k as 1 minus the mass inside, summed in float64: rounding
-        # leaves it off by about 1e-7, which moves a position's KL by under 1e-5.
-        p_rest = (1.0 - p_top.double().sum(-1)).clamp_min(0.0).float()
-        merged = torch.where(p_rest > 0, p_rest * (p_rest.log() - base.log_rest[window]), 0.0)
-        # KL is never negative; rounding can make a near-zero sum dip below 0.
-        part_kl = (inside + merged).clamp_min_(0.0)
-        moved = (largest_row * (hidden[window].float() - base.hidden[window].float()).norm(dim=-1)).square() / 2
-        part_bound = p_rest * torch.minimum((base.log_rest[window] - base.log_min[window]).clamp_min(0.0), moved)
-        redo = part_bound > tolerance
-        if redo.any():
-            log_q = torch.log_softmax(head_logits(base.hidden[window][redo], head_weight, head_bias, softcap), -1)
-            log_p = logits[redo] - lse[redo]
-            part_kl[redo] = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min_(0.0)
-            part_bound[redo] = 0.0
-        kl[window], bound[window] = part_kl, part_bound
-    return ce, hit, kl, bound
+        y = targets[window].clamp_min(0)[:, None]
+        top, best = logits.max(-1)
+        hit[window] = best == targets[window]
+        target_logit = logits.gather(1, y).squeeze(1)
+        if base is not None:
+            moved = head_logits(base.hidden[window], head_weight, head_bias, softcap).neg_().add_(logits)
+        scaled = logits.sub_(top[:, None]).exp_()  # exp(l - max l), in the logits' buffer
+        total = scaled.sum(-1)
+        log_normaliser = top + total.log()
+        ce[window] = log_normaliser - target_logit
+        if base is not None:
+            expected_move = torch.linalg.vecdot(scaled, moved) / total
+            # KL is never negative; rounding can make a near-zero difference dip below 0.
+            kl[window] = (expected_move - (log_normaliser - base.log_normaliser[window])).clamp_min_(0.0)
+    return ce, hit, kl
 
 
 def lora_update_sq_norm(pairs) -> torch.Tensor:
