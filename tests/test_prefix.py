@@ -96,6 +96,42 @@ def test_a_shared_head_runs_once_and_changes_no_hidden_state(tokenizer):
     assert prefix.misses == 3 and prefix.hits == 6
 
 
+def test_the_run_wide_head_of_the_frozen_layers_serves_training_with_its_gradients_and_only_rows_that_start_with_it(
+    tokenizer,
+):
+    model = _trained(_model(tokenizer))
+    ids, mask = _batch()
+    ids, mask = _with_head(ids, [11, 12, 13, 14, 15]), _with_head(mask, [1] * 5)
+    real = mask.bool()
+    full = final_hidden(model, ids, mask)
+    full[real].square().sum().backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    prefix = FrozenPrefix.for_model(model, [2, 3])
+    prefix.share_head([row[: int(n)].tolist() for row, n in zip(ids, mask.sum(1))])
+    assert prefix.head is not None and prefix.head.length == 5
+    calls = []
+    layer0 = model.get_base_model().model.layers[0]
+    hook = layer0.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[1]))
+    got = final_hidden(model, ids, mask, prefix=prefix)  # as a training step calls it: no head of its own
+    hook.remove()
+    assert calls == [ids.shape[1] - 5]  # the lower layers ran only the rows' own tokens
+    torch.testing.assert_close(got[real], full[real], rtol=1e-5, atol=1e-5)
+    got[real].square().sum().backward()
+    # The head's own forward pass rounds differently: float32 noise, amplified by a random model, and no more.
+    scale = max(grad.abs().max().item() for grad in want.values())
+    for name, grad in want.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-3, atol=1e-3 * scale)
+    with torch.no_grad():  # a sequence that does not start with the head is computed whole
+        other, other_mask = _batch()
+        torch.testing.assert_close(
+            final_hidden(model, other, other_mask, prefix=prefix)[other_mask.bool()],
+            final_hidden(model, other, other_mask)[other_mask.bool()],
+            rtol=1e-5,
+            atol=1e-5,
+        )
+
+
 def test_a_shared_head_leaves_every_sequence_a_token_of_its_own(tokenizer):
     model = _model(tokenizer)
     assert SharedHead.build(model, [[5, 6, 7, 8, 9, 10]] * 2).length == 5

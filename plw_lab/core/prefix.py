@@ -19,6 +19,7 @@ import contextlib
 import torch
 
 from plw_lab.core import compat
+from plw_lab.core.forward import SharedHead
 
 
 class FrozenPrefix:
@@ -31,6 +32,8 @@ class FrozenPrefix:
         self.cache: dict[tuple[int, ...], torch.Tensor] = {}
         self.cached_bytes = 0
         self.hits = self.misses = 0
+        self.head: SharedHead | None = None
+        self.head_ids: torch.Tensor | None = None
 
     @classmethod
     def for_model(cls, model, adapted_layers: list[int] | None, **kwargs) -> FrozenPrefix | None:
@@ -40,6 +43,22 @@ class FrozenPrefix:
         if not compat.is_proven(model) or compat.adapted_embeddings(model):
             return None
         return cls(model, min(adapted_layers), **kwargs)
+
+    def share_head(self, sequences: list[list[int]]) -> None:
+        """Run the tokens every one of `sequences` starts with (a chat template's system turn) through the
+        frozen layers once: each example computed later runs only its own tokens there.
+
+        Valid for the whole run, adapter on or off, as only the frozen layers' part of the head is read.
+        """
+        self.head = SharedHead.build(self.model, sequences)
+        self.head_ids = torch.tensor(sequences[0][: self.head.length]) if self.head is not None else None
+
+    def _own_head(self, input_ids: torch.Tensor, lengths: list[int]) -> SharedHead | None:
+        """`self.head` when every row starts with it and has tokens of its own after it, else None."""
+        if self.head is None or min(lengths) <= self.head.length:
+            return None
+        ids = self.head_ids.to(input_ids.device)
+        return self.head if bool((input_ids[:, : self.head.length] == ids).all()) else None
 
     @torch.no_grad()
     def _compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, head=None) -> torch.Tensor:
@@ -59,7 +78,8 @@ class FrozenPrefix:
     def hidden_in(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, head=None) -> torch.Tensor:
         """(B, T, H) hidden states entering the lowest adapted layer; padding positions are zeros.
 
-        A `plw_lab.core.forward.SharedHead` of the same model lets uncached rows skip their head's tokens."""
+        A `plw_lab.core.forward.SharedHead` of the same model lets uncached rows skip their head's tokens;
+        without one, the head of `share_head` serves the rows that start with it."""
         lengths = attention_mask.sum(1).tolist()
         keys = [tuple(row[:n].tolist()) for row, n in zip(input_ids, lengths)]
         missing = [i for i, key in enumerate(keys) if key not in self.cache]
@@ -67,6 +87,8 @@ class FrozenPrefix:
         self.hits += len(keys) - len(missing)
         fresh = {}
         if missing:
+            if head is None:
+                head = self._own_head(input_ids[missing], [lengths[i] for i in missing])
             states = self._compute(input_ids[missing], attention_mask[missing], head)
             for row, i in enumerate(missing):
                 fresh[keys[i]] = states[row, : lengths[i]]

@@ -876,6 +876,8 @@ def train(
             run.prefix = trainer.prefix = FrozenPrefix.for_model(
                 model, layer_indices(cfg.lora.layers, num_layers(base))
             )
+            if run.prefix is not None:
+                run.prefix.share_head([e.input_ids for e in data.train])
         run.emit(
             Started(
                 run_dir=str(run_dir),
