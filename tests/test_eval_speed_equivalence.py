@@ -3,6 +3,8 @@ the base model's states and log-normalisers reports the metrics of the plain com
 example run whole through the model with full logits, the base model's logits recomputed with the
 adapter off (the oracle below)."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,10 +105,10 @@ def test_kl_from_the_log_normalisers_equals_the_log_softmax_form_and_is_zero_for
     exact = (log_p.exp() * (log_p - log_q)).sum(-1)
     base = base_distributions(base_hidden, head, chunk_size=4, head_bias=bias)
     torch.testing.assert_close(base.log_normaliser, torch.logsumexp(base_logits, -1))
-    ce, hit, kl = token_ce_kl(hidden, head, targets, base, chunk_size=4, head_bias=bias)
+    ce, best, kl = token_ce_kl(hidden, head, targets, base, chunk_size=4, head_bias=bias)
     torch.testing.assert_close(kl, exact, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ce, F.cross_entropy(logits, targets, reduction="none"))
-    assert hit.tolist() == (logits.argmax(-1) == targets).tolist()
+    assert best.tolist() == logits.argmax(-1).tolist()
     _, _, same = token_ce_kl(base_hidden, head, targets, base, chunk_size=4, head_bias=bias)
     torch.testing.assert_close(same, torch.zeros(6), atol=1e-6, rtol=0)
     capped, _, capped_kl = token_ce_kl(
@@ -136,3 +138,65 @@ def test_a_fresh_adapter_lends_its_states_to_the_base_and_later_evaluations_meas
     _, _, kl = _oracle(model, encoded)
     later = evaluation.evaluate(model, encoded, tokenizer.pad_token_id, 4, 64, prefix=prefix, base_states=base_states)
     assert later["kl_to_base"] == pytest.approx(kl, rel=1e-5, abs=1e-6) and later["kl_to_base"] > 0
+
+
+def _own_greedy_references(model, tokenizer, encoded, steps):
+    """`encoded` with each reference answer replaced by the model's own greedy tokens from its answer on:
+    examples a teacher-forced pass follows to the end, which therefore need no generation loop."""
+    out = []
+    for e in encoded:
+        start = e.answer_mask.index(1)
+        ids = torch.tensor([e.input_ids[:start]])
+        with torch.no_grad():
+            greedy = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, do_sample=False
+            )[0, start:].tolist()
+        width = start + len(greedy)
+        out.append(
+            dataclasses.replace(
+                e,
+                input_ids=e.input_ids[:start] + greedy,
+                prompt_mask=e.prompt_mask[:start] + [0] * len(greedy),
+                completion_mask=[0] * start + [1] * len(greedy),
+                answer_mask=[0] * start + [1] + [0] * (len(greedy) - 1),
+                offsets=(e.offsets + [(0, 0)] * width)[:width],
+            )
+        )
+    return out
+
+
+def test_greedy_answers_read_from_the_evaluation_equal_the_generation_loop(tokenizer, encoded, monkeypatch):
+    model = _model(tokenizer)
+    own = _own_greedy_references(model, tokenizer, encoded, 3)
+    followed = evaluation.evaluate(model, own, tokenizer.pad_token_id, 4, 64, follow=True)["followed"]
+    looped = evaluation.generate_answers(model, tokenizer, own, 3, 4)
+    prompts_generated = []
+    plain_loop = evaluation._generate_ids
+
+    def counting(model, tokenizer, prompts, *args):
+        prompts_generated.extend(prompts)
+        return plain_loop(model, tokenizer, prompts, *args)
+
+    monkeypatch.setattr(evaluation, "_generate_ids", counting)
+    read = evaluation.generate_answers(model, tokenizer, own, 3, 4, followed=followed)
+    assert read == looped and prompts_generated == []  # every example settled by the teacher-forced pass
+    # The real references: where the random model leaves them it is generated, and the answers agree.
+    plain = evaluation.generate_answers(model, tokenizer, encoded, 3, 4)
+    prompts_generated.clear()
+    followed = evaluation.evaluate(model, encoded, tokenizer.pad_token_id, 4, 64, follow=True)["followed"]
+    assert evaluation.generate_answers(model, tokenizer, encoded, 3, 4, followed=followed) == plain
+    assert len(prompts_generated) == len(encoded)
+
+
+def test_followed_text_settles_only_what_greedy_decoding_must_emit(tokenizer, encoded):
+    e = dataclasses.replace(
+        encoded[0],
+        input_ids=[5, 6, 7, 40, 41, 2, 42],  # prompt 5 6 7, answer 40, then 41, the end of turn (2), 42
+        answer_mask=[0, 0, 0, 1, 0, 0, 0],
+    )
+    assert evaluation.followed_text(e, [40, 41, 2, 42], 8, eos=2) == [40, 41, 2]  # stops at the end of turn
+    assert evaluation.followed_text(e, [40, 41, 2, 42], 2, eos=2) == [40, 41]  # or at max_new_tokens
+    assert evaluation.followed_text(e, [40, 9, 2, 42], 8, eos=2) is None  # left the reference: needs the loop
+    assert evaluation.followed_text(e, [40, 41, 2, 42], 8, eos=3) is None  # 2 is not its end: runs past 42
+    assert evaluation.followed_text(e, [40, 41, 2, 42], 4, eos=3) == [40, 41, 2, 42]  # ... unless it stops there
+    assert evaluation.followed_text(e, None, 8, eos=2) is None

@@ -158,6 +158,7 @@ def evaluate(
     prefix=None,
     losses: bool = True,
     base_states: dict | None = None,
+    follow: bool = False,
 ) -> dict:
     """Validation metrics over `encoded`; with `details`, also each example's answer scores.
 
@@ -176,6 +177,8 @@ def evaluate(
     `kl_to_base`, exactly: the base model's final states and log-normalisers are computed at the
     first evaluation and kept there, and the KL is read from the same logits as the losses
     (`plw_lab.core.loss.token_ce_kl`).
+    With `follow`, metrics["followed"] maps each answered example's index to the arg-max tokens from its
+    answer on: what greedy decoding emits for as long as it follows the reference (`generate_answers`).
     """
     device = device_of(model)
     kl_sums = torch.zeros(2, dtype=torch.float64, device=device)
@@ -184,7 +187,7 @@ def evaluate(
     cap = logit_softcap(model)
     # prompt ce/n, completion ce/n/hits, answer ce/n
     sums = torch.zeros(7, dtype=torch.float64, device=device)
-    scored = []
+    scored, followed = [], {}
     items = encoded if losses else [_answer_prefix(e) for e in encoded]
     per_source = _PerSource(encoded, device)
     order = {id(e.example): i for i, e in enumerate(items)}  # results come back in the caller's order
@@ -201,7 +204,7 @@ def evaluate(
             if with_kl:
                 head_states = head.states[-1][0, :shared] if fresh_adapter else None
                 head_base = _base_of(model, ("head",), head_ids[None], None, base_states, chunk_size, head_states)
-            head_ce, head_hit, head_kl = token_ce_kl(
+            head_ce, head_best, head_kl = token_ce_kl(
                 head.states[-1][0, :shared], weight, head_ids[1:], head_base, chunk_size, bias, cap
             )
         for batch in _batches(sorted(mine, key=len), batch_size):
@@ -219,10 +222,11 @@ def evaluate(
                     base_hidden = hidden[:, :-1][own] if fresh_adapter else None
                     base = _base_of(model, key, tensors, own, base_states, chunk_size, base_hidden, prefix)
                 ce = torch.zeros(valid.shape, dtype=torch.float32, device=device)
-                hit = torch.zeros(valid.shape, dtype=torch.bool, device=device)
-                ce[own], hit[own], kl = token_ce_kl(states, weight, targets, base, chunk_size, bias, cap)
+                best = torch.full(valid.shape, -1, dtype=torch.long, device=device)
+                ce[own], best[own], kl = token_ce_kl(states, weight, targets, base, chunk_size, bias, cap)
                 if shared:
-                    ce[:, :shared], hit[:, :shared] = head_ce, head_hit
+                    ce[:, :shared], best[:, :shared] = head_ce, head_best
+                hit = (best == tensors["input_ids"][:, 1:]) & valid
                 if with_kl:
                     head_sum = head_kl.sum().double() * len(batch) if shared else 0.0
                     kl_sums += torch.stack([kl.sum().double() + head_sum, valid.sum().double()])
@@ -250,6 +254,8 @@ def evaluate(
                     "logprobs": dict(zip(choices, logprobs.tolist())),
                     "candidate_mass": float(logprobs.exp().sum()),
                 }
+                if follow and losses and any(e.answer_mask):
+                    followed[e.example.source_index] = best[row, e.answer_mask.index(1) - 1 : len(e) - 1].tolist()
                 if "label" in e.example.meta:
                     result["label"] = e.example.meta["label"]
                 if "source" in e.example.meta:
@@ -277,6 +283,8 @@ def evaluate(
         metrics["per_source"] = per_source.metrics(losses, examples)
     if details:
         metrics["examples"] = examples
+    if follow:
+        metrics["followed"] = dict(_gather(list(followed.items())))
     return metrics
 
 
@@ -364,19 +372,43 @@ def parse_answer(text: str, choices, option_texts=()) -> str | None:
     return None
 
 
-def generate_answers(model, tokenizer, encoded: list[Encoded], max_new_tokens: int = 4, batch_size: int = 8) -> dict:
+def generate_answers(
+    model,
+    tokenizer,
+    encoded: list[Encoded],
+    max_new_tokens: int = 4,
+    batch_size: int = 8,
+    followed: dict[int, list[int]] | None = None,
+) -> dict:
     """Greedy answers of the examples with candidates, parsed: accuracy, its interval and the unparseable count.
 
     Each example generates from exactly the tokens scoring reads before its answer (the prompt as
     encoded, truncation included). An answer that names no candidate counts as wrong and is counted.
     Every process generates the whole set, so all run the same forward passes.
+    `followed` (from `evaluate(..., follow=True)` of the same model) spares the generation loop every
+    example whose greedy tokens follow its reference answer to the end of the turn: a trained model's
+    usual case, read from the evaluation's own forward pass (`followed_text`).
     """
     items = [e for e in encoded if e.answer_position is not None and any(e.answer_mask)]
     if not items:
         return {}
-    texts = _generate_ids(
-        model, tokenizer, [e.input_ids[: e.answer_mask.index(1)] for e in items], max_new_tokens, batch_size
+    eos = tokenizer.eos_token_id
+    known = {}
+    for i, e in enumerate(items):
+        text = followed_text(e, (followed or {}).get(e.example.source_index), max_new_tokens, eos)
+        if text is not None:
+            known[i] = tokenizer.decode(text, skip_special_tokens=True)
+    rest = [i for i in range(len(items)) if i not in known]
+    generated = _generate_ids(
+        model,
+        tokenizer,
+        [items[i].input_ids[: items[i].answer_mask.index(1)] for i in rest],
+        max_new_tokens,
+        batch_size,
     )
+    texts = [known[i] if i in known else None for i in range(len(items))]
+    for i, text in zip(rest, generated):
+        texts[i] = text
     per_example = []
     for e, text in zip(items, texts):
         per_example.append(
@@ -395,6 +427,25 @@ def generate_answers(model, tokenizer, encoded: list[Encoded], max_new_tokens: i
         "unparseable": sum(ex["parsed"] is None for ex in per_example),
         "generated": per_example,
     }
+
+
+def followed_text(e: Encoded, argmax: list[int] | None, max_new_tokens: int, eos: int | None) -> list[int] | None:
+    """The tokens greedy decoding emits from `e`'s answer on, when the arg-max tokens of a teacher-forced pass
+    (`argmax[j]`: the most likely token after the prompt and the reference's first j tokens) settle them:
+    each one equals the reference's next token until an end-of-turn token or `max_new_tokens`. None when
+    the model leaves the reference first, and only a generation loop can say what it writes then."""
+    if argmax is None:
+        return None
+    reference = e.input_ids[e.answer_mask.index(1) :]
+    for j, (mine, theirs) in enumerate(zip(argmax, reference)):
+        if j == max_new_tokens:
+            return reference[:j]
+        if mine != theirs:
+            return None
+        if theirs == eos:
+            return reference[: j + 1]
+    # Followed to the reference's end: settled only if that end is also where generation stops.
+    return reference if len(reference) == max_new_tokens and len(argmax) >= len(reference) else None
 
 
 def with_generated(metrics: dict, generated: dict) -> dict:
@@ -613,12 +664,13 @@ def compare(
     known = known or {}
     for label, enabled in (("on", True), ("off", False)):
         with adapter(model, enabled):
-            metrics = known.get(label) or evaluate_answers(
-                model, encoded, tokenizer.pad_token_id, batch_size, chunk_size, prefix
+            metrics = known.get(label) or evaluate(
+                model, encoded, tokenizer.pad_token_id, batch_size, chunk_size, details=True, prefix=prefix, follow=True
             )
+            followed = metrics.pop("followed", None)
             if metrics.get("answer_accuracy") is not None and metrics.get("answer_accuracy_generated") is None:
                 metrics = with_generated(
-                    metrics, generate_answers(model, tokenizer, encoded, e.answer_tokens, batch_size)
+                    metrics, generate_answers(model, tokenizer, encoded, e.answer_tokens, batch_size, followed)
                 )
             generations = generate(model, tokenizer, encoded[:n_generations], e.max_new_tokens, batch_size)
             result[label] = {

@@ -159,8 +159,8 @@ def token_ce(
     `hidden` may carry batch dimensions (..., H) with `targets` (...): the results have the targets' shape.
     """
     flat_h = hidden.reshape(-1, hidden.shape[-1])
-    ce, hit, _ = token_ce_kl(flat_h, head_weight, targets.reshape(-1), None, chunk_size, head_bias, softcap)
-    return ce.view(targets.shape), hit.view(targets.shape)
+    ce, best, _ = token_ce_kl(flat_h, head_weight, targets.reshape(-1), None, chunk_size, head_bias, softcap)
+    return ce.view(targets.shape), (best == targets.reshape(-1)).view(targets.shape)
 
 
 # -- regularisation toward the base model ---------------------------------------------------------
@@ -287,7 +287,7 @@ def token_ce_kl(
     head_bias: torch.Tensor | None = None,
     softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per-position cross-entropy, arg-max hit and, with `base`, the exact KL(p || p_base), for `hidden`
+    """Per-position cross-entropy, arg-max token and, with `base`, the exact KL(p || p_base), for `hidden`
     (n, H) and `targets` (n,), from one pass over each chunk's logits; for evaluation.
 
     With l and m the adapted and the base logits, p = softmax(l) and Z_l, Z_m their log-normalisers,
@@ -300,14 +300,13 @@ def token_ce_kl(
     """
     n = hidden.shape[0]
     ce = torch.empty(n, dtype=torch.float32, device=hidden.device)
-    hit = torch.empty(n, dtype=torch.bool, device=hidden.device)
+    best = torch.empty(n, dtype=torch.long, device=hidden.device)
     kl = torch.empty(n, dtype=torch.float32, device=hidden.device) if base is not None else None
     for start in range(0, n, chunk_size):
         window = slice(start, start + chunk_size)
         logits = head_logits(hidden[window], head_weight, head_bias, softcap)
         y = targets[window].clamp_min(0)[:, None]
-        top, best = logits.max(-1)
-        hit[window] = best == targets[window]
+        top, best[window] = logits.max(-1)
         target_logit = logits.gather(1, y).squeeze(1)
         if base is not None:
             moved = head_logits(base.hidden[window], head_weight, head_bias, softcap).neg_().add_(logits)
@@ -319,7 +318,7 @@ def token_ce_kl(
             expected_move = torch.linalg.vecdot(scaled, moved) / total
             # KL is never negative; rounding can make a near-zero difference dip below 0.
             kl[window] = (expected_move - (log_normaliser - base.log_normaliser[window])).clamp_min_(0.0)
-    return ce, hit, kl
+    return ce, best, kl
 
 
 def lora_update_sq_norm(pairs) -> torch.Tensor:

@@ -453,6 +453,7 @@ class RunContext:
         self.emit(Phase(name=phase, step=step))
         started = time.perf_counter()
         # Per-example answers are kept so the final comparison can reuse them (step 0 is the base model).
+        generating = generate or step == 0
         metrics = evaluation.evaluate(
             self.model,
             self.data.val,
@@ -462,12 +463,19 @@ class RunContext:
             details=True,
             prefix=self.prefix,
             base_states=self.base_states if self.cfg.eval.kl_to_base else None,
+            follow=generating,
         )
-        if (generate or step == 0) and metrics.get("answer_accuracy") is not None:
+        followed = metrics.pop("followed", None)
+        if generating and metrics.get("answer_accuracy") is not None:
             metrics = evaluation.with_generated(
                 metrics,
                 evaluation.generate_answers(
-                    self.model, self.tokenizer, self.data.val, self.cfg.eval.answer_tokens, self.cfg.eval.batch_size
+                    self.model,
+                    self.tokenizer,
+                    self.data.val,
+                    self.cfg.eval.answer_tokens,
+                    self.cfg.eval.batch_size,
+                    followed=followed,
                 ),
             )
         self.details[step] = metrics.pop("examples")
