@@ -9,25 +9,18 @@ import random
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-
-def _threads_per_worker() -> int:
-    """The cores each xdist worker gets (all of them without xdist): the tiny models gain nothing from more
-    threads, and two workers each spinning a full-size thread pool on shared cores mostly wait for each other."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    return max(1, (os.cpu_count() or 1) // workers)
-
-
-if "PYTEST_XDIST_WORKER" in os.environ:
-    # Before torch loads, so this process and every `lab`, notebook kernel or server it starts inherit it.
-    os.environ.setdefault("OMP_NUM_THREADS", str(_threads_per_worker()))
-
 import pytest
 import torch
 
-if "PYTEST_XDIST_WORKER" in os.environ:
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-
 from plw_lab.core.data import Example
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # Each xdist worker gets its share of the cores, and so does every `lab`, notebook kernel or server it
+    # starts: the tiny models gain nothing from more threads, and workers each spinning a thread pool the
+    # size of the machine on shared cores mostly wait for each other.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
