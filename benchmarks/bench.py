@@ -54,6 +54,7 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 from bench_data import RACE, default_examples, race_examples, reading_mc, short_instructions, to_trl_records  # noqa: E402
+from bench_memory import rss_mb  # noqa: E402
 from transformers import PrinterCallback, TrainerCallback  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -520,39 +521,6 @@ def bench_packing(report: Report, full: bool, workdir: str) -> None:
 # -- 3. loss memory ---------------------------------------------------------------------------------
 
 
-def _rss_mb(key: str) -> float:
-    return int(re.search(key + r":\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
-
-
-def memory_probe(mode: str, batch: int, length: int, hidden: int, vocab: int) -> dict:
-    """Run in a fresh process: peak RSS above the inputs of one forward+backward of the loss."""
-    import torch.nn.functional as F
-
-    from plw_lab.core.loss import weighted_ce, weighted_ce_from_logits
-
-    g = torch.Generator().manual_seed(0)
-    h = torch.randn(batch, length, hidden, generator=g).requires_grad_(True)
-    head = torch.randn(vocab, hidden, generator=g) * 0.02  # frozen (tied) output layer, as under LoRA
-    y = torch.randint(0, vocab, (batch, length), generator=g)
-    w = torch.ones(batch, length)  # every position weighted (PLW > 0): the worst case for the lab
-    gc.collect()
-    base = _rss_mb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
-    t = time.perf_counter()
-    if mode == "naive":
-        loss = weighted_ce_from_logits(F.linear(h, head), y, w) / w.sum()
-    else:
-        loss = weighted_ce(h, head, y, w) / w.sum()
-    loss.backward()
-    seconds = time.perf_counter() - t
-    return {
-        "peak_mb": _rss_mb("VmHWM") - base,
-        "seconds": seconds,
-        "loss": float(loss),
-        "grad_norm": float(h.grad.norm()),
-    }
-
-
 def _mem_available_mb() -> float:
     return int(re.search(r"MemAvailable:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) / 1024
 
@@ -570,12 +538,9 @@ def bench_memory(report: Report, full: bool, workdir: str) -> None:
         )
     results = {}
     for mode in ("lab", "naive"):
-        code = (
-            f"import json,sys; sys.path[:0]=[{str(ROOT)!r},{str(Path(__file__).parent)!r}]; import bench; "
-            f"bench.torch.set_num_threads({torch.get_num_threads()}); "
-            f"print('RESULT', json.dumps(bench.memory_probe({mode!r}, {batch}, {length}, {hidden}, {vocab})))"
-        )
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
+        sizes = [str(n) for n in (batch, length, hidden, vocab, torch.get_num_threads())]
+        probe = [sys.executable, str(Path(__file__).parent / "bench_memory.py"), mode, *sizes]
+        proc = subprocess.run(probe, capture_output=True, text=True, cwd=str(ROOT))
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             print(proc.stdout[-2000:], proc.stderr[-2000:])
@@ -793,7 +758,7 @@ def default_run_probe(workdir: str, limit: float) -> dict:
         "final": (s.get("final_eval") or {}).get("answer_accuracy", float("nan")),
         "off": ((comparison("off") or {}).get("metrics") or {}).get("answer_accuracy", float("nan")),
         "on": ((comparison("on") or {}).get("metrics") or {}).get("answer_accuracy", float("nan")),
-        "peak_mb": _rss_mb("VmHWM"),
+        "peak_mb": rss_mb("VmHWM"),
         "threads": torch.get_num_threads(),
     }
 
