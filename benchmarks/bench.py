@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -53,6 +54,7 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 from bench_data import RACE, default_examples, race_examples, reading_mc, short_instructions, to_trl_records  # noqa: E402
+from bench_memory import rss_mb  # noqa: E402
 from transformers import PrinterCallback, TrainerCallback  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -326,9 +328,7 @@ def adapter_snapshot(model):
 
 def bench_vs_trl(report: Report, full: bool, workdir: str) -> None:
     section("1. training throughput: lab vs TRL SFTTrainer (completion_only_loss=True)")
-    try:
-        from trl import SFTConfig, SFTTrainer
-    except ImportError:
+    if importlib.util.find_spec("trl") is None:
         report.add(Row("1", "lab vs TRL", "skipped: trl not installed", note="pip install trl"))
         return
     tokenizer = load_tokenizer()
@@ -357,45 +357,24 @@ def bench_vs_trl(report: Report, full: bool, workdir: str) -> None:
 
     torch.manual_seed(0)
     trl_model = attach_lora(load_base(), cfg.lora)  # the same PEFT model, built the same way
-    t = cfg.train
-    args = SFTConfig(
-        output_dir=str(Path(workdir) / "trl"),
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        max_steps=1,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        seed=t.seed,
-        data_seed=t.seed,
-        use_cpu=True,
-        bf16=False,  # TRL's default is bf16; the lab trains in float32 on CPU
-        gradient_checkpointing=False,  # TRL's default is True; the lab does not checkpoint
-        completion_only_loss=True,
-        max_length=max_length,
+    # TRL applies the chat template itself here (conversational records), from the same examples.
+    trl = _trl_side(
+        "trl",
+        trl_model,
+        tokenizer,
+        encoded,
+        cfg,
+        workdir,
+        on_gpu=False,
+        dtype=torch.float32,
         packing=False,
-        padding_free=False,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+        restore=None,
+        records=to_trl_records(examples),
     )
-    trl_trainer = SFTTrainer(
-        model=trl_model,
-        args=args,
-        train_dataset=datasets.Dataset.from_list(to_trl_records(examples)),
-        processing_class=tokenizer,
-    )
-    trl_trainer.remove_callback(PrinterCallback)
-    meter, timer = MeteredCollator(trl_trainer.data_collator), StepTimer()
-    trl_trainer.data_collator = meter
-    trl_trainer.add_callback(timer)
-    trl_restore = adapter_snapshot(trl_trainer.model)
-    sides.append(Side("trl", trl_trainer, meter, timer, trl_restore))
+    trl.restore = adapter_snapshot(trl.trainer.model)  # the adapter as the trainer holds it
+    sides.append(trl)
 
-    interleave(sides, rounds=4 if full else 3, steps=2 if full else 1, seed=t.seed)
+    interleave(sides, rounds=4 if full else 3, steps=2 if full else 1, seed=cfg.train.seed)
     trl_tps = sides[-1].tokens_per_second
     for side, target, bar in ((sides[0], ">= 1.2x", 1.2), (sides[1], ">= 1.5x", 1.5)):
         ratio = side.tokens_per_second / trl_tps
@@ -411,7 +390,7 @@ def bench_vs_trl(report: Report, full: bool, workdir: str) -> None:
                 note=ratio_note(side, sides[-1]),
             )
         )
-    del sides, trl_trainer, lab_model, trl_model
+    del sides, trl, lab_model, trl_model
     gc.collect()
 
 
@@ -542,39 +521,6 @@ def bench_packing(report: Report, full: bool, workdir: str) -> None:
 # -- 3. loss memory ---------------------------------------------------------------------------------
 
 
-def _rss_mb(key: str) -> float:
-    return int(re.search(key + r":\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
-
-
-def memory_probe(mode: str, batch: int, length: int, hidden: int, vocab: int) -> dict:
-    """Run in a fresh process: peak RSS above the inputs of one forward+backward of the loss."""
-    import torch.nn.functional as F
-
-    from plw_lab.core.loss import weighted_ce, weighted_ce_from_logits
-
-    g = torch.Generator().manual_seed(0)
-    h = torch.randn(batch, length, hidden, generator=g).requires_grad_(True)
-    head = torch.randn(vocab, hidden, generator=g) * 0.02  # frozen (tied) output layer, as under LoRA
-    y = torch.randint(0, vocab, (batch, length), generator=g)
-    w = torch.ones(batch, length)  # every position weighted (PLW > 0): the worst case for the lab
-    gc.collect()
-    base = _rss_mb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
-    t = time.perf_counter()
-    if mode == "naive":
-        loss = weighted_ce_from_logits(F.linear(h, head), y, w) / w.sum()
-    else:
-        loss = weighted_ce(h, head, y, w) / w.sum()
-    loss.backward()
-    seconds = time.perf_counter() - t
-    return {
-        "peak_mb": _rss_mb("VmHWM") - base,
-        "seconds": seconds,
-        "loss": float(loss),
-        "grad_norm": float(h.grad.norm()),
-    }
-
-
 def _mem_available_mb() -> float:
     return int(re.search(r"MemAvailable:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) / 1024
 
@@ -592,12 +538,9 @@ def bench_memory(report: Report, full: bool, workdir: str) -> None:
         )
     results = {}
     for mode in ("lab", "naive"):
-        code = (
-            f"import json,sys; sys.path[:0]=[{str(ROOT)!r},{str(Path(__file__).parent)!r}]; import bench; "
-            f"bench.torch.set_num_threads({torch.get_num_threads()}); "
-            f"print('RESULT', json.dumps(bench.memory_probe({mode!r}, {batch}, {length}, {hidden}, {vocab})))"
-        )
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
+        sizes = [str(n) for n in (batch, length, hidden, vocab, torch.get_num_threads())]
+        probe = [sys.executable, str(Path(__file__).parent / "bench_memory.py"), mode, *sizes]
+        proc = subprocess.run(probe, capture_output=True, text=True, cwd=str(ROOT))
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             print(proc.stdout[-2000:], proc.stderr[-2000:])
@@ -815,7 +758,7 @@ def default_run_probe(workdir: str, limit: float) -> dict:
         "final": (s.get("final_eval") or {}).get("answer_accuracy", float("nan")),
         "off": ((comparison("off") or {}).get("metrics") or {}).get("answer_accuracy", float("nan")),
         "on": ((comparison("on") or {}).get("metrics") or {}).get("answer_accuracy", float("nan")),
-        "peak_mb": _rss_mb("VmHWM"),
+        "peak_mb": rss_mb("VmHWM"),
         "threads": torch.get_num_threads(),
     }
 
@@ -1105,8 +1048,13 @@ def _gpu_examples(n: int, max_length: int, vocab: int, seed: int = 0) -> list:
     return out
 
 
-def _trl_side(name, model, tokenizer, encoded, cfg, workdir, on_gpu: bool, dtype, packing: bool, restore) -> Side:
-    """TRL's SFTTrainer on the same token ids and completion masks, LoRA model, batch and length."""
+def _trl_side(
+    name, model, tokenizer, encoded, cfg, workdir, on_gpu: bool, dtype, packing: bool, restore, records=None
+) -> Side:
+    """TRL's SFTTrainer on the same LoRA model, batch and length: on the lab's token ids and completion masks,
+    or on `records` (e.g. conversational prompt/completion records, which TRL tokenizes itself) when given.
+    float32 and bfloat16 as `dtype` says (TRL's own default is bf16), no gradient checkpointing (TRL's default
+    is on; the lab does not checkpoint), completion-only loss."""
     from trl import SFTConfig, SFTTrainer
 
     t = cfg.train
@@ -1134,7 +1082,8 @@ def _trl_side(name, model, tokenizer, encoded, cfg, workdir, on_gpu: bool, dtype
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    records = [{"input_ids": list(e.input_ids), "completion_mask": list(e.completion_mask)} for e in encoded]
+    if records is None:
+        records = [{"input_ids": list(e.input_ids), "completion_mask": list(e.completion_mask)} for e in encoded]
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=datasets.Dataset.from_list(records), processing_class=tokenizer
     )
@@ -1162,7 +1111,6 @@ def bench_gpu(report: Report, full: bool, workdir: str, device: str = "cuda") ->
             )
         )
         return
-    import importlib.util
 
     from plw_lab.core.config import layer_indices
     from plw_lab.core.models import compute_dtype, load_model

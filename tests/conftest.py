@@ -14,6 +14,14 @@ import torch
 
 from plw_lab.core.data import Example
 
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # Each xdist worker gets its share of the cores, and so does every `lab`, notebook kernel or server it
+    # starts: the tiny models gain nothing from more threads, and workers each spinning a thread pool the
+    # size of the machine on shared cores mostly wait for each other.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 @pytest.fixture(scope="session")
 def tokenizer():

@@ -207,7 +207,8 @@ def test_every_write_the_disk_refuses_keeps_the_previous_file_and_training_goes_
 def test_a_refused_summary_is_said_and_the_run_stays_resumable(tmp_path, monkeypatch, capsys):
     _refuse_write_text(monkeypatch, {"summary.tmp"})
     seen = []
-    result = train(_cfg(tmp_path, "nosummary", **{"train.max_steps": 2}), subscribers=[seen.append], compare=False)
+    cfg = _cfg(tmp_path, "nosummary", **{"train.max_steps": 2, "data.source": str(_data_file(tmp_path))})
+    result = train(cfg, subscribers=[seen.append], compare=False)
     monkeypatch.undo()
 
     assert result.status == "finished"

@@ -23,12 +23,12 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The app on the tiny model, small enough that a CPU evaluates in a blink: 160 records, 32 of them
+    """The app on the tiny model, small enough that a CPU evaluates in a blink: 60 records, 12 of them
     for validation, two probe passages, two short generations."""
     with app_server(
         tmp_path_factory.mktemp("app"),
         "--set",
-        "data.limit=160",
+        "data.limit=60",
         "--set",
         "eval.probe_texts=2",
         "--set",

@@ -29,7 +29,7 @@ from plw_lab.core.config import LabConfig
 from plw_lab.core.data import split_sizes
 
 pytestmark = pytest.mark.e2e
-LIMIT = 160  # the server's data.limit (see the `server` fixture in conftest.py)
+LIMIT = 60  # the server's data.limit (see the `server` fixture in conftest.py)
 
 
 @pytest.fixture(scope="module")
