@@ -210,9 +210,8 @@ def test_pruned_runs_are_drawn_hollow_and_never_join_the_means():
 
 
 def test_the_ray_backend_without_ray_names_the_extra_and_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
-    from plw_lab.cli import main
-
     import plw_lab.core
+    from plw_lab.cli import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as where Ray is not installed
     # Imported again even where an earlier test of this process imported it (test_sweep_ray.py).
