@@ -21,9 +21,10 @@ browser:
 app: install-app
 	$(PYTHON) -m plw_lab app
 
-# Two workers, a test file each: most of the suite waits on subprocesses, browsers and kernels.
+# Two workers, a test file each, the longest files first (their order is in tests/conftest.py): most
+# of the suite waits on subprocesses, browsers and kernels.
 test: install-dev browser
-	$(PYTHON) -m pytest -q -n 2 --dist loadfile
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # The documentation site in site/ (mkdocs-material comes with the [dev] and [docs] extras).
 docs: install-dev

@@ -22,6 +22,34 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+#: The longest test files, longest first (seconds on two workers). `make test` runs
+#: `pytest -n 2 --dist loadfile --no-loadscope-reorder`: a worker takes a whole file, in the order
+#: collected here, so these start first and the many short files fill in behind them; in xdist's own
+#: order (most tests first) the Ray file, with three tests, came last and ran alone at the end.
+LONGEST_FIRST = (
+    "test_sweep_ray.py",  # ~130 s: a Ray instance, nine trials each in a fresh worker process
+    "e2e/test_app_browser.py",  # ~120 s: the app, a browser and two trainings
+    "test_notebooks.py",  # ~110 s: three notebooks in Jupyter kernels
+    "e2e/test_app_newcomer.py",  # ~90 s
+    "test_bench.py",  # ~60 s: benchmarks/bench.py --smoke
+    "e2e/test_jupyterlab.py",
+    "test_signals.py",
+    "test_distributed.py",
+    "test_masks_batched.py",
+    "test_wheel.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The files of LONGEST_FIRST first, in that order; every file's tests stay together and in order."""
+    here = os.path.dirname(__file__)
+
+    def rank(item) -> int:
+        name = os.path.relpath(str(item.path), here).replace(os.sep, "/")
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)
+
 
 @pytest.fixture(scope="session")
 def tokenizer():

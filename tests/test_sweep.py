@@ -210,10 +210,13 @@ def test_pruned_runs_are_drawn_hollow_and_never_join_the_means():
 
 
 def test_the_ray_backend_without_ray_names_the_extra_and_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
+    import plw_lab.core
     from plw_lab.cli import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as where Ray is not installed
+    # Imported again even where an earlier test of this process imported it (test_sweep_ray.py).
     monkeypatch.delitem(sys.modules, "plw_lab.core.sweep_ray", raising=False)
+    monkeypatch.delattr(plw_lab.core, "sweep_ray", raising=False)
     code = main(["sweep", "--model", "tiny-random", "--backend", "ray", "--output-dir", str(tmp_path), "--seeds", "0"])
     assert code == 2
     assert 'pip install "plw-lab[ray]"' in capsys.readouterr().err
