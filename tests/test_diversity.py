@@ -59,7 +59,9 @@ def test_evaluation_reports_answer_entropy_and_kl_to_base_against_a_naive_oracle
     fresh = evaluate(model, encoded, tokenizer.pad_token_id, batch_size=4, base_states=states)
     assert fresh["kl_to_base"] == pytest.approx(0.0, abs=1e-6), "a fresh adapter is the base model"
     assert fresh["answer_entropy"] == pytest.approx(answer_entropy(fresh["predicted"]))
-    assert len(states) == 2, "the base states of both batches are kept for later evaluations"
+    batches = [key for key in states if key != ("head",)]
+    assert len(batches) == 2, "the base states of both batches are kept for later evaluations"
+    assert ("head",) in states, "the system turn every example shares is kept once, not per batch"
 
     torch.manual_seed(3)
     with torch.no_grad():
