@@ -274,7 +274,8 @@ def test_a_run_says_its_paths_processes_and_global_batch(tmp_path):
     assert started.paths == {
         "architecture": "llama: proven by the lab's architecture tests",
         "loss": "hidden states; the output layer runs in chunks at weighted positions only",
-        "frozen_layer_cache": "on: layers below 1 run once per example",
+        "frozen_layer_cache": "on: layers below 1 run once per example; only the validation set's are kept, "
+        "as no training example is drawn twice",
         "shared_head": "on in evaluation",
         "attention": "sdpa",
         "gradient_checkpointing": "on (non-reentrant)",

@@ -105,13 +105,17 @@ def test_kl_from_the_log_normalisers_equals_the_log_softmax_form_and_is_zero_for
     exact = (log_p.exp() * (log_p - log_q)).sum(-1)
     base = base_distributions(base_hidden, head, chunk_size=4, head_bias=bias)
     torch.testing.assert_close(base.log_normaliser, torch.logsumexp(base_logits, -1))
-    ce, best, kl = token_ce_kl(hidden, head, targets, base, chunk_size=4, head_bias=bias)
+    ce, best, kl, lse = token_ce_kl(hidden, head, targets, base, chunk_size=4, head_bias=bias)
     torch.testing.assert_close(kl, exact, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ce, F.cross_entropy(logits, targets, reduction="none"))
     assert best.tolist() == logits.argmax(-1).tolist()
-    _, _, same = token_ce_kl(base_hidden, head, targets, base, chunk_size=4, head_bias=bias)
-    torch.testing.assert_close(same, torch.zeros(6), atol=1e-6, rtol=0)
-    capped, _, capped_kl = token_ce_kl(
+    torch.testing.assert_close(lse, torch.logsumexp(logits, -1))
+    itself = token_ce_kl(base_hidden, head, targets, base, chunk_size=4, head_bias=bias)
+    torch.testing.assert_close(itself.kl, torch.zeros(6), atol=1e-6, rtol=0)
+    # A model scored without a base gives the log-normalisers it would keep as one.
+    as_base = token_ce_kl(base_hidden, head, targets, None, chunk_size=4, head_bias=bias).as_base(base_hidden)
+    torch.testing.assert_close(as_base.log_normaliser, base.log_normaliser)
+    capped, _, capped_kl, _ = token_ce_kl(
         hidden, head, targets, base_distributions(base_hidden, head, 4, bias, 2.0), 4, bias, 2.0
     )
     capped_p, capped_q = (torch.log_softmax(2.0 * torch.tanh(x / 2.0), -1) for x in (logits, base_logits))
@@ -119,7 +123,13 @@ def test_kl_from_the_log_normalisers_equals_the_log_softmax_form_and_is_zero_for
     torch.testing.assert_close(capped, -capped_p.gather(1, targets[:, None]).squeeze(1))
 
 
-def test_a_fresh_adapter_lends_its_states_to_the_base_and_later_evaluations_measure_against_them(tokenizer, encoded):
+def test_a_fresh_adapter_lends_its_states_to_the_base_and_later_evaluations_measure_against_them(
+    tokenizer, encoded, monkeypatch
+):
+    def no_second_product(*args, **kwargs):
+        raise AssertionError("the base's log-normalisers come from the scoring product itself")
+
+    monkeypatch.setattr(evaluation, "base_distributions", no_second_product)
     model = _model(tokenizer)
     trained = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
     with torch.no_grad():  # LoRA as initialised: B is zero, the adapted model is the base model
@@ -136,6 +146,7 @@ def test_a_fresh_adapter_lends_its_states_to_the_base_and_later_evaluations_meas
             if name in trained:
                 p.copy_(trained[name])
     _, _, kl = _oracle(model, encoded)
+    monkeypatch.undo()
     later = evaluation.evaluate(model, encoded, tokenizer.pad_token_id, 4, 64, prefix=prefix, base_states=base_states)
     assert later["kl_to_base"] == pytest.approx(kl, rel=1e-5, abs=1e-6) and later["kl_to_base"] > 0
 

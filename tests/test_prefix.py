@@ -61,6 +61,18 @@ def test_a_cache_hit_never_runs_the_lower_layers(tokenizer):
     assert len(calls) == 1
 
 
+def test_rows_outside_keep_only_are_computed_exactly_but_not_kept(tokenizer):
+    model = _trained(_model(tokenizer))
+    prefix = FrozenPrefix.for_model(model, [2, 3])
+    ids, mask = _batch()
+    prefix.keep_only([ids[1].tolist()])  # row 1 is whole (no padding): its tokens are its key
+    full = final_hidden(model, ids, mask)
+    for _ in range(2):
+        torch.testing.assert_close(final_hidden(model, ids, mask, prefix=prefix)[mask.bool()], full[mask.bool()])
+    assert list(prefix.cache) == [tuple(ids[1].tolist())]
+    assert prefix.misses == 5 and prefix.hits == 1, "rows 0 and 2 are computed again, row 1 is read"
+
+
 def test_no_cache_when_every_layer_is_adapted_or_the_architecture_is_unknown(tokenizer, tiny_model):
     assert FrozenPrefix.for_model(tiny_model, None) is None
     assert FrozenPrefix.for_model(tiny_model, [0, 1]) is None

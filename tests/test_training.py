@@ -108,6 +108,18 @@ def test_count_normalisation_differs_from_sum_at_fractional_plw(tmp_path, tokeni
     assert ratio > 1.5  # sum of weights is the smaller divisor when most tokens weigh 0.1
 
 
+def test_a_run_that_draws_no_training_example_twice_keeps_only_the_validation_states(tmp_path, tiny_dir):
+    def cache_path(steps):
+        seen = []
+        cfg = _cfg(tmp_path, **{"lora.layers": "top:1", "train.max_steps": steps, "eval.generations": 0})
+        result = train(cfg, subscribers=[seen.append], examples=sum_examples(24), compare=False)
+        assert result.status == "finished", result.summary
+        return next(e for e in seen if isinstance(e, ev.Started)).paths["frozen_layer_cache"]
+
+    assert "only the validation set's are kept" in cache_path(4), "16 of about 19 training examples drawn"
+    assert "only the validation" not in cache_path(8), "a second epoch reads the training states again"
+
+
 def test_a_run_emits_typed_events_logs_them_and_saves_a_loadable_adapter(tmp_path, tiny_dir):
     seen = []
     result = train(_cfg(tmp_path), subscribers=[seen.append], examples=sum_examples(24))

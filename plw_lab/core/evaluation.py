@@ -200,12 +200,18 @@ def evaluate(
         fresh_adapter = with_kl and _adapter_is_identity(model)
         if shared:
             head_ids = torch.tensor(items[0].input_ids[: shared + 1], device=device)
-            head_base = None
-            if with_kl:
-                head_states = head.states[-1][0, :shared] if fresh_adapter else None
-                head_base = _base_of(model, ("head",), head_ids[None], None, base_states, chunk_size, head_states)
-            head_ce, head_best, head_kl = token_ce_kl(
-                head.states[-1][0, :shared], weight, head_ids[1:], head_base, chunk_size, bias, cap
+            head_states = head.states[-1][0, :shared]
+            head_scores = _scores(
+                model,
+                ("head",),
+                head_ids[None],
+                None,
+                base_states if with_kl else None,
+                fresh_adapter,
+                head_states,
+                head_ids[1:],
+                chunk_size,
+                prefix,
             )
         for batch in _batches(sorted(mine, key=len), batch_size):
             tensors = {key: v.to(device) for key, v in collate(batch, pad_id).items()}
@@ -216,20 +222,28 @@ def evaluate(
                 own = valid.clone()
                 own[:, :shared] = False
                 states, targets = hidden[:, :-1][own], tensors["input_ids"][:, 1:][own]
-                base = None
-                if with_kl:
-                    key = tuple(id(e.example) for e in batch)  # batches are the same at every evaluation
-                    base_hidden = hidden[:, :-1][own] if fresh_adapter else None
-                    base = _base_of(model, key, tensors, own, base_states, chunk_size, base_hidden, prefix)
+                key = tuple(id(e.example) for e in batch)  # batches are the same at every evaluation
+                scores = _scores(
+                    model,
+                    key,
+                    tensors,
+                    own,
+                    base_states if with_kl else None,
+                    fresh_adapter,
+                    states,
+                    targets,
+                    chunk_size,
+                    prefix,
+                )
                 ce = torch.zeros(valid.shape, dtype=torch.float32, device=device)
                 best = torch.full(valid.shape, -1, dtype=torch.long, device=device)
-                ce[own], best[own], kl = token_ce_kl(states, weight, targets, base, chunk_size, bias, cap)
+                ce[own], best[own] = scores.ce, scores.best
                 if shared:
-                    ce[:, :shared], best[:, :shared] = head_ce, head_best
+                    ce[:, :shared], best[:, :shared] = head_scores.ce, head_scores.best
                 hit = (best == tensors["input_ids"][:, 1:]) & valid
                 if with_kl:
-                    head_sum = head_kl.sum().double() * len(batch) if shared else 0.0
-                    kl_sums += torch.stack([kl.sum().double() + head_sum, valid.sum().double()])
+                    head_sum = head_scores.kl.sum().double() * len(batch) if shared else 0.0
+                    kl_sums += torch.stack([scores.kl.sum().double() + head_sum, valid.sum().double()])
                 prompt = tensors["prompt_mask"][:, 1:].bool()
                 completion = tensors["completion_mask"][:, 1:].bool()
                 answer = _answer_tensor(batch, completion.shape, device) & completion
@@ -288,24 +302,31 @@ def evaluate(
     return metrics
 
 
-def _base_of(model, key, tensors, own, base_states: dict, chunk_size: int, base_hidden=None, prefix=None):
-    """The base model's (adapter off) distributions at the `own` positions of a batch (`tensors`: a dict of
-    the batch's tensors, or the head's token ids), computed once per run and kept in `base_states` under `key`.
+def _scores(model, key, tensors, own, base_states, fresh_adapter, states, targets, chunk_size, prefix):
+    """`token_ce_kl` of `states` (the `own` positions of a batch: `tensors` is a dict of the batch's
+    tensors, or the head's token ids) with the KL to the base model when `base_states` is given.
 
-    `base_hidden` are the adapted states when the adapter is a no-op (as at the first evaluation):
-    then the base needs no forward pass of its own.
+    The base model's distributions there are computed once per run and kept in `base_states` under `key`.
+    While the adapter adds nothing (`fresh_adapter`, as at the first evaluation) the scored model is the
+    base: its own logits give the base's log-normalisers and the KL is zero, all from one product.
     """
+    weight, bias = output_layer(model)
+    cap = logit_softcap(model)
+    if base_states is None:
+        return token_ce_kl(states, weight, targets, None, chunk_size, bias, cap)
+    if key not in base_states and fresh_adapter:
+        scores = token_ce_kl(states, weight, targets, None, chunk_size, bias, cap)
+        base_states[key] = scores.as_base(states)
+        return scores._replace(kl=torch.zeros_like(scores.ce))
     if key not in base_states:
-        weight, bias = output_layer(model)
-        if base_hidden is None:
-            with adapter(model, False):
-                if isinstance(tensors, dict):
-                    states = final_hidden(model, tensors["input_ids"], tensors["attention_mask"], prefix=prefix)
-                    base_hidden = states[:, :-1][own]
-                else:
-                    base_hidden = final_hidden(model, tensors)[0, :-1]
-        base_states[key] = base_distributions(base_hidden, weight, chunk_size, bias, logit_softcap(model))
-    return base_states[key]
+        with adapter(model, False):
+            if isinstance(tensors, dict):
+                base_hidden = final_hidden(model, tensors["input_ids"], tensors["attention_mask"], prefix=prefix)
+                base_hidden = base_hidden[:, :-1][own]
+            else:
+                base_hidden = final_hidden(model, tensors)[0, :-1]
+        base_states[key] = base_distributions(base_hidden, weight, chunk_size, bias, cap)
+    return token_ce_kl(states, weight, targets, base_states[key], chunk_size, bias, cap)
 
 
 def _adapter_is_identity(model) -> bool:

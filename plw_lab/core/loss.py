@@ -16,6 +16,7 @@ gradient in the same pass (the fused linear cross-entropy trick).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -159,7 +160,7 @@ def token_ce(
     `hidden` may carry batch dimensions (..., H) with `targets` (...): the results have the targets' shape.
     """
     flat_h = hidden.reshape(-1, hidden.shape[-1])
-    ce, best, _ = token_ce_kl(flat_h, head_weight, targets.reshape(-1), None, chunk_size, head_bias, softcap)
+    ce, best, _, _ = token_ce_kl(flat_h, head_weight, targets.reshape(-1), None, chunk_size, head_bias, softcap)
     return ce.view(targets.shape), (best == targets.reshape(-1)).view(targets.shape)
 
 
@@ -277,6 +278,19 @@ def base_distributions(
     return BaseDistributions(hidden.detach(), lse)
 
 
+class TokenScores(NamedTuple):
+    """Per-position results of `token_ce_kl`, each of shape (n,)."""
+
+    ce: torch.Tensor
+    best: torch.Tensor  # the arg-max token
+    kl: torch.Tensor | None  # KL(p || p_base); None without a base
+    log_normaliser: torch.Tensor  # logsumexp of the logits: the base's own when this model is the base
+
+    def as_base(self, hidden: torch.Tensor) -> BaseDistributions:
+        """These positions as the base's distributions, for when the scored model is the base model."""
+        return BaseDistributions(hidden.detach(), self.log_normaliser)
+
+
 @torch.no_grad()
 def token_ce_kl(
     hidden: torch.Tensor,
@@ -286,7 +300,7 @@ def token_ce_kl(
     chunk_size: int = 1024,
     head_bias: torch.Tensor | None = None,
     softcap: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> TokenScores:
     """Per-position cross-entropy, arg-max token and, with `base`, the exact KL(p || p_base), for `hidden`
     (n, H) and `targets` (n,), from one pass over each chunk's logits; for evaluation.
 
@@ -300,6 +314,7 @@ def token_ce_kl(
     """
     n = hidden.shape[0]
     ce = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
     best = torch.empty(n, dtype=torch.long, device=hidden.device)
     kl = torch.empty(n, dtype=torch.float32, device=hidden.device) if base is not None else None
     for start in range(0, n, chunk_size):
@@ -312,13 +327,13 @@ def token_ce_kl(
             moved = head_logits(base.hidden[window], head_weight, head_bias, softcap).neg_().add_(logits)
         scaled = logits.sub_(top[:, None]).exp_()  # exp(l - max l), in the logits' buffer
         total = scaled.sum(-1)
-        log_normaliser = top + total.log()
+        log_normaliser = lse[window] = top + total.log()
         ce[window] = log_normaliser - target_logit
         if base is not None:
             expected_move = torch.linalg.vecdot(scaled, moved) / total
             # KL is never negative; rounding can make a near-zero difference dip below 0.
             kl[window] = (expected_move - (log_normaliser - base.log_normaliser[window])).clamp_min_(0.0)
-    return ce, best, kl
+    return TokenScores(ce, best, kl, lse)
 
 
 def lora_update_sq_norm(pairs) -> torch.Tensor:

@@ -29,6 +29,9 @@ class FrozenPrefix:
         self.model = model
         self.first_adapted = first_adapted
         self.budget_bytes = budget_bytes
+        #: When set, only rows whose tokens are in it are kept: a run that never draws a training example
+        #: twice keeps just its validation set (`keep_only`).
+        self.kept_rows: set[tuple[int, ...]] | None = None
         self.cache: dict[tuple[int, ...], torch.Tensor] = {}
         self.cached_bytes = 0
         self.hits = self.misses = 0
@@ -52,6 +55,11 @@ class FrozenPrefix:
         """
         self.head = SharedHead.build(self.model, sequences)
         self.head_ids = torch.tensor(sequences[0][: self.head.length]) if self.head is not None else None
+
+    def keep_only(self, sequences: list[list[int]]) -> None:
+        """Keep only these rows from now on: the others are computed when met and not kept, as a run that
+        sees each training example once would only fill memory with states it never reads again."""
+        self.kept_rows = {tuple(s) for s in sequences}
 
     def _own_head(self, input_ids: torch.Tensor, lengths: list[int]) -> SharedHead | None:
         """`self.head` when every row starts with it and has tokens of its own after it, else None."""
@@ -92,7 +100,8 @@ class FrozenPrefix:
             states = self._compute(input_ids[missing], attention_mask[missing], head)
             for row, i in enumerate(missing):
                 fresh[keys[i]] = states[row, : lengths[i]]
-                if self.cached_bytes < self.budget_bytes:
+                wanted = self.kept_rows is None or keys[i] in self.kept_rows
+                if wanted and self.cached_bytes < self.budget_bytes:
                     self.cache[keys[i]] = fresh[keys[i]].clone()
                     self.cached_bytes += fresh[keys[i]].numel() * fresh[keys[i]].element_size()
         first = fresh.get(keys[0], self.cache.get(keys[0]))

@@ -886,6 +886,9 @@ def train(
             )
             if run.prefix is not None:
                 run.prefix.share_head([e.input_ids for e in data.train])
+                drawn = steps * cfg.train.batch_size * cfg.train.grad_accum * args.world_size
+                if drawn <= len(data.train):  # no training example comes back: only evaluations reuse states
+                    run.prefix.keep_only([e.input_ids for e in data.val])
         run.emit(
             Started(
                 run_dir=str(run_dir),
@@ -1041,6 +1044,8 @@ def run_paths(cfg: LabConfig, model, trainer: PLWTrainer) -> dict:
         paths["loss"] = f"the model's logits at weighted positions ({why})"
     if trainer.prefix is not None:
         paths["frozen_layer_cache"] = f"on: layers below {trainer.prefix.first_adapted} run once per example"
+        if trainer.prefix.kept_rows is not None:
+            paths["frozen_layer_cache"] += "; only the validation set's are kept, as no training example is drawn twice"
         if cfg.train.packing:
             paths["frozen_layer_cache"] += " (evaluation only: packed training rows are not per example)"
     else:
