@@ -19,6 +19,8 @@ Sections (targets from the issue):
   6. GPU only: tokens/s and MFU of LoRA SFT against TRL's SFTTrainer, the embedded architecture and a
      0.5B one (random weights), bfloat16 and QLoRA 4-bit, padded and packed.
   7. live views: one refresh of the Train tab's progress bar and charts for a long run.
+  8. encoding the default data set (masks, answer positions) with the embedded model's tokenizer,
+     cold and from the per-run encoding cache.
 
 Every comparison interleaves its sides in rounds on the same batches, takes each step's fastest
 round and reports ratios (with the median-of-rounds and CPU-time ratios as cross-checks), so
