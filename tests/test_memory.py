@@ -201,3 +201,17 @@ def test_gradient_checkpointing_counts_only_layer_inputs():
         "with gradient checkpointing" not in checkpointed.describe()
         and "without gradient checkpointing" in checkpointed.describe()
     )
+
+
+def test_the_estimate_resolves_auto_dtype_as_a_run_does():
+    import torch
+
+    from plw_lab.core.models import compute_dtype
+
+    arch = architecture("embedded")
+    assert estimate(LabConfig(), arch, device="cpu").dtype == "float32"
+    for quantization in ("none", "4bit"):
+        cfg = LabConfig().override({"model.quantization": quantization})
+        for device in ("cpu", "cuda"):  # a CUDA device this machine may not have: sizing a run for a GPU
+            run_dtype = str(compute_dtype(cfg.model, torch.device(device))).removeprefix("torch.")
+            assert estimate(cfg, arch, device=device).dtype == run_dtype, (quantization, device)

@@ -224,16 +224,15 @@ def gib(n: float) -> str:
 
 
 def _device_and_dtype(cfg: LabConfig, device: str | None) -> tuple[str, str]:
+    import torch
+
+    from plw_lab.core.models import compute_dtype
+
     if device is None:
         device = cfg.model.device
         if device == "auto":
-            import torch
-
             device = "cuda" if torch.cuda.is_available() else "cpu"
-    if cfg.model.dtype != "auto":
-        return device, cfg.model.dtype
-    # Quantised layers compute in bfloat16; otherwise 'auto' is bfloat16 on CUDA (see lab.models.pick_dtype).
-    return device, "bfloat16" if device == "cuda" or cfg.model.quantization != "none" else "float32"
+    return device, str(compute_dtype(cfg.model, torch.device(device))).removeprefix("torch.")
 
 
 def estimate(cfg: LabConfig, arch: Architecture | None = None, device: str | None = None) -> MemoryEstimate:

@@ -232,11 +232,15 @@ def pick_device(preference: str = "auto") -> torch.device:
 
 
 def pick_dtype(preference: str, device: torch.device) -> torch.dtype:
+    """model.dtype resolved for `device`: 'auto' is bfloat16 on a CUDA device that supports it (assumed of
+    one this machine cannot see, as when `lab memory --device cuda` sizes a run for a GPU), else float32."""
     if preference != "auto":
         return getattr(torch, preference)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    return torch.bfloat16 if device.type == "cuda" and _cuda_has_bf16() else torch.float32
+
+
+def _cuda_has_bf16() -> bool:
+    return not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
 
 
 def load_tokenizer(cfg: ModelConfig):
@@ -291,7 +295,7 @@ def compute_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
         return pick_dtype(cfg.dtype, device)
     if cfg.dtype in ("bfloat16", "float16"):
         return getattr(torch, cfg.dtype)
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if _cuda_has_bf16() else torch.float16
 
 
 def check_quantization(cfg: ModelConfig, device: torch.device | None = None) -> None:
