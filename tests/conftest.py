@@ -27,7 +27,7 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 #: collected here, so these start first and the many short files fill in behind them; in xdist's own
 #: order (most tests first) the Ray file, with three tests, came last and ran alone at the end.
 LONGEST_FIRST = (
-    "test_sweep_ray.py",  # ~130 s: a Ray instance, nine trials each in a fresh worker process
+    "test_sweep_ray.py",  # ~150 s: a Ray instance, each of its trials in a fresh worker process
     "e2e/test_app_browser.py",  # ~120 s: the app, a browser and two trainings
     "test_notebooks.py",  # ~110 s: three notebooks in Jupyter kernels
     "e2e/test_app_newcomer.py",  # ~90 s

@@ -41,23 +41,18 @@ def local_ray():
 def test_a_grid_on_ray_writes_the_rows_of_the_local_backend(tmp_path, capsys):
     started = time.perf_counter()
     code = main(
-        ["sweep", "--model", "tiny-random", "--plws", "0,1", "--seeds", "0,1", "--backend", "ray", "--name", "grid"]
+        ["sweep", "--model", "tiny-random", "--plws", "0,1", "--seeds", "0", "--backend", "ray", "--name", "grid"]
         + ["--output-dir", str(tmp_path / "ray"), *SETS]
     )
     ray_seconds = time.perf_counter() - started
     assert code == 0, capsys.readouterr()
     started = time.perf_counter()
-    local = run_sweep(LabConfig().override({**TINY, "train.output_dir": str(tmp_path / "local")}), [0, 1], [0, 1])
+    local = run_sweep(LabConfig().override({**TINY, "train.output_dir": str(tmp_path / "local")}), [0, 1], [0])
     local_seconds = time.perf_counter() - started
-    print(f"2 x 2 tiny grid: ray {ray_seconds:.1f} s, local {local_seconds:.1f} s")
+    print(f"2 x 1 tiny grid: ray {ray_seconds:.1f} s, local {local_seconds:.1f} s")
     on_ray, at_home = read_csv(tmp_path / "ray" / "grid"), read_csv(local)
     assert [[r[k] for k in COMPARED] for r in on_ray] == [[r[k] for k in COMPARED] for r in at_home]
-    assert [(r["plw"], r["seed"], r["status"]) for r in on_ray] == [
-        (0.0, 0, "finished"),
-        (0.0, 1, "finished"),
-        (1.0, 0, "finished"),
-        (1.0, 1, "finished"),
-    ]
+    assert [(r["plw"], r["seed"], r["status"]) for r in on_ray] == [(0.0, 0, "finished"), (1.0, 0, "finished")]
     assert all(load_run(r["run"]).status == "finished" for r in on_ray)
 
 

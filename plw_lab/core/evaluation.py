@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import re
 
@@ -29,7 +30,7 @@ from plw_lab.core.compat import logit_softcap, output_layer
 from plw_lab.core.config import LabConfig
 from plw_lab.core.diversity import answer_entropy, text_diversity
 from plw_lab.core.forward import SharedHead, final_hidden
-from plw_lab.core.loss import base_distributions, head_logits, token_ce, token_ce_kl
+from plw_lab.core.loss import TokenScores, base_distributions, head_logits, token_ce, token_ce_kl
 from plw_lab.core.masks import Encoded, prompt_text
 
 
@@ -197,21 +198,14 @@ def evaluate(
         head = SharedHead.build(model, [e.input_ids for e in items])
         # Leading positions whose state and next token every example shares (those inside the head).
         shared = head.length - 1 if head is not None and losses else 0
-        fresh_adapter = with_kl and _adapter_is_identity(model)
+        scorer = _Scorer(model, chunk_size, base_states if with_kl else None)
         if shared:
             head_ids = torch.tensor(items[0].input_ids[: shared + 1], device=device)
-            head_states = head.states[-1][0, :shared]
-            head_scores = _scores(
-                model,
+            head_scores = scorer.score(
                 ("head",),
-                head_ids[None],
-                None,
-                base_states if with_kl else None,
-                fresh_adapter,
-                head_states,
+                head.states[-1][0, :shared],
                 head_ids[1:],
-                chunk_size,
-                prefix,
+                lambda: final_hidden(model, head_ids[None])[0, :-1],
             )
         for batch in _batches(sorted(mine, key=len), batch_size):
             tensors = {key: v.to(device) for key, v in collate(batch, pad_id).items()}
@@ -222,28 +216,21 @@ def evaluate(
                 own = valid.clone()
                 own[:, :shared] = False
                 states, targets = hidden[:, :-1][own], tensors["input_ids"][:, 1:][own]
-                key = tuple(id(e.example) for e in batch)  # batches are the same at every evaluation
-                scores = _scores(
-                    model,
-                    key,
-                    tensors,
-                    own,
-                    base_states if with_kl else None,
-                    fresh_adapter,
+                batch_scores = scorer.score(
+                    tuple(id(e.example) for e in batch),  # batches are the same at every evaluation
                     states,
                     targets,
-                    chunk_size,
-                    prefix,
+                    functools.partial(_own_states, model, tensors, own, prefix),
                 )
                 ce = torch.zeros(valid.shape, dtype=torch.float32, device=device)
                 best = torch.full(valid.shape, -1, dtype=torch.long, device=device)
-                ce[own], best[own] = scores.ce, scores.best
+                ce[own], best[own] = batch_scores.ce, batch_scores.best
                 if shared:
                     ce[:, :shared], best[:, :shared] = head_scores.ce, head_scores.best
                 hit = (best == tensors["input_ids"][:, 1:]) & valid
                 if with_kl:
                     head_sum = head_scores.kl.sum().double() * len(batch) if shared else 0.0
-                    kl_sums += torch.stack([scores.kl.sum().double() + head_sum, valid.sum().double()])
+                    kl_sums += torch.stack([batch_scores.kl.sum().double() + head_sum, valid.sum().double()])
                 prompt = tensors["prompt_mask"][:, 1:].bool()
                 completion = tensors["completion_mask"][:, 1:].bool()
                 answer = _answer_tensor(batch, completion.shape, device) & completion
@@ -302,31 +289,43 @@ def evaluate(
     return metrics
 
 
-def _scores(model, key, tensors, own, base_states, fresh_adapter, states, targets, chunk_size, prefix):
-    """`token_ce_kl` of `states` (the `own` positions of a batch: `tensors` is a dict of the batch's
-    tensors, or the head's token ids) with the KL to the base model when `base_states` is given.
+def _own_states(model, tensors: dict, own: torch.Tensor, prefix) -> torch.Tensor:
+    """The final states of a batch at its `own` positions (each followed by a next token)."""
+    return final_hidden(model, tensors["input_ids"], tensors["attention_mask"], prefix=prefix)[:, :-1][own]
 
-    The base model's distributions there are computed once per run and kept in `base_states` under `key`.
-    While the adapter adds nothing (`fresh_adapter`, as at the first evaluation) the scored model is the
-    base: its own logits give the base's log-normalisers and the KL is zero, all from one product.
+
+class _Scorer:
+    """`token_ce_kl` for an evaluation, with the KL to the base model when `base_states` is given.
+
+    The base model's distributions at each scored set of positions are computed once per run and kept
+    in `base_states` under the set's key. While the adapter adds nothing (as at the first evaluation)
+    the scored model is the base: its own logits give the base's log-normalisers and the KL is zero,
+    all from one output-layer product.
     """
-    weight, bias = output_layer(model)
-    cap = logit_softcap(model)
-    if base_states is None:
-        return token_ce_kl(states, weight, targets, None, chunk_size, bias, cap)
-    if key not in base_states and fresh_adapter:
-        scores = token_ce_kl(states, weight, targets, None, chunk_size, bias, cap)
-        base_states[key] = scores.as_base(states)
-        return scores._replace(kl=torch.zeros_like(scores.ce))
-    if key not in base_states:
-        with adapter(model, False):
-            if isinstance(tensors, dict):
-                base_hidden = final_hidden(model, tensors["input_ids"], tensors["attention_mask"], prefix=prefix)
-                base_hidden = base_hidden[:, :-1][own]
-            else:
-                base_hidden = final_hidden(model, tensors)[0, :-1]
-        base_states[key] = base_distributions(base_hidden, weight, chunk_size, bias, cap)
-    return token_ce_kl(states, weight, targets, base_states[key], chunk_size, bias, cap)
+
+    def __init__(self, model, chunk_size: int, base_states: dict | None):
+        self.model, self.chunk_size, self.base_states = model, chunk_size, base_states
+        self.weight, self.bias = output_layer(model)
+        self.cap = logit_softcap(model)
+        self.adapter_is_identity = base_states is not None and _adapter_is_identity(model)
+
+    def score(self, key, states, targets, base_hidden) -> TokenScores:
+        """Scores of `states` (n, H) against `targets` (n,); `base_hidden()` gives the base model's states
+        there (it runs with the adapter off, and only when `key` has none kept yet)."""
+        product = functools.partial(
+            token_ce_kl, states, self.weight, targets, chunk_size=self.chunk_size, head_bias=self.bias, softcap=self.cap
+        )
+        kept = self.base_states
+        if kept is None:
+            return product()
+        if key not in kept and self.adapter_is_identity:
+            result = product()
+            kept[key] = result.as_base(states)
+            return result._replace(kl=torch.zeros_like(result.ce))
+        if key not in kept:
+            with adapter(self.model, False):
+                kept[key] = base_distributions(base_hidden(), self.weight, self.chunk_size, self.bias, self.cap)
+        return product(base=kept[key])
 
 
 def _adapter_is_identity(model) -> bool:
