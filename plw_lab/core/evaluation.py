@@ -184,8 +184,6 @@ def evaluate(
     device = device_of(model)
     kl_sums = torch.zeros(2, dtype=torch.float64, device=device)
     with_kl = base_states is not None and losses and hasattr(model, "disable_adapter")
-    weight, bias = output_layer(model)
-    cap = logit_softcap(model)
     # prompt ce/n, completion ce/n/hits, answer ce/n
     sums = torch.zeros(7, dtype=torch.float64, device=device)
     scored, followed = [], {}
@@ -246,7 +244,7 @@ def evaluate(
                 if e.answer_position is None:
                     continue
                 choices = e.example.choices
-                logits = head_logits(hidden[row, e.answer_position - 1], weight, bias, cap)
+                logits = scorer.logits(hidden[row, e.answer_position - 1])
                 logprobs = torch.log_softmax(logits, -1)[e.choice_ids]
                 result = {
                     "index": e.example.source_index,
@@ -308,6 +306,10 @@ class _Scorer:
         self.weight, self.bias = output_layer(model)
         self.cap = logit_softcap(model)
         self.adapter_is_identity = base_states is not None and _adapter_is_identity(model)
+
+    def logits(self, states: torch.Tensor) -> torch.Tensor:
+        """The output layer's float logits at `states`."""
+        return head_logits(states, self.weight, self.bias, self.cap)
 
     def score(self, key, states, targets, base_hidden) -> TokenScores:
         """Scores of `states` (n, H) against `targets` (n,); `base_hidden()` gives the base model's states
@@ -426,11 +428,10 @@ def generate_answers(
         max_new_tokens,
         batch_size,
     )
-    texts = [known[i] if i in known else None for i in range(len(items))]
-    for i, text in zip(rest, generated):
-        texts[i] = text
+    texts = {**known, **dict(zip(rest, generated))}
     per_example = []
-    for e, text in zip(items, texts):
+    for i, e in enumerate(items):
+        text = texts[i]
         per_example.append(
             {
                 "index": e.example.source_index,
