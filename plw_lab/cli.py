@@ -263,6 +263,20 @@ class ProgressBar:
         self.bar.close()
 
 
+def print_stopping(report: dict | None, stream=None) -> None:
+    """The stopping-criterion report: a line per curve, then the sentence with the paired test."""
+    from plw_lab.views.stopping_view import stopping_rows, stopping_sentences
+
+    rows = stopping_rows(report)
+    if not rows:
+        return
+    stream = stream or sys.stdout
+    print("\nstopping on each validation curve keeps:", file=stream)
+    for row in rows:
+        print(f"  {row['stop on']:34}step {row['kept step']:<6}{row['answer accuracy there']}", file=stream)
+    print(stopping_sentences(report), file=stream)
+
+
 def print_comparison(comparison: dict, stream=None) -> None:
     stream = stream or sys.stdout
     on, off = comparison["on"], comparison["off"]
@@ -368,6 +382,7 @@ def cmd_train(args) -> int:
         if result.comparison:
             print()
             print_comparison(result.comparison)
+        print_stopping(result.summary.get("stopping"))
         print(f"\nrun folder: {result.run_dir}")
         still_there = (result.run_dir / "config.yaml").exists()  # a run folder deleted while it trained is gone
         if result.status in ("stopped", "failed") and still_there and load_run(result.run_dir).resumable:

@@ -1,5 +1,7 @@
 """The CLI: inspect shows masks and weights, train writes a run that eval and compare read back."""
 
+import json
+
 from plw_lab.cli import main
 
 
@@ -58,6 +60,12 @@ def test_train_then_eval_and_compare_a_run(data_file, tmp_path, capsys):
     assert code == 0, out
     assert "eval step    0" in out and "finished at step 2" in out and "adapter off" in out
     run = tmp_path / "runs" / "cli"
+    # The stopping report of this free-form data: each curve's kept step, printed and in summary.json.
+    stopping = json.loads((run / "summary.json").read_text())["stopping"]
+    assert stopping["full_loss"]["step"] in (0, 2) and stopping["completion_loss"]["step"] in (0, 2)
+    assert stopping["test"] is None  # no right or wrong answers to pair
+    assert "stopping on each validation curve keeps:" in out
+    assert f"Stopping on full-sequence loss keeps step {stopping['full_loss']['step']} (" in out
     assert main(["eval", str(run)]) == 0
     assert "adapter on" in capsys.readouterr().out
     assert main(["compare", str(run)]) == 0

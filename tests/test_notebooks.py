@@ -233,17 +233,6 @@ def test_batch_frame_labels_and_weights_follow_the_masks(tokenizer):
     assert (table.weight[completion] == 1).all() and (table.weight[(table.prompt_mask == 1)].iloc[1:] == 0.1).all()
 
 
-def test_stopping_points_pick_each_metric_best_step():
-    from plw_lab.views.history import stopping_points
-
-    evals = [
-        {"step": s, "metrics": {"full_loss": f, "completion_loss": c, "answer_accuracy": a}}
-        for s, f, c, a in ((0, 2.0, 3.0, 0.3), (5, 1.9, 1.0, 0.6), (10, 2.5, 0.8, 0.5), (15, 3.0, 0.9, 0.7))
-    ]
-    picks = {row["stop on"]: (row["step"], row["answer_accuracy"]) for row in stopping_points(evals)}
-    assert picks == {"full_loss": (5, 0.6), "completion_loss": (10, 0.5), "answer_accuracy": (15, 0.7)}
-
-
 def test_strip_script_cleans_an_executed_notebook(tmp_path):
     import importlib.util
 

@@ -21,6 +21,7 @@ from plw_lab.core.data import HUB_ID
 from plw_lab.core.metrics import METRICS, label, metric
 from plw_lab.core.models import EMBEDDED_NAME, TINY_NAME, base_model_id, weights_note
 from plw_lab.core.version import __version__
+from plw_lab.core.weights import plw_text
 
 #: Tags of every adapter the lab writes, so the hub lists them together.
 TAGS = ["lora", "sft", "prompt-loss-weight", "plw-lab"]
@@ -105,8 +106,9 @@ def render(
         if cfg.model.name == EMBEDDED_NAME and "GGUF" in weights_note(cfg.model.name)
         else ""
     )
+    plw = plw_text(t.plw_schedule, t.prompt_loss_weight, t.plw_end)
     lines = [
-        f"# LoRA adapter for {base}, prompt-loss weight {t.prompt_loss_weight:g}",
+        f"# LoRA adapter for {base}, prompt-loss weight {plw}",
         "",
         f"Trained with PLW Lab {__version__}: supervised fine-tuning where each token's loss weight is "
         "PLW x prompt_mask + completion_mask.",
@@ -121,7 +123,7 @@ def render(
         ),
         f"- data: `{data.source}`: {n_train} training and {n_val} validation examples"
         + (f" (max length {data.max_length} tokens)" if data.max_length else ""),
-        f"- prompt-loss weight (PLW): {t.prompt_loss_weight:g}, normalised by `{t.loss_normalization}` "
+        f"- prompt-loss weight (PLW): {plw}, normalised by `{t.loss_normalization}` "
         f"over each optimiser step; end-of-turn token trained: {data.train_eos}",
         f"- LoRA: r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout:g}, "
         f"modules {', '.join(lora.target_modules)}, layers `{lora.layers}`"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from plw_lab.core.metrics import STOPPING_METRICS
+from plw_lab.core.weights import PLW_SCHEDULES, plw_range
 
 
 class ConfigError(ValueError):
@@ -356,6 +357,20 @@ class TrainConfig:
             ),
         ),
     )
+    plw_schedule: str = _f(
+        "constant",
+        "How PLW moves over the run, from prompt_loss_weight at the first optimiser step to plw_end at the last: "
+        "'constant' keeps prompt_loss_weight; 'linear' and 'cosine' glide between the two; 'step' switches "
+        "halfway. An adaptive PLW lets the prompt loss anchor the model early and the completion take over "
+        "later (e.g. 1 -> 0); the PLW in force is recorded with every training step.",
+        choices=PLW_SCHEDULES,
+    )
+    plw_end: float = _f(
+        0.0,
+        "PLW at the last optimiser step under a plw_schedule other than 'constant' (ignored by 'constant').",
+        min=0.0,
+        max=1.0,
+    )
     loss_normalization: str = _f(
         "sum_weights",
         "Divide the weighted loss by the sum of the token weights ('sum_weights', as in the prompt-loss-weight "
@@ -618,10 +633,11 @@ class LabConfig:
                 _check_field(f"{section.name}.{f.name}", f, getattr(part, f.name))
         if self.data.val_size >= 1 and self.data.val_size != int(self.data.val_size):
             raise ConfigError("data.val_size: use a fraction below 1 or a whole number of examples")
-        if self.train.prompt_loss_weight == 0 and self.train.completion_loss_weight == 0:
+        t = self.train
+        if t.completion_loss_weight == 0 and min(plw_range(t.plw_schedule, t.prompt_loss_weight, t.plw_end)) == 0:
             raise ConfigError(
-                "train.prompt_loss_weight and train.completion_loss_weight are both 0: no token would be trained; "
-                "raise either"
+                "train.completion_loss_weight is 0 and PLW reaches 0 (train.prompt_loss_weight, or train.plw_end "
+                "under train.plw_schedule): no token would be trained there; raise either"
             )
         _check_mix(self.data.mix)
         _check_column_map(self.data.column_map)

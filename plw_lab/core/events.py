@@ -71,6 +71,8 @@ class Step(Event):
     tokens_seen: int
     elapsed: float
     total_steps: int
+    #: The PLW this step trained with (`train.plw_schedule`); None in logs written before schedules existed.
+    plw: float | None = None
 
 
 @dataclass
@@ -83,6 +85,9 @@ class Eval(Event):
     is_best: bool = False
     #: Wall-clock seconds the evaluation took.
     seconds: float = 0.0
+    #: Each validation example's scored answer, right "1" or wrong "0", in validation order ("" for free-form
+    #: data): one byte per example, what pairs two evaluations in the stopping report's McNemar test.
+    correct: str = ""
 
 
 @dataclass

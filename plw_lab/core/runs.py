@@ -34,6 +34,7 @@ from safetensors import SafetensorError, safe_open
 from plw_lab.core.config import ConfigError, LabConfig
 from plw_lab.core.events import Eval, Event, Step, drop_superseded, event_field, event_kind, read_events
 from plw_lab.core.metrics import best_of
+from plw_lab.core.weights import plw_text
 
 #: Data files up to this size are copied into the run folder, so the run can be re-read after an
 #: upload's temporary file is gone; a bigger corpus stays where it is and the config points there.
@@ -54,7 +55,10 @@ def write_error_text(exc: BaseException) -> str:
 def new_run_dir(cfg: LabConfig) -> tuple[Path, LabConfig]:
     """A fresh run folder holding the config (and a copy of a small data file), and that config."""
     base = Path(cfg.train.output_dir)
-    name = cfg.train.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-plw{cfg.train.prompt_loss_weight:g}"
+    t = cfg.train
+    name = (
+        t.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-plw{plw_text(t.plw_schedule, t.prompt_loss_weight, t.plw_end)}"
+    )
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
     path = base / name
     suffix = 1

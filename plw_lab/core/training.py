@@ -91,6 +91,8 @@ from plw_lab.core.runs import (
     write_json,
 )
 from plw_lab.core.stats import truncation_message
+from plw_lab.core.stopping import stopping_report
+from plw_lab.core.weights import plw_at, plw_range
 
 #: Files the lab adds to a checkpoint folder beside the Trainer's own.
 LAB_STATE, BEST_STATE = "lab_state.json", "lab_best_adapter.safetensors"
@@ -186,7 +188,7 @@ def _trains(cfg: LabConfig, encoded: Encoded) -> bool:
     weights = token_weights(
         torch.tensor(encoded.prompt_mask),
         torch.tensor(encoded.completion_mask),
-        t.prompt_loss_weight,
+        plw_range(t.plw_schedule, t.prompt_loss_weight, t.plw_end)[1],
         t.completion_loss_weight,
         torch.tensor(encoded.data_weights()),
     )
@@ -255,12 +257,18 @@ class PLWTrainer(Trainer):
             "DEEPSPEED",
         )
 
+    def plw(self, step: int) -> float:
+        """The PLW of optimiser step `step` (0-based) under `train.plw_schedule`."""
+        t = self.lab.train
+        return plw_at(t.plw_schedule, t.prompt_loss_weight, t.plw_end, step, self.state.max_steps)
+
     def _weights(self, batch) -> torch.Tensor:
         t = self.lab.train
+        # `global_step` counts the steps already taken, so it is the 0-based index of the step in progress.
         weights = token_weights(
             batch["prompt_mask"],
             batch["completion_mask"],
-            t.prompt_loss_weight,
+            self.plw(self.state.global_step),
             t.completion_loss_weight,
             batch.get("data_weight"),
         )
@@ -375,6 +383,7 @@ class EventCallback(TrainerCallback):
                     tokens_seen=trainer.tokens_seen * args.world_size,
                     elapsed=time.time() - self.run.started,
                     total_steps=state.max_steps,
+                    plw=trainer.plw(state.global_step - 1),
                 )
             )
         if self.run.stop.is_set():
@@ -485,7 +494,15 @@ class RunContext:
         value = metrics.get(name)
         if name != "none" and value is not None and value == value:
             improved = metric(name).better(value, self.best_value)
-        event = Eval(step=step, epoch=epoch, metrics=metrics, is_best=improved, seconds=time.perf_counter() - started)
+        scored = sorted((ex for ex in self.details[step] if "predicted" in ex), key=lambda ex: ex["index"])
+        event = Eval(
+            step=step,
+            epoch=epoch,
+            metrics=metrics,
+            is_best=improved,
+            seconds=time.perf_counter() - started,
+            correct="".join("1" if ex["predicted"] == ex["answer"] else "0" for ex in scored),
+        )
         # Recorded before the best adapter is saved: its model card reads this evaluation.
         self.evals = [e for e in self.evals if e.step != step] + [event]
         if improved:
@@ -687,6 +704,7 @@ class RunContext:
             "resumed_from": self.resumed_from,
             **headline,
             "best": best_of(self.evals),
+            "stopping": stopping_report(self.evals),
             "first_eval": self.evals[0].metrics if self.evals else None,
             "final_eval": self.evals[-1].metrics if self.evals else None,
             "n_train": len(self.data.train) if self.data else 0,

@@ -18,6 +18,7 @@ from plw_lab.core.models import load_model, load_tokenizer
 from plw_lab.core.probe import frozen_feature_probe
 from plw_lab.core.runs import load_run as read_run
 from plw_lab.core.stats import label_counts, length_stats
+from plw_lab.core.stopping import stopping_report
 from plw_lab.core.sweep import points
 from plw_lab.core.sweep_table import read_csv
 from plw_lab.core.training import prepare
@@ -32,7 +33,7 @@ from plw_lab.views.charts import (
     rg_histogram,
     sweep_figure,
 )
-from plw_lab.views.history import stopping_points
+from plw_lab.views.stopping_view import stopping_rows, stopping_sentences
 from plw_lab.views.text_views import (
     generations_html,
     metrics_comparison_rows,
@@ -91,7 +92,9 @@ __all__ = [
     "runs_rows",
     "shown_curves",
     "stats_markdown",
-    "stopping_points",
+    "stopping_report",
+    "stopping_rows",
+    "stopping_sentences",
     "sweep_figure",
     "sweep_row_text",
     "token_loss_html",

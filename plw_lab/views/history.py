@@ -6,7 +6,7 @@ Feed `History` live events (the app's watcher, the notebooks' `LiveCurves`) or a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,38 +258,3 @@ class History:
         pick = max if METRICS[name].higher_is_better else min
         value = pick(ys)
         return xs[ys.index(value)], value
-
-
-#: The metrics whose stopping points the notebooks compare.
-STOP_METRICS = ("full_loss", "completion_loss", "answer_accuracy")
-
-
-def stopping_points(evals: Sequence, metrics: Iterable[str] = STOP_METRICS) -> list[dict]:
-    """For each metric, the evaluation it would pick as the stopping point, and what the run had there.
-
-    `evals` are `Eval` events (or their dicts). A loss picks its minimum, accuracy its maximum.
-    """
-    rows = []
-    for name in metrics:
-        candidates = [
-            e
-            for e in evals
-            if event_field(e, "metrics", {}).get(name) is not None
-            and event_field(e, "metrics")[name] == event_field(e, "metrics")[name]
-        ]
-        if not candidates:
-            continue
-        pick = max if METRICS[name].higher_is_better else min
-        chosen = pick(candidates, key=lambda e: event_field(e, "metrics")[name])  # the first among equals
-        m = event_field(chosen, "metrics")
-        rows.append(
-            {
-                "stop on": name,
-                "step": event_field(chosen, "step"),
-                "answer_accuracy": m.get("answer_accuracy"),
-                "completion_loss": m.get("completion_loss"),
-                "full_loss": m.get("full_loss"),
-                "prompt_loss": m.get("prompt_loss"),
-            }
-        )
-    return rows

@@ -17,6 +17,7 @@ from plw_lab.core.metrics import METRICS, metric
 from plw_lab.core.metrics import label as metric_label
 from plw_lab.core.runs import run_best, run_config
 from plw_lab.core.stats import LengthStats
+from plw_lab.core.weights import plw_text
 from plw_lab.views.history import History
 from plw_lab.views.tokens_view import completion_weight_share
 
@@ -212,8 +213,9 @@ def run_settings_html(config: dict, n_train: int | None = None, n_val: int | Non
         data += f", {n_train:,} train / {n_val:,} validation"
     steps = t.get("max_steps") or 0
     length = f"{steps} steps" if steps > 0 else f"{t.get('epochs', '?')} epochs"
+    plw = plw_text(t.get("plw_schedule", "constant"), t.get("prompt_loss_weight", 0), t.get("plw_end", 0))
     settings = [
-        f"PLW <b>{t.get('prompt_loss_weight', 0):g}</b>",
+        f"PLW <b>{plw}</b>",
         length,
         f"learning rate {t.get('learning_rate', 0):g}",
         f"batch {t.get('batch_size', '?')} \u00d7 {t.get('grad_accum', 1)}",
