@@ -638,6 +638,7 @@ def cmd_sweep(args) -> int:
     if acc["fit"]:
         f = acc["fit"]
         print(f"quadratic fit: accuracy = {f['a']:.3f} + {f['b']:.3f} PLW + {f['c']:.3f} PLW^2 (R^2 {f['r2']:.2f})")
+    print_verdict([folder])
     print(f"\nsweep folder: {folder} (sweep.csv)")
     unfinished = [r for r in rows if r["status"] in ("failed", "interrupted", "stopped")]
     if unfinished:
@@ -646,6 +647,38 @@ def cmd_sweep(args) -> int:
 
 
 DEFAULT_SEEDS = "0,1"
+
+
+def print_verdict(folders: list) -> bool:
+    """The sweep verdict of the finished runs in `folders`; False when there are none."""
+    from plw_lab.core.sweep_verdict import sweep_runs, sweep_verdict
+
+    runs = sweep_runs(folders)
+    if not runs:
+        return False
+    print(f"\nwhat {len(runs)} finished run(s) support:")
+    for sentence in sweep_verdict(runs)["sentences"]:
+        print(sentence)
+    return True
+
+
+def cmd_verdict(args) -> int:
+    import json
+
+    from plw_lab.core.sweep_verdict import SHIPPED_LESSON
+
+    folders = args.folders or [SHIPPED_LESSON]
+    if not args.folders:
+        measured = json.loads((SHIPPED_LESSON / "measured.json").read_text())
+        print(
+            f"The real-data PLW lesson shipped with the lab, measured {measured['date']} (commit {measured['commit']}, "
+            f"{measured['machine']}); reproduce it with:"
+        )
+        for line in measured["commands"]:
+            print(f"  {line}")
+    if not print_verdict(folders):
+        raise ConfigError(f"no finished runs in {', '.join(map(str, folders))}")
+    return 0
 
 
 def cmd_config(args) -> int:
@@ -710,6 +743,9 @@ EXAMPLES = {
     "compare": """examples:
   lab compare runs/<run>                  # reads the comparison saved when the run finished
   lab compare runs/<run> --recompute      # evaluates again (e.g. after editing eval.* settings)""",
+    "verdict": """examples:
+  lab verdict                                          # the real-data PLW lesson shipped with the lab
+  lab verdict runs/sweep-plw-lesson runs/sweep-plw-lesson-schedule   # two sweeps taken together""",
     "probe": """examples:
   lab probe runs/<run>                    # logistic regression on the frozen base model's features, same split""",
     "inspect": """examples:
@@ -808,6 +844,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prune", help="ray: 'asha' stops hopeless runs early on train.early_stopping_metric")
     p.add_argument("--grace-steps", help="ray: steps every run trains before --prune may stop it (default 10)")
     p.set_defaults(func=cmd_sweep)
+    p = command("verdict", "what sweeps support: accuracy per arm with intervals, the stopping contrast, paired tests")
+    p.add_argument(
+        "folders", nargs="*", help="sweep or run folders, taken together (default: the real-data lesson the lab ships)"
+    )
+    p.set_defaults(func=cmd_verdict)
     p = command("config", "print the full config (defaults plus overrides) as YAML")
     _config_args(p)
     p.set_defaults(func=cmd_config)
