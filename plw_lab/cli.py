@@ -497,6 +497,23 @@ def with_progress(items, what: str, stream=None, unit: str = "example"):
     return tqdm(items, desc=what, unit=unit, file=stream, delay=PROGRESS_DELAY, mininterval=every, leave=False)
 
 
+def inspected_plw(cfg: LabConfig, step: int | None) -> float:
+    """The PLW the token view shows: at optimiser step `step` (0-based) under train.plw_schedule, else the first."""
+    from plw_lab.core.weights import plw_at
+
+    t = cfg.train
+    if step is None or t.plw_schedule == "constant":
+        return t.prompt_loss_weight
+    if t.max_steps <= 0:
+        raise ConfigError(
+            "--step under a train.plw_schedule needs train.max_steps above 0 (with epochs the step count depends on "
+            "the split)"
+        )
+    if not 0 <= step < t.max_steps:
+        raise ConfigError(f"--step is an optimiser step from 0 to {t.max_steps - 1} (train.max_steps); got {step}")
+    return plw_at(t.plw_schedule, t.prompt_loss_weight, t.plw_end, step, t.max_steps)
+
+
 def cmd_inspect(args) -> int:
     from plw_lab import api
     from plw_lab.core.data import load_examples
@@ -515,7 +532,7 @@ def cmd_inspect(args) -> int:
     report = api.data_report(
         cfg, tokenizer, examples, progress=lambda items: with_progress(items, encoding, unit="batch")
     )
-    plw, d = cfg.train.prompt_loss_weight, cfg.data
+    plw, d = inspected_plw(cfg, args.step), cfg.data
     colour = colour_wanted(sys.stdout) or args.colour
     set_colour(colour)
     fitted, cut, s = report.fitted, report.fitted.truncation, report.stats.summary()
@@ -824,6 +841,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=3, help="how many examples")
     p.add_argument("--table", action="store_true", help="also print one row per token: id, label, weight")
     p.add_argument("--colour", action="store_true", help="colour even when not writing to a terminal")
+    p.add_argument(
+        "--step", type=int, help="show the weights of optimiser step STEP (0-based) under train.plw_schedule"
+    )
     p.set_defaults(func=cmd_inspect)
     p = command("sweep", "train a grid of PLW values x seeds on one split; write sweep.csv")
     _config_args(p)
