@@ -88,7 +88,7 @@ def test_lab_sweep_runs_a_plw_by_seed_grid_on_one_split(tmp_path, capsys):
     # Different seeds start from different adapters: their last validation losses differ at the same PLW.
     last = [run.evals[-1].metrics["completion_loss"] for run in runs]
     assert last[0] != last[1] and last[2] != last[3]
-    assert "PLW 0 seed 1: finished after 2 steps" in out and f"sweep folder: {folder}" in out
+    assert "PLW 0, seed 1: finished after 2 steps" in out and f"sweep folder: {folder}" in out
     assert (folder / "sweep_config.yaml").exists() and list_sweeps(tmp_path) == [folder]
     assert [run.name for run in list_runs(tmp_path)] == []  # the sweep folder is not mistaken for a run
 
@@ -97,7 +97,7 @@ def test_a_bad_grid_exits_with_a_clear_message(capsys):
     from plw_lab.cli import main
 
     assert main(["sweep", "--plws", "0,2", "--model", "tiny-random"]) == 2
-    assert "--plws takes values in [0, 1]" in capsys.readouterr().err
+    assert "train.prompt_loss_weight must be at most 1.0; got 2.0" in capsys.readouterr().err
 
 
 def test_means_over_seeds_carry_a_t_interval():
@@ -132,7 +132,7 @@ def test_the_quadratic_fit_needs_four_plw_values_and_recovers_a_parabola():
     assert fit["r2"] == pytest.approx(1.0)
     assert quadratic_fit([0.0, 0.1, 1.0, 1.0], [0.5, 0.6, 0.4, 0.45]) is None  # 3 distinct PLWs
     rows = [_row(x, 0, y) for x, y in zip(xs, ys)]
-    assert points(rows)["fit"]["c"] == pytest.approx(-0.3)
+    assert [fit["c"] for fit in points(rows)["fits"]] == [pytest.approx(-0.3)]
 
 
 def test_the_sweep_figure_draws_means_left_out_runs_convergence_and_the_fit():
