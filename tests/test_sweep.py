@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import sys
 import threading
 from types import SimpleNamespace
@@ -10,7 +11,7 @@ import pytest
 
 from plw_lab.core.metrics import best_of
 from plw_lab.core.runs import list_runs, load_run
-from plw_lab.core.sweep import odd_runs, points, quadratic_fit, summarise, t95
+from plw_lab.core.sweep import axes, odd_runs, points, quadratic_fit, summarise, t95, varied
 from plw_lab.core.sweep_table import COLUMNS, list_sweeps, read_csv
 from plw_lab.views.charts import plw_sweep_figure, sweep_figure
 
@@ -276,3 +277,124 @@ def test_resume_finishes_only_the_runs_a_stopped_local_sweep_did_not(tmp_path, c
     assert [(r["seed"], r["status"], r["steps"]) for r in rows] == [(0, "finished", 1), (1, "finished", 1)]
     assert (folder / "plw0-seed0" / "events.jsonl").read_text() == first  # the finished run was left alone
     assert load_run(rows[1]["run"]).config.train.seed == 1
+
+
+TINY_SWEEP = [
+    "--model",
+    "tiny-random",
+    "--max-steps",
+    "1",
+    "--set",
+    "data.limit=12",
+    "--set",
+    "data.val_size=4",
+    "--set",
+    "eval.generations=0",
+    "--set",
+    "eval.probe_texts=0",
+]
+
+
+def test_a_grid_over_another_setting_writes_its_column_and_resumes_on_the_recorded_grid(tmp_path, capsys):
+    from plw_lab.cli import main
+
+    args = ["sweep", "--plws", "0", "--seeds", "0", "--grid", "train.completion_loss_weight=0.5,1", "--name", "wit"]
+    assert main([*args, "--output-dir", str(tmp_path), *TINY_SWEEP]) == 0
+    folder = tmp_path / "wit"
+    header = (folder / "sweep.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["plw", "seed", "train.completion_loss_weight"]
+    rows = read_csv(folder)
+    assert [(r["plw"], r["train.completion_loss_weight"], r["seed"], r["status"]) for r in rows] == [
+        (0.0, 0.5, 0, "finished"),
+        (0.0, 1.0, 0, "finished"),
+    ]
+    assert [load_run(r["run"]).config.train.completion_loss_weight for r in rows] == [0.5, 1.0]
+    assert [load_run(r["run"]).name for r in rows] == [
+        "plw0-completion_loss_weight0.5-seed0",
+        "plw0-completion_loss_weight1-seed0",
+    ]
+    out = capsys.readouterr().out
+    assert "PLW 0 x train.completion_loss_weight 0.5, 1 x seeds 0 = 2 runs" in out
+    assert "PLW 0, train.completion_loss_weight 0.5: mean best answer accuracy" in out
+    # Lose the second cell (its row and its folder): --resume trains it again from the recorded grid.
+    first = (folder / "plw0-completion_loss_weight0.5-seed0" / "events.jsonl").read_text()
+    csv_lines = (folder / "sweep.csv").read_text().splitlines()
+    (folder / "sweep.csv").write_text("\n".join(csv_lines[:2]) + "\n")
+    shutil.rmtree(rows[1]["run"])
+    assert main(["sweep", "--resume", str(folder)]) == 0
+    again = read_csv(folder)
+    assert [(r["train.completion_loss_weight"], r["status"]) for r in again] == [(0.5, "finished"), (1.0, "finished")]
+    assert load_run(again[1]["run"]).config.train.completion_loss_weight == 1.0
+    assert (folder / "plw0-completion_loss_weight0.5-seed0" / "events.jsonl").read_text() == first
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        (["--grid", "train.completion_los=0.5,1"], "unknown setting 'train.completion_los'"),
+        (["--grid", "train.completion_loss_weight=0.5,x"], "train.completion_loss_weight: cannot read 'x' as float"),
+        (["--grid", "train.completion_loss_weight=-1"], "train.completion_loss_weight must be at least 0.0"),
+        (["--grid", "train.completion_loss_weight"], "expected SECTION.FIELD=VALUE"),
+        (["--grid", "train.completion_loss_weight=1,1.0"], "train.completion_loss_weight lists 1.0 twice"),
+        (["--grid", "train.output_dir=a,b"], "a sweep cannot vary train.output_dir"),
+        (["--grid", "lora.target_modules=q_proj"], "a grid varies settings of one value each"),
+        (["--grid", "prompt_loss_weight=0,1"], "train.prompt_loss_weight is varied twice"),
+        # A cell that no run could train: PLW 0 with completion weight 0 weighs no token.
+        (["--grid", "train.completion_loss_weight=0,1"], "are both 0: no token would be trained"),
+    ],
+)
+def test_a_bad_grid_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, grid, message):
+    from plw_lab.cli import main
+
+    assert main(["sweep", "--model", "tiny-random", "--plws", "0", "--output-dir", str(tmp_path), *grid]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def _wit_rows():
+    """A PLW x completion-weight grid of two seeds, accuracy = 0.5 + PLW / 4 - completion weight / 10 + seed / 100."""
+    rows = []
+    for plw in (0.0, 1.0):
+        for weight in (0.25, 0.5, 0.75, 1.0):
+            for seed in (0, 1):
+                row = _row(plw, seed, 0.5 + plw / 4 - weight / 10 + seed / 100)
+                rows.append({**row, "train.completion_loss_weight": weight, "train.plw_schedule": "constant"})
+    return rows
+
+
+def test_means_and_fits_group_by_every_varied_setting():
+    rows = _wit_rows()
+    assert varied(rows) == ["plw", "train.completion_loss_weight", "train.plw_schedule"]
+    assert axes(rows) == ["plw", "train.completion_loss_weight"]  # text settings are series, never an axis
+    by_plw = points(rows)
+    assert len(by_plw["means"]) == 8 and all(m["n"] == 2 for m in by_plw["means"])
+    mean = next(m for m in by_plw["means"] if (m["plw"], m["train.completion_loss_weight"]) == (1.0, 0.5))
+    assert mean["mean"] == pytest.approx(0.5 + 0.25 - 0.05 + 0.005)
+    assert by_plw["series"] == ["train.completion_loss_weight", "train.plw_schedule"]
+    assert by_plw["fits"] == []  # two PLW values per series: too few for a parabola
+    by_weight = points(rows, x="train.completion_loss_weight")
+    assert [fit["series"] for fit in by_weight["fits"]] == [
+        {"plw": 0.0, "train.plw_schedule": "constant"},
+        {"plw": 1.0, "train.plw_schedule": "constant"},
+    ]
+    assert [fit["b"] for fit in by_weight["fits"]] == [pytest.approx(-0.1), pytest.approx(-0.1)]
+    with pytest.raises(ValueError, match="x-axis is one of plw, train.completion_loss_weight"):
+        points(rows, x="train.plw_schedule")
+
+
+def test_the_sweep_figure_draws_any_varied_number_along_x_with_the_rest_as_series():
+    rows = _wit_rows()
+    by_weight = sweep_figure(rows, x="train.completion_loss_weight")
+    assert (
+        by_weight.layout.xaxis.title.text == "train.completion_loss_weight" and by_weight.layout.xaxis.type == "linear"
+    )
+    means = {t.name: list(t.x) for t in by_weight.data if "mean over seeds" in t.name}
+    series = "train.plw_schedule constant: mean over seeds (95% t interval)"
+    assert means == {f"PLW 0, {series}": [0.25, 0.5, 0.75, 1.0], f"PLW 1, {series}": [0.25, 0.5, 0.75, 1.0]}
+    colours = {t.line.color for t in by_weight.data if "mean over seeds" in t.name}
+    assert len(colours) == 2  # a colour per series
+    by_plw = sweep_figure(rows)
+    assert by_plw.layout.xaxis.type == "log" and by_plw.layout.xaxis.title.text.startswith("PLW")
+    # A mean line per completion weight (x schedule), in the accuracy and in the loss panel.
+    assert sum("mean over seeds" in t.name for t in by_plw.data) == 4 * 2
