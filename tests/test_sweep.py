@@ -398,3 +398,71 @@ def test_the_sweep_figure_draws_any_varied_number_along_x_with_the_rest_as_serie
     assert by_plw.layout.xaxis.type == "log" and by_plw.layout.xaxis.title.text.startswith("PLW")
     # A mean line per completion weight (x schedule), in the accuracy and in the loss panel.
     assert sum("mean over seeds" in t.name for t in by_plw.data) == 4 * 2
+
+
+def test_ctrl_c_on_the_ray_backend_stops_every_trial_in_the_labs_words(tmp_path, monkeypatch, capsys):
+    """Ray Tune stands in here (a real trial costs a minute): the lab's Ctrl-C ends its trials through
+    `StopAll`, with Tune's own Ctrl-C handler and trial tracebacks switched off while it runs."""
+    pytest.importorskip("ray")
+    import os
+    import signal
+
+    from plw_lab.cli import main
+    from plw_lab.core import sweep_ray
+
+    seen = {}
+
+    class Tuner:
+        def __init__(self, trainable, param_space, tune_config, run_config):
+            seen["cells"] = [cell["values"] for cell in param_space["cell"]["grid_search"]]
+            self.stopper = run_config.stop
+
+        def fit(self):
+            seen["quiet"] = {key: os.environ.get(key) for key in sweep_ray.TUNE_QUIET}
+            seen["before"] = self.stopper.stop_all()
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the trials train
+            seen["after"] = self.stopper.stop_all()
+            return []  # every trial stopped before its run began: no rows
+
+    monkeypatch.setattr(sweep_ray.tune, "Tuner", Tuner)
+    monkeypatch.setattr(sweep_ray.tune, "with_parameters", lambda trainable, **data: trainable)  # no object store
+    monkeypatch.setattr(sweep_ray.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(sweep_ray.ray, "cluster_resources", lambda: {})
+    grid = ["--plws", "0", "--seeds", "0", "--grid", "train.completion_loss_weight=0.5,1", "--name", "stopped"]
+    code = main(["sweep", "--backend", "ray", *grid, "--output-dir", str(tmp_path), *TINY_SWEEP])
+    out, err = capsys.readouterr()
+    assert code == 130, err
+    assert seen["cells"] == [
+        {"plw": 0.0, "train.completion_loss_weight": 0.5, "seed": 0},
+        {"plw": 0.0, "train.completion_loss_weight": 1.0, "seed": 0},
+    ]
+    assert seen["quiet"] == sweep_ray.TUNE_QUIET and not seen["before"] and seen["after"]
+    assert not set(sweep_ray.TUNE_QUIET) & set(os.environ)  # Tune's switches are this sweep's only
+    assert f"2 run(s) did not finish; finish them with: lab sweep --resume {tmp_path / 'stopped'}" in out
+    assert "Tuner.restore" not in out + err and read_csv(tmp_path / "stopped") == []
+
+
+def test_a_sweep_name_never_leaves_the_output_folder(tmp_path):
+    from plw_lab.core.config import LabConfig
+    from plw_lab.core.sweep import run_sweep
+
+    cfg = LabConfig().override(
+        {"model.name": "tiny-random", "train.output_dir": str(tmp_path / "runs"), "data.limit": 12, "data.val_size": 4}
+    )
+    stop = threading.Event()
+    stop.set()  # the folder is made, no run starts
+    for name in ("../../sweep-escape", "..", "/tmp/abs"):
+        folder = run_sweep(cfg, [0.0], [0], name=name, stop=stop)
+        assert folder.parent == tmp_path / "runs"
+    names = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert names[:2] == ["-..-sweep-escape", "-tmp-abs"] and names[2].startswith("sweep-")  # '..': the default
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_a_cell_name_too_long_for_a_run_name_stays_unique():
+    from plw_lab.core.sweep_table import MAX_CELL_NAME, cell_name
+
+    long = lambda text: {"plw": 0.0, "data.prompt_template": "x" * 300 + text, "seed": 0}
+    first, second = cell_name(long("a")), cell_name(long("b"))
+    assert len(first) == len(second) == MAX_CELL_NAME and first != second
+    assert cell_name({"plw": 0.1, "model.name": "org/model", "seed": 2}) == "plw0.1-nameorg-model-seed2"
