@@ -466,3 +466,22 @@ def test_a_cell_name_too_long_for_a_run_name_stays_unique():
     first, second = cell_name(long("a")), cell_name(long("b"))
     assert len(first) == len(second) == MAX_CELL_NAME and first != second
     assert cell_name({"plw": 0.1, "model.name": "org/model", "seed": 2}) == "plw0.1-nameorg-model-seed2"
+
+
+def test_the_runs_tab_offers_an_x_axis_for_a_sweep_that_varies_more_than_plw(tmp_path):
+    pytest.importorskip("gradio")
+    from plw_lab.app.main import build_app
+    from plw_lab.core.config import LabConfig
+    from plw_lab.core.sweep_table import write_csv
+
+    (tmp_path / "wit").mkdir()
+    write_csv(tmp_path / "wit" / "sweep.csv", _wit_rows(), ["train.completion_loss_weight", "train.plw_schedule"])
+    (tmp_path / "plain").mkdir()
+    write_csv(tmp_path / "plain" / "sweep.csv", [_row(0.0, 0, 0.5), _row(1.0, 0, 0.6)])
+    runs = build_app(LabConfig().override({"model.name": "tiny-random"}), runs_dir=tmp_path).plw_tabs["runs"]
+    figure, picker = runs.on_sweep_pick("wit", "train.completion_loss_weight")
+    assert picker["visible"] and picker["value"] == "train.completion_loss_weight"
+    assert picker["choices"] == [("PLW", "plw"), ("train.completion_loss_weight", "train.completion_loss_weight")]
+    assert figure.layout.xaxis.title.text == "train.completion_loss_weight"
+    figure, picker = runs.on_sweep_pick("plain", "train.completion_loss_weight")  # not varied there: PLW
+    assert not picker["visible"] and picker["value"] == "plw" and figure.layout.xaxis.title.text.startswith("PLW")
