@@ -634,9 +634,7 @@ def cmd_sweep(args) -> int:
         print(f"{YELLOW}left out of the means: {cell_text(r)} ({r['excluded']}){RESET}")
     for f in acc["fits"]:
         of = f" ({cell_text(f['series'], seed=False)})" if f["series"] else ""
-        print(
-            f"quadratic fit{of}: accuracy = {f['a']:.3f} + {f['b']:.3f} PLW + {f['c']:.3f} PLW^2 (R^2 {f['r2']:.2f})"
-        )
+        print(f"quadratic fit{of}: accuracy = {f['a']:.3f} + {f['b']:.3f} PLW + {f['c']:.3f} PLW^2 (R^2 {f['r2']:.2f})")
     print(f"\nsweep folder: {folder} (sweep.csv)")
     left = len(Grid.load(folder).cells()) - sum(r["status"] in DONE for r in rows)
     if left:

@@ -35,6 +35,7 @@ from plw_lab.core.sweep_table import (
     cell_config,
     cell_name,
     folder_row,
+    is_setting,
     new_cell,
     read_csv,
     run_row,
@@ -312,7 +313,7 @@ def quadratic_fit(xs: Sequence[float], ys: Sequence[float]) -> dict | None:
 
 def varied(rows: Sequence[dict]) -> list[str]:
     """The settings sweep rows vary besides the seed: plw, then each column named SECTION.FIELD."""
-    return ["plw", *dict.fromkeys(key for row in rows for key in row if "." in key)]
+    return ["plw", *dict.fromkeys(key for row in rows for key in row if is_setting(key))]
 
 
 def axes(rows: Sequence[dict]) -> list[str]:

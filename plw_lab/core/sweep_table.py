@@ -53,6 +53,11 @@ SHORT_NAMES = {"plw": "train.prompt_loss_weight", "seed": "train.seed"}
 MAX_CELL_NAME = 190
 
 
+def is_setting(column: str) -> bool:
+    """Whether a sweep.csv column is a varied setting's: those are named SECTION.FIELD, the table's own never."""
+    return "." in column
+
+
 def columns(settings: Sequence[str] = ()) -> tuple[str, ...]:
     """sweep.csv's columns: plw and seed, a column per other varied setting (SECTION.FIELD), then the rest."""
     return (*COLUMNS[:2], *settings, *COLUMNS[2:])
@@ -188,7 +193,7 @@ def read_csv(path: str | Path) -> list[dict]:
                     row[key] = None
                 elif key in ("status", "run"):
                     row[key] = value
-                elif key not in COLUMNS:
+                elif is_setting(key):
                     row[key] = setting_value(value)
                 elif key in ("seed", "steps", "n_val") or key.endswith("_step"):
                     row[key] = int(float(value))
