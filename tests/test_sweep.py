@@ -407,6 +407,8 @@ def test_ctrl_c_on_the_ray_backend_stops_every_trial_in_the_labs_words(tmp_path,
     import os
     import signal
 
+    from ray import cloudpickle
+
     from plw_lab.cli import main
     from plw_lab.core import sweep_ray
 
@@ -414,6 +416,7 @@ def test_ctrl_c_on_the_ray_backend_stops_every_trial_in_the_labs_words(tmp_path,
 
     class Tuner:
         def __init__(self, trainable, param_space, tune_config, run_config):
+            cloudpickle.dumps((param_space, tune_config, run_config))  # as Tune keeps them for Tuner.restore
             seen["cells"] = [cell["values"] for cell in param_space["cell"]["grid_search"]]
             self.stopper = run_config.stop
 

@@ -126,16 +126,23 @@ class PruningScheduler(AsyncHyperBandScheduler):
 
 
 class StopAll(tune.Stopper):
-    """Ends the whole sweep once `stop` is set: Tune stops every trial as ASHA stops one (`LabTrial.cleanup`)."""
+    """Ends the whole sweep once `stop` is set: Tune stops every trial as ASHA stops one (`LabTrial.cleanup`).
+
+    Tune pickles its run config for `Tuner.restore`, which a lab sweep never uses (`lab sweep --resume`
+    reads the sweep folder); the event, which holds a lock, stays out of that copy.
+    """
 
     def __init__(self, stop: threading.Event) -> None:
-        self.stop = stop
+        self.stop: threading.Event | None = stop
+
+    def __getstate__(self) -> dict:
+        return {"stop": None}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False
 
     def stop_all(self) -> bool:
-        return self.stop.is_set()
+        return self.stop is not None and self.stop.is_set()
 
 
 class TableCallback(tune.Callback):
@@ -197,7 +204,7 @@ def run_cells(
     A set `stop` stops every running trial's run cleanly; trials not started by then get no row."""
     if not cells:
         return
-    stop = stop or threading.Event()
+    stopper = StopAll(stop or threading.Event())
     sweep = cfg.sweep
     started_here = not ray.is_initialized()
     if started_here:
@@ -220,7 +227,7 @@ def run_cells(
 
         def row(name: str, failed: bool) -> dict | None:
             cell = by_name[name]
-            if stop.is_set() and not (cell.run_dir / "config.yaml").exists():
+            if stopper.stop_all() and not (cell.run_dir / "config.yaml").exists():
                 return None  # stopped before it started: `--resume` starts it
             return cell_row(cell, pruned.get(name), failed)
 
@@ -244,7 +251,7 @@ def run_cells(
                 checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
                 callbacks=[TableCallback(row, table, on_run)],
                 failure_config=tune.FailureConfig(max_failures=0),
-                stop=StopAll(stop),
+                stop=stopper,
             ),
         )
         with mock.patch.dict(os.environ, TUNE_QUIET):
