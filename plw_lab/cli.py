@@ -577,13 +577,6 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _numbers(text: str, kind, flag: str) -> list:
-    try:
-        return [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag}: expected a comma list of numbers, got {text!r}") from None
-
-
 def print_sweep_row(row: dict, stream=None) -> None:
     from plw_lab.views.text_views import sweep_row_text
 
@@ -602,43 +595,63 @@ SWEEP_FLAGS = {
 
 
 def cmd_sweep(args) -> int:
+    """Run or resume a sweep. SIGTERM and Ctrl-C stop it as they stop `lab train` (each running run
+    saved as `stopped`, exit code 128 + the signal number); `lab sweep --resume` finishes it."""
     from plw_lab import api
-    from plw_lab.core.config import field_specs
-    from plw_lab.core.sweep import points
-    from plw_lab.core.sweep_table import read_csv
+    from plw_lab.core.sweep import make_grid, points
+    from plw_lab.core.sweep_table import DONE, Grid, read_csv
+    from plw_lab.core.training import StopRequest
+    from plw_lab.views.text_views import cell_text, grid_text
 
     settings = {key: getattr(args, flag) for flag, key in SWEEP_FLAGS.items() if getattr(args, flag) is not None}
+    stop, started = StopRequest(), []  # `started`: the sweep folder, once it exists
     if args.resume:
-        grid_flags = [f"--{f}" for f in ("config", "set", "plws", "seeds", "name") if getattr(args, f)]
+        grid_flags = [f"--{f}" for f in ("config", "set", "plws", "seeds", "grid", "name") if getattr(args, f)]
         grid_flags += [f"--{flag.replace('_', '-')}" for flag in SHORTCUTS if getattr(args, flag, None) is not None]
         if grid_flags:
             raise ConfigError(
                 f"--resume finishes the sweep with its own grid and config; leave out {', '.join(grid_flags)} "
                 "(the sweep.* flags such as --backend may change)"
             )
-        print(f"sweep: finishing the runs of {args.resume} that did not finish")
-        folder = api.resume_sweep(args.resume, settings, on_run=print_sweep_row)
+        started.append(args.resume)
     else:
         cfg = build_config(args)
         cfg = cfg.override(settings) if settings else cfg
-        presets = next(f for f in field_specs("train") if f["name"] == "prompt_loss_weight")["presets"]
-        plws = _numbers(args.plws, float, "--plws") if args.plws else list(presets)
-        seeds = _numbers(args.seeds or DEFAULT_SEEDS, int, "--seeds")
-        bad = [p for p in plws if not 0 <= p <= 1]
-        if bad or not plws or not seeds:
-            raise ConfigError(f"--plws takes values in [0, 1] (got {bad or 'none'}) and --seeds at least one seed")
+        grid = make_grid(cfg, args.plws, args.seeds, parse_overrides(args.grid))
         where = ""
         if cfg.sweep.backend == "ray":
             where = f" on Ray ({cfg.sweep.address})" if cfg.sweep.address else " on Ray"
-        print(
-            f"sweep: PLW {', '.join(f'{p:g}' for p in plws)} x seeds {', '.join(map(str, seeds))} "
-            f"= {len(plws) * len(seeds)} runs "
-            f"of {cfg.train.max_steps} steps on one split (data.split_seed {cfg.data.split_seed}){where}"
-        )
-        # Ray's workers print their runs' own messages; the local runs' notes are printed here.
-        notes = lambda event: print_event(event) if event.kind in ("advice", "failed") else None
-        subscribers = [notes] if cfg.sweep.backend == "local" else []
-        folder = api.sweep(cfg, plws, seeds, args.name, subscribers=subscribers, on_run=print_sweep_row)
+    previous = stop_on_signals(stop)
+    try:
+        if args.resume:
+            print(f"sweep: finishing the runs of {args.resume} that did not finish")
+            folder = api.resume_sweep(args.resume, settings, stop=stop, on_run=print_sweep_row)
+        else:
+            print(
+                f"sweep: {grid_text(grid)} = {len(grid.cells())} runs "
+                f"of {cfg.train.max_steps} steps on one split (data.split_seed {cfg.data.split_seed}){where}"
+            )
+            # Ray's workers print their runs' own messages; the local runs' notes are printed here.
+            notes = lambda event: print_event(event) if event.kind in ("advice", "failed") else None
+            subscribers = [notes] if cfg.sweep.backend == "local" else []
+            folder = api.sweep(
+                cfg,
+                grid.plws,
+                grid.seeds,
+                args.name,
+                subscribers=subscribers,
+                stop=stop,
+                on_run=print_sweep_row,
+                grid=grid.settings,
+                on_folder=started.append,
+            )
+    except KeyboardInterrupt:  # a second Ctrl-C: each run keeps its last checkpoint
+        hint = f"; `lab sweep --resume {started[0]}` finishes the sweep" if started else ""
+        print(f"\n{RED}interrupted{hint}{RESET}", file=sys.stderr)
+        return 130
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
     rows = read_csv(folder)
     acc = points(rows)
@@ -648,22 +661,20 @@ def cmd_sweep(args) -> int:
             if m["low"] is not None
             else " (one seed: no interval)"
         )
-        print(f"PLW {m['plw']:<5g} mean best answer accuracy {m['mean']:.1%} over {m['n']} seed(s){interval}")
-    left_out = [r for r in acc["runs"] if r["excluded"]]
-    for r in left_out:
-        print(f"{YELLOW}left out of the means: PLW {r['plw']:g} seed {r['seed']} ({r['excluded']}){RESET}")
-    if acc["fit"]:
-        f = acc["fit"]
-        print(f"quadratic fit: accuracy = {f['a']:.3f} + {f['b']:.3f} PLW + {f['c']:.3f} PLW^2 (R^2 {f['r2']:.2f})")
+        print(f"{cell_text(m, seed=False)}: mean best answer accuracy {m['mean']:.1%} over {m['n']} seed(s){interval}")
+    for r in (r for r in acc["runs"] if r["excluded"]):
+        print(f"{YELLOW}left out of the means: {cell_text(r)} ({r['excluded']}){RESET}")
+    for f in acc["fits"]:
+        of = f" ({cell_text(f['series'], seed=False)})" if f["series"] else ""
+        print(f"quadratic fit{of}: accuracy = {f['a']:.3f} + {f['b']:.3f} PLW + {f['c']:.3f} PLW^2 (R^2 {f['r2']:.2f})")
     print_verdict([folder])
     print(f"\nsweep folder: {folder} (sweep.csv)")
-    unfinished = [r for r in rows if r["status"] in ("failed", "interrupted", "stopped")]
-    if unfinished:
-        print(f"{YELLOW}{len(unfinished)} run(s) did not finish; finish them with: lab sweep --resume {folder}{RESET}")
+    left = len(Grid.load(folder).cells()) - sum(r["status"] in DONE for r in rows)
+    if left:
+        print(f"{YELLOW}{left} run(s) did not finish; finish them with: lab sweep --resume {folder}{RESET}")
+    if stop.signal:
+        return 128 + stop.signal
     return 1 if any(r["status"] in ("failed", "interrupted") for r in rows) else 0
-
-
-DEFAULT_SEEDS = "0,1"
 
 
 def print_verdict(folders: list) -> bool:
@@ -772,6 +783,8 @@ EXAMPLES = {
     "sweep": """examples:
   lab sweep --plws 0,0.01,0.1,1 --seeds 0,1,2 --max-steps 40   # 12 runs on one validation split
   lab sweep --model tiny-random --plws 0,1 --seeds 0 --name smoke
+  lab sweep --plws 0,0.1,1 --grid train.completion_loss_weight=0.1,1 --seeds 0,1 \\
+      --set train.loss_normalization=count_nonzero   # the WIT grid: prompt x completion weights
   lab sweep --plws 0,0.01,0.1,1 --seeds 0,1,2 --backend ray --prune asha --grace-steps 10   # see docs/sweeps.md
   lab sweep --resume runs/sweep-20260101-120000   # finish the runs that did not finish""",
     "config": """examples:
@@ -845,11 +858,27 @@ def main(argv: list[str] | None = None) -> int:
         "--step", type=int, help="show the weights of optimiser step STEP (0-based) under train.plw_schedule"
     )
     p.set_defaults(func=cmd_inspect)
-    p = command("sweep", "train a grid of PLW values x seeds on one split; write sweep.csv")
+    from plw_lab.core.sweep import DEFAULT_SEEDS
+
+    p = command("sweep", "train a grid of PLW values x seeds (x any settings) on one split; write sweep.csv")
     _config_args(p)
-    p.add_argument("--plws", help="comma list of PLW values (default: the PLW presets 0, 0.01, 0.1, 0.5, 1)")
     p.add_argument(
-        "--seeds", help=f"comma list of train.seed values (LoRA initialisation and data order; default {DEFAULT_SEEDS})"
+        "--plws",
+        help="comma list of PLW values, short for --grid train.prompt_loss_weight=... "
+        "(default: the PLW presets 0, 0.01, 0.1, 0.5, 1)",
+    )
+    p.add_argument(
+        "--seeds",
+        help="comma list of seeds (LoRA initialisation and data order), short for --grid train.seed=... "
+        f"(default {', '.join(map(str, DEFAULT_SEEDS))}); the means are taken over them",
+    )
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=V1,V2",
+        help="also vary this setting over these values (repeatable; the grid crosses them all); "
+        "each value is read as --set reads it",
     )
     p.add_argument("--name", default="", help="name of the sweep folder under train.output_dir")
     p.add_argument(

@@ -1,5 +1,5 @@
-"""`lab train` under signals: SIGTERM and Ctrl-C stop like the Stop button (saved, `stopped`, no
-traceback), SIGKILL leaves an `interrupted` run that `lab train --resume` finishes."""
+"""`lab train` and `lab sweep` under signals: SIGTERM and Ctrl-C stop like the Stop button (saved,
+`stopped`, no traceback), SIGKILL leaves an `interrupted` run that `lab train --resume` finishes."""
 
 import json
 import os
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from plw_lab.core.runs import load_run
+from plw_lab.core.sweep_table import read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
@@ -43,10 +44,9 @@ def _lab(*args):
     )
 
 
-def _start(tmp_path, name):
-    # Many steps, so the run is still training whenever the signal comes.
-    return _lab(
-        "train",
+def _tiny(tmp_path):
+    """The tiny model on a small data file with many steps, so a run is still training whenever the signal comes."""
+    return [
         "--model",
         "tiny-random",
         "--data",
@@ -55,8 +55,6 @@ def _start(tmp_path, name):
         str(tmp_path / "runs"),
         "--max-steps",
         "5000",
-        "--set",
-        f"train.run_name={name}",
         "--set",
         "train.batch_size=2",
         "--set",
@@ -69,14 +67,18 @@ def _start(tmp_path, name):
         "eval.generations=0",
         "--set",
         "eval.probe_texts=0",
-    )
+    ]
+
+
+def _start(tmp_path, name):
+    return _lab("train", *_tiny(tmp_path), "--set", f"train.run_name={name}")
 
 
 def _wait_for(proc, log: Path, test, what):
     deadline = time.time() + TIMEOUT
     while time.time() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"lab train ended ({proc.returncode}) before {what}:\n{proc.stderr.read()[-3000:]}")
+            pytest.fail(f"lab ended ({proc.returncode}) before {what}:\n{proc.stderr.read()[-3000:]}")
         if log.exists():
             events = [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
             if test(events):
@@ -108,6 +110,20 @@ def test_sigterm_and_ctrl_c_stop_like_the_stop_button(tmp_path, sig, code):
         json.loads((run_dir / "last_adapter" / "trainer_state.json").read_text())["global_step"] == run.summary["steps"]
     )
     assert run.summary["adapter"] == "adapter" and (run_dir / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_ctrl_c_stops_a_sweep_which_names_its_own_resume_command(tmp_path):
+    proc = _lab("sweep", *_tiny(tmp_path), "--plws", "0,1", "--seeds", "0", "--name", "sig")
+    folder = tmp_path / "runs" / "sig"
+    _wait_for(proc, folder / "plw0-seed0" / "events.jsonl", lambda evs: any(e["type"] == "step" for e in evs), "a step")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in out + err and "lab train --resume" not in out + err
+    assert f"2 run(s) did not finish; finish them with: lab sweep --resume {folder}" in out
+    # The run that trained stopped as under `lab train`; the next never started.
+    assert [(r["plw"], r["status"]) for r in read_csv(folder)] == [(0.0, "stopped")]
+    assert load_run(folder / "plw0-seed0").summary["stop_reason"] == "stopped by SIGINT"
 
 
 def test_a_run_killed_without_warning_is_interrupted_and_resumes(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import sys
 import threading
 from types import SimpleNamespace
@@ -10,7 +11,7 @@ import pytest
 
 from plw_lab.core.metrics import best_of
 from plw_lab.core.runs import list_runs, load_run
-from plw_lab.core.sweep import odd_runs, points, quadratic_fit, summarise, t95
+from plw_lab.core.sweep import axes, odd_runs, points, quadratic_fit, summarise, t95, varied
 from plw_lab.core.sweep_table import COLUMNS, list_sweeps, read_csv
 from plw_lab.views.charts import plw_sweep_figure, sweep_figure
 
@@ -88,7 +89,7 @@ def test_lab_sweep_runs_a_plw_by_seed_grid_on_one_split(tmp_path, capsys):
     # Different seeds start from different adapters: their last validation losses differ at the same PLW.
     last = [run.evals[-1].metrics["completion_loss"] for run in runs]
     assert last[0] != last[1] and last[2] != last[3]
-    assert "PLW 0 seed 1: finished after 2 steps" in out and f"sweep folder: {folder}" in out
+    assert "PLW 0, seed 1: finished after 2 steps" in out and f"sweep folder: {folder}" in out
     assert (folder / "sweep_config.yaml").exists() and list_sweeps(tmp_path) == [folder]
     assert [run.name for run in list_runs(tmp_path)] == []  # the sweep folder is not mistaken for a run
 
@@ -97,7 +98,7 @@ def test_a_bad_grid_exits_with_a_clear_message(capsys):
     from plw_lab.cli import main
 
     assert main(["sweep", "--plws", "0,2", "--model", "tiny-random"]) == 2
-    assert "--plws takes values in [0, 1]" in capsys.readouterr().err
+    assert "train.prompt_loss_weight must be at most 1.0; got 2.0" in capsys.readouterr().err
 
 
 def test_means_over_seeds_carry_a_t_interval():
@@ -132,7 +133,7 @@ def test_the_quadratic_fit_needs_four_plw_values_and_recovers_a_parabola():
     assert fit["r2"] == pytest.approx(1.0)
     assert quadratic_fit([0.0, 0.1, 1.0, 1.0], [0.5, 0.6, 0.4, 0.45]) is None  # 3 distinct PLWs
     rows = [_row(x, 0, y) for x, y in zip(xs, ys)]
-    assert points(rows)["fit"]["c"] == pytest.approx(-0.3)
+    assert [fit["c"] for fit in points(rows)["fits"]] == [pytest.approx(-0.3)]
 
 
 def test_the_sweep_figure_draws_means_left_out_runs_convergence_and_the_fit():
@@ -276,3 +277,214 @@ def test_resume_finishes_only_the_runs_a_stopped_local_sweep_did_not(tmp_path, c
     assert [(r["seed"], r["status"], r["steps"]) for r in rows] == [(0, "finished", 1), (1, "finished", 1)]
     assert (folder / "plw0-seed0" / "events.jsonl").read_text() == first  # the finished run was left alone
     assert load_run(rows[1]["run"]).config.train.seed == 1
+
+
+TINY_SWEEP = [
+    "--model",
+    "tiny-random",
+    "--max-steps",
+    "1",
+    "--set",
+    "data.limit=12",
+    "--set",
+    "data.val_size=4",
+    "--set",
+    "eval.generations=0",
+    "--set",
+    "eval.probe_texts=0",
+]
+
+
+def test_a_grid_over_another_setting_writes_its_column_and_resumes_on_the_recorded_grid(tmp_path, capsys):
+    from plw_lab.cli import main
+
+    args = ["sweep", "--plws", "0", "--seeds", "0", "--grid", "train.completion_loss_weight=0.5,1", "--name", "wit"]
+    assert main([*args, "--output-dir", str(tmp_path), *TINY_SWEEP]) == 0
+    folder = tmp_path / "wit"
+    header = (folder / "sweep.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["plw", "seed", "train.completion_loss_weight"]
+    rows = read_csv(folder)
+    assert [(r["plw"], r["train.completion_loss_weight"], r["seed"], r["status"]) for r in rows] == [
+        (0.0, 0.5, 0, "finished"),
+        (0.0, 1.0, 0, "finished"),
+    ]
+    assert [load_run(r["run"]).config.train.completion_loss_weight for r in rows] == [0.5, 1.0]
+    assert [load_run(r["run"]).name for r in rows] == [
+        "plw0-completion_loss_weight0.5-seed0",
+        "plw0-completion_loss_weight1-seed0",
+    ]
+    out = capsys.readouterr().out
+    assert "PLW 0 x train.completion_loss_weight 0.5, 1 x seeds 0 = 2 runs" in out
+    assert "PLW 0, train.completion_loss_weight 0.5: mean best answer accuracy" in out
+    # Lose the second cell (its row and its folder): --resume trains it again from the recorded grid.
+    first = (folder / "plw0-completion_loss_weight0.5-seed0" / "events.jsonl").read_text()
+    csv_lines = (folder / "sweep.csv").read_text().splitlines()
+    (folder / "sweep.csv").write_text("\n".join(csv_lines[:2]) + "\n")
+    shutil.rmtree(rows[1]["run"])
+    assert main(["sweep", "--resume", str(folder)]) == 0
+    again = read_csv(folder)
+    assert [(r["train.completion_loss_weight"], r["status"]) for r in again] == [(0.5, "finished"), (1.0, "finished")]
+    assert load_run(again[1]["run"]).config.train.completion_loss_weight == 1.0
+    assert (folder / "plw0-completion_loss_weight0.5-seed0" / "events.jsonl").read_text() == first
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        (["--grid", "train.completion_los=0.5,1"], "unknown setting 'train.completion_los'"),
+        (["--grid", "train.completion_loss_weight=0.5,x"], "train.completion_loss_weight: cannot read 'x' as float"),
+        (["--grid", "train.completion_loss_weight=-1"], "train.completion_loss_weight must be at least 0.0"),
+        (["--grid", "train.completion_loss_weight"], "expected SECTION.FIELD=VALUE"),
+        (["--grid", "train.completion_loss_weight=1,1.0"], "train.completion_loss_weight lists 1.0 twice"),
+        (["--grid", "train.output_dir=a,b"], "a sweep cannot vary train.output_dir"),
+        (["--grid", "lora.target_modules=q_proj"], "a grid varies settings of one value each"),
+        (["--grid", "prompt_loss_weight=0,1"], "train.prompt_loss_weight is varied twice"),
+        # A cell that no run could train: PLW 0 with completion weight 0 weighs no token.
+        (["--grid", "train.completion_loss_weight=0,1"], "are both 0: no token would be trained"),
+    ],
+)
+def test_a_bad_grid_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, grid, message):
+    from plw_lab.cli import main
+
+    assert main(["sweep", "--model", "tiny-random", "--plws", "0", "--output-dir", str(tmp_path), *grid]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def _wit_rows():
+    """A PLW x completion-weight grid of two seeds, accuracy = 0.5 + PLW / 4 - completion weight / 10 + seed / 100."""
+    rows = []
+    for plw in (0.0, 1.0):
+        for weight in (0.25, 0.5, 0.75, 1.0):
+            for seed in (0, 1):
+                row = _row(plw, seed, 0.5 + plw / 4 - weight / 10 + seed / 100)
+                rows.append({**row, "train.completion_loss_weight": weight, "train.plw_schedule": "constant"})
+    return rows
+
+
+def test_means_and_fits_group_by_every_varied_setting():
+    rows = _wit_rows()
+    assert varied(rows) == ["plw", "train.completion_loss_weight", "train.plw_schedule"]
+    assert axes(rows) == ["plw", "train.completion_loss_weight"]  # text settings are series, never an axis
+    by_plw = points(rows)
+    assert len(by_plw["means"]) == 8 and all(m["n"] == 2 for m in by_plw["means"])
+    mean = next(m for m in by_plw["means"] if (m["plw"], m["train.completion_loss_weight"]) == (1.0, 0.5))
+    assert mean["mean"] == pytest.approx(0.5 + 0.25 - 0.05 + 0.005)
+    assert by_plw["series"] == ["train.completion_loss_weight", "train.plw_schedule"]
+    assert by_plw["fits"] == []  # two PLW values per series: too few for a parabola
+    by_weight = points(rows, x="train.completion_loss_weight")
+    assert [fit["series"] for fit in by_weight["fits"]] == [
+        {"plw": 0.0, "train.plw_schedule": "constant"},
+        {"plw": 1.0, "train.plw_schedule": "constant"},
+    ]
+    assert [fit["b"] for fit in by_weight["fits"]] == [pytest.approx(-0.1), pytest.approx(-0.1)]
+    with pytest.raises(ValueError, match="x-axis is one of plw, train.completion_loss_weight"):
+        points(rows, x="train.plw_schedule")
+
+
+def test_the_sweep_figure_draws_any_varied_number_along_x_with_the_rest_as_series():
+    rows = _wit_rows()
+    by_weight = sweep_figure(rows, x="train.completion_loss_weight")
+    assert (
+        by_weight.layout.xaxis.title.text == "train.completion_loss_weight" and by_weight.layout.xaxis.type == "linear"
+    )
+    means = {t.name: list(t.x) for t in by_weight.data if "mean over seeds" in t.name}
+    series = "train.plw_schedule constant: mean over seeds (95% t interval)"
+    assert means == {f"PLW 0, {series}": [0.25, 0.5, 0.75, 1.0], f"PLW 1, {series}": [0.25, 0.5, 0.75, 1.0]}
+    colours = {t.line.color for t in by_weight.data if "mean over seeds" in t.name}
+    assert len(colours) == 2  # a colour per series
+    by_plw = sweep_figure(rows)
+    assert by_plw.layout.xaxis.type == "log" and by_plw.layout.xaxis.title.text.startswith("PLW")
+    # A mean line per completion weight (x schedule), in the accuracy and in the loss panel.
+    assert sum("mean over seeds" in t.name for t in by_plw.data) == 4 * 2
+
+
+def test_ctrl_c_on_the_ray_backend_stops_every_trial_in_the_labs_words(tmp_path, monkeypatch, capsys):
+    """Ray Tune stands in here (a real trial costs a minute): the lab's Ctrl-C ends its trials through
+    `StopAll`, with Tune's own Ctrl-C handler and trial tracebacks switched off while it runs."""
+    pytest.importorskip("ray")
+    import os
+    import signal
+
+    from ray import cloudpickle
+
+    from plw_lab.cli import main
+    from plw_lab.core import sweep_ray
+
+    seen = {}
+
+    class Tuner:
+        def __init__(self, trainable, param_space, tune_config, run_config):
+            cloudpickle.dumps((param_space, tune_config, run_config))  # as Tune keeps them for Tuner.restore
+            seen["cells"] = [cell["values"] for cell in param_space["cell"]["grid_search"]]
+            self.stopper = run_config.stop
+
+        def fit(self):
+            seen["quiet"] = {key: os.environ.get(key) for key in sweep_ray.TUNE_QUIET}
+            seen["before"] = self.stopper.stop_all()
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the trials train
+            seen["after"] = self.stopper.stop_all()
+            return []  # every trial stopped before its run began: no rows
+
+    monkeypatch.setattr(sweep_ray.tune, "Tuner", Tuner)
+    monkeypatch.setattr(sweep_ray.tune, "with_parameters", lambda trainable, **data: trainable)  # no object store
+    monkeypatch.setattr(sweep_ray.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(sweep_ray.ray, "cluster_resources", lambda: {})
+    grid = ["--plws", "0", "--seeds", "0", "--grid", "train.completion_loss_weight=0.5,1", "--name", "stopped"]
+    code = main(["sweep", "--backend", "ray", *grid, "--output-dir", str(tmp_path), *TINY_SWEEP])
+    out, err = capsys.readouterr()
+    assert code == 130, err
+    assert seen["cells"] == [
+        {"plw": 0.0, "train.completion_loss_weight": 0.5, "seed": 0},
+        {"plw": 0.0, "train.completion_loss_weight": 1.0, "seed": 0},
+    ]
+    assert seen["quiet"] == sweep_ray.TUNE_QUIET and not seen["before"] and seen["after"]
+    assert not set(sweep_ray.TUNE_QUIET) & set(os.environ)  # Tune's switches are this sweep's only
+    assert f"2 run(s) did not finish; finish them with: lab sweep --resume {tmp_path / 'stopped'}" in out
+    assert "Tuner.restore" not in out + err and read_csv(tmp_path / "stopped") == []
+
+
+def test_a_sweep_name_never_leaves_the_output_folder(tmp_path):
+    from plw_lab.core.config import LabConfig
+    from plw_lab.core.sweep import run_sweep
+
+    cfg = LabConfig().override(
+        {"model.name": "tiny-random", "train.output_dir": str(tmp_path / "runs"), "data.limit": 12, "data.val_size": 4}
+    )
+    stop = threading.Event()
+    stop.set()  # the folder is made, no run starts
+    for name in ("../../sweep-escape", "..", "/tmp/abs"):
+        folder = run_sweep(cfg, [0.0], [0], name=name, stop=stop)
+        assert folder.parent == tmp_path / "runs"
+    names = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert names[:2] == ["-..-sweep-escape", "-tmp-abs"] and names[2].startswith("sweep-")  # '..': the default
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_a_cell_name_too_long_for_a_run_name_stays_unique():
+    from plw_lab.core.sweep_table import MAX_CELL_NAME, cell_name
+
+    long = lambda text: {"plw": 0.0, "data.prompt_template": "x" * 300 + text, "seed": 0}
+    first, second = cell_name(long("a")), cell_name(long("b"))
+    assert len(first) == len(second) == MAX_CELL_NAME and first != second
+    assert cell_name({"plw": 0.1, "model.name": "org/model", "seed": 2}) == "plw0.1-nameorg-model-seed2"
+
+
+def test_the_runs_tab_offers_an_x_axis_for_a_sweep_that_varies_more_than_plw(tmp_path):
+    pytest.importorskip("gradio")
+    from plw_lab.app.main import build_app
+    from plw_lab.core.config import LabConfig
+    from plw_lab.core.sweep_table import write_csv
+
+    (tmp_path / "wit").mkdir()
+    write_csv(tmp_path / "wit" / "sweep.csv", _wit_rows(), ["train.completion_loss_weight", "train.plw_schedule"])
+    (tmp_path / "plain").mkdir()
+    write_csv(tmp_path / "plain" / "sweep.csv", [_row(0.0, 0, 0.5), _row(1.0, 0, 0.6)])
+    runs = build_app(LabConfig().override({"model.name": "tiny-random"}), runs_dir=tmp_path).plw_tabs["runs"]
+    figure, picker = runs.on_sweep_pick("wit", "train.completion_loss_weight")
+    assert picker["visible"] and picker["value"] == "train.completion_loss_weight"
+    assert picker["choices"] == [("PLW", "plw"), ("train.completion_loss_weight", "train.completion_loss_weight")]
+    assert figure.layout.xaxis.title.text == "train.completion_loss_weight"
+    figure, picker = runs.on_sweep_pick("plain", "train.completion_loss_weight")  # not varied there: PLW
+    assert not picker["visible"] and picker["value"] == "plw" and figure.layout.xaxis.title.text.startswith("PLW")

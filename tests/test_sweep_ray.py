@@ -15,7 +15,7 @@ from plw_lab.cli import main  # noqa: E402
 from plw_lab.core.config import LabConfig  # noqa: E402
 from plw_lab.core.runs import load_run  # noqa: E402
 from plw_lab.core.sweep import points, run_cells, run_sweep  # noqa: E402
-from plw_lab.core.sweep_table import SweepTable, new_cell, read_csv  # noqa: E402
+from plw_lab.core.sweep_table import Grid, SweepTable, new_cell, read_csv  # noqa: E402
 from plw_lab.views.charts import sweep_figure  # noqa: E402
 
 TINY = {
@@ -72,11 +72,11 @@ def test_asha_prunes_a_hopeless_run_which_stops_cleanly_and_stays_out_of_the_mea
     )
     folder = tmp_path / "asha"
     folder.mkdir()
-    good = new_cell(cfg, folder, 0.0, 0)
+    good = new_cell(cfg, folder, {"plw": 0.0, "seed": 0})
     # A learning rate of 0 never moves the adapter: its answer loss stays the base model's, behind any learning run.
-    hopeless = new_cell(cfg, folder, 0.0, 1)
+    hopeless = new_cell(cfg, folder, {"plw": 0.0, "seed": 1})
     hopeless.cfg = hopeless.cfg.override({"train.learning_rate": 0.0})
-    run_cells(cfg, [good, hopeless], SweepTable(folder, [(0.0, 0), (0.0, 1)]))
+    run_cells(cfg, [good, hopeless], SweepTable(folder, Grid([0.0], [0, 1])))
     rows = read_csv(folder)
     assert [(r["seed"], r["status"], r["pruned_step"]) for r in rows] == [(0, "finished", None), (1, "pruned", 1)]
     pruned = load_run(rows[1]["run"])

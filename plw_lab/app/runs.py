@@ -20,6 +20,7 @@ from plw_lab.app.jobs import JobBusy, error_text
 from plw_lab.app.visitors import require_owner, visitor_token
 from plw_lab.core.card import ShareError, push
 from plw_lab.core.runs import delete_run
+from plw_lab.core.sweep import axes
 from plw_lab.core.sweep_table import list_sweeps, read_csv
 from plw_lab.views.charts import overlay_figure, plw_sweep_figure, sweep_figure
 from plw_lab.views.text_views import runs_rows
@@ -85,6 +86,10 @@ class RunsTab:
                     self.sweep_btn = gr.Button("Run PLW sweep", variant="primary", elem_id="sweep-btn", scale=1)
                     self.sweep_pick = gr.Dropdown(choices=[], value=None, label="Sweep", elem_id="sweep-pick", scale=2)
                 self.sweep_msg = gr.HTML("", elem_id="sweep-msg")
+                # Shown for a sweep that varies more than PLW; the other settings become the figure's series.
+                self.sweep_x = gr.Dropdown(
+                    choices=[], value=None, label="x-axis", elem_id="sweep-x", visible=False, interactive=True
+                )
                 self.sweep_figure = gr.Plot(sweep_figure([]), label="Sweep", elem_id="sweep-figure")
             with gr.Row():
                 self.run_pick = gr.Dropdown(choices=[], value=None, label="Run", elem_id="run-pick", scale=2)
@@ -124,8 +129,10 @@ class RunsTab:
         self.sweep_btn.click(
             self.on_sweep, {self.sweep_plws, self.sweep_seeds, visitor}, {self.sweep_msg, self.sweep_figure, visitor}
         )
-        self.sweep_pick.change(self.on_sweep_pick, self.sweep_pick, self.sweep_figure)
-        self.refresh_btn.click(self.sweep_choices, self.sweep_pick, [self.sweep_pick, self.sweep_figure])
+        sweep_view = [self.sweep_figure, self.sweep_x]
+        self.sweep_pick.change(self.on_sweep_pick, [self.sweep_pick, self.sweep_x], sweep_view)
+        self.sweep_x.input(self.on_sweep_pick, [self.sweep_pick, self.sweep_x], sweep_view)
+        self.refresh_btn.click(self.sweep_choices, [self.sweep_pick, self.sweep_x], [self.sweep_pick, *sweep_view])
         overlay_in, overlay_out = {self.overlay_runs, self.overlay_metric}, {self.overlay_plot, self.sweep_plot}
         self.refresh_btn.click(self.refresh, self.inputs, self.outputs)
         self.overlay_runs.change(self.on_overlay, overlay_in, overlay_out)
@@ -145,20 +152,27 @@ class RunsTab:
 
     def wire_page_load(self, demo: gr.Blocks) -> None:
         demo.load(self.refresh, self.inputs, self.outputs)
-        demo.load(self.sweep_choices, None, [self.sweep_pick, self.sweep_figure])
+        demo.load(self.sweep_choices, None, [self.sweep_pick, self.sweep_figure, self.sweep_x])
 
     # -- sweeps ------------------------------------------------------------------------------------
 
-    def sweep_choices(self, chosen: str | None = None):
-        """The sweep folders in the runs folder (newest first) and the chosen one's figure."""
+    def sweep_choices(self, chosen: str | None = None, x: str | None = None):
+        """The sweep folders in the runs folder (newest first), the chosen one's figure and its x-axis picker."""
         names = [p.name for p in list_sweeps(self.ctx.runs_path)]
         pick = chosen if chosen in names else (names[0] if names else None)
-        return gr.update(choices=names, value=pick), self.on_sweep_pick(pick)
+        return (gr.update(choices=names, value=pick), *self.on_sweep_pick(pick, x))
 
-    def on_sweep_pick(self, name):
-        if not name or not (self.ctx.runs_path / name / "sweep.csv").exists():
-            return sweep_figure([])
-        return sweep_figure(read_csv(self.ctx.runs_path / name))
+    def on_sweep_pick(self, name, x: str | None = None):
+        """The sweep's figure against `x` (PLW where the sweep does not vary `x`), and the x-axis picker:
+        the sweep's varied numbers, shown where there is more than one."""
+        found = name and (self.ctx.runs_path / name / "sweep.csv").exists()
+        rows = read_csv(self.ctx.runs_path / name) if found else []
+        choices = axes(rows)
+        x = x if x in choices else "plw"
+        picker = gr.update(
+            choices=[("PLW", c) if c == "plw" else (c, c) for c in choices], value=x, visible=len(choices) > 1
+        )
+        return sweep_figure(rows, x), picker
 
     def on_sweep(self, values: dict):
         """Start a sweep owned by this visitor (a caller without a token gets one with the answer)."""

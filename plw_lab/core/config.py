@@ -977,6 +977,13 @@ class _Spellings:
         self.spelled[setting], self.values[setting] = key, value
 
 
+def setting_name(key: str) -> str:
+    """The lab's SECTION.FIELD for any name `--set` takes (the lab's, an alias, a bare name); a
+    `ConfigError` naming the nearest known name otherwise."""
+    section, field_name, _ = _resolve(str(key))
+    return f"{section}.{field_name}"
+
+
 def _resolve(key: str) -> tuple[str, str, Alias | None]:
     """(section, field, alias) of a setting's name; a `ConfigError` naming the nearest known name otherwise."""
     section, dot, name = key.partition(".")

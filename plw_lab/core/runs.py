@@ -52,14 +52,19 @@ def write_error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def folder_name(name: str, default: str) -> str:
+    """`name` as one folder inside the runs folder: every run of characters other than letters, digits,
+    '.', '_' and '-' becomes '-', and leading dots go, so no name climbs out ('..') or hides; `default`
+    where nothing is left."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).lstrip(".") or default
+
+
 def new_run_dir(cfg: LabConfig) -> tuple[Path, LabConfig]:
     """A fresh run folder holding the config (and a copy of a small data file), and that config."""
     base = Path(cfg.train.output_dir)
     t = cfg.train
-    name = (
-        t.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-plw{plw_text(t.plw_schedule, t.prompt_loss_weight, t.plw_end)}"
-    )
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+    plw = plw_text(t.plw_schedule, t.prompt_loss_weight, t.plw_end)
+    name = folder_name(t.run_name, f"{time.strftime('%Y%m%d-%H%M%S')}-plw{plw}")
     path = base / name
     suffix = 1
     while path.exists():

@@ -1,12 +1,13 @@
-"""PLW sweeps: a grid of PLW values x seeds on one split, one run per cell, and what they add up to.
-The folders and sweep.csv they write are `plw_lab.core.sweep_table`'s.
+"""PLW sweeps: a grid of PLW values x seeds (x any other settings) on one split, one run per cell,
+and what they add up to. The folders and sweep.csv they write are `plw_lab.core.sweep_table`'s.
 
 Seeds change the LoRA initialisation and the order of the training examples, never the split
 (`data.split_seed` stays), so every run is scored on the same validation examples. `points`
-turns the rows into what the sweep figure draws: per PLW the mean over seeds with a 95% interval,
-and the quadratic fit of performance against PLW when there are at least 4 PLW values. Runs that
-did not finish, were pruned, or ran a different number of steps are kept in the table and the
-figure but left out of the means and the fit.
+turns the rows into what the sweep figure draws: per cell of the varied settings the mean over
+seeds with a 95% interval, and along the figure's x-axis (PLW unless another varied number is
+chosen) the quadratic fit of performance for each series of the other settings, when it has at
+least 4 x values. Runs that did not finish, were pruned, or ran a different number of steps are
+kept in the table and the figure but left out of the means and the fit.
 
 `sweep.backend` picks who trains the runs: 'local' trains them one after another in this process,
 'ray' (`plw_lab.core.sweep_ray`, imported only then) makes each a Ray Tune trial. Both write the
@@ -15,7 +16,6 @@ same folders and rows.
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -23,25 +23,34 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from plw_lab.core.config import ConfigError, LabConfig
-from plw_lab.core.runs import ResumeError, load_run, run_config
+from plw_lab.core.config import ConfigError, LabConfig, field_specs, setting_name, shown
+from plw_lab.core.runs import ResumeError, folder_name, load_run, run_config
 from plw_lab.core.sweep_table import (
     DONE,
     GRID_FILE,
+    SHORT_NAMES,
     Cell,
+    Grid,
     SweepTable,
+    cell_config,
     cell_name,
     folder_row,
+    is_setting,
     new_cell,
     read_csv,
     run_row,
 )
 
-#: The fit needs this many distinct PLW values (a parabola through 3 points always fits exactly).
-MIN_FIT_PLWS = 4
+#: The fit needs this many distinct x values (a parabola through 3 points always fits exactly).
+MIN_FIT_XS = 4
 #: Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom (more: the normal approximation below).
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 RAY_INSTALL = 'pip install "plw-lab[ray]"'
+#: The seeds of a sweep that names none.
+DEFAULT_SEEDS = (0, 1)
+#: Settings a sweep sets for each run itself: where it writes. sweep.* are the sweep's own, not a run's.
+SET_BY_SWEEP = ("train.output_dir", "train.run_name")
+PLW, SEED = SHORT_NAMES["plw"], SHORT_NAMES["seed"]
 
 
 def t95(df: int) -> float:
@@ -73,6 +82,42 @@ def check_sweep(cfg: LabConfig) -> None:
         )
 
 
+def make_grid(cfg: LabConfig, plws=None, seeds=None, settings: dict | None = None) -> Grid:
+    """The grid of a sweep of `cfg`: `plws` x `seeds` x every setting in `settings` (any name `--set`
+    takes -> its values, as a comma list or a sequence), each value read and checked exactly as
+    `--set` reads it. PLW and seed may come through `settings` too; left out, they are the PLW
+    presets and `DEFAULT_SEEDS`."""
+    raw = {name: (name, values) for name, values in ((PLW, plws), (SEED, seeds)) if values is not None}
+    for key, values in (settings or {}).items():
+        name = setting_name(key)
+        if name in SET_BY_SWEEP:
+            raise ConfigError(f"a sweep cannot vary {name}: it sets where each of its runs writes itself")
+        if name.startswith("sweep."):
+            raise ConfigError(f"a sweep cannot vary {name}: sweep.* settings are the whole sweep's, not a run's")
+        if name in raw:
+            raise ConfigError(f"{name} is varied twice (as {raw[name][0]} and {key}); give its values once")
+        raw[name] = (key, values)
+    varied = {name: _grid_values(cfg, key, values) for name, (key, values) in raw.items()}
+    presets = next(f for f in field_specs("train") if f["name"] == "prompt_loss_weight")["presets"]
+    return Grid(varied.pop(PLW, list(presets)), varied.pop(SEED, list(DEFAULT_SEEDS)), varied)
+
+
+def _grid_values(cfg: LabConfig, key: str, values) -> list:
+    """The values of one varied setting, each read through `cfg.override` as `--set key=value` is."""
+    items = [v.strip() for v in values.split(",")] if isinstance(values, str) else list(values)
+    items = [v for v in items if v != ""]
+    if not items:
+        raise ConfigError(f"{key}: give at least one value to vary it over")
+    section, name = setting_name(key).split(".")
+    if isinstance(getattr(getattr(cfg, section), name), (list, dict)):
+        raise ConfigError(f"{key} is a list or mapping setting; a grid varies settings of one value each")
+    parsed = [getattr(getattr(cfg.override({key: item}), section), name) for item in items]
+    twice = [value for i, value in enumerate(parsed) if value in parsed[:i]]
+    if twice:
+        raise ConfigError(f"{key} lists {shown(twice[0])} twice")
+    return parsed
+
+
 def ray_backend():
     """`plw_lab.core.sweep_ray`, or a ConfigError with the install line where Ray Tune is missing."""
     try:
@@ -86,46 +131,53 @@ def ray_backend():
 
 def run_sweep(
     cfg: LabConfig,
-    plws: Sequence[float],
-    seeds: Sequence[int],
+    plws: Sequence | None = None,
+    seeds: Sequence | None = None,
     name: str = "",
     subscribers=(),
     stop: threading.Event | None = None,
     on_run: Callable[[dict], None] | None = None,
     examples=None,
     watch: Callable[[float, int], Sequence] | None = None,
+    grid: dict | None = None,
+    on_folder: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Train one run per (PLW, seed) on the same split; write sweep.csv after each run. Returns the folder.
+    """Train one run per cell of `make_grid(cfg, plws, seeds, grid)` on the same split; write sweep.csv
+    after each run. Returns the sweep folder, which `on_folder` also gets as soon as it exists.
 
     `subscribers` see every run's events; `watch(plw, seed)` may return more subscribers for that
     run alone (e.g. a live chart per run); `on_run` gets each finished row; a set `stop` ends the
-    sweep after the current run stops (its row says "stopped"). On the ray backend the runs train
-    in Ray's workers: their events are in their folders' events.jsonl, and Ctrl-C stops them.
+    sweep after the current run stops (its row says "stopped"; on the ray backend every running
+    trial stops so). On the ray backend the runs train in Ray's workers: their events are in their
+    folders' events.jsonl.
     """
-    if not plws or not seeds:
-        raise ValueError("a sweep needs at least one PLW value and one seed")
+    spec = make_grid(cfg, plws, seeds, grid)
     check_sweep(cfg)
     # Everything checkable is checked before the sweep folder exists, so a refused sweep leaves nothing.
+    # On the ray backend the workers' machines may differ from this one: they check the rest themselves.
+    configs = [cell_config(cfg, values).validate() for values in spec.cells()]
     if cfg.sweep.backend == "ray":
         ray_backend()
-        cfg.validate()  # the workers' machines may differ from this one: they check the rest themselves
     else:
         from plw_lab.core.training import plan
 
-        plan(new_cell(cfg, Path(cfg.train.output_dir), plws[0], seeds[0]).cfg, examples)
+        plan(configs[0], examples)
     base = Path(cfg.train.output_dir)
-    folder = base / (name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
-    suffix = 1
+    stem = folder_name(name, f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    folder, suffix = base / stem, 1
     while folder.exists():
         suffix += 1
-        folder = base / f"{name or 'sweep'}-{suffix}"
-    folder.mkdir(parents=True)
+        folder = base / f"{stem}-{suffix}"
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:  # a file on the way, no permission, a name too long for the file system
+        raise ConfigError(f"cannot create the sweep folder {str(folder)!r} ({exc.strerror}); choose another") from None
+    if on_folder:
+        on_folder(folder)
     cfg.save(folder / "sweep_config.yaml")  # not config.yaml: the folder is not itself a run
-    grid = [(float(plw), int(seed)) for plw in plws for seed in seeds]
-    (folder / GRID_FILE).write_text(json.dumps({"plws": [float(p) for p in plws], "seeds": [int(s) for s in seeds]}))
-    table = SweepTable(folder, grid)
-    cells = [new_cell(cfg, folder, plw, seed) for plw, seed in grid]
-    run_cells(cfg, cells, table, subscribers, stop, on_run, examples, watch)
+    spec.save(folder)
+    cells = [new_cell(cfg, folder, values) for values in spec.cells()]
+    run_cells(cfg, cells, SweepTable(folder, spec), subscribers, stop, on_run, examples, watch)
     return folder
 
 
@@ -136,10 +188,10 @@ def resume_sweep(
     stop: threading.Event | None = None,
     on_run: Callable[[dict], None] | None = None,
 ) -> Path:
-    """Finish the runs of the sweep in `folder` that did not finish: a stopped, failed or interrupted
-    run continues from its checkpoint (or starts again beside its folder when it has none), a run
-    never started starts; finished and pruned runs stay as they are. `settings` override sweep.*
-    (e.g. another backend or cluster); the runs keep their own configs."""
+    """Finish the runs of the sweep in `folder` that did not finish, on the grid it recorded: a
+    stopped, failed or interrupted run continues from its checkpoint (or starts again beside its
+    folder when it has none), a run never started starts; finished and pruned runs stay as they
+    are. `settings` override sweep.* (e.g. another backend or cluster); the runs keep their own configs."""
     folder = Path(folder)
     if not (folder / "sweep_config.yaml").exists():
         raise ResumeError(f"{folder} is not a sweep folder (no sweep_config.yaml)")
@@ -153,30 +205,28 @@ def resume_sweep(
     check_sweep(cfg)
     if cfg.sweep.backend == "ray":
         ray_backend()
-    spec = json.loads((folder / GRID_FILE).read_text())
-    grid = [(float(plw), int(seed)) for plw in spec["plws"] for seed in spec["seeds"]]
-    rows = {(r["plw"], r["seed"]): r for r in read_csv(folder)} if (folder / "sweep.csv").exists() else {}
+    grid = Grid.load(folder)
+    rows = {grid.key(r): r for r in read_csv(folder)} if (folder / "sweep.csv").exists() else {}
     kept, cells = [], []
-    for plw, seed in grid:
-        row = rows.get((plw, seed))
+    for values in grid.cells():
+        row = rows.get(grid.key(values))
         if row and row["status"] in DONE:
             kept.append(row)
             continue
-        run_dir = Path(row["run"]) if row else folder / cell_name(plw, seed)
+        run_dir = Path(row["run"]) if row else folder / cell_name(values)
         if (run_dir / "config.yaml").exists():
             run = load_run(run_dir)
             ended_early = str(run.summary.get("stop_reason", "")).startswith("early stopping")
             if run.status == "running":
                 raise ResumeError(f"{run_dir.name} is still training; let it end (or stop it) before resuming")
             if run.status == "finished" or ended_early:
-                kept.append(folder_row(plw, seed, run_dir))
+                kept.append(folder_row(values, run_dir))
                 continue
             if run.resumable:
-                cells.append(Cell(plw, seed, run.config, run_dir, resume=True))
+                cells.append(Cell(values, run.config, run_dir, resume=True))
                 continue
-        cells.append(new_cell(cfg, folder, plw, seed))  # nothing to continue from: a fresh run beside it
-    table = SweepTable(folder, grid, kept)
-    run_cells(cfg, cells, table, subscribers, stop, on_run)
+        cells.append(new_cell(cfg, folder, values))  # nothing to continue from: a fresh run beside it
+    run_cells(cfg, cells, SweepTable(folder, grid, kept), subscribers, stop, on_run)
     return folder
 
 
@@ -192,12 +242,11 @@ def run_cells(
 ) -> None:
     """Train `cells` on `cfg.sweep.backend`, recording each run's row in `table` as it ends."""
     if cfg.sweep.backend == "ray":
-        if subscribers or watch or stop is not None:
+        if subscribers or watch:
             raise ValueError(
-                "the ray backend trains in Ray's workers: events go to each run's events.jsonl, "
-                "not to subscribers, and Ctrl-C stops the sweep"
+                "the ray backend trains in Ray's workers: events go to each run's events.jsonl, not to subscribers"
             )
-        ray_backend().run_cells(cfg, cells, table, on_run=on_run, examples=examples)
+        ray_backend().run_cells(cfg, cells, table, on_run=on_run, examples=examples, stop=stop)
         return
     from plw_lab.core.training import resume, train
 
@@ -211,7 +260,7 @@ def run_cells(
             result = resume(cell.run_dir, subscribers=listeners, stop=stop, compare=False)
         else:
             result = train(cell.cfg, subscribers=listeners, stop=stop, examples=examples, compare=False)
-        row = run_row(cell.plw, cell.seed, result.run_dir, result.summary, load_run(result.run_dir).evals)
+        row = run_row(cell.values, result.run_dir, result.summary, load_run(result.run_dir).evals)
         table.record(row)
         if on_run:
             on_run(row)
@@ -249,8 +298,8 @@ def summarise(values: Sequence[float]) -> dict:
 
 
 def quadratic_fit(xs: Sequence[float], ys: Sequence[float]) -> dict | None:
-    """Least-squares y = a + b x + c x^2 over every run, with R^2; None below `MIN_FIT_PLWS` distinct x."""
-    if len(set(xs)) < MIN_FIT_PLWS:
+    """Least-squares y = a + b x + c x^2 over every run, with R^2; None below `MIN_FIT_XS` distinct x."""
+    if len(set(xs)) < MIN_FIT_XS:
         return None
     import numpy as np
 
@@ -262,19 +311,42 @@ def quadratic_fit(xs: Sequence[float], ys: Sequence[float]) -> dict | None:
     return {"a": float(a), "b": float(b), "c": float(c), "r2": float(r2)}
 
 
-def points(rows: Sequence[dict], metric: str = "best_answer_accuracy") -> dict:
-    """Per PLW the mean of `metric` over comparable runs with its interval, every run with why it is
-    left out (if it is), and the quadratic fit over the comparable runs."""
+def varied(rows: Sequence[dict]) -> list[str]:
+    """The settings sweep rows vary besides the seed: plw, then each column named SECTION.FIELD."""
+    return ["plw", *dict.fromkeys(key for row in rows for key in row if is_setting(key))]
+
+
+def axes(rows: Sequence[dict]) -> list[str]:
+    """The varied settings a sweep figure can draw along its x-axis: those whose every value is a number."""
+    number = lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
+    return [key for key in varied(rows) if all(number(row.get(key)) for row in rows)]
+
+
+def points(rows: Sequence[dict], metric: str = "best_answer_accuracy", x: str = "plw") -> dict:
+    """What the sweep figure draws of `metric`: every run with why it is left out (if it is); per cell
+    of the varied settings (`varied`) the mean over comparable runs' seeds with its interval; and per
+    series (each combination of the varied settings other than `x`, which must be one of `axes`)
+    the quadratic fit of `metric` against `x` over its comparable runs."""
+    if x not in axes(rows):
+        raise ValueError(f"a sweep figure's x-axis is one of {', '.join(axes(rows))}, not {x!r}")
     steps = reference_steps(rows)
+    settings = varied(rows)
+    series = [key for key in settings if key != x]
     runs = [{**r, "excluded": comparable(r, steps)} for r in rows if r.get(metric) is not None]
-    by_plw: dict[float, list[float]] = {}
-    for r in runs:
-        if not r["excluded"]:
-            by_plw.setdefault(r["plw"], []).append(r[metric])
-    means = [{"plw": plw, **summarise(values)} for plw, values in sorted(by_plw.items())]
     kept = [r for r in runs if not r["excluded"]]
-    fit = quadratic_fit([r["plw"] for r in kept], [r[metric] for r in kept])
-    return {"metric": metric, "steps": steps, "runs": runs, "means": means, "fit": fit}
+    cells: dict[tuple, list[float]] = {}
+    for r in kept:
+        cells.setdefault(tuple(r[key] for key in settings), []).append(r[metric])
+    means = [{**dict(zip(settings, cell)), **summarise(values)} for cell, values in sorted(cells.items())]
+    lines: dict[tuple, list[dict]] = {}
+    for r in kept:
+        lines.setdefault(tuple(r[key] for key in series), []).append(r)
+    fits = []
+    for line, group in sorted(lines.items()):
+        fit = quadratic_fit([r[x] for r in group], [r[metric] for r in group])
+        if fit:
+            fits.append({"series": dict(zip(series, line)), **fit})
+    return {"metric": metric, "steps": steps, "x": x, "series": series, "runs": runs, "means": means, "fits": fits}
 
 
 def run_signature(run) -> tuple:

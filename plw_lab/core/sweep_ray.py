@@ -1,4 +1,4 @@
-"""The ray backend of `lab sweep`: every (PLW, seed) run a Ray Tune trial, optionally pruned by ASHA.
+"""The ray backend of `lab sweep`: every cell of the grid a Ray Tune trial, optionally pruned by ASHA.
 
 Imported only when `sweep.backend` is 'ray' (`plw_lab.core.sweep.ray_backend`), so the lab needs
 Ray only for this. Each trial is an actor that calls the lab's own `train()` (or `resume()`) in a
@@ -11,15 +11,22 @@ Each evaluation before a run's last step is one Tune result: the run's early-sto
 for the next result, so ASHA's verdict lands at that step: carry on, or stop the trial, which
 requests the run's `StopRequest` and waits for the run to end as a stopped run with its adapter,
 checkpoint and summary (`LabTrial.cleanup`).
+
+The lab speaks for the sweep, not Ray Tune: a set `stop` (SIGINT or SIGTERM in `lab sweep`) stops
+every running trial the same way through `StopAll`, in place of Tune's own Ctrl-C handling, whose
+closing hint (`Tuner.restore(...)`) is not how a lab sweep resumes; and a trial whose worker died
+is reported as its run's row ('interrupted'), not as Tune's traceback.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from unittest import mock
 
 import ray
 from ray import tune
@@ -33,10 +40,13 @@ from plw_lab.core.training import StopRequest, resume, train
 
 #: The result key ASHA compares: the run's early-stopping metric, negated where lower is better.
 OBJECTIVE = "objective"
-STOPPED_BY_SCHEDULER = "stopped by the sweep's scheduler (Ray Tune)"
+STOPPED_BY_TUNE = "stopped by the sweep (Ray Tune ended its trial: pruned, or the sweep was stopped)"
 #: ASHA needs a longest run; a run of train.epochs has no step count before its data is loaded,
 #: and rungs beyond the steps a run trains are simply never reached.
 UNBOUNDED_STEPS = 2**31
+#: Ray Tune's switches (read while `Tuner.fit` runs) for its own Ctrl-C handler, which the lab's
+#: `stop` replaces, and for logging each failed trial's traceback, which the lab's row replaces.
+TUNE_QUIET = {"TUNE_DISABLE_SIGINT_HANDLER": "1", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0"}
 
 
 class LabTrial(tune.Trainable):
@@ -96,7 +106,7 @@ class LabTrial(tune.Trainable):
 
     def cleanup(self) -> None:
         if self.thread.is_alive():  # Tune stops the trial before the run ended: the run stops cleanly
-            self.stop_request.request(STOPPED_BY_SCHEDULER)
+            self.stop_request.request(STOPPED_BY_TUNE)
             self.carry_on.release()
             self.thread.join()
 
@@ -115,14 +125,36 @@ class PruningScheduler(AsyncHyperBandScheduler):
         return decision
 
 
+class StopAll(tune.Stopper):
+    """Ends the whole sweep once `stop` is set: Tune stops every trial as ASHA stops one (`LabTrial.cleanup`).
+
+    Tune pickles its run config for `Tuner.restore`, which a lab sweep never uses (`lab sweep --resume`
+    reads the sweep folder); the event, which holds a lock, stays out of that copy.
+    """
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop: threading.Event | None = stop
+
+    def __getstate__(self) -> dict:
+        return {"stop": None}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+
 class TableCallback(tune.Callback):
     """Records a run's row in sweep.csv as soon as its trial ends, and hands it to `on_run`."""
 
-    def __init__(self, rows: Callable[[str, bool], dict], table: SweepTable, on_run) -> None:
+    def __init__(self, rows: Callable[[str, bool], dict | None], table: SweepTable, on_run) -> None:
         self.rows, self.table, self.on_run = rows, table, on_run
 
     def _ended(self, trial, failed: bool) -> None:
         row = self.rows(trial.config["cell"]["name"], failed)
+        if row is None:
+            return
         self.table.record(row)
         if self.on_run:
             self.on_run(row)
@@ -138,8 +170,7 @@ def cell_spec(cell: Cell) -> dict:
     """What a trial needs to train `cell`, with absolute paths: a Ray worker runs in its own folder."""
     return {
         "name": cell.name,
-        "plw": cell.plw,
-        "seed": cell.seed,
+        "values": cell.values,
         "config": _absolute(cell.cfg).to_dict() if cell.cfg is not None else None,
         "run_dir": str(cell.run_dir.resolve()),
         "resume": cell.resume,
@@ -161,10 +192,19 @@ def _absolute(cfg: LabConfig) -> LabConfig:
     )
 
 
-def run_cells(cfg: LabConfig, cells: Sequence[Cell], table: SweepTable, on_run=None, examples=None) -> None:
-    """Train `cells` as Ray Tune trials on the cluster `cfg.sweep` names; record every run's row."""
+def run_cells(
+    cfg: LabConfig,
+    cells: Sequence[Cell],
+    table: SweepTable,
+    on_run=None,
+    examples=None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Train `cells` as Ray Tune trials on the cluster `cfg.sweep` names; record every run's row.
+    A set `stop` stops every running trial's run cleanly; trials not started by then get no row."""
     if not cells:
         return
+    stopper = StopAll(stop or threading.Event())
     sweep = cfg.sweep
     started_here = not ray.is_initialized()
     if started_here:
@@ -185,8 +225,11 @@ def run_cells(cfg: LabConfig, cells: Sequence[Cell], table: SweepTable, on_run=N
         by_name = {cell.name: cell for cell in cells}
         pruned = scheduler.pruned if scheduler is not None else {}
 
-        def row(name: str, failed: bool) -> dict:
-            return cell_row(by_name[name], pruned.get(name), failed)
+        def row(name: str, failed: bool) -> dict | None:
+            cell = by_name[name]
+            if stopper.stop_all() and not (cell.run_dir / "config.yaml").exists():
+                return None  # stopped before it started: `--resume` starts it
+            return cell_row(cell, pruned.get(name), failed)
 
         trainable = tune.with_resources(
             tune.with_parameters(LabTrial, examples=examples), {"cpu": sweep.cpus_per_run, "gpu": gpus}
@@ -208,15 +251,19 @@ def run_cells(cfg: LabConfig, cells: Sequence[Cell], table: SweepTable, on_run=N
                 checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
                 callbacks=[TableCallback(row, table, on_run)],
                 failure_config=tune.FailureConfig(max_failures=0),
+                stop=stopper,
             ),
         )
-        results = tuner.fit()
+        with mock.patch.dict(os.environ, TUNE_QUIET):
+            results = tuner.fit()
     finally:
         if started_here:
             ray.shutdown()
     # A pruned run ends after Tune reported it: its row is read again now that its folder is final.
     for result in results:
-        table.record(row(result.config["cell"]["name"], result.error is not None))
+        final = row(result.config["cell"]["name"], result.error is not None)
+        if final is not None:
+            table.record(final)
 
 
 def cell_row(cell: Cell, pruned_step: int | None, failed: bool) -> dict:
@@ -226,8 +273,8 @@ def cell_row(cell: Cell, pruned_step: int | None, failed: bool) -> dict:
     the run could) is 'interrupted': resumable from its last checkpoint.
     """
     if not (cell.run_dir / "config.yaml").exists():
-        return {"plw": cell.plw, "seed": cell.seed, "status": "failed", "run": str(cell.run_dir)}
-    row = folder_row(cell.plw, cell.seed, cell.run_dir)
+        return {**cell.values, "status": "failed", "run": str(cell.run_dir)}
+    row = folder_row(cell.values, cell.run_dir)
     if pruned_step is not None:
         return {**row, "status": "pruned", "pruned_step": pruned_step}
     if failed and row["status"] not in ("failed", "stopped", "finished"):

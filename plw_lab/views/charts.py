@@ -18,9 +18,23 @@ from plw_lab.core.metrics import label as metric_label
 from plw_lab.core.runs import run_best, run_plw
 from plw_lab.core.stats import LengthStats, geometric_mean
 from plw_lab.views.history import History
+from plw_lab.views.text_views import cell_text
 
 METRIC_COLORS = {name: m.colour for name, m in METRICS.items()}
 PLOT_TEMPLATE = "plotly_white"
+#: Colours of traces that stand for one thing each (a run, a sweep's series), in order.
+PALETTE = (
+    "#2563eb",
+    "#ea580c",
+    "#16a34a",
+    "#9333ea",
+    "#dc2626",
+    "#0891b2",
+    "#a16207",
+    "#db2777",
+    "#4f46e5",
+    "#65a30d",
+)
 
 
 def empty_figure(message: str = "No data yet", height: int = 300) -> go.Figure:
@@ -582,18 +596,7 @@ def remedies_figure(points: dict[str, dict], x: str = "kl_to_base", height: int 
     "accuracy_ci", "majority_baseline", and `x`: "kl_to_base" or "probe_ppl_change"). Each run is
     its own trace, named in the legend, so labels never overlap however close the runs lie.
     """
-    palette = (
-        "#2563eb",
-        "#ea580c",
-        "#16a34a",
-        "#9333ea",
-        "#dc2626",
-        "#0891b2",
-        "#a16207",
-        "#db2777",
-        "#4f46e5",
-        "#65a30d",
-    )
+    palette = PALETTE
     fig = go.Figure()
     baseline = None
     for i, (name, p) in enumerate(points.items()):
@@ -639,143 +642,156 @@ def remedies_figure(points: dict[str, dict], x: str = "kl_to_base", height: int 
     return fig
 
 
-def sweep_figure(rows: Sequence[dict], height: int = 420) -> go.Figure:
-    """A PLW sweep (`plw_lab.core.sweep` rows): best answer accuracy (seeds' mean with a 95% interval) and best
-    answer loss against PLW, the step each run reached its best accuracy, and the quadratic fit of
-    accuracy against PLW when there are 4 or more PLW values. Runs that did not finish, were pruned or ran
+def sweep_figure(rows: Sequence[dict], x: str = "plw", height: int = 420) -> go.Figure:
+    """A sweep (`plw_lab.core.sweep` rows): best answer accuracy (seeds' mean with a 95% interval) and best
+    answer loss against `x` (PLW, or another varied number: `plw_lab.core.sweep.axes`), the step each run
+    reached its best accuracy, and the quadratic fit where there are 4 or more x values. Each combination of
+    the other varied settings is a series of its own colour. Runs that did not finish, were pruned or ran
     another number of steps are drawn hollow and left out of the means and the fit."""
     from plotly.subplots import make_subplots
 
     from plw_lab.core.sweep import points
 
-    acc, loss = points(rows, "best_answer_accuracy"), points(rows, "best_answer_loss")
+    acc, loss = points(rows, "best_answer_accuracy", x), points(rows, "best_answer_loss", x)
     if not acc["runs"] and not loss["runs"]:
         return empty_figure("Sweep runs appear here as they finish", height)
-    every = [r["plw"] for r in acc["runs"] + loss["runs"]]
+    every = [r[x] for r in acc["runs"] + loss["runs"]]
+    positive = [v for v in every if v > 0]
+    # PLW's presets span decades from 0, and so may a learning rate; other settings read best evenly spaced.
+    log = x == "plw" or (len(positive) == len(every) and max(positive) >= 100 * min(positive))
     zero = plw_zero_position(every)
-    at = lambda plw: plw if plw > 0 else zero
+    at = (lambda v: v if v > 0 else zero) if log else (lambda v: v)
+    title = "PLW" if x == "plw" else x
+    lines = acc["series"]
+    of = lambda row: tuple(row.get(key) for key in lines)
+    keys = sorted({of(r) for r in rows})
+    colours = {
+        "best_answer_accuracy": METRIC_COLORS["answer_accuracy"],
+        "best_answer_loss": METRIC_COLORS.get("answer_loss", METRIC_COLORS["completion_loss"]),
+    }
+    # One series keeps the metrics' own colours; several get a colour each, named by their settings.
+    colour = lambda metric, key: colours[metric] if len(keys) == 1 else PALETTE[keys.index(key) % len(PALETTE)]
+    named = lambda key, text: text if len(keys) == 1 else f"{cell_text(dict(zip(lines, key)), seed=False)}: {text}"
     fig = make_subplots(
         rows=1,
         cols=3,
         horizontal_spacing=0.08,
         subplot_titles=("best answer accuracy", "best answer loss", "step of the best accuracy (convergence)"),
     )
-    colours = {
-        "best_answer_accuracy": METRIC_COLORS["answer_accuracy"],
-        "best_answer_loss": METRIC_COLORS.get("answer_loss", METRIC_COLORS["completion_loss"]),
-    }
     for col, summary in ((1, acc), (2, loss)):
-        metric, colour = summary["metric"], colours[summary["metric"]]
-        share = metric == "best_answer_accuracy"
-        fmt = ".1%" if share else ".4f"
-        kept = [r for r in summary["runs"] if not r["excluded"]]
-        odd = [r for r in summary["runs"] if r["excluded"]]
-        for group, hollow in ((kept, False), (odd, True)):
-            if not group:
-                continue
+        metric = summary["metric"]
+        fmt = ".1%" if metric == "best_answer_accuracy" else ".4f"
+        for key in keys:
+            mine = [r for r in summary["runs"] if of(r) == key]
+            kept, odd = [r for r in mine if not r["excluded"]], [r for r in mine if r["excluded"]]
+            for group, hollow in ((kept, False), (odd, True)):
+                if not group:
+                    continue
+                fig.add_trace(
+                    go.Scatter(
+                        x=[at(r[x]) for r in group],
+                        y=[r[metric] for r in group],
+                        mode="markers",
+                        name=("runs left out (" + "; ".join(sorted({r["excluded"] for r in group})) + ")")
+                        if hollow
+                        else named(key, "one run (seed)"),
+                        legendgroup="odd" if hollow else f"runs{key}",
+                        showlegend=(col == 1 and len(keys) == 1) or hollow,
+                        marker={
+                            "size": 7,
+                            "color": colour(metric, key),
+                            "opacity": 0.45 if not hollow else 1,
+                            "symbol": "circle-open" if hollow else "circle",
+                        },
+                        text=[f"{cell_text(r)}, {r['excluded'] or r['status']}, {r['steps']} steps" for r in group],
+                        hovertemplate=f"%{{text}}<br>%{{y:{fmt}}}<extra></extra>",
+                    ),
+                    row=1,
+                    col=col,
+                )
+            means = [m for m in summary["means"] if of(m) == key]
+            if means:
+                with_ci = [m["low"] is not None for m in means]
+                fig.add_trace(
+                    go.Scatter(
+                        x=[at(m[x]) for m in means],
+                        y=[m["mean"] for m in means],
+                        mode="lines+markers",
+                        name=named(key, "mean over seeds (95% t interval)"),
+                        legendgroup=f"mean{key}",
+                        showlegend=col == 1,
+                        line={"color": colour(metric, key), "width": 2},
+                        marker={"size": 10, "color": colour(metric, key)},
+                        error_y={
+                            "type": "data",
+                            "symmetric": False,
+                            "array": [m["high"] - m["mean"] if ok else 0 for m, ok in zip(means, with_ci)],
+                            "arrayminus": [m["mean"] - m["low"] if ok else 0 for m, ok in zip(means, with_ci)],
+                        },
+                        text=[
+                            f"{cell_text(m, seed=False)}: mean of {m['n']} seed(s)"
+                            + ("" if ok else ", no interval from one seed")
+                            for m, ok in zip(means, with_ci)
+                        ],
+                        hovertemplate=f"%{{text}}<br>%{{y:{fmt}}}<extra></extra>",
+                    ),
+                    row=1,
+                    col=col,
+                )
+        for fit in summary["fits"]:
+            key = tuple(fit["series"].get(k) for k in lines)
+            span = [r[x] for r in summary["runs"] if of(r) == key]
+            xs = [min(span) + (max(span) - min(span)) * k / 60 for k in range(61)]
             fig.add_trace(
                 go.Scatter(
-                    x=[at(r["plw"]) for r in group],
-                    y=[r[metric] for r in group],
-                    mode="markers",
-                    name=("runs left out (" + "; ".join(sorted({r["excluded"] for r in group})) + ")")
-                    if hollow
-                    else "one run (seed)",
-                    legendgroup="odd" if hollow else "runs",
-                    showlegend=col == 1 or hollow,
-                    marker={
-                        "size": 7,
-                        "color": colour,
-                        "opacity": 0.45 if not hollow else 1,
-                        "symbol": "circle-open" if hollow else "circle",
-                    },
-                    text=[
-                        f"PLW {r['plw']:g}, seed {r['seed']}, {r['excluded'] or r['status']}, {r['steps']} steps"
-                        for r in group
-                    ],
-                    hovertemplate=f"%{{text}}<br>%{{y:{fmt}}}<extra></extra>",
-                ),
-                row=1,
-                col=col,
-            )
-        means = summary["means"]
-        if means:
-            with_ci = [m["low"] is not None for m in means]
-            fig.add_trace(
-                go.Scatter(
-                    x=[at(m["plw"]) for m in means],
-                    y=[m["mean"] for m in means],
-                    mode="lines+markers",
-                    name="mean over seeds (95% t interval)",
-                    legendgroup="mean",
-                    showlegend=col == 1,
-                    line={"color": colour, "width": 2},
-                    marker={"size": 10, "color": colour},
-                    error_y={
-                        "type": "data",
-                        "symmetric": False,
-                        "array": [m["high"] - m["mean"] if ok else 0 for m, ok in zip(means, with_ci)],
-                        "arrayminus": [m["mean"] - m["low"] if ok else 0 for m, ok in zip(means, with_ci)],
-                    },
-                    text=[
-                        f"PLW {m['plw']:g}: mean of {m['n']} seed(s)" + ("" if ok else ", no interval from one seed")
-                        for m, ok in zip(means, with_ci)
-                    ],
-                    hovertemplate=f"%{{text}}<br>%{{y:{fmt}}}<extra></extra>",
-                ),
-                row=1,
-                col=col,
-            )
-        fit = summary["fit"]
-        if fit:
-            lo, hi = min(every), max(every)
-            xs = [lo + (hi - lo) * k / 60 for k in range(61)]
-            fig.add_trace(
-                go.Scatter(
-                    x=[at(x) for x in xs],
-                    y=[fit["a"] + fit["b"] * x + fit["c"] * x * x for x in xs],
+                    x=[at(v) for v in xs],
+                    y=[fit["a"] + fit["b"] * v + fit["c"] * v * v for v in xs],
                     mode="lines",
-                    name=f"quadratic fit (R\u00b2 {fit['r2']:.2f})",
+                    name=named(key, f"quadratic fit (R\u00b2 {fit['r2']:.2f})"),
                     showlegend=True,
-                    line={"color": colour, "dash": "dash", "width": 1.5},
+                    line={"color": colour(metric, key), "dash": "dash", "width": 1.5},
                     hovertemplate=(
-                        f"fit: {fit['a']:.3g} + {fit['b']:.3g}\u00b7PLW + {fit['c']:.3g}\u00b7PLW\u00b2<extra></extra>"
+                        f"fit: {fit['a']:.3g} + {fit['b']:.3g}\u00b7{title} + {fit['c']:.3g}\u00b7{title}\u00b2"
+                        "<extra></extra>"
                     ),
                 ),
                 row=1,
                 col=col,
             )
-    left_out = {(r["plw"], r["seed"]) for r in acc["runs"] + loss["runs"] if r["excluded"]}
+    cell = lambda r: (of(r), r.get(x), r.get("seed"))
+    left_out = {cell(r) for r in acc["runs"] + loss["runs"] if r["excluded"]}
     for metric, symbol in (("best_answer_accuracy_step", "circle"), ("best_answer_loss_step", "diamond")):
-        group = [r for r in rows if r.get(metric) is not None]
-        if group:
-            fig.add_trace(
-                go.Scatter(
-                    x=[at(r["plw"]) for r in group],
-                    y=[r[metric] for r in group],
-                    mode="markers",
-                    name="step of best " + ("accuracy" if "accuracy" in metric else "answer loss"),
-                    marker={
-                        "size": 8,
-                        "symbol": [f"{symbol}-open" if (r["plw"], r["seed"]) in left_out else symbol for r in group],
-                        "color": colours["best_answer_accuracy" if "accuracy" in metric else "best_answer_loss"],
-                    },
-                    text=[f"PLW {r['plw']:g}, seed {r['seed']}, of {r['steps']} steps" for r in group],
-                    hovertemplate="%{text}<br>best at step %{y}<extra></extra>",
-                ),
-                row=1,
-                col=3,
-            )
-    ticks = sorted({zero, *[at(p) for p in every], *[v for v in (1e-2, 1e-1, 1.0) if v > zero]})
+        which = "best_answer_accuracy" if "accuracy" in metric else "best_answer_loss"
+        for key in keys:
+            group = [r for r in rows if r.get(metric) is not None and of(r) == key]
+            if group:
+                fig.add_trace(
+                    go.Scatter(
+                        x=[at(r[x]) for r in group],
+                        y=[r[metric] for r in group],
+                        mode="markers",
+                        name=named(key, "step of best " + ("accuracy" if "accuracy" in metric else "answer loss")),
+                        legendgroup=f"runs{key}",
+                        showlegend=len(keys) == 1,
+                        marker={
+                            "size": 8,
+                            "symbol": [f"{symbol}-open" if cell(r) in left_out else symbol for r in group],
+                            "color": colour(which, key),
+                        },
+                        text=[f"{cell_text(r)}, of {r['steps']} steps" for r in group],
+                        hovertemplate="%{text}<br>best at step %{y}<extra></extra>",
+                    ),
+                    row=1,
+                    col=3,
+                )
+    if log:
+        ticks = sorted({*map(at, every), *([zero, *(v for v in (1e-2, 1e-1, 1.0) if v > zero)] if x == "plw" else [])})
+        axis = {"type": "log", "tickvals": ticks, "ticktext": ["0" if t == zero else f"{t:g}" for t in ticks]}
+    else:
+        axis = {"type": "linear"}
+    scale = (" (log; 0 at the left)" if 0 in every else " (log)") if log else ""
     for col in (1, 2, 3):
-        fig.update_xaxes(
-            type="log",
-            tickvals=ticks,
-            ticktext=["0" if t == zero else f"{t:g}" for t in ticks],
-            title_text="PLW (log; 0 at the left)",
-            row=1,
-            col=col,
-        )
+        fig.update_xaxes(title_text=title + scale, row=1, col=col, **axis)
     fig.update_yaxes(tickformat=".0%", range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(title_text="cross-entropy (nats)", row=1, col=2)
     fig.update_yaxes(title_text="optimiser step", rangemode="tozero", row=1, col=3)
@@ -784,7 +800,7 @@ def sweep_figure(rows: Sequence[dict], height: int = 420) -> go.Figure:
         template=PLOT_TEMPLATE,
         height=height,
         title={
-            "text": f"PLW sweep: {len(rows)} runs" + (f", {steps} steps each" if steps else ""),
+            "text": f"Sweep: {len(rows)} runs" + (f", {steps} steps each" if steps else ""),
             "font": {"size": 14},
         },
         legend={"orientation": "h", "y": -0.28},

@@ -17,6 +17,8 @@ from plw_lab.core.metrics import METRICS, metric
 from plw_lab.core.metrics import label as metric_label
 from plw_lab.core.runs import run_best, run_config
 from plw_lab.core.stats import LengthStats
+from plw_lab.core.sweep import varied
+from plw_lab.core.sweep_table import value_text
 from plw_lab.core.weights import plw_text
 from plw_lab.views.history import History
 from plw_lab.views.tokens_view import completion_weight_share
@@ -566,6 +568,21 @@ def settings_help_markdown(sections: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def cell_text(values: dict, seed: bool = True) -> str:
+    """A sweep cell's values in words, e.g. 'PLW 0.1, train.completion_loss_weight 0.5, seed 0'
+    (`seed` False: without the seed, as for a mean over seeds)."""
+    keys = [key for key in varied([values]) if key in values] + (["seed"] if seed else [])
+    return ", ".join(f"{'PLW' if key == 'plw' else key} {value_text(values.get(key))}" for key in keys)
+
+
+def grid_text(grid) -> str:
+    """A sweep's grid (`plw_lab.core.sweep_table.Grid`) in words:
+    'PLW 0, 1 x train.completion_loss_weight 0.5, 1 x seeds 0, 1'."""
+    listed = lambda values: ", ".join(map(value_text, values))
+    settings = [f"{key} {listed(values)}" for key, values in grid.settings.items()]
+    return " x ".join([f"PLW {listed(grid.plws)}", *settings, f"seeds {listed(grid.seeds)}"])
+
+
 def sweep_row_text(row: dict) -> str:
     """One finished run of a sweep (a `sweep.csv` row) in a line: its status and best values, the
     accuracy with its 95% interval."""
@@ -578,7 +595,7 @@ def sweep_row_text(row: dict) -> str:
     )
     status = f"pruned at step {row['pruned_step']}" if row["status"] == "pruned" else row["status"]
     return (
-        f"PLW {row['plw']:g} seed {row['seed']}: {status} after {row.get('steps')} steps; best answer accuracy "
+        f"{cell_text(row)}: {status} after {row.get('steps')} steps; best answer accuracy "
         f"{accuracy} at step {row.get('best_answer_accuracy_step')}, best answer loss "
         f"{metric('answer_loss').format(row.get('best_answer_loss'))} at step {row.get('best_answer_loss_step')}"
     )
