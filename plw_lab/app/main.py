@@ -17,6 +17,7 @@ import argparse
 import functools
 import html
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import gradio as gr
 from plw_lab.app.common import AppContext, SharedComponents, first_sentence, spec_index
 from plw_lab.app.compare import CompareTab
 from plw_lab.app.data import STATE_TTL_SECONDS, DataTab
-from plw_lab.app.jobs import JobRegistry, RunModels
+from plw_lab.app.jobs import JobRegistry, Limits, RunModels
 from plw_lab.app.runs import RunsTab
 from plw_lab.app.train import TrainTab
 from plw_lab.core.config import ConfigError, LabConfig, parse_overrides
@@ -33,6 +34,8 @@ from plw_lab.core.models import weights_note
 
 #: Largest file a visitor may upload (Gradio rejects bigger ones before they reach the lab).
 MAX_UPLOAD = "50mb"
+#: Seconds a signalled app waits for its run to save and stop; Docker and Spaces kill it 10 s after SIGTERM.
+STOP_GRACE = 8.0
 
 CSS = """
 #plw-header h1{margin:0;font-size:1.6em}
@@ -71,16 +74,22 @@ def build_app(
     title: str = "PLW Lab",
     allow_remote_code: bool = False,
     allow_local_paths: bool = False,
+    limits: Limits | None = None,
 ) -> gr.Blocks:
     """The lab's Gradio app. `config` gives the starting values (defaults: `LabConfig()`); `runs_dir`
     is where runs are written and listed (default: the config's `train.output_dir`). Unless
     `allow_remote_code`, no run whose config sets `model.trust_remote_code` trains or loads here.
     Unless `allow_local_paths`, no setting a visitor sends names a file or folder of this machine
-    (only uploads, built-in sets and hub ids; the starting config's own values stay)."""
+    (only uploads, built-in sets and hub ids; the starting config's own values stay). `limits`: what
+    a shared app allows (the queue's length, steps and minutes a run)."""
     base = config or LabConfig()
+    limits = limits or Limits()
     runs_path = Path(runs_dir or base.train.output_dir).expanduser().resolve()
-    base = base.override({"train.output_dir": str(runs_path)})
-    registry = JobRegistry(allow_remote_code, allow_local_paths)
+    overrides = {"train.output_dir": str(runs_path)}
+    if limits.max_steps and not 0 < base.train.max_steps <= limits.max_steps:
+        overrides["train.max_steps"] = limits.max_steps  # the page starts within the limit
+    base = base.override(overrides)
+    registry = JobRegistry(allow_remote_code, allow_local_paths, limits)
     registry.check_remote_code(base, "the starting config")
     try:
         from plw_lab.core import builtin as builtin_sets
@@ -183,6 +192,7 @@ USAGE = """examples:
   lab app --host 0.0.0.0 --port 8080 --runs-dir runs/shared
   lab app --share                        # a public Gradio link (explicit opt-in)
   lab app --allow-local-paths            # a single-user app: settings may name this machine's files
+  lab app --max-queue 4 --max-steps 100 --max-minutes 10   # limits for a host many people share
   lab app --config space-cpu --set train.max_steps=50
 (`python app.py` in a checkout takes the same options.)"""
 
@@ -229,7 +239,24 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         help="let visitors name files and folders of this machine as data, validation data, mix sources or "
         "model (off: only uploads, built-in sets and hub ids; turn it on only for an app that you alone use)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=Limits.max_queue,
+        help=f"runs that may wait while one trains, one per visitor (default {Limits.max_queue}; 0: no queue)",
+    )
+    parser.add_argument("--max-steps", type=int, default=0, help="optimiser steps a run may take (default 0: no limit)")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0,
+        help="minutes a run may train before it is stopped with a checkpoint (default 0: no limit)",
+    )
+    args = parser.parse_args(argv)
+    for flag in ("max_queue", "max_steps", "max_minutes"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag.replace('_', '-')} must be 0 or more")
+    return args
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
@@ -247,8 +274,58 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             runs_dir=args.runs_dir,
             allow_remote_code=args.allow_remote_code,
             allow_local_paths=args.allow_local_paths,
+            limits=Limits(args.max_queue, args.max_steps, args.max_minutes),
         )
     except (ConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=args.max_file_size)
+    code = serve(demo, server_name=args.host, server_port=args.port, share=args.share, max_file_size=args.max_file_size)
+    if code:
+        raise SystemExit(code)
+
+
+def serve(demo: gr.Blocks, **launch) -> int:
+    """Serve `demo` until SIGTERM or SIGINT; returns 0, or 128 + the signal (143 for SIGTERM).
+
+    A signal stops the running run after its current optimiser step with a checkpoint, as its Stop
+    button does (so its owner can resume it after a restart), records the queued runs as not started,
+    closes the server and waits up to `STOP_GRACE` seconds for the run to save. The training thread is
+    joined before the interpreter exits: torch's threads torn down under a live one abort the process
+    ("terminate called without an active exception"). A second signal quits at once."""
+    registry: JobRegistry = demo.plw_registry
+    received: list[int] = []
+
+    def handler(signum, frame):
+        if received:
+            os._exit(128 + signum)  # no interpreter teardown, so no abort from a thread still training
+        received.append(signum)
+        name = signal.Signals(signum).name
+        running = registry.shutdown(signum)
+        print(
+            f"{name}: " + ("stopping the run after its current step, then exiting" if running else "exiting"),
+            file=sys.stderr,
+            flush=True,
+        )
+        raise KeyboardInterrupt  # Gradio's serving loop ends on it and closes the server
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        demo.launch(**launch)
+    except KeyboardInterrupt:  # a signal before the serving loop began
+        pass
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    if not received:
+        return 0
+    job = registry.current
+    if job is not None and job.thread.ident is not None:
+        job.thread.join(STOP_GRACE)
+        if job.running:
+            print(
+                f"the run did not stop within {STOP_GRACE:g} s; it resumes from its last checkpoint",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(128 + received[0])
+    return 128 + received[0]
