@@ -19,6 +19,7 @@ import html
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -279,53 +280,46 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     except (ConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    code = serve(demo, server_name=args.host, server_port=args.port, share=args.share, max_file_size=args.max_file_size)
-    if code:
-        raise SystemExit(code)
+    serve(demo, server_name=args.host, server_port=args.port, share=args.share, max_file_size=args.max_file_size)
 
 
-def serve(demo: gr.Blocks, **launch) -> int:
-    """Serve `demo` until SIGTERM or SIGINT; returns 0, or 128 + the signal (143 for SIGTERM).
+def serve(demo: gr.Blocks, **launch) -> None:
+    """Serve `demo` until SIGTERM or SIGINT, then exit with 128 + the signal (143 for SIGTERM).
 
     A signal stops the running run after its current optimiser step with a checkpoint, as its Stop
-    button does (so its owner can resume it after a restart), records the queued runs as not started,
-    closes the server and waits up to `STOP_GRACE` seconds for the run to save. The training thread is
-    joined before the interpreter exits: torch's threads torn down under a live one abort the process
-    ("terminate called without an active exception"). A second signal quits at once."""
+    button does (so its owner can resume it after a restart), and records the queued runs as not
+    started; the process exits once the run has saved, at most `STOP_GRACE` seconds later. It exits
+    with `os._exit` from a helper thread: closing Gradio's server and the interpreter's own teardown
+    take seconds that a container stopped with SIGKILL 10 s after SIGTERM does not have, and the
+    training thread, joined first, is no longer there to abort the process ("terminate called without
+    an active exception"). A second signal quits at once."""
     registry: JobRegistry = demo.plw_registry
     received: list[int] = []
 
+    def exit_after(job, code: int) -> None:
+        if job is not None:
+            job.thread.join(STOP_GRACE)
+            if job.running:
+                print(
+                    f"the run did not stop within {STOP_GRACE:g} s; it resumes from its last checkpoint",
+                    file=sys.stderr,
+                )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
     def handler(signum, frame):
         if received:
-            os._exit(128 + signum)  # no interpreter teardown, so no abort from a thread still training
+            os._exit(128 + signum)
         received.append(signum)
+        job = registry.shutdown(signum)
         name = signal.Signals(signum).name
-        running = registry.shutdown(signum)
         print(
-            f"{name}: " + ("stopping the run after its current step, then exiting" if running else "exiting"),
+            f"{name}: " + ("stopping the run after its current step, then exiting" if job else "exiting"),
             file=sys.stderr,
-            flush=True,
         )
-        raise KeyboardInterrupt  # Gradio's serving loop ends on it and closes the server
+        threading.Thread(target=exit_after, args=(job, 128 + signum), name="plw-exit", daemon=True).start()
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        demo.launch(**launch)
-    except KeyboardInterrupt:  # a signal before the serving loop began
-        pass
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-    if not received:
-        return 0
-    job = registry.current
-    if job is not None and job.thread.ident is not None:
-        job.thread.join(STOP_GRACE)
-        if job.running:
-            print(
-                f"the run did not stop within {STOP_GRACE:g} s; it resumes from its last checkpoint",
-                file=sys.stderr,
-                flush=True,
-            )
-            os._exit(128 + received[0])
-    return 128 + received[0]
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    demo.launch(**launch)
