@@ -147,6 +147,7 @@ def build_app(
             tab.wire()
         for tab in (runs, train, data):  # the run lists first, the default data set last
             tab.wire_page_load(demo)
+        _hide_internal_handlers(demo)
 
     demo.queue(default_concurrency_limit=4)
     demo.plw_registry = registry  # for tests and embedding: the process's job registry
@@ -159,6 +160,23 @@ def build_app(
     }  # for tests: handlers without a browser
     _set_launch_defaults(demo)
     return demo
+
+
+#: The endpoints a script may call (`gradio_client`), named where their event is wired.
+PUBLIC_API = {"load_builtin", "load_file", "load_hub", "start", "cancel", "stop", "watch", "compare", "runs"}
+
+
+def _hide_internal_handlers(demo: gr.Blocks) -> None:
+    """Every other handler is the page's own (a slider's redraw, a page-load step): hidden from the API page
+    and from clients. Gradio has no Blocks-wide default for `api_visibility`, so the rule is applied here
+    once rather than at each of some sixty events."""
+    named = {fn.api_name for fn in demo.fns.values()}
+    missing = PUBLIC_API - named
+    if missing:
+        raise RuntimeError(f"public endpoints without an event: {sorted(missing)}")
+    for fn in demo.fns.values():
+        if fn.api_name not in PUBLIC_API:
+            fn.api_visibility = "private"
 
 
 def _clamp_typed_values(slider: gr.Slider) -> None:

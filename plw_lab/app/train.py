@@ -254,10 +254,15 @@ class TrainTab:
             concurrency_limit=4,
             api_name="start",
         )
-        self.cancel_btn.click(self.on_cancel, {shared.visitor}, {self.msg, *self.queue_outputs})
+        self.cancel_btn.click(self.on_cancel, {shared.visitor}, {self.msg, *self.queue_outputs}, api_name="cancel")
         lists = shared.run_lists
         shared.seen_job.change(
-            self.watch, {shared.visitor}, self.watch_outputs, concurrency_limit=None, show_progress="hidden"
+            self.watch,
+            {shared.visitor},
+            self.watch_outputs,
+            concurrency_limit=None,
+            show_progress="hidden",
+            api_name="watch",
         ).then(lists.after_job, lists.inputs, lists.outputs)
         shared.job_timer.tick(
             self.running_job_id,
@@ -266,7 +271,9 @@ class TrainTab:
             show_progress="hidden",
             concurrency_limit=None,
         )
-        self.stop_btn.click(self.on_stop, {shared.visitor}, {self.msg, self.stop_btn}, concurrency_limit=None)
+        self.stop_btn.click(
+            self.on_stop, {shared.visitor}, {self.msg, self.stop_btn}, concurrency_limit=None, api_name="stop"
+        )
         for control in self.next_inputs - {shared.data_state}:
             control.change(self.next_run_html, self.next_inputs, self.next_run, show_progress="hidden")
         sizing = [key for key in self.controls if key in MEMORY_SETTINGS]
