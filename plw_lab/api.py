@@ -24,13 +24,14 @@ from plw_lab.core.runs import load_run as read_run
 from plw_lab.core.stats import LengthStats, label_counts, length_stats, truncation_message
 from plw_lab.core.sweep import resume_sweep
 from plw_lab.core.sweep import run_sweep as sweep
-from plw_lab.core.training import Prepared, StopRequest, TrainResult, prepare_for_run, resume, train
+from plw_lab.core.training import Prepared, StopRequest, TrainResult, check_run, prepare_for_run, resume, train
 
 __all__ = [
     "DataReport",
     "LoadedRun",
     "StopRequest",
     "TrainResult",
+    "check_run",
     "compare",
     "data_report",
     "evaluate",

@@ -188,3 +188,63 @@ def test_signal_handlers_are_installed_only_from_the_main_thread():
         for sig, old in previous.items():
             signal.signal(sig, old)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigterm_to_the_app_stops_its_run_resumably_and_exits_within_10_s(tmp_path):
+    """What a Space or Docker does to `lab app`: SIGTERM (then SIGKILL after 10 s) while a run trains."""
+    gradio_client = pytest.importorskip("gradio_client")
+    from e2e.e2e_support import free_port
+
+    from plw_lab import api
+
+    port, runs = free_port(), tmp_path / "runs"
+    settings = ["data.limit=40", "train.batch_size=2", "train.eval_interval=20", "lora.layers=all"]
+    settings += ["lora.dropout=0.1", "eval.generations=0", "eval.probe_texts=0"]
+    app = _lab(
+        "app",
+        "--model",
+        "tiny-random",
+        "--runs-dir",
+        str(runs),
+        "--port",
+        str(port),
+        *(arg for s in settings for arg in ("--set", s)),
+    )
+    try:
+        deadline = time.time() + TIMEOUT
+        while True:
+            try:
+                client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:
+                assert app.poll() is None and time.time() < deadline, app.stderr.read()[-3000:]
+                time.sleep(0.5)
+        endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/start"]
+        names = {p["label"]: p["parameter_name"] for p in endpoint["parameters"]}
+        visitor = {p["parameter_name"]: None for p in endpoint["parameters"] if not p["parameter_has_default"]}
+        client.predict(**visitor, **{names["Max steps"]: 60}, api_name="/start")
+        log = next(iter(runs.glob("*/events.jsonl")), None)
+        while log is None:
+            log = next(iter(runs.glob("*/events.jsonl")), None)
+            time.sleep(0.05)
+        _wait_for(app, log, lambda events: sum(e["type"] == "step" for e in events) >= 3, "a third step")
+        signalled = time.time()
+        app.send_signal(signal.SIGTERM)
+        out, err = app.communicate(timeout=30)
+        print("T exited", time.time(), err[-2000:])
+        assert time.time() - signalled < 10 and app.returncode in (0, 143), err[-3000:]
+        assert "terminate called" not in err and "Traceback" not in err, err[-3000:]
+    finally:
+        if app.poll() is None:
+            app.kill()
+    run = load_run(log.parent)
+    assert run.events[-1].kind == "stopped" and run.summary["stop_reason"] == "stopped by SIGTERM"
+    assert run.resumable and (run.path / "owner.json").exists()  # its owner gets Resume after a restart
+
+    resumed = api.resume(run.path, compare=False)
+    whole = api.train(run.config.override({"train.run_name": "whole"}), compare=False)
+    assert resumed.summary["steps"] == whole.summary["steps"] == 60
+    final = [load_run(r.run_dir).evals[-1] for r in (resumed, whole)]
+    assert final[0].step == final[1].step == 60
+    for metric in ("completion_loss", "answer_loss", "token_accuracy", "answer_accuracy"):
+        assert final[0].metrics[metric] == pytest.approx(final[1].metrics[metric], rel=1e-4), metric

@@ -165,7 +165,7 @@ class CompareTab:
         # the message box too: a prompt that cannot be answered says why there
         own_in, own_out = {self.run, self.own_prompt}, {self.own_off, self.own_on, self.own_lp, self.msg}
         shown = {self.msg, self.table, self.dist, self.gens, self.val_idx}
-        self.compare_btn.click(self.on_compare, {self.run}, shown, concurrency_limit=2).then(
+        self.compare_btn.click(self.on_compare, {self.run}, shown, concurrency_limit=2, api_name="compare").then(
             self.on_val_example, example_in, example_out
         )
         self.run.change(self.on_choose, {self.run}, shown, show_progress="hidden")

@@ -275,12 +275,14 @@ class DataTab:
         tokens_in = self.token_inputs()
         self.builtin_dd.change(self.builtin_description, self.builtin_dd, self.builtin_md)
         self.fmt.change(self.on_format, self.fmt, set(self.mapping.values()), show_progress="hidden")
-        for btn, fn, inputs in (
-            (self.load_builtin_btn, self.on_load_builtin, [self.builtin_dd]),
-            (self.load_file_btn, self.on_load_file, [self.upload]),
-            (self.load_hub_btn, self.on_load_hub, [self.hub_id, self.hub_config, self.hub_split]),
+        for btn, fn, inputs, name in (
+            (self.load_builtin_btn, self.on_load_builtin, [self.builtin_dd], "load_builtin"),
+            (self.load_file_btn, self.on_load_file, [self.upload], "load_file"),
+            (self.load_hub_btn, self.on_load_hub, [self.hub_id, self.hub_config, self.hub_split], "load_hub"),
         ):
-            self.after_load(btn.click(fn, self.load_inputs(*inputs), self.load_outputs, concurrency_limit=4))
+            self.after_load(
+                btn.click(fn, self.load_inputs(*inputs), self.load_outputs, concurrency_limit=4, api_name=name)
+            )
         for weight in (shared.plw, shared.settings[COMPLETION_WEIGHT]):
             weight.change(
                 self.on_plw,

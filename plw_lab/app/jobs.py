@@ -1,18 +1,23 @@
 """The app's process-level objects: the training job, the job registry and the models of runs.
 
 One `JobRegistry` per app runs at most one `TrainingJob` at a time in a background thread; every
-visitor watches the same job's events. `RunModels` keeps the model of the run being compared
-loaded, shared by visitors and used under its lock. Nothing here imports gradio, so these can be
-driven and tested without a page.
+visitor watches the same job's events. A run started while another trains waits in the registry's
+queue (one per visitor, checked when it joins) and starts by itself when the one before it ends.
+`Limits` are what the operator of a shared app allows. `RunModels` keeps the model of the run being
+compared loaded, shared by visitors and used under its lock. Nothing here imports gradio, so these
+can be driven and tested without a page.
 """
 
 from __future__ import annotations
 
 import re
+import signal
+import sys
 import threading
 import time
 import traceback
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ from plw_lab.core.events import Failed, Started, drop_superseded, read_events
 from plw_lab.core.models import ModelError
 from plw_lab.core.runs import ResumeError
 from plw_lab.core.runs import load_run as read_run
+from plw_lab.views.history import History
 
 #: An absolute server path (not part of a URL): shown to visitors by its last component only.
 SERVER_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"(),:;]+/)+([^\s/'\"(),:;]*)")
@@ -56,7 +62,41 @@ REFUSALS = (ConfigError, DataError, ModelError, ResumeError)
 
 
 class JobBusy(RuntimeError):
-    """A training job is already running in this process."""
+    """A training job is already running in this process and the run cannot wait for it (no queue, the
+    queue is full, or the visitor already has a run waiting)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the operator of a shared app allows (`lab app --max-queue --max-steps --max-minutes`)."""
+
+    #: Runs that may wait while one trains (0: none; Start is refused while a run trains).
+    max_queue: int = 8
+    #: Optimiser steps a run may take (0: no limit); a run must then set train.max_steps within it.
+    max_steps: int = 0
+    #: Minutes a run may train before it is stopped with a checkpoint, as by its Stop button (0: no limit).
+    max_minutes: float = 0
+
+    def check(self, cfg: LabConfig) -> None:
+        steps = cfg.train.max_steps
+        if self.max_steps and not 0 < steps <= self.max_steps:
+            raise ConfigError(
+                f"train.max_steps is {steps}; this app trains at most {self.max_steps} optimiser steps a run "
+                f"(its operator's limit): set it between 1 and {self.max_steps}"
+            )
+
+    def describe(self) -> str:
+        """The limits in words, for the page (shown before Start)."""
+        parts = []
+        if self.max_steps:
+            parts.append(f"at most {self.max_steps} optimiser steps a run")
+        if self.max_minutes:
+            parts.append(f"a run is stopped (with a checkpoint) after {self.max_minutes:g} minutes")
+        if self.max_queue:
+            parts.append(f"while a run trains, Start puts yours in a queue of up to {self.max_queue}")
+        else:
+            parts.append("one run at a time: Start waits until the run training now ends")
+        return "This app: " + "; ".join(parts) + "."
 
 
 class TrainingJob:
@@ -69,6 +109,9 @@ class TrainingJob:
         resume_from: Path | None = None,
         owner: str | None = None,
         sweep: tuple | None = None,
+        steps: int | None = None,
+        max_seconds: float = 0,
+        on_end=None,
     ):
         self.id = uuid.uuid4().hex[:8]
         self.cfg = cfg
@@ -89,6 +132,15 @@ class TrainingJob:
         self.result = None
         self.error = ""
         self.created = time.time()
+        #: The optimiser steps it will take, all its runs together (None: unknown), for the queue's estimates.
+        self.steps = steps
+        #: Seconds it may train before it is stopped like the Stop button does (0: no limit).
+        self.max_seconds = max_seconds
+        #: Why it left the queue without starting ('' while it waits, runs or has run).
+        self.not_started = ""
+        self._on_end = on_end
+        #: Its progress so far, kept as events arrive, for the queue's estimated waits.
+        self.history = History.from_events(self.events)
         self.thread = threading.Thread(target=self._run, name=f"plw-train-{self.id}", daemon=True)
 
     def _collect(self, event) -> None:
@@ -98,8 +150,17 @@ class TrainingJob:
             record_owner(Path(event.run_dir).parent, self.owner)
         with self._lock:
             self.events.append(event)
+            self.history.add(event)
 
     def _run(self) -> None:
+        limit = None
+        if self.max_seconds:
+            minutes = self.max_seconds / 60
+            limit = threading.Timer(
+                self.max_seconds, self.stop.request, [f"stopped by the app's limit of {minutes:g} minutes"]
+            )
+            limit.daemon = True
+            limit.start()
         try:
             if self.sweep:
                 plws, seeds = self.sweep
@@ -122,6 +183,11 @@ class TrainingJob:
             self._collect(Failed(step=0, error=self.error, summary={"status": "failed", "error": self.error}))
             if not isinstance(exc, REFUSALS):  # a refused setting is the visitor's to fix, not a bug to log
                 traceback.print_exc()
+        finally:
+            if limit is not None:
+                limit.cancel()
+            if self._on_end is not None:
+                self._on_end(self)
 
     def _set_run_path(self, path: Path) -> None:
         self.run_path = Path(path)
@@ -139,6 +205,24 @@ class TrainingJob:
     @property
     def running(self) -> bool:
         return self.thread.is_alive()
+
+    @property
+    def queued(self) -> bool:
+        """Whether it waits for its turn (not started, not taken out of the queue)."""
+        return self.thread.ident is None and not self.not_started
+
+    def eta(self, now: float) -> float | None:
+        """Seconds until it has trained (None: not known yet); a time limit caps it."""
+        with self._lock:
+            left = self.history.eta(now)
+            elapsed = self.history.elapsed(now) or 0.0
+        if self.max_seconds:
+            left = min(left if left is not None else float("inf"), max(self.max_seconds - elapsed, 0.0))
+        return left
+
+    def step_seconds(self) -> float | None:
+        with self._lock:
+            return self.history.step_seconds()
 
     def events_since(self, cursor: int) -> list:
         with self._lock:
@@ -159,11 +243,21 @@ class TrainingJob:
 
 
 class JobRegistry:
-    """The process's training jobs: at most one runs at a time; the latest is kept for watchers."""
+    """The process's training jobs: at most one runs at a time, the runs started meanwhile wait in `queue`
+    (first come, first served); the latest job is kept for watchers."""
 
-    def __init__(self, allow_remote_code: bool = False, allow_local_paths: bool = False) -> None:
+    def __init__(self, allow_remote_code: bool = False, allow_local_paths: bool = False, limits: Limits | None = None):
         self._lock = threading.Lock()
+        # Starts one at a time: a run found to wait is checked before it joins the queue, without holding
+        # `_lock` (which every watcher takes) while it reads the data.
+        self._starting = threading.Lock()
         self.current: TrainingJob | None = None
+        self.queue: list[TrainingJob] = []
+        self.limits = limits or Limits()
+        #: Set once the app is shutting down: nothing starts any more.
+        self.closing = False
+        #: Seconds per optimiser step of the last job that measured them, for estimates while a new one loads.
+        self._step_seconds: float | None = None
         #: Whether the owner started the app allowing models' own code (`app.py --allow-remote-code`).
         self.allow_remote_code = allow_remote_code
         #: Whether visitors may name the server's files and folders (`app.py --allow-local-paths`).
@@ -181,14 +275,102 @@ class JobRegistry:
         owner: str | None = None,
         sweep: tuple | None = None,
     ) -> TrainingJob:
+        """Start the run now, or queue it while another trains (then `job.queued`). A run that will wait
+        is checked now, with every refusal `train` would make when it starts (a run that starts at once is
+        refused by `train` itself, as its first event)."""
         self.check_remote_code(cfg)
+        self.limits.check(cfg)
+        runs = len(sweep[0]) * len(sweep[1]) if sweep else 1
+        steps = cfg.train.max_steps * runs if cfg.train.max_steps else None
+        with self._starting:
+            if self.running() is not None:
+                with self._lock:
+                    self._check_queueable(owner)  # before the slow check, which reads the data
+                if resume_from is None:
+                    steps = api.check_run(cfg, examples) * runs
+            job = TrainingJob(
+                cfg, examples, resume_from, owner, sweep, steps, self.limits.max_minutes * 60 * runs, self._ended
+            )
+            with self._lock:
+                if self.closing:
+                    raise JobBusy("The app is shutting down; start the run when it is back.")
+                if self.current is not None and self.current.running:
+                    self._check_queueable(owner)
+                    self.queue.append(job)
+                else:
+                    self.current = job
+                    job.start()
+                return job
+
+    def _check_queueable(self, owner: str | None) -> None:
+        if not self.limits.max_queue:
+            raise JobBusy("A training job is already running in this app; watch it in the Train tab or stop it first.")
+        if owner is None:
+            raise JobBusy("A training job is already running; only a visitor of the page can queue a run.")
+        if any(job.owner == owner for job in self.queue):
+            raise JobBusy("You already have a run waiting in the queue; cancel it first to queue another.")
+        if len(self.queue) >= self.limits.max_queue:
+            raise JobBusy(f"The queue is full ({self.limits.max_queue} runs wait); try again when one has started.")
+
+    def _ended(self, job: TrainingJob) -> None:
+        """A job's thread is ending: the next queued run starts (`job` is still alive while it calls this)."""
         with self._lock:
-            if self.current is not None and self.current.running:
-                raise JobBusy(
-                    "A training job is already running in this app; watch it in the Train tab or stop it first."
+            self._step_seconds = job.step_seconds() or self._step_seconds
+            if self.current is job and self.queue and not self.closing:
+                self.current = self.queue.pop(0)
+                self.current.start()
+
+    def queued(self, visitor: str | None) -> tuple[int, TrainingJob] | None:
+        """The visitor's waiting run and its place in the queue (1: next), or None."""
+        with self._lock:
+            return next(((i + 1, job) for i, job in enumerate(self.queue) if visitor and job.owner == visitor), None)
+
+    def cancel(self, visitor: str | None) -> bool:
+        """Take the visitor's waiting run out of the queue; False when they have none."""
+        with self._lock:
+            for job in self.queue:
+                if visitor and job.owner == visitor:
+                    self.queue.remove(job)
+                    job.not_started = "cancelled by its owner"
+                    return True
+        return False
+
+    def waits(self, now: float | None = None) -> list[tuple[TrainingJob, float | None]]:
+        """Each queued job with the seconds until it should start (None: not known yet): the running job's
+        ETA, then each job ahead of it by its own steps at the measured seconds per step (capped by the
+        time limit)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            running = self.current if self.current is not None and self.current.running else None
+            queue = list(self.queue)
+            per_step = (running.step_seconds() if running else None) or self._step_seconds
+        wait = running.eta(now) if running else 0.0
+        out = []
+        for job in queue:
+            out.append((job, wait))
+            own = job.steps * per_step if job.steps and per_step else None
+            if job.max_seconds:
+                own = min(own if own is not None else float("inf"), job.max_seconds)
+            wait = None if wait is None or own is None else wait + own
+        return out
+
+    def shutdown(self, signum: int) -> TrainingJob | None:
+        """The process is being stopped by `signum`: queued runs are recorded as not started, the running
+        one stops after its current optimiser step with a checkpoint, like its Stop button; returns it."""
+        name = signal.Signals(signum).name
+        with self._lock:
+            self.closing = True
+            for job in self.queue:
+                job.not_started = f"not started: the app was stopped by {name} before its turn"
+                print(
+                    f"queued run {job.id} ({job.cfg.train.run_name or 'unnamed'}): {job.not_started}", file=sys.stderr
                 )
-            self.current = TrainingJob(cfg, examples, resume_from, owner, sweep).start()
-            return self.current
+            self.queue.clear()
+            job = self.current if self.current is not None and self.current.running else None
+        if job is not None:
+            job.stop.signal = signum
+            job.stop.request(f"stopped by {name}")
+        return job
 
     def resume(self, run, owner: str | None = None) -> TrainingJob:
         """Continue a stopped, interrupted or failed `Run` from its last checkpoint, as this app's job."""

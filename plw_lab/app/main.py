@@ -17,7 +17,9 @@ import argparse
 import functools
 import html
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -25,7 +27,7 @@ import gradio as gr
 from plw_lab.app.common import AppContext, SharedComponents, first_sentence, spec_index
 from plw_lab.app.compare import CompareTab
 from plw_lab.app.data import STATE_TTL_SECONDS, DataTab
-from plw_lab.app.jobs import JobRegistry, RunModels
+from plw_lab.app.jobs import JobRegistry, Limits, RunModels
 from plw_lab.app.runs import RunsTab
 from plw_lab.app.train import TrainTab
 from plw_lab.core.config import ConfigError, LabConfig, parse_overrides
@@ -33,6 +35,8 @@ from plw_lab.core.models import weights_note
 
 #: Largest file a visitor may upload (Gradio rejects bigger ones before they reach the lab).
 MAX_UPLOAD = "50mb"
+#: Seconds a signalled app waits for its run to save and stop; Docker and Spaces kill it 10 s after SIGTERM.
+STOP_GRACE = 8.0
 
 CSS = """
 #plw-header h1{margin:0;font-size:1.6em}
@@ -71,16 +75,22 @@ def build_app(
     title: str = "PLW Lab",
     allow_remote_code: bool = False,
     allow_local_paths: bool = False,
+    limits: Limits | None = None,
 ) -> gr.Blocks:
     """The lab's Gradio app. `config` gives the starting values (defaults: `LabConfig()`); `runs_dir`
     is where runs are written and listed (default: the config's `train.output_dir`). Unless
     `allow_remote_code`, no run whose config sets `model.trust_remote_code` trains or loads here.
     Unless `allow_local_paths`, no setting a visitor sends names a file or folder of this machine
-    (only uploads, built-in sets and hub ids; the starting config's own values stay)."""
+    (only uploads, built-in sets and hub ids; the starting config's own values stay). `limits`: what
+    a shared app allows (the queue's length, steps and minutes a run)."""
     base = config or LabConfig()
+    limits = limits or Limits()
     runs_path = Path(runs_dir or base.train.output_dir).expanduser().resolve()
-    base = base.override({"train.output_dir": str(runs_path)})
-    registry = JobRegistry(allow_remote_code, allow_local_paths)
+    overrides = {"train.output_dir": str(runs_path)}
+    if limits.max_steps and not 0 < base.train.max_steps <= limits.max_steps:
+        overrides["train.max_steps"] = limits.max_steps  # the page starts within the limit
+    base = base.override(overrides)
+    registry = JobRegistry(allow_remote_code, allow_local_paths, limits)
     registry.check_remote_code(base, "the starting config")
     try:
         from plw_lab.core import builtin as builtin_sets
@@ -137,6 +147,7 @@ def build_app(
             tab.wire()
         for tab in (runs, train, data):  # the run lists first, the default data set last
             tab.wire_page_load(demo)
+        _hide_internal_handlers(demo)
 
     demo.queue(default_concurrency_limit=4)
     demo.plw_registry = registry  # for tests and embedding: the process's job registry
@@ -149,6 +160,23 @@ def build_app(
     }  # for tests: handlers without a browser
     _set_launch_defaults(demo)
     return demo
+
+
+#: The endpoints a script may call (`gradio_client`), named where their event is wired.
+PUBLIC_API = {"load_builtin", "load_file", "load_hub", "start", "cancel", "stop", "watch", "compare", "runs"}
+
+
+def _hide_internal_handlers(demo: gr.Blocks) -> None:
+    """Every other handler is the page's own (a slider's redraw, a page-load step): hidden from the API page
+    and from clients. Gradio has no Blocks-wide default for `api_visibility`, so the rule is applied here
+    once rather than at each of some sixty events."""
+    named = {fn.api_name for fn in demo.fns.values()}
+    missing = PUBLIC_API - named
+    if missing:
+        raise RuntimeError(f"public endpoints without an event: {sorted(missing)}")
+    for fn in demo.fns.values():
+        if fn.api_name not in PUBLIC_API:
+            fn.api_visibility = "private"
 
 
 def _clamp_typed_values(slider: gr.Slider) -> None:
@@ -183,6 +211,7 @@ USAGE = """examples:
   lab app --host 0.0.0.0 --port 8080 --runs-dir runs/shared
   lab app --share                        # a public Gradio link (explicit opt-in)
   lab app --allow-local-paths            # a single-user app: settings may name this machine's files
+  lab app --max-queue 4 --max-steps 100 --max-minutes 10   # limits for a host many people share
   lab app --config space-cpu --set train.max_steps=50
 (`python app.py` in a checkout takes the same options.)"""
 
@@ -229,7 +258,24 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         help="let visitors name files and folders of this machine as data, validation data, mix sources or "
         "model (off: only uploads, built-in sets and hub ids; turn it on only for an app that you alone use)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=Limits.max_queue,
+        help=f"runs that may wait while one trains, one per visitor (default {Limits.max_queue}; 0: no queue)",
+    )
+    parser.add_argument("--max-steps", type=int, default=0, help="optimiser steps a run may take (default 0: no limit)")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0,
+        help="minutes a run may train before it is stopped with a checkpoint (default 0: no limit)",
+    )
+    args = parser.parse_args(argv)
+    for flag in ("max_queue", "max_steps", "max_minutes"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag.replace('_', '-')} must be 0 or more")
+    return args
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
@@ -247,8 +293,51 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             runs_dir=args.runs_dir,
             allow_remote_code=args.allow_remote_code,
             allow_local_paths=args.allow_local_paths,
+            limits=Limits(args.max_queue, args.max_steps, args.max_minutes),
         )
     except (ConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=args.max_file_size)
+    serve(demo, server_name=args.host, server_port=args.port, share=args.share, max_file_size=args.max_file_size)
+
+
+def serve(demo: gr.Blocks, **launch) -> None:
+    """Serve `demo` until SIGTERM or SIGINT, then exit with 128 + the signal (143 for SIGTERM).
+
+    A signal stops the running run after its current optimiser step with a checkpoint, as its Stop
+    button does (so its owner can resume it after a restart), and records the queued runs as not
+    started; the process exits once the run has saved, at most `STOP_GRACE` seconds later. It exits
+    with `os._exit` from a helper thread: closing Gradio's server and the interpreter's own teardown
+    take seconds that a container stopped with SIGKILL 10 s after SIGTERM does not have, and the
+    training thread, joined first, is no longer there to abort the process ("terminate called without
+    an active exception"). A second signal quits at once."""
+    registry: JobRegistry = demo.plw_registry
+    received: list[int] = []
+
+    def exit_after(job, code: int) -> None:
+        if job is not None:
+            job.thread.join(STOP_GRACE)
+            if job.running:
+                print(
+                    f"the run did not stop within {STOP_GRACE:g} s; it resumes from its last checkpoint",
+                    file=sys.stderr,
+                )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    def handler(signum, frame):
+        if received:
+            os._exit(128 + signum)
+        received.append(signum)
+        job = registry.shutdown(signum)
+        name = signal.Signals(signum).name
+        print(
+            f"{name}: " + ("stopping the run after its current step, then exiting" if job else "exiting"),
+            file=sys.stderr,
+        )
+        threading.Thread(target=exit_after, args=(job, 128 + signum), name="plw-exit", daemon=True).start()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    demo.launch(**launch)

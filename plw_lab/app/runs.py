@@ -134,7 +134,7 @@ class RunsTab:
         self.sweep_x.input(self.on_sweep_pick, [self.sweep_pick, self.sweep_x], sweep_view)
         self.refresh_btn.click(self.sweep_choices, [self.sweep_pick, self.sweep_x], [self.sweep_pick, *sweep_view])
         overlay_in, overlay_out = {self.overlay_runs, self.overlay_metric}, {self.overlay_plot, self.sweep_plot}
-        self.refresh_btn.click(self.refresh, self.inputs, self.outputs)
+        self.refresh_btn.click(self.refresh, self.inputs, self.outputs, api_name="runs")
         self.overlay_runs.change(self.on_overlay, overlay_in, overlay_out)
         self.overlay_metric.change(self.on_overlay, overlay_in, overlay_out)
         self.run_pick.change(self.on_pick, self.run_pick, self.details)

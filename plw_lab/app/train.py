@@ -27,14 +27,20 @@ from plw_lab.app.common import (
     warn,
 )
 from plw_lab.app.data import DATA_OPTIONS, DataView
-from plw_lab.app.jobs import JobBusy, TrainingJob, hide_paths
+from plw_lab.app.jobs import REFUSALS, JobBusy, JobRegistry, TrainingJob, hide_paths
 from plw_lab.app.visitors import visitor_token
 from plw_lab.core import memory
 from plw_lab.core.config import ConfigError, LabConfig, field_specs
-from plw_lab.core.data import DataError, split_sizes
+from plw_lab.core.data import split_sizes
 from plw_lab.views.charts import accuracy_figure, loss_figure, predicted_distribution_figure
 from plw_lab.views.history import History
-from plw_lab.views.text_views import SEP, progress_html, run_settings_html, settings_help_markdown
+from plw_lab.views.text_views import (
+    SEP,
+    format_duration,
+    progress_html,
+    run_settings_html,
+    settings_help_markdown,
+)
 
 POLL_SECONDS = 0.5
 #: The settings the memory estimate depends on (plw_lab/core/memory.py).
@@ -111,9 +117,29 @@ def badge_html(job: TrainingJob | None, history: History | None = None) -> str:
     )
 
 
-OTHER_VISITOR = "A run started by another visitor is training; you can watch it here. Start opens again when it ends."
-OUTSIDE_THE_PAGE = "A run started outside this page is training; you can watch it here. Start opens again when it ends."
+OTHER_VISITOR = "A run started by another visitor is training; you can watch it here."
+OUTSIDE_THE_PAGE = "A run started outside this page is training; you can watch it here."
 STOPPING = "Stopping after the current optimiser step; the adapter so far is kept."
+
+
+def queue_html(registry: JobRegistry, visitor: str | None) -> str:
+    """The queue as every visitor sees it: each waiting run (the visitor's own marked) and when it
+    should start; first, the visitor's own place."""
+    waits = registry.waits()
+    if not waits:
+        return '<div class="plw-queue" data-size="0"></div>'
+    items, mine = [], ""
+    for position, (job, wait) in enumerate(waits, 1):
+        when = f"starts in about {format_duration(wait)}" if wait is not None else "start time not known yet"
+        own = job.owner is not None and job.owner == visitor
+        what = f"PLW {job.cfg.train.prompt_loss_weight:g}, {job.steps or '?'} steps"
+        items.append(f'<li data-mine="{str(own).lower()}">{"your run" if own else "a run"} ({what}): {when}</li>')
+        if own:
+            mine = f'<div class="plw-queue-mine">Your run is queued, position {position} of {len(waits)}: {when}.</div>'
+    return (
+        f'<div class="plw-queue" data-size="{len(waits)}">{mine}<b>Queue</b>: {len(waits)} waiting, '
+        f"each starts by itself when the one before it ends<ol>{''.join(items)}</ol></div>"
+    )
 
 
 def watched_html(history: History, job: TrainingJob | None) -> str:
@@ -172,9 +198,12 @@ class TrainTab:
                     with gr.Row():
                         self.start_btn = gr.Button("Start training", variant="primary", elem_id="start")
                         self.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", interactive=False)
+                        self.cancel_btn = gr.Button("Leave the queue", elem_id="cancel-queued", interactive=False)
+                    gr.Markdown(ctx.registry.limits.describe(), elem_id="app-limits")
                     self.msg = gr.HTML("", elem_id="train-msg")
                     gr.Markdown("### Watched run")
                     self.watched = gr.HTML(watched_html(History(), None), elem_id="watched-run")
+                    self.queue = gr.HTML(queue_html(ctx.registry, None), elem_id="run-queue")
                     self.progress = gr.HTML(progress_html(History()), elem_id="progress")
                     self.advice_box = gr.HTML("", elem_id="advice")
                     self.loss_plot = gr.Plot(
@@ -201,13 +230,15 @@ class TrainTab:
         shared.after_data_load.append((self.next_run_html, self.next_inputs, self.next_run))
         #: The charts: changed only when new events arrive (the progress line changes every second).
         self.chart_outputs = {self.advice_box, self.loss_plot, self.acc_plot, self.dist_plot}
+        #: What a visitor's place in the queue changes.
+        self.queue_outputs = {self.queue, self.start_btn, self.cancel_btn}
         self.watch_outputs = {
             self.progress,
             self.watched,
             self.msg,
-            self.start_btn,
             self.stop_btn,
             shared.job_badge,
+            *self.queue_outputs,
             *self.chart_outputs,
         }
 
@@ -219,17 +250,30 @@ class TrainTab:
         self.start_btn.click(
             self.on_start,
             {shared.seen_job, shared.visitor, shared.plw, shared.data_state, *shared.settings.values()},
-            {self.msg, shared.seen_job, shared.visitor},
+            {self.msg, shared.seen_job, shared.visitor, *self.queue_outputs},
             concurrency_limit=4,
+            api_name="start",
         )
+        self.cancel_btn.click(self.on_cancel, {shared.visitor}, {self.msg, *self.queue_outputs}, api_name="cancel")
         lists = shared.run_lists
         shared.seen_job.change(
-            self.watch, {shared.visitor}, self.watch_outputs, concurrency_limit=None, show_progress="hidden"
+            self.watch,
+            {shared.visitor},
+            self.watch_outputs,
+            concurrency_limit=None,
+            show_progress="hidden",
+            api_name="watch",
         ).then(lists.after_job, lists.inputs, lists.outputs)
         shared.job_timer.tick(
-            self.running_job_id, shared.seen_job, shared.seen_job, show_progress="hidden", concurrency_limit=None
+            self.running_job_id,
+            {shared.seen_job, shared.visitor},
+            shared.seen_job,
+            show_progress="hidden",
+            concurrency_limit=None,
         )
-        self.stop_btn.click(self.on_stop, {shared.visitor}, {self.msg, self.stop_btn}, concurrency_limit=None)
+        self.stop_btn.click(
+            self.on_stop, {shared.visitor}, {self.msg, self.stop_btn}, concurrency_limit=None, api_name="stop"
+        )
         for control in self.next_inputs - {shared.data_state}:
             control.change(self.next_run_html, self.next_inputs, self.next_run, show_progress="hidden")
         sizing = [key for key in self.controls if key in MEMORY_SETTINGS]
@@ -293,9 +337,22 @@ class TrainTab:
             note = (note + "\n" if note else "") + (OTHER_VISITOR if job.owner is not None else OUTSIDE_THE_PAGE)
         return {
             self.progress: progress_html(view, note),
-            self.start_btn: gr.update(interactive=not running),
             self.stop_btn: gr.update(interactive=running and mine and not job.stop.is_set()),
             self.shared.job_badge: badge_html(job, history),
+            **self.render_queue(visitor),
+        }
+
+    def render_queue(self, visitor: str | None) -> dict:
+        """The queue, and Start and Leave as the visitor's place in it allows (one waiting run each)."""
+        registry = self.ctx.registry
+        busy, waiting = registry.running() is not None, registry.queued(visitor) is not None
+        return {
+            self.queue: queue_html(registry, visitor),
+            self.start_btn: gr.update(
+                value="Queue this run" if busy else "Start training",
+                interactive=not waiting and (not busy or registry.limits.max_queue > 0),
+            ),
+            self.cancel_btn: gr.update(interactive=waiting),
         }
 
     def render_job(self, history: History, job: TrainingJob | None, visitor: str | None) -> dict:
@@ -353,8 +410,9 @@ class TrainTab:
             time.sleep(POLL_SECONDS)
 
     def on_start(self, values: dict):
-        """Start a run owned by this visitor; a caller without a visitor token (an API client, a page
-        whose token has not arrived) gets one with the answer, so every run started here has an owner."""
+        """Start a run owned by this visitor, or queue it while another trains; a caller without a visitor
+        token (an API client, a page whose token has not arrived) gets one with the answer, so every run
+        started here has an owner."""
         shared, registry = self.shared, self.ctx.registry
         seen = values[shared.seen_job]
         visitor = visitor_token(values.get(shared.visitor))
@@ -364,15 +422,32 @@ class TrainTab:
             warn(str(exc))
             running = registry.running()
             return {self.msg: message_html(str(exc), "info"), shared.seen_job: running.id if running else seen}
-        except (ConfigError, DataError, ValueError) as exc:
+        except (*REFUSALS, ValueError) as exc:
             text = page_message(str(exc), self.ctx.specs)
             warn(text)
             return {self.msg: message_html(f"Cannot start: {text}")}
+        if job.queued:
+            place = registry.queued(visitor)
+            text = f"Queued, position {place[0]}: it starts by itself when the runs before it end." if place else ""
+            running = registry.running()
+            return {
+                self.msg: message_html(text, "info"),
+                shared.seen_job: running.id if running else seen,
+                shared.visitor: visitor,
+                **self.render_queue(visitor),
+            }
         return {
             self.msg: message_html("Training started.", "info"),
             shared.seen_job: job.id,
             shared.visitor: visitor,
         }
+
+    def on_cancel(self, values: dict):
+        """Take this visitor's waiting run out of the queue."""
+        visitor = values[self.shared.visitor]
+        left = self.ctx.registry.cancel(visitor)
+        text = "Your run left the queue; it was not started." if left else "You have no run waiting in the queue."
+        return {self.msg: message_html(text, "info"), **self.render_queue(visitor)}
 
     def on_sizing(self, *values):
         """The memory line for the settings as they stand (before Start)."""
@@ -396,10 +471,13 @@ class TrainTab:
             return None
         return job.id
 
-    def running_job_id(self, seen):
-        """On each timer tick: a job that started since this page last looked."""
-        job = self.ctx.registry.running()
-        return job.id if job is not None else seen
+    def running_job_id(self, values: dict):
+        """On each timer tick: a job that started since this page last looked, or the visitor's own run
+        that left the queue (a short one may have ended between two ticks)."""
+        job = self.ctx.registry.current
+        if job is not None and (job.running or (job.owner is not None and job.owner == values[self.shared.visitor])):
+            return job.id
+        return values[self.shared.seen_job]
 
     def on_stop(self, values: dict):
         try:

@@ -66,6 +66,7 @@ from plw_lab.core.mixing import training_split
 from plw_lab.core.models import (
     ModelError,
     attach_lora,
+    check_model,
     check_quantization,
     compute_dtype,
     load_model,
@@ -795,6 +796,30 @@ class Plan:
     model: object
 
 
+def check(cfg: LabConfig, examples: list[Example] | None = None) -> tuple[torch.device, object, Prepared]:
+    """`plan` without the model: every refusal of the settings, the machine, the tokenizer and the data,
+    for a run that starts later (the app's queue) to be refused now as it would be then. Returns the device,
+    the tokenizer and the prepared data."""
+    cfg.validate()
+    if compat.launcher_problem():
+        raise ConfigError(compat.launcher_problem())
+    preflight(cfg)
+    device = pick_device(cfg.model.device)
+    tokenizer = load_tokenizer(cfg.model)
+    check_chat_template(tokenizer, cfg.model)
+    return device, tokenizer, prepare(cfg, tokenizer, examples)
+
+
+def check_run(cfg: LabConfig, examples: list[Example] | None = None) -> int:
+    """Every refusal `train` makes before its run folder exists, the model's too, without loading the
+    model: a run that starts later (the app's queue) is refused now as it would be then. Returns the run's
+    optimiser steps."""
+    check_output_dir(cfg)
+    check_model(cfg.model)
+    _, _, data = check(cfg, examples)
+    return total_steps(cfg, len(data.train))
+
+
 def plan(cfg: LabConfig, examples: list[Example] | None = None) -> Plan:
     """Check everything that can be checked without training, cheapest first, and load what the run needs:
     the settings, the machine (launcher, quantisation, tracker, device), the tokenizer and its chat template,
@@ -803,14 +828,7 @@ def plan(cfg: LabConfig, examples: list[Example] | None = None) -> Plan:
     Raises a `ConfigError`, `DataError` or `ModelError` naming the setting or record and the fix. Writes
     nothing, so a refused run leaves no folder behind.
     """
-    cfg.validate()
-    if compat.launcher_problem():
-        raise ConfigError(compat.launcher_problem())
-    preflight(cfg)
-    device = pick_device(cfg.model.device)
-    tokenizer = load_tokenizer(cfg.model)
-    check_chat_template(tokenizer, cfg.model)
-    data = prepare(cfg, tokenizer, examples)
+    device, tokenizer, data = check(cfg, examples)
     torch.manual_seed(cfg.train.seed)
     base = load_model(cfg.model, device)
     compat.use_fast_attention(base, device, cfg.train.packing)

@@ -186,7 +186,7 @@ def test_training_streams_charts_to_every_visitor_and_stops(page, browser, serve
         " && data.some(t => (t.name || '').startsWith('best '))",
     )
     wait_plot(page, "acc-plot", "data.some(t => t.name === 'majority-class baseline')")
-    assert page.locator("#start").is_disabled()
+    assert page.locator("#start").inner_text() == "Queue this run"  # a run started now waits for this one
 
     # the second visitor notices the job by itself and watches it; a reload re-attaches
     try:
@@ -194,7 +194,7 @@ def test_training_streams_charts_to_every_visitor_and_stops(page, browser, serve
         visitor.wait_for_function(
             "() => document.querySelector('#progress .plw-progress')?.dataset.status === 'running'"
         )
-        assert visitor.locator("#start").is_disabled()
+        assert visitor.locator("#start").inner_text() == "Queue this run"
         step_seen = progress(visitor)["step"]
         visitor.wait_for_function(
             "(s) => Number(document.querySelector('#progress .plw-progress')?.dataset.step || 0) > s", arg=step_seen
