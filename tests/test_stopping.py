@@ -5,7 +5,9 @@ import math
 
 import pytest
 
+from plw_lab.core.config import LabConfig
 from plw_lab.core.events import Eval
+from plw_lab.core.runs import load_run
 from plw_lab.core.scores import wilson
 from plw_lab.core.stopping import stopping_report
 from plw_lab.views.stopping_view import stopping_rows, stopping_sentences
@@ -108,3 +110,30 @@ def test_a_nan_evaluation_is_never_kept():
     evals = [_eval(0, math.nan, 1.0, 5), _eval(4, 2.0, math.nan, 6)]
     report = stopping_report(evals)
     assert report["full_loss"]["step"] == 4 and report["answer_loss"]["step"] == 0
+
+
+def test_a_trained_run_records_per_example_answers_and_skips_generation_when_asked(tmp_path):
+    from conftest import mc_records
+
+    from plw_lab.core.data import to_examples
+    from plw_lab.core.training import train
+
+    cfg = LabConfig().override(
+        {
+            "model.name": "tiny-random",
+            "train.output_dir": str(tmp_path),
+            "train.max_steps": 2,
+            "train.eval_interval": 1,
+            "train.batch_size": 4,
+            "data.val_size": 10,
+            "eval.generated_accuracy": False,
+            "eval.probe_texts": 0,
+        }
+    )
+    result = train(cfg, examples=to_examples(mc_records(30), cfg.data), compare=False)
+    evals = load_run(result.run_dir).evals
+    assert [len(e.correct) for e in evals] == [10, 10, 10]
+    assert all(e.correct.count("1") == round(e.metrics["answer_accuracy"] * 10) for e in evals)
+    assert not any("answer_accuracy_generated" in e.metrics for e in evals)
+    stopping = result.summary["stopping"]
+    assert "answer_accuracy_generated" not in stopping and stopping["test"]["n"] == 10

@@ -555,6 +555,12 @@ class EvalConfig:
         "Enough for a lead-in such as 'The correct answer is (B)'; 4 cuts the base model off before the letter.",
         min=1,
     )
+    generated_accuracy: bool = _f(
+        True,
+        "Measure the generated-answer accuracy at the first and last evaluation of a run (greedy decoding of "
+        "eval.answer_tokens per validation example: on a CPU the costliest part of those evaluations). Off, the "
+        "run's curves carry scored accuracy only; the on/off comparison still generates.",
+    )
     kl_to_base: bool = _f(
         True,
         "Report kl_to_base at every evaluation: the mean KL(p_adapted || p_base) per validation token, a forgetting "

@@ -463,7 +463,7 @@ class RunContext:
         self.emit(Phase(name=phase, step=step))
         started = time.perf_counter()
         # Per-example answers are kept so the final comparison can reuse them (step 0 is the base model).
-        generating = generate or step == 0
+        generating = (generate or step == 0) and self.cfg.eval.generated_accuracy
         metrics = evaluation.evaluate(
             self.model,
             self.data.val,
