@@ -20,7 +20,7 @@ def header(path: Path) -> str:
 
 
 def test_the_recipes_are_there():
-    assert {"bbb-demo", "race-plw-1b-24gb", "space-cpu"} <= set(recipe_names())
+    assert {"bbb-demo", "plw-lesson", "plw-lesson-race-gpu", "race-plw-1b-24gb", "space-cpu"} <= set(recipe_names())
     assert {p.name for p in ACCELERATE_CONFIGS} == {"ddp.yaml", "fsdp.yaml", "deepspeed.yaml"}
 
 
@@ -42,7 +42,7 @@ def test_a_file_of_the_recipes_name_wins_over_the_recipe(tmp_path, monkeypatch):
 
 def test_an_unknown_name_lists_the_shipped_recipes(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="is not a shipped recipe \\(bbb-demo, race-plw-1b-24gb, space-cpu\\)"):
+    with pytest.raises(ConfigError, match="is not a shipped recipe \\(bbb-demo, plw-lesson, plw-lesson-race-gpu, race-plw-1b-24gb, space-cpu\\)"):
         LabConfig.load("bbb-dmeo")
     with pytest.raises(ConfigError, match="does not exist"):  # a path is a path: no recipe lookup in a folder
         LabConfig.load(tmp_path / "sub" / "bbb-demo")
@@ -59,16 +59,17 @@ def test_each_accelerate_config_is_valid_and_says_how_to_launch(path):
     assert f"accelerate launch --config_file plw_lab/recipes/accelerate/{path.name} -m plw_lab train" in header(path)
 
 
-def test_the_race_recipe_fits_one_24_gb_gpu():
+@pytest.mark.parametrize("name", ["race-plw-1b-24gb", "plw-lesson-race-gpu"])
+def test_the_race_recipes_fit_one_24_gb_gpu(name):
     from plw_lab.core.memory import Architecture, estimate
     from plw_lab.core.presets import find_preset
 
-    cfg = LabConfig.load("race-plw-1b-24gb")
+    cfg = LabConfig.load(name)
     assert cfg.data.source == "hf:ehovy/race" and cfg.train.eval_interval <= 50
     e = estimate(cfg, Architecture.from_config(find_preset(cfg.model.name).config), device="cuda")
     assert 0.9e9 < e.parameters < 1.6e9  # a ~1B model
     assert e.total + 0.5 * 2**30 < 22 * 2**30  # with the CUDA context, inside a 24 GB card with room to spare
-    assert f"estimates about {e.total / 2**30:.0f} GiB" in header(RECIPES / "race-plw-1b-24gb.yaml")
+    assert f"estimates about {e.total / 2**30:.0f} GiB" in header(RECIPES / f"{name}.yaml")
 
 
 def test_the_space_recipe_runs_on_the_cpu():
@@ -86,8 +87,8 @@ def test_lab_app_starts_from_a_recipe_by_name(tmp_path, monkeypatch, capsys):
         def launch(self, **kwargs):
             served["launch"] = kwargs
 
-    def build_app(config, runs_dir, allow_remote_code, allow_local_paths):
-        served.update(config=config, runs_dir=runs_dir)
+    def build_app(config, runs_dir, allow_remote_code, allow_local_paths, limits):
+        served.update(config=config, runs_dir=runs_dir, limits=limits)
         return App()
 
     monkeypatch.chdir(tmp_path)

@@ -340,7 +340,7 @@ def test_a_grid_over_another_setting_writes_its_column_and_resumes_on_the_record
         (["--grid", "lora.target_modules=q_proj"], "a grid varies settings of one value each"),
         (["--grid", "prompt_loss_weight=0,1"], "train.prompt_loss_weight is varied twice"),
         # A cell that no run could train: PLW 0 with completion weight 0 weighs no token.
-        (["--grid", "train.completion_loss_weight=0,1"], "are both 0: no token would be trained"),
+        (["--grid", "train.completion_loss_weight=0,1"], "PLW reaches 0 (train.prompt_loss_weight"),
     ],
 )
 def test_a_bad_grid_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, grid, message):
