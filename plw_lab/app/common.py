@@ -33,6 +33,7 @@ from plw_lab.core.memory import Architecture, count, estimate, gib
 from plw_lab.core.models import EMBEDDED_NAME, TINY_NAME, weights_note
 from plw_lab.core.presets import PRESETS
 from plw_lab.core.runs import Run, list_runs
+from plw_lab.core.sweep_table import list_sweeps
 
 
 def _model_choices() -> list[tuple[str, str]]:
@@ -81,14 +82,18 @@ class AppContext:
         return list_runs(self.runs_path)
 
     def find_run(self, name: str | None) -> Run:
-        """The run of that name in the runs folder; every handler that takes a run name goes through
-        here, so a visitor's text never becomes a path of its own."""
+        """The run of that name in the runs folder ("sweep-x/plw0-seed0" inside a sweep); every handler
+        that takes a run name goes through here, so a visitor's text never becomes a path of its own."""
         if not name:
             raise ValueError("choose a run first")
         for run in self.list_runs():
             if run.name == name:
                 return run
         raise ValueError(f"no run named {name!r}; refresh the list")
+
+    def find_sweep(self, name: str | None) -> Path | None:
+        """The sweep folder of that name in the runs folder, or None; as `find_run`, only a listed name is one."""
+        return next((p for p in list_sweeps(self.runs_path) if p.name == name), None)
 
 
 @dataclass

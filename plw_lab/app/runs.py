@@ -85,6 +85,9 @@ class RunsTab:
                     self.sweep_seeds = gr.Textbox("0, 1", label="seeds", elem_id="sweep-seeds", scale=1)
                     self.sweep_btn = gr.Button("Run PLW sweep", variant="primary", elem_id="sweep-btn", scale=1)
                     self.sweep_pick = gr.Dropdown(choices=[], value=None, label="Sweep", elem_id="sweep-pick", scale=2)
+                    self.sweep_overlay_btn = gr.Button(
+                        "Overlay this sweep's runs", elem_id="sweep-overlay-btn", scale=1
+                    )
                 self.sweep_msg = gr.HTML("", elem_id="sweep-msg")
                 # Shown for a sweep that varies more than PLW; the other settings become the figure's series.
                 self.sweep_x = gr.Dropdown(
@@ -134,6 +137,7 @@ class RunsTab:
         self.sweep_x.input(self.on_sweep_pick, [self.sweep_pick, self.sweep_x], sweep_view)
         self.refresh_btn.click(self.sweep_choices, [self.sweep_pick, self.sweep_x], [self.sweep_pick, *sweep_view])
         overlay_in, overlay_out = {self.overlay_runs, self.overlay_metric}, {self.overlay_plot, self.sweep_plot}
+        self.sweep_overlay_btn.click(self.on_overlay_sweep, {self.sweep_pick}, self.overlay_runs)
         self.refresh_btn.click(self.refresh, self.inputs, self.outputs, api_name="runs")
         self.overlay_runs.change(self.on_overlay, overlay_in, overlay_out)
         self.overlay_metric.change(self.on_overlay, overlay_in, overlay_out)
@@ -165,8 +169,8 @@ class RunsTab:
     def on_sweep_pick(self, name, x: str | None = None):
         """The sweep's figure against `x` (PLW where the sweep does not vary `x`), and the x-axis picker:
         the sweep's varied numbers, shown where there is more than one."""
-        found = name and (self.ctx.runs_path / name / "sweep.csv").exists()
-        rows = read_csv(self.ctx.runs_path / name) if found else []
+        folder = self.ctx.find_sweep(name)
+        rows = read_csv(folder) if folder else []
         choices = axes(rows)
         x = x if x in choices else "plw"
         picker = gr.update(
@@ -235,6 +239,11 @@ class RunsTab:
         runs = [r for r in self.ctx.list_runs() if r.name in (selected or [])]
         return {self.overlay_plot: overlay_figure(runs, metric), self.sweep_plot: plw_sweep_figure(runs)}
 
+    def on_overlay_sweep(self, values: dict):
+        """Overlay exactly the chosen sweep's runs (the overlay's change event redraws the curves)."""
+        sweep = values[self.sweep_pick]
+        return gr.update(value=[r.name for r in self.ctx.list_runs() if sweep and r.group == sweep])
+
     def on_pick(self, name):
         if not name:
             return None
@@ -251,7 +260,7 @@ class RunsTab:
             if adapter_dir is None:
                 raise ValueError(f"{name} has no saved adapter")
             folder = Path(tempfile.mkdtemp(prefix="plw-adapter-"))
-            target = folder / f"{run.name}-{adapter_dir.name}.zip"
+            target = folder / f"{run.path.name}-{adapter_dir.name}.zip"
             with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
                 for path in sorted(adapter_dir.rglob("*")):
                     # The adapter only: a checkpoint's optimiser and trainer state stay on the server.

@@ -233,19 +233,12 @@ SHIPPED_LESSON = Path(__file__).resolve().parents[1] / "lessons" / "plw-lesson"
 
 def sweep_runs(folders: Sequence[str | Path]) -> list:
     """The finished runs inside `folders`: sweep folders (runs one level down), run folders, or folders of sweeps."""
-    from plw_lab.core.runs import load_run
+    from plw_lab.core.runs import is_run_folder, load_run, run_folders
 
     found: list[Path] = []
     for folder in map(Path, folders):
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} is not a folder of runs or sweeps")
-        if (folder / "config.yaml").exists():
-            found.append(folder)
-            continue
-        for child in sorted(folder.iterdir()):
-            if (child / "config.yaml").exists():
-                found.append(child)
-            elif child.is_dir():
-                found += [g for g in sorted(child.iterdir()) if (g / "config.yaml").exists()]
+        found += [folder] if is_run_folder(folder) else run_folders(folder)
     runs = [load_run(path, damaged_ok=True) for path in found]
     return [run for run in runs if run.status == "finished" and run.config is not None]
