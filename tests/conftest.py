@@ -208,7 +208,7 @@ def fake_sweep(folder, plws=(0.0, 1.0), seeds=(0, 1), n: int = 20):
                     step=step,
                     epoch=0.0,
                     metrics={
-                        "full_loss": 3.0 - step / 10,
+                        "full_loss": 3.0 + (0.5 - plw) * step / 10,  # at PLW 0 it rises: it keeps step 0
                         "answer_loss": 1.0 - step / 40,
                         "prompt_loss": 2.0 + (1 - plw) * step / 20,
                         "completion_loss": 1.0 - step / 40,

@@ -1,5 +1,6 @@
 """A runs folder holding a sweep, through the app's handlers: the sweep's runs in every run list, grouped under
-its name, overlaid in one click, deleted and compared by that name; no name reaches outside the runs folder."""
+its name, overlaid in one click, deleted and compared by that name (no name reaches outside the runs folder);
+the stopping report of an ended run in the Train and Compare tabs."""
 
 import pytest
 from conftest import fake_sweep
@@ -58,3 +59,29 @@ def test_a_sweeps_run_is_compared_and_deleted_by_its_listed_name_and_no_other(ap
     out = runs.on_delete(bob | {runs.shared.visitor: ALICE})
     assert "Deleted sweep-grid/plw1-seed1" in out[runs.msg] and not folder.exists()
     assert out[runs.run_pick]["choices"] == SWEEP[:3]
+
+
+def test_the_stopping_report_shows_when_a_watched_run_ends_and_for_the_compared_run(app):
+    from plw_lab.core.events import Finished, read_events
+    from plw_lab.core.runs import read_run_json, write_json
+    from plw_lab.views.history import History
+
+    train, compare = app.plw_tabs["train"], app.plw_tabs["compare"]
+    folder = compare.ctx.runs_path / "sweep-grid" / "plw0-seed0"
+    events = read_events(folder / "events.jsonl")
+    summary = read_run_json(folder / "summary.json")
+    sentence = "Stopping on full-sequence loss keeps step 0: 50.0%"
+    running = train.render_job(History().extend(events), None, ALICE)
+    assert running[train.stopping.text] == "" and running[train.stopping.table]["visible"] is False
+    ended = train.render_job(History().extend([*events, Finished(step=20, summary=summary)]), None, ALICE)
+    assert (
+        sentence in ended[train.stopping.text] and "Stopping on answer loss keeps step 20" in ended[train.stopping.text]
+    )
+    table = ended[train.stopping.table]
+    assert table["visible"] is True and list(table["value"]["kept step"]) == [0, 0, 20, 20, 20]
+    shown = compare.on_choose({compare.run: SWEEP[0]})
+    assert sentence in shown[compare.stopping.text] and shown[compare.stopping.table]["visible"] is True
+    # A run whose summary predates the report: computed from its evaluations, the same paragraph.
+    write_json(folder / "summary.json", {k: v for k, v in summary.items() if k != "stopping"})
+    assert compare.on_choose({compare.run: SWEEP[0]})[compare.stopping.text] == shown[compare.stopping.text]
+    assert compare.on_choose({compare.run: None})[compare.stopping.text] == ""

@@ -34,6 +34,7 @@ from plw_lab.core.models import EMBEDDED_NAME, TINY_NAME, weights_note
 from plw_lab.core.presets import PRESETS
 from plw_lab.core.runs import Run, list_runs
 from plw_lab.core.sweep_table import list_sweeps
+from plw_lab.views.stopping_view import stopping_rows, stopping_sentences
 
 
 def _model_choices() -> list[tuple[str, str]]:
@@ -149,6 +150,29 @@ def message_html(text: str, kind: str = "error") -> str:
 
 def frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
+
+
+class StoppingView:
+    """A run's stopping report (`plw_lab.core.stopping`): its paragraph and its table, hidden without one."""
+
+    def __init__(self, elem_id: str) -> None:
+        self.text = gr.HTML("", elem_id=f"{elem_id}-text")
+        self.table = gr.Dataframe(
+            label="Where stopping on each validation curve would keep the adapter",
+            interactive=False,
+            wrap=True,
+            visible=False,
+            elem_id=f"{elem_id}-table",
+        )
+        self.outputs = {self.text, self.table}
+
+    def render(self, report: dict | None) -> dict:
+        rows = stopping_rows(report)
+        sentences = stopping_sentences(report)
+        return {
+            self.text: f'<p class="plw-stopping">{html.escape(sentences)}</p>' if sentences else "",
+            self.table: gr.update(value=frame(rows), visible=True) if rows else gr.update(visible=False),
+        }
 
 
 # -- controls from config metadata ----------------------------------------------------------------
