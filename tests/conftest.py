@@ -224,3 +224,24 @@ def fake_sweep(folder, plws=(0.0, 1.0), seeds=(0, 1), n: int = 20):
             write_json(run / "summary.json", {"status": "finished", "steps": 20, "stopping": stopping_report(evals)})
             runs.append(run)
     return runs
+
+
+def fake_lesson(folder):
+    """A shipped-lesson folder written by hand: two small sweeps of `fake_sweep` and their measured.json."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    fake_sweep(folder / "sweep-plw-lesson", plws=(0.0, 1.0), seeds=(0, 1))
+    measured = {
+        "date": "2025-01-02",
+        "commit": "abc1234",
+        "machine": "2-core test CPU",
+        "commands": ["lab sweep --config plw-lesson --plws 0,1 --seeds 0,1", "lab verdict runs/sweep-plw-lesson"],
+        "runs": 4,
+        "seconds_per_run": [1, 1, 1, 1],
+        "wall_seconds": 4,
+        "note": "hand-written for the tests",
+    }
+    (folder / "measured.json").write_text(json.dumps(measured))
+    return folder

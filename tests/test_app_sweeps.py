@@ -1,9 +1,10 @@
 """A runs folder holding a sweep, through the app's handlers: the sweep's runs in every run list, grouped under
 its name, overlaid in one click, deleted and compared by that name (no name reaches outside the runs folder);
-the stopping report of an ended run in the Train and Compare tabs."""
+the stopping report of an ended run in the Train and Compare tabs; the verdict of a chosen sweep and the
+measured real-data lesson in the Runs tab, without training."""
 
 import pytest
-from conftest import fake_sweep
+from conftest import fake_lesson, fake_sweep
 
 gr = pytest.importorskip("gradio")
 
@@ -35,8 +36,7 @@ def test_a_sweeps_runs_fill_the_run_lists_and_overlay_in_one_click(app):
     assert out[runs.run_pick]["choices"] == SWEEP
     assert list(out[runs.table]["run"]) == SWEEP
     assert out[compare.run]["value"] == SWEEP[0]
-    picked = runs.sweep_choices()
-    assert picked[0]["value"] == "sweep-grid"
+    assert runs.sweep_choices()[runs.sweep_pick]["value"] == "sweep-grid"
     assert runs.on_overlay_sweep({runs.sweep_pick: "sweep-grid"})["value"] == SWEEP
     assert runs.on_overlay_sweep({runs.sweep_pick: "../runs"})["value"] == []
     figure = runs.on_overlay({runs.overlay_runs: SWEEP, runs.overlay_metric: "completion_loss"})[runs.overlay_plot]
@@ -85,3 +85,39 @@ def test_the_stopping_report_shows_when_a_watched_run_ends_and_for_the_compared_
     write_json(folder / "summary.json", {k: v for k, v in summary.items() if k != "stopping"})
     assert compare.on_choose({compare.run: SWEEP[0]})[compare.stopping.text] == shown[compare.stopping.text]
     assert compare.on_choose({compare.run: None})[compare.stopping.text] == ""
+
+
+def test_the_sweep_picker_shows_the_verdict_of_the_chosen_sweep(app):
+    runs = app.plw_tabs["runs"]
+    shown = runs.sweep_choices()
+    assert shown[runs.sweep_pick]["value"] == "sweep-grid"
+    assert "What its 4 finished runs support:" in shown[runs.sweep_verdict]
+    assert "PLW 0 vs PLW 1: " in shown[runs.sweep_verdict]
+    plot = shown[runs.sweep_verdict_plot]
+    assert plot["visible"] is True and [t.name for t in plot["value"].data][0] == "stopping on answer loss: one seed"
+    fake_sweep(runs.ctx.runs_path / "sweep-empty", plws=(), seeds=())
+    empty = runs.on_sweep_pick({runs.sweep_pick: "sweep-empty", runs.sweep_x: None})
+    assert "no finished runs in sweep-empty yet" in empty[runs.sweep_verdict]
+    assert (
+        empty[runs.sweep_verdict_plot]["visible"] is False and str(runs.ctx.runs_path) not in empty[runs.sweep_verdict]
+    )
+
+
+def test_the_runs_tab_shows_the_measured_lesson_or_says_there_is_none(app, tmp_path, monkeypatch):
+    from plw_lab import api
+
+    runs = app.plw_tabs["runs"]
+    monkeypatch.setattr(api, "SHIPPED_LESSON", tmp_path / "absent")
+    assert runs.lesson_view() == {
+        runs.lesson_label: "No measured lesson to show: this installation holds no measured real-data lesson "
+        "(absent/measured.json is missing)."
+    }
+    monkeypatch.setattr(api, "SHIPPED_LESSON", fake_lesson(tmp_path / "plw-lesson"))
+    shown = runs.lesson_view()
+    label = shown[runs.lesson_label]
+    assert label.startswith("**measured on real data (B3DB molecules), 2025-01-02, commit abc1234, 2-core test CPU**")
+    assert "lab sweep --config plw-lesson --plws 0,1 --seeds 0,1\nlab verdict runs/sweep-plw-lesson" in label
+    assert all(shown[plot]["visible"] for plot in (runs.lesson_plot, runs.lesson_prompt, runs.lesson_answer))
+    assert shown[runs.lesson_prompt]["value"].layout.yaxis.title.text == "val prompt loss"
+    assert shown[runs.lesson_answer]["value"].layout.yaxis.title.text == "val answer loss"
+    assert "PLW 0: stopping on answer loss keeps an adapter at" in shown[runs.lesson_verdict]

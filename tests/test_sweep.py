@@ -510,9 +510,11 @@ def test_the_runs_tab_offers_an_x_axis_for_a_sweep_that_varies_more_than_plw(tmp
     (tmp_path / "plain").mkdir()
     write_csv(tmp_path / "plain" / "sweep.csv", [_row(0.0, 0, 0.5), _row(1.0, 0, 0.6)])
     runs = build_app(LabConfig().override({"model.name": "tiny-random"}), runs_dir=tmp_path).plw_tabs["runs"]
-    figure, picker = runs.on_sweep_pick("wit", "train.completion_loss_weight")
+    shown = runs.on_sweep_pick({runs.sweep_pick: "wit", runs.sweep_x: "train.completion_loss_weight"})
+    figure, picker = shown[runs.sweep_figure], shown[runs.sweep_x]
     assert picker["visible"] and picker["value"] == "train.completion_loss_weight"
     assert picker["choices"] == [("PLW", "plw"), ("train.completion_loss_weight", "train.completion_loss_weight")]
     assert figure.layout.xaxis.title.text == "train.completion_loss_weight"
-    figure, picker = runs.on_sweep_pick("plain", "train.completion_loss_weight")  # not varied there: PLW
+    shown = runs.on_sweep_pick({runs.sweep_pick: "plain", runs.sweep_x: "train.completion_loss_weight"})
+    figure, picker = shown[runs.sweep_figure], shown[runs.sweep_x]  # not varied there: PLW
     assert not picker["visible"] and picker["value"] == "plw" and figure.layout.xaxis.title.text.startswith("PLW")

@@ -229,6 +229,8 @@ def verdict_sentences(arms: Sequence[dict], pairs: Sequence[dict]) -> list[str]:
 #: The real-data PLW lesson shipped in the wheel: the measured runs of the `plw-lesson` recipe (configs,
 #: events and summaries, no adapters) and `measured.json` (date, commit, machine, commands, wall time).
 SHIPPED_LESSON = Path(__file__).resolve().parents[1] / "lessons" / "plw-lesson"
+#: What its runs train on: the plw-lesson recipe's data.source, builtin:bbb.
+SHIPPED_LESSON_DATA = "real data (B3DB molecules)"
 
 
 def sweep_runs(folders: Sequence[str | Path]) -> list:
