@@ -25,7 +25,7 @@ from plw_lab.core.sweep import axes
 from plw_lab.core.sweep_table import list_sweeps, read_csv
 from plw_lab.views.charts import overlay_figure, plw_sweep_figure, sweep_figure
 from plw_lab.views.lesson_charts import arm_curves_figure, verdict_figure
-from plw_lab.views.text_views import runs_rows, verdict_html
+from plw_lab.views.text_views import measured_markdown, runs_rows, verdict_html
 
 
 class RunsTab:
@@ -235,9 +235,8 @@ class RunsTab:
             lesson = api.lesson()
         except FileNotFoundError as exc:
             return {self.lesson_label: f"No measured lesson to show: {error_text(exc)}."}
-        commands = "\n".join(lesson.measured["commands"])
         return {
-            self.lesson_label: f"**{lesson.label}**. Reproduce it with:\n\n```bash\n{commands}\n```",
+            self.lesson_label: measured_markdown(lesson.label, lesson.measured["commands"]),
             self.lesson_plot: gr.update(value=verdict_figure(lesson.verdict), visible=True),
             self.lesson_prompt: gr.update(value=arm_curves_figure(lesson.runs, "prompt_loss"), visible=True),
             self.lesson_answer: gr.update(value=arm_curves_figure(lesson.runs, "answer_loss"), visible=True),

@@ -500,6 +500,12 @@ def _clip_tail(text: str, width: int) -> str:
 # -- runs -------------------------------------------------------------------------------------
 
 
+def measured_markdown(label: str, commands: Sequence[str]) -> str:
+    """Where a measured lesson's numbers come from (`plw_lab.api.Lesson.label`) and the commands that reproduce it."""
+    shown = "\n".join(commands)
+    return f"**{label}**. Reproduce it with:\n\n```bash\n{shown}\n```"
+
+
 def verdict_html(sentences: Sequence[str]) -> str:
     """A sweep verdict's sentences (`plw_lab.core.sweep_verdict`) as a list; an indented sentence (what one arm's
     stopping contrast and prompt loss say) nests under the arm's own."""
