@@ -2,9 +2,9 @@
 
 Each front door parses its own input and renders the result; everything in between (reading and
 encoding data with its report, loading a run with its model and split, evaluating it, comparing the
-adapter on and off, the frozen-feature probe, one example's outputs, sweeps and their verdict) is here, once. Every
-setting a service uses comes from the config object it is given or the run's own config.yaml,
-never from a parameter default, so a recomputed comparison is the one the run made.
+adapter on and off, the frozen-feature probe, one example's outputs, sweeps and their verdict) is
+here, once. Every setting a service uses comes from the config object it is given or the run's own
+config.yaml, never from a parameter default, so a recomputed comparison is the one the run made.
 """
 
 from __future__ import annotations
@@ -320,18 +320,15 @@ class Lesson:
     their verdict; for the lesson shipped with the lab, also how it was measured (its `measured.json`:
     date, commit, machine, commands, wall time)."""
 
-    folders: list[Path]
     runs: list[Run]
     verdict: dict
     measured: dict | None = None
 
     @property
     def label(self) -> str:
-        """Where the numbers come from, as every front door heads them."""
-        if self.measured is None:
-            return f"{len(self.runs)} finished runs of {', '.join(folder.name for folder in self.folders)}"
+        """Where a measured lesson's numbers come from, as every front door heads them ("" for other sweeps)."""
         m = self.measured
-        return f"measured on {SHIPPED_LESSON_DATA}, {m['date']}, commit {m['commit']}, {m['machine']}"
+        return f"measured on {SHIPPED_LESSON_DATA}, {m['date']}, commit {m['commit']}, {m['machine']}" if m else ""
 
 
 def sweep_verdict_of(*folders: str | Path) -> Lesson:
@@ -340,7 +337,7 @@ def sweep_verdict_of(*folders: str | Path) -> Lesson:
     runs = sweep_runs(folders)
     if not runs:
         raise FileNotFoundError(f"no finished runs in {', '.join(Path(f).name for f in folders)} yet")
-    return Lesson([Path(f) for f in folders], runs, sweep_verdict(runs))
+    return Lesson(runs, sweep_verdict(runs))
 
 
 def lesson(folder: str | Path | None = None) -> Lesson:
