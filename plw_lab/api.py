@@ -2,13 +2,15 @@
 
 Each front door parses its own input and renders the result; everything in between (reading and
 encoding data with its report, loading a run with its model and split, evaluating it, comparing the
-adapter on and off, the frozen-feature probe, one example's outputs, sweeps) is here, once. Every
-setting a service uses comes from the config object it is given or the run's own config.yaml,
-never from a parameter default, so a recomputed comparison is the one the run made.
+adapter on and off, the frozen-feature probe, one example's outputs, sweeps and their verdict) is
+here, once. Every setting a service uses comes from the config object it is given or the run's own
+config.yaml, never from a parameter default, so a recomputed comparison is the one the run made.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +26,12 @@ from plw_lab.core.runs import load_run as read_run
 from plw_lab.core.stats import LengthStats, label_counts, length_stats, truncation_message
 from plw_lab.core.sweep import resume_sweep
 from plw_lab.core.sweep import run_sweep as sweep
+from plw_lab.core.sweep_verdict import SHIPPED_LESSON, SHIPPED_LESSON_DATA, sweep_runs, sweep_verdict
 from plw_lab.core.training import Prepared, StopRequest, TrainResult, check_run, prepare_for_run, resume, train
 
 __all__ = [
     "DataReport",
+    "Lesson",
     "LoadedRun",
     "StopRequest",
     "TrainResult",
@@ -36,6 +40,7 @@ __all__ = [
     "data_report",
     "evaluate",
     "example_outputs",
+    "lesson",
     "load_run",
     "per_token_losses",
     "probe",
@@ -43,6 +48,7 @@ __all__ = [
     "resume",
     "resume_sweep",
     "sweep",
+    "sweep_verdict_of",
     "train",
 ]
 
@@ -303,3 +309,44 @@ def prompt_outputs(loaded: LoadedRun, text: str) -> ExampleOutputs:
                 if choices:
                     outputs.logprobs[side] = choice_logprobs(loaded.model, loaded.tokenizer, prompt, choices)
     return outputs
+
+
+# -- what sweeps support ------------------------------------------------------------------------
+
+
+@dataclass
+class Lesson:
+    """What the finished runs of one or more sweeps support (`plw_lab.core.sweep_verdict`): the runs and
+    their verdict; for the lesson shipped with the lab, also how it was measured (its `measured.json`:
+    date, commit, machine, commands, wall time)."""
+
+    runs: list[Run]
+    verdict: dict
+    measured: dict | None = None
+
+    @property
+    def label(self) -> str:
+        """Where a measured lesson's numbers come from, as every front door heads them ("" for other sweeps)."""
+        m = self.measured
+        return f"measured on {SHIPPED_LESSON_DATA}, {m['date']}, commit {m['commit']}, {m['machine']}" if m else ""
+
+
+def sweep_verdict_of(*folders: str | Path) -> Lesson:
+    """The verdict of the finished runs in `folders` (sweep folders, run folders, folders of sweeps). Raises
+    `FileNotFoundError` when they hold no finished run."""
+    runs = sweep_runs(folders)
+    if not runs:
+        raise FileNotFoundError(f"no finished runs in {', '.join(Path(f).name for f in folders)} yet")
+    return Lesson(runs, sweep_verdict(runs))
+
+
+def lesson(folder: str | Path | None = None) -> Lesson:
+    """The real-data PLW lesson shipped with the lab (`folder`: another copy of it), measured and not
+    trained here. Raises `FileNotFoundError` saying so where this installation has none."""
+    folder = Path(folder or SHIPPED_LESSON)
+    if not (folder / "measured.json").is_file():
+        raise FileNotFoundError(
+            f"this installation holds no measured real-data lesson ({folder.name}/measured.json is missing)"
+        )
+    measured = json.loads((folder / "measured.json").read_text(encoding="utf-8"))
+    return dataclasses.replace(sweep_verdict_of(folder), measured=measured)

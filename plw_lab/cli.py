@@ -667,7 +667,8 @@ def cmd_sweep(args) -> int:
     for f in acc["fits"]:
         of = f" ({cell_text(f['series'], seed=False)})" if f["series"] else ""
         print(f"quadratic fit{of}: accuracy = {f['a']:.3f} + {f['b']:.3f} PLW + {f['c']:.3f} PLW^2 (R^2 {f['r2']:.2f})")
-    print_verdict([folder])
+    if any(r["status"] == "finished" for r in rows):
+        print_verdict(api.sweep_verdict_of(folder))
     print(f"\nsweep folder: {folder} (sweep.csv)")
     left = len(Grid.load(folder).cells()) - sum(r["status"] in DONE for r in rows)
     if left:
@@ -677,35 +678,24 @@ def cmd_sweep(args) -> int:
     return 1 if any(r["status"] in ("failed", "interrupted") for r in rows) else 0
 
 
-def print_verdict(folders: list) -> bool:
-    """The sweep verdict of the finished runs in `folders`; False when there are none."""
-    from plw_lab.core.sweep_verdict import sweep_runs, sweep_verdict
-
-    runs = sweep_runs(folders)
-    if not runs:
-        return False
-    print(f"\nwhat {len(runs)} finished run(s) support:")
-    for sentence in sweep_verdict(runs)["sentences"]:
+def print_verdict(lesson) -> None:
+    """What the finished runs of an `api.Lesson` support, in sentences."""
+    print(f"\nwhat {len(lesson.runs)} finished run(s) support:")
+    for sentence in lesson.verdict["sentences"]:
         print(sentence)
-    return True
 
 
 def cmd_verdict(args) -> int:
-    import json
+    from plw_lab import api
 
-    from plw_lab.core.sweep_verdict import SHIPPED_LESSON
-
-    folders = args.folders or [SHIPPED_LESSON]
-    if not args.folders:
-        measured = json.loads((SHIPPED_LESSON / "measured.json").read_text())
-        print(
-            f"The real-data PLW lesson shipped with the lab, measured {measured['date']} (commit {measured['commit']}, "
-            f"{measured['machine']}); reproduce it with:"
-        )
-        for line in measured["commands"]:
-            print(f"  {line}")
-    if not print_verdict(folders):
-        raise ConfigError(f"no finished runs in {', '.join(map(str, folders))}")
+    if args.folders:
+        print_verdict(api.sweep_verdict_of(*args.folders))
+        return 0
+    lesson = api.lesson()
+    print(f"The real-data PLW lesson shipped with the lab, {lesson.label}; reproduce it with:")
+    for line in lesson.measured["commands"]:
+        print(f"  {line}")
+    print_verdict(lesson)
     return 0
 
 

@@ -176,3 +176,72 @@ def mc_records(n: int, seed: int = 0) -> list[dict]:
             }
         )
     return out
+
+
+def fake_sweep(folder, plws=(0.0, 1.0), seeds=(0, 1), n: int = 20):
+    """A finished PLW x seed sweep written by hand (config.yaml, events.jsonl and summary.json per run, as a
+    `lab sweep` leaves them without adapters): two evaluations per run, the second better by PLW and seed.
+    Returns the run folders in grid order."""
+    import json
+    from pathlib import Path
+
+    from plw_lab.core.config import LabConfig
+    from plw_lab.core.events import Eval
+    from plw_lab.core.runs import write_json
+    from plw_lab.core.stopping import stopping_report
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sweep.csv").write_text("plw,seed,status,run\n")
+    (folder / "sweep_config.yaml").write_text("")
+    runs = []
+    for plw in plws:
+        for seed in seeds:
+            name = f"plw{plw:g}-seed{seed}"
+            run = folder / name
+            run.mkdir()
+            cfg = {"train.prompt_loss_weight": plw, "train.seed": seed, "train.run_name": name}
+            LabConfig().override({**cfg, "train.output_dir": str(folder)}).save(run / "config.yaml")
+            right = [n // 2, n // 2 + 2 + 4 * int(plw) + seed]
+            evals = [
+                Eval(
+                    step=step,
+                    epoch=0.0,
+                    metrics={
+                        "full_loss": 3.0 + (0.5 - plw) * step / 10,  # at PLW 0 it rises: it keeps step 0
+                        "answer_loss": 1.0 - step / 40,
+                        "prompt_loss": 2.0 + (1 - plw) * step / 20,
+                        "completion_loss": 1.0 - step / 40,
+                        "answer_accuracy": r / n,
+                        "answer_accuracy_ci": [0.0, 1.0],
+                        "n_examples": n,
+                    },
+                    correct="1" * r + "0" * (n - r),
+                )
+                for step, r in zip((0, 20), right)
+            ]
+            (run / "events.jsonl").write_text("".join(json.dumps(e.to_dict()) + "\n" for e in evals))
+            write_json(run / "summary.json", {"status": "finished", "steps": 20, "stopping": stopping_report(evals)})
+            runs.append(run)
+    return runs
+
+
+def fake_lesson(folder):
+    """A shipped-lesson folder written by hand: two small sweeps of `fake_sweep` and their measured.json."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    fake_sweep(folder / "sweep-plw-lesson", plws=(0.0, 1.0), seeds=(0, 1))
+    measured = {
+        "date": "2025-01-02",
+        "commit": "abc1234",
+        "machine": "2-core test CPU",
+        "commands": ["lab sweep --config plw-lesson --plws 0,1 --seeds 0,1", "lab verdict runs/sweep-plw-lesson"],
+        "runs": 4,
+        "seconds_per_run": [1, 1, 1, 1],
+        "wall_seconds": 4,
+        "note": "hand-written for the tests",
+    }
+    (folder / "measured.json").write_text(json.dumps(measured))
+    return folder

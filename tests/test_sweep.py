@@ -1,6 +1,7 @@
 """PLW sweeps: `lab sweep` on the tiny model, sweep.csv, means with intervals, the quadratic fit, odd runs."""
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -8,11 +9,14 @@ import threading
 from types import SimpleNamespace
 
 import pytest
+from conftest import fake_sweep
 
+from plw_lab.core.config import LabConfig
 from plw_lab.core.metrics import best_of
 from plw_lab.core.runs import list_runs, load_run
 from plw_lab.core.sweep import axes, odd_runs, points, quadratic_fit, summarise, t95, varied
 from plw_lab.core.sweep_table import COLUMNS, list_sweeps, read_csv
+from plw_lab.core.sweep_verdict import sweep_runs
 from plw_lab.views.charts import plw_sweep_figure, sweep_figure
 
 
@@ -91,7 +95,31 @@ def test_lab_sweep_runs_a_plw_by_seed_grid_on_one_split(tmp_path, capsys):
     assert last[0] != last[1] and last[2] != last[3]
     assert "PLW 0, seed 1: finished after 2 steps" in out and f"sweep folder: {folder}" in out
     assert (folder / "sweep_config.yaml").exists() and list_sweeps(tmp_path) == [folder]
-    assert [run.name for run in list_runs(tmp_path)] == []  # the sweep folder is not mistaken for a run
+    # The sweep folder is no run of its own; its runs are listed under its name, in grid order.
+    assert [run.name for run in list_runs(tmp_path)] == [f"grid/{run.path.name}" for run in runs]
+
+
+def test_runs_dirs_list_every_sweeps_runs_grouped_newest_sweep_first(tmp_path):
+    old = fake_sweep(tmp_path / "sweep-old", plws=(0.0,), seeds=(0, 1))
+    solo = tmp_path / "solo"
+    solo.mkdir()
+    LabConfig().save(solo / "config.yaml")
+    new = fake_sweep(tmp_path / "sweep-new", plws=(0.0, 1.0), seeds=(0,))
+    (tmp_path / "notes").mkdir()  # a folder without runs is neither a run nor a group
+    for age, path in enumerate([*new, solo, *old]):
+        os.utime(path, (1e9 - 100 * age, 1e9 - 100 * age))
+    os.utime(new[0], (1e9 - 10_000, 1e9 - 10_000))  # a sweep is as new as its newest run
+    runs = list_runs(tmp_path)
+    assert [run.name for run in runs] == [
+        "sweep-new/plw0-seed0",
+        "sweep-new/plw1-seed0",
+        "solo",
+        "sweep-old/plw0-seed0",
+        "sweep-old/plw0-seed1",
+    ]
+    assert [run.path for run in runs] == [*new, solo, *old] and runs[2].group == ""
+    # The verdict reads a sweep folder's runs, as `lab verdict` names it, with their bare folder names.
+    assert [run.name for run in sweep_runs([tmp_path / "sweep-new"])] == ["plw0-seed0", "plw1-seed0"]
 
 
 def test_a_bad_grid_exits_with_a_clear_message(capsys):
@@ -482,9 +510,11 @@ def test_the_runs_tab_offers_an_x_axis_for_a_sweep_that_varies_more_than_plw(tmp
     (tmp_path / "plain").mkdir()
     write_csv(tmp_path / "plain" / "sweep.csv", [_row(0.0, 0, 0.5), _row(1.0, 0, 0.6)])
     runs = build_app(LabConfig().override({"model.name": "tiny-random"}), runs_dir=tmp_path).plw_tabs["runs"]
-    figure, picker = runs.on_sweep_pick("wit", "train.completion_loss_weight")
+    shown = runs.on_sweep_pick({runs.sweep_pick: "wit", runs.sweep_x: "train.completion_loss_weight"})
+    figure, picker = shown[runs.sweep_figure], shown[runs.sweep_x]
     assert picker["visible"] and picker["value"] == "train.completion_loss_weight"
     assert picker["choices"] == [("PLW", "plw"), ("train.completion_loss_weight", "train.completion_loss_weight")]
     assert figure.layout.xaxis.title.text == "train.completion_loss_weight"
-    figure, picker = runs.on_sweep_pick("plain", "train.completion_loss_weight")  # not varied there: PLW
+    shown = runs.on_sweep_pick({runs.sweep_pick: "plain", runs.sweep_x: "train.completion_loss_weight"})
+    figure, picker = shown[runs.sweep_figure], shown[runs.sweep_x]  # not varied there: PLW
     assert not picker["visible"] and picker["value"] == "plw" and figure.layout.xaxis.title.text.startswith("PLW")

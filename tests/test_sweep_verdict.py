@@ -103,3 +103,32 @@ def test_a_schedule_is_its_own_arm():
         ),
     ]
     assert [a["arm"] for a in sweep_verdict(runs)["arms"]] == ["PLW 0", "PLW 1\u21920 linear"]
+
+
+def test_lab_verdict_reads_a_sweep_or_the_measured_lesson_through_the_api(tmp_path, monkeypatch, capsys):
+    from conftest import fake_lesson, fake_sweep
+
+    from plw_lab import api
+    from plw_lab.cli import main
+
+    fake_sweep(tmp_path / "mine", plws=(0.0,), seeds=(0, 1))
+    assert main(["verdict", str(tmp_path / "mine")]) == 0
+    out = capsys.readouterr().out
+    assert "what 2 finished run(s) support:" in out and "all runs: stopping on answer loss keeps" in out
+    monkeypatch.setattr(api, "SHIPPED_LESSON", tmp_path / "absent")
+    assert main(["verdict"]) == 2
+    assert "no measured real-data lesson (absent/measured.json is missing)" in capsys.readouterr().err
+    monkeypatch.setattr(api, "SHIPPED_LESSON", fake_lesson(tmp_path / "plw-lesson"))
+    lesson = api.lesson()
+    assert [run.name for run in lesson.runs] == ["plw0-seed0", "plw0-seed1", "plw1-seed0", "plw1-seed1"]
+    assert lesson.verdict == api.sweep_verdict_of(tmp_path / "plw-lesson" / "sweep-plw-lesson").verdict
+    assert main(["verdict"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "The real-data PLW lesson shipped with the lab, measured on real data (B3DB molecules), 2025-01-02, "
+        "commit abc1234, 2-core test CPU; reproduce it with:\n  lab sweep --config plw-lesson"
+    )
+    assert "what 4 finished run(s) support:\nPLW 0: stopping on answer loss" in out
+    (tmp_path / "empty").mkdir()
+    assert main(["verdict", str(tmp_path / "empty")]) == 2
+    assert "no finished runs in empty yet" in capsys.readouterr().err

@@ -33,6 +33,8 @@ from plw_lab.core.memory import Architecture, count, estimate, gib
 from plw_lab.core.models import EMBEDDED_NAME, TINY_NAME, weights_note
 from plw_lab.core.presets import PRESETS
 from plw_lab.core.runs import Run, list_runs
+from plw_lab.core.sweep_table import list_sweeps
+from plw_lab.views.stopping_view import stopping_rows, stopping_sentences
 
 
 def _model_choices() -> list[tuple[str, str]]:
@@ -81,14 +83,18 @@ class AppContext:
         return list_runs(self.runs_path)
 
     def find_run(self, name: str | None) -> Run:
-        """The run of that name in the runs folder; every handler that takes a run name goes through
-        here, so a visitor's text never becomes a path of its own."""
+        """The run of that name in the runs folder ("sweep-x/plw0-seed0" inside a sweep); every handler
+        that takes a run name goes through here, so a visitor's text never becomes a path of its own."""
         if not name:
             raise ValueError("choose a run first")
         for run in self.list_runs():
             if run.name == name:
                 return run
         raise ValueError(f"no run named {name!r}; refresh the list")
+
+    def find_sweep(self, name: str | None) -> Path | None:
+        """The sweep folder of that name in the runs folder, or None; as `find_run`, only a listed name is one."""
+        return next((p for p in list_sweeps(self.runs_path) if p.name == name), None)
 
 
 @dataclass
@@ -144,6 +150,29 @@ def message_html(text: str, kind: str = "error") -> str:
 
 def frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
+
+
+class StoppingView:
+    """A run's stopping report (`plw_lab.core.stopping`): its paragraph and its table, hidden without one."""
+
+    def __init__(self, elem_id: str) -> None:
+        self.text = gr.HTML("", elem_id=f"{elem_id}-text")
+        self.table = gr.Dataframe(
+            label="Where stopping on each validation curve would keep the adapter",
+            interactive=False,
+            wrap=True,
+            visible=False,
+            elem_id=f"{elem_id}-table",
+        )
+        self.outputs = {self.text, self.table}
+
+    def render(self, report: dict | None) -> dict:
+        rows = stopping_rows(report)
+        sentences = stopping_sentences(report)
+        return {
+            self.text: f'<p class="plw-stopping">{html.escape(sentences)}</p>' if sentences else "",
+            self.table: gr.update(value=frame(rows), visible=True) if rows else gr.update(visible=False),
+        }
 
 
 # -- controls from config metadata ----------------------------------------------------------------

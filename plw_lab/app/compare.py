@@ -11,9 +11,10 @@ from __future__ import annotations
 import gradio as gr
 
 from plw_lab import api
-from plw_lab.app.common import AppContext, SharedComponents, frame, message_html, warn
+from plw_lab.app.common import AppContext, SharedComponents, StoppingView, frame, message_html, warn
 from plw_lab.app.jobs import error_text
 from plw_lab.core.runs import run_plw
+from plw_lab.core.stopping import run_stopping
 from plw_lab.views.charts import answer_distribution_figure, empty_figure, logprob_figure
 from plw_lab.views.text_views import generations_html, metrics_comparison_rows, probe_rows, show_generation
 from plw_lab.views.tokens_view import token_loss_html
@@ -68,6 +69,7 @@ class CompareTab:
                     "Compare adapter on vs off", variant="primary", elem_id="compare-btn", scale=1
                 )
             self.msg = gr.HTML("", elem_id="compare-msg")
+            self.stopping = StoppingView("compare-stopping")
             with gr.Row():
                 # hidden until there is a comparison to show (an empty table would show placeholder headers)
                 self.table = gr.Dataframe(
@@ -168,7 +170,7 @@ class CompareTab:
         self.compare_btn.click(self.on_compare, {self.run}, shown, concurrency_limit=2, api_name="compare").then(
             self.on_val_example, example_in, example_out
         )
-        self.run.change(self.on_choose, {self.run}, shown, show_progress="hidden")
+        self.run.change(self.on_choose, {self.run}, {*shown, *self.stopping.outputs}, show_progress="hidden")
         self.val_btn.click(self.on_val_example, example_in, example_out, concurrency_limit=2)
         self.val_idx.release(self.on_val_example, example_in, example_out, trigger_mode="always_last")
         self.loss_mode.change(self.on_val_example, example_in, example_out)
@@ -215,12 +217,14 @@ class CompareTab:
         }
 
     def on_choose(self, values: dict):
-        """A chosen run shows the comparison saved when it finished, without loading its model."""
+        """A chosen run shows its stopping report and the comparison saved when it finished, without loading
+        its model."""
         run_name = values[self.run]
         empty = {
             self.table: gr.update(visible=False),
             self.dist: empty_figure("Predicted answers, adapter on vs off"),
             self.gens: "",
+            **self.stopping.render(None),
         }
         if not run_name:
             return {self.msg: "", **empty}
@@ -228,6 +232,7 @@ class CompareTab:
             run = self.ctx.find_run(run_name)
         except ValueError as exc:
             return {self.msg: message_html(error_text(exc)), **empty}
+        stopping = self.stopping.render(run_stopping(run.summary, run.evals))
         comparison = run.comparison()
         if comparison is None:
             return {
@@ -236,6 +241,7 @@ class CompareTab:
                     "info",
                 ),
                 **empty,
+                **stopping,
             }
         rows, dist, gens = comparison_outputs(comparison)
         n_val = len(comparison["on"]["metrics"].get("examples") or []) or (run.summary or {}).get("n_val") or 0
@@ -250,6 +256,7 @@ class CompareTab:
             self.table: gr.update(value=rows, visible=True),
             self.dist: dist,
             self.gens: gens,
+            **stopping,
         }
         if n_val:
             out[self.val_idx] = gr.update(

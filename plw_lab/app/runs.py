@@ -15,6 +15,7 @@ from pathlib import Path
 import gradio as gr
 from huggingface_hub import get_token as hub_token
 
+from plw_lab import api
 from plw_lab.app.common import AppContext, RunLists, SharedComponents, frame, message_html, warn
 from plw_lab.app.jobs import JobBusy, error_text
 from plw_lab.app.visitors import require_owner, visitor_token
@@ -23,7 +24,8 @@ from plw_lab.core.runs import delete_run
 from plw_lab.core.sweep import axes
 from plw_lab.core.sweep_table import list_sweeps, read_csv
 from plw_lab.views.charts import overlay_figure, plw_sweep_figure, sweep_figure
-from plw_lab.views.text_views import runs_rows
+from plw_lab.views.lesson_charts import arm_curves_figure, verdict_figure
+from plw_lab.views.text_views import measured_markdown, runs_rows, verdict_html
 
 
 class RunsTab:
@@ -85,12 +87,35 @@ class RunsTab:
                     self.sweep_seeds = gr.Textbox("0, 1", label="seeds", elem_id="sweep-seeds", scale=1)
                     self.sweep_btn = gr.Button("Run PLW sweep", variant="primary", elem_id="sweep-btn", scale=1)
                     self.sweep_pick = gr.Dropdown(choices=[], value=None, label="Sweep", elem_id="sweep-pick", scale=2)
+                    self.sweep_overlay_btn = gr.Button(
+                        "Overlay this sweep's runs", elem_id="sweep-overlay-btn", scale=1
+                    )
                 self.sweep_msg = gr.HTML("", elem_id="sweep-msg")
                 # Shown for a sweep that varies more than PLW; the other settings become the figure's series.
                 self.sweep_x = gr.Dropdown(
                     choices=[], value=None, label="x-axis", elem_id="sweep-x", visible=False, interactive=True
                 )
                 self.sweep_figure = gr.Plot(sweep_figure([]), label="Sweep", elem_id="sweep-figure")
+                self.sweep_verdict = gr.HTML("", elem_id="sweep-verdict")
+                self.sweep_verdict_plot = gr.Plot(
+                    label="Verdict", elem_id="sweep-verdict-plot", show_label=False, visible=False
+                )
+            with gr.Accordion("Real-data lesson (measured)", open=False, elem_id="lesson"):
+                # Read on page load, never trained here: the runs shipped with the lab, measured once.
+                self.lesson_label = gr.Markdown("", elem_id="lesson-label")
+                # Hidden until the lesson is read: an installation without one shows only the line saying so.
+                self.lesson_plot = gr.Plot(elem_id="lesson-verdict-plot", show_label=False, visible=False)
+                with gr.Row():
+                    self.lesson_prompt = gr.Plot(elem_id="lesson-prompt-loss", show_label=False, visible=False)
+                    self.lesson_answer = gr.Plot(elem_id="lesson-answer-loss", show_label=False, visible=False)
+                self.lesson_verdict = gr.HTML("", elem_id="lesson-verdict")
+            self.lesson_outputs = {
+                self.lesson_label,
+                self.lesson_plot,
+                self.lesson_prompt,
+                self.lesson_answer,
+                self.lesson_verdict,
+            }
             with gr.Row():
                 self.run_pick = gr.Dropdown(choices=[], value=None, label="Run", elem_id="run-pick", scale=2)
                 self.zip_btn = gr.Button("Download adapter (.zip)", elem_id="zip-btn", scale=1)
@@ -129,11 +154,12 @@ class RunsTab:
         self.sweep_btn.click(
             self.on_sweep, {self.sweep_plws, self.sweep_seeds, visitor}, {self.sweep_msg, self.sweep_figure, visitor}
         )
-        sweep_view = [self.sweep_figure, self.sweep_x]
-        self.sweep_pick.change(self.on_sweep_pick, [self.sweep_pick, self.sweep_x], sweep_view)
-        self.sweep_x.input(self.on_sweep_pick, [self.sweep_pick, self.sweep_x], sweep_view)
-        self.refresh_btn.click(self.sweep_choices, [self.sweep_pick, self.sweep_x], [self.sweep_pick, *sweep_view])
+        sweep_in = {self.sweep_pick, self.sweep_x}
+        self.sweep_pick.change(self.on_sweep_pick, sweep_in, self.sweep_view)
+        self.sweep_x.input(self.on_sweep_pick, sweep_in, self.sweep_view)
+        self.refresh_btn.click(self.sweep_choices, sweep_in, {self.sweep_pick, *self.sweep_view})
         overlay_in, overlay_out = {self.overlay_runs, self.overlay_metric}, {self.overlay_plot, self.sweep_plot}
+        self.sweep_overlay_btn.click(self.on_overlay_sweep, {self.sweep_pick}, self.overlay_runs)
         self.refresh_btn.click(self.refresh, self.inputs, self.outputs, api_name="runs")
         self.overlay_runs.change(self.on_overlay, overlay_in, overlay_out)
         self.overlay_metric.change(self.on_overlay, overlay_in, overlay_out)
@@ -152,27 +178,70 @@ class RunsTab:
 
     def wire_page_load(self, demo: gr.Blocks) -> None:
         demo.load(self.refresh, self.inputs, self.outputs)
-        demo.load(self.sweep_choices, None, [self.sweep_pick, self.sweep_figure, self.sweep_x])
+        demo.load(self.sweep_choices, None, {self.sweep_pick, *self.sweep_view})
+        demo.load(self.lesson_view, None, self.lesson_outputs)
 
     # -- sweeps ------------------------------------------------------------------------------------
 
-    def sweep_choices(self, chosen: str | None = None, x: str | None = None):
-        """The sweep folders in the runs folder (newest first), the chosen one's figure and its x-axis picker."""
-        names = [p.name for p in list_sweeps(self.ctx.runs_path)]
-        pick = chosen if chosen in names else (names[0] if names else None)
-        return (gr.update(choices=names, value=pick), *self.on_sweep_pick(pick, x))
+    @property
+    def sweep_view(self) -> set:
+        """What showing a sweep updates: its figure, its x-axis picker, its verdict."""
+        return {self.sweep_figure, self.sweep_x, self.sweep_verdict, self.sweep_verdict_plot}
 
-    def on_sweep_pick(self, name, x: str | None = None):
-        """The sweep's figure against `x` (PLW where the sweep does not vary `x`), and the x-axis picker:
-        the sweep's varied numbers, shown where there is more than one."""
-        found = name and (self.ctx.runs_path / name / "sweep.csv").exists()
-        rows = read_csv(self.ctx.runs_path / name) if found else []
+    def sweep_choices(self, values: dict | None = None) -> dict:
+        """The sweep folders in the runs folder (newest first) and the chosen one's view (`on_sweep_pick`)."""
+        values = values or {}
+        names = [p.name for p in list_sweeps(self.ctx.runs_path)]
+        chosen = values.get(self.sweep_pick)
+        pick = chosen if chosen in names else (names[0] if names else None)
+        return {
+            self.sweep_pick: gr.update(choices=names, value=pick),
+            **self.on_sweep_pick({self.sweep_pick: pick, self.sweep_x: values.get(self.sweep_x)}),
+        }
+
+    def on_sweep_pick(self, values: dict) -> dict:
+        """The sweep's figure against the x-axis chosen (PLW where the sweep does not vary it), the x-axis
+        picker (the sweep's varied numbers, shown where there is more than one), and the verdict of its
+        finished runs."""
+        folder = self.ctx.find_sweep(values[self.sweep_pick])
+        rows = read_csv(folder) if folder else []
         choices = axes(rows)
-        x = x if x in choices else "plw"
+        x = values[self.sweep_x] if values[self.sweep_x] in choices else "plw"
         picker = gr.update(
             choices=[("PLW", c) if c == "plw" else (c, c) for c in choices], value=x, visible=len(choices) > 1
         )
-        return sweep_figure(rows, x), picker
+        lesson, text = None, ""
+        if folder:
+            try:
+                lesson = api.sweep_verdict_of(folder)
+                text = f"<b>What its {len(lesson.runs)} finished runs support:</b>" + verdict_html(
+                    lesson.verdict["sentences"]
+                )
+            except FileNotFoundError as exc:
+                text = message_html(error_text(exc), "info")
+        return {
+            self.sweep_figure: sweep_figure(rows, x),
+            self.sweep_x: picker,
+            self.sweep_verdict: text,
+            self.sweep_verdict_plot: gr.update(value=verdict_figure(lesson.verdict), visible=True)
+            if lesson
+            else gr.update(visible=False),
+        }
+
+    def lesson_view(self) -> dict:
+        """The real-data lesson shipped with the lab: where and when it was measured, how to reproduce it, its
+        verdict and its prompt- and answer-loss curves; where this installation has none, a line saying so."""
+        try:
+            lesson = api.lesson()
+        except FileNotFoundError as exc:
+            return {self.lesson_label: f"No measured lesson to show: {error_text(exc)}."}
+        return {
+            self.lesson_label: measured_markdown(lesson.label, lesson.measured["commands"]),
+            self.lesson_plot: gr.update(value=verdict_figure(lesson.verdict), visible=True),
+            self.lesson_prompt: gr.update(value=arm_curves_figure(lesson.runs, "prompt_loss"), visible=True),
+            self.lesson_answer: gr.update(value=arm_curves_figure(lesson.runs, "answer_loss"), visible=True),
+            self.lesson_verdict: verdict_html(lesson.verdict["sentences"]),
+        }
 
     def on_sweep(self, values: dict):
         """Start a sweep owned by this visitor (a caller without a token gets one with the answer)."""
@@ -235,6 +304,11 @@ class RunsTab:
         runs = [r for r in self.ctx.list_runs() if r.name in (selected or [])]
         return {self.overlay_plot: overlay_figure(runs, metric), self.sweep_plot: plw_sweep_figure(runs)}
 
+    def on_overlay_sweep(self, values: dict):
+        """Overlay exactly the chosen sweep's runs (the overlay's change event redraws the curves)."""
+        sweep = values[self.sweep_pick]
+        return gr.update(value=[r.name for r in self.ctx.list_runs() if sweep and r.group == sweep])
+
     def on_pick(self, name):
         if not name:
             return None
@@ -251,7 +325,7 @@ class RunsTab:
             if adapter_dir is None:
                 raise ValueError(f"{name} has no saved adapter")
             folder = Path(tempfile.mkdtemp(prefix="plw-adapter-"))
-            target = folder / f"{run.name}-{adapter_dir.name}.zip"
+            target = folder / f"{run.path.name}-{adapter_dir.name}.zip"
             with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
                 for path in sorted(adapter_dir.rglob("*")):
                     # The adapter only: a checkpoint's optimiser and trainer state stay on the server.

@@ -19,6 +19,7 @@ import gradio as gr
 from plw_lab.app.common import (
     AppContext,
     SharedComponents,
+    StoppingView,
     coerce_control,
     config_value,
     make_control,
@@ -32,6 +33,7 @@ from plw_lab.app.visitors import visitor_token
 from plw_lab.core import memory
 from plw_lab.core.config import ConfigError, LabConfig, field_specs
 from plw_lab.core.data import split_sizes
+from plw_lab.core.stopping import run_stopping
 from plw_lab.views.charts import accuracy_figure, loss_figure, predicted_distribution_figure
 from plw_lab.views.history import History
 from plw_lab.views.text_views import (
@@ -219,6 +221,7 @@ class TrainTab:
                             elem_id="dist-plot",
                             show_label=False,
                         )
+                    self.stopping = StoppingView("train-stopping")
 
         shared.settings.update(self.controls)
         #: What the next run's summary line reads.
@@ -229,7 +232,7 @@ class TrainTab:
         }
         shared.after_data_load.append((self.next_run_html, self.next_inputs, self.next_run))
         #: The charts: changed only when new events arrive (the progress line changes every second).
-        self.chart_outputs = {self.advice_box, self.loss_plot, self.acc_plot, self.dist_plot}
+        self.chart_outputs = {self.advice_box, self.loss_plot, self.acc_plot, self.dist_plot, *self.stopping.outputs}
         #: What a visitor's place in the queue changes.
         self.queue_outputs = {self.queue, self.start_btn, self.cancel_btn}
         self.watch_outputs = {
@@ -372,6 +375,8 @@ class TrainTab:
             self.loss_plot: loss_figure(history),
             self.acc_plot: accuracy_figure(history),
             self.dist_plot: predicted_distribution_figure(history),
+            # Once the run has ended: while it trains, every new evaluation could move the kept steps.
+            **self.stopping.render(run_stopping(history.summary, history.evals) if history.done else None),
             self.msg: error,
         }
 

@@ -12,6 +12,9 @@
         compare.json     adapter on/off comparison after training
         summary.json     status, steps, the adapter kept and its step, best metrics and when each was reached
 
+A sweep (`plw_lab.core.sweep`) keeps its runs one folder down, `runs/<sweep>/<run>/`; `list_runs`
+lists them under the name `<sweep>/<run>`, beside the runs of the top level.
+
 Every adapter folder is written under a temporary name and swapped in whole (`replace_folder`), so
 a crash or a full disk mid-write never leaves a partial folder where a complete one was. A file
 damaged anyway (cut short by a copy, emptied by hand) is a `DamagedRunError` naming it.
@@ -329,10 +332,14 @@ class Run:
     events: list[Event] = field(default_factory=list)
     #: File name -> what is wrong with it, for a run listed although config.yaml or summary.json is damaged.
     damaged: dict[str, str] = field(default_factory=dict)
+    #: The folder (a sweep's) holding the run inside the runs folder `list_runs` read; "" at its top level.
+    group: str = ""
 
     @property
     def name(self) -> str:
-        return self.path.name
+        """The folder name, after its group's for a run inside a sweep ("sweep-x/plw0-seed0"): unique among
+        the runs of one runs folder, so lists, pickers and charts key runs by it."""
+        return f"{self.group}/{self.path.name}" if self.group else self.path.name
 
     @property
     def status(self) -> str:
@@ -435,7 +442,7 @@ def load_run(path: str | Path, damaged_ok: bool = False) -> Run:
     """The run in `path`. A damaged config.yaml or summary.json is a `DamagedRunError`, or with
     `damaged_ok` a run whose status is damaged (so one bad file never hides the other runs of a list)."""
     path = Path(path)
-    if not (path / "config.yaml").exists():
+    if not is_run_folder(path):
         raise FileNotFoundError(f"{path} is not a run folder (no config.yaml)")
     damaged: dict[str, str] = {}
     config, summary = None, {}
@@ -454,17 +461,40 @@ def load_run(path: str | Path, damaged_ok: bool = False) -> Run:
     return Run(path, config, summary, drop_superseded(read_events(path / "events.jsonl")), damaged)
 
 
+def is_run_folder(path: Path) -> bool:
+    return (path / "config.yaml").exists()
+
+
+def run_folders(base: Path) -> list[Path]:
+    """The run folders in `base` and one level down (a sweep's), in name order."""
+    found = []
+    for child in sorted(base.iterdir()):
+        if is_run_folder(child):
+            found.append(child)
+        elif child.is_dir():
+            found += [g for g in sorted(child.iterdir()) if is_run_folder(g)]
+    return found
+
+
 def list_runs(output_dir: str | Path) -> list[Run]:
+    """The runs in `output_dir` and in its sweep folders, grouped: a sweep's runs together, in name (grid)
+    order; the top-level runs and the sweeps newest first (a sweep as new as its newest run)."""
     base = Path(output_dir)
     if not base.is_dir():
         return []
-    runs = [load_run(p, damaged_ok=True) for p in sorted(base.iterdir()) if (p / "config.yaml").exists()]
-    return sorted(runs, key=lambda r: r.path.stat().st_mtime, reverse=True)
+    groups: dict[str, list[Run]] = {}
+    for path in run_folders(base):
+        run = load_run(path, damaged_ok=True)
+        if path.parent != base:
+            run.group = path.parent.name
+        groups.setdefault(run.group or run.name, []).append(run)
+    newest = {key: max(r.path.stat().st_mtime for r in runs) for key, runs in groups.items()}
+    return [run for key in sorted(groups, key=newest.get, reverse=True) for run in groups[key]]
 
 
 def delete_run(path: str | Path) -> None:
     path = Path(path)
-    if not (path / "config.yaml").exists():
+    if not is_run_folder(path):
         raise FileNotFoundError(f"{path.name} is not a run folder; refusing to delete it")
     if is_live(path):
         raise ValueError(f"{path.name} is still training; stop it first")

@@ -96,6 +96,12 @@ def stopping_report(evals: Sequence) -> dict:
     return report
 
 
+def run_stopping(summary: dict | None, evals: Sequence) -> dict:
+    """A run's stopping report: the one its summary recorded, else computed from its evaluations (a run
+    killed before writing its summary, or from a lab older than the report)."""
+    return (summary or {}).get("stopping") or stopping_report(evals)
+
+
 def criteria(report: dict) -> dict[str, dict]:
     """The report's per-curve entries, without the paired test."""
     return {name: entry for name, entry in report.items() if name in CRITERIA}

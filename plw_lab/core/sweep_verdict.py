@@ -229,23 +229,18 @@ def verdict_sentences(arms: Sequence[dict], pairs: Sequence[dict]) -> list[str]:
 #: The real-data PLW lesson shipped in the wheel: the measured runs of the `plw-lesson` recipe (configs,
 #: events and summaries, no adapters) and `measured.json` (date, commit, machine, commands, wall time).
 SHIPPED_LESSON = Path(__file__).resolve().parents[1] / "lessons" / "plw-lesson"
+#: What its runs train on: the plw-lesson recipe's data.source, builtin:bbb.
+SHIPPED_LESSON_DATA = "real data (B3DB molecules)"
 
 
 def sweep_runs(folders: Sequence[str | Path]) -> list:
     """The finished runs inside `folders`: sweep folders (runs one level down), run folders, or folders of sweeps."""
-    from plw_lab.core.runs import load_run
+    from plw_lab.core.runs import is_run_folder, load_run, run_folders
 
     found: list[Path] = []
     for folder in map(Path, folders):
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} is not a folder of runs or sweeps")
-        if (folder / "config.yaml").exists():
-            found.append(folder)
-            continue
-        for child in sorted(folder.iterdir()):
-            if (child / "config.yaml").exists():
-                found.append(child)
-            elif child.is_dir():
-                found += [g for g in sorted(child.iterdir()) if (g / "config.yaml").exists()]
+        found += [folder] if is_run_folder(folder) else run_folders(folder)
     runs = [load_run(path, damaged_ok=True) for path in found]
     return [run for run in runs if run.status == "finished" and run.config is not None]

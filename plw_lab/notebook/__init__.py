@@ -33,9 +33,11 @@ from plw_lab.views.charts import (
     rg_histogram,
     sweep_figure,
 )
+from plw_lab.views.lesson_charts import arm_curves_figure, verdict_figure
 from plw_lab.views.stopping_view import stopping_rows, stopping_sentences
 from plw_lab.views.text_views import (
     generations_html,
+    measured_markdown,
     metrics_comparison_rows,
     probe_rows,
     relative_change,
@@ -45,6 +47,7 @@ from plw_lab.views.text_views import (
     runs_rows,
     stats_markdown,
     sweep_row_text,
+    verdict_html,
 )
 from plw_lab.views.tokens_view import completion_weight_share, token_loss_html
 
@@ -56,6 +59,7 @@ __all__ = [
     "LiveCurves",
     "adapter",
     "answer_distribution_figure",
+    "arm_curves_figure",
     "answer_summary",
     "balanced_counts",
     "batch_frame",
@@ -74,6 +78,7 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "make_split",
+    "measured_markdown",
     "metrics_comparison_rows",
     "overlay_figure",
     "plw_sweep_figure",
@@ -102,4 +107,6 @@ __all__ = [
     "token_view",
     "token_weight_values",
     "token_weights",
+    "verdict_figure",
+    "verdict_html",
 ]

@@ -500,6 +500,28 @@ def _clip_tail(text: str, width: int) -> str:
 # -- runs -------------------------------------------------------------------------------------
 
 
+def measured_markdown(label: str, commands: Sequence[str]) -> str:
+    """Where a measured lesson's numbers come from (`plw_lab.api.Lesson.label`) and the commands that reproduce it."""
+    shown = "\n".join(commands)
+    return f"**{label}**. Reproduce it with:\n\n```bash\n{shown}\n```"
+
+
+def verdict_html(sentences: Sequence[str]) -> str:
+    """A sweep verdict's sentences (`plw_lab.core.sweep_verdict`) as a list; an indented sentence (what one arm's
+    stopping contrast and prompt loss say) nests under the arm's own."""
+    items: list[list[str]] = []
+    for sentence in sentences:
+        if sentence.startswith(" ") and items:
+            items[-1].append(sentence.strip())
+        else:
+            items.append([sentence.strip()])
+    lines = []
+    for head, *details in items:
+        nested = "".join(f"<li>{html.escape(d)}</li>" for d in details)
+        lines.append(f"<li>{html.escape(head)}{f'<ul>{nested}</ul>' if nested else ''}</li>")
+    return f'<ul class="plw-verdict">{"".join(lines)}</ul>' if lines else ""
+
+
 def runs_rows(runs: Sequence) -> list[dict]:
     """One row per run: name, status, config essentials including PLW, best metrics and their steps."""
     rows = []
