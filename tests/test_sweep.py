@@ -90,6 +90,14 @@ def test_lab_sweep_runs_a_plw_by_seed_grid_on_one_split(tmp_path, capsys):
         assert (row["best_answer_loss"], row["best_answer_loss_step"]) == (pytest.approx(loss["value"]), loss["step"])
         at_best = next(e for e in run.evals if e.step == best["step"]).metrics["answer_accuracy_ci"]
         assert [row["answer_accuracy_ci_low"], row["answer_accuracy_ci_high"]] == pytest.approx(at_best)
+        # A column per stopping criterion, from the run's own report in summary.json.
+        stopping = run.summary["stopping"]
+        for name in ("full_loss", "answer_loss", "answer_accuracy"):
+            assert row[f"stop_{name}_step"] == stopping[name]["step"]
+            assert row[f"stop_{name}_accuracy"] == pytest.approx(stopping[name]["answer_accuracy"])
+        assert row["stop_test_p_value"] == pytest.approx(stopping["test"]["p_value"])
+    # The verdict of the finished runs follows the sweep's table.
+    assert "what 4 finished run(s) support:" in out and "PLW 0 vs PLW 1: " in out
     # Different seeds start from different adapters: their last validation losses differ at the same PLW.
     last = [run.evals[-1].metrics["completion_loss"] for run in runs]
     assert last[0] != last[1] and last[2] != last[3]

@@ -28,6 +28,7 @@ from plw_lab.core.config import LabConfig
 from plw_lab.core.events import Started
 from plw_lab.core.metrics import METRICS, best_of
 from plw_lab.core.runs import folder_name, load_run
+from plw_lab.core.stopping import CRITERIA, stopping_report
 
 COLUMNS = (
     "plw",
@@ -42,6 +43,10 @@ COLUMNS = (
     "answer_accuracy_ci_high",
     "best_answer_loss",
     "best_answer_loss_step",
+    # The stopping-criterion report: per curve the step it keeps and the answer accuracy there, and the exact
+    # McNemar p of the adapters full-sequence loss and answer loss keep (`plw_lab.core.stopping`).
+    *(f"stop_{name}_{part}" for name in CRITERIA for part in ("step", "accuracy")),
+    "stop_test_p_value",
     "run",
 )
 GRID_FILE = "grid.json"
@@ -134,8 +139,20 @@ def run_row(values: dict, run_dir: Path | str, summary: dict, evals: Sequence) -
         "answer_accuracy_ci_high": ci[1],
         "best_answer_loss": loss.get("value"),
         "best_answer_loss_step": loss.get("step"),
+        **stopping_columns(stopping_report(evals)),
         "run": str(run_dir),
     }
+
+
+def stopping_columns(report: dict) -> dict:
+    """A run's stopping-criterion report as sweep.csv's stop_* columns (None where a curve was never measured)."""
+    out = {}
+    for name in CRITERIA:
+        entry = report.get(name) or {}
+        out[f"stop_{name}_step"] = entry.get("step")
+        out[f"stop_{name}_accuracy"] = entry.get("answer_accuracy")
+    out["stop_test_p_value"] = (report.get("test") or {}).get("p_value")
+    return out
 
 
 def folder_row(values: dict, run_dir: Path) -> dict:
