@@ -324,9 +324,11 @@ class LoraConfig:
     )
     dropout: float = _f(0.0, "Dropout on the LoRA input during training.", min=0.0, max=0.9, aliases=("lora_dropout",))
     target_modules: list = _f(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        "Names of the linear layers that get adapters ('all-linear' as the only entry adapts every linear layer "
-        "but the output head).",
+        ["all-linear"],
+        "Names of the linear layers that get adapters. 'all-linear' as the only entry (the default) adapts every "
+        "linear layer of the transformer layers but the output head: the attention and MLP projections of any "
+        "architecture (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj on Llama; the fused qkv_proj "
+        "and gate_up_proj on Phi-3). A list such as q_proj,v_proj adapts those layers only.",
         aliases=("lora_target_modules",),
     )
     layers: str = _f(
