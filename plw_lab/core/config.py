@@ -867,10 +867,22 @@ def _format_fields(template: str) -> list[str]:
 
 def _check_format_fields(name: str, template: str, allowed: tuple[str, ...]) -> None:
     try:
-        named = _format_fields(template)
+        parts = list(string.Formatter().parse(template))
     except ValueError as exc:
         raise ConfigError(f"{name}: not a valid template ({exc}); write a literal brace as {{{{ or }}}}") from None
-    bad = [field for field in named if field not in allowed]
+    # str.format runs what follows a field's name on a record's text: '{context:>1000000000}' pads
+    # every prompt to a gigabyte, '.x' and '[0]' reach into the value. Fields are placed as they are.
+    shaped = [
+        "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        for _, field, spec, conversion in parts
+        if field is not None and (spec or conversion or any(c in field for c in ".["))
+    ]
+    if shaped:
+        raise ConfigError(
+            f"{name} formats a field ({shaped[0]}); a template places fields as they are, e.g. "
+            f"{'{' + allowed[0] + '}'}, with no ':', '!', '.' or '[' after the name"
+        )
+    bad = [field for _, field, _, _ in parts if field is not None and field not in allowed]
     if bad:
         raise ConfigError(
             f"{name} names {', '.join('{' + b + '}' for b in bad)}, which records do not have; "
