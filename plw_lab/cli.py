@@ -641,12 +641,13 @@ def cmd_config(args) -> int:
 
 
 def cmd_memory(args) -> int:
-    from plw_lab.core.memory import count, describe, estimate, gib
+    from plw_lab.core.memory import count, estimate, gib
     from plw_lab.core.models import ModelError
     from plw_lab.core.presets import PRESETS
 
     cfg = build_config(args)
-    print(describe(cfg, args.device))
+    # The estimate is what was asked for: a model it cannot size is an error here, not a note.
+    print(estimate(cfg, device=args.device).describe())
     if args.presets:
         print(f"\n{'model':<38}{'parameters':>12}{'to train (' + (args.device or 'cuda') + ')':>22}")
         for preset in PRESETS:
