@@ -661,18 +661,16 @@ def cmd_memory(args) -> int:
     return 0
 
 
-#: What the app imports beyond the core install: the `[app]` extra.
-APP_PACKAGES = ("gradio", "plotly")
-
-
 def cmd_app(argv: list[str]) -> int:
+    from plw_lab.core.extras import MissingExtraError, require
+
     try:
-        from plw_lab.app.main import main as serve
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] not in APP_PACKAGES:
-            raise
-        print(f"error: the app needs {exc.name}; install it with `pip install 'plw-lab[app]'`", file=sys.stderr)
+        require("app", "lab app")
+    except MissingExtraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
+    from plw_lab.app.main import main as serve
+
     serve(argv, prog="lab app")
     return 0
 

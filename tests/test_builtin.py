@@ -1,5 +1,6 @@
 import collections
 import importlib.util
+import sys
 
 import pytest
 
@@ -93,8 +94,12 @@ def test_bbb():
 
 
 def test_bbb_missing_package(monkeypatch):
-    monkeypatch.setattr(builtin.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ImportError, match="pip install qc-B3DB"):
+    from plw_lab.core.extras import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "B3DB", None)  # as where the [demo] extra is not installed
+    with pytest.raises(
+        MissingExtraError, match=r'needs B3DB, which is not installed here: pip install "plw-lab\[demo\]"'
+    ):
         load_builtin("bbb", n=10)
 
 

@@ -67,7 +67,23 @@ def test_the_cli_and_the_engine_import_without_any_extra(tmp_path):
 def test_lab_app_without_the_app_extra_says_what_to_install(tmp_path):
     result = run_without_extras(tmp_path, "import sys\nfrom plw_lab.cli import main\nsys.exit(main(['app']))")
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: the app needs gradio; install it with `pip install 'plw-lab[app]'`"
+    assert (
+        result.stderr.strip() == 'error: lab app needs gradio, which is not installed here: pip install "plw-lab[app]"'
+    )
+
+
+def test_the_bbb_demo_without_the_demo_extra_says_what_to_install(tmp_path):
+    result = run_without_extras(
+        tmp_path,
+        "import sys\nfrom plw_lab.cli import main\n"
+        "sys.exit(main(['train', '--config', 'bbb-demo', '--model', 'tiny-random', '--output-dir', 'runs']))",
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: the built-in set 'bbb' (builtin:bbb) needs B3DB, which is not installed here: "
+        'pip install "plw-lab[demo]"'
+    )
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow

@@ -162,9 +162,10 @@ _BBB_LABELS = ("BBB+", "BBB-")
 def _bbb(n: int | None, seed: int) -> list[dict]:
     # find_spec locates the package without importing it: B3DB's __init__ eagerly loads
     # ~80 MB of tables with pandas, while we only need the 2.6 MB classification TSV.
+    from plw_lab.core.extras import require
+
+    require("demo", "the built-in set 'bbb' (builtin:bbb)")
     spec = importlib.util.find_spec("B3DB")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the 'bbb' set needs the B3DB data package: pip install qc-B3DB")
     path = Path(list(spec.submodule_search_locations)[0]) / "B3DB_classification.tsv"
     with open(path, newline="", encoding="utf-8") as f:
         rows = [(r["SMILES"], r["BBB+/BBB-"]) for r in csv.DictReader(f, delimiter="\t")]
