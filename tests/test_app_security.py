@@ -5,6 +5,7 @@ visitor's data state is bounded, a starting run cannot be deleted, and a stopped
 Runs tab."""
 
 import dataclasses
+import html
 import json
 import threading
 import time
@@ -276,6 +277,21 @@ def test_start_refuses_a_setting_that_names_a_server_path(app, server_paths, toa
     # the same settings with what a visitor may name build a config
     allowed = {"data.val_source": "builtin:bbb", "data.mix": '{"builtin:bbb": 1}', "model.name": "someone/a-model"}
     assert train.build_config(_start_values(app, **{key: allowed[key]}))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("data.mix", '{"builtin:../../secret/creds.jsonl": 1}', "Mix\": unknown built-in set '../../secret/creds"),
+        ("data.val_source", "builtin:../secret/creds", "Val source\": unknown built-in set '../secret/creds'"),
+    ],
+    ids=["mix", "val_source"],
+)
+def test_start_refuses_a_built_in_set_that_does_not_exist(app, toasts, key, value, said):
+    train = app.plw_tabs["train"]
+    out = train.on_start(_start_values(app, **{key: value}))
+    assert train.shared.seen_job not in out and app.plw_registry.current is None  # no job started
+    assert "Cannot start" in _texts(out) and said in html.unescape(_texts(out))
 
 
 def test_the_model_box_is_no_path_oracle(app, server_paths, toasts, tmp_path, monkeypatch):

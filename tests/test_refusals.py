@@ -67,6 +67,11 @@ CASES = {
         ["--set", "data.mc_template={question.__class__} {options}"],
         ["({question.__class__})"],
     ),
+    "data.mix naming no built-in set": (
+        {},
+        ["--set", 'data.mix={"builtin:../../secret/creds.jsonl": 1}'],
+        ["data.mix: unknown built-in set '../../secret/creds.jsonl'; choose one of reading-mc"],
+    ),
     "target_modules []": ({}, ["--set", "lora.target_modules=[]"], ["lora.target_modules is empty"]),
     "target_modules [1,2]": ({}, ["--set", "lora.target_modules=[1,2]"], ["lora.target_modules", "got 1"]),
     "lora.layers empty": ({}, ["--set", "lora.layers="], ["lora.layers is empty"]),

@@ -496,6 +496,18 @@ BUILTIN_SETS: dict[str, BuiltinSet] = {
 }
 
 
+def unknown_set(source: str) -> str:
+    """Why a 'builtin:NAME' source names no built-in set ('' when it names one, or is not 'builtin:')."""
+    if not source.startswith("builtin:"):
+        return ""
+    from plw_lab.core.config import shown
+
+    name = source.removeprefix("builtin:")
+    if name in BUILTIN_SETS:
+        return ""
+    return f"unknown built-in set {shown(name)}; choose one of {', '.join(BUILTIN_SETS)}"
+
+
 def load_builtin(name: str, n: int | None = None, seed: int = 0) -> list[dict]:
     """Records of a built-in set; n caps the count (a deterministic subsample for `seed`)."""
     if name not in BUILTIN_SETS:

@@ -626,6 +626,7 @@ class LabConfig:
                 "raise either"
             )
         _check_mix(self.data.mix)
+        _check_builtin_sources(self.data)
         _check_column_map(self.data.column_map)
         _check_target_modules(self.lora.target_modules)
         _parse_layers(self.lora.layers)
@@ -809,6 +810,18 @@ def _check_mix(mix: dict) -> None:
             )
     if mix and not any(ratio > 0 for ratio in mix.values()):
         raise ConfigError("data.mix: every ratio is 0; give at least one source a positive ratio")
+
+
+def _check_builtin_sources(data: DataConfig) -> None:
+    """Every 'builtin:NAME' among the data sources names a built-in set, so a run (or the app's job)
+    is refused before it starts rather than failing when it reads its data."""
+    from plw_lab.core.builtin import unknown_set
+
+    for key, source in [("data.source", data.source), ("data.val_source", data.val_source)] + [
+        ("data.mix", s) for s in data.mix
+    ]:
+        if unknown_set(source.strip()):
+            raise ConfigError(f"{key}: {unknown_set(source.strip())}")
 
 
 def _key(name: Any) -> str:
