@@ -43,6 +43,7 @@ __all__ = [
     "resume_sweep",
     "sweep",
     "train",
+    "write_notebooks",
 ]
 
 
@@ -302,3 +303,26 @@ def prompt_outputs(loaded: LoadedRun, text: str) -> ExampleOutputs:
                 if choices:
                     outputs.logprobs[side] = choice_logprobs(loaded.model, loaded.tokenizer, prompt, choices)
     return outputs
+
+
+# -- the teaching notebooks -----------------------------------------------------------------------
+
+#: The teaching notebooks, shipped in the wheel as package data (`plw_lab/notebooks` links to the
+#: checkout's notebooks/ folder), so `lab notebooks DIR` reaches them from a pip install.
+NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
+
+
+def write_notebooks(folder: str | Path) -> list[Path]:
+    """Copy the teaching notebooks into `folder` (created if missing) and return their paths. Refuses,
+    with a `FileExistsError` naming it and writing nothing, a folder that already holds one of them."""
+    import shutil
+
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file; name a folder for the notebooks")
+    sources = sorted(NOTEBOOKS.glob("*.ipynb"))
+    clashes = [folder / s.name for s in sources if (folder / s.name).exists()]
+    if clashes:
+        raise FileExistsError(f"{clashes[0]} already exists; name another folder (your edits there are kept)")
+    folder.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copyfile(source, folder / source.name)) for source in sources]

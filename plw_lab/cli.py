@@ -11,6 +11,7 @@
     lab memory --presets                # the memory a run needs, and the model presets' sizes
     lab push runs/<run> --repo you/name # adapter, model card and config to the Hugging Face hub
     lab app                             # the web app on http://127.0.0.1:7860 (pip install 'plw-lab[app]')
+    lab notebooks lessons               # the teaching notebooks into ./lessons, for `jupyter lab lessons`
 
 Multi-GPU: `accelerate launch -m plw_lab train ...` (DDP, FSDP or DeepSpeed as accelerate is configured).
 
@@ -675,6 +676,19 @@ def cmd_app(argv: list[str]) -> int:
     return 0
 
 
+def cmd_notebooks(args) -> int:
+    from plw_lab import api
+
+    try:
+        written = api.write_notebooks(args.folder)
+    except OSError as exc:  # the folder is a file, holds the notebooks already, or cannot be written
+        print(f"error: {f'{exc.filename}: {exc.strerror}' if exc.strerror else exc}", file=sys.stderr)
+        return 2
+    print("\n".join(str(path) for path in written))
+    print(f'open them with `jupyter lab {args.folder}` (needs `pip install "plw-lab[notebooks]"`)')
+    return 0
+
+
 def cmd_push(args) -> int:
     from plw_lab.core.card import push
 
@@ -718,6 +732,9 @@ EXAMPLES = {
     "app": """examples:
   lab app                                 # the lab in the browser on http://127.0.0.1:7860
   lab app --model tiny-random --port 8080 # every option: lab app --help""",
+    "notebooks": """examples:
+  lab notebooks lessons                   # the three teaching notebooks, into ./lessons
+  jupyter lab lessons                     # then open them (pip install "plw-lab[notebooks]")""",
     "push": """examples:
   HF_TOKEN=hf_... lab push runs/<run> --repo your-name/smollm2-plw0-race
   lab push runs/<run> --repo your-name/adapter --private""",
@@ -804,6 +821,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_memory)
     # Listed here for `lab --help`; `lab app ...` is handed to the app's own parser before this one runs.
     command("app", "serve the lab's web app (needs `pip install 'plw-lab[app]'`)")
+    p = command("notebooks", "write the teaching notebooks into a folder, to open with Jupyter")
+    p.add_argument("folder", help="folder to write them into (created if missing)")
+    p.set_defaults(func=cmd_notebooks)
     p = command("push", "upload a run's adapter, model card and config to the Hugging Face hub")
     p.add_argument("run", help="run folder")
     p.add_argument("--repo", required=True, help="hub model repository, e.g. your-name/smollm2-plw0-race")

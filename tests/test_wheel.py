@@ -102,6 +102,8 @@ def test_the_wheel_ships_the_recipes_and_the_app(tmp_path):
         names = set(archive.namelist())
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert {"plw_lab/recipes/bbb-demo.yaml", "plw_lab/recipes/accelerate/ddp.yaml", "plw_lab/app/main.py"} <= names
+    notebooks = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+    assert len(notebooks) == 3 and {f"plw_lab/notebooks/{name}" for name in notebooks} <= names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: Apache-2.0" in metadata
     core = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
@@ -121,5 +123,7 @@ def test_the_wheel_ships_the_recipes_and_the_app(tmp_path):
 
     assert run("-m", "plw_lab", "--version").strip() == f"lab {__version__}"
     assert "limit: 560" in run("-m", "plw_lab", "config", "--config", "bbb-demo")
+    run("-m", "plw_lab", "notebooks", "lessons")
+    assert sorted(p.name for p in (outside / "lessons").iterdir()) == notebooks
     imported = run("-c", "import plw_lab.app.main, plw_lab; print(plw_lab.__file__)")
     assert Path(imported.strip()).is_relative_to(target)
