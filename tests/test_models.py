@@ -139,3 +139,15 @@ def test_a_lab_home_that_is_a_file_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("PLW_LAB_HOME", str(home))
     with pytest.raises(ModelError, match=f"PLW_LAB_HOME \\({home}\\) is a file, not a folder"):
         load_model(ModelConfig(name="tiny-random"))
+
+
+def test_an_hf_model_name_never_loads_a_folder_of_that_name(tmp_path, monkeypatch):
+    import shutil
+
+    from plw_lab.core.models import base_model_id, tiny_model_dir
+
+    shutil.copytree(tiny_model_dir(), tmp_path / "someone" / "model")  # a loadable model, shadowing the id
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match="Could not load model 'hf:someone/model': it is not in the local cache"):
+        load_model(ModelConfig(name="hf:someone/model"))
+    assert base_model_id("hf:someone/model") == "someone/model"

