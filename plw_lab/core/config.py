@@ -821,8 +821,8 @@ def _check_builtin_sources(data: DataConfig) -> None:
     for key, source in [("data.source", data.source), ("data.val_source", data.val_source)] + [
         ("data.mix", s) for s in data.mix
     ]:
-        if unknown_set(source.strip()):
-            raise ConfigError(f"{key}: {unknown_set(source.strip())}")
+        if unknown := unknown_set(source.strip()):
+            raise ConfigError(f"{key}: {unknown}")
 
 
 def _key(name: Any) -> str:

@@ -151,8 +151,8 @@ def read_records(cfg: DataConfig, hub_ids_only: bool = False) -> tuple[list[dict
         from plw_lab.core import builtin
 
         name = source.removeprefix("builtin:")
-        if builtin.unknown_set(source):
-            raise DataError(builtin.unknown_set(source))
+        if unknown := builtin.unknown_set(source):
+            raise DataError(unknown)
         spec = builtin.BUILTIN_SETS[name]
         records = builtin.load_builtin(name, n=cfg.limit or None, seed=0)
         info = {"format": spec.format, "labels": list(spec.labels), "description": spec.description}

@@ -137,7 +137,8 @@ def architecture(name: str) -> Architecture:
     preset = find_preset(name)
     if preset is not None:
         return Architecture.from_config(preset.config)
-    path = resolve_model_path(name)  # refuses what no run could load: a folder that is not a model, a file
+    # Refuses what no run could load: a folder that is not a model, a file, an 'hf:' model not cached offline.
+    path = resolve_model_path(name, hub_files=["config.json"])
     try:
         if Path(path).is_dir():
             return Architecture.from_config(_local_config(Path(path)))

