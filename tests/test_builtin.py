@@ -94,13 +94,16 @@ def test_bbb():
 
 
 def test_bbb_missing_package(monkeypatch):
+    from plw_lab.core.config import DataConfig
+    from plw_lab.core.data import load_examples
     from plw_lab.core.extras import MissingExtraError
 
     monkeypatch.setitem(sys.modules, "B3DB", None)  # as where the [demo] extra is not installed
-    with pytest.raises(
-        MissingExtraError, match=r'needs B3DB, which is not installed here: pip install "plw-lab\[demo\]"'
-    ):
-        load_builtin("bbb", n=10)
+    with pytest.raises(MissingExtraError) as refused:
+        load_examples(DataConfig(source="builtin:bbb", limit=10))
+    assert str(refused.value) == (
+        "the built-in set 'bbb' (builtin:bbb) needs B3DB, which is not installed here: pip install \"plw-lab[demo]\""
+    )
 
 
 def test_import_has_no_side_effects(monkeypatch):

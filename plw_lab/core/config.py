@@ -813,15 +813,23 @@ def _check_mix(mix: dict) -> None:
         raise ConfigError("data.mix: every ratio is 0; give at least one source a positive ratio")
 
 
+def unknown_builtin_set(source: str) -> str:
+    """Why a 'builtin:NAME' source names no built-in set ('' when it names one, or is not 'builtin:')."""
+    from plw_lab.core.builtin import BUILTIN_SETS
+
+    name = source.strip().removeprefix("builtin:")
+    if not source.strip().startswith("builtin:") or name in BUILTIN_SETS:
+        return ""
+    return f"unknown built-in set {shown(name)}; choose one of {', '.join(BUILTIN_SETS)}"
+
+
 def _check_builtin_sources(data: DataConfig) -> None:
     """Every 'builtin:NAME' among the data sources names a built-in set, so a run (or the app's job)
     is refused before it starts rather than failing when it reads its data."""
-    from plw_lab.core.builtin import unknown_set
-
     for key, source in [("data.source", data.source), ("data.val_source", data.val_source)] + [
         ("data.mix", s) for s in data.mix
     ]:
-        if unknown := unknown_set(source.strip()):
+        if unknown := unknown_builtin_set(source):
             raise ConfigError(f"{key}: {unknown}")
 
 
