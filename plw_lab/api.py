@@ -50,6 +50,7 @@ __all__ = [
     "sweep",
     "sweep_verdict_of",
     "train",
+    "write_notebooks",
 ]
 
 
@@ -350,3 +351,26 @@ def lesson(folder: str | Path | None = None) -> Lesson:
         )
     measured = json.loads((folder / "measured.json").read_text(encoding="utf-8"))
     return dataclasses.replace(sweep_verdict_of(folder), measured=measured)
+
+
+# -- the teaching notebooks -----------------------------------------------------------------------
+
+#: The teaching notebooks, shipped in the wheel as package data (`plw_lab/notebooks` links to the
+#: checkout's notebooks/ folder), so `lab notebooks DIR` reaches them from a pip install.
+NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
+
+
+def write_notebooks(folder: str | Path) -> list[Path]:
+    """Copy the teaching notebooks into `folder` (created if missing) and return their paths. Refuses,
+    with a `FileExistsError` naming it and writing nothing, a folder that already holds one of them."""
+    import shutil
+
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file; name a folder for the notebooks")
+    sources = sorted(NOTEBOOKS.glob("*.ipynb"))
+    clashes = [folder / s.name for s in sources if (folder / s.name).exists()]
+    if clashes:
+        raise FileExistsError(f"{clashes[0]} already exists; name another folder (your edits there are kept)")
+    folder.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copyfile(source, folder / source.name)) for source in sources]

@@ -11,6 +11,7 @@
     lab memory --presets                # the memory a run needs, and the model presets' sizes
     lab push runs/<run> --repo you/name # adapter, model card and config to the Hugging Face hub
     lab app                             # the web app on http://127.0.0.1:7860 (pip install 'plw-lab[app]')
+    lab notebooks lessons               # the teaching notebooks into ./lessons, for `jupyter lab lessons`
 
 Multi-GPU: `accelerate launch -m plw_lab train ...` (DDP, FSDP or DeepSpeed as accelerate is configured).
 
@@ -707,12 +708,13 @@ def cmd_config(args) -> int:
 
 
 def cmd_memory(args) -> int:
-    from plw_lab.core.memory import count, describe, estimate, gib
+    from plw_lab.core.memory import count, estimate, gib
     from plw_lab.core.models import ModelError
     from plw_lab.core.presets import PRESETS
 
     cfg = build_config(args)
-    print(describe(cfg, args.device))
+    # The estimate is what was asked for: a model it cannot size is an error here, not a note.
+    print(estimate(cfg, device=args.device).describe())
     if args.presets:
         print(f"\n{'model':<38}{'parameters':>12}{'to train (' + (args.device or 'cuda') + ')':>22}")
         for preset in PRESETS:
@@ -726,19 +728,30 @@ def cmd_memory(args) -> int:
     return 0
 
 
-#: What the app imports beyond the core install: the `[app]` extra.
-APP_PACKAGES = ("gradio", "plotly")
-
-
 def cmd_app(argv: list[str]) -> int:
+    from plw_lab.core.extras import MissingExtraError, require
+
     try:
-        from plw_lab.app.main import main as serve
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] not in APP_PACKAGES:
-            raise
-        print(f"error: the app needs {exc.name}; install it with `pip install 'plw-lab[app]'`", file=sys.stderr)
+        require("app", "lab app")
+    except MissingExtraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
+    from plw_lab.app.main import main as serve
+
     serve(argv, prog="lab app")
+    return 0
+
+
+def cmd_notebooks(args) -> int:
+    from plw_lab import api
+
+    try:
+        written = api.write_notebooks(args.folder)
+    except OSError as exc:  # the folder is a file, holds the notebooks already, or cannot be written
+        print(f"error: {f'{exc.filename}: {exc.strerror}' if exc.strerror else exc}", file=sys.stderr)
+        return 2
+    print("\n".join(str(path) for path in written))
+    print(f'open them with `jupyter lab {args.folder}` (needs `pip install "plw-lab[notebooks]"`)')
     return 0
 
 
@@ -790,6 +803,9 @@ EXAMPLES = {
     "app": """examples:
   lab app                                 # the lab in the browser on http://127.0.0.1:7860
   lab app --model tiny-random --port 8080 # every option: lab app --help""",
+    "notebooks": """examples:
+  lab notebooks lessons                   # the three teaching notebooks, into ./lessons
+  jupyter lab lessons                     # then open them (pip install "plw-lab[notebooks]")""",
     "push": """examples:
   HF_TOKEN=hf_... lab push runs/<run> --repo your-name/smollm2-plw0-race
   lab push runs/<run> --repo your-name/adapter --private""",
@@ -900,6 +916,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_memory)
     # Listed here for `lab --help`; `lab app ...` is handed to the app's own parser before this one runs.
     command("app", "serve the lab's web app (needs `pip install 'plw-lab[app]'`)")
+    p = command("notebooks", "write the teaching notebooks into a folder, to open with Jupyter")
+    p.add_argument("folder", help="folder to write them into (created if missing)")
+    p.set_defaults(func=cmd_notebooks)
     p = command("push", "upload a run's adapter, model card and config to the Hugging Face hub")
     p.add_argument("run", help="run folder")
     p.add_argument("--repo", required=True, help="hub model repository, e.g. your-name/smollm2-plw0-race")

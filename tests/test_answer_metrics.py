@@ -85,6 +85,19 @@ def test_answer_and_format_loss_split_the_completion_loss_exactly(tokenizer, tin
     assert "answer_loss" not in free and "format_loss" not in free and "answer_accuracy" not in free
 
 
+def test_the_right_candidates_log_prob_is_minus_its_answer_loss(tokenizer, tiny_model):
+    """The answers' log-probabilities and answer_loss are read from the same logits: their mean agrees
+    to float64 rounding, on logits as large as a trained model's (a float32 log-softmax misses by ~1e-5)."""
+    with torch.no_grad():
+        tiny_model.get_output_embeddings().weight.mul_(40.0)
+    encoded, _ = encode_all(tokenizer, to_examples(mc_records(12), DataConfig()), 256)
+    for batch_size in (1, 4):
+        metrics = evaluate(tiny_model, encoded, tokenizer.pad_token_id, batch_size=batch_size, details=True)
+        right = [e["logprobs"][e["answer"]] for e in metrics["examples"]]
+        assert len(right) == sum(e.answer_position is not None for e in encoded) > 8
+        assert abs(-metrics["answer_loss"] - sum(right) / len(right)) < 1e-7
+
+
 def test_mixed_option_counts_are_all_scored_and_counted_by_letter(tokenizer, tiny_model):
     records = mc_records(6)
     records[1] = records[1] | {"options": records[1]["options"] + ["white"]}

@@ -5,6 +5,7 @@ visitor's data state is bounded, a starting run cannot be deleted, and a stopped
 Runs tab."""
 
 import dataclasses
+import html
 import json
 import threading
 import time
@@ -278,11 +279,26 @@ def test_start_refuses_a_setting_that_names_a_server_path(app, server_paths, toa
     assert train.build_config(_start_values(app, **{key: allowed[key]}))
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("data.mix", '{"builtin:../../secret/creds.jsonl": 1}', "Mix\": unknown built-in set '../../secret/creds"),
+        ("data.val_source", "builtin:../secret/creds", "Val source\": unknown built-in set '../secret/creds'"),
+    ],
+    ids=["mix", "val_source"],
+)
+def test_start_refuses_a_built_in_set_that_does_not_exist(app, toasts, key, value, said):
+    train = app.plw_tabs["train"]
+    out = train.on_start(_start_values(app, **{key: value}))
+    assert train.shared.seen_job not in out and app.plw_registry.current is None  # no job started
+    assert "Cannot start" in _texts(out) and said in html.unescape(_texts(out))
+
+
 def test_the_model_box_is_no_path_oracle(app, server_paths, toasts, tmp_path, monkeypatch):
-    """The Data tab's load (the model's tokenizer) and the memory line answer every path alike, even a
-    relative one spelt like a hub id."""
+    """The Data tab's load (the model's tokenizer) and the memory line answer every path alike (a name
+    spelt like a hub id is one: see the next test)."""
     monkeypatch.chdir(tmp_path / "server")
-    probes = {**server_paths, "hub-shaped folder": "secrets/data.json"}
+    probes = server_paths
     data, train = app.plw_tabs["data"], app.plw_tabs["train"]
     model_box = data.shared.settings["model.name"]
 
@@ -301,6 +317,30 @@ def test_the_model_box_is_no_path_oracle(app, server_paths, toasts, tmp_path, mo
     answers = _refusals(memory_line, probes)
     _assert_one_refusal(answers, [], MODEL_REFUSED)
     assert "Memory estimate" in memory_line("tiny-random") and "not available" not in memory_line("tiny-random")
+
+
+def test_a_hub_shaped_model_name_answers_alike_whether_a_folder_of_that_name_exists(app, toasts, tmp_path, monkeypatch):
+    """A visitor's owner/name is always a hub id ('hf:owner/name'): the model box never looks at the
+    server's folders, so `secret/creds` (a saved model in the app's working folder) and `nosuchdir/x`
+    get the same answer, and the folder is never read."""
+    server = tmp_path / "server"
+    (server / "secret" / "creds").mkdir(parents=True)
+    (server / "secret" / "creds" / "config.json").write_text(json.dumps({"model_type": "llama", SECRET: SECRET}))
+    monkeypatch.chdir(server)
+    data, train = app.plw_tabs["data"], app.plw_tabs["train"]
+    model_box = data.shared.settings["model.name"]
+    sizing = [key for key in train.controls if key in MEMORY_SETTINGS]
+
+    def answers(name):
+        values = _values(data.load_inputs(data.builtin_dd)) | {model_box: name}
+        loaded = _texts(data.on_load_builtin(values))
+        memory = train.on_sizing(*[name if key == "model.name" else train.controls[key].value for key in sizing])
+        return (loaded + memory).replace(name.removeprefix("hf:"), "NAME")
+
+    assert answers("secret/creds") == answers("nosuchdir/x") == answers("hf:nosuchdir/x")
+    assert "not in the local cache" in answers("secret/creds") and SECRET not in answers("secret/creds")
+    cfg = train.build_config(_start_values(app, **{"model.name": "secret/creds"}))
+    assert cfg.model.name == "hf:secret/creds"  # what the job loads: the hub's, never the folder
 
 
 def test_the_data_source_is_an_upload_a_built_in_set_or_a_hub_id(app, server_paths, toasts, uploads):

@@ -7,6 +7,8 @@ Sliding-window families get a window shorter than the sequences, so the layer ty
 aligned with the layers when the cache runs only part of the decoder.
 """
 
+import json
+
 import pytest
 import torch
 from conftest import tiny_decoder
@@ -18,7 +20,7 @@ from plw_lab.core.config import LoraConfig
 from plw_lab.core.forward import SharedHead, final_hidden
 from plw_lab.core.loss import normalizer, shift_for_targets, token_weights, weighted_ce
 from plw_lab.core.masks import Encoded
-from plw_lab.core.models import attach_lora
+from plw_lab.core.models import attach_lora, linear_layer_names
 from plw_lab.core.packing import collate_packed
 from plw_lab.core.prefix import FrozenPrefix
 
@@ -182,6 +184,49 @@ def test_packed_rows_give_each_examples_own_logits(tokenizer, arch, impl, kind):
     assert found >= len(batch)
     for i, e in enumerate(batch):
         assert (padded_logits[i, : len(e)] - alone[i]).abs().max().item() <= 1e-4
+
+
+def _saved(tokenizer, arch, folder):
+    """A tiny model of `arch` as a local folder, the way a user passes their own model, and the names
+    of its linear layers."""
+    model = _model(tokenizer, arch, lora=False)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder), set(linear_layer_names(model))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_proven_architecture_trains_with_the_default_lora_targets(tokenizer, tmp_path, arch):
+    """The default adapts the attention and MLP projections whatever the architecture calls them."""
+    from conftest import sum_examples
+
+    from plw_lab.core.config import LabConfig
+    from plw_lab.core.training import train
+
+    folder, linear = _saved(tokenizer, arch, tmp_path / arch)
+    cfg = LabConfig().override(
+        {
+            "model.name": folder,
+            "train.output_dir": str(tmp_path / "runs"),
+            "train.max_steps": 1,
+            "eval.generations": 0,
+            "eval.probe_texts": 0,
+        }
+    )
+    result = train(cfg, examples=sum_examples(12), compare=False)
+    assert result.status == "finished", result.summary
+    adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n in result.model.state_dict() if ".lora_A." in n}
+    assert adapted == linear
+
+
+def test_lab_train_adapts_a_phi3_model_by_default(tokenizer, tmp_path, capsys):
+    from plw_lab.cli import main
+
+    folder, _ = _saved(tokenizer, "phi3", tmp_path / "phi3")
+    code = main(["train", "--model", folder, *("--set", "train.max_steps=1"), "--output-dir", str(tmp_path / "runs")])
+    assert code == 0, capsys.readouterr()
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert summary["status"] == "finished"
 
 
 # -- what the lab refuses or routes elsewhere ------------------------------------------------------

@@ -1,5 +1,6 @@
 import collections
 import importlib.util
+import sys
 
 import pytest
 
@@ -93,9 +94,16 @@ def test_bbb():
 
 
 def test_bbb_missing_package(monkeypatch):
-    monkeypatch.setattr(builtin.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ImportError, match="pip install qc-B3DB"):
-        load_builtin("bbb", n=10)
+    from plw_lab.core.config import DataConfig
+    from plw_lab.core.data import load_examples
+    from plw_lab.core.extras import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "B3DB", None)  # as where the [demo] extra is not installed
+    with pytest.raises(MissingExtraError) as refused:
+        load_examples(DataConfig(source="builtin:bbb", limit=10))
+    assert str(refused.value) == (
+        "the built-in set 'bbb' (builtin:bbb) needs B3DB, which is not installed here: pip install \"plw-lab[demo]\""
+    )
 
 
 def test_import_has_no_side_effects(monkeypatch):

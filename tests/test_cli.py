@@ -86,3 +86,20 @@ def test_train_then_eval_and_compare_a_run(data_file, tmp_path, capsys):
 def test_bad_setting_exits_with_a_clear_message(capsys):
     assert main(["inspect", "--plw", "2"]) == 2
     assert "train.prompt_loss_weight must be at most 1.0" in capsys.readouterr().err
+
+
+def test_notebooks_writes_the_teaching_notebooks_and_never_overwrites_them(tmp_path, capsys):
+    from pathlib import Path
+
+    shipped = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
+    assert main(["notebooks", str(tmp_path / "lessons")]) == 0
+    for source in shipped:
+        assert (tmp_path / "lessons" / source.name).read_bytes() == source.read_bytes()
+    assert f"jupyter lab {tmp_path / 'lessons'}" in capsys.readouterr().out
+    (tmp_path / "lessons" / shipped[0].name).write_text("my edits")
+    assert main(["notebooks", str(tmp_path / "lessons")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'lessons' / shipped[0].name} already exists; name another folder (your edits there "
+        "are kept)\n"
+    )
+    assert (tmp_path / "lessons" / shipped[0].name).read_text() == "my edits"

@@ -105,7 +105,7 @@ def test_kl_from_the_log_normalisers_equals_the_log_softmax_form_and_is_zero_for
     exact = (log_p.exp() * (log_p - log_q)).sum(-1)
     base = base_distributions(base_hidden, head, chunk_size=4, head_bias=bias)
     torch.testing.assert_close(base.log_normaliser, torch.logsumexp(base_logits, -1))
-    ce, best, kl, lse = token_ce_kl(hidden, head, targets, base, chunk_size=4, head_bias=bias)
+    ce, best, kl, lse, _ = token_ce_kl(hidden, head, targets, base, chunk_size=4, head_bias=bias)
     torch.testing.assert_close(kl, exact, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ce, F.cross_entropy(logits, targets, reduction="none"))
     assert best.tolist() == logits.argmax(-1).tolist()
@@ -115,7 +115,7 @@ def test_kl_from_the_log_normalisers_equals_the_log_softmax_form_and_is_zero_for
     # A model scored without a base gives the log-normalisers it would keep as one.
     as_base = token_ce_kl(base_hidden, head, targets, None, chunk_size=4, head_bias=bias).as_base(base_hidden)
     torch.testing.assert_close(as_base.log_normaliser, base.log_normaliser)
-    capped, _, capped_kl, _ = token_ce_kl(
+    capped, _, capped_kl, _, _ = token_ce_kl(
         hidden, head, targets, base_distributions(base_hidden, head, 4, bias, 2.0), 4, bias, 2.0
     )
     capped_p, capped_q = (torch.log_softmax(2.0 * torch.tanh(x / 2.0), -1) for x in (logits, base_logits))

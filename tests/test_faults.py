@@ -1,7 +1,7 @@
 """Full disks and damaged runs: a write the disk refuses (an adapter, a checkpoint, a JSON file, an
-events line) keeps the previous complete file, becomes advice and training goes on; with no room at
-the start `lab train` exits 2 and leaves no folder; a damaged run file is named (exit 2), never a
-traceback, and one damaged run never hides the others of a list.
+events line) keeps the previous complete file, becomes advice and fails the run, whose summary and
+last event say so; with no room at the start `lab train` exits 2 and leaves no folder; a damaged run
+file is named (exit 2), never a traceback, and one damaged run never hides the others of a list.
 
 The disk errors are injected, in the forms a full disk really raised them: OSError(ENOSPC) from
 Python's files, safetensors' SafetensorError and torch.save's RuntimeError("unexpected pos 64 vs 0").
@@ -108,100 +108,138 @@ def _one_error_line(err: str) -> str:
 # -- writes the disk refuses ------------------------------------------------------------------------
 
 
-def test_every_write_the_disk_refuses_keeps_the_previous_file_and_training_goes_on(tmp_path, monkeypatch):
-    # Checkpoints every 2 steps: step 0 and 2 are written, 4, 6 and the final 8 are refused, each with
-    # another of the errors a full disk raised, after a partial file was written.
-    real_checkpoint = training_module.compat.write_trainer_checkpoint
-    refused_at = {4: "RuntimeError", 6: "SafetensorError", 8: "OSError"}
+def _refuse_checkpoint_at_step_4(error):
+    def install(monkeypatch):
+        real = training_module.compat.write_trainer_checkpoint
 
-    def write_checkpoint(trainer, folder):
-        step = trainer.state.global_step
-        if step in refused_at:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "optimizer.pt").write_bytes(b"PK\x03\x04 cut")
-            raise FULL_DISK_ERRORS[refused_at[step]]()
-        real_checkpoint(trainer, folder)
+        def write_checkpoint(trainer, folder):
+            if trainer.state.global_step == 4:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "optimizer.pt").write_bytes(b"PK\x03\x04 cut")  # the part written before the refusal
+                raise FULL_DISK_ERRORS[error]()
+            real(trainer, folder)
 
-    # Every best adapter after the base model's, and the final adapter, are refused.
-    real_save = training_module.RunContext.save_adapter
+        monkeypatch.setattr(training_module.compat, "write_trainer_checkpoint", write_checkpoint)
+
+    return install
+
+
+def _refuse_the_first_best_adapter(monkeypatch):
+    real = training_module.RunContext.save_adapter
 
     def save_adapter(self, name, step, write=None, trained_steps=None):
-        if (name == "best_adapter" and step > 0) or name == "adapter":
-            error = FULL_DISK_ERRORS["SafetensorError" if name == "best_adapter" else "OSError"]
+        if name == "best_adapter" and step > 0:
 
             def partial(folder):
                 folder.mkdir()
                 (folder / "adapter_model.safetensors").write_bytes(b"\x08\x00")
-                raise error()
+                raise FULL_DISK_ERRORS["SafetensorError"]()
 
-            return real_save(self, name, step, partial, trained_steps)
-        return real_save(self, name, step, write, trained_steps)
+            return real(self, name, step, partial, trained_steps)
+        return real(self, name, step, write, trained_steps)
 
-    # events.jsonl refuses the lines of steps 4 and 5.
-    log_full = {"on": False}
-    real_append = JsonlLog._append
+    monkeypatch.setattr(training_module.RunContext, "save_adapter", save_adapter)
+
+
+def _refuse_the_events_after_step_3(monkeypatch):
+    full = {"on": False}
+    real = JsonlLog._append
 
     def append(self, line):
-        if log_full["on"]:
+        if full["on"]:
             raise _full()
-        real_append(self, line)
+        real(self, line)
 
-    def toggle_log(event):
-        if isinstance(event, Step):
-            log_full["on"] = event.step in (3, 4)
+    real_call = JsonlLog.__call__
 
-    monkeypatch.setattr(training_module.compat, "write_trainer_checkpoint", write_checkpoint)
-    monkeypatch.setattr(training_module.RunContext, "save_adapter", save_adapter)
+    def call(self, event):
+        real_call(self, event)
+        full["on"] = isinstance(event, Step) and event.step == 3  # only the line after step 3's (step 4's) is refused
+
     monkeypatch.setattr(JsonlLog, "_append", append)
-    _refuse_write_text(monkeypatch, {"split.tmp", "compare.tmp"})
-    seen = []
-    cfg = _cfg(
-        tmp_path,
-        "full",
-        **{"train.save_interval_steps": 2, "train.save_interval_seconds": 0.0, "train.restore_best": True},
-    )
-    result = train(cfg, subscribers=[toggle_log, seen.append], examples=sum_examples(24))
+    monkeypatch.setattr(JsonlLog, "__call__", call)
 
-    assert result.status == "finished" and result.summary["steps"] == 8
-    advice = _advice(seen)
-    for expected in (
-        "could not write split.json (No space left on device)",
-        "could not append to events.jsonl (No space left on device)",
+
+#: Each write a full disk may refuse: how it is refused, the advice that says so, the step the run fails at.
+REFUSED_WRITES = {
+    "checkpoint (torch.save)": (
+        _refuse_checkpoint_at_step_4("RuntimeError"),
         "could not save last_adapter/ at step 4 (RuntimeError: [enforce fail at inline_container.cc:664] . "
         "unexpected pos 64 vs 0); last_adapter/ keeps step 2",
-        "could not save last_adapter/ at step 6 (SafetensorError: Error while serializing",
-        "could not save last_adapter/ at step 8 (No space left on device); last_adapter/ keeps step 2",
-        "); best_adapter/ keeps step 0",
-        "could not save adapter/ at step",
-        "there is no adapter/ yet; the run keeps best_adapter/ (step 0)",
+        4,
+    ),
+    "checkpoint (safetensors)": (
+        _refuse_checkpoint_at_step_4("SafetensorError"),
+        "could not save last_adapter/ at step 4 (SafetensorError: Error while serializing",
+        4,
+    ),
+    "checkpoint (OSError)": (
+        _refuse_checkpoint_at_step_4("OSError"),
+        "could not save last_adapter/ at step 4 (No space left on device); last_adapter/ keeps step 2",
+        4,
+    ),
+    "best adapter": (_refuse_the_first_best_adapter, "); best_adapter/ keeps step 0", None),
+    "events line": (
+        _refuse_the_events_after_step_3,
+        "could not append to events.jsonl (No space left on device)",
+        4,
+    ),
+    "split.json": (
+        lambda monkeypatch: _refuse_write_text(monkeypatch, {"split.tmp"}),
+        "could not write split.json (No space left on device)",
+        0,
+    ),
+    "compare.json": (
+        lambda monkeypatch: _refuse_write_text(monkeypatch, {"compare.tmp"}),
         "could not write compare.json (No space left on device)",
-    ):
-        assert any(expected in message for message in advice), (expected, advice)
-    assert sum("events.jsonl" in message for message in advice) == 1  # once per stretch of refused lines
+        8,
+    ),
+}
 
+
+@pytest.mark.parametrize("refused", REFUSED_WRITES)
+def test_a_write_the_disk_refuses_fails_the_run_and_keeps_the_previous_file(tmp_path, monkeypatch, refused):
+    install, advice_said, failed_at = REFUSED_WRITES[refused]
+    install(monkeypatch)
+    seen = []
+    cfg = _cfg(tmp_path, "full", **{"train.save_interval_steps": 2, "train.save_interval_seconds": 0.0})
+    result = train(cfg, subscribers=[seen.append], examples=sum_examples(24))
+    monkeypatch.undo()
+
+    # Training stops at the refused write, and the run fails saying why.
+    assert result.status == "failed"
+    advice = [m for m in _advice(seen) if advice_said in m]
+    assert len(advice) == 1, _advice(seen)
+    error = f"WriteRefusedError: the disk refused the run's files ({advice[0]}); free disk space"
+    assert result.summary["error"] == error
+    if failed_at is not None:
+        assert result.summary["steps"] == failed_at
+    # The run folder says the same as its events, in the room the run kept for its ending.
     run_dir = result.run_dir
-    assert _leftovers(run_dir) == []
-    assert not (run_dir / "adapter").exists()
-    assert not (run_dir / "split.json").exists() and not (run_dir / "compare.json").exists()
-    # The checkpoint of step 2 is whole and resumable; best_adapter/ still holds step 0.
-    assert json.loads((run_dir / "last_adapter" / "trainer_state.json").read_text())["global_step"] == 2
-    load_file(run_dir / "last_adapter" / "adapter_model.safetensors")
-    load_file(run_dir / "best_adapter" / "adapter_model.safetensors")
-    # The summary names what was kept: best_adapter/ at step 0, and why, with that adapter's metrics.
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["adapter"] == "best_adapter" and summary["adapter_step"] == 0
-    assert summary["adapter_is_base_model"] is True
-    assert summary["completion_loss"] == summary["first_eval"]["completion_loss"]
-    assert any("could not save adapter/" in failure for failure in summary["write_failures"])
-    assert len(summary["write_failures"]) == len([m for m in advice if m.startswith("could not")])
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+    assert read_events(run_dir / "events.jsonl")[-1].kind == "failed"
     run = load_run(run_dir)
-    assert run.require_adapter() == (run_dir / "best_adapter", 0)
-    assert run.checkpoint() == run_dir / "last_adapter"
-    # The log lost the refused lines whole: every line it kept is one event.
-    lines = (run_dir / "events.jsonl").read_text().splitlines()
-    assert len(read_events(run_dir / "events.jsonl")) == len(lines)
-    logged_steps = [e.step for e in read_events(run_dir / "events.jsonl") if isinstance(e, Step)]
-    assert logged_steps == [1, 2, 3, 6, 7, 8]
+    assert run.status == "failed" and run.summary["write_failures"] == [advice[0]]
+    assert _leftovers(run_dir) == [] and not (run_dir / runs_module.ROOM).exists()
+    # Every adapter folder there is whole; the last checkpoint before the refusal resumes.
+    for name in ("best_adapter", "last_adapter", "adapter"):
+        if (run_dir / name).exists():
+            load_file(run_dir / name / "adapter_model.safetensors")
+    if failed_at:
+        assert run.checkpoint() == run_dir / "last_adapter" and run.resumable
+
+
+def test_lab_train_on_a_full_disk_exits_1_and_offers_the_resume(tmp_path, monkeypatch, capsys):
+    _refuse_checkpoint_at_step_4("OSError")(monkeypatch)
+    runs = tmp_path / "runs"
+    argv = ["train", "--model", "tiny-random", "--data", str(_data_file(tmp_path)), "--output-dir", str(runs)]
+    settings = ["train.max_steps=8", "train.save_interval_steps=2", "eval.generations=0", "eval.probe_texts=0"]
+    assert main([*argv, *[a for s in settings for a in ("--set", s)], "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "failed at step 4: WriteRefusedError: the disk refused the run's files" in out
+    (run_dir,) = runs.iterdir()
+    assert f"resume with: lab train --resume {run_dir}" in out
+    assert load_run(run_dir).status == "failed"
 
 
 def test_a_refused_summary_is_said_and_the_run_stays_resumable(tmp_path, monkeypatch, capsys):

@@ -31,7 +31,7 @@ def test_kl_of_a_two_token_vocabulary_by_hand():
     assert weighted_kl(hidden, base, head, torch.tensor([1.0])).item() == pytest.approx(expected, rel=1e-6)
     assert weighted_kl(hidden, base, head, torch.tensor([0.5])).item() == pytest.approx(expected / 2, rel=1e-6)
     # Evaluation's form: from the base's log-normaliser, kept once per run.
-    ce, best, kl, _ = token_ce_kl(hidden, head, torch.tensor([1]), base_distributions(base, head))
+    ce, best, kl, _, _ = token_ce_kl(hidden, head, torch.tensor([1]), base_distributions(base, head))
     assert kl.tolist() == pytest.approx([expected], rel=1e-6) and best.tolist() == [0]  # a tie: the first
     assert ce.tolist() == pytest.approx([math.log(2)], rel=1e-6)
     assert weighted_kl(base, base, head, torch.tensor([1.0])).item() == pytest.approx(0.0, abs=1e-7)

@@ -137,9 +137,22 @@ def test_an_unknown_offline_hub_model_says_why_there_is_no_estimate():
     from plw_lab.core.memory import describe
     from plw_lab.core.models import ModelError
 
-    with pytest.raises(ModelError, match="no memory estimate for 'nobody/no-such-model'"):
+    with pytest.raises(ModelError, match="Could not load model 'nobody/no-such-model': it is not in the local cache"):
         architecture("nobody/no-such-model")
-    assert "not readable here" in describe(LabConfig().override({"model.name": "nobody/no-such-model"}))
+    assert "not in the local cache" in describe(LabConfig().override({"model.name": "nobody/no-such-model"}))
+
+
+@pytest.mark.parametrize(
+    "kind, said", [("folder", "is a folder without config.json"), ("file", "is a file"), ("hub id", "local cache")]
+)
+def test_lab_memory_refuses_what_is_not_a_model(tmp_path, capsys, kind, said):
+    from plw_lab.cli import main
+
+    name = {"folder": str(tmp_path), "file": str(tmp_path / "f.txt"), "hub id": "nobody/no-such-model"}[kind]
+    (tmp_path / "f.txt").write_text("")
+    assert main(["memory", "--model", name]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and len(err.splitlines()) == 1 and said in err, err
 
 
 def test_a_cuda_out_of_memory_error_becomes_the_estimate_and_what_to_lower(tmp_path, monkeypatch):

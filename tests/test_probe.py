@@ -1,6 +1,7 @@
 """The frozen-feature probe: logistic regression on the base model's hidden states."""
 
 import json
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -80,7 +81,7 @@ def test_probe_features_of_a_real_model_and_split(tokenizer, tiny_model):
         frozen_feature_probe(model, free, free, tokenizer.pad_token_id)
 
 
-def test_cli_probe_prints_the_probe_beside_the_adapter(tmp_path, capsys):
+def test_cli_probe_prints_the_probe_beside_the_adapter(tmp_path, capsys, monkeypatch):
     from plw_lab.cli import main
 
     data = tmp_path / "mc.jsonl"
@@ -108,6 +109,13 @@ def test_cli_probe_prints_the_probe_beside_the_adapter(tmp_path, capsys):
     )
     assert code == 0, capsys.readouterr().out
     capsys.readouterr()
+    with monkeypatch.context() as without:
+        without.setitem(sys.modules, "sklearn", None)  # as where the [probe] extra is not installed
+        assert main(["probe", str(tmp_path / "runs" / "p")]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == (
+            'error: the frozen-feature probe needs sklearn, which is not installed here: pip install "plw-lab[probe]"'
+        )
     assert main(["probe", str(tmp_path / "runs" / "p")]) == 0
     out = capsys.readouterr().out
     assert "mean-pooled prompt" in out and "last prompt token" in out and "adapter on (fine-tuned)" in out

@@ -72,9 +72,11 @@ def test_the_race_recipes_fit_one_24_gb_gpu(name):
     assert f"estimates about {e.total / 2**30:.0f} GiB" in header(RECIPES / f"{name}.yaml")
 
 
-def test_the_space_recipe_runs_on_the_cpu():
+def test_the_space_recipe_runs_on_the_cpu_with_the_apps_starting_values():
     cfg = LabConfig.load("space-cpu")
     assert cfg.model.device == "cpu" and cfg.model.quantization == "none" and cfg.model.name == "embedded"
+    # Its header says `lab app` with no options starts from these values: LabConfig() as a CPU resolves it.
+    assert cfg == LabConfig().override({"model.device": "cpu", "model.dtype": "float32"})
 
 
 def test_lab_app_starts_from_a_recipe_by_name(tmp_path, monkeypatch, capsys):

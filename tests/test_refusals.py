@@ -51,6 +51,27 @@ CASES = {
     "val_size 0": ({}, ["--set", "data.val_size=0"], ["data.val_size is 0"]),
     "answer_format empty": ({}, ["--set", "data.answer_format="], ["data.answer_format", "{letter}"]),
     "answer_format without {letter}": ({}, ["--set", "data.answer_format=X"], ["data.answer_format 'X'"]),
+    "mc_template padding a field": (
+        {},
+        ["--set", "data.mc_template={context:>1000000000}"],
+        ["data.mc_template formats a field ({context:>1000000000})"],
+    ),
+    "answer_format converting a field": ({}, ["--set", "data.answer_format={letter!r}"], ["({letter!r})"]),
+    "classification_template indexing a field": (
+        {},
+        ["--set", "data.classification_template={text[0]} {options}"],
+        ["data.classification_template formats a field ({text[0]})"],
+    ),
+    "mc_template reading an attribute": (
+        {},
+        ["--set", "data.mc_template={question.__class__} {options}"],
+        ["({question.__class__})"],
+    ),
+    "data.mix naming no built-in set": (
+        {},
+        ["--set", 'data.mix={"builtin:../../secret/creds.jsonl": 1}'],
+        ["data.mix: unknown built-in set '../../secret/creds.jsonl'; choose one of reading-mc"],
+    ),
     "target_modules []": ({}, ["--set", "lora.target_modules=[]"], ["lora.target_modules is empty"]),
     "target_modules [1,2]": ({}, ["--set", "lora.target_modules=[1,2]"], ["lora.target_modules", "got 1"]),
     "lora.layers empty": ({}, ["--set", "lora.layers="], ["lora.layers is empty"]),

@@ -67,7 +67,23 @@ def test_the_cli_and_the_engine_import_without_any_extra(tmp_path):
 def test_lab_app_without_the_app_extra_says_what_to_install(tmp_path):
     result = run_without_extras(tmp_path, "import sys\nfrom plw_lab.cli import main\nsys.exit(main(['app']))")
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: the app needs gradio; install it with `pip install 'plw-lab[app]'`"
+    assert (
+        result.stderr.strip() == 'error: lab app needs gradio, which is not installed here: pip install "plw-lab[app]"'
+    )
+
+
+def test_the_bbb_demo_without_the_demo_extra_says_what_to_install(tmp_path):
+    result = run_without_extras(
+        tmp_path,
+        "import sys\nfrom plw_lab.cli import main\n"
+        "sys.exit(main(['train', '--config', 'bbb-demo', '--model', 'tiny-random', '--output-dir', 'runs']))",
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: the built-in set 'bbb' (builtin:bbb) needs B3DB, which is not installed here: "
+        'pip install "plw-lab[demo]"'
+    )
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow
@@ -86,6 +102,8 @@ def test_the_wheel_ships_the_recipes_and_the_app(tmp_path):
         names = set(archive.namelist())
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert {"plw_lab/recipes/bbb-demo.yaml", "plw_lab/recipes/accelerate/ddp.yaml", "plw_lab/app/main.py"} <= names
+    notebooks = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+    assert len(notebooks) == 3 and {f"plw_lab/notebooks/{name}" for name in notebooks} <= names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: Apache-2.0" in metadata
     core = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
@@ -105,5 +123,7 @@ def test_the_wheel_ships_the_recipes_and_the_app(tmp_path):
 
     assert run("-m", "plw_lab", "--version").strip() == f"lab {__version__}"
     assert "limit: 560" in run("-m", "plw_lab", "config", "--config", "bbb-demo")
+    run("-m", "plw_lab", "notebooks", "lessons")
+    assert sorted(p.name for p in (outside / "lessons").iterdir()) == notebooks
     imported = run("-c", "import plw_lab.app.main, plw_lab; print(plw_lab.__file__)")
     assert Path(imported.strip()).is_relative_to(target)

@@ -76,7 +76,7 @@ class AppContext:
         uploaded files, the only local files `data.source` may name."""
         cfg = self.base.override(overrides)
         if not self.registry.allow_local_paths:
-            refuse_local_paths(cfg, self.base, uploads)
+            cfg = refuse_local_paths(cfg, self.base, uploads)
         return cfg
 
     def list_runs(self) -> list[Run]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import uuid
 from collections.abc import Collection
 from pathlib import Path
@@ -47,13 +46,16 @@ NOT_FROM_THIS_PAGE = (
 ANOTHER_VISITOR = "{name} was started by another visitor; only they can {action} it"
 
 
-def check_model_name(name: str) -> None:
-    """Raise `MODEL_REFUSED` unless `name` is 'embedded', 'tiny-random' or an owner/name hub id that
-    names nothing on this server (transformers would load a local folder of that name instead)."""
+def visitor_model(name: str) -> str:
+    """`name` as the app loads it for a visitor: 'embedded' and 'tiny-random' as they are, an owner/name
+    hub id (typed with or without 'hf:') as 'hf:owner/name', which loads from the hub or its cache and
+    never from a folder of the server; anything else raises `MODEL_REFUSED`. Nothing here looks at the
+    disk, so the answer is the same whether a folder of that name exists or not."""
     if name in (EMBEDDED_NAME, TINY_NAME):
-        return
-    if HUB_ID.fullmatch(name) and ".." not in name and not os.path.lexists(name.split("/")[0]):
-        return
+        return name
+    repo = name.removeprefix("hf:")
+    if HUB_ID.fullmatch(repo) and ".." not in repo:
+        return f"hf:{repo}"
     raise ConfigError(MODEL_REFUSED)
 
 
@@ -70,12 +72,13 @@ def check_source(key: str, source: str, upload_allowed: bool = False) -> None:
     raise ConfigError(SOURCE_REFUSED.format(key=key, upload="an upload (Data tab), " if upload_allowed else ""))
 
 
-def refuse_local_paths(cfg: LabConfig, base: LabConfig, uploads: Collection[str] = ()) -> None:
-    """Raise a `ConfigError` for any setting of `cfg` that names a file or folder of this server and
-    was not in `base` (the app's starting config, the owner's choice); `uploads` are the local files
-    the visitor uploaded through the Data tab, the only ones `data.source` may name."""
+def refuse_local_paths(cfg: LabConfig, base: LabConfig, uploads: Collection[str] = ()) -> LabConfig:
+    """`cfg` with a visitor's model as `visitor_model` names it; a `ConfigError` for any setting that
+    names a file or folder of this server and was not in `base` (the app's starting config, the owner's
+    choice). `uploads` are the local files the visitor uploaded through the Data tab, the only ones
+    `data.source` may name."""
     if cfg.model.name != base.model.name:
-        check_model_name(cfg.model.name)
+        cfg = cfg.override({"model.name": visitor_model(cfg.model.name)})
     if cfg.train.output_dir != base.train.output_dir:
         raise ConfigError(OUTPUT_DIR_REFUSED)
     if cfg.data.source != base.data.source and cfg.data.source not in uploads:
@@ -85,6 +88,7 @@ def refuse_local_paths(cfg: LabConfig, base: LabConfig, uploads: Collection[str]
     for source in cfg.data.mix:
         if source not in base.data.mix:
             check_source("data.mix", source)
+    return cfg
 
 
 # -- ownership -------------------------------------------------------------------------------------

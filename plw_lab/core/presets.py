@@ -136,9 +136,10 @@ EMBEDDED_PRESET = next(p for p in PRESETS if p.hub_id == EMBEDDED_ID)
 
 
 def find_preset(name: str) -> Preset | None:
-    """The preset a `model.name` refers to: its hub id, its short name, or 'embedded'."""
+    """The preset a `model.name` refers to: its hub id (with or without 'hf:'), its short name, or 'embedded'."""
     if name == EMBEDDED_NAME:
         return EMBEDDED_PRESET
+    name = name.removeprefix("hf:")
     for preset in PRESETS:
         if name in (preset.hub_id, preset.short_name):
             return preset

@@ -17,6 +17,7 @@ import torch
 from plw_lab.core.collate import collate
 from plw_lab.core.data import DataError
 from plw_lab.core.evaluation import _answer_prefix, adapter, answer_metrics, device_of, eval_mode
+from plw_lab.core.extras import require
 from plw_lab.core.forward import final_hidden
 from plw_lab.core.masks import Encoded
 
@@ -84,6 +85,7 @@ def frozen_feature_probe(
     model, train: list[Encoded], val: list[Encoded], pad_id: int, batch_size: int = 8, seed: int = 0
 ) -> dict:
     """The probe for each pooling, as {"mean": metrics, "last": metrics, "n_train": ..., "n_val": ...}."""
+    require("probe", "the frozen-feature probe")
     train = [e for e in train if e.answer_position is not None]
     val = [e for e in val if e.answer_position is not None]
     if not train or not val:

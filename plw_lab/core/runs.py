@@ -240,6 +240,25 @@ def run_best(run) -> dict:
     return best_of(run.evals) if hasattr(run, "evals") else {}
 
 
+#: Room a run keeps on its disk while it trains: a file of this many bytes in its folder, deleted just
+#: before the run writes how it ended (summary.json, its last events, traceback.txt: about 15 KB), so a
+#: disk that fills during the run still leaves its outcome on record.
+ROOM = ".room_for_the_ending"
+ROOM_BYTES = 64 * 1024
+
+
+def keep_room(run_dir: Path) -> None:
+    # Random bytes: a compressing file system would store zeros in no room at all.
+    with (run_dir / ROOM).open("wb") as f:
+        f.write(os.urandom(ROOM_BYTES))
+        f.flush()
+        os.fsync(f.fileno())  # where space is only allocated at write-back, the refusal comes now
+
+
+def free_room(run_dir: Path) -> None:
+    (run_dir / ROOM).unlink(missing_ok=True)
+
+
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     try:
@@ -421,10 +440,13 @@ class Run:
             )
         if self.status == "running":
             return f"{self.name} is still starting and has saved no adapter yet; wait for its first checkpoint"
-        phases = [event_field(e, "name") for e in self.events if event_kind(e) == "phase"]
-        during = {"loading": " during loading", "evaluating": " during the step-0 evaluation"}.get(
-            phases[-1] if phases else "", ""
-        )
+        phases = [e for e in self.events if event_kind(e) == "phase"]
+        last = phases[-1] if phases else None
+        # The last phase logged, at its own step: events a full disk refused may end the log early.
+        during = {
+            "loading": " during loading",
+            "evaluating": f" during the step-{event_field(last, 'step', 0)} evaluation",
+        }.get(event_field(last, "name") if last else "", "")
         ended = {"failed": "it failed", "stopped": "it was stopped", "interrupted": "it was killed"}.get(
             self.status, f"it ended ({self.status})"
         )

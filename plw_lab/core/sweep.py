@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from plw_lab.core.config import ConfigError, LabConfig, field_specs, setting_name, shown
+from plw_lab.core.extras import require
 from plw_lab.core.runs import ResumeError, folder_name, load_run, run_config
 from plw_lab.core.sweep_table import (
     DONE,
@@ -45,7 +46,6 @@ from plw_lab.core.sweep_table import (
 MIN_FIT_XS = 4
 #: Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom (more: the normal approximation below).
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-RAY_INSTALL = 'pip install "plw-lab[ray]"'
 #: The seeds of a sweep that names none.
 DEFAULT_SEEDS = (0, 1)
 #: Settings a sweep sets for each run itself: where it writes. sweep.* are the sweep's own, not a run's.
@@ -119,13 +119,10 @@ def _grid_values(cfg: LabConfig, key: str, values) -> list:
 
 
 def ray_backend():
-    """`plw_lab.core.sweep_ray`, or a ConfigError with the install line where Ray Tune is missing."""
-    try:
-        from plw_lab.core import sweep_ray
-    except ImportError as exc:
-        if (exc.name or "").split(".")[0] != "ray":
-            raise
-        raise ConfigError(f"sweep.backend ray needs Ray Tune, which is not installed here: {RAY_INSTALL}") from None
+    """`plw_lab.core.sweep_ray`, or a `MissingExtraError` with the install line where Ray Tune is missing."""
+    require("ray", "sweep.backend ray")
+    from plw_lab.core import sweep_ray
+
     return sweep_ray
 
 

@@ -79,10 +79,13 @@ from plw_lab.core.packing import PackingCollator, attention_kind, model_kwargs, 
 from plw_lab.core.prefix import FrozenPrefix
 from plw_lab.core.runs import (
     LIVE_MARK,
+    ROOM_BYTES,
     WRITE_ERRORS,
     ResumeError,
     RunFolderGone,
     clear_running,
+    free_room,
+    keep_room,
     load_run,
     mark_running,
     new_run_dir,
@@ -357,6 +360,7 @@ class EventCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.global_step == 0:  # a first checkpoint, so even a run killed at once can be resumed
             self.run.save_checkpoint(self.ref["trainer"])
+            self.run.check_writes()
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.step_started = time.time()
@@ -407,7 +411,12 @@ class EventCallback(TrainerCallback):
             and self.run.checkpoint_due(state.global_step)
         ):
             self.run.save_checkpoint(self.ref["trainer"])
+        self.run.check_writes()
         return control
+
+
+class WriteRefusedError(RuntimeError):
+    """The disk refused a file of the run (a full disk); the message names the first one."""
 
 
 @dataclass
@@ -587,7 +596,8 @@ class RunContext:
         return saved
 
     def save_or_advise(self, name: str, step: int, write=None, trained_steps: int | None = None) -> bool:
-        """`save_adapter`, but a failed write (a full disk) keeps the previous folder and becomes advice."""
+        """`save_adapter`, but a failed write (a full disk) keeps the previous folder and becomes advice;
+        the run fails at its next `check_writes`."""
         try:
             self.save_adapter(name, step, write, trained_steps=trained_steps)
             return True
@@ -609,8 +619,15 @@ class RunContext:
         self.write_failures.append(message)
         self.emit(Advice(message=message, step=step))
 
+    def check_writes(self) -> None:
+        """Fail the run once the disk has refused a write: training on would lose what it learns, and
+        a run whose files are missing must not end as finished."""
+        if self.write_failures:
+            raise WriteRefusedError(f"the disk refused the run's files ({self.write_failures[0]}); free disk space")
+
     def write_or_advise(self, name: str, data: dict, step: int = 0, consequence: str = "") -> bool:
-        """Write the JSON file `run_dir/name` whole; a failed write (a full disk) becomes advice, not a failure."""
+        """Write the JSON file `run_dir/name` whole; a failed write (a full disk) becomes advice, and the run
+        fails at its next `check_writes`."""
         if not self.is_main:
             return False
         try:
@@ -623,7 +640,10 @@ class RunContext:
             return False
 
     def write_summary(self, summary: dict) -> None:
-        """summary.json; when the disk refuses it, the summary the ending event carries says so."""
+        """summary.json, into the room the run kept for it; when the disk refuses it even so, the summary
+        the ending event carries says so."""
+        if self.is_main:
+            free_room(self.run_dir)
         consequence = "the run folder shows the run as interrupted" + (
             f", its adapter is {summary['adapter']}/ (step {summary['adapter_step']})" if summary.get("adapter") else ""
         )
@@ -894,9 +914,16 @@ def train(
             bus.subscribe(log, first=True)
             if cfg.train.report_to:
                 bus.subscribe(tracking.Tracker(cfg, run_dir))
+            try:
+                keep_room(run_dir)
+            except WRITE_ERRORS as exc:
+                run.advise_write_failure(
+                    f"could not keep {ROOM_BYTES // 1024} KB free for the run's summary ({write_error_text(exc)})"
+                )
         run.write_or_advise(
             "split.json", data.split, consequence="`lab eval` cannot check that the data still splits the same"
         )
+        run.check_writes()
         args = training_arguments(cfg, run_dir, device, compute_dtype(cfg.model, device))
         steps = total_steps(cfg, len(data.train), args.world_size)
         from_step = 0
@@ -955,6 +982,7 @@ def train(
             if run.best_state is not None:  # best_adapter/ may hold a later best the resumed run has not reached yet
                 load_adapter_state(model, run.best_state)
                 run.save_or_advise("best_adapter", run.best_step)
+        run.check_writes()
         try:
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
         except Exception:
@@ -990,6 +1018,7 @@ def train(
         if compare and not run.stop.is_set():
             run.emit(Phase(name="comparing", step=step))
             comparison = compare_adapter(run)
+        run.check_writes()
         stopped = run.stop.is_set() or bool(run.stop_reason)
         status = "stopped" if stopped else "finished"
         if stopped and not run.stop_reason:
@@ -1008,13 +1037,14 @@ def train(
         step = trainer.state.global_step if trainer is not None else run.resumed_from or 0
         summary = run.summary("failed", step, error)
         if run.is_main and (run_dir / "config.yaml").exists():  # never recreate a deleted run folder
+            run.write_summary(summary)
             with contextlib.suppress(OSError):  # a full disk: the summary and the events say what happened
                 (run_dir / "traceback.txt").write_text(traceback.format_exc())
-            run.write_summary(summary)
         run.emit(Failed(step=step, error=error, summary=summary))
         return TrainResult(run_dir, "failed", summary, run.model, run.tokenizer, run.data)
     finally:
         if run.is_main:
+            free_room(run_dir)
             clear_running(run_dir)
 
 

@@ -11,6 +11,7 @@ from plw_lab.core.collate import collate
 from plw_lab.core.config import DataConfig, LabConfig
 from plw_lab.core.data import load_examples, make_split
 from plw_lab.core.evaluation import adapter, evaluate_answers, token_losses
+from plw_lab.core.extras import MissingExtraError
 from plw_lab.core.loss import token_weights
 from plw_lab.core.masks import Encoded, encode, encode_all, render
 from plw_lab.core.mixing import balanced_counts
@@ -53,6 +54,7 @@ from plw_lab.views.tokens_view import completion_weight_share, token_loss_html
 
 __all__ = [
     "BUILTIN_SETS",
+    "MissingExtraError",
     "DataConfig",
     "Encoded",
     "LabConfig",
