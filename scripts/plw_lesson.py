@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 import time
@@ -29,9 +28,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from plw_lab.core.sweep import varied  # noqa: E402
+from plw_lab.core.sweep_table import folder_row, is_setting, read_csv, write_csv  # noqa: E402
 from plw_lab.core.sweep_verdict import SHIPPED_LESSON, sweep_runs, sweep_verdict  # noqa: E402
 
 PAGE = ROOT / "docs" / "plw-on-real-data.md"
+README = ROOT / "README.md"
 IMAGES = ROOT / "docs" / "images"
 COMMANDS = [
     "pip install 'plw-lab[demo]'",
@@ -56,38 +58,49 @@ def machine() -> str:
     return f"{os.cpu_count()}-core CPU ({cpu}), torch {torch.__version__}, float32"
 
 
-def _scrub(text: str, real: str, shown: str) -> str:
-    return text.replace(real, shown)
+def _scrub(text: str, where: dict[str, str]) -> str:
+    """`text` with each machine path replaced by what a user has (longest first: a sweep before its parent)."""
+    for real in sorted(where, key=len, reverse=True):
+        text = text.replace(real, where[real])
+    return text
 
 
 def collect(args) -> None:
     if SHIPPED_LESSON.exists():
         shutil.rmtree(SHIPPED_LESSON)
-    seconds = []
+    seconds, machine_paths = [], set()
     for sweep in map(Path, args.sweeps):
         target = SHIPPED_LESSON / sweep.name
         target.mkdir(parents=True)
-        shutil.copy(sweep / "sweep.csv", target / "sweep.csv")
-        for run in sweep_runs([sweep]):
+        # Every path of the measuring machine becomes the run's place under a user's runs/ folder.
+        where = {str(sweep.resolve()): f"runs/{sweep.name}", str(sweep.resolve().parent): "runs"}
+        machine_paths |= set(where)
+        finished = sweep_runs([sweep])
+        for run in finished:
             out = target / run.path.name
             out.mkdir()
-            shown = f"runs/{sweep.name}/{run.path.name}"
             config = yaml.safe_load((run.path / "config.yaml").read_text())
             config["train"]["output_dir"] = f"runs/{sweep.name}"
             (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             summary = json.loads((run.path / "summary.json").read_text())
             seconds.append(summary["elapsed_seconds"])
-            (out / "summary.json").write_text(_scrub(json.dumps(summary, indent=1), str(run.path), shown))
+            (out / "summary.json").write_text(_scrub(json.dumps(summary, indent=1), where))
             events = [
-                _scrub(line, str(run.path), shown)
+                _scrub(line, where)
                 for line in (run.path / "events.jsonl").read_text().splitlines()
                 if json.loads(line)["type"] != "phase"
             ]
             (out / "events.jsonl").write_text("\n".join(events) + "\n")
-        csv = (target / "sweep.csv").read_text()
-        (target / "sweep.csv").write_text(
-            re.sub(rf"{re.escape(str(sweep.resolve()))}|{re.escape(str(sweep))}", f"runs/{sweep.name}", csv)
-        )
+        # The finished runs' rows only (a sweep stopped to hand its last cells to another process keeps none of
+        # them), each written afresh from the shipped run folder, so the table has every column of this version.
+        names = {run.path.name for run in finished}
+        rows = []
+        for row in read_csv(sweep):
+            name = Path(row["run"]).name
+            if name in names:
+                cell = {k: v for k, v in row.items() if k in ("plw", "seed") or is_setting(k)}
+                rows.append({**folder_row(cell, target / name), "run": f"runs/{sweep.name}/{name}"})
+        write_csv(target / "sweep.csv", rows, [key for key in varied(rows) if is_setting(key)])
     measured = {
         "date": time.strftime("%Y-%m-%d"),
         "commit": args.commit,
@@ -99,7 +112,6 @@ def collect(args) -> None:
         "note": args.note,
     }
     (SHIPPED_LESSON / "measured.json").write_text(json.dumps(measured, indent=1) + "\n")
-    machine_paths = {str(Path(s).resolve().parent) for s in args.sweeps} | {str(Path.home())}
     leaked = [p for p in SHIPPED_LESSON.rglob("*") if p.is_file() and any(m in p.read_text() for m in machine_paths)]
     if leaked:
         raise SystemExit(f"a path of the measuring machine is still in {', '.join(map(str, leaked))}")
@@ -143,7 +155,7 @@ def pair_table(verdict: dict) -> str:
 def replace_block(text: str, name: str, content: str) -> str:
     start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     if start not in text or end not in text:
-        raise SystemExit(f"{PAGE.name} has no {start} ... {end} block")
+        raise SystemExit(f"no {start} ... {end} block to fill")
     head, rest = text.split(start, 1)
     return f"{head}{start}\n{content}\n{end}{rest.split(end, 1)[1]}"
 
@@ -156,17 +168,18 @@ def report(_args) -> None:
     measured = json.loads((SHIPPED_LESSON / "measured.json").read_text())
     per_run = measured["seconds_per_run"]
     text = PAGE.read_text()
-    text = replace_block(
-        text,
-        "lesson:measured",
+    measured_line = (
         f"Measured {measured['date']} at commit `{measured['commit']}` on a {measured['machine']}: "
         f"{measured['runs']} runs, {min(per_run)}–{max(per_run)} s each, {measured['wall_seconds'] / 60:.0f} minutes "
-        f"for the whole lesson ({measured['note']}).",
+        f"for the whole lesson ({measured['note']})."
     )
+    text = replace_block(text, "lesson:measured", measured_line)
     text = replace_block(text, "lesson:arms", arm_table(verdict))
     text = replace_block(text, "lesson:pairs", pair_table(verdict))
     text = replace_block(text, "lesson:verdict", "\n".join(f"    {s}" for s in verdict["sentences"]))
     PAGE.write_text(text)
+    readme = replace_block(README.read_text(), "lesson:readme", f"{measured_line}\n\n{arm_table(verdict)}")
+    README.write_text(readme)
     figures = {
         "plw-lesson-accuracy.svg": verdict_figure(verdict, height=420),
         "plw-lesson-prompt-loss.svg": arm_curves_figure(runs, "prompt_loss", height=400),

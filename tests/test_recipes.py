@@ -42,7 +42,8 @@ def test_a_file_of_the_recipes_name_wins_over_the_recipe(tmp_path, monkeypatch):
 
 def test_an_unknown_name_lists_the_shipped_recipes(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="is not a shipped recipe \\(bbb-demo, plw-lesson, plw-lesson-race-gpu, race-plw-1b-24gb, space-cpu\\)"):
+    shipped = "bbb-demo, plw-lesson, plw-lesson-race-gpu, race-plw-1b-24gb, space-cpu"
+    with pytest.raises(ConfigError, match=f"is not a shipped recipe \\({shipped}\\)"):
         LabConfig.load("bbb-dmeo")
     with pytest.raises(ConfigError, match="does not exist"):  # a path is a path: no recipe lookup in a folder
         LabConfig.load(tmp_path / "sub" / "bbb-demo")
