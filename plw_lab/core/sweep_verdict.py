@@ -180,7 +180,7 @@ def _pct(value: float | None) -> str:
 def _interval(summary: dict | None, scale: float = 100.0, unit: str = "%") -> str:
     if not summary or summary["low"] is None:
         return "no interval from one seed"
-    return f"95% interval {scale * summary['low']:.1f}\u2013{scale * summary['high']:.1f}{unit}"
+    return f"95% interval {scale * summary['low']:.1f} to {scale * summary['high']:.1f}{unit}"
 
 
 def verdict_sentences(arms: Sequence[dict], pairs: Sequence[dict]) -> list[str]:
