@@ -83,10 +83,13 @@ def test_the_space_recipe_runs_on_the_cpu_with_the_apps_starting_values():
 def test_lab_app_starts_from_a_recipe_by_name(tmp_path, monkeypatch, capsys):
     pytest.importorskip("gradio")
     from plw_lab.app import main as app_main
+    from plw_lab.app.jobs import JobRegistry
 
     served = {}
 
     class App:
+        plw_registry = JobRegistry()
+
         def launch(self, **kwargs):
             served["launch"] = kwargs
 

@@ -107,7 +107,7 @@ def test_a_run_belongs_to_its_visitor_and_shows_its_settings_and_phases(page, br
         timeout=10_000,
     )
 
-    # a second visitor sees the watched run's settings (not their own PLW 0) and why Start is off
+    # a second visitor sees the watched run's settings (not their own PLW 0) and that Start would queue
     context, other = new_page(browser, server.url)
     try:
         open_tab(other, "Train")
@@ -115,7 +115,9 @@ def test_a_run_belongs_to_its_visitor_and_shows_its_settings_and_phases(page, br
         assert "PLW 1" in text(other, "#watched-run")
         wait_text(other, "#next-run", "PLW 0 ")
         assert "started by another visitor" in text(other, "#progress")
-        assert other.locator("#start").is_disabled() and other.locator("#stop").is_disabled()
+        # Start queues the visitor's run behind the running one; Stop is the owner's alone.
+        assert other.locator("#start").is_enabled() and "Queue this run" in text(other, "#start")
+        assert other.locator("#stop").is_disabled()
         other.screenshot(path=str(SHOTS / "11-second-visitor.png"), full_page=True)
     finally:
         context.close()
