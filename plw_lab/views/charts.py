@@ -478,10 +478,15 @@ def overlay_figure(runs: Sequence, metric: str = "completion_loss", height: int 
         )
     if not fig.data:
         return empty_figure(f"The chosen runs have no {metric_label(metric)} values", height)
+    return curves_layout(fig, metric, f"{metric_label(metric)} by run", height)
+
+
+def curves_layout(fig: go.Figure, metric: str, title: str, height: int) -> go.Figure:
+    """The layout of every chart of one validation metric against the step, one curve per run."""
     fig.update_layout(
         template=PLOT_TEMPLATE,
         height=height,
-        title={"text": f"{metric_label(metric)} by run", "font": {"size": 14}},
+        title={"text": title, "font": {"size": 14}},
         xaxis={"title": "optimiser step"},
         # Shares on a fixed 0-100% axis, so runs and charts compare at a glance and a jump of a few
         # examples does not fill the chart.

@@ -8,10 +8,9 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
-from plw_lab.core.metrics import METRICS
 from plw_lab.core.metrics import label as metric_label
 from plw_lab.core.sweep_verdict import arms_of
-from plw_lab.views.charts import METRIC_COLORS, PLOT_TEMPLATE, empty_figure
+from plw_lab.views.charts import METRIC_COLORS, PLOT_TEMPLATE, curves_layout, empty_figure
 from plw_lab.views.history import History
 
 #: One colour per arm, in the order the arms first appear.
@@ -99,16 +98,4 @@ def arm_curves_figure(runs: Sequence, metric: str = "prompt_loss", height: int =
             )
         )
         shown.add(arm)
-    fig.update_layout(
-        template=PLOT_TEMPLATE,
-        height=height,
-        title={"text": title or f"{metric_label(metric)}, every seed", "font": {"size": 14}},
-        xaxis={"title": "optimiser step"},
-        yaxis={
-            "title": metric_label(metric),
-            **({"tickformat": ".0%"} if METRICS[metric].unit == "share" else {}),
-        },
-        legend={"orientation": "h", "y": -0.2},
-        margin={"l": 55, "r": 20, "t": 40, "b": 40},
-    )
-    return fig
+    return curves_layout(fig, metric, title or f"{metric_label(metric)}, every seed", height)
