@@ -31,7 +31,7 @@ def _eval(step, full, answer, right, prompt=2.0):
 
 def _run(settings: dict, seed: int, curve):
     cfg = LabConfig().override({**settings, "train.seed": seed, "train.run_name": f"r{seed}"})
-    return SimpleNamespace(config=cfg, evals=[_eval(*point) for point in curve], path=Path(f"/runs/{seed}"))
+    return SimpleNamespace(config=cfg, evals=[_eval(*point) for point in curve], path=Path(f"/runs/{seed}"), summary={})
 
 
 # PLW 0: full-sequence loss best at step 0 (20/40 right), answer loss best at step 20 (36-38/40 right).

@@ -28,7 +28,7 @@ from plw_lab.core.config import LabConfig
 from plw_lab.core.events import Started
 from plw_lab.core.metrics import METRICS, best_of
 from plw_lab.core.runs import folder_name, load_run
-from plw_lab.core.stopping import CRITERIA, stopping_report
+from plw_lab.core.stopping import CRITERIA, run_stopping
 
 COLUMNS = (
     "plw",
@@ -139,7 +139,7 @@ def run_row(values: dict, run_dir: Path | str, summary: dict, evals: Sequence) -
         "answer_accuracy_ci_high": ci[1],
         "best_answer_loss": loss.get("value"),
         "best_answer_loss_step": loss.get("step"),
-        **stopping_columns(stopping_report(evals)),
+        **stopping_columns(run_stopping(summary, evals)),
         "run": str(run_dir),
     }
 

@@ -19,7 +19,7 @@ from itertools import combinations
 from pathlib import Path
 
 from plw_lab.core import scores
-from plw_lab.core.stopping import ANSWER_CRITERION, correctness, kept_eval, stopping_report
+from plw_lab.core.stopping import ANSWER_CRITERION, correctness, kept_eval, run_stopping
 from plw_lab.core.sweep import summarise
 from plw_lab.core.weights import plw_text
 
@@ -83,7 +83,7 @@ def seed_runs(runs: Sequence) -> list[SeedRun]:
                 arm=arm,
                 seed=run.config.train.seed,
                 path=str(run.path),
-                report=stopping_report(evals),
+                report=run_stopping(run.summary, evals),
                 kept=correctness(kept_at) if kept_at is not None else None,
                 full=correctness(full_at) if full_at is not None else None,
                 prompt_loss=(prompt[0], prompt[-1]) if prompt else (None, None),
