@@ -618,7 +618,8 @@ def cmd_sweep(args) -> int:
     else:
         cfg = build_config(args)
         cfg = cfg.override(settings) if settings else cfg
-        grid = make_grid(cfg, args.plws, args.seeds, parse_overrides(args.grid))
+        varied = parse_overrides(args.grid)
+        grid = make_grid(cfg, args.plws, args.seeds, varied)
         where = ""
         if cfg.sweep.backend == "ray":
             where = f" on Ray ({cfg.sweep.address})" if cfg.sweep.address else " on Ray"
@@ -637,13 +638,13 @@ def cmd_sweep(args) -> int:
             subscribers = [notes] if cfg.sweep.backend == "local" else []
             folder = api.sweep(
                 cfg,
-                grid.plws,
-                grid.seeds,
+                args.plws,
+                args.seeds,
                 args.name,
                 subscribers=subscribers,
                 stop=stop,
                 on_run=print_sweep_row,
-                grid=grid.settings,
+                grid=varied,
                 on_folder=started.append,
             )
     except KeyboardInterrupt:  # a second Ctrl-C: each run keeps its last checkpoint
@@ -871,20 +872,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--plws",
         help="comma list of PLW values, short for --grid train.prompt_loss_weight=... "
-        "(default: the PLW presets 0, 0.01, 0.1, 0.5, 1)",
+        "(default: the config's sweep.plws, else the PLW presets 0, 0.01, 0.1, 0.5, 1)",
     )
     p.add_argument(
         "--seeds",
         help="comma list of seeds (LoRA initialisation and data order), short for --grid train.seed=... "
-        f"(default {', '.join(map(str, DEFAULT_SEEDS))}); the means are taken over them",
+        f"(default: the config's sweep.seeds, else {', '.join(map(str, DEFAULT_SEEDS))}); the means are taken over them",
     )
     p.add_argument(
         "--grid",
         action="append",
         default=[],
         metavar="SECTION.FIELD=V1,V2",
-        help="also vary this setting over these values (repeatable; the grid crosses them all); "
-        "each value is read as --set reads it",
+        help="also vary this setting over these values (repeatable; the grid crosses them all, with the "
+        "config's sweep.grid); each value is read as --set reads it",
     )
     p.add_argument("--name", default="", help="name of the sweep folder under train.output_dir")
     p.add_argument(

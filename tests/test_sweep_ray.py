@@ -72,9 +72,9 @@ def test_asha_prunes_a_hopeless_run_which_stops_cleanly_and_stays_out_of_the_mea
     )
     folder = tmp_path / "asha"
     folder.mkdir()
-    good = new_cell(cfg, folder, {"plw": 0.0, "seed": 0})
+    good = new_cell(cfg, folder, {"plw": 0.0, "seed": 0}, "plw0-seed0")
     # A learning rate of 0 never moves the adapter: its answer loss stays the base model's, behind any learning run.
-    hopeless = new_cell(cfg, folder, {"plw": 0.0, "seed": 1})
+    hopeless = new_cell(cfg, folder, {"plw": 0.0, "seed": 1}, "plw0-seed1")
     hopeless.cfg = hopeless.cfg.override({"train.learning_rate": 0.0})
     run_cells(cfg, [good, hopeless], SweepTable(folder, Grid([0.0], [0, 1])))
     rows = read_csv(folder)

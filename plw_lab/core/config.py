@@ -574,6 +574,27 @@ class EvalConfig:
 
 @dataclass
 class SweepConfig:
+    plws: list = _f(
+        [],
+        "The train.prompt_loss_weight values `lab sweep` crosses with its seeds (`--plws` replaces them). "
+        "Empty: the PLW presets.",
+    )
+    seeds: list = _f(
+        [],
+        "The train.seed values every cell of the sweep is trained with: the repeats its means and intervals "
+        "are taken over (`--seeds` replaces them). Empty: 0 and 1.",
+    )
+    grid: dict = _f(
+        {},
+        "Other settings the sweep crosses with its PLWs and seeds, SECTION.FIELD -> list of values, e.g. "
+        "{train.completion_loss_weight: [0.5, 1]} (`--grid` adds a setting or replaces its values).",
+    )
+    arms: list = _f(
+        [],
+        "Cells run at every seed beside the crossed grid, each a mapping SECTION.FIELD -> value, e.g. "
+        "{train.prompt_loss_weight: 1, train.plw_schedule: linear, train.plw_end: 0}: a comparison that is not "
+        "a whole cross product. A setting an arm leaves out keeps this config's value.",
+    )
     backend: str = _f(
         "local",
         "How `lab sweep` runs its PLW x seed grid: 'local' trains the runs one after another in this process; "
@@ -649,6 +670,7 @@ class LabConfig:
                 "under train.plw_schedule): no token would be trained there; raise either"
             )
         _check_mix(self.data.mix)
+        _check_sweep_grid(self.sweep)
         _check_builtin_sources(self.data)
         _check_column_map(self.data.column_map)
         _check_target_modules(self.lora.target_modules)
@@ -833,6 +855,23 @@ def _check_mix(mix: dict) -> None:
             )
     if mix and not any(ratio > 0 for ratio in mix.values()):
         raise ConfigError("data.mix: every ratio is 0; give at least one source a positive ratio")
+
+
+def _check_sweep_grid(sweep: SweepConfig) -> None:
+    """The shape of what a sweep varies; each value is read and checked as `--set` reads it when the
+    sweep builds its grid (`plw_lab.core.sweep.make_grid`), against the config it runs."""
+    for key, values in sweep.grid.items():
+        if not isinstance(key, str) or not isinstance(values, list) or not values:
+            raise ConfigError(
+                f"sweep.grid maps a setting (SECTION.FIELD) to a list of its values, e.g. "
+                f"{{train.learning_rate: [0.001, 0.002]}}; got {shown(key)}: {shown(values)}"
+            )
+    for arm in sweep.arms:
+        if not isinstance(arm, dict) or not arm or not all(isinstance(key, str) for key in arm):
+            raise ConfigError(
+                "sweep.arms lists cells, each a mapping of settings (SECTION.FIELD) to one value, e.g. "
+                f"{{train.plw_schedule: linear, train.plw_end: 0}}; got {shown(arm)}"
+            )
 
 
 def unknown_builtin_set(source: str) -> str:

@@ -34,7 +34,6 @@ from plw_lab.core.sweep_table import (
     Grid,
     SweepTable,
     cell_config,
-    cell_name,
     folder_row,
     is_setting,
     new_cell,
@@ -84,22 +83,63 @@ def check_sweep(cfg: LabConfig) -> None:
 
 def make_grid(cfg: LabConfig, plws=None, seeds=None, settings: dict | None = None) -> Grid:
     """The grid of a sweep of `cfg`: `plws` x `seeds` x every setting in `settings` (any name `--set`
-    takes -> its values, as a comma list or a sequence), each value read and checked exactly as
-    `--set` reads it. PLW and seed may come through `settings` too; left out, they are the PLW
-    presets and `DEFAULT_SEEDS`."""
+    takes -> its values, as a comma list or a sequence), then `cfg.sweep.arms` at every seed, each
+    value read and checked exactly as `--set` reads it. What is not given comes from `cfg.sweep`
+    (`plws`, `seeds`, `grid`, whose settings `settings` add to or replace); where that is empty too,
+    the PLW presets and `DEFAULT_SEEDS`."""
+    plws = plws if plws is not None else cfg.sweep.plws or None
+    seeds = seeds if seeds is not None else cfg.sweep.seeds or None
+    given = {setting_name(key): (key, values) for key, values in (settings or {}).items()}
+    merged = {setting_name(key): (key, values) for key, values in cfg.sweep.grid.items()} | given
     raw = {name: (name, values) for name, values in ((PLW, plws), (SEED, seeds)) if values is not None}
-    for key, values in (settings or {}).items():
-        name = setting_name(key)
-        if name in SET_BY_SWEEP:
-            raise ConfigError(f"a sweep cannot vary {name}: it sets where each of its runs writes itself")
-        if name.startswith("sweep."):
-            raise ConfigError(f"a sweep cannot vary {name}: sweep.* settings are the whole sweep's, not a run's")
+    for name, (key, values) in merged.items():
+        _check_varied(name)
         if name in raw:
             raise ConfigError(f"{name} is varied twice (as {raw[name][0]} and {key}); give its values once")
         raw[name] = (key, values)
     varied = {name: _grid_values(cfg, key, values) for name, (key, values) in raw.items()}
     presets = next(f for f in field_specs("train") if f["name"] == "prompt_loss_weight")["presets"]
-    return Grid(varied.pop(PLW, list(presets)), varied.pop(SEED, list(DEFAULT_SEEDS)), varied)
+    grid = Grid(varied.pop(PLW, list(presets)), varied.pop(SEED, list(DEFAULT_SEEDS)), varied)
+    arms = [_arm(cfg, arm) for arm in cfg.sweep.arms]
+    for name in dict.fromkeys(name for arm in arms for name in arm):  # a column for every setting an arm sets
+        if name not in (PLW, *grid.settings):
+            grid.settings[name] = [_setting(cfg, name)]
+    columns = {PLW: "plw", **{name: name for name in grid.settings}}
+    seen = {grid.key(cell)[:-1] for cell in grid.cells()}
+    for given_arm, arm in zip(cfg.sweep.arms, arms):
+        cell = {column: arm.get(name, _setting(cfg, name)) for name, column in columns.items()}
+        if grid.key(cell)[:-1] in seen:
+            raise ConfigError(f"sweep.arms: {shown(given_arm)} is already a cell of the sweep; list each cell once")
+        seen.add(grid.key(cell)[:-1])
+        grid.arms.append(cell)
+        grid.arm_keys.append([columns[name] for name in arm])
+    return grid
+
+
+def _check_varied(name: str) -> None:
+    if name in SET_BY_SWEEP:
+        raise ConfigError(f"a sweep cannot vary {name}: it sets where each of its runs writes itself")
+    if name.startswith("sweep."):
+        raise ConfigError(f"a sweep cannot vary {name}: sweep.* settings are the whole sweep's, not a run's")
+
+
+def _setting(cfg: LabConfig, name: str):
+    section, field_name = name.split(".")
+    return getattr(getattr(cfg, section), field_name)
+
+
+def _arm(cfg: LabConfig, arm: dict) -> dict:
+    """One of sweep.arms as setting name -> value, each value read and checked as `--set` reads it."""
+    out = {}
+    for key, value in arm.items():
+        name = setting_name(key)
+        _check_varied(name)
+        if name == SEED:
+            raise ConfigError("sweep.arms: an arm runs at every seed of the sweep; leave train.seed out of it")
+        if name in out:
+            raise ConfigError(f"sweep.arms: {shown(arm)} sets {name} twice")
+        out[name] = _grid_values(cfg, key, [value])[0]
+    return out
 
 
 def _grid_values(cfg: LabConfig, key: str, values) -> list:
@@ -111,6 +151,8 @@ def _grid_values(cfg: LabConfig, key: str, values) -> list:
     section, name = setting_name(key).split(".")
     if isinstance(getattr(getattr(cfg, section), name), (list, dict)):
         raise ConfigError(f"{key} is a list or mapping setting; a grid varies settings of one value each")
+    # Numbers from a YAML list go through their text too, so a float setting's 1 is 1.0 as `--set` reads it.
+    items = [str(v) if isinstance(v, (int, float)) else v for v in items]
     parsed = [getattr(getattr(cfg.override({key: item}), section), name) for item in items]
     twice = [value for i, value in enumerate(parsed) if value in parsed[:i]]
     if twice:
@@ -173,7 +215,7 @@ def run_sweep(
         on_folder(folder)
     cfg.save(folder / "sweep_config.yaml")  # not config.yaml: the folder is not itself a run
     spec.save(folder)
-    cells = [new_cell(cfg, folder, values) for values in spec.cells()]
+    cells = [new_cell(cfg, folder, values, spec.name(values)) for values in spec.cells()]
     run_cells(cfg, cells, SweepTable(folder, spec), subscribers, stop, on_run, examples, watch)
     return folder
 
@@ -210,7 +252,7 @@ def resume_sweep(
         if row and row["status"] in DONE:
             kept.append(row)
             continue
-        run_dir = Path(row["run"]) if row else folder / cell_name(values)
+        run_dir = Path(row["run"]) if row else folder / grid.name(values)
         if (run_dir / "config.yaml").exists():
             run = load_run(run_dir)
             ended_early = str(run.summary.get("stop_reason", "")).startswith("early stopping")
@@ -222,7 +264,7 @@ def resume_sweep(
             if run.resumable:
                 cells.append(Cell(values, run.config, run_dir, resume=True))
                 continue
-        cells.append(new_cell(cfg, folder, values))  # nothing to continue from: a fresh run beside it
+        cells.append(new_cell(cfg, folder, values, grid.name(values)))  # nothing to continue from: a fresh run beside it
     run_cells(cfg, cells, SweepTable(folder, grid, kept), subscribers, stop, on_run)
     return folder
 

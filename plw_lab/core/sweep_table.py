@@ -87,8 +87,9 @@ def value_text(value) -> str:
 
 @dataclass
 class Grid:
-    """What a sweep varies, crossed: its PLW values, its seeds and any other settings. The seeds are
-    the repeats the means are taken over; every other varied setting tells the cells apart."""
+    """What a sweep varies: its PLW values crossed with its seeds and any other settings, and its arms,
+    cells beside that cross product that also run at every seed. The seeds are the repeats the means
+    are taken over; every other varied setting tells the cells apart."""
 
     #: train.prompt_loss_weight values.
     plws: list[float]
@@ -96,6 +97,10 @@ class Grid:
     seeds: list[int]
     #: The other varied settings, SECTION.FIELD -> values, in the order given (also the columns' order).
     settings: dict[str, list] = field(default_factory=dict)
+    #: Cells beside the cross product, each with a value for every column but the seed.
+    arms: list[dict] = field(default_factory=list)
+    #: Per arm, the columns it set itself (the others keep the config's values): what its runs are named by.
+    arm_keys: list[list[str]] = field(default_factory=list)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -103,21 +108,32 @@ class Grid:
         return ("plw", *self.settings, "seed")
 
     def cells(self) -> list[dict]:
-        """Every cell's values, keyed by `columns`, in grid order."""
+        """Every cell's values, keyed by `columns`, in grid order: the cross product, then the arms."""
         values = itertools.product(self.plws, *self.settings.values(), self.seeds)
-        return [dict(zip(self.columns, combo)) for combo in values]
+        crossed = [dict(zip(self.columns, combo)) for combo in values]
+        return crossed + [{**arm, "seed": seed} for arm in self.arms for seed in self.seeds]
 
     def key(self, row: dict) -> tuple:
         """A row's cell, compared as sweep.csv writes it, so rows read back find their cells."""
         return tuple(setting_value(str(row.get(column))) for column in self.columns)
 
+    def name(self, values: dict) -> str:
+        """The folder name of a cell's run: by the values that tell it apart, e.g. plw0.1-seed0 (the
+        cross product names the settings with more than one value; an arm its own settings)."""
+        key = self.key(values)[:-1]
+        own = next((keys for arm, keys in zip(self.arms, self.arm_keys) if self.key(arm)[:-1] == key), None)
+        shown = own if own is not None else ["plw", *(k for k, v in self.settings.items() if len(v) > 1)]
+        return cell_name({k: values[k] for k in self.columns if k in shown or k == "seed"})
+
     def save(self, folder: Path) -> None:
-        (folder / GRID_FILE).write_text(json.dumps({"plws": self.plws, "seeds": self.seeds, "settings": self.settings}))
+        spec = {"plws": self.plws, "seeds": self.seeds, "settings": self.settings}
+        (folder / GRID_FILE).write_text(json.dumps({**spec, "arms": self.arms, "arm_keys": self.arm_keys}))
 
     @classmethod
     def load(cls, folder: Path) -> Grid:
         spec = json.loads((folder / GRID_FILE).read_text())
-        return cls(spec["plws"], spec["seeds"], spec.get("settings", {}))  # a sweep before --grid has no settings
+        # Sweeps before --grid have no settings; before sweep.arms, no arms.
+        return cls(spec["plws"], spec["seeds"], spec.get("settings", {}), spec.get("arms", []), spec.get("arm_keys", []))
 
 
 def run_row(values: dict, run_dir: Path | str, summary: dict, evals: Sequence) -> dict:
@@ -278,9 +294,9 @@ def cell_config(cfg: LabConfig, values: dict) -> LabConfig:
     return cfg.override({SHORT_NAMES.get(key, key): value for key, value in values.items()})
 
 
-def new_cell(cfg: LabConfig, folder: Path, values: dict) -> Cell:
-    """A fresh run of `cfg` with a cell's values, in the first free folder named after them."""
-    name, suffix = cell_name(values), 1
+def new_cell(cfg: LabConfig, folder: Path, values: dict, name: str) -> Cell:
+    """A fresh run of `cfg` with a cell's values, in the first free folder called `name` (or `name`-2, ...)."""
+    suffix = 1
     while (folder / (name if suffix == 1 else f"{name}-{suffix}")).exists():
         suffix += 1
     name = name if suffix == 1 else f"{name}-{suffix}"

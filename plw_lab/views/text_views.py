@@ -598,11 +598,16 @@ def cell_text(values: dict, seed: bool = True) -> str:
 
 
 def grid_text(grid) -> str:
-    """A sweep's grid (`plw_lab.core.sweep_table.Grid`) in words:
-    'PLW 0, 1 x train.completion_loss_weight 0.5, 1 x seeds 0, 1'."""
+    """A sweep's grid (`plw_lab.core.sweep_table.Grid`) in words: 'PLW 0, 1 x train.completion_loss_weight
+    0.5, 1 x seeds 0, 1', and its arms: '(PLW 0, 1 + PLW 1, train.plw_schedule linear) x seeds 0, 1'."""
     listed = lambda values: ", ".join(map(value_text, values))
-    settings = [f"{key} {listed(values)}" for key, values in grid.settings.items()]
-    return " x ".join([f"PLW {listed(grid.plws)}", *settings, f"seeds {listed(grid.seeds)}"])
+    crossed = [f"PLW {listed(grid.plws)}"]
+    crossed += [f"{key} {listed(values)}" for key, values in grid.settings.items() if len(values) > 1]
+    seeds = f"seeds {listed(grid.seeds)}"
+    if not grid.arms:
+        return " x ".join([*crossed, seeds])
+    arms = [cell_text({k: arm[k] for k in keys}, seed=False) for arm, keys in zip(grid.arms, grid.arm_keys)]
+    return f"({' x '.join(crossed)} + {' + '.join(arms)}) x {seeds}"
 
 
 def sweep_row_text(row: dict) -> str:
