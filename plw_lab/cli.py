@@ -777,7 +777,8 @@ EXAMPLES = {
   lab compare runs/<run> --recompute      # evaluates again (e.g. after editing eval.* settings)""",
     "verdict": """examples:
   lab verdict                                          # the real-data PLW lesson shipped with the lab
-  lab verdict runs/sweep-plw-lesson runs/sweep-plw-lesson-schedule   # two sweeps taken together""",
+  lab verdict runs/plw-lesson                          # after `lab sweep --config plw-lesson --name plw-lesson`
+  lab verdict runs/sweep-a runs/sweep-b                # two sweeps taken together""",
     "probe": """examples:
   lab probe runs/<run>                    # logistic regression on the frozen base model's features, same split""",
     "inspect": """examples:
@@ -787,6 +788,7 @@ EXAMPLES = {
     "sweep": """examples:
   lab sweep --plws 0,0.01,0.1,1 --seeds 0,1,2 --max-steps 40   # 12 runs on one validation split
   lab sweep --model tiny-random --plws 0,1 --seeds 0 --name smoke
+  lab sweep --config plw-lesson            # the real-data lesson: its grid and arms are in the recipe
   lab sweep --plws 0,0.1,1 --grid train.completion_loss_weight=0.1,1 --seeds 0,1 \\
       --set train.loss_normalization=count_nonzero   # the WIT grid: prompt x completion weights
   lab sweep --plws 0,0.01,0.1,1 --seeds 0,1,2 --backend ray --prune asha --grace-steps 10   # see docs/sweeps.md
@@ -877,7 +879,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--seeds",
         help="comma list of seeds (LoRA initialisation and data order), short for --grid train.seed=... "
-        f"(default: the config's sweep.seeds, else {', '.join(map(str, DEFAULT_SEEDS))}); the means are taken over them",
+        f"(default: the config's sweep.seeds, else {', '.join(map(str, DEFAULT_SEEDS))}); "
+        "the means are taken over them",
     )
     p.add_argument(
         "--grid",

@@ -1,7 +1,6 @@
 """Ship the measured real-data PLW lesson and write its page from it.
 
-    python scripts/plw_lesson.py collect RUNS/sweep-plw-lesson RUNS/sweep-plw-lesson-schedule \\
-        --commit abc1234 --wall 2700 --note "load ~3 (other work on the machine)"
+    python scripts/plw_lesson.py collect RUNS/plw-lesson --commit abc1234 --wall 2700 --note "idle"
     python scripts/plw_lesson.py report        # docs/plw-on-real-data.md's tables and docs/images/plw-lesson-*.svg
 
 `collect` copies what the lesson needs of each finished run (config.yaml, summary.json and
@@ -37,10 +36,8 @@ README = ROOT / "README.md"
 IMAGES = ROOT / "docs" / "images"
 COMMANDS = [
     "pip install 'plw-lab[demo]'",
-    "lab sweep --config plw-lesson --plws 0,0.1,1 --seeds 0,1,2 --name plw-lesson",
-    "lab sweep --config plw-lesson --plws 1 --seeds 0,1,2 --set train.plw_schedule=linear --set train.plw_end=0 "
-    "--name plw-lesson-schedule",
-    "lab verdict runs/plw-lesson runs/plw-lesson-schedule",
+    "lab sweep --config plw-lesson --name plw-lesson",
+    "lab verdict runs/plw-lesson",
 ]
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from conftest import TINY_APP_SETTINGS
 
-from plw_lab.app.jobs import TrainingJob
+from plw_lab.app.jobs import TrainingJob, record_not_started
 from plw_lab.app.main import build_app
 from plw_lab.app.visitors import OWNER_FILE, owner_key, recorded_owner
 from plw_lab.core.config import LabConfig
@@ -164,3 +164,19 @@ def test_a_run_from_the_cli_is_read_only_for_visitors(app):
     finally:
         job.stop.set()
         job.thread.join()
+
+
+def test_a_visitor_whose_queued_run_an_app_stop_left_unstarted_gets_its_settings_back(app, tmp_path):
+    """After a restart the page tells the run's owner (and no one else) that it was not started, with its
+    settings back in the controls, once."""
+    train = app.plw_tabs["train"]
+    shared = train.shared
+    cfg = LabConfig().override({**CFG, "train.output_dir": str(tmp_path / "runs"), "train.learning_rate": 0.0123})
+    job = TrainingJob(cfg.override({"train.prompt_loss_weight": 0.3}), owner=BOB)
+    job.not_started = "the app was stopped by SIGTERM before its turn"
+    record_not_started(job)
+    assert train.on_return({shared.visitor: ALICE}) == {}
+    back = train.on_return({shared.visitor: BOB})
+    assert "was not started: the app was stopped by SIGTERM before its turn" in back[train.msg]
+    assert back[shared.plw] == 0.3 and back[shared.settings["train.learning_rate"]] == 0.0123
+    assert train.on_return({shared.visitor: BOB}) == {}

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from plw_lab import api
-from plw_lab.app.jobs import JobBusy, JobRegistry, Limits
+from plw_lab.app.jobs import NOT_STARTED, JobBusy, JobRegistry, Limits
 from plw_lab.core.config import ConfigError, LabConfig
 from plw_lab.core.data import DataError
 
@@ -122,7 +122,13 @@ def test_a_shutdown_stops_the_running_run_and_starts_no_queued_one(tmp_path, gat
     assert registry.shutdown(signal.SIGTERM) is running
     assert running.stop.reason == "stopped by SIGTERM" and running.stop.signal == signal.SIGTERM
     _until(lambda: not running.running)
-    assert not queued.running and queued.not_started == "not started: the app was stopped by SIGTERM before its turn"
-    assert "queued run" in capsys.readouterr().err and "waiting" in queued.cfg.train.run_name
+    assert not queued.running and queued.not_started == "the app was stopped by SIGTERM before its turn"
+    assert f"queued run {queued.id} not started" in capsys.readouterr().err
     with pytest.raises(JobBusy, match="shutting down"):
         registry.start(_cfg(tmp_path, 2), owner="c")
+    # Recorded on disk for its owner's next visit (the app after a restart), and told once, to them only.
+    assert JobRegistry.not_started(tmp_path, "a") == []
+    [(reason, cfg)] = JobRegistry.not_started(tmp_path, "b")
+    assert reason == "the app was stopped by SIGTERM before its turn"
+    assert cfg.train.seed == 1 and cfg.train.run_name == "waiting"
+    assert JobRegistry.not_started(tmp_path, "b") == [] and not any((tmp_path / NOT_STARTED).iterdir())

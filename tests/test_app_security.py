@@ -343,6 +343,41 @@ def test_a_hub_shaped_model_name_answers_alike_whether_a_folder_of_that_name_exi
     assert cfg.model.name == "hf:secret/creds"  # what the job loads: the hub's, never the folder
 
 
+def test_a_hub_shaped_dataset_name_answers_alike_whether_a_folder_of_that_name_exists(
+    app, toasts, tmp_path, monkeypatch
+):
+    """The hub box and the validation source: `secret/creds` (a dataset folder in the app's working
+    folder) and `nosuchdir/x` get the same answers, at load, at Start and when the run reads its data,
+    and `datasets` is never handed a name that is a folder of the server."""
+    server = tmp_path / "server"
+    (server / "secret" / "creds").mkdir(parents=True)
+    (server / "secret" / "creds" / "data.json").write_text(json.dumps([{"prompt": SECRET, "completion": SECRET}]))
+    monkeypatch.chdir(server)
+    import os
+
+    import datasets
+
+    def offline(path, *args, **kwargs):
+        assert not os.path.lexists(path), f"datasets was handed the server's folder {path}"
+        raise ConnectionError(f"Couldn't reach '{path}' on the Hub (offline)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    data, train = app.plw_tabs["data"], app.plw_tabs["train"]
+
+    def answers(name):
+        inputs = data.load_inputs(data.hub_id, data.hub_config, data.hub_split)
+        loaded = data.on_load_hub(_values(inputs, {data.hub_id: name}))[data.msg]
+        started = train.on_start(_start_values(app, **{"data.val_source": f"hf:{name}"}))[train.msg]
+        job = app.plw_registry.current
+        _wait(job)
+        app.plw_registry.current = None
+        return "\n".join([loaded, started, job.error]).replace(name, "NAME")
+
+    secret, nowhere = answers("secret/creds"), answers("nosuchdir/x")
+    assert secret == nowhere
+    assert "Could not load hub dataset 'NAME'" in secret and SECRET not in secret + "".join(toasts)
+
+
 def test_the_data_source_is_an_upload_a_built_in_set_or_a_hub_id(app, server_paths, toasts, uploads):
     data, train = app.plw_tabs["data"], app.plw_tabs["train"]
 

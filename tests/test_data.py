@@ -7,9 +7,11 @@ from conftest import mc_records
 
 from plw_lab.core.config import DataConfig
 from plw_lab.core.data import (
+    HUB_UNREADABLE,
     DataError,
     check_hub_id,
     detect_format,
+    hub_ids_only,
     load_examples,
     read_file,
     read_records,
@@ -139,8 +141,29 @@ def test_the_app_reads_only_hub_ids_never_server_folders(tmp_path, monkeypatch, 
     import datasets
 
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail(f"load_dataset reached with {a}"))
-    with pytest.raises(DataError, match="hub dataset|dataset id"):
-        read_records(DataConfig(source=f"hf:{dataset_id}"), hub_ids_only=True)
+    with hub_ids_only(), pytest.raises(DataError, match="hub dataset|dataset id"):
+        read_records(DataConfig(source=f"hf:{dataset_id}"))
+
+
+def test_a_server_says_the_same_of_its_folders_and_of_names_that_exist_nowhere(tmp_path, monkeypatch):
+    """Within `hub_ids_only`, a hub id that is also a folder here gets the words of any dataset the hub
+    cannot give (offline here), so the answer tells nothing about the server's disk."""
+    (tmp_path / "secret" / "creds").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    import datasets
+
+    def offline(path, *args, **kwargs):
+        raise ConnectionError(f"Couldn't reach '{path}' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    answers = []
+    for name in ("secret/creds", "nosuchdir/x"):
+        with hub_ids_only(), pytest.raises(DataError) as caught:
+            read_records(DataConfig(source=f"hf:{name}"))
+        answers.append(str(caught.value).replace(name, "NAME"))
+    assert answers[0] == answers[1] == HUB_UNREADABLE.format(id="NAME")
+    with pytest.raises(DataError, match="LocalEntryNotFoundError"):  # the CLI's owner is told what went wrong
+        read_records(DataConfig(source="hf:nosuchdir/x"))
 
 
 def test_hub_ids_pass_the_check_and_the_cli_may_still_name_local_datasets(tmp_path, monkeypatch):
@@ -151,7 +174,8 @@ def test_hub_ids_pass_the_check_and_the_cli_may_still_name_local_datasets(tmp_pa
         datasets, "load_dataset", lambda path, *a, **k: seen.append(path) or [{"prompt": "p", "completion": "c"}]
     )
     assert check_hub_id(" ehovy/race ") == "ehovy/race"
-    read_records(DataConfig(source="hf:someone/sums"), hub_ids_only=True)
+    with hub_ids_only():
+        read_records(DataConfig(source="hf:someone/sums"))
     (tmp_path / "mine").mkdir()
     read_records(DataConfig(source=f"hf:{tmp_path / 'mine'}"))  # the machine's owner, from the CLI
     assert seen == ["someone/sums", str(tmp_path / "mine")]

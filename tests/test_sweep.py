@@ -364,6 +364,79 @@ def test_a_grid_over_another_setting_writes_its_column_and_resumes_on_the_record
     assert (folder / "plw0-completion_loss_weight0.5-seed0" / "events.jsonl").read_text() == first
 
 
+def test_a_config_carries_its_grid_and_arms_run_beside_it_at_every_seed(tmp_path, capsys):
+    """sweep.plws, sweep.seeds, sweep.grid and sweep.arms in a config: `lab sweep --config FILE` alone runs
+    the comparison; an arm (here a PLW schedule) is a cell beside the cross product, at every seed, with a
+    column per setting it sets, and `--resume` finishes it from the recorded grid."""
+    from plw_lab.cli import main
+
+    config = tmp_path / "lesson.yaml"
+    config.write_text(
+        "sweep:\n  plws: [0]\n  seeds: [0]\n  grid: {train.completion_loss_weight: [1]}\n"
+        "  arms:\n    - {train.prompt_loss_weight: 1, train.plw_schedule: linear, train.plw_end: 0}\n"
+    )
+    args = ["sweep", "--config", str(config), "--name", "lesson", "--output-dir", str(tmp_path), *TINY_SWEEP]
+    assert main(args) == 0
+    folder = tmp_path / "lesson"
+    rows = read_csv(folder)
+    assert [(r["plw"], r["train.plw_schedule"], r["train.plw_end"], r["seed"], r["status"]) for r in rows] == [
+        (0.0, "constant", 0.0, 0, "finished"),
+        (1.0, "linear", 0.0, 0, "finished"),
+    ]
+    assert [load_run(r["run"]).name for r in rows] == ["plw0-seed0", "plw1-plw_schedulelinear-plw_end0-seed0"]
+    scheduled = load_run(rows[1]["run"]).config.train
+    assert (scheduled.prompt_loss_weight, scheduled.plw_schedule, scheduled.plw_end) == (1.0, "linear", 0.0)
+    out = capsys.readouterr().out
+    assert "(PLW 0 + PLW 1\u21920 linear) x seeds 0 = 2 runs" in out
+    row = "PLW {}, train.completion_loss_weight 1, seed 0: finished after 1 steps"
+    assert row.format("0") in out and row.format("1\u21920 linear") in out  # the schedule read with its PLW
+    shutil.rmtree(rows[1]["run"])
+    (folder / "sweep.csv").write_text("\n".join((folder / "sweep.csv").read_text().splitlines()[:2]) + "\n")
+    assert main(["sweep", "--resume", str(folder)]) == 0
+    assert [r["status"] for r in read_csv(folder)] == ["finished", "finished"]
+    assert load_run(read_csv(folder)[1]["run"]).config.train.plw_schedule == "linear"
+
+
+def test_the_shipped_lesson_recipe_is_the_whole_lesson_and_flags_replace_its_values():
+    from plw_lab.core.sweep import make_grid
+    from plw_lab.views.text_views import grid_text
+
+    cfg = LabConfig.load("plw-lesson")
+    grid = make_grid(cfg)
+    assert len(grid.cells()) == 12 and grid.seeds == [0, 1, 2]
+    assert grid_text(grid) == "(PLW 0, 0.1, 1 + PLW 1\u21920 linear) x seeds 0, 1, 2"
+    fewer = make_grid(cfg, "0,1", "5")  # --plws and --seeds replace the recipe's; its arm stays
+    assert [(c["plw"], c["train.plw_schedule"], c["seed"]) for c in fewer.cells()] == [
+        (0.0, "constant", 5),
+        (1.0, "constant", 5),
+        (1.0, "linear", 5),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        ({"arms": [{"train.seed": 3}]}, "leave train.seed out of it"),
+        ({"plws": [1], "arms": [{"train.prompt_loss_weight": 1}]}, "is already a cell of the sweep"),
+        ({"arms": [{"sweep.backend": "ray"}]}, "a sweep cannot vary sweep.backend"),
+        ({"arms": [{"train.plw_schedul": "linear"}]}, "unknown setting 'train.plw_schedul'"),
+        ({"arms": [{"train.plw_schedule": "sideways"}]}, "train.plw_schedule must be one of"),
+        ({"arms": ["linear"]}, "sweep.arms lists cells, each a mapping"),
+        ({"grid": {"train.learning_rate": 0.001}}, "sweep.grid maps a setting (SECTION.FIELD) to a list"),
+    ],
+)
+def test_a_bad_grid_in_a_config_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, sweep, message):
+    from plw_lab.cli import main
+
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps({"sweep": sweep}))
+    out = tmp_path / "runs"
+    assert main(["sweep", "--config", str(config), "--model", "tiny-random", "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("grid", "message"),
     [
@@ -426,8 +499,8 @@ def test_the_sweep_figure_draws_any_varied_number_along_x_with_the_rest_as_serie
         by_weight.layout.xaxis.title.text == "train.completion_loss_weight" and by_weight.layout.xaxis.type == "linear"
     )
     means = {t.name: list(t.x) for t in by_weight.data if "mean over seeds" in t.name}
-    series = "train.plw_schedule constant: mean over seeds (95% t interval)"
-    assert means == {f"PLW 0, {series}": [0.25, 0.5, 0.75, 1.0], f"PLW 1, {series}": [0.25, 0.5, 0.75, 1.0]}
+    series = "mean over seeds (95% t interval)"  # a constant schedule reads as the PLW itself
+    assert means == {f"PLW 0: {series}": [0.25, 0.5, 0.75, 1.0], f"PLW 1: {series}": [0.25, 0.5, 0.75, 1.0]}
     colours = {t.line.color for t in by_weight.data if "mean over seeds" in t.name}
     assert len(colours) == 2  # a colour per series
     by_plw = sweep_figure(rows)

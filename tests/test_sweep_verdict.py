@@ -132,3 +132,23 @@ def test_lab_verdict_reads_a_sweep_or_the_measured_lesson_through_the_api(tmp_pa
     (tmp_path / "empty").mkdir()
     assert main(["verdict", str(tmp_path / "empty")]) == 2
     assert "no finished runs in empty yet" in capsys.readouterr().err
+
+
+def test_the_shipped_lesson_is_what_the_recipe_runs():
+    """The measured runs in the wheel are the cells of `lab sweep --config plw-lesson`, with the recipe's
+    settings, and their measurement says so: the page, the app and `lab verdict` show what a user reruns."""
+    from plw_lab import api
+    from plw_lab.core.sweep import make_grid
+    from plw_lab.core.sweep_verdict import NOT_ARMS, PLW_FIELDS, flatten
+
+    lesson = api.lesson()
+    recipe = LabConfig.load("plw-lesson")
+    cells = [(c["plw"], c["train.plw_schedule"], c["train.plw_end"], c["seed"]) for c in make_grid(recipe).cells()]
+    shipped = [(t.prompt_loss_weight, t.plw_schedule, t.plw_end, t.seed) for t in (r.config.train for r in lesson.runs)]
+    assert sorted(shipped) == sorted(cells) and len(cells) == 12
+    same = lambda config: {
+        k: v for k, v in flatten(config.to_dict()).items() if k not in (*NOT_ARMS, *PLW_FIELDS) and "sweep." not in k
+    }
+    assert all(same(run.config) == same(recipe) for run in lesson.runs)
+    assert "lab sweep --config plw-lesson --name plw-lesson" in lesson.measured["commands"]
+    assert [a["arm"] for a in lesson.verdict["arms"]] == ["PLW 0", "PLW 0.1", "PLW 1", "PLW 1\u21920 linear"]

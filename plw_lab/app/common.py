@@ -246,6 +246,13 @@ def page_message(text: str, specs: dict[str, dict]) -> str:
     )
 
 
+def control_value(spec: dict, value):
+    """A config value as its control holds it: a mapping as JSON text, a list as a list."""
+    if spec["type"] == "dict":
+        return json.dumps(value)
+    return list(value) if spec["type"] == "list" else value
+
+
 def make_control(key: str, spec: dict, value):
     """One Gradio control for a config field, from its metadata."""
     label = control_label(key, spec)
@@ -292,7 +299,7 @@ def make_control(key: str, spec: dict, value):
         )
     if kind == "dict":  # e.g. data.mix: typed as JSON
         return gr.Textbox(
-            value=json.dumps(value),
+            value=control_value(spec, value),
             label=label,
             info=info + ' As JSON, e.g. {"builtin:bbb": 1}.',
             lines=1,

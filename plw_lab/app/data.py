@@ -364,7 +364,8 @@ class DataTab:
         try:
             cfg = self._load_config(source, values, hf_cfg, hf_split_, upload)
             dcfg = cfg.data
-            records, info = read_records(dcfg, hub_ids_only=not self.ctx.registry.allow_local_paths)
+            with self.ctx.registry.reading():
+                records, info = read_records(dcfg)
         except (DataError, ConfigError) as exc:
             return self.failed_load(error_text(exc), values)
         except Exception as exc:  # a damaged file may raise anything

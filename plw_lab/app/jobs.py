@@ -10,6 +10,8 @@ can be driven and tested without a page.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import signal
 import sys
@@ -23,17 +25,21 @@ from typing import Any
 
 from plw_lab import api
 from plw_lab.api import LoadedRun
-from plw_lab.app.visitors import record_owner
+from plw_lab.app.visitors import owner_key, record_owner
 from plw_lab.core.config import ConfigError, LabConfig, ModelConfig
-from plw_lab.core.data import DataError
+from plw_lab.core.data import DataError, hub_ids_only
 from plw_lab.core.events import Failed, Started, drop_superseded, read_events
 from plw_lab.core.models import ModelError
-from plw_lab.core.runs import ResumeError
+from plw_lab.core.runs import ResumeError, write_json
 from plw_lab.core.runs import load_run as read_run
+from plw_lab.core.sweep import make_grid
 from plw_lab.views.history import History
 
 #: An absolute server path (not part of a URL): shown to visitors by its last component only.
 SERVER_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"(),:;]+/)+([^\s/'\"(),:;]*)")
+#: Where a stopped app keeps the runs that waited in its queue (under the runs folder): each one's config
+#: (`ID.yaml`) and why it did not start with a hash of its owner (`ID.json`), until its owner comes back.
+NOT_STARTED = "not-started"
 REMOTE_CODE_REFUSED = (
     "its config sets model.trust_remote_code, which runs the model's own Python code; "
     "the app allows that only when started with --allow-remote-code"
@@ -112,8 +118,11 @@ class TrainingJob:
         steps: int | None = None,
         max_seconds: float = 0,
         on_end=None,
+        reading=contextlib.nullcontext,
     ):
         self.id = uuid.uuid4().hex[:8]
+        #: What its thread reads data within: `hub_ids_only` for a visitor's run on a shared app.
+        self.reading = reading
         self.cfg = cfg
         #: The visitor token of whoever started it: only they may stop it, and its folders record it
         #: (None: started outside the page, e.g. by a script; no visitor may stop it).
@@ -162,22 +171,8 @@ class TrainingJob:
             limit.daemon = True
             limit.start()
         try:
-            if self.sweep:
-                plws, seeds = self.sweep
-                self.sweep_dir = str(
-                    api.sweep(
-                        self.cfg, plws, seeds, subscribers=[self._collect], stop=self.stop, examples=self.examples
-                    )
-                )
-            else:
-                self.result = api.train(
-                    self.cfg,
-                    subscribers=[self._collect],
-                    stop=self.stop,
-                    examples=self.examples,
-                    resume_from=self.resume_from,
-                    on_run_dir=self._set_run_path,
-                )
+            with self.reading():
+                self._train()
         except BaseException as exc:  # train() reports its own failures; this catches what escapes it
             self.error = error_text(exc)
             self._collect(Failed(step=0, error=self.error, summary={"status": "failed", "error": self.error}))
@@ -188,6 +183,22 @@ class TrainingJob:
                 limit.cancel()
             if self._on_end is not None:
                 self._on_end(self)
+
+    def _train(self) -> None:
+        if self.sweep:
+            plws, seeds = self.sweep
+            self.sweep_dir = str(
+                api.sweep(self.cfg, plws, seeds, subscribers=[self._collect], stop=self.stop, examples=self.examples)
+            )
+        else:
+            self.result = api.train(
+                self.cfg,
+                subscribers=[self._collect],
+                stop=self.stop,
+                examples=self.examples,
+                resume_from=self.resume_from,
+                on_run_dir=self._set_run_path,
+            )
 
     def _set_run_path(self, path: Path) -> None:
         self.run_path = Path(path)
@@ -263,6 +274,10 @@ class JobRegistry:
         #: Whether visitors may name the server's files and folders (`app.py --allow-local-paths`).
         self.allow_local_paths = allow_local_paths
 
+    def reading(self):
+        """What the app reads data within: hub ids only, unless its owner allows local paths."""
+        return contextlib.nullcontext() if self.allow_local_paths else hub_ids_only()
+
     def check_remote_code(self, cfg: LabConfig, what: str = "this run") -> None:
         if cfg.model.trust_remote_code and not self.allow_remote_code:
             raise ConfigError(f"{what} cannot run here: {REMOTE_CODE_REFUSED}")
@@ -280,16 +295,25 @@ class JobRegistry:
         refused by `train` itself, as its first event)."""
         self.check_remote_code(cfg)
         self.limits.check(cfg)
-        runs = len(sweep[0]) * len(sweep[1]) if sweep else 1
+        runs = len(make_grid(cfg, *sweep).cells()) if sweep else 1
         steps = cfg.train.max_steps * runs if cfg.train.max_steps else None
         with self._starting:
             if self.running() is not None:
                 with self._lock:
                     self._check_queueable(owner)  # before the slow check, which reads the data
                 if resume_from is None:
-                    steps = api.check_run(cfg, examples) * runs
+                    with self.reading():
+                        steps = api.check_run(cfg, examples) * runs
             job = TrainingJob(
-                cfg, examples, resume_from, owner, sweep, steps, self.limits.max_minutes * 60 * runs, self._ended
+                cfg,
+                examples,
+                resume_from,
+                owner,
+                sweep,
+                steps,
+                self.limits.max_minutes * 60 * runs,
+                self._ended,
+                self.reading,
             )
             with self._lock:
                 if self.closing:
@@ -361,16 +385,36 @@ class JobRegistry:
         with self._lock:
             self.closing = True
             for job in self.queue:
-                job.not_started = f"not started: the app was stopped by {name} before its turn"
-                print(
-                    f"queued run {job.id} ({job.cfg.train.run_name or 'unnamed'}): {job.not_started}", file=sys.stderr
-                )
+                job.not_started = f"the app was stopped by {name} before its turn"
+                kept = record_not_started(job)
+                print(f"queued run {job.id} not started ({job.not_started}); {kept}", file=sys.stderr)
             self.queue.clear()
             job = self.current if self.current is not None and self.current.running else None
         if job is not None:
             job.stop.signal = signum
             job.stop.request(f"stopped by {name}")
         return job
+
+    @staticmethod
+    def not_started(runs_dir: Path, visitor: str | None) -> list[tuple[str, LabConfig]]:
+        """The visitor's runs that a stopped app recorded as not started (why, and each run's config),
+        oldest first; told once: their records are removed."""
+        folder = Path(runs_dir) / NOT_STARTED
+        if not visitor or not folder.is_dir():
+            return []
+        out = []
+        for notice in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime):
+            try:
+                record = json.loads(notice.read_text())
+                if record.get("owner_sha256") != owner_key(visitor):
+                    continue
+                cfg = LabConfig.load(notice.with_suffix(".yaml"))
+            except (OSError, ValueError, AttributeError):  # half written when the app was killed: nothing to tell
+                continue
+            out.append((str(record.get("reason", "")), cfg))
+            notice.unlink(missing_ok=True)
+            notice.with_suffix(".yaml").unlink(missing_ok=True)
+        return out
 
     def resume(self, run, owner: str | None = None) -> TrainingJob:
         """Continue a stopped, interrupted or failed `Run` from its last checkpoint, as this app's job."""
@@ -423,6 +467,20 @@ class JobRegistry:
         return job if job is not None and job.running else None
 
 
+def record_not_started(job: TrainingJob) -> str:
+    """Keep a queued run that will not start (its config, why, its owner's hash) in its runs folder's
+    `NOT_STARTED` folder, for its owner's next visit; says where, or why it could not."""
+    folder = Path(job.cfg.train.output_dir) / NOT_STARTED
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        job.cfg.save(folder / f"{job.id}.yaml")
+        owner = owner_key(job.owner) if job.owner else None
+        write_json(folder / f"{job.id}.json", {"reason": job.not_started, "owner_sha256": owner, "steps": job.steps})
+    except OSError as exc:  # a full disk must not keep the app from stopping
+        return f"its settings could not be kept ({exc.strerror or exc})"
+    return f"its settings are kept in {folder / (job.id + '.yaml')}"
+
+
 class RunModels:
     """Keeps the model of one run loaded for the Compare tab; shared by visitors, loaded on demand."""
 
@@ -456,7 +514,8 @@ class RunModels:
                 config = read_run(run_path).config
                 if config is not None:
                     self.registry.check_remote_code(config, run_path.name)
-                loaded = api.load_run(run_path)
+                with self.registry.reading():
+                    loaded = api.load_run(run_path)
             self._loaded = loaded
             return loaded
 

@@ -22,6 +22,7 @@ from plw_lab.app.common import (
     StoppingView,
     coerce_control,
     config_value,
+    control_value,
     make_control,
     message_html,
     page_message,
@@ -287,9 +288,10 @@ class TrainTab:
 
     def wire_page_load(self, demo: gr.Blocks) -> None:
         # The visitor's token first: what the watcher shows (Start, Stop) depends on whose run it is.
-        demo.load(self.visitor_token, self.shared.visitor, self.shared.visitor).then(
-            self.current_job_id, None, self.shared.seen_job
-        )
+        shared = self.shared
+        visited = demo.load(self.visitor_token, shared.visitor, shared.visitor)
+        visited.then(self.current_job_id, None, shared.seen_job)
+        visited.then(self.on_return, {shared.visitor}, {self.msg, shared.plw, *shared.settings.values()})
 
     # -- handlers ----------------------------------------------------------------------------------
 
@@ -446,6 +448,25 @@ class TrainTab:
             shared.seen_job: job.id,
             shared.visitor: visitor,
         }
+
+    def on_return(self, values: dict):
+        """A visitor whose queued run a stopped app did not start is told so, with that run's settings
+        back in the controls (the last one's, if several)."""
+        shared = self.shared
+        missed = self.ctx.registry.not_started(self.ctx.runs_path, values[shared.visitor])
+        if not missed:
+            return {}
+        reason, cfg = missed[-1]
+        text = (
+            f"Your queued run (PLW {cfg.train.prompt_loss_weight:g}, data {cfg.data.source}) was not started: "
+            f"{reason}. Its settings are back in the controls; press Start to queue it again."
+        )
+        restored = {
+            control: control_value(self.ctx.specs[key], config_value(cfg, key))
+            for key, control in shared.settings.items()
+            if key in self.ctx.specs
+        }
+        return {self.msg: message_html(text, "info"), shared.plw: cfg.train.prompt_loss_weight, **restored}
 
     def on_cancel(self, values: dict):
         """Take this visitor's waiting run out of the queue."""

@@ -89,8 +89,12 @@ def render(
     evals: list,
     n_train: int,
     n_val: int,
+    modules: list[str] | None = None,
 ) -> str:
     """The model card of an adapter folder, as markdown with the hub's YAML header.
+
+    `modules`: the layers the adapter holds, as peft resolved `lora.target_modules` (e.g. 'all-linear');
+    the setting itself where not given.
 
     `step` is how many optimiser steps the run had trained when the folder was written, `kept_step`
     the step whose adapter the folder holds (the best evaluation's, when restoring it).
@@ -126,7 +130,7 @@ def render(
         f"- prompt-loss weight (PLW): {plw}, normalised by `{t.loss_normalization}` "
         f"over each optimiser step; end-of-turn token trained: {data.train_eos}",
         f"- LoRA: r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout:g}, "
-        f"modules {', '.join(lora.target_modules)}, layers `{lora.layers}`"
+        f"modules {', '.join(sorted(modules) if modules else lora.target_modules)}, layers `{lora.layers}`"
         + (f", base weights quantised to {cfg.model.quantization}" if cfg.model.quantization != "none" else ""),
         f"- optimiser: AdamW, learning rate {t.learning_rate:g} ({t.lr_scheduler}, warm-up {t.warmup_ratio:g}), "
         f"batch {t.batch_size} x accumulation {t.grad_accum}, seed {t.seed}",
@@ -173,7 +177,18 @@ def write(
     adapter_config["base_model_name_or_path"] = base_model_id(cfg.model.name)
     config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True))
     (Path(folder) / "README.md").write_text(
-        render(cfg, name, step, kept_step, stopping, best_value, evals, n_train, n_val)
+        render(
+            cfg,
+            name,
+            step,
+            kept_step,
+            stopping,
+            best_value,
+            evals,
+            n_train,
+            n_val,
+            adapter_config.get("target_modules"),
+        )
     )
 
 

@@ -7,6 +7,8 @@ are written in the completion (so accuracy can be read from their log-probabilit
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -33,6 +35,10 @@ ROLES = ("system", "user", "assistant")
 
 class DataError(ValueError):
     """Bad data; the message names the file or record, the field, and what to do."""
+
+
+class HubLoadError(DataError):
+    """`datasets` could not load a hub dataset (offline, unknown id, missing config)."""
 
 
 @dataclass
@@ -124,25 +130,53 @@ class Unreadable(dict):
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 
 
-def check_hub_id(dataset_id: str) -> str:
-    """`dataset_id` when it can only name a hub dataset, never a folder or file on this machine.
+#: What a server that reads hub ids only says of any hub dataset it cannot read, whatever the reason: the
+#: same words for a folder of that name on the server and for a name that exists nowhere, so a visitor
+#: learns nothing about the server's disk.
+HUB_UNREADABLE = (
+    "Could not load hub dataset {id!r}: it is not on the Hugging Face Hub, it is private or gated, or this server "
+    "cannot reach the internet. Choose a built-in set or upload a file."
+)
+_HUB_IDS_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("hub_ids_only", default=False)
 
-    `datasets.load_dataset` reads local folders and files too; a server that takes the id from a
-    visitor (the app) must not let them read its disk, so ids that exist as paths are refused.
-    """
+
+@contextlib.contextmanager
+def hub_ids_only():
+    """Within it, 'hf:' sources name hub datasets and nothing else: what a server does with the names its
+    visitors type (the app, unless its owner allows local paths). `datasets.load_dataset` reads a local
+    folder of the same name first, so such a name is never handed to it."""
+    token = _HUB_IDS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _HUB_IDS_ONLY.reset(token)
+
+
+def check_hub_id(dataset_id: str) -> str:
+    """`dataset_id` (stripped) when it is spelled as a hub dataset id, owner/name; looks at nothing on disk."""
     dataset_id = dataset_id.strip()
     if not HUB_ID.fullmatch(dataset_id) or ".." in dataset_id or dataset_id.endswith(".py"):
         raise DataError(f"{dataset_id!r} is not a Hugging Face dataset id: type it as owner/name, e.g. ehovy/race")
-    if os.path.lexists(dataset_id) or os.path.lexists(dataset_id.split("/")[0]):
-        raise DataError(f"{dataset_id!r} names a folder on this server, not a hub dataset; type it as owner/name")
     return dataset_id
 
 
-def read_records(cfg: DataConfig, hub_ids_only: bool = False) -> tuple[list[dict], dict]:
+def _read_hub_id_only(dataset_id: str, config: str, split: str) -> list[dict]:
+    """`read_hub` for a server's visitor: an owner/name id, never a local path, and one answer for every
+    dataset that cannot be read (`HUB_UNREADABLE`), whether a folder of that name exists here or not."""
+    dataset_id = check_hub_id(dataset_id)
+    if os.path.lexists(dataset_id) or os.path.lexists(dataset_id.split("/")[0]):
+        raise DataError(HUB_UNREADABLE.format(id=dataset_id))
+    try:
+        return read_hub(dataset_id, config, split)
+    except HubLoadError:
+        raise DataError(HUB_UNREADABLE.format(id=dataset_id)) from None
+
+
+def read_records(cfg: DataConfig) -> tuple[list[dict], dict]:
     """Records from `cfg.source` and what is known about them (e.g. classification labels).
 
-    `hub_ids_only` (the app) accepts only owner/name ids after 'hf:', so a visitor cannot make the
-    server read its own folders; the CLI, run by the machine's owner, may name local datasets.
+    Within `hub_ids_only()` (the app) 'hf:' takes owner/name ids of the hub only, so a visitor cannot
+    make the server read its own folders; the CLI, run by the machine's owner, may name local datasets.
     """
     source = cfg.source.strip()
     if not source:
@@ -161,7 +195,8 @@ def read_records(cfg: DataConfig, hub_ids_only: bool = False) -> tuple[list[dict
         info = {"format": spec.format, "labels": list(spec.labels), "description": spec.description}
     elif source.startswith("hf:"):
         dataset_id = source.removeprefix("hf:")
-        records = read_hub(check_hub_id(dataset_id) if hub_ids_only else dataset_id, cfg.hf_config, cfg.hf_split)
+        read = _read_hub_id_only if _HUB_IDS_ONLY.get() else read_hub
+        records = read(dataset_id, cfg.hf_config, cfg.hf_split)
     else:
         records = read_file(source, cfg.hf_split)
     if cfg.limit:
@@ -366,7 +401,7 @@ def read_hub(dataset_id: str, config: str = "", split: str = "train") -> list[di
         try:
             ds = datasets.load_dataset(dataset_id, config or ("all" if is_race else None), split=split)
         except Exception as exc:  # offline, unknown id, missing config: datasets raises many kinds
-            raise DataError(
+            raise HubLoadError(
                 f"Could not load hub dataset {dataset_id!r} ({type(exc).__name__}: {exc}). Hub datasets need the "
                 "internet; offline, use a built-in set or a local file."
             ) from exc

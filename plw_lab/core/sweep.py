@@ -264,7 +264,8 @@ def resume_sweep(
             if run.resumable:
                 cells.append(Cell(values, run.config, run_dir, resume=True))
                 continue
-        cells.append(new_cell(cfg, folder, values, grid.name(values)))  # nothing to continue from: a fresh run beside it
+        # Nothing to continue from: a fresh run beside it.
+        cells.append(new_cell(cfg, folder, values, grid.name(values)))
     run_cells(cfg, cells, SweepTable(folder, grid, kept), subscribers, stop, on_run)
     return folder
 

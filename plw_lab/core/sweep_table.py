@@ -133,7 +133,8 @@ class Grid:
     def load(cls, folder: Path) -> Grid:
         spec = json.loads((folder / GRID_FILE).read_text())
         # Sweeps before --grid have no settings; before sweep.arms, no arms.
-        return cls(spec["plws"], spec["seeds"], spec.get("settings", {}), spec.get("arms", []), spec.get("arm_keys", []))
+        settings, arms, arm_keys = spec.get("settings", {}), spec.get("arms", []), spec.get("arm_keys", [])
+        return cls(spec["plws"], spec["seeds"], settings, arms, arm_keys)
 
 
 def run_row(values: dict, run_dir: Path | str, summary: dict, evals: Sequence) -> dict:

@@ -19,8 +19,10 @@ from itertools import combinations
 from pathlib import Path
 
 from plw_lab.core import scores
+from plw_lab.core.metrics import metric
 from plw_lab.core.stopping import ANSWER_CRITERION, correctness, kept_eval, run_stopping
 from plw_lab.core.sweep import summarise
+from plw_lab.core.sweep_table import read_csv
 from plw_lab.core.weights import plw_text
 
 #: Settings that differ between a sweep's runs without making them different arms.
@@ -173,8 +175,8 @@ def sweep_verdict(runs: Sequence) -> dict:
     return {"arms": summaries, "pairs": pairs, "sentences": verdict_sentences(summaries, pairs)}
 
 
-def _pct(value: float | None) -> str:
-    return "\u2013" if value is None else f"{100 * value:.1f}%"
+#: An accuracy as every view writes it (the metrics registry's format): '66.7%'.
+_accuracy_text = metric("answer_accuracy").format
 
 
 def _interval(summary: dict | None, scale: float = 100.0, unit: str = "%") -> str:
@@ -192,8 +194,9 @@ def verdict_sentences(arms: Sequence[dict], pairs: Sequence[dict]) -> list[str]:
         seeds = len(a["seeds"])
         kept = a["kept"]
         out.append(
-            f"{a['arm']}: stopping on answer loss keeps an adapter at {_pct(kept['mean'])} (mean of {seeds} "
-            f"seed{'s' * (seeds != 1)}, {_interval(kept)}; seeds {', '.join(_pct(v) for v in a['kept_accuracy'])})."
+            f"{a['arm']}: stopping on answer loss keeps an adapter at {_accuracy_text(kept['mean'])} (mean of "
+            f"{seeds} seed{'s' * (seeds != 1)}, {_interval(kept)}; "
+            f"seeds {', '.join(_accuracy_text(v) for v in a['kept_accuracy'])})."
         )
         test = a["stopping_test"]
         if test and a["full_loss"]:
@@ -205,8 +208,8 @@ def verdict_sentences(arms: Sequence[dict], pairs: Sequence[dict]) -> list[str]:
                 else f"within noise (exact McNemar pooled over seeds, p = {test['p_value']:.2g})"
             )
             out.append(
-                f"  Stopping on full-sequence loss instead keeps step {steps} and {_pct(a['full_loss']['mean'])}: "
-                f"{100 * gap:+.1f} points for answer loss, {judged}."
+                f"  Stopping on full-sequence loss instead keeps step {steps} and "
+                f"{_accuracy_text(a['full_loss']['mean'])}: {100 * gap:+.1f} points for answer loss, {judged}."
             )
         first, last = a["prompt_loss_first"], a["prompt_loss_last"]
         if first and last:
@@ -241,6 +244,19 @@ def sweep_runs(folders: Sequence[str | Path]) -> list:
     for folder in map(Path, folders):
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} is not a folder of runs or sweeps")
-        found += [folder] if is_run_folder(folder) else run_folders(folder)
+        found += [folder] if is_run_folder(folder) else _grid_order(run_folders(folder))
     runs = [load_run(path, damaged_ok=True) for path in found]
     return [run for run in runs if run.status == "finished" and run.config is not None]
+
+
+def _grid_order(paths: Sequence[Path]) -> list[Path]:
+    """Run folders with each sweep's runs in its sweep.csv order (the grid's: the crossed cells, then the
+    arms), so the verdict lists arms as the sweep ran them; other folders keep their name order."""
+    rows: dict[Path, dict[str, int]] = {}
+    for parent in dict.fromkeys(path.parent for path in paths):
+        try:
+            rows[parent] = {Path(r["run"] or "").name: i for i, r in enumerate(read_csv(parent / "sweep.csv"))}
+        except (OSError, ValueError, KeyError):  # not a sweep, or a damaged table: the names' order
+            rows[parent] = {}
+    first = {parent: i for i, parent in enumerate(rows)}
+    return sorted(paths, key=lambda p: (first[p.parent], rows[p.parent].get(p.name, len(rows[p.parent]))))

@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Sequence
 
+from plw_lab.core.config import LabConfig
 from plw_lab.core.events import event_field
 from plw_lab.core.metrics import METRICS, metric
 from plw_lab.core.metrics import label as metric_label
@@ -590,11 +591,24 @@ def settings_help_markdown(sections: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+#: A sweep's columns of the PLW schedule, which a cell's PLW reads with ('PLW 1→0 linear').
+SCHEDULE_COLUMNS = ("train.plw_schedule", "train.plw_end")
+
+
 def cell_text(values: dict, seed: bool = True) -> str:
-    """A sweep cell's values in words, e.g. 'PLW 0.1, train.completion_loss_weight 0.5, seed 0'
-    (`seed` False: without the seed, as for a mean over seeds)."""
+    """A sweep cell's values in words, e.g. 'PLW 0.1, train.completion_loss_weight 0.5, seed 0', the PLW
+    with its schedule where the sweep varies one ('PLW 1→0 linear'); `seed` False: without the seed, as
+    for a mean over seeds."""
     keys = [key for key in varied([values]) if key in values] + (["seed"] if seed else [])
-    return ", ".join(f"{'PLW' if key == 'plw' else key} {value_text(values.get(key))}" for key in keys)
+    scheduled = "plw" in values and "train.plw_schedule" in values
+    parts = []
+    for key in keys:
+        if scheduled and key == "plw":
+            end = values.get("train.plw_end", LabConfig().train.plw_end)
+            parts.append(f"PLW {plw_text(values['train.plw_schedule'], values['plw'], end)}")
+        elif not (scheduled and key in SCHEDULE_COLUMNS):
+            parts.append(f"{'PLW' if key == 'plw' else key} {value_text(values.get(key))}")
+    return ", ".join(parts)
 
 
 def grid_text(grid) -> str:
