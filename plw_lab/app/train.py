@@ -464,7 +464,6 @@ class TrainTab:
         restored = {
             control: control_value(self.ctx.specs[key], config_value(cfg, key))
             for key, control in shared.settings.items()
-            if key in self.ctx.specs
         }
         return {self.msg: message_html(text, "info"), shared.plw: cfg.train.prompt_loss_weight, **restored}
 

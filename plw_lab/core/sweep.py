@@ -50,6 +50,7 @@ DEFAULT_SEEDS = (0, 1)
 #: Settings a sweep sets for each run itself: where it writes. sweep.* are the sweep's own, not a run's.
 SET_BY_SWEEP = ("train.output_dir", "train.run_name")
 PLW, SEED = SHORT_NAMES["plw"], SHORT_NAMES["seed"]
+SCHEDULE, SCHEDULE_END = "train.plw_schedule", "train.plw_end"
 
 
 def t95(df: int) -> float:
@@ -101,7 +102,11 @@ def make_grid(cfg: LabConfig, plws=None, seeds=None, settings: dict | None = Non
     presets = next(f for f in field_specs("train") if f["name"] == "prompt_loss_weight")["presets"]
     grid = Grid(varied.pop(PLW, list(presets)), varied.pop(SEED, list(DEFAULT_SEEDS)), varied)
     arms = [_arm(cfg, arm) for arm in cfg.sweep.arms]
-    for name in dict.fromkeys(name for arm in arms for name in arm):  # a column for every setting an arm sets
+    # A column for every setting an arm sets, and the schedule's end beside a schedule: rows read 'PLW 1→0 linear'.
+    columns = [name for arm in arms for name in arm]
+    if SCHEDULE in columns or SCHEDULE in grid.settings:
+        columns.append(SCHEDULE_END)
+    for name in dict.fromkeys(columns):
         if name not in (PLW, *grid.settings):
             grid.settings[name] = [_setting(cfg, name)]
     columns = {PLW: "plw", **{name: name for name in grid.settings}}

@@ -12,13 +12,13 @@ import re
 import time
 from collections.abc import Sequence
 
-from plw_lab.core.config import LabConfig
+from plw_lab.core.config import TrainConfig
 from plw_lab.core.events import event_field
 from plw_lab.core.metrics import METRICS, metric
 from plw_lab.core.metrics import label as metric_label
 from plw_lab.core.runs import run_best, run_config
 from plw_lab.core.stats import LengthStats
-from plw_lab.core.sweep import varied
+from plw_lab.core.sweep import SCHEDULE, SCHEDULE_END, varied
 from plw_lab.core.sweep_table import value_text
 from plw_lab.core.weights import plw_text
 from plw_lab.views.history import History
@@ -591,29 +591,25 @@ def settings_help_markdown(sections: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-#: A sweep's columns of the PLW schedule, which a cell's PLW reads with ('PLW 1→0 linear').
-SCHEDULE_COLUMNS = ("train.plw_schedule", "train.plw_end")
-
-
 def cell_text(values: dict, seed: bool = True) -> str:
     """A sweep cell's values in words, e.g. 'PLW 0.1, train.completion_loss_weight 0.5, seed 0', the PLW
     with its schedule where the sweep varies one ('PLW 1→0 linear'); `seed` False: without the seed, as
     for a mean over seeds."""
     keys = [key for key in varied([values]) if key in values] + (["seed"] if seed else [])
-    scheduled = "plw" in values and "train.plw_schedule" in values
+    scheduled = "plw" in values and SCHEDULE in values
     parts = []
     for key in keys:
         if scheduled and key == "plw":
-            end = values.get("train.plw_end", LabConfig().train.plw_end)
-            parts.append(f"PLW {plw_text(values['train.plw_schedule'], values['plw'], end)}")
-        elif not (scheduled and key in SCHEDULE_COLUMNS):
+            end = values.get(SCHEDULE_END, TrainConfig.plw_end)  # a sweep from before the column: the default
+            parts.append(f"PLW {plw_text(values[SCHEDULE], values['plw'], end)}")
+        elif not (scheduled and key in (SCHEDULE, SCHEDULE_END)):
             parts.append(f"{'PLW' if key == 'plw' else key} {value_text(values.get(key))}")
     return ", ".join(parts)
 
 
 def grid_text(grid) -> str:
     """A sweep's grid (`plw_lab.core.sweep_table.Grid`) in words: 'PLW 0, 1 x train.completion_loss_weight
-    0.5, 1 x seeds 0, 1', and its arms: '(PLW 0, 1 + PLW 1, train.plw_schedule linear) x seeds 0, 1'."""
+    0.5, 1 x seeds 0, 1', and its arms: '(PLW 0, 1 + PLW 1→0 linear) x seeds 0, 1'."""
     listed = lambda values: ", ".join(map(value_text, values))
     crossed = [f"PLW {listed(grid.plws)}"]
     crossed += [f"{key} {listed(values)}" for key, values in grid.settings.items() if len(values) > 1]
