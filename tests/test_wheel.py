@@ -123,6 +123,10 @@ def test_the_wheel_ships_the_recipes_and_the_app(tmp_path):
 
     assert run("-m", "plw_lab", "--version").strip() == f"lab {__version__}"
     assert "limit: 560" in run("-m", "plw_lab", "config", "--config", "bbb-demo")
+    # The measured real-data lesson and the recipe that reruns it, from the wheel alone.
+    lesson = run("-m", "plw_lab", "verdict")
+    assert "lab sweep --config plw-lesson --name plw-lesson" in lesson and "what 12 finished run(s) support" in lesson
+    assert "arms:" in run("-m", "plw_lab", "config", "--config", "plw-lesson")
     run("-m", "plw_lab", "notebooks", "lessons")
     assert sorted(p.name for p in (outside / "lessons").iterdir()) == notebooks
     imported = run("-c", "import plw_lab.app.main, plw_lab; print(plw_lab.__file__)")
