@@ -43,11 +43,6 @@ ALIASES = [
 ]
 
 
-def setting(cfg: LabConfig, key: str):
-    section, name = key.split(".")
-    return getattr(getattr(cfg, section), name)
-
-
 def test_the_oracle_covers_every_alias_the_config_declares():
     declared = {
         alias.name
@@ -65,11 +60,11 @@ def test_every_alias_sets_its_setting_bare_in_its_section_and_in_set(tmp_path, a
         path = tmp_path / "c.yaml"
         path.write_text(yaml.safe_dump(data))
         cfg = LabConfig.load(path)
-        assert setting(cfg, key) == expected, data
-        assert setting(cfg, key) != setting(LabConfig(), key)  # the sentinel differs from the default
+        assert cfg.value(key) == expected, data
+        assert cfg.value(key) != LabConfig().value(key)  # the sentinel differs from the default
     text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
     for spelled in (alias, f"{section}.{alias}"):
-        assert setting(LabConfig().override({spelled: text}), key) == expected, spelled
+        assert LabConfig().override({spelled: text}).value(key) == expected, spelled
 
 
 def test_the_aliases_are_in_field_specs_and_lab_config_help(capsys):

@@ -206,11 +206,6 @@ def spec_index() -> dict[str, dict]:
     return out
 
 
-def config_value(cfg: LabConfig, key: str):
-    section, name = key.split(".")
-    return getattr(getattr(cfg, section), name)
-
-
 def control_label(key: str, spec: dict) -> str:
     """The label of a config field's control, as the page shows it."""
     if key == "model.name":

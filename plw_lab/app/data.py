@@ -19,7 +19,6 @@ from plw_lab.app.common import (
     AppContext,
     SharedComponents,
     coerce_control,
-    config_value,
     first_sentence,
     frame,
     make_control,
@@ -188,7 +187,7 @@ class DataTab:
                             for f in ALL_MAPPABLE
                         }
                     with gr.Accordion("Data options", open=False):
-                        self.controls = {k: make_control(k, specs[k], config_value(base, k)) for k in DATA_OPTIONS}
+                        self.controls = {k: make_control(k, specs[k], base.value(k)) for k in DATA_OPTIONS}
                     self.msg = gr.HTML("", elem_id="data-msg")
                 with gr.Column(scale=2):
                     self.stats_md = gr.Markdown("Load a data set to see its statistics.", elem_id="data-stats")

@@ -21,7 +21,6 @@ from plw_lab.app.common import (
     SharedComponents,
     StoppingView,
     coerce_control,
-    config_value,
     control_value,
     make_control,
     message_html,
@@ -174,7 +173,7 @@ class TrainTab:
                     for group, keys in TRAIN_LAYOUT.items():
                         with gr.Accordion(group, open=group == "Essentials"):
                             for key in keys:
-                                self.controls[key] = make_control(key, specs[key], config_value(base, key))
+                                self.controls[key] = make_control(key, specs[key], base.value(key))
                                 placed.add(key)
                     rest = [k for k in specs if k not in placed]
                     with gr.Accordion("Advanced", open=False):
@@ -189,7 +188,7 @@ class TrainTab:
                             if keys:
                                 gr.Markdown(f"**{heading}**")
                             for key in keys:
-                                self.controls[key] = make_control(key, specs[key], config_value(base, key))
+                                self.controls[key] = make_control(key, specs[key], base.value(key))
                     with gr.Accordion("All settings explained", open=False):
                         gr.Markdown(
                             settings_help_markdown(
@@ -462,8 +461,7 @@ class TrainTab:
             f"{reason}. Its settings are back in the controls; press Start to queue it again."
         )
         restored = {
-            control: control_value(self.ctx.specs[key], config_value(cfg, key))
-            for key, control in shared.settings.items()
+            control: control_value(self.ctx.specs[key], cfg.value(key)) for key, control in shared.settings.items()
         }
         return {self.msg: message_html(text, "info"), shared.plw: cfg.train.prompt_loss_weight, **restored}
 

@@ -746,6 +746,11 @@ class LabConfig:
         except ConfigError as exc:
             raise ConfigError(f"config file {name}: {exc}") from None
 
+    def value(self, key: str) -> Any:
+        """The value of the setting 'SECTION.FIELD' (the lab's own dotted name)."""
+        section, name = key.split(".")
+        return getattr(getattr(self, section), name)
+
     def override(self, dotted: dict[str, Any]) -> LabConfig:
         """A copy with `{'train.prompt_loss_weight': 0.1, ...}` applied; values given as strings are parsed.
 

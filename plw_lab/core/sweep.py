@@ -108,11 +108,11 @@ def make_grid(cfg: LabConfig, plws=None, seeds=None, settings: dict | None = Non
         columns.append(SCHEDULE_END)
     for name in dict.fromkeys(columns):
         if name not in (PLW, *grid.settings):
-            grid.settings[name] = [_setting(cfg, name)]
+            grid.settings[name] = [cfg.value(name)]
     columns = {PLW: "plw", **{name: name for name in grid.settings}}
     seen = {grid.key(cell)[:-1] for cell in grid.cells()}
     for given_arm, arm in zip(cfg.sweep.arms, arms):
-        cell = {column: arm.get(name, _setting(cfg, name)) for name, column in columns.items()}
+        cell = {column: arm.get(name, cfg.value(name)) for name, column in columns.items()}
         if grid.key(cell)[:-1] in seen:
             raise ConfigError(f"sweep.arms: {shown(given_arm)} is already a cell of the sweep; list each cell once")
         seen.add(grid.key(cell)[:-1])
@@ -126,11 +126,6 @@ def _check_varied(name: str) -> None:
         raise ConfigError(f"a sweep cannot vary {name}: it sets where each of its runs writes itself")
     if name.startswith("sweep."):
         raise ConfigError(f"a sweep cannot vary {name}: sweep.* settings are the whole sweep's, not a run's")
-
-
-def _setting(cfg: LabConfig, name: str):
-    section, field_name = name.split(".")
-    return getattr(getattr(cfg, section), field_name)
 
 
 def _arm(cfg: LabConfig, arm: dict) -> dict:
@@ -153,12 +148,12 @@ def _grid_values(cfg: LabConfig, key: str, values) -> list:
     items = [v for v in items if v != ""]
     if not items:
         raise ConfigError(f"{key}: give at least one value to vary it over")
-    section, name = setting_name(key).split(".")
-    if isinstance(getattr(getattr(cfg, section), name), (list, dict)):
+    name = setting_name(key)
+    if isinstance(cfg.value(name), (list, dict)):
         raise ConfigError(f"{key} is a list or mapping setting; a grid varies settings of one value each")
     # Numbers from a YAML list go through their text too, so a float setting's 1 is 1.0 as `--set` reads it.
     items = [str(v) if isinstance(v, (int, float)) else v for v in items]
-    parsed = [getattr(getattr(cfg.override({key: item}), section), name) for item in items]
+    parsed = [cfg.override({key: item}).value(name) for item in items]
     twice = [value for i, value in enumerate(parsed) if value in parsed[:i]]
     if twice:
         raise ConfigError(f"{key} lists {shown(twice[0])} twice")
