@@ -21,13 +21,13 @@ from pathlib import Path
 from plw_lab.core import scores
 from plw_lab.core.metrics import metric
 from plw_lab.core.stopping import ANSWER_CRITERION, correctness, kept_eval, run_stopping
-from plw_lab.core.sweep import summarise
+from plw_lab.core.sweep import PLW, SCHEDULE, SCHEDULE_END, summarise
 from plw_lab.core.sweep_table import read_csv
 from plw_lab.core.weights import plw_text
 
 #: Settings that differ between a sweep's runs without making them different arms.
 NOT_ARMS = ("train.seed", "train.run_name", "train.output_dir")
-PLW_FIELDS = ("train.prompt_loss_weight", "train.plw_schedule", "train.plw_end")
+PLW_FIELDS = (PLW, SCHEDULE, SCHEDULE_END)
 LEVEL = 0.05
 
 
@@ -59,9 +59,7 @@ def arm_label(config: dict, varied: Sequence[str]) -> str:
     """ "PLW 1→0 linear" or "PLW 0.1, train.completion_loss_weight 0.5": the arm's settings as people read them."""
     parts = []
     if any(k in PLW_FIELDS for k in varied):
-        parts.append(
-            "PLW " + plw_text(config["train.plw_schedule"], config["train.prompt_loss_weight"], config["train.plw_end"])
-        )
+        parts.append("PLW " + plw_text(config[SCHEDULE], config[PLW], config[SCHEDULE_END]))
     parts += [f"{k} {config.get(k)}" for k in varied if k not in PLW_FIELDS]
     return ", ".join(parts) or "all runs"
 
